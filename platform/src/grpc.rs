@@ -1,0 +1,194 @@
+//! gRPC server bootstrap shared by every service: standard health service, server
+//! reflection (v1 and v1alpha, for grpcurl 1.8), fault injection and echo admin services,
+//! a server-side request timeout, the observe layer (request context, span, metrics) and
+//! graceful shutdown.
+
+use std::{
+    future::Future,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use shop_proto::admin::v1::{echo_server::EchoServer, fault_admin_server::FaultAdminServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tracing::Instrument;
+
+use crate::{
+    context::{Deadline, TraceContext},
+    faults::{EchoService, FaultAdminService, FaultInjector, FaultLayer},
+};
+
+/// Settings every gRPC server shares.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Upper bound on any one request, whatever the caller's `grpc-timeout` says.
+    pub request_timeout: Duration,
+    pub faults: FaultInjector,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            faults: FaultInjector::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("building the reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("serving gRPC")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The services every Shop server hosts beside its own: health and reflection are added by
+/// [`serve`]; these two are routes that the monolith can host once for all services.
+pub fn admin_routes(faults: &FaultInjector) -> Routes {
+    Routes::new(FaultAdminServer::new(FaultAdminService(faults.clone())))
+        .add_service(EchoServer::new(EchoService))
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then drains in-flight calls.
+/// `served` lists the fully-qualified service names health reports as SERVING.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    served: &[&str],
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    for name in served {
+        health_reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+
+    let descriptor_sets = [
+        shop_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ];
+    let mut v1 = tonic_reflection::server::Builder::configure();
+    let mut v1alpha = tonic_reflection::server::Builder::configure();
+    for set in descriptor_sets {
+        v1 = v1.register_encoded_file_descriptor_set(set);
+        v1alpha = v1alpha.register_encoded_file_descriptor_set(set);
+    }
+
+    let routes = routes
+        .add_service(health_service)
+        .add_service(v1.build_v1()?)
+        .add_service(v1alpha.build_v1alpha()?);
+    let routes = admin_routes(&options.faults)
+        .into_axum_router()
+        .merge(routes.into_axum_router());
+
+    let layers = tower::ServiceBuilder::new()
+        .layer(ObserveLayer)
+        .layer(FaultLayer(options.faults.clone()));
+
+    tonic::transport::Server::builder()
+        .timeout(options.request_timeout)
+        .layer(layers)
+        .add_routes(Routes::from(routes))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Binds `addr` ("127.0.0.1:0" picks a free port).
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Tower layer that gives each gRPC call its context (trace, request id, deadline) in the
+/// request extensions, a tracing span, and Prometheus request counts and latencies.
+#[derive(Clone, Copy, Default)]
+pub struct ObserveLayer;
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Observe<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_owned();
+        let trace = TraceContext::from_headers(req.headers());
+        if let Some(deadline) = Deadline::from_headers(req.headers()) {
+            req.extensions_mut().insert(deadline);
+        }
+        let span = tracing::info_span!(
+            "grpc",
+            method = %method,
+            trace_id = %trace.trace_id,
+            request_id = %trace.request_id,
+        );
+        req.extensions_mut().insert(trace);
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(
+            async move {
+                let res = fut.await;
+                let elapsed = start.elapsed();
+                // Unary errors are trailers-only responses: the status is in the headers.
+                let code = match &res {
+                    Ok(r) => r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+                    Err(_) => tonic::Code::Internal,
+                };
+                let code_name = format!("{code:?}");
+                if code == tonic::Code::Ok {
+                    tracing::debug!(elapsed_ms = elapsed.as_secs_f64() * 1e3, "ok");
+                } else {
+                    tracing::info!(elapsed_ms = elapsed.as_secs_f64() * 1e3, code = %code_name, "failed");
+                }
+                if !method.starts_with("/grpc.") {
+                    metrics::counter!(
+                        "grpc_server_requests_total",
+                        "method" => method.clone(),
+                        "code" => code_name,
+                    )
+                    .increment(1);
+                    metrics::histogram!(
+                        "grpc_server_request_duration_seconds",
+                        "method" => method,
+                    )
+                    .record(elapsed.as_secs_f64());
+                }
+                res
+            }
+            .instrument(span),
+        )
+    }
+}

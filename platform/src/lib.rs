@@ -1,0 +1,17 @@
+//! What every Shop service shares, so each service holds only its own domain:
+//! tracing setup, the gRPC server bootstrap (health, reflection, timeouts, request
+//! context, metrics, graceful shutdown), the Prometheus endpoint, field errors, and the
+//! domain types more than one service parses (money, pages).
+
+pub mod context;
+pub mod error;
+pub mod faults;
+pub mod grpc;
+pub mod metrics;
+pub mod money;
+pub mod paging;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use context::CallContext;
+pub use error::{FieldError, internal_error};
