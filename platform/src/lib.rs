@@ -7,6 +7,7 @@ pub mod context;
 pub mod error;
 pub mod faults;
 pub mod grpc;
+pub mod ids;
 pub mod metrics;
 pub mod money;
 pub mod paging;
