@@ -13,6 +13,7 @@ pub mod money;
 pub mod paging;
 pub mod shutdown;
 pub mod telemetry;
+pub mod transport;
 
 pub use context::CallContext;
 pub use error::{FieldError, internal_error};
