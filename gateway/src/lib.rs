@@ -1,1 +1,90 @@
-//! gateway
+//! Shop's edge: a REST/JSON API and a web shop for browsers over user-, item- and
+//! payment-service, and the checkout saga (orchestrated, parallel or chained) with deadlines,
+//! retries, circuit breakers and compensation. The same code runs against the services over
+//! gRPC channels (`gateway` binary) or in-process (`shop` monolith binary).
+
+pub mod api;
+pub mod auth;
+pub mod breaker;
+pub mod checkout;
+pub mod config;
+pub mod deadline;
+pub mod downstream;
+pub mod error;
+pub mod retry;
+pub mod state;
+pub mod web;
+
+use std::{future::Future, net::SocketAddr};
+
+pub use checkout::order_id_for;
+pub use config::Config;
+use platform::faults::FaultInjector;
+use tokio::net::TcpListener;
+
+use crate::{
+    auth::TokenVerifier,
+    deadline::Budgets,
+    downstream::{Downstreams, Transports},
+    state::{AppState, Inner},
+};
+
+/// The gateway, bound and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects (lazily) to the services named in `config` and binds the HTTP listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let transports = Transports::from_config(&config)?;
+        Self::build_with(config, transports).await
+    }
+
+    /// As [`build`](Self::build), with the services reached through `transports` (the
+    /// monolith passes in-process ones).
+    pub async fn build_with(config: Config, transports: Transports) -> anyhow::Result<Self> {
+        let faults = FaultInjector::from_json(&config.faults)
+            .map_err(|e| anyhow::anyhow!("GATEWAY_FAULTS: {e}"))?;
+        let state = AppState::new(Inner {
+            downstreams: Downstreams::new(transports, &config),
+            verifier: TokenVerifier::new(&config.jwt_secret),
+            budgets: Budgets {
+                checkout: config.checkout_budget(),
+                read: config.read_budget(),
+            },
+            faults,
+        });
+        let router = api::router(state.clone(), config.body_limit_bytes);
+        let listener = TcpListener::bind(&config.http_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.http_addr))?;
+        Ok(Self {
+            listener,
+            router,
+            state,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        Ok(())
+    }
+}

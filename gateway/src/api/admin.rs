@@ -1,0 +1,82 @@
+//! Operational endpoints: the gateway's own fault rules, downstream health, liveness.
+
+use axum::{Json, extract::State, extract::rejection::JsonRejection};
+use platform::faults::FaultRule;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{
+    auth::AdminUser,
+    downstream::DownstreamSnapshot,
+    error::{ApiError, ErrorBody},
+    state::AppState,
+};
+
+/// A fault rule as platform's fault injector reads it (documentation mirror).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FaultRuleDoc {
+    /// Route key ("GET /api/items", "POST /api/checkout") or "*".
+    pub method: String,
+    /// {"kind":"fixed","ms":50} | {"kind":"uniform","min_ms":10,"max_ms":90} |
+    /// {"kind":"tail","probability":0.01,"delay_ms":1000}; null for none.
+    pub latency: Option<serde_json::Value>,
+    /// 0.0..=1.0: fraction of requests answered 503 (after the latency).
+    pub error_rate: f64,
+}
+
+#[utoipa::path(get, path = "/api/admin/faults", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The gateway's fault rules", body = [FaultRuleDoc]),
+        (status = 401, description = "Not logged in", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = "default", description = "Error", body = ErrorBody),
+    ))]
+pub async fn get_faults(State(state): State<AppState>, _admin: AdminUser) -> Json<Vec<FaultRule>> {
+    Json(state.faults.rules())
+}
+
+#[utoipa::path(put, path = "/api/admin/faults", tag = "admin", security(("bearer" = [])),
+    request_body = [FaultRuleDoc],
+    responses(
+        (status = 200, description = "The rules now in force ([] clears)", body = [FaultRuleDoc]),
+        (status = 400, description = "A rule is invalid", body = ErrorBody),
+        (status = 401, description = "Not logged in", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = "default", description = "Error", body = ErrorBody),
+    ))]
+pub async fn put_faults(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    body: Result<Json<Vec<FaultRule>>, JsonRejection>,
+) -> Result<Json<Vec<FaultRule>>, ApiError> {
+    let Json(rules) = body?;
+    state.faults.set(rules)?;
+    tracing::info!(rules = ?state.faults.rules(), "gateway fault rules changed");
+    Ok(Json(state.faults.rules()))
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DownstreamsView {
+    pub downstreams: Vec<DownstreamSnapshot>,
+}
+
+#[utoipa::path(get, path = "/debug/downstreams", tag = "ops",
+    responses((status = 200, description = "Breaker state and retry budget per service", body = DownstreamsView)))]
+pub async fn downstreams(State(state): State<AppState>) -> Json<DownstreamsView> {
+    Json(DownstreamsView {
+        downstreams: state.downstreams.snapshot(),
+    })
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "The gateway process is up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}

@@ -1,0 +1,95 @@
+//! Cart pricing and checkout.
+
+use axum::{
+    Json,
+    extract::{
+        Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
+};
+use http::{HeaderMap, StatusCode};
+
+use super::model::{
+    CartRequest, CheckoutQuery, CheckoutRequest, CheckoutResponse, Money, Order, Payment,
+    PricedCart, PricedLine,
+};
+use crate::{
+    auth::AuthUser,
+    checkout::{self, Checkout, parse_lines},
+    error::{ApiError, ErrorBody},
+    state::AppState,
+};
+
+#[utoipa::path(post, path = "/api/cart/price", tag = "checkout", request_body = CartRequest,
+    responses(
+        (status = 200, description = "The cart at current prices", body = PricedCart),
+        (status = 400, description = "A line is invalid", body = ErrorBody),
+        (status = 404, description = "An item does not exist (error.field names the line)", body = ErrorBody),
+        (status = "default", description = "Error", body = ErrorBody),
+    ))]
+pub async fn price(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<CartRequest>, JsonRejection>,
+) -> Result<Json<PricedCart>, ApiError> {
+    let Json(body) = body?;
+    let lines = parse_lines(&body.lines)?;
+    let ctx = state.budgets.read_ctx(&headers);
+    let priced = checkout::price(&state, &ctx, &lines).await?;
+    Ok(Json(PricedCart {
+        lines: priced.lines.iter().map(PricedLine::from).collect(),
+        total: {
+            let total: shop_proto::common::v1::Money = priced.total.into();
+            Money::from(Some(&total))
+        },
+    }))
+}
+
+/// Places an order: prices the lines (client prices are ignored), reserves the stock,
+/// charges the card, commits the reservation and records the order. Retrying with the same
+/// Idempotency-Key returns the first outcome; nothing is charged or reserved twice.
+#[utoipa::path(post, path = "/api/checkout", tag = "checkout", request_body = CheckoutRequest,
+    security(("bearer" = [])),
+    params(
+        CheckoutQuery,
+        ("Idempotency-Key" = String, Header, description = "Unique per checkout (1..=200 printable ASCII); a retry with the same key returns the first outcome"),
+    ),
+    responses(
+        (status = 201, description = "Order placed and paid", body = CheckoutResponse),
+        (status = 400, description = "Invalid cart, card or key (error.field)", body = ErrorBody),
+        (status = 401, description = "Not logged in", body = ErrorBody),
+        (status = 402, description = "Card declined (code card_declined); nothing charged, stock released", body = ErrorBody),
+        (status = 404, description = "An item does not exist", body = ErrorBody),
+        (status = 409, description = "Out of stock, or the key belongs to another cart or a rolled-back checkout", body = ErrorBody),
+        (status = 503, description = "A service is unavailable; nothing kept charged", body = ErrorBody),
+        (status = 504, description = "The deadline passed", body = ErrorBody),
+        (status = "default", description = "Error", body = ErrorBody),
+    ))]
+pub async fn checkout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: AuthUser,
+    query: Result<Query<CheckoutQuery>, QueryRejection>,
+    body: Result<Json<CheckoutRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<CheckoutResponse>), ApiError> {
+    let Query(query) = query?;
+    let Json(body) = body?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key", "must be printable ASCII"))?,
+        ),
+    };
+    let c = Checkout::parse(user, key, &body)?;
+    let strategy = query.strategy.unwrap_or_default();
+    let ctx = state.budgets.checkout_ctx(&headers);
+    let out = checkout::run(state.clone(), strategy, c, ctx).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CheckoutResponse {
+            order: Order::from(&out.order),
+            payment: Payment::from(&out.payment),
+        }),
+    ))
+}

@@ -1,0 +1,135 @@
+//! The HTTP surface: REST API under /api, the web shop at /, /openapi.json, /metrics,
+//! /debug/downstreams, /healthz; one edge middleware for metrics and injected faults.
+
+pub mod admin;
+pub mod checkout;
+pub mod items;
+pub mod model;
+pub mod orders;
+pub mod users;
+
+use std::time::Instant;
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use platform::faults::Verdict;
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+use crate::{error::ApiError, state::AppState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Shop gateway", description = "REST/JSON API of the Shop. Errors are always {\"error\":{\"code\",\"message\",\"field\"}}."),
+    paths(
+        users::register, users::login, users::me,
+        items::list, items::get, items::create, items::update, items::delete,
+        checkout::price, checkout::checkout,
+        orders::list, orders::get,
+        admin::get_faults, admin::put_faults, admin::downstreams, admin::healthz,
+    ),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Accounts and tokens"),
+        (name = "items", description = "The catalog"),
+        (name = "checkout", description = "Cart pricing and checkout"),
+        (name = "orders", description = "Order history"),
+        (name = "admin", description = "Needs an admin token"),
+        (name = "ops", description = "Operations"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+/// Routes whose key the fault injector sees and metrics label, e.g. "GET /api/items/{id}".
+fn route_key(req: &Request) -> String {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    format!("{} {}", req.method(), path)
+}
+
+/// Metrics per route, and the gateway's own injected faults (never on the admin and ops
+/// routes, so faults can always be inspected and turned off).
+async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let key = route_key(&req);
+    let start = Instant::now();
+    let exempt = key.contains("/api/admin/")
+        || key.contains(" /debug/")
+        || key.ends_with("/metrics")
+        || key.ends_with("/healthz");
+    let resp = if !exempt && state.faults.inject(&key).await == Verdict::Fail {
+        ApiError::unavailable("injected fault").into_response()
+    } else {
+        next.run(req).await
+    };
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("gateway_http_requests_total", "route" => key.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("gateway_http_request_duration_seconds", "route" => key)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}
+
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    let api = Router::new()
+        .route("/api/auth/register", post(users::register))
+        .route("/api/auth/login", post(users::login))
+        .route("/api/me", get(users::me))
+        .route("/api/items", get(items::list).post(items::create))
+        .route(
+            "/api/items/{id}",
+            get(items::get).patch(items::update).delete(items::delete),
+        )
+        .route("/api/cart/price", post(checkout::price))
+        .route("/api/checkout", post(checkout::checkout))
+        .route("/api/orders", get(orders::list))
+        .route("/api/orders/{id}", get(orders::get))
+        .route(
+            "/api/admin/faults",
+            get(admin::get_faults).put(admin::put_faults),
+        )
+        .route("/debug/downstreams", get(admin::downstreams))
+        .route("/healthz", get(admin::healthz))
+        .route("/openapi.json", get(openapi_json))
+        .route("/api/{*rest}", axum::routing::any(not_found))
+        .merge(crate::web::router())
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), edge))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state);
+    api.merge(platform::metrics::router())
+}

@@ -1,0 +1,410 @@
+//! The REST API's JSON shapes, converted from the services' protobuf messages. They are
+//! also the OpenAPI schemas, so the document and the real responses cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+use shop_proto::{common::v1 as common, item::v1 as item, payment::v1 as pay, user::v1 as user};
+use utoipa::{IntoParams, ToSchema};
+
+/// RFC 3339 UTC timestamp, or "" when unknown.
+pub fn timestamp(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.and_then(|t| {
+        let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+        time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+    })
+    .and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Money {
+    /// Amount in minor units (cents).
+    pub amount_minor: i64,
+    /// ISO 4217 code, e.g. "USD".
+    pub currency: String,
+}
+
+impl From<Option<&common::Money>> for Money {
+    fn from(m: Option<&common::Money>) -> Self {
+        match m {
+            Some(m) => Self {
+                amount_minor: m.amount_minor,
+                currency: m.currency.clone(),
+            },
+            None => Self {
+                amount_minor: 0,
+                currency: String::new(),
+            },
+        }
+    }
+}
+
+impl From<&Money> for common::Money {
+    fn from(m: &Money) -> Self {
+        Self {
+            amount_minor: m.amount_minor,
+            currency: m.currency.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub display_name: String,
+    /// "customer" or "admin".
+    pub role: String,
+    pub created_at: String,
+}
+
+pub fn role_name(r: i32) -> String {
+    match user::Role::try_from(r) {
+        Ok(user::Role::Admin) => "admin",
+        _ => "customer",
+    }
+    .to_owned()
+}
+
+impl From<&user::User> for User {
+    fn from(u: &user::User) -> Self {
+        Self {
+            id: u.user_id.clone(),
+            email: u.email.clone(),
+            display_name: u.display_name.clone(),
+            role: role_name(u.role),
+            created_at: timestamp(u.created_at.as_ref()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    /// An email address; trimmed and lower-cased by the service.
+    pub email: String,
+    /// 8 to 128 characters.
+    pub password: String,
+    /// 1 to 64 characters.
+    pub display_name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    /// Send as `Authorization: Bearer <access_token>`.
+    pub access_token: String,
+    /// Always "Bearer".
+    pub token_type: String,
+    pub expires_in_seconds: i64,
+    pub user: User,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Item {
+    pub id: String,
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub price: Money,
+    /// Units available (not reserved).
+    pub stock: i64,
+    pub image_url: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Send back as `expected_version` when updating.
+    pub version: i64,
+}
+
+impl From<&item::Item> for Item {
+    fn from(i: &item::Item) -> Self {
+        Self {
+            id: i.id.clone(),
+            sku: i.sku.clone(),
+            name: i.name.clone(),
+            description: i.description.clone(),
+            category: i.category.clone(),
+            price: i.price.as_ref().into(),
+            stock: i.stock,
+            image_url: i.image_url.clone(),
+            created_at: timestamp(i.created_at.as_ref()),
+            updated_at: timestamp(i.updated_at.as_ref()),
+            version: i.version,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ItemPage {
+    pub items: Vec<Item>,
+    /// Pass as `page_token` for the next page; null on the last page.
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemSort {
+    #[default]
+    NameAsc,
+    PriceAsc,
+    PriceDesc,
+    Newest,
+}
+
+impl From<ItemSort> for item::ItemSort {
+    fn from(s: ItemSort) -> Self {
+        match s {
+            ItemSort::NameAsc => Self::NameAsc,
+            ItemSort::PriceAsc => Self::PriceAsc,
+            ItemSort::PriceDesc => Self::PriceDesc,
+            ItemSort::Newest => Self::Newest,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ItemQuery {
+    /// Case-insensitive substring of the name.
+    pub q: Option<String>,
+    /// Exact category.
+    pub category: Option<String>,
+    pub sort: Option<ItemSort>,
+    /// 1..=100, default 20.
+    pub page_size: Option<i32>,
+    pub page_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1..=100, default 20.
+    pub page_size: Option<i32>,
+    pub page_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CreateItemRequest {
+    pub sku: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub category: String,
+    pub price: Money,
+    pub stock: i64,
+    #[serde(default)]
+    pub image_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct UpdateItemRequest {
+    /// The `version` you last read; a stale one is 409.
+    pub expected_version: i64,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub category: Option<String>,
+    pub price: Option<Money>,
+    pub stock: Option<i64>,
+    pub image_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CartLine {
+    /// Item id.
+    pub item_id: String,
+    /// 1..=1000.
+    pub quantity: i32,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CartRequest {
+    /// 1..=50 lines, each item at most once. Prices sent by clients are ignored.
+    pub lines: Vec<CartLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PricedLine {
+    pub item_id: String,
+    pub sku: String,
+    pub name: String,
+    pub quantity: i32,
+    pub unit_price: Money,
+    pub line_total: Money,
+}
+
+impl From<&common::PricedLine> for PricedLine {
+    fn from(l: &common::PricedLine) -> Self {
+        Self {
+            item_id: l.item_id.clone(),
+            sku: l.sku.clone(),
+            name: l.name.clone(),
+            quantity: l.quantity,
+            unit_price: l.unit_price.as_ref().into(),
+            line_total: l.line_total.as_ref().into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PricedCart {
+    pub lines: Vec<PricedLine>,
+    pub total: Money,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct Card {
+    /// Test cards: 4242 4242 4242 4242 succeeds, 4000 0000 0000 0002 is declined,
+    /// 4000 0000 0000 9995 has insufficient funds.
+    pub number: String,
+    pub exp_month: i32,
+    pub exp_year: i32,
+    pub cvc: String,
+}
+
+impl From<&Card> for pay::Card {
+    fn from(c: &Card) -> Self {
+        Self {
+            number: c.number.clone(),
+            exp_month: c.exp_month,
+            exp_year: c.exp_year,
+            cvc: c.cvc.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CheckoutRequest {
+    /// 1..=50 lines, each item at most once.
+    pub lines: Vec<CartLine>,
+    pub card: Card,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The gateway calls each service in turn (saga orchestrator).
+    #[default]
+    Orchestrated,
+    /// As orchestrated, with the user lookup and the pricing run concurrently.
+    Parallel,
+    /// gateway -> user-service -> payment-service -> item-service and back.
+    Chained,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Orchestrated => "orchestrated",
+            Self::Parallel => "parallel",
+            Self::Chained => "chained",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CheckoutQuery {
+    /// orchestrated (default), parallel or chained.
+    pub strategy: Option<Strategy>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Order {
+    pub id: String,
+    pub user_id: String,
+    pub lines: Vec<PricedLine>,
+    pub total: Money,
+    pub payment_id: String,
+    pub reservation_id: String,
+    /// "placed" or "refunded".
+    pub status: String,
+    pub created_at: String,
+}
+
+impl From<&user::Order> for Order {
+    fn from(o: &user::Order) -> Self {
+        let status = match user::OrderStatus::try_from(o.status) {
+            Ok(user::OrderStatus::Refunded) => "refunded",
+            _ => "placed",
+        };
+        Self {
+            id: o.order_id.clone(),
+            user_id: o.user_id.clone(),
+            lines: o.lines.iter().map(PricedLine::from).collect(),
+            total: o.total.as_ref().into(),
+            payment_id: o.payment_id.clone(),
+            reservation_id: o.reservation_id.clone(),
+            status: status.to_owned(),
+            created_at: timestamp(o.created_at.as_ref()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Payment {
+    pub id: String,
+    pub order_id: String,
+    pub amount: Money,
+    pub amount_refunded: Money,
+    /// "pending", "succeeded", "declined", "failed" or "refunded".
+    pub status: String,
+    /// e.g. "card_declined", "insufficient_funds"; "" otherwise.
+    pub decline_code: String,
+    pub card_brand: String,
+    pub card_last4: String,
+    pub created_at: String,
+}
+
+pub fn payment_status_name(s: i32) -> &'static str {
+    match pay::PaymentStatus::try_from(s) {
+        Ok(pay::PaymentStatus::Pending) => "pending",
+        Ok(pay::PaymentStatus::Succeeded) => "succeeded",
+        Ok(pay::PaymentStatus::Declined) => "declined",
+        Ok(pay::PaymentStatus::Failed) => "failed",
+        Ok(pay::PaymentStatus::Refunded) => "refunded",
+        _ => "unknown",
+    }
+}
+
+impl From<&pay::Payment> for Payment {
+    fn from(p: &pay::Payment) -> Self {
+        Self {
+            id: p.payment_id.clone(),
+            order_id: p.order_id.clone(),
+            amount: p.amount.as_ref().into(),
+            amount_refunded: p.amount_refunded.as_ref().into(),
+            status: payment_status_name(p.status).to_owned(),
+            decline_code: p.decline_code.clone(),
+            card_brand: p.card_brand.clone(),
+            card_last4: p.card_last4.clone(),
+            created_at: timestamp(p.created_at.as_ref()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckoutResponse {
+    pub order: Order,
+    pub payment: Payment,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrderPage {
+    pub orders: Vec<Order>,
+    /// null on the last page.
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrderDetail {
+    pub order: Order,
+    /// null when payment-service could not be asked in time (the order itself is certain).
+    pub payment: Option<Payment>,
+}

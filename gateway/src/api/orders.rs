@@ -1,0 +1,130 @@
+//! The caller's order history.
+
+use axum::{
+    Json,
+    extract::{
+        Path, Query, State,
+        rejection::{PathRejection, QueryRejection},
+    },
+};
+use http::HeaderMap;
+use shop_proto::{common::v1::PageRequest, payment::v1 as pay, user::v1 as pb};
+
+use super::model::{Order, OrderDetail, OrderPage, PageQuery, Payment};
+use crate::{
+    auth::AuthUser,
+    downstream::Safety,
+    error::{ApiError, ErrorBody},
+    state::AppState,
+};
+
+#[utoipa::path(get, path = "/api/orders", tag = "orders", params(PageQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Your orders, newest first", body = OrderPage),
+        (status = 400, description = "Invalid page", body = ErrorBody),
+        (status = 401, description = "Not logged in", body = ErrorBody),
+        (status = "default", description = "Error", body = ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: AuthUser,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<OrderPage>, ApiError> {
+    let Query(q) = q?;
+    let ctx = state.budgets.read_ctx(&headers);
+    let req = pb::ListOrdersRequest {
+        user_id: user.user_id.to_string(),
+        page: Some(PageRequest {
+            page_size: q.page_size.unwrap_or(0),
+            page_token: q.page_token.unwrap_or_default(),
+        }),
+    };
+    let resp = state
+        .downstreams
+        .user
+        .call(
+            &ctx,
+            "ListOrders",
+            Safety::Idempotent,
+            req,
+            |mut c, r| async move { c.list_orders(r).await },
+        )
+        .await
+        .map_err(|s| {
+            let e = ApiError::from_status(&s);
+            match e.field.as_deref() {
+                Some("page.page_size") => e.with_field("page_size"),
+                Some("page.page_token") => e.with_field("page_token"),
+                _ => e,
+            }
+        })?;
+    Ok(Json(OrderPage {
+        orders: resp.orders.iter().map(Order::from).collect(),
+        next_page_token: resp
+            .page
+            .map(|p| p.next_page_token)
+            .filter(|t| !t.is_empty()),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Order id (UUID)")),
+    responses(
+        (status = 200, description = "The order with its payment", body = OrderDetail),
+        (status = 401, description = "Not logged in", body = ErrorBody),
+        (status = 404, description = "No such order of yours", body = ErrorBody),
+        (status = "default", description = "Error", body = ErrorBody),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: AuthUser,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<OrderDetail>, ApiError> {
+    let Path(id) = id?;
+    let id = uuid::Uuid::parse_str(id.trim())
+        .map_err(|_| ApiError::not_found("no such order").with_field("id"))?;
+    let ctx = state.budgets.read_ctx(&headers);
+    let resp = state
+        .downstreams
+        .user
+        .call(
+            &ctx,
+            "GetOrder",
+            Safety::Idempotent,
+            pb::GetOrderRequest {
+                order_id: id.to_string(),
+                user_id: user.user_id.to_string(),
+            },
+            |mut c, r| async move { c.get_order(r).await },
+        )
+        .await?;
+    let order = resp.order.ok_or_else(ApiError::internal)?;
+    // The payment is a detail: without payment-service the order still shows.
+    let payment = if order.payment_id.is_empty() {
+        None
+    } else {
+        state
+            .downstreams
+            .payment
+            .call(
+                &ctx,
+                "GetPayment",
+                Safety::Idempotent,
+                pay::GetPaymentRequest {
+                    payment_id: order.payment_id.clone(),
+                },
+                |mut c, r| async move { c.get_payment(r).await },
+            )
+            .await
+            .ok()
+            .and_then(|r| r.payment)
+            .filter(|p| p.user_id.is_empty() || p.user_id == user.user_id.to_string())
+    };
+    Ok(Json(OrderDetail {
+        order: Order::from(&order),
+        payment: payment.as_ref().map(Payment::from),
+    }))
+}

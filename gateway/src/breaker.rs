@@ -1,0 +1,295 @@
+//! A circuit breaker per downstream service: closed -> (N consecutive failures) -> open ->
+//! (after a cool-down) half-open -> (probes succeed) closed, or (a probe fails) open again.
+//! While open, calls fail at once instead of waiting on a dead service, so browsing stays
+//! fast and checkout fails fast when a service is down.
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerConfig {
+    pub enabled: bool,
+    /// Consecutive failures that open the breaker.
+    pub failure_threshold: u32,
+    /// How long it stays open before letting probes through.
+    pub open_for: Duration,
+    /// Successful probes needed in half-open to close.
+    pub half_open_probes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    fn gauge(self) -> f64 {
+        match self {
+            Self::Closed => 0.0,
+            Self::Open => 1.0,
+            Self::HalfOpen => 2.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: BreakerState,
+    consecutive_failures: u32,
+    opened_at: Option<Instant>,
+    probes_in_flight: u32,
+    probe_successes: u32,
+    rejected: u64,
+}
+
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    service: &'static str,
+    config: BreakerConfig,
+    inner: Mutex<Inner>,
+}
+
+/// Admission to call; hand it back with the outcome.
+#[derive(Debug)]
+#[must_use]
+pub struct Permit {
+    probe: bool,
+}
+
+/// A view of one breaker for /debug/downstreams.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BreakerSnapshot {
+    pub enabled: bool,
+    pub state: BreakerState,
+    pub consecutive_failures: u32,
+    pub failure_threshold: u32,
+    /// Milliseconds until an open breaker lets a probe through (0 unless open).
+    pub retry_in_ms: u64,
+    /// Calls refused while open since start.
+    pub rejected: u64,
+}
+
+impl CircuitBreaker {
+    pub fn new(service: &'static str, config: BreakerConfig) -> Self {
+        let b = Self {
+            service,
+            config,
+            inner: Mutex::new(Inner {
+                state: BreakerState::Closed,
+                consecutive_failures: 0,
+                opened_at: None,
+                probes_in_flight: 0,
+                probe_successes: 0,
+                rejected: 0,
+            }),
+        };
+        b.publish(BreakerState::Closed);
+        b
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn publish(&self, state: BreakerState) {
+        metrics::gauge!("gateway_circuit_state", "service" => self.service).set(state.gauge());
+    }
+
+    /// Asks to make a call. None: the breaker is open, fail fast.
+    pub fn try_acquire(&self) -> Option<Permit> {
+        if !self.config.enabled {
+            return Some(Permit { probe: false });
+        }
+        let mut g = self.lock();
+        match g.state {
+            BreakerState::Closed => Some(Permit { probe: false }),
+            BreakerState::Open => {
+                let cooled = g
+                    .opened_at
+                    .is_none_or(|t| t.elapsed() >= self.config.open_for);
+                if cooled {
+                    g.state = BreakerState::HalfOpen;
+                    g.probes_in_flight = 1;
+                    g.probe_successes = 0;
+                    drop(g);
+                    self.publish(BreakerState::HalfOpen);
+                    tracing::info!(service = self.service, "circuit half-open: probing");
+                    Some(Permit { probe: true })
+                } else {
+                    g.rejected += 1;
+                    drop(g);
+                    metrics::counter!("gateway_circuit_rejected_total", "service" => self.service)
+                        .increment(1);
+                    None
+                }
+            }
+            BreakerState::HalfOpen => {
+                if g.probes_in_flight < self.config.half_open_probes.max(1) {
+                    g.probes_in_flight += 1;
+                    Some(Permit { probe: true })
+                } else {
+                    g.rejected += 1;
+                    drop(g);
+                    metrics::counter!("gateway_circuit_rejected_total", "service" => self.service)
+                        .increment(1);
+                    None
+                }
+            }
+        }
+    }
+
+    /// Reports the outcome of a call admitted by `permit`. `failure` means the service
+    /// looked unhealthy (unavailable, timed out), not that it answered with a business error.
+    pub fn record(&self, permit: Permit, failure: bool) {
+        if !self.config.enabled {
+            return;
+        }
+        let mut g = self.lock();
+        if permit.probe {
+            g.probes_in_flight = g.probes_in_flight.saturating_sub(1);
+        }
+        let before = g.state;
+        match (g.state, failure) {
+            (BreakerState::Closed, false) => g.consecutive_failures = 0,
+            (BreakerState::Closed, true) => {
+                g.consecutive_failures += 1;
+                if g.consecutive_failures >= self.config.failure_threshold.max(1) {
+                    g.state = BreakerState::Open;
+                    g.opened_at = Some(Instant::now());
+                }
+            }
+            (BreakerState::HalfOpen, false) if permit.probe => {
+                g.probe_successes += 1;
+                if g.probe_successes >= self.config.half_open_probes.max(1) {
+                    g.state = BreakerState::Closed;
+                    g.consecutive_failures = 0;
+                    g.opened_at = None;
+                }
+            }
+            (BreakerState::HalfOpen, true) => {
+                g.state = BreakerState::Open;
+                g.opened_at = Some(Instant::now());
+                g.consecutive_failures += 1;
+            }
+            // Late answers of calls admitted before the breaker opened change nothing.
+            _ => {}
+        }
+        let after = g.state;
+        drop(g);
+        if before != after {
+            self.publish(after);
+            metrics::counter!("gateway_circuit_transitions_total", "service" => self.service, "to" => format!("{after:?}")).increment(1);
+            tracing::warn!(service = self.service, from = ?before, to = ?after, "circuit state changed");
+        }
+    }
+
+    pub fn snapshot(&self) -> BreakerSnapshot {
+        let g = self.lock();
+        let retry_in_ms = match (g.state, g.opened_at) {
+            (BreakerState::Open, Some(t)) => {
+                self.config.open_for.saturating_sub(t.elapsed()).as_millis() as u64
+            }
+            _ => 0,
+        };
+        BreakerSnapshot {
+            enabled: self.config.enabled,
+            state: g.state,
+            consecutive_failures: g.consecutive_failures,
+            failure_threshold: self.config.failure_threshold,
+            retry_in_ms,
+            rejected: g.rejected,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(open_for_ms: u64) -> CircuitBreaker {
+        CircuitBreaker::new(
+            "test",
+            BreakerConfig {
+                enabled: true,
+                failure_threshold: 3,
+                open_for: Duration::from_millis(open_for_ms),
+                half_open_probes: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn opens_after_threshold_and_closes_after_probe() {
+        let b = breaker(0);
+        for _ in 0..3 {
+            let p = b.try_acquire().expect("closed");
+            b.record(p, true);
+        }
+        assert_eq!(b.snapshot().state, BreakerState::Open);
+        // open_for = 0: the next call is a probe.
+        let p = b.try_acquire().expect("probe");
+        assert_eq!(b.snapshot().state, BreakerState::HalfOpen);
+        assert!(b.try_acquire().is_none(), "only one probe at a time");
+        b.record(p, false);
+        assert_eq!(b.snapshot().state, BreakerState::Closed);
+    }
+
+    #[test]
+    fn open_rejects_and_failed_probe_reopens() {
+        let b = breaker(60_000);
+        for _ in 0..3 {
+            let p = b.try_acquire().expect("closed");
+            b.record(p, true);
+        }
+        assert!(b.try_acquire().is_none());
+        assert_eq!(b.snapshot().rejected, 1);
+
+        let b = breaker(0);
+        for _ in 0..3 {
+            let p = b.try_acquire().expect("closed");
+            b.record(p, true);
+        }
+        let p = b.try_acquire().expect("probe");
+        b.record(p, true);
+        assert_eq!(b.snapshot().state, BreakerState::Open);
+    }
+
+    #[test]
+    fn success_resets_the_count_and_disabled_never_opens() {
+        let b = breaker(60_000);
+        for _ in 0..10 {
+            let p = b.try_acquire().expect("closed");
+            b.record(p, true);
+            let p = b.try_acquire().expect("closed");
+            b.record(p, false);
+            if b.snapshot().state != BreakerState::Closed {
+                break;
+            }
+        }
+        let off = CircuitBreaker::new(
+            "off",
+            BreakerConfig {
+                enabled: false,
+                failure_threshold: 1,
+                open_for: Duration::from_secs(60),
+                half_open_probes: 1,
+            },
+        );
+        for _ in 0..5 {
+            let p = off.try_acquire().expect("disabled admits");
+            off.record(p, true);
+        }
+        assert_eq!(off.snapshot().state, BreakerState::Closed);
+    }
+}

@@ -1,0 +1,119 @@
+//! Gateway settings: every field is a CLI flag and an environment variable.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// `on`/`off` switch (also accepts true/false, 1/0, yes/no).
+pub fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        other => Err(format!("expected on or off, got {other:?}")),
+    }
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    if s.len() < 16 {
+        return Err("must be at least 16 characters".into());
+    }
+    Ok(SecretString::from(s))
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "gateway", about = "Shop REST gateway and web shop")]
+pub struct Config {
+    /// HTTP listen address (REST API, web shop, /metrics, /openapi.json). Port 0 picks one.
+    #[arg(long, env = "GATEWAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+    #[arg(
+        long,
+        env = "USER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub user_service_url: String,
+    #[arg(
+        long,
+        env = "ITEM_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub item_service_url: String,
+    #[arg(
+        long,
+        env = "PAYMENT_SERVICE_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub payment_service_url: String,
+    /// HS256 secret shared with user-service; tokens are verified here.
+    #[arg(long, env = "USER_JWT_SECRET", value_parser = parse_secret, hide_env_values = true)]
+    pub jwt_secret: SecretString,
+    /// Deadline budget of one checkout, all hops included (ms).
+    #[arg(long, env = "GATEWAY_CHECKOUT_BUDGET_MS", default_value_t = 2000)]
+    pub checkout_budget_ms: u64,
+    /// Deadline budget of every other request (ms).
+    #[arg(long, env = "GATEWAY_READ_BUDGET_MS", default_value_t = 500)]
+    pub read_budget_ms: u64,
+    /// TCP connect timeout towards a service (ms).
+    #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT_MS", default_value_t = 250)]
+    pub connect_timeout_ms: u64,
+    /// Retries of idempotent calls (on/off).
+    #[arg(long, env = "GATEWAY_RETRIES", default_value = "on", value_parser = parse_switch)]
+    pub retries: bool,
+    /// Attempts per call, the first included.
+    #[arg(long, env = "GATEWAY_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
+    pub retry_max_attempts: u32,
+    /// First backoff (ms); doubles per attempt, full jitter.
+    #[arg(long, env = "GATEWAY_RETRY_BASE_MS", default_value_t = 25)]
+    pub retry_base_ms: u64,
+    /// Largest backoff (ms).
+    #[arg(long, env = "GATEWAY_RETRY_MAX_BACKOFF_MS", default_value_t = 250)]
+    pub retry_max_backoff_ms: u64,
+    /// Retry budget per service (gRFC A6 `max_tokens`): retries stop while tokens <= half.
+    #[arg(long, env = "GATEWAY_RETRY_BUDGET_TOKENS", default_value_t = 10.0)]
+    pub retry_budget_tokens: f64,
+    /// Tokens a success gives back (gRFC A6 `token_ratio`).
+    #[arg(long, env = "GATEWAY_RETRY_TOKEN_RATIO", default_value_t = 0.1)]
+    pub retry_token_ratio: f64,
+    /// Circuit breakers per downstream service (on/off).
+    #[arg(long, env = "GATEWAY_BREAKERS", default_value = "on", value_parser = parse_switch)]
+    pub breakers: bool,
+    /// Consecutive failures that open a breaker.
+    #[arg(long, env = "GATEWAY_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// How long an open breaker rejects calls before letting a probe through (ms).
+    #[arg(long, env = "GATEWAY_BREAKER_OPEN_MS", default_value_t = 5000)]
+    pub breaker_open_ms: u64,
+    /// Successful probes in half-open needed to close again.
+    #[arg(long, env = "GATEWAY_BREAKER_HALF_OPEN_PROBES", default_value_t = 1)]
+    pub breaker_half_open_probes: u32,
+    /// Fault rules for the gateway's own routes (platform faults JSON); route keys are
+    /// "METHOD /path/pattern", e.g. "GET /api/items", or "*".
+    #[arg(long, env = "GATEWAY_FAULTS", default_value = "")]
+    pub faults: String,
+    /// Largest accepted request body (bytes); larger is 413.
+    #[arg(long, env = "GATEWAY_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
+    pub body_limit_bytes: usize,
+    /// JSON log lines.
+    #[arg(long, env = "GATEWAY_LOG_JSON", default_value = "off", value_parser = parse_switch)]
+    pub log_json: bool,
+}
+
+impl Config {
+    pub fn checkout_budget(&self) -> Duration {
+        Duration::from_millis(self.checkout_budget_ms)
+    }
+    pub fn read_budget(&self) -> Duration {
+        Duration::from_millis(self.read_budget_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Defaults for tests and the monolith: every setting at its default, this secret.
+    pub fn with_secret(secret: &str) -> Self {
+        use clap::Parser;
+        let mut c = Self::parse_from(["gateway", "--jwt-secret", "0123456789abcdef0123"]);
+        c.jwt_secret = SecretString::from(secret);
+        c
+    }
+}

@@ -1,0 +1,280 @@
+//! Clients of the three services, generic over the transport: a tonic `Channel` for the
+//! distributed deployment, or the services' tonic servers called in-process (the `shop`
+//! monolith: no sockets, no HTTP/2). Every call goes through [`Downstream::call`], which
+//! applies the deadline, the circuit breaker and the retry policy in one place.
+
+use std::{future::Future, sync::Arc, time::Instant};
+
+use platform::CallContext;
+use serde::Serialize;
+use shop_proto::{
+    item::v1::item_service_client::ItemServiceClient,
+    payment::v1::payment_service_client::PaymentServiceClient,
+    user::v1::user_service_client::UserServiceClient,
+};
+use tonic::{Code, Status};
+use utoipa::ToSchema;
+
+use crate::{
+    breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker},
+    config::Config,
+    retry::{RetryBudget, RetryPolicy},
+};
+
+/// What the generated clients are built on: a tonic `Channel` or an in-process server.
+pub type Transport = platform::transport::GrpcTransport;
+
+pub type UserClient = UserServiceClient<Transport>;
+pub type ItemClient = ItemServiceClient<Transport>;
+pub type PaymentClient = PaymentServiceClient<Transport>;
+
+/// A lazily connecting channel to `url`: the gateway starts (and serves whatever does not
+/// need a missing service) even when a service is down.
+pub fn channel(url: &str, config: &Config) -> anyhow::Result<Transport> {
+    platform::transport::channel(url, config.connect_timeout())
+        .map_err(|e| anyhow::anyhow!("invalid service URL {url:?}: {e}"))
+}
+
+/// One downstream service: its client, breaker and retry budget.
+#[derive(Clone)]
+pub struct Downstream<C> {
+    pub name: &'static str,
+    pub target: String,
+    client: C,
+    breaker: Arc<CircuitBreaker>,
+    budget: Arc<RetryBudget>,
+    policy: RetryPolicy,
+}
+
+/// Whether a call may be repeated without changing its effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Safety {
+    /// Reads, and writes that carry an idempotency key (or are idempotent by id).
+    Idempotent,
+    /// Everything else: tried once.
+    Once,
+}
+
+/// Failures that say the service is unhealthy (for the breaker), as opposed to answers.
+fn is_health_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::ResourceExhausted
+    )
+}
+
+impl<C: Clone> Downstream<C> {
+    fn new(name: &'static str, target: String, client: C, config: &Config) -> Self {
+        Self {
+            name,
+            target,
+            client,
+            breaker: Arc::new(CircuitBreaker::new(
+                name,
+                BreakerConfig {
+                    enabled: config.breakers,
+                    failure_threshold: config.breaker_failures,
+                    open_for: std::time::Duration::from_millis(config.breaker_open_ms),
+                    half_open_probes: config.breaker_half_open_probes,
+                },
+            )),
+            budget: Arc::new(RetryBudget::new(
+                config.retry_budget_tokens,
+                config.retry_token_ratio,
+            )),
+            policy: RetryPolicy {
+                enabled: config.retries,
+                max_attempts: config.retry_max_attempts.max(1),
+                base_backoff: std::time::Duration::from_millis(config.retry_base_ms),
+                max_backoff: std::time::Duration::from_millis(config.retry_max_backoff_ms),
+            },
+        }
+    }
+
+    /// Calls `method` with `msg`: builds each attempt's request from `ctx` (trace + what is
+    /// left of the deadline as grpc-timeout), stops waiting when the deadline passes, fails
+    /// fast while the breaker is open, and retries UNAVAILABLE when `safety` allows and the
+    /// retry budget has tokens.
+    pub async fn call<M, T, F, Fut>(
+        &self,
+        ctx: &CallContext,
+        method: &'static str,
+        safety: Safety,
+        msg: M,
+        f: F,
+    ) -> Result<T, Status>
+    where
+        M: Clone,
+        F: Fn(C, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            if ctx.expired() {
+                return Err(Status::deadline_exceeded(format!(
+                    "deadline passed before calling {}",
+                    self.name
+                )));
+            }
+            let Some(permit) = self.breaker.try_acquire() else {
+                metrics::counter!("gateway_downstream_requests_total", "service" => self.name, "method" => method, "code" => "CircuitOpen").increment(1);
+                return Err(Status::unavailable(format!(
+                    "{} is unavailable (circuit open)",
+                    self.name
+                )));
+            };
+            let start = Instant::now();
+            let fut = f(self.client.clone(), ctx.request(msg.clone(), None));
+            // The service enforces grpc-timeout too; this bound also covers a connection
+            // that never answers and the in-process transport, which has no timer.
+            let result = match ctx.remaining() {
+                Some(left) => match tokio::time::timeout(left, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "{} did not answer within the deadline",
+                        self.name
+                    ))),
+                },
+                None => fut.await,
+            };
+            let code = match &result {
+                Ok(_) => Code::Ok,
+                Err(s) => s.code(),
+            };
+            self.breaker.record(permit, is_health_failure(code));
+            metrics::counter!("gateway_downstream_requests_total", "service" => self.name, "method" => method, "code" => format!("{code:?}")).increment(1);
+            metrics::histogram!("gateway_downstream_request_duration_seconds", "service" => self.name, "method" => method).record(start.elapsed().as_secs_f64());
+            match result {
+                Ok(resp) => {
+                    self.budget.on_success();
+                    return Ok(resp.into_inner());
+                }
+                Err(status) => {
+                    if !RetryPolicy::retryable(status.code()) {
+                        return Err(status);
+                    }
+                    self.budget.on_failure();
+                    let may_retry = self.policy.enabled
+                        && safety == Safety::Idempotent
+                        && attempt < self.policy.max_attempts
+                        && self.budget.allows_retry();
+                    if !may_retry {
+                        return Err(status);
+                    }
+                    let pause = self.policy.backoff(attempt);
+                    if ctx.remaining().is_some_and(|left| left <= pause) {
+                        return Err(status);
+                    }
+                    metrics::counter!("gateway_retries_total", "service" => self.name, "method" => method).increment(1);
+                    tracing::debug!(service = self.name, method, attempt, ?pause, "retrying");
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> DownstreamSnapshot {
+        DownstreamSnapshot {
+            service: self.name.to_owned(),
+            target: self.target.clone(),
+            breaker: self.breaker.snapshot(),
+            retries_enabled: self.policy.enabled,
+            retry_tokens: self.budget.tokens(),
+        }
+    }
+}
+
+/// One downstream as GET /debug/downstreams shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DownstreamSnapshot {
+    pub service: String,
+    /// URL, or "in-process" in the monolith.
+    pub target: String,
+    pub breaker: BreakerSnapshot,
+    pub retries_enabled: bool,
+    /// Retry-budget tokens left (retries stop at half the bucket).
+    pub retry_tokens: f64,
+}
+
+/// The three services.
+#[derive(Clone)]
+pub struct Downstreams {
+    pub user: Downstream<UserClient>,
+    pub item: Downstream<ItemClient>,
+    pub payment: Downstream<PaymentClient>,
+}
+
+/// Where each service is reached.
+pub struct Transports {
+    pub user: (String, Transport),
+    pub item: (String, Transport),
+    pub payment: (String, Transport),
+}
+
+impl Transports {
+    /// Channels to the URLs in `config`.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            user: (
+                config.user_service_url.clone(),
+                channel(&config.user_service_url, config)?,
+            ),
+            item: (
+                config.item_service_url.clone(),
+                channel(&config.item_service_url, config)?,
+            ),
+            payment: (
+                config.payment_service_url.clone(),
+                channel(&config.payment_service_url, config)?,
+            ),
+        })
+    }
+
+    /// All three served by one in-process router (the monolith).
+    pub fn in_process(transport: Transport) -> Self {
+        Self {
+            user: ("in-process".into(), transport.clone()),
+            item: ("in-process".into(), transport.clone()),
+            payment: ("in-process".into(), transport),
+        }
+    }
+}
+
+impl Downstreams {
+    pub fn new(transports: Transports, config: &Config) -> Self {
+        let Transports {
+            user,
+            item,
+            payment,
+        } = transports;
+        Self {
+            user: Downstream::new(
+                "user-service",
+                user.0,
+                UserServiceClient::new(user.1),
+                config,
+            ),
+            item: Downstream::new(
+                "item-service",
+                item.0,
+                ItemServiceClient::new(item.1),
+                config,
+            ),
+            payment: Downstream::new(
+                "payment-service",
+                payment.0,
+                PaymentServiceClient::new(payment.1),
+                config,
+            ),
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<DownstreamSnapshot> {
+        vec![
+            self.user.snapshot(),
+            self.item.snapshot(),
+            self.payment.snapshot(),
+        ]
+    }
+}

@@ -1,0 +1,31 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use platform::faults::FaultInjector;
+
+use crate::{auth::TokenVerifier, deadline::Budgets, downstream::Downstreams};
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub downstreams: Downstreams,
+    pub verifier: TokenVerifier,
+    pub budgets: Budgets,
+    /// The gateway's own fault rules (its HTTP routes), changeable at run time.
+    pub faults: FaultInjector,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
