@@ -47,10 +47,11 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// The services every Shop server hosts beside its own: health and reflection are added by
-/// [`serve`]; these two are routes that the monolith can host once for all services.
-pub fn admin_routes(faults: &FaultInjector) -> Routes {
-    Routes::new(FaultAdminServer::new(FaultAdminService(faults.clone())))
+/// Adds the admin services every Shop server hosts beside its own: fault injection
+/// control and the echo floor.
+pub fn with_admin_services(routes: Routes, faults: &FaultInjector) -> Routes {
+    routes
+        .add_service(FaultAdminServer::new(FaultAdminService(faults.clone())))
         .add_service(EchoServer::new(EchoService))
 }
 
@@ -81,13 +82,10 @@ pub async fn serve(
         v1alpha = v1alpha.register_encoded_file_descriptor_set(set);
     }
 
-    let routes = routes
+    let routes = with_admin_services(routes, &options.faults)
         .add_service(health_service)
         .add_service(v1.build_v1()?)
         .add_service(v1alpha.build_v1alpha()?);
-    let routes = admin_routes(&options.faults)
-        .into_axum_router()
-        .merge(routes.into_axum_router());
 
     let layers = tower::ServiceBuilder::new()
         .layer(ObserveLayer)
@@ -96,7 +94,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .timeout(options.request_timeout)
         .layer(layers)
-        .add_routes(Routes::from(routes))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
