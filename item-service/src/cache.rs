@@ -1,0 +1,361 @@
+//! Redis cache-aside in front of GetItem and BatchGetItems.
+//!
+//! Choices, briefly:
+//! - What is cached: the whole served item, stock included, as protobuf bytes under
+//!   `shop:item:v1:{id}`. Every write path deletes the keys it makes stale *after* its
+//!   MongoDB write (item updates and deletes, and every stock change made by reservations,
+//!   releases and the sweeper). Keeping stock out of the cached value would make every
+//!   GetItem read MongoDB anyway, i.e. no cache at all for the cart's pricing call.
+//! - Not found is cached too, briefly (ids are server-generated and never reused, so a
+//!   negative entry only guards against bursts for unknown ids).
+//! - TTLs get +-20% jitter so entries written together do not expire together.
+//! - A burst of misses on one key in this process makes one MongoDB read (single-flight).
+//! - List pages are not cached: their keys are (filter, sort, cursor, size) with few
+//!   repeats, and each stock change would have to invalidate every page that shows the item,
+//!   which needs a reverse index; the list queries are index-backed keyset reads instead.
+//! - Redis is never a reason to fail: every operation has a short timeout, errors and
+//!   timeouts are logged and counted, the request continues on MongoDB, and after an error
+//!   the cache is bypassed for a moment so a dead Redis does not cost every request the
+//!   timeout. The remaining race of cache-aside (a reader that read MongoDB before a write
+//!   stores its old copy after the writer's delete) is bounded by the TTL.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use prost::Message;
+use rand::Rng;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use shop_proto::item::v1 as pb;
+use tokio::sync::OnceCell;
+use tonic::Status;
+
+use crate::input::ItemId;
+
+const FOUND: u8 = b'I';
+const NOT_FOUND: u8 = b'N';
+/// How long the cache is skipped after a Redis error.
+const BACKOFF: Duration = Duration::from_secs(1);
+
+fn key(id: ItemId) -> String {
+    format!("shop:item:v1:{}", id.hex())
+}
+
+fn count(result: &'static str, n: u64) {
+    if n > 0 {
+        metrics::counter!("item_cache_requests_total", "result" => result).increment(n);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub redis_url: String,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub op_timeout: Duration,
+}
+
+type Loaded = Result<Option<pb::Item>, Status>;
+
+struct Inner {
+    settings: CacheSettings,
+    /// Set by the background connector once Redis answered; the manager reconnects by
+    /// itself after that.
+    conn: OnceLock<ConnectionManager>,
+    bypass_until: Mutex<Option<Instant>>,
+    inflight: Mutex<HashMap<ItemId, Arc<OnceCell<Loaded>>>>,
+}
+
+/// The item cache; `Cache::off()` passes everything straight to MongoDB.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("enabled", &self.inner.is_some())
+            .finish()
+    }
+}
+
+enum Lookup {
+    Hit(Option<pb::Item>),
+    Miss,
+}
+
+fn decode(bytes: &[u8]) -> Option<Option<pb::Item>> {
+    match bytes.split_first() {
+        Some((&NOT_FOUND, _)) => Some(None),
+        Some((&FOUND, rest)) => pb::Item::decode(rest).ok().map(Some),
+        _ => None,
+    }
+}
+
+fn encode(item: Option<&pb::Item>) -> Vec<u8> {
+    match item {
+        None => vec![NOT_FOUND],
+        Some(i) => {
+            let mut v = Vec::with_capacity(1 + i.encoded_len());
+            v.push(FOUND);
+            i.encode(&mut v).map(|()| v).unwrap_or_default()
+        }
+    }
+}
+
+impl Cache {
+    pub fn off() -> Self {
+        Self { inner: None }
+    }
+
+    /// A cache that connects to Redis in the background, so the service starts (and
+    /// serves from MongoDB) even while Redis is down. Must be called inside a runtime.
+    pub fn connect(settings: CacheSettings) -> anyhow::Result<Self> {
+        let client = redis::Client::open(settings.redis_url.as_str())?;
+        let inner = Arc::new(Inner {
+            settings,
+            conn: OnceLock::new(),
+            bypass_until: Mutex::new(None),
+            inflight: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Duration::from_millis(500))
+                .set_number_of_retries(1)
+                .set_max_delay(200);
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let attempt = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    ConnectionManager::new_with_config(client.clone(), config.clone()),
+                )
+                .await;
+                match attempt {
+                    Ok(Ok(conn)) => {
+                        let _ = inner.conn.set(conn);
+                        tracing::info!("redis cache connected");
+                        return;
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "redis cache not reachable yet; serving from MongoDB"),
+                    Err(_) => tracing::warn!("redis cache connect timed out; serving from MongoDB"),
+                }
+                drop(inner);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Ok(Self { inner: Some(inner) })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// One item through the cache; `load` reads MongoDB.
+    pub async fn get_item<F, Fut>(&self, id: ItemId, load: F) -> Loaded
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Loaded>,
+    {
+        let Some(inner) = &self.inner else {
+            return load().await;
+        };
+        let fill = match inner.lookup(&[id]).await {
+            Some(mut found) => match found.pop() {
+                Some(Lookup::Hit(item)) => {
+                    count("hit", 1);
+                    return Ok(item);
+                }
+                _ => {
+                    count("miss", 1);
+                    true
+                }
+            },
+            None => false,
+        };
+        // Single-flight: the first caller loads, concurrent callers for the same id wait
+        // for its result.
+        let cell = {
+            let mut map = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(id).or_default().clone()
+        };
+        let result = cell
+            .get_or_init(|| async {
+                let loaded = load().await;
+                if fill && let Ok(item) = &loaded {
+                    inner.store(&[(id, item.as_ref())]).await;
+                }
+                loaded
+            })
+            .await
+            .clone();
+        {
+            let mut map = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                map.remove(&id);
+            }
+        }
+        result
+    }
+
+    /// Many items through the cache: one MGET, one MongoDB read for all misses, one
+    /// pipelined fill. Returns what exists.
+    pub async fn get_many<F, Fut>(&self, ids: &[ItemId], load: F) -> Result<HashMap<ItemId, pb::Item>, Status>
+    where
+        F: FnOnce(Vec<ItemId>) -> Fut,
+        Fut: Future<Output = Result<Vec<(ItemId, pb::Item)>, Status>>,
+    {
+        let Some(inner) = &self.inner else {
+            return Ok(load(ids.to_vec()).await?.into_iter().collect());
+        };
+        let mut out = HashMap::with_capacity(ids.len());
+        let (misses, fill) = match inner.lookup(ids).await {
+            Some(found) => {
+                let mut misses = Vec::new();
+                for (id, l) in ids.iter().zip(found) {
+                    match l {
+                        Lookup::Hit(Some(item)) => {
+                            out.insert(*id, item);
+                        }
+                        Lookup::Hit(None) => {}
+                        _ => misses.push(*id),
+                    }
+                }
+                count("hit", (ids.len() - misses.len()) as u64);
+                count("miss", misses.len() as u64);
+                (misses, true)
+            }
+            None => (ids.to_vec(), false),
+        };
+        if misses.is_empty() {
+            return Ok(out);
+        }
+        let loaded: HashMap<ItemId, pb::Item> = load(misses.clone()).await?.into_iter().collect();
+        if fill {
+            let entries: Vec<(ItemId, Option<&pb::Item>)> =
+                misses.iter().map(|id| (*id, loaded.get(id))).collect();
+            inner.store(&entries).await;
+        }
+        out.extend(loaded);
+        Ok(out)
+    }
+
+    /// Deletes the entries of items whose stored state just changed.
+    pub async fn invalidate(&self, ids: &[ItemId]) {
+        let Some(inner) = &self.inner else { return };
+        if ids.is_empty() {
+            return;
+        }
+        // Not skipped during a bypass: a delete that reaches Redis is always worth it.
+        let Some(mut conn) = inner.conn.get().cloned() else {
+            return;
+        };
+        let keys: Vec<String> = ids.iter().map(|id| key(*id)).collect();
+        let res = tokio::time::timeout(
+            inner.settings.op_timeout,
+            redis::cmd("DEL").arg(&keys).query_async::<i64>(&mut conn),
+        )
+        .await;
+        match res {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => inner.failed("invalidate", &e.to_string()),
+            Err(_) => inner.failed("invalidate", "timed out"),
+        }
+    }
+}
+
+impl Inner {
+    /// The connection, unless Redis is known to be down right now.
+    fn usable(&self) -> Option<ConnectionManager> {
+        let bypass = *self.bypass_until.lock().unwrap_or_else(|p| p.into_inner());
+        if bypass.is_some_and(|until| Instant::now() < until) {
+            return None;
+        }
+        self.conn.get().cloned()
+    }
+
+    fn failed(&self, op: &str, err: &str) {
+        count("error", 1);
+        let mut bypass = self.bypass_until.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        // Log once per back-off period, not once per request.
+        if bypass.is_none_or(|until| now >= until) {
+            tracing::warn!(op, error = err, "redis cache failed; serving from MongoDB for a while");
+        }
+        *bypass = Some(now + BACKOFF);
+    }
+
+    /// MGET; None when Redis is unusable (counted as "error" or "bypass").
+    async fn lookup(&self, ids: &[ItemId]) -> Option<Vec<Lookup>> {
+        let Some(mut conn) = self.usable() else {
+            count("bypass", ids.len() as u64);
+            return None;
+        };
+        let keys: Vec<String> = ids.iter().map(|id| key(*id)).collect();
+        let res = tokio::time::timeout(
+            self.settings.op_timeout,
+            redis::cmd("MGET")
+                .arg(&keys)
+                .query_async::<Vec<Option<Vec<u8>>>>(&mut conn),
+        )
+        .await;
+        let values = match res {
+            Ok(Ok(v)) if v.len() == ids.len() => v,
+            Ok(Ok(_)) => {
+                self.failed("mget", "wrong number of values");
+                return None;
+            }
+            Ok(Err(e)) => {
+                self.failed("mget", &e.to_string());
+                return None;
+            }
+            Err(_) => {
+                self.failed("mget", "timed out");
+                return None;
+            }
+        };
+        Some(
+            values
+                .into_iter()
+                .map(|v| match v.as_deref().map(decode) {
+                    Some(Some(hit)) => Lookup::Hit(hit),
+                    // Absent, or bytes we cannot read (an older format): a miss.
+                    _ => Lookup::Miss,
+                })
+                .collect(),
+        )
+    }
+
+    fn ttl(&self, found: bool) -> u64 {
+        let base = if found {
+            self.settings.ttl
+        } else {
+            self.settings.negative_ttl
+        };
+        let jitter = rand::rng().random_range(0.8..1.2);
+        ((base.as_millis() as f64 * jitter) as u64).max(1)
+    }
+
+    async fn store(&self, entries: &[(ItemId, Option<&pb::Item>)]) {
+        let Some(mut conn) = self.usable() else { return };
+        let mut pipe = redis::pipe();
+        for (id, item) in entries {
+            pipe.cmd("SET")
+                .arg(key(*id))
+                .arg(encode(*item))
+                .arg("PX")
+                .arg(self.ttl(item.is_some()))
+                .ignore();
+        }
+        let res = tokio::time::timeout(self.settings.op_timeout, pipe.query_async::<()>(&mut conn)).await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failed("set", &e.to_string()),
+            Err(_) => self.failed("set", "timed out"),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Settings, from flags or `ITEM_*` environment variables (names from DESIGN.md).
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// Whether the Redis cache sits in front of MongoDB reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheMode {
+    #[value(alias = "true", alias = "1")]
+    On,
+    #[value(alias = "false", alias = "0")]
+    Off,
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "item-service", about = "Shop catalog, stock and reservations (gRPC)")]
+pub struct Config {
+    /// gRPC listen address; port 0 picks a free port.
+    #[arg(long, env = "ITEM_GRPC_ADDR", default_value = "127.0.0.1:50052")]
+    pub grpc_addr: String,
+
+    /// Prometheus `/metrics` listen address; port 0 picks a free port.
+    #[arg(long, env = "ITEM_METRICS_ADDR", default_value = "127.0.0.1:9092")]
+    pub metrics_addr: String,
+
+    /// MongoDB connection string (may hold credentials).
+    #[arg(
+        long,
+        env = "ITEM_MONGODB_URL",
+        default_value = "mongodb://127.0.0.1:27017/?directConnection=true",
+        value_parser = parse_secret,
+        hide_default_value = true
+    )]
+    pub mongodb_url: SecretString,
+
+    /// Database that holds the `items` and `reservations` collections.
+    #[arg(long, env = "ITEM_MONGODB_DATABASE", default_value = "shop_item")]
+    pub mongodb_database: String,
+
+    /// Redis connection string (may hold a password).
+    #[arg(
+        long,
+        env = "ITEM_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        value_parser = parse_secret,
+        hide_default_value = true
+    )]
+    pub redis_url: SecretString,
+
+    /// Redis cache in front of GetItem/BatchGetItems: on or off.
+    #[arg(long, env = "ITEM_CACHE", value_enum, default_value = "on")]
+    pub cache: CacheMode,
+
+    /// Base TTL of a cached item (a random +-20% is added so entries don't expire together).
+    #[arg(long, env = "ITEM_CACHE_TTL_SECS", default_value_t = 300)]
+    pub cache_ttl_secs: u64,
+
+    /// TTL of a cached "not found".
+    #[arg(long, env = "ITEM_CACHE_NEGATIVE_TTL_SECS", default_value_t = 5)]
+    pub cache_negative_ttl_secs: u64,
+
+    /// Upper bound on any one Redis operation; past it the request goes to MongoDB.
+    #[arg(long, env = "ITEM_CACHE_TIMEOUT_MS", default_value_t = 50)]
+    pub cache_timeout_ms: u64,
+
+    /// How long an uncommitted reservation holds stock before the sweeper releases it.
+    #[arg(long, env = "ITEM_RESERVATION_TTL_SECS", default_value_t = 600)]
+    pub reservation_ttl_secs: u64,
+
+    /// How often the sweeper looks for expired reservations.
+    #[arg(long, env = "ITEM_SWEEP_INTERVAL_MS", default_value_t = 5000)]
+    pub sweep_interval_ms: u64,
+
+    /// Server-side upper bound on one request, whatever the caller's deadline.
+    #[arg(long, env = "ITEM_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// Fault-injection rules (JSON list, see platform::faults); empty means none.
+    #[arg(long, env = "ITEM_FAULTS", default_value = "")]
+    pub faults: String,
+
+    /// Load the demo catalog at start-up (idempotent: existing SKUs are left alone).
+    #[arg(long, env = "ITEM_SEED", default_value_t = false)]
+    pub seed: bool,
+
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "ITEM_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s))
+}
+
+impl Config {
+    /// Defaults with the given store URLs: what tests and the monolith start from.
+    pub fn for_stores(mongodb_url: &str, database: &str, redis_url: &str) -> Self {
+        use clap::Parser;
+        let mut c = Self::parse_from(["item-service"]);
+        c.mongodb_url = SecretString::from(mongodb_url);
+        c.mongodb_database = database.to_owned();
+        c.redis_url = SecretString::from(redis_url);
+        c
+    }
+
+    pub fn reservation_ttl(&self) -> Duration {
+        Duration::from_secs(self.reservation_ttl_secs)
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.sweep_interval_ms.max(10))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(1))
+    }
+}

@@ -1,0 +1,279 @@
+//! The `shop.item.v1.ItemService` implementation.
+
+use std::{sync::Arc, time::Duration};
+
+use mongodb::Database;
+use platform::{FieldError, paging::Page};
+use shop_proto::{common::v1 as common, item::v1 as pb};
+use tonic::{Request, Response, Status, service::Routes};
+
+use pb::item_service_server::{ItemService, ItemServiceServer};
+
+use crate::{
+    cache::{Cache, CacheSettings},
+    config::{CacheMode, Config},
+    cursor::{self, Sort},
+    error::Error,
+    input::{self, ItemId, ItemPatch, NewItem, ReservationId},
+    reservations::Reservations,
+    store::{self, ItemStore, ListQuery},
+};
+
+/// The item service: hosted by `Application`, or in-process by the `shop` monolith.
+#[derive(Clone, Debug)]
+pub struct ItemGrpc {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    store: ItemStore,
+    reservations: Reservations,
+    cache: Cache,
+    sweep_interval: Duration,
+}
+
+impl ItemGrpc {
+    /// Connects to MongoDB (creating indexes) and Redis (in the background), and seeds
+    /// the catalog when `config.seed` says so.
+    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+        use secrecy::ExposeSecret;
+        let db = store::connect(config.mongodb_url.expose_secret(), &config.mongodb_database).await?;
+        let cache = match config.cache {
+            CacheMode::Off => Cache::off(),
+            CacheMode::On => Cache::connect(CacheSettings {
+                redis_url: config.redis_url.expose_secret().to_owned(),
+                ttl: Duration::from_secs(config.cache_ttl_secs.max(1)),
+                negative_ttl: Duration::from_secs(config.cache_negative_ttl_secs.max(1)),
+                op_timeout: Duration::from_millis(config.cache_timeout_ms.max(1)),
+            })?,
+        };
+        let store = ItemStore::new(&db);
+        let reservations = Reservations::new(&db, cache.clone(), config.reservation_ttl());
+        store.ensure_indexes().await?;
+        reservations.ensure_indexes().await?;
+        if config.seed {
+            let report = crate::seed::seed_catalog(&db).await?;
+            tracing::info!(inserted = report.inserted, total = report.total, "catalog seeded");
+        }
+        tracing::info!(
+            database = %config.mongodb_database,
+            cache = ?config.cache,
+            reservation_ttl_secs = config.reservation_ttl_secs,
+            "item store ready"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                store,
+                reservations,
+                cache,
+                sweep_interval: config.sweep_interval(),
+            }),
+        })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.inner.db
+    }
+
+    pub fn server(&self) -> ItemServiceServer<ItemGrpc> {
+        ItemServiceServer::new(self.clone())
+    }
+
+    /// Routes for this service alone (the monolith adds health, reflection and admin once).
+    pub fn routes(&self) -> Routes {
+        Routes::new(self.server())
+    }
+
+    /// Releases expired reservations every sweep interval until `shutdown`. Run one per
+    /// process; several replicas may run theirs at once.
+    pub async fn run_sweeper(&self, shutdown: impl std::future::Future<Output = ()>) {
+        self.inner
+            .reservations
+            .run_sweeper(self.inner.sweep_interval, shutdown)
+            .await;
+    }
+
+    /// One sweep now (tests, admin tooling); returns how many reservations it handled.
+    pub async fn sweep_once(&self) -> Result<usize, Status> {
+        Ok(self.inner.reservations.sweep().await?)
+    }
+
+    async fn load_one(&self, id: ItemId) -> Result<Option<pb::Item>, Status> {
+        Ok(self.inner.store.get(id).await?.map(|d| d.to_pb()))
+    }
+}
+
+fn field(e: FieldError) -> Status {
+    e.into()
+}
+
+#[tonic::async_trait]
+impl ItemService for ItemGrpc {
+    async fn create_item(
+        &self,
+        request: Request<pb::CreateItemRequest>,
+    ) -> Result<Response<pb::CreateItemResponse>, Status> {
+        let new = NewItem::parse(request.get_ref()).map_err(field)?;
+        let doc = self.inner.store.insert(new).await?;
+        Ok(Response::new(pb::CreateItemResponse {
+            item: Some(doc.to_pb()),
+        }))
+    }
+
+    async fn update_item(
+        &self,
+        request: Request<pb::UpdateItemRequest>,
+    ) -> Result<Response<pb::UpdateItemResponse>, Status> {
+        let patch = ItemPatch::parse(request.get_ref()).map_err(field)?;
+        let id = patch.id;
+        let result = self.inner.store.update(patch).await;
+        if result.is_ok() {
+            self.inner.cache.invalidate(&[id]).await;
+        }
+        Ok(Response::new(pb::UpdateItemResponse {
+            item: Some(result?.to_pb()),
+        }))
+    }
+
+    async fn delete_item(
+        &self,
+        request: Request<pb::DeleteItemRequest>,
+    ) -> Result<Response<pb::DeleteItemResponse>, Status> {
+        let id = ItemId::parse(&request.get_ref().id, "id").map_err(field)?;
+        let result = self.inner.store.delete(id).await;
+        self.inner.cache.invalidate(&[id]).await;
+        result?;
+        Ok(Response::new(pb::DeleteItemResponse {}))
+    }
+
+    async fn get_item(
+        &self,
+        request: Request<pb::GetItemRequest>,
+    ) -> Result<Response<pb::GetItemResponse>, Status> {
+        let id = ItemId::parse(&request.get_ref().id, "id").map_err(field)?;
+        let item = self
+            .inner
+            .cache
+            .get_item(id, || self.load_one(id))
+            .await?
+            .ok_or_else(|| Status::from(Error::ItemNotFound(id.hex())))?;
+        Ok(Response::new(pb::GetItemResponse { item: Some(item) }))
+    }
+
+    async fn batch_get_items(
+        &self,
+        request: Request<pb::BatchGetItemsRequest>,
+    ) -> Result<Response<pb::BatchGetItemsResponse>, Status> {
+        let ids = input::batch_ids(&request.get_ref().ids).map_err(field)?;
+        let store = &self.inner.store;
+        let mut found = self
+            .inner
+            .cache
+            .get_many(&ids, |missing| async move {
+                let docs = store.get_many(&missing).await?;
+                Ok(docs.iter().map(|d| (ItemId(d.id), d.to_pb())).collect())
+            })
+            .await?;
+        let mut items = Vec::with_capacity(ids.len());
+        let mut missing_ids = Vec::new();
+        for id in ids {
+            match found.remove(&id) {
+                Some(item) => items.push(item),
+                None => missing_ids.push(id.hex()),
+            }
+        }
+        Ok(Response::new(pb::BatchGetItemsResponse { items, missing_ids }))
+    }
+
+    async fn list_items(
+        &self,
+        request: Request<pb::ListItemsRequest>,
+    ) -> Result<Response<pb::ListItemsResponse>, Status> {
+        let r = request.get_ref();
+        let category = input::category(&r.category, true).map_err(field)?;
+        let query = input::query(&r.query).map_err(field)?;
+        let sort = Sort::from_pb(r.sort).map_err(field)?;
+        let page = Page::parse(r.page.as_ref()).map_err(field)?;
+        let after = page
+            .token
+            .as_deref()
+            .map(|t| cursor::decode(t, sort, &category, &query))
+            .transpose()
+            .map_err(field)?;
+        let mut docs = self
+            .inner
+            .store
+            .list(&ListQuery {
+                category: category.clone(),
+                query: query.clone(),
+                sort,
+                after,
+                limit: page.size,
+            })
+            .await?;
+        let more = docs.len() > page.size as usize;
+        docs.truncate(page.size as usize);
+        let next_page_token = match (more, docs.last()) {
+            (true, Some(last)) => cursor::encode(sort, &category, &query, last),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListItemsResponse {
+            items: docs.iter().map(store::ItemDoc::to_pb).collect(),
+            page: Some(common::PageResponse { next_page_token }),
+        }))
+    }
+
+    async fn reserve_stock(
+        &self,
+        request: Request<pb::ReserveStockRequest>,
+    ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        let r = request.get_ref();
+        let id = ReservationId::parse(&r.reservation_id).map_err(field)?;
+        let lines = input::lines(&r.lines).map_err(field)?;
+        let doc = self.inner.reservations.reserve(&id, &lines).await?;
+        Ok(Response::new(pb::ReserveStockResponse {
+            reservation: Some(doc.to_pb()),
+        }))
+    }
+
+    async fn commit_reservation(
+        &self,
+        request: Request<pb::CommitReservationRequest>,
+    ) -> Result<Response<pb::CommitReservationResponse>, Status> {
+        let id = ReservationId::parse(&request.get_ref().reservation_id).map_err(field)?;
+        let doc = self.inner.reservations.commit(&id).await?;
+        Ok(Response::new(pb::CommitReservationResponse {
+            reservation: Some(doc.to_pb()),
+        }))
+    }
+
+    async fn release_reservation(
+        &self,
+        request: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        let id = ReservationId::parse(&request.get_ref().reservation_id).map_err(field)?;
+        let doc = self.inner.reservations.release(&id).await?;
+        Ok(Response::new(pb::ReleaseReservationResponse {
+            reservation: Some(doc.to_pb()),
+        }))
+    }
+
+    async fn get_reservation(
+        &self,
+        request: Request<pb::GetReservationRequest>,
+    ) -> Result<Response<pb::GetReservationResponse>, Status> {
+        let id = ReservationId::parse(&request.get_ref().reservation_id).map_err(field)?;
+        let doc = self
+            .inner
+            .reservations
+            .get(&id.0)
+            .await?
+            .ok_or_else(|| Error::ReservationNotFound(id.0.clone()))?;
+        Ok(Response::new(pb::GetReservationResponse {
+            reservation: Some(doc.to_pb()),
+        }))
+    }
+}

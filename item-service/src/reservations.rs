@@ -1,0 +1,658 @@
+//! Stock reservations: the checkout's first write.
+//!
+//! No multi-document transactions. A reservation is a document in `reservations` (keyed by
+//! the caller's id, which makes ReserveStock idempotent: the insert of a second attempt hits
+//! the unique `_id`) plus one conditional single-document update per line on `items`:
+//!
+//! - take a line:  filter `{_id, stock >= qty, holds != rid}`, update `$inc stock -qty,
+//!   $push holds rid`. Atomic in MongoDB, never read-then-write, so stock cannot go
+//!   negative, and `holds` makes the line idempotent: it is taken at most once per
+//!   reservation however often it is retried.
+//! - put it back: filter `{_id, holds == rid}`, update `$inc stock +qty, $pull holds rid`,
+//!   so stock comes back exactly once, whoever (caller, failed reserve, sweeper, a second
+//!   replica) tries.
+//! - commit: `$pull holds rid` only; the stock stays sold.
+//!
+//! Every status change is a conditional `find_one_and_update` on the status it expects
+//! (PENDING->RESERVED, RESERVED->COMMITTED, PENDING|RESERVED->RELEASED), so of two racing
+//! actors exactly one wins and only the winner goes on to touch stock. `settled` records
+//! that the per-line work after a status change is done; the sweeper finishes it when a
+//! process died in between.
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use mongodb::{
+    Collection, Database, IndexModel,
+    bson::{DateTime, Document, doc},
+    options::{IndexOptions, ReturnDocument},
+};
+use serde::{Deserialize, Serialize};
+use shop_proto::{common::v1 as common, item::v1 as pb};
+
+use crate::{
+    cache::Cache,
+    error::{Error, is_duplicate_key},
+    input::{ItemId, Line, ReservationId},
+    store::{self, ItemDoc, count_read},
+};
+
+pub const RESERVATIONS: &str = "reservations";
+/// An unsettled reservation older than this is assumed abandoned by a dead process.
+const SETTLE_GRACE: Duration = Duration::from_secs(30);
+/// At most this many reservations per sweep round (the next round continues).
+const SWEEP_BATCH: usize = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Lines are being taken.
+    Pending,
+    Reserved,
+    Committed,
+    Released,
+    Rejected,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Reserved => "reserved",
+            Self::Committed => "committed",
+            Self::Released => "released",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineDoc {
+    pub item_id: mongodb::bson::oid::ObjectId,
+    pub quantity: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReservationDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub lines: Vec<LineDoc>,
+    pub status: State,
+    pub expires_at: DateTime,
+    #[serde(default)]
+    pub reason: String,
+    /// For a rejection: the request field it names, and whether the item did not exist.
+    #[serde(default)]
+    pub reject_field: String,
+    #[serde(default)]
+    pub reject_not_found: bool,
+    pub settled: bool,
+    pub created_at: DateTime,
+    pub updated_at: DateTime,
+}
+
+impl ReservationDoc {
+    pub fn to_pb(&self) -> pb::Reservation {
+        use pb::ReservationStatus as S;
+        let status = match self.status {
+            State::Pending => S::Unspecified,
+            State::Reserved => S::Reserved,
+            State::Committed => S::Committed,
+            State::Released => S::Released,
+            State::Rejected => S::Rejected,
+        };
+        let ms = self.expires_at.timestamp_millis();
+        pb::Reservation {
+            reservation_id: self.id.clone(),
+            lines: self
+                .lines
+                .iter()
+                .map(|l| common::ItemLine {
+                    item_id: l.item_id.to_hex(),
+                    quantity: l.quantity,
+                })
+                .collect(),
+            status: status as i32,
+            expires_at: Some(prost_types::Timestamp {
+                seconds: ms.div_euclid(1000),
+                nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+            }),
+            reason: if self.status == State::Pending {
+                "being made".to_owned()
+            } else {
+                self.reason.clone()
+            },
+        }
+    }
+
+    fn item_ids(&self) -> Vec<ItemId> {
+        self.lines.iter().map(|l| ItemId(l.item_id)).collect()
+    }
+
+    /// The error a rejected reservation answers with, first time and on every retry.
+    fn rejection(&self) -> Error {
+        let field = (!self.reject_field.is_empty()).then(|| self.reject_field.clone());
+        if self.reject_not_found {
+            Error::LineNotFound {
+                field,
+                message: self.reason.clone(),
+            }
+        } else {
+            Error::Precondition {
+                field,
+                message: self.reason.clone(),
+            }
+        }
+    }
+}
+
+/// Why a line could not be taken.
+enum Shortfall {
+    NotFound,
+    Left(i64),
+}
+
+#[derive(Clone, Debug)]
+pub struct Reservations {
+    items: Collection<Document>,
+    reservations: Collection<ReservationDoc>,
+    cache: Cache,
+    ttl: Duration,
+}
+
+fn now_plus(d: Duration) -> DateTime {
+    DateTime::from_millis(
+        DateTime::now()
+            .timestamp_millis()
+            .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+    )
+}
+
+fn now_minus(d: Duration) -> DateTime {
+    DateTime::from_millis(
+        DateTime::now()
+            .timestamp_millis()
+            .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(0)),
+    )
+}
+
+impl Reservations {
+    pub fn new(db: &Database, cache: Cache, ttl: Duration) -> Self {
+        Self {
+            items: db.collection(store::ITEMS),
+            reservations: db.collection(RESERVATIONS),
+            cache,
+            ttl,
+        }
+    }
+
+    pub async fn ensure_indexes(&self) -> Result<(), Error> {
+        let named = |keys: Document, name: &str| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_owned()).build())
+                .build()
+        };
+        self.reservations
+            .create_indexes(vec![
+                named(doc! { "status": 1, "expires_at": 1 }, "status_expiry"),
+                named(doc! { "settled": 1, "updated_at": 1 }, "unsettled"),
+            ])
+            .await
+            .map_err(Error::mongo("creating reservation indexes"))?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<ReservationDoc>, Error> {
+        count_read("reservation");
+        self.reservations
+            .find_one(doc! { "_id": id })
+            .await
+            .map_err(Error::mongo("reading a reservation"))
+    }
+
+    async fn get_existing(&self, id: &str) -> Result<ReservationDoc, Error> {
+        self.get(id)
+            .await?
+            .ok_or_else(|| Error::ReservationNotFound(id.to_owned()))
+    }
+
+    // ----- per-line operations on items -----
+
+    /// Takes one line; Ok(None) when taken (now or by an earlier attempt).
+    async fn take(&self, rid: &str, line: &Line) -> Result<Option<Shortfall>, Error> {
+        let qty = i64::from(line.quantity);
+        // A concurrent put-back can make a failed update succeed on a second try; a few
+        // attempts keep the "n left" answer honest.
+        for _ in 0..3 {
+            let res = self
+                .items
+                .update_one(
+                    doc! { "_id": line.item.0, "stock": { "$gte": qty }, "holds": { "$ne": rid } },
+                    doc! {
+                        "$inc": { "stock": -qty, "version": 1_i64 },
+                        "$set": { "updated_at": DateTime::now() },
+                        "$push": { "holds": rid },
+                    },
+                )
+                .await
+                .map_err(Error::mongo("taking stock"))?;
+            if res.matched_count == 1 {
+                return Ok(None);
+            }
+            count_read("reserve_check");
+            let current = self
+                .items
+                .find_one(doc! { "_id": line.item.0 })
+                .projection(doc! { "stock": 1, "holds": 1 })
+                .await
+                .map_err(Error::mongo("reading stock"))?;
+            let Some(current) = current else {
+                return Ok(Some(Shortfall::NotFound));
+            };
+            let held = current
+                .get_array("holds")
+                .is_ok_and(|h| h.iter().any(|v| v.as_str() == Some(rid)));
+            if held {
+                return Ok(None);
+            }
+            let left = current
+                .get_i64("stock")
+                .or_else(|_| current.get_i32("stock").map(i64::from))
+                .unwrap_or(0);
+            if left < qty {
+                return Ok(Some(Shortfall::Left(left)));
+            }
+        }
+        Err(Error::Aborted(format!(
+            "stock of item {} is changing too fast; retry",
+            line.item.hex()
+        )))
+    }
+
+    /// Puts one line back if (and only if) this reservation still holds it.
+    async fn put_back(&self, rid: &str, line: &LineDoc) -> Result<(), Error> {
+        self.items
+            .update_one(
+                doc! { "_id": line.item_id, "holds": rid },
+                doc! {
+                    "$inc": { "stock": i64::from(line.quantity), "version": 1_i64 },
+                    "$set": { "updated_at": DateTime::now() },
+                    "$pull": { "holds": rid },
+                },
+            )
+            .await
+            .map_err(Error::mongo("putting stock back"))?;
+        Ok(())
+    }
+
+    /// Makes one line final: the stock stays taken, the hold marker goes.
+    async fn finalize(&self, rid: &str, line: &LineDoc) -> Result<(), Error> {
+        self.items
+            .update_one(
+                doc! { "_id": line.item_id, "holds": rid },
+                doc! { "$pull": { "holds": rid } },
+            )
+            .await
+            .map_err(Error::mongo("committing stock"))?;
+        Ok(())
+    }
+
+    async fn put_back_all(&self, rid: &str, lines: &[LineDoc]) -> Result<(), Error> {
+        for l in lines {
+            self.put_back(rid, l).await?;
+        }
+        Ok(())
+    }
+
+    // ----- status transitions -----
+
+    /// Moves `id` from one of `from` to `to`; None when it was not in `from` any more.
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[State],
+        to: State,
+        extra: Document,
+    ) -> Result<Option<ReservationDoc>, Error> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let mut set = doc! { "status": to.as_str(), "updated_at": DateTime::now() };
+        set.extend(extra);
+        self.reservations
+            .find_one_and_update(
+                doc! { "_id": id, "status": { "$in": from } },
+                doc! { "$set": set },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(Error::mongo("changing a reservation"))
+    }
+
+    async fn mark_settled(&self, doc: &mut ReservationDoc) -> Result<(), Error> {
+        self.reservations
+            .update_one(
+                doc! { "_id": &doc.id, "status": doc.status.as_str() },
+                doc! { "$set": { "settled": true } },
+            )
+            .await
+            .map_err(Error::mongo("settling a reservation"))?;
+        doc.settled = true;
+        Ok(())
+    }
+
+    /// Does the per-line work a status implies (idempotent), then records it as done.
+    async fn settle(&self, mut doc: ReservationDoc) -> Result<ReservationDoc, Error> {
+        match doc.status {
+            State::Released => {
+                let res = self.put_back_all(&doc.id, &doc.lines).await;
+                self.cache.invalidate(&doc.item_ids()).await;
+                res?;
+            }
+            State::Committed => {
+                for l in &doc.lines {
+                    self.finalize(&doc.id, l).await?;
+                }
+            }
+            State::Pending | State::Reserved | State::Rejected => return Ok(doc),
+        }
+        self.mark_settled(&mut doc).await?;
+        Ok(doc)
+    }
+
+    // ----- the RPCs -----
+
+    pub async fn reserve(&self, rid: &ReservationId, lines: &[Line]) -> Result<ReservationDoc, Error> {
+        let line_docs: Vec<LineDoc> = lines
+            .iter()
+            .map(|l| LineDoc {
+                item_id: l.item.0,
+                quantity: l.quantity,
+            })
+            .collect();
+        let now = DateTime::now();
+        let doc = ReservationDoc {
+            id: rid.0.clone(),
+            lines: line_docs.clone(),
+            status: State::Pending,
+            expires_at: now_plus(self.ttl),
+            reason: String::new(),
+            reject_field: String::new(),
+            reject_not_found: false,
+            settled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        match self.reservations.insert_one(&doc).await {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => {
+                // A retry (or a reuse of the id): answer with the first outcome.
+                let existing = self.get_existing(&rid.0).await?;
+                if existing.lines != line_docs {
+                    return Err(Error::ReservationMismatch(rid.0.clone()));
+                }
+                return match existing.status {
+                    State::Rejected => Err(existing.rejection()),
+                    State::Pending => Err(Error::Aborted(format!(
+                        "reservation {:?} is still being made; retry",
+                        rid.0
+                    ))),
+                    _ => Ok(existing),
+                };
+            }
+            Err(e) => return Err(Error::mongo("creating a reservation")(e)),
+        }
+
+        let outcome = self.take_all(rid, lines, &line_docs).await;
+        self.cache.invalidate(&doc.item_ids()).await;
+        outcome
+    }
+
+    async fn take_all(
+        &self,
+        rid: &ReservationId,
+        lines: &[Line],
+        line_docs: &[LineDoc],
+    ) -> Result<ReservationDoc, Error> {
+        let id = rid.0.as_str();
+        for (i, line) in lines.iter().enumerate() {
+            let shortfall = match self.take(id, line).await {
+                Ok(s) => s,
+                Err(e) => {
+                    // Storage trouble half-way: undo what was taken and forget the attempt
+                    // so a retry starts afresh. If even that fails, the reservation stays
+                    // PENDING and the sweeper returns its stock when it expires.
+                    if self.put_back_all(id, line_docs).await.is_ok() {
+                        let _ = self
+                            .reservations
+                            .delete_one(doc! { "_id": id, "status": State::Pending.as_str() })
+                            .await;
+                    }
+                    return Err(e);
+                }
+            };
+            let Some(shortfall) = shortfall else { continue };
+            // All or nothing: put back the lines taken so far before answering.
+            self.put_back_all(id, &line_docs[..i]).await?;
+            let field = format!("lines[{i}].quantity");
+            let (reason, not_found) = match shortfall {
+                Shortfall::NotFound => (format!("item {} not found", line.item.hex()), true),
+                Shortfall::Left(left) => (
+                    format!(
+                        "item {} has {left} left, {} wanted",
+                        line.item.hex(),
+                        line.quantity
+                    ),
+                    false,
+                ),
+            };
+            let field = if not_found {
+                format!("lines[{i}].item_id")
+            } else {
+                field
+            };
+            let rejected = self
+                .transition(
+                    id,
+                    &[State::Pending],
+                    State::Rejected,
+                    doc! {
+                        "reason": &reason,
+                        "reject_field": &field,
+                        "reject_not_found": not_found,
+                        "settled": true,
+                    },
+                )
+                .await?;
+            return Err(match rejected {
+                Some(doc) => doc.rejection(),
+                None => Error::Aborted(format!(
+                    "reservation {id:?} was released while it was being made"
+                )),
+            });
+        }
+        match self
+            .transition(id, &[State::Pending], State::Reserved, doc! {})
+            .await?
+        {
+            Some(doc) => Ok(doc),
+            None => {
+                // Released (by the caller or the sweeper) while we were taking lines: the
+                // releaser put back what it saw; put back the rest.
+                self.put_back_all(id, line_docs).await?;
+                Err(Error::Aborted(format!(
+                    "reservation {id:?} was released while it was being made"
+                )))
+            }
+        }
+    }
+
+    pub async fn commit(&self, rid: &ReservationId) -> Result<ReservationDoc, Error> {
+        for _ in 0..3 {
+            let doc = self.get_existing(&rid.0).await?;
+            match doc.status {
+                State::Committed if doc.settled => return Ok(doc),
+                State::Committed => return self.settle(doc).await,
+                State::Reserved => {
+                    if let Some(doc) = self
+                        .transition(
+                            &rid.0,
+                            &[State::Reserved],
+                            State::Committed,
+                            doc! { "settled": false },
+                        )
+                        .await?
+                    {
+                        return self.settle(doc).await;
+                    }
+                    // Lost a race; look again.
+                }
+                State::Released => {
+                    return Err(Error::Precondition {
+                        field: Some("reservation_id".to_owned()),
+                        message: format!(
+                            "reservation {:?} was released ({}); its stock is no longer held",
+                            rid.0, doc.reason
+                        ),
+                    });
+                }
+                State::Rejected => {
+                    return Err(Error::Precondition {
+                        field: Some("reservation_id".to_owned()),
+                        message: format!("reservation {:?} was rejected: {}", rid.0, doc.reason),
+                    });
+                }
+                State::Pending => {
+                    return Err(Error::Aborted(format!(
+                        "reservation {:?} is still being made; retry",
+                        rid.0
+                    )));
+                }
+            }
+        }
+        Err(Error::Aborted(format!(
+            "reservation {:?} is changing concurrently; retry",
+            rid.0
+        )))
+    }
+
+    pub async fn release(&self, rid: &ReservationId) -> Result<ReservationDoc, Error> {
+        for _ in 0..3 {
+            let doc = self.get_existing(&rid.0).await?;
+            match doc.status {
+                State::Released if doc.settled => return Ok(doc),
+                State::Released => return self.settle(doc).await,
+                State::Rejected => return Ok(doc),
+                State::Reserved | State::Pending => {
+                    if let Some(doc) = self
+                        .transition(
+                            &rid.0,
+                            &[State::Reserved, State::Pending],
+                            State::Released,
+                            doc! { "settled": false, "reason": "released by caller" },
+                        )
+                        .await?
+                    {
+                        return self.settle(doc).await;
+                    }
+                }
+                State::Committed => {
+                    return Err(Error::Precondition {
+                        field: Some("reservation_id".to_owned()),
+                        message: format!(
+                            "reservation {:?} is already committed and cannot be released",
+                            rid.0
+                        ),
+                    });
+                }
+            }
+        }
+        Err(Error::Aborted(format!(
+            "reservation {:?} is changing concurrently; retry",
+            rid.0
+        )))
+    }
+
+    /// One sweep: releases expired reservations and finishes settlements that a dead
+    /// process left half-done. Safe with several replicas sweeping at once: each
+    /// reservation is claimed by a conditional status change before its stock moves.
+    pub async fn sweep(&self) -> Result<usize, Error> {
+        let mut done = 0;
+        for _ in 0..SWEEP_BATCH {
+            let claimed = self
+                .reservations
+                .find_one_and_update(
+                    doc! {
+                        "status": { "$in": [State::Reserved.as_str(), State::Pending.as_str()] },
+                        "expires_at": { "$lte": DateTime::now() },
+                    },
+                    doc! { "$set": {
+                        "status": State::Released.as_str(),
+                        "reason": "expired",
+                        "settled": false,
+                        "updated_at": DateTime::now(),
+                    } },
+                )
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(Error::mongo("claiming an expired reservation"))?;
+            let Some(doc) = claimed else { break };
+            tracing::info!(reservation_id = %doc.id, "reservation expired; returning its stock");
+            metrics::counter!("item_reservations_expired_total").increment(1);
+            self.settle(doc).await?;
+            done += 1;
+        }
+        for _ in 0..SWEEP_BATCH {
+            // Claim by bumping updated_at, so another replica leaves it alone for a while.
+            let claimed = self
+                .reservations
+                .find_one_and_update(
+                    doc! {
+                        "settled": false,
+                        "status": { "$in": [State::Committed.as_str(), State::Released.as_str()] },
+                        "updated_at": { "$lte": now_minus(SETTLE_GRACE) },
+                    },
+                    doc! { "$set": { "updated_at": DateTime::now() } },
+                )
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(Error::mongo("claiming an unsettled reservation"))?;
+            let Some(doc) = claimed else { break };
+            tracing::info!(reservation_id = %doc.id, status = ?doc.status, "finishing an unsettled reservation");
+            self.settle(doc).await?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Sweeps every `interval` until `shutdown` resolves.
+    pub async fn run_sweeper(
+        &self,
+        interval: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %platform::telemetry::chain(&e), "reservation sweep failed");
+            }
+        }
+    }
+
+    /// Items currently holding stock for `rid` (diagnostics and tests).
+    pub async fn holders(&self, rid: &str) -> Result<Vec<ItemDoc>, Error> {
+        self.items
+            .clone_with_type::<ItemDoc>()
+            .find(doc! { "holds": rid })
+            .await
+            .map_err(Error::mongo("reading holds"))?
+            .try_collect()
+            .await
+            .map_err(Error::mongo("reading holds"))
+    }
+}
