@@ -82,7 +82,8 @@ impl ItemGrpc {
         ItemServiceServer::new(self.clone())
     }
 
-    /// Routes for this service alone (the monolith adds health, reflection and admin once).
+    /// Routes for this service alone: `platform::grpc::serve` adds health, reflection and
+    /// the admin services (the monolith adds these routes to its own).
     pub fn routes(&self) -> Routes {
         Routes::new(self.server())
     }

@@ -94,7 +94,7 @@ impl Application {
             let shutdown = shutdown.clone();
             tokio::spawn(async move { grpc.run_sweeper(shutdown).await })
         };
-        let routes = platform::grpc::admin_routes(&self.options.faults).add_service(self.grpc.server());
+        let routes = self.grpc.routes();
         let served = platform::grpc::serve(
             self.grpc_listener,
             routes,
