@@ -24,10 +24,18 @@ use crate::FieldError;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Latency {
-    Fixed { ms: u32 },
-    Uniform { min_ms: u32, max_ms: u32 },
+    Fixed {
+        ms: u32,
+    },
+    Uniform {
+        min_ms: u32,
+        max_ms: u32,
+    },
     /// With probability `probability`, wait `delay_ms`; otherwise no delay.
-    Tail { probability: f64, delay_ms: u32 },
+    Tail {
+        probability: f64,
+        delay_ms: u32,
+    },
 }
 
 impl Latency {
@@ -82,9 +90,10 @@ impl FaultRule {
             Some(Latency::Tail {
                 probability,
                 delay_ms,
-            }) if !(0.0..=1.0).contains(&probability) || delay_ms > MAX_MS => Err(
-                FieldError::new("latency.tail", "needs 0 <= probability <= 1, delay_ms <= 60000"),
-            ),
+            }) if !(0.0..=1.0).contains(&probability) || delay_ms > MAX_MS => Err(FieldError::new(
+                "latency.tail",
+                "needs 0 <= probability <= 1, delay_ms <= 60000",
+            )),
             _ => Ok(()),
         }
     }
@@ -359,7 +368,10 @@ mod tests {
             error_rate: 1.5,
         };
         assert!(FaultInjector::new(vec![bad]).is_err());
-        assert!(FaultInjector::from_json(r#"[{"method":"*","latency":{"kind":"fixed","ms":5}}]"#).is_ok());
+        assert!(
+            FaultInjector::from_json(r#"[{"method":"*","latency":{"kind":"fixed","ms":5}}]"#)
+                .is_ok()
+        );
         assert!(FaultInjector::from_json("not json").is_err());
     }
 }

@@ -67,10 +67,7 @@ pub struct Money {
 impl Money {
     pub fn new(amount_minor: i64, currency: Currency) -> Result<Self, FieldError> {
         if amount_minor < 0 {
-            return Err(FieldError::new(
-                "amount_minor",
-                "must not be negative",
-            ));
+            return Err(FieldError::new("amount_minor", "must not be negative"));
         }
         Ok(Self {
             amount_minor,

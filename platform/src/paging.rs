@@ -35,7 +35,10 @@ impl Page {
         let token = match page.page_token.trim() {
             "" => None,
             t if t.len() > 512 => {
-                return Err(FieldError::new("page.page_token", "is not a valid page token"));
+                return Err(FieldError::new(
+                    "page.page_token",
+                    "is not a valid page token",
+                ));
             }
             t => Some(t.to_owned()),
         };

@@ -1,1 +1,17 @@
-//! user-service
+//! user-service: accounts, credentials, sessions (JWT) and order history on PostgreSQL.
+//! The gRPC implementation is a library type, so the `shop` monolith can host it too.
+
+mod app;
+mod chained;
+pub mod config;
+pub mod domain;
+mod error;
+pub mod orders;
+mod password;
+mod service;
+mod store;
+pub mod token;
+
+pub use app::{Application, SERVICE_NAME, UserService};
+pub use config::Config;
+pub use service::UserApi;

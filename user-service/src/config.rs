@@ -1,0 +1,78 @@
+//! user-service settings: CLI flags with environment fallbacks (DESIGN.md's names).
+
+use std::{path::PathBuf, time::Duration};
+
+use secrecy::SecretString;
+
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "user-service",
+    about = "Shop accounts, sessions and order history (gRPC)"
+)]
+pub struct Config {
+    /// gRPC listen address; port 0 picks a free port.
+    #[arg(long, env = "USER_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: String,
+    /// Prometheus /metrics listen address; port 0 picks a free port.
+    #[arg(long, env = "USER_METRICS_ADDR", default_value = "127.0.0.1:9091")]
+    pub metrics_addr: String,
+    /// postgres://user:password@host:port/database
+    #[arg(long, env = "USER_DATABASE_URL", value_parser = secret, hide_env_values = true)]
+    pub database_url: SecretString,
+    #[arg(long, env = "USER_DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+    /// HS256 signing secret, at least 32 bytes. Or give a file with --jwt-secret-file.
+    #[arg(long, env = "USER_JWT_SECRET", value_parser = secret, hide_env_values = true)]
+    pub jwt_secret: Option<SecretString>,
+    #[arg(long, env = "USER_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Access token lifetime in seconds.
+    #[arg(long, env = "USER_TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub token_ttl_secs: u64,
+    /// Comma-separated emails that get the admin role when they register.
+    #[arg(long, env = "USER_ADMIN_EMAILS", value_delimiter = ',')]
+    pub admin_emails: Vec<String>,
+    /// payment-service, called by the `chained` checkout.
+    #[arg(
+        long,
+        env = "PAYMENT_SERVICE_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub payment_service_url: String,
+    /// Upper bound for any one request, in milliseconds.
+    #[arg(long, env = "USER_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Fault injection rules (JSON list, see README); empty for none.
+    #[arg(long, env = "USER_FAULTS", default_value = "")]
+    pub faults: String,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl Config {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The signing secret, from the flag/env or the key file.
+    pub fn jwt_secret(&self) -> anyhow::Result<SecretString> {
+        match (&self.jwt_secret, &self.jwt_secret_file) {
+            (Some(s), None) => Ok(s.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("reading the JWT secret file {}: {e}", path.display())
+                })?;
+                Ok(SecretString::from(text.trim().to_owned()))
+            }
+            (Some(_), Some(_)) => {
+                anyhow::bail!("give either USER_JWT_SECRET or USER_JWT_SECRET_FILE, not both")
+            }
+            (None, None) => anyhow::bail!("USER_JWT_SECRET or USER_JWT_SECRET_FILE is required"),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Order history: what RecordOrder accepts, how orders are stored and shown, and the
+//! ListOrders cursor.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use platform::{
+    FieldError,
+    money::{Currency, Money},
+};
+use serde::{Deserialize, Serialize};
+use shop_proto::{common::v1 as common, user::v1 as pb};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{domain::UserId, store::OrderRow};
+
+pub const MAX_LINES: usize = 50;
+
+/// A priced line as stored (prices as they were at checkout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredLine {
+    pub item_id: String,
+    pub sku: String,
+    pub name: String,
+    pub quantity: i32,
+    pub unit_price_minor: i64,
+    pub line_total_minor: i64,
+}
+
+/// A validated order to record.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub order_id: Uuid,
+    pub user_id: UserId,
+    pub lines: Vec<StoredLine>,
+    pub total: Money,
+    pub payment_id: String,
+    pub reservation_id: String,
+    pub status: &'static str,
+}
+
+fn bounded(value: &str, field: &str, max: usize) -> Result<String, FieldError> {
+    let v = value.trim();
+    if v.is_empty() || v.chars().count() > max {
+        return Err(FieldError::new(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+impl NewOrder {
+    /// Checks an order as checkout sends it: ids, 1..=50 lines, every line's total equal to
+    /// unit price x quantity, one currency, and the order total equal to the sum.
+    pub fn parse(order: Option<pb::Order>) -> Result<Self, FieldError> {
+        let o = order.ok_or_else(|| FieldError::new("order", "is required"))?;
+        let order_id = Uuid::parse_str(o.order_id.trim())
+            .map_err(|_| FieldError::new("order.order_id", "must be a UUID"))?;
+        let user_id = UserId::parse(&o.user_id, "order.user_id")?;
+        if o.lines.is_empty() || o.lines.len() > MAX_LINES {
+            return Err(FieldError::new(
+                "order.lines",
+                format!("must have 1 to {MAX_LINES} lines"),
+            ));
+        }
+        let total = Money::parse(o.total.as_ref(), "order.total")?;
+        let mut sum = Money::zero(total.currency());
+        let mut lines = Vec::with_capacity(o.lines.len());
+        for (i, l) in o.lines.into_iter().enumerate() {
+            let field = |f: &str| format!("order.lines[{i}].{f}");
+            let line = parse_line(l, total.currency())
+                .map_err(|e| FieldError::new(field(e.field.as_str()), e.message))?;
+            sum = Money::new(line.line_total_minor, total.currency())
+                .ok()
+                .and_then(|t| sum.plus(t))
+                .ok_or_else(|| FieldError::new(field("line_total"), "overflows"))?;
+            lines.push(line);
+        }
+        if sum != total {
+            return Err(FieldError::new(
+                "order.total",
+                format!(
+                    "must equal the sum of the lines ({} {})",
+                    sum.amount_minor(),
+                    sum.currency()
+                ),
+            ));
+        }
+        let status = match pb::OrderStatus::try_from(o.status) {
+            Ok(pb::OrderStatus::Refunded) => "refunded",
+            _ => "placed",
+        };
+        Ok(Self {
+            order_id,
+            user_id,
+            lines,
+            total,
+            payment_id: bounded(&o.payment_id, "order.payment_id", 64)?,
+            reservation_id: bounded(&o.reservation_id, "order.reservation_id", 255)?,
+            status,
+        })
+    }
+}
+
+fn parse_line(l: common::PricedLine, currency: Currency) -> Result<StoredLine, FieldError> {
+    if !(1..=1000).contains(&l.quantity) {
+        return Err(FieldError::new("quantity", "must be 1 to 1000"));
+    }
+    let unit = Money::parse(l.unit_price.as_ref(), "unit_price")?;
+    let total = Money::parse(l.line_total.as_ref(), "line_total")?;
+    if unit.currency() != currency || total.currency() != currency {
+        return Err(FieldError::new(
+            "unit_price",
+            "must be in the order's currency",
+        ));
+    }
+    if unit.times(i64::from(l.quantity)) != Some(total) {
+        return Err(FieldError::new(
+            "line_total",
+            "must equal unit_price x quantity",
+        ));
+    }
+    Ok(StoredLine {
+        item_id: bounded(&l.item_id, "item_id", 64)?,
+        sku: bounded(&l.sku, "sku", 64)?,
+        name: bounded(&l.name, "name", 200)?,
+        quantity: l.quantity,
+        unit_price_minor: unit.amount_minor(),
+        line_total_minor: total.amount_minor(),
+    })
+}
+
+pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: i32::try_from(t.nanosecond()).unwrap_or(0),
+    }
+}
+
+impl From<OrderRow> for pb::Order {
+    fn from(r: OrderRow) -> Self {
+        let money = |amount_minor| common::Money {
+            amount_minor,
+            currency: r.currency.clone(),
+        };
+        pb::Order {
+            order_id: r.order_id.to_string(),
+            user_id: r.user_id.to_string(),
+            lines: r
+                .lines
+                .0
+                .iter()
+                .map(|l| common::PricedLine {
+                    item_id: l.item_id.clone(),
+                    sku: l.sku.clone(),
+                    name: l.name.clone(),
+                    quantity: l.quantity,
+                    unit_price: Some(money(l.unit_price_minor)),
+                    line_total: Some(money(l.line_total_minor)),
+                })
+                .collect(),
+            total: Some(money(r.total_minor)),
+            payment_id: r.payment_id.clone(),
+            reservation_id: r.reservation_id.clone(),
+            status: if r.status == "refunded" {
+                pb::OrderStatus::Refunded
+            } else {
+                pb::OrderStatus::Placed
+            } as i32,
+            created_at: Some(timestamp(r.created_at)),
+        }
+    }
+}
+
+/// ListOrders cursor: the (created_at, order_id) of the last order on the previous page.
+pub fn encode_cursor(at: OffsetDateTime, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{id}", at.unix_timestamp_nanos()))
+}
+
+pub fn decode_cursor(token: &str) -> Result<(OffsetDateTime, Uuid), FieldError> {
+    let bad = || FieldError::new("page.page_token", "is not a valid page token");
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let (nanos, id) = text.split_once(':').ok_or_else(bad)?;
+    let nanos: i128 = nanos.parse().map_err(|_| bad())?;
+    let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| bad())?;
+    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    Ok((at, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let at = OffsetDateTime::now_utc();
+        let id = Uuid::new_v4();
+        assert_eq!(decode_cursor(&encode_cursor(at, id)), Ok((at, id)));
+        assert!(decode_cursor("!!!").is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("12:nope")).is_err());
+    }
+}

@@ -1,0 +1,270 @@
+//! The `shop.user.v1.UserService` implementation: parse at the edge, then domain calls.
+
+use std::{collections::HashSet, sync::Arc};
+
+use platform::{paging::Page, transport::GrpcTransport};
+use shop_proto::{
+    common::v1::PageResponse, payment::v1::payment_service_client::PaymentServiceClient,
+    user::v1 as pb,
+};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    domain::{DisplayName, Email, Password, Role, UserId},
+    error::Error,
+    orders::{self, NewOrder, timestamp},
+    password,
+    store::{Store, UserRow},
+    token::TokenKeys,
+};
+
+/// State shared by every request.
+pub struct UserGrpc {
+    pub(crate) store: Store,
+    pub(crate) tokens: TokenKeys,
+    admin_emails: HashSet<String>,
+    pub(crate) payment: PaymentServiceClient<GrpcTransport>,
+}
+
+impl UserGrpc {
+    pub fn new(
+        store: Store,
+        tokens: TokenKeys,
+        admin_emails: &[String],
+        payment: GrpcTransport,
+    ) -> Self {
+        Self {
+            store,
+            tokens,
+            admin_emails: admin_emails
+                .iter()
+                .filter_map(|e| Email::parse(e).ok())
+                .map(|e| e.as_str().to_owned())
+                .collect(),
+            payment: PaymentServiceClient::new(payment),
+        }
+    }
+
+    /// The user id and role in a valid token.
+    pub(crate) fn authenticate(&self, token: &str) -> Result<(UserId, Role), Error> {
+        let claims = self.tokens.verify(token).map_err(|e| {
+            tracing::debug!(error = %platform::telemetry::chain(&e), "token rejected");
+            Error::BadToken
+        })?;
+        Ok((UserId(claims.sub), claims.role))
+    }
+}
+
+fn user_pb(u: UserRow) -> pb::User {
+    pb::User {
+        user_id: u.user_id.to_string(),
+        email: u.email,
+        display_name: u.display_name,
+        role: Role::from_db(&u.role).to_pb() as i32,
+        created_at: Some(timestamp(u.created_at)),
+    }
+}
+
+/// Wraps the shared state so tonic can clone it per connection.
+#[derive(Clone)]
+pub struct UserApi(pub Arc<UserGrpc>);
+
+#[tonic::async_trait]
+impl pb::user_service_server::UserService for UserApi {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        let email = Email::parse(&r.email).map_err(Error::from)?;
+        let password = Password::parse(r.password).map_err(Error::from)?;
+        let display_name = DisplayName::parse(&r.display_name).map_err(Error::from)?;
+        let role = if self.0.admin_emails.contains(email.as_str()) {
+            Role::Admin
+        } else {
+            Role::Customer
+        };
+        let hash = password::hash(password).await.map_err(Error::from)?;
+        let user = {
+            use secrecy::ExposeSecret;
+            self.0
+                .store
+                .insert_user(&email, &display_name, hash.expose_secret(), role)
+                .await
+                .map_err(Error::from)?
+        };
+        tracing::info!(user_id = %user.user_id, "user registered");
+        Ok(Response::new(pb::RegisterResponse {
+            user: Some(user_pb(user)),
+        }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let r = request.into_inner();
+        // A malformed email cannot match an account: same answer as a wrong password.
+        let Ok(email) = Email::parse(&r.email) else {
+            return Err(Error::BadCredentials.into());
+        };
+        if r.password.len() > 4 * Password::MAX_CHARS {
+            return Err(Error::BadCredentials.into());
+        }
+        let found = self
+            .0
+            .store
+            .credentials(&email)
+            .await
+            .map_err(Error::from)?;
+        let (user, hash) = match found {
+            Some((u, h)) => (Some(u), Some(h)),
+            None => (None, None),
+        };
+        let ok = password::verify(r.password, hash)
+            .await
+            .map_err(Error::from)?;
+        let user = match (ok, user) {
+            (true, Some(u)) => u,
+            _ => return Err(Error::BadCredentials.into()),
+        };
+        let role = Role::from_db(&user.role);
+        let (token, _) = self
+            .0
+            .tokens
+            .issue(UserId(user.user_id), role)
+            .map_err(Error::Token)?;
+        Ok(Response::new(pb::LoginResponse {
+            access_token: token,
+            expires_in_seconds: i64::try_from(self.0.tokens.ttl().as_secs()).unwrap_or(i64::MAX),
+            user: Some(user_pb(user)),
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let id = UserId::parse(&request.into_inner().user_id, "user_id").map_err(Error::from)?;
+        let user = self
+            .0
+            .store
+            .user(id)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("user"))?;
+        Ok(Response::new(pb::GetUserResponse {
+            user: Some(user_pb(user)),
+        }))
+    }
+
+    async fn validate_token(
+        &self,
+        request: Request<pb::ValidateTokenRequest>,
+    ) -> Result<Response<pb::ValidateTokenResponse>, Status> {
+        let token = request.into_inner().access_token;
+        let claims = self.0.tokens.verify(&token).map_err(|_| Error::BadToken)?;
+        Ok(Response::new(pb::ValidateTokenResponse {
+            user_id: claims.sub.to_string(),
+            role: claims.role.to_pb() as i32,
+            expires_at: Some(prost_types::Timestamp {
+                seconds: i64::try_from(claims.exp).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+        }))
+    }
+
+    async fn record_order(
+        &self,
+        request: Request<pb::RecordOrderRequest>,
+    ) -> Result<Response<pb::RecordOrderResponse>, Status> {
+        let order = NewOrder::parse(request.into_inner().order).map_err(Error::from)?;
+        let (row, created) = self.0.record(&order).await?;
+        Ok(Response::new(pb::RecordOrderResponse {
+            order: Some(row.into()),
+            created,
+        }))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let r = request.into_inner();
+        let order_id = Uuid::parse_str(r.order_id.trim())
+            .map_err(|_| Error::from(platform::FieldError::new("order_id", "must be a UUID")))?;
+        let user = UserId::parse(&r.user_id, "user_id").map_err(Error::from)?;
+        let row = self
+            .0
+            .store
+            .order(order_id, user)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("order"))?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(row.into()),
+        }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let r = request.into_inner();
+        let user = UserId::parse(&r.user_id, "user_id").map_err(Error::from)?;
+        let page = Page::parse(r.page.as_ref()).map_err(Error::from)?;
+        let after = page
+            .token
+            .as_deref()
+            .map(orders::decode_cursor)
+            .transpose()
+            .map_err(Error::from)?;
+        // One extra row tells whether another page exists.
+        let mut rows = self
+            .0
+            .store
+            .list_orders(user, after, page.size + 1)
+            .await
+            .map_err(Error::from)?;
+        let more = rows.len() > page.size as usize;
+        rows.truncate(page.size as usize);
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => orders::encode_cursor(last.created_at, last.order_id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: rows.into_iter().map(Into::into).collect(),
+            page: Some(PageResponse { next_page_token }),
+        }))
+    }
+
+    async fn chained_checkout(
+        &self,
+        request: Request<pb::ChainedCheckoutRequest>,
+    ) -> Result<Response<pb::ChainedCheckoutResponse>, Status> {
+        let ctx = platform::CallContext::from_request(&request);
+        let out = crate::chained::checkout(&self.0, &ctx, request.into_inner()).await?;
+        Ok(Response::new(out))
+    }
+}
+
+impl UserGrpc {
+    /// Records an order idempotently; a retry returns the stored order unchanged, but an
+    /// order id already used by another user is refused.
+    pub(crate) async fn record(
+        &self,
+        order: &NewOrder,
+    ) -> Result<(crate::store::OrderRow, bool), Error> {
+        let (row, created) = self.store.insert_order(order).await?;
+        if row.user_id != order.user_id.0 {
+            return Err(Error::Precondition(
+                "order_id is already used by another order".into(),
+            ));
+        }
+        if created {
+            tracing::info!(order_id = %row.order_id, "order recorded");
+        }
+        Ok((row, created))
+    }
+}

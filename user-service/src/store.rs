@@ -1,0 +1,202 @@
+//! PostgreSQL access for accounts and order history. Parameterised queries only.
+
+use secrecy::SecretString;
+use sqlx::{PgPool, types::Json};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    domain::{DisplayName, Email, Role, UserId},
+    orders::{NewOrder, StoredLine},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("email already registered")]
+    DuplicateEmail,
+    #[error("no such user")]
+    UnknownUser,
+    #[error("database error")]
+    Db(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    pub user_id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub role: String,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(sqlx::FromRow)]
+struct CredentialRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password_hash: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderRow {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub lines: Json<Vec<StoredLine>>,
+    pub total_minor: i64,
+    pub currency: String,
+    pub payment_id: String,
+    pub reservation_id: String,
+    pub status: String,
+    pub created_at: OffsetDateTime,
+}
+
+const USER_COLUMNS: &str = "user_id, email, display_name, role, created_at";
+const ORDER_COLUMNS: &str = "order_id, user_id, lines, total_minor, currency, payment_id, \
+                             reservation_id, status, created_at";
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Inserts an account. A duplicate email is detected by the unique constraint, so two
+    /// concurrent registrations of one address cannot both succeed.
+    pub async fn insert_user(
+        &self,
+        email: &Email,
+        display_name: &DisplayName,
+        password_hash: &str,
+        role: Role,
+    ) -> Result<UserRow, StoreError> {
+        let sql = format!(
+            "INSERT INTO users (user_id, email, display_name, password_hash, role) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}"
+        );
+        sqlx::query_as::<_, UserRow>(&sql)
+            .bind(Uuid::now_v7())
+            .bind(email.as_str())
+            .bind(display_name.as_str())
+            .bind(password_hash)
+            .bind(role.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(db) if db.constraint() == Some("users_email_key") => {
+                    StoreError::DuplicateEmail
+                }
+                _ => StoreError::Db(e),
+            })
+    }
+
+    /// The account and its password hash, for login.
+    pub async fn credentials(
+        &self,
+        email: &Email,
+    ) -> Result<Option<(UserRow, SecretString)>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = $1");
+        let row = sqlx::query_as::<_, CredentialRow>(&sql)
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.user, SecretString::from(r.password_hash))))
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<Option<UserRow>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1");
+        Ok(sqlx::query_as::<_, UserRow>(&sql)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Records an order once. Returns the stored order and whether this call created it;
+    /// a retry with the same order id gets the first one back unchanged.
+    pub async fn insert_order(&self, order: &NewOrder) -> Result<(OrderRow, bool), StoreError> {
+        let sql = format!(
+            "INSERT INTO orders (order_id, user_id, lines, total_minor, currency, payment_id, \
+             reservation_id, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (order_id) DO NOTHING RETURNING {ORDER_COLUMNS}"
+        );
+        let inserted = sqlx::query_as::<_, OrderRow>(&sql)
+            .bind(order.order_id)
+            .bind(order.user_id.0)
+            .bind(Json(&order.lines))
+            .bind(order.total.amount_minor())
+            .bind(order.total.currency().code())
+            .bind(&order.payment_id)
+            .bind(&order.reservation_id)
+            .bind(order.status)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                    StoreError::UnknownUser
+                }
+                _ => StoreError::Db(e),
+            })?;
+        if let Some(row) = inserted {
+            return Ok((row, true));
+        }
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1");
+        let existing = sqlx::query_as::<_, OrderRow>(&sql)
+            .bind(order.order_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((existing, false))
+    }
+
+    pub async fn order(
+        &self,
+        order_id: Uuid,
+        user: UserId,
+    ) -> Result<Option<OrderRow>, StoreError> {
+        let sql =
+            format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 AND user_id = $2");
+        Ok(sqlx::query_as::<_, OrderRow>(&sql)
+            .bind(order_id)
+            .bind(user.0)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// A page of a user's orders, newest first, strictly after the cursor `after`.
+    pub async fn list_orders(
+        &self,
+        user: UserId,
+        after: Option<(OffsetDateTime, Uuid)>,
+        limit: u32,
+    ) -> Result<Vec<OrderRow>, StoreError> {
+        let rows = match after {
+            None => {
+                let sql = format!(
+                    "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 \
+                     ORDER BY created_at DESC, order_id DESC LIMIT $2"
+                );
+                sqlx::query_as::<_, OrderRow>(&sql)
+                    .bind(user.0)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some((at, id)) => {
+                let sql = format!(
+                    "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 \
+                     AND (created_at, order_id) < ($2, $3) \
+                     ORDER BY created_at DESC, order_id DESC LIMIT $4"
+                );
+                sqlx::query_as::<_, OrderRow>(&sql)
+                    .bind(user.0)
+                    .bind(at)
+                    .bind(id)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows)
+    }
+}
