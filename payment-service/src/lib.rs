@@ -1,1 +1,21 @@
-//! payment-service
+//! payment-service: payments, refunds and idempotency records on MySQL/MariaDB in front of
+//! a card gateway, plus `card_gateway`, the mock gateway (second binary).
+
+mod app;
+pub mod card;
+pub mod card_gateway;
+mod chained;
+mod config;
+mod error;
+pub mod fingerprint;
+pub mod gateway_client;
+mod grpc;
+pub mod ids;
+pub mod payment;
+pub mod service;
+pub mod store;
+
+pub use app::{Application, SERVICE_NAME, connect, reconcile_loop, routes};
+pub use config::Config;
+pub use error::Error;
+pub use grpc::PaymentGrpc;

@@ -1,0 +1,13 @@
+//! The mock card gateway: a Stripe-like HTTP JSON API (see `payment_service::card_gateway`).
+
+use clap::Parser;
+use payment_service::card_gateway::{CardGateway, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    platform::telemetry::init(config.log_json);
+    let gateway = CardGateway::build(config).await?;
+    tracing::info!(addr = %gateway.addr(), "card-gateway listening");
+    gateway.run_until_stopped(platform::shutdown::signal()).await
+}

@@ -1,0 +1,580 @@
+//! `card-gateway`: a mock card processor with an HTTP JSON API shaped like Stripe's charges
+//! and refunds, Stripe's test cards, Stripe's idempotency rules, and injectable latency,
+//! HTTP 500s and hangs. In memory; tests run it in-process on port 0.
+//!
+//! Routes: `POST /v1/charges`, `GET /v1/charges/{id}`, `GET /v1/charges?idempotency_key=`,
+//! `POST /v1/refunds`, `GET /health`, `GET /admin/stats`, `GET|PUT /admin/faults`,
+//! `GET|PUT /admin/hangs`.
+
+pub mod api;
+mod ledger;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use platform::faults::{FaultInjector, FaultRule, Verdict};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::card::{self, Brand, CardProblem};
+use ledger::{Begin, Executed, KeyLookup, Ledger, ValidCharge, ValidRefund, error_body};
+
+/// Fault-rule keys (`method` in a rule) of the routes faults apply to.
+pub const ROUTE_CREATE_CHARGE: &str = "POST /v1/charges";
+pub const ROUTE_GET_CHARGE: &str = "GET /v1/charges/{id}";
+pub const ROUTE_LIST_CHARGES: &str = "GET /v1/charges";
+pub const ROUTE_CREATE_REFUND: &str = "POST /v1/refunds";
+
+/// A hang lasts this long at most (or until shutdown): far past any sane caller timeout.
+const HANG: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "card-gateway", about = "Mock card gateway with a Stripe-like JSON API")]
+pub struct Config {
+    /// HTTP listen address; port 0 picks a free port.
+    #[arg(long, env = "CARD_GATEWAY_ADDR", default_value = "127.0.0.1:8081")]
+    pub addr: String,
+    /// Injected latency and HTTP 500s: JSON list of platform fault rules whose `method` is a
+    /// route key ("POST /v1/charges", "POST /v1/refunds", "GET /v1/charges/{id}",
+    /// "GET /v1/charges") or "*". Example:
+    /// [{"method":"POST /v1/charges","latency":{"kind":"fixed","ms":200},"error_rate":0.1}]
+    #[arg(long, env = "CARD_GATEWAY_FAULTS", default_value = "")]
+    pub faults: String,
+    /// Injected hangs: same format; `error_rate` is the probability that a request is never
+    /// answered (and never executed).
+    #[arg(long, env = "CARD_GATEWAY_HANGS", default_value = "")]
+    pub hangs: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "CARD_GATEWAY_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl Config {
+    /// Defaults with the given listen address (tests use "127.0.0.1:0").
+    pub fn on(addr: &str) -> Self {
+        Self {
+            addr: addr.to_owned(),
+            faults: String::new(),
+            hangs: String::new(),
+            log_json: false,
+        }
+    }
+}
+
+/// Handle on a running gateway's state (clonable; tests use it to read counters and set
+/// faults without HTTP).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    ledger: Mutex<Ledger>,
+    faults: FaultInjector,
+    hangs: FaultInjector,
+    stop: watch::Sender<bool>,
+}
+
+impl Gateway {
+    fn new(faults: FaultInjector, hangs: FaultInjector) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                ledger: Mutex::new(Ledger::default()),
+                faults,
+                hangs,
+                stop: watch::channel(false).0,
+            }),
+        }
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.inner
+            .ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn stats(&self) -> api::Stats {
+        self.ledger().stats.clone()
+    }
+
+    pub fn faults(&self) -> &FaultInjector {
+        &self.inner.faults
+    }
+
+    pub fn hangs(&self) -> &FaultInjector {
+        &self.inner.hangs
+    }
+
+    /// Faults, then hang, then `exec` under the ledger lock; the key is stored or abandoned.
+    async fn process(
+        &self,
+        route: &'static str,
+        key: Option<String>,
+        exec: impl FnOnce(&mut Ledger) -> Executed,
+    ) -> Processed {
+        let abandon = |gw: &Self| {
+            if let Some(k) = &key {
+                gw.ledger().abandon(k);
+            }
+        };
+        if self.inner.faults.inject(route).await == Verdict::Fail {
+            abandon(self);
+            self.ledger().stats.injected_errors += 1;
+            return Processed::Error;
+        }
+        if self.inner.hangs.inject(route).await == Verdict::Fail {
+            abandon(self);
+            self.ledger().stats.injected_hangs += 1;
+            return Processed::Hang;
+        }
+        let mut ledger = self.ledger();
+        let executed = exec(&mut ledger);
+        if let Some(k) = &key {
+            ledger.finish(k, &executed);
+        }
+        Processed::Done(executed)
+    }
+
+    async fn hang(&self) {
+        let mut stop = self.inner.stop.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(HANG) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+}
+
+enum Processed {
+    Done(Executed),
+    Error,
+    Hang,
+}
+
+/// A bound, not yet running gateway.
+pub struct CardGateway {
+    listener: TcpListener,
+    gateway: Gateway,
+}
+
+impl CardGateway {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let faults = FaultInjector::from_json(&config.faults)
+            .map_err(|e| anyhow::anyhow!("CARD_GATEWAY_FAULTS: {e}"))?;
+        let hangs = FaultInjector::from_json(&config.hangs)
+            .map_err(|e| anyhow::anyhow!("CARD_GATEWAY_HANGS: {e}"))?;
+        let listener = TcpListener::bind(&config.addr)
+            .await
+            .with_context(|| format!("binding CARD_GATEWAY_ADDR {}", config.addr))?;
+        Ok(Self {
+            listener,
+            gateway: Gateway::new(faults, hangs),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn handle(&self) -> Gateway {
+        self.gateway.clone()
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = self.gateway.inner.stop.clone();
+        axum::serve(self.listener, router(self.gateway))
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Wake hanging requests so shutdown does not wait for them.
+                let _ = stop.send(true);
+            })
+            .await
+            .context("serving card-gateway")
+    }
+}
+
+/// The gateway's routes over `gateway`'s state.
+pub fn router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/v1/charges", post(create_charge).get(list_charges))
+        .route("/v1/charges/{id}", get(get_charge))
+        .route("/v1/refunds", post(create_refund))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/admin/stats", get(stats))
+        .route("/admin/faults", get(get_faults).put(put_faults))
+        .route("/admin/hangs", get(get_hangs).put(put_hangs))
+        .with_state(gateway)
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+fn invalid_request(code: &str, message: &str, param: Option<&str>) -> Response {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        error_body("invalid_request_error", Some(code), None, message, param, None),
+    )
+}
+
+fn api_error() -> Response {
+    json_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        error_body(
+            "api_error",
+            None,
+            None,
+            "An unknown error occurred while processing the request.",
+            None,
+            None,
+        ),
+    )
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(v) = headers.get(api::IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(k.to_owned())),
+        _ => Err(invalid_request(
+            "idempotency_key_invalid",
+            "Idempotency-Key must be 1 to 255 printable ASCII characters.",
+            None,
+        )),
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        invalid_request(
+            "parameter_invalid",
+            &format!("Invalid request body: {e}"),
+            None,
+        )
+    })
+}
+
+fn card_error(problem: CardProblem) -> Response {
+    let (code, message, param) = match problem {
+        CardProblem::NumberCharacters | CardProblem::NumberLength => (
+            "invalid_number",
+            "The card number is not a valid credit card number.",
+            "card[number]",
+        ),
+        CardProblem::NumberLuhn => (
+            "incorrect_number",
+            "Your card number is incorrect.",
+            "card[number]",
+        ),
+        CardProblem::ExpMonth => (
+            "invalid_expiry_month",
+            "Your card's expiration month is invalid.",
+            "card[exp_month]",
+        ),
+        CardProblem::ExpYear | CardProblem::Expired => (
+            "invalid_expiry_year",
+            "Your card's expiration year is invalid.",
+            "card[exp_year]",
+        ),
+        CardProblem::Cvc => (
+            "invalid_cvc",
+            "Your card's security code is invalid.",
+            "card[cvc]",
+        ),
+    };
+    json_response(
+        StatusCode::PAYMENT_REQUIRED,
+        error_body("card_error", Some(code), None, message, Some(param), None),
+    )
+}
+
+/// Parameter checks; failures here are not stored under the idempotency key (Stripe does not
+/// store requests that fail validation).
+fn validate_charge(p: &api::CreateCharge, now: OffsetDateTime) -> Result<ValidCharge, Response> {
+    let amount = p
+        .amount
+        .ok_or_else(|| invalid_request("parameter_missing", "Missing required param: amount.", Some("amount")))?;
+    if amount < 1 {
+        return Err(invalid_request(
+            "amount_too_small",
+            "Amount must be at least 1 minor unit.",
+            Some("amount"),
+        ));
+    }
+    if amount > 99_999_999 {
+        return Err(invalid_request(
+            "amount_too_large",
+            "Amount must be no more than 99999999 minor units.",
+            Some("amount"),
+        ));
+    }
+    let currency = p.currency.as_deref().ok_or_else(|| {
+        invalid_request("parameter_missing", "Missing required param: currency.", Some("currency"))
+    })?;
+    let currency = platform::money::Currency::parse(currency).ok_or_else(|| {
+        invalid_request("parameter_invalid", "Invalid currency.", Some("currency"))
+    })?;
+    let c = p.card.as_ref().ok_or_else(|| {
+        invalid_request("parameter_missing", "Missing required param: card.", Some("card"))
+    })?;
+    let digits = card::check(&c.number, c.exp_month, c.exp_year, &c.cvc, now).map_err(card_error)?;
+    if p.description.as_ref().is_some_and(|d| d.chars().count() > 1000) {
+        return Err(invalid_request(
+            "parameter_invalid",
+            "description must be at most 1000 characters.",
+            Some("description"),
+        ));
+    }
+    Ok(ValidCharge {
+        amount,
+        currency: currency.code().to_ascii_lowercase(),
+        description: p.description.clone(),
+        brand: Brand::of(&digits).as_str(),
+        digits,
+        exp_month: c.exp_month,
+        exp_year: c.exp_year,
+    })
+}
+
+/// Shared tail of the two create endpoints: idempotency, then the work in a task of its own,
+/// so a caller that gives up (timeout, disconnect) does not cancel a charge half-way; the
+/// gateway finishes it, as a real processor would.
+async fn create(
+    gw: Gateway,
+    route: &'static str,
+    key: Option<String>,
+    fingerprint: [u8; 32],
+    exec: impl FnOnce(&mut Ledger) -> Executed + Send + 'static,
+) -> Response {
+    if let Some(k) = &key {
+        match gw.ledger().begin(k, fingerprint) {
+            Begin::Started => {}
+            Begin::Replay(status, body) => {
+                let mut resp = json_response(status, body);
+                resp.headers_mut()
+                    .insert(api::IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+                return resp;
+            }
+            Begin::Mismatch => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    error_body(
+                        "idempotency_error",
+                        Some("idempotency_key_reused"),
+                        None,
+                        "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                        None,
+                        None,
+                    ),
+                );
+            }
+            Begin::InFlight => {
+                return json_response(
+                    StatusCode::CONFLICT,
+                    error_body(
+                        "idempotency_error",
+                        Some("idempotency_key_in_use"),
+                        None,
+                        "There is currently another in-progress request using this Idempotency-Key. Please try again later.",
+                        None,
+                        None,
+                    ),
+                );
+            }
+        }
+    }
+    let worker = gw.clone();
+    let task = tokio::spawn(async move { worker.process(route, key, exec).await });
+    match task.await {
+        Ok(Processed::Done(e)) => json_response(e.status, e.body),
+        Ok(Processed::Error) | Err(_) => api_error(),
+        Ok(Processed::Hang) => {
+            gw.hang().await;
+            api_error()
+        }
+    }
+}
+
+async fn create_charge(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+    let params: api::CreateCharge = match parse_json(&body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let valid = match validate_charge(&params, OffsetDateTime::now_utc()) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let fp = ledger::fingerprint(ROUTE_CREATE_CHARGE, &params);
+    create(gw, ROUTE_CREATE_CHARGE, key, fp, move |l| {
+        l.execute_charge(&valid)
+    })
+    .await
+}
+
+async fn create_refund(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+    let params: api::CreateRefund = match parse_json(&body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(charge) = params.charge.clone().filter(|c| !c.is_empty()) else {
+        return invalid_request("parameter_missing", "Missing required param: charge.", Some("charge"));
+    };
+    if params.amount.is_some_and(|a| a < 1) {
+        return invalid_request(
+            "parameter_invalid_integer",
+            "Amount must be a positive integer.",
+            Some("amount"),
+        );
+    }
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let valid = ValidRefund {
+        charge,
+        amount: params.amount,
+        reason: params.reason.clone(),
+    };
+    let fp = ledger::fingerprint(ROUTE_CREATE_REFUND, &params);
+    create(gw, ROUTE_CREATE_REFUND, key, fp, move |l| {
+        l.execute_refund(&valid)
+    })
+    .await
+}
+
+/// Faults for the read endpoints: latency, then 500 or hang.
+async fn read_faults(gw: &Gateway, route: &'static str) -> Option<Response> {
+    if gw.inner.faults.inject(route).await == Verdict::Fail {
+        gw.ledger().stats.injected_errors += 1;
+        return Some(api_error());
+    }
+    if gw.inner.hangs.inject(route).await == Verdict::Fail {
+        gw.ledger().stats.injected_hangs += 1;
+        gw.hang().await;
+        return Some(api_error());
+    }
+    None
+}
+
+async fn get_charge(State(gw): State<Gateway>, Path(id): Path<String>) -> Response {
+    if let Some(r) = read_faults(&gw, ROUTE_GET_CHARGE).await {
+        return r;
+    }
+    let charge = gw.ledger().charge(&id);
+    match charge {
+        Some(c) => Json(c).into_response(),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            error_body(
+                "invalid_request_error",
+                Some("resource_missing"),
+                None,
+                &format!("No such charge: '{id}'"),
+                Some("id"),
+                None,
+            ),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    idempotency_key: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Lists charges, newest first; `?idempotency_key=` finds the charge a create request with
+/// that key made (empty list: no request with the key executed; 409 while one is executing).
+async fn list_charges(State(gw): State<Gateway>, Query(q): Query<ListQuery>) -> Response {
+    if let Some(r) = read_faults(&gw, ROUTE_LIST_CHARGES).await {
+        return r;
+    }
+    let data = match q.idempotency_key.as_deref() {
+        Some(key) => {
+            let found = gw.ledger().lookup_key(key);
+            match found {
+                KeyLookup::Unknown | KeyLookup::NoCharge => vec![],
+                KeyLookup::Charge(c) => vec![*c],
+                KeyLookup::InFlight => {
+                    return json_response(
+                        StatusCode::CONFLICT,
+                        error_body(
+                            "idempotency_error",
+                            Some("idempotency_key_in_use"),
+                            None,
+                            "A request with this Idempotency-Key is still in progress.",
+                            None,
+                            None,
+                        ),
+                    );
+                }
+            }
+        }
+        None => gw
+            .ledger()
+            .recent_charges(q.limit.unwrap_or(10).clamp(1, 100)),
+    };
+    Json(api::List {
+        object: "list".into(),
+        data,
+        has_more: false,
+        url: "/v1/charges".into(),
+    })
+    .into_response()
+}
+
+async fn stats(State(gw): State<Gateway>) -> Json<api::Stats> {
+    Json(gw.stats())
+}
+
+async fn get_faults(State(gw): State<Gateway>) -> Json<Vec<FaultRule>> {
+    Json(gw.inner.faults.rules())
+}
+
+async fn get_hangs(State(gw): State<Gateway>) -> Json<Vec<FaultRule>> {
+    Json(gw.inner.hangs.rules())
+}
+
+fn set_rules(injector: &FaultInjector, what: &str, rules: Vec<FaultRule>) -> Response {
+    match injector.set(rules) {
+        Ok(()) => {
+            tracing::info!(rules = ?injector.rules(), "{what} changed");
+            Json(injector.rules()).into_response()
+        }
+        Err(e) => invalid_request("parameter_invalid", &e.to_string(), Some(&e.field)),
+    }
+}
+
+async fn put_faults(State(gw): State<Gateway>, Json(rules): Json<Vec<FaultRule>>) -> Response {
+    set_rules(&gw.inner.faults, "fault rules", rules)
+}
+
+async fn put_hangs(State(gw): State<Gateway>, Json(rules): Json<Vec<FaultRule>>) -> Response {
+    set_rules(&gw.inner.hangs, "hang rules", rules)
+}

@@ -1,0 +1,74 @@
+//! payment-service settings (env or the CLI flag of the same meaning).
+
+use secrecy::SecretString;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "payment-service", about = "Payments, refunds and idempotency records (gRPC)")]
+pub struct Config {
+    /// gRPC listen address; port 0 picks a free port.
+    #[arg(long, env = "PAYMENT_GRPC_ADDR", default_value = "127.0.0.1:50053")]
+    pub grpc_addr: String,
+    /// Prometheus `/metrics` listen address; port 0 picks a free port.
+    #[arg(long, env = "PAYMENT_METRICS_ADDR", default_value = "127.0.0.1:9093")]
+    pub metrics_addr: String,
+    /// mysql://user:password@host:port/database (MySQL or MariaDB).
+    #[arg(long, env = "PAYMENT_DATABASE_URL")]
+    pub database_url: SecretString,
+    /// Maximum pooled database connections.
+    #[arg(long, env = "PAYMENT_DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+    /// Base URL of the card gateway.
+    #[arg(long, env = "CARD_GATEWAY_URL", default_value = "http://127.0.0.1:8081")]
+    pub card_gateway_url: String,
+    /// How long one charge or refund may wait for the card gateway (all retries included)
+    /// before the payment is left PENDING for reconciliation.
+    #[arg(long, env = "PAYMENT_GATEWAY_TIMEOUT_MS", default_value_t = 2000)]
+    pub gateway_timeout_ms: u64,
+    /// Largest accepted charge, in minor units.
+    #[arg(long, env = "PAYMENT_MAX_AMOUNT_MINOR", default_value_t = 1_000_000)]
+    pub max_amount_minor: i64,
+    /// item-service gRPC URL (ChainedCharge only; connected lazily).
+    #[arg(long, env = "ITEM_SERVICE_URL", default_value = "http://127.0.0.1:50052")]
+    pub item_service_url: String,
+    /// Cap on each item-service call (the caller's remaining deadline applies too).
+    #[arg(long, env = "PAYMENT_ITEM_TIMEOUT_MS", default_value_t = 1000)]
+    pub item_timeout_ms: u64,
+    /// How often PENDING payments and refunds are reconciled with the gateway; 0 turns the
+    /// timer off (the Reconcile RPC still works).
+    #[arg(long, env = "PAYMENT_RECONCILE_INTERVAL_MS", default_value_t = 10_000)]
+    pub reconcile_interval_ms: u64,
+    /// How long idempotency keys are kept, in hours (at least 24).
+    #[arg(long, env = "PAYMENT_IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
+    pub idempotency_ttl_hours: u32,
+    /// Injected faults for this service's gRPC methods: JSON list of platform fault rules.
+    #[arg(long, env = "PAYMENT_FAULTS", default_value = "")]
+    pub faults: String,
+    /// Upper bound on any one gRPC request, in milliseconds.
+    #[arg(long, env = "PAYMENT_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "PAYMENT_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl Config {
+    /// Defaults for everything but the database (tests, the monolith).
+    pub fn with_database(database_url: impl Into<String>) -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:50053".into(),
+            metrics_addr: "127.0.0.1:9093".into(),
+            database_url: SecretString::from(database_url.into()),
+            database_max_connections: 20,
+            card_gateway_url: "http://127.0.0.1:8081".into(),
+            gateway_timeout_ms: 2000,
+            max_amount_minor: 1_000_000,
+            item_service_url: "http://127.0.0.1:50052".into(),
+            item_timeout_ms: 1000,
+            reconcile_interval_ms: 10_000,
+            idempotency_ttl_hours: 24,
+            faults: String::new(),
+            request_timeout_ms: 30_000,
+            log_json: false,
+        }
+    }
+}

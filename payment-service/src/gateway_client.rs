@@ -1,0 +1,278 @@
+//! HTTP client for the card gateway. Every create carries an Idempotency-Key (the payment's
+//! or refund's own id), which makes retrying a failed attempt safe.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use platform::money::Currency;
+
+use crate::{
+    card::Card,
+    card_gateway::api::{self, CardDetails, CreateCharge, CreateRefund, ErrorBody},
+};
+
+/// Attempts per create (the first plus retries), all within one time budget.
+const ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("card gateway did not answer in time")]
+    Timeout,
+    #[error("card gateway: another request with this idempotency key is in progress")]
+    InProgress,
+    #[error("card gateway refused the idempotency key: {0}")]
+    KeyReused(String),
+    #[error("card gateway unavailable: {0}")]
+    Unavailable(String),
+    #[error("card gateway sent an unexpected answer: {0}")]
+    Protocol(String),
+}
+
+/// What the gateway decided about a charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Succeeded { charge_id: String },
+    Declined { charge_id: String, code: String },
+    /// Refused before any money moved (bad request).
+    Rejected { code: String },
+}
+
+impl ChargeOutcome {
+    pub fn from_charge(c: &api::Charge) -> Self {
+        if c.status == "succeeded" {
+            Self::Succeeded {
+                charge_id: c.id.clone(),
+            }
+        } else {
+            Self::Declined {
+                charge_id: c.id.clone(),
+                code: c.decline_code(),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    Succeeded { refund_id: String },
+    Rejected { code: String },
+}
+
+pub struct ChargeParams<'a> {
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub description: &'a str,
+    pub card: &'a Card,
+}
+
+#[derive(Clone)]
+pub struct GatewayClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+fn classify(e: reqwest::Error) -> GatewayError {
+    if e.is_timeout() {
+        GatewayError::Timeout
+    } else {
+        GatewayError::Unavailable(platform::telemetry::chain(&e))
+    }
+}
+
+fn error_body(body: &[u8]) -> Option<api::ApiError> {
+    serde_json::from_slice::<ErrorBody>(body).ok().map(|b| b.error)
+}
+
+impl GatewayClient {
+    pub fn new(base_url: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            http,
+            base: base_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        key: &str,
+        body: &impl serde::Serialize,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Vec<u8>), GatewayError> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(api::IDEMPOTENCY_KEY, key)
+            .json(body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(classify)?;
+        Ok((status, body.to_vec()))
+    }
+
+    /// Runs `attempt` until it gives a definite answer, retrying transport failures and 5xx
+    /// (safe: same idempotency key) while the budget lasts.
+    async fn with_retries<T, F, Fut>(&self, budget: Duration, mut attempt: F) -> Result<T, GatewayError>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, GatewayError>>,
+    {
+        let deadline = Instant::now() + budget;
+        let mut backoff = Duration::from_millis(25);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(GatewayError::Timeout);
+            }
+            match attempt(left).await {
+                Err(GatewayError::Unavailable(why)) if tries < ATTEMPTS => {
+                    tracing::debug!(%why, tries, "card gateway attempt failed; retrying");
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left <= backoff {
+                        return Err(GatewayError::Unavailable(why));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn create_charge(
+        &self,
+        key: &str,
+        p: &ChargeParams<'_>,
+        budget: Duration,
+    ) -> Result<ChargeOutcome, GatewayError> {
+        let body = CreateCharge {
+            amount: Some(p.amount_minor),
+            currency: Some(p.currency.code().to_ascii_lowercase()),
+            description: (!p.description.is_empty()).then(|| p.description.to_owned()),
+            card: Some(CardDetails {
+                number: p.card.number().to_owned(),
+                exp_month: i64::from(p.card.exp_month()),
+                exp_year: i64::from(p.card.exp_year()),
+                cvc: p.card.cvc().to_owned(),
+            }),
+        };
+        let body = &body;
+        self.with_retries(budget, |left| async move {
+            let (status, body) = self.post("/v1/charges", key, body, left).await?;
+            charge_answer(status, &body)
+        })
+        .await
+    }
+
+    /// The charge a create with `key` made: None if no such request executed.
+    pub async fn find_charge(
+        &self,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Option<api::Charge>, GatewayError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/charges", self.base))
+            .query(&[("idempotency_key", key)])
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(classify)?;
+        match status {
+            StatusCode::OK => serde_json::from_slice::<api::List<api::Charge>>(&body)
+                .map(|l| l.data.into_iter().next())
+                .map_err(|e| GatewayError::Protocol(e.to_string())),
+            StatusCode::CONFLICT => Err(GatewayError::InProgress),
+            s if s.is_server_error() => Err(GatewayError::Unavailable(format!("HTTP {s}"))),
+            s => Err(GatewayError::Protocol(format!("HTTP {s}"))),
+        }
+    }
+
+    pub async fn create_refund(
+        &self,
+        key: &str,
+        charge_id: &str,
+        amount_minor: i64,
+        budget: Duration,
+    ) -> Result<RefundOutcome, GatewayError> {
+        let body = CreateRefund {
+            charge: Some(charge_id.to_owned()),
+            amount: Some(amount_minor),
+            reason: None,
+        };
+        let body = &body;
+        self.with_retries(budget, |left| async move {
+            let (status, body) = self.post("/v1/refunds", key, body, left).await?;
+            refund_answer(status, &body)
+        })
+        .await
+    }
+}
+
+fn charge_answer(status: StatusCode, body: &[u8]) -> Result<ChargeOutcome, GatewayError> {
+    match status {
+        StatusCode::OK => serde_json::from_slice::<api::Charge>(body)
+            .map(|c| ChargeOutcome::from_charge(&c))
+            .map_err(|e| GatewayError::Protocol(e.to_string())),
+        StatusCode::PAYMENT_REQUIRED => {
+            let err = error_body(body).ok_or_else(|| GatewayError::Protocol("HTTP 402".into()))?;
+            Ok(match err.charge.clone() {
+                Some(charge_id) => ChargeOutcome::Declined {
+                    charge_id,
+                    code: err.best_code(),
+                },
+                // Card errors without a charge never reached the issuer.
+                None => ChargeOutcome::Rejected {
+                    code: err.best_code(),
+                },
+            })
+        }
+        s => Err(other_answer(s, body)).or_else(|e| match e {
+            GatewayError::Protocol(code) if s.is_client_error() => {
+                Ok(ChargeOutcome::Rejected { code })
+            }
+            e => Err(e),
+        }),
+    }
+}
+
+fn refund_answer(status: StatusCode, body: &[u8]) -> Result<RefundOutcome, GatewayError> {
+    match status {
+        StatusCode::OK => serde_json::from_slice::<api::Refund>(body)
+            .map(|r| RefundOutcome::Succeeded { refund_id: r.id })
+            .map_err(|e| GatewayError::Protocol(e.to_string())),
+        s => Err(other_answer(s, body)).or_else(|e| match e {
+            GatewayError::Protocol(code) if s.is_client_error() => {
+                Ok(RefundOutcome::Rejected { code })
+            }
+            e => Err(e),
+        }),
+    }
+}
+
+/// Non-success answers: 409 in progress, 400 idempotency error, other 4xx (returned as
+/// Protocol(code) for the caller to turn into a rejection), 5xx unavailable.
+fn other_answer(status: StatusCode, body: &[u8]) -> GatewayError {
+    let err = error_body(body);
+    if status == StatusCode::CONFLICT {
+        return GatewayError::InProgress;
+    }
+    if status.is_server_error() {
+        return GatewayError::Unavailable(format!("HTTP {status}"));
+    }
+    match err {
+        Some(e) if e.kind == "idempotency_error" => GatewayError::KeyReused(e.message),
+        Some(e) => GatewayError::Protocol(e.best_code()),
+        None => GatewayError::Protocol(format!("HTTP {status}")),
+    }
+}

@@ -1,0 +1,200 @@
+//! `shop.payment.v1.PaymentService`: parses requests into commands at the edge and hands
+//! them to [`Payments`].
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use platform::{CallContext, FieldError, money::Money, paging::Page};
+use shop_proto::{
+    common::v1::PageResponse,
+    payment::v1::{self as pb, payment_service_server::PaymentService},
+};
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    card::Card,
+    chained,
+    fingerprint,
+    ids::{self, IdempotencyKey},
+    service::{ChargeCommand, Payments, RefundCommand},
+};
+
+#[derive(Clone)]
+pub struct PaymentGrpc {
+    payments: Payments,
+}
+
+impl PaymentGrpc {
+    pub fn new(payments: Payments) -> Self {
+        Self { payments }
+    }
+}
+
+/// A positive amount of at most `max` minor units.
+pub fn charge_amount(value: Option<&shop_proto::common::v1::Money>, max: i64) -> Result<Money, FieldError> {
+    let amount = Money::parse(value, "amount")?;
+    if amount.amount_minor() <= 0 {
+        return Err(FieldError::new("amount.amount_minor", "must be greater than 0"));
+    }
+    if amount.amount_minor() > max {
+        return Err(FieldError::new(
+            "amount.amount_minor",
+            format!("must be at most {max}"),
+        ));
+    }
+    Ok(amount)
+}
+
+const TOKEN_PREFIX: &str = "p1:";
+
+fn encode_token(last_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{TOKEN_PREFIX}{last_id}"))
+}
+
+fn decode_token(token: &str) -> Result<String, FieldError> {
+    let bad = || FieldError::new("page.page_token", "is not a valid page token");
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let id = raw.strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
+    Uuid::parse_str(id).map_err(|_| bad())?;
+    Ok(id.to_owned())
+}
+
+#[tonic::async_trait]
+impl PaymentService for PaymentGrpc {
+    async fn charge(
+        &self,
+        request: Request<pb::ChargeRequest>,
+    ) -> Result<Response<pb::ChargeResponse>, Status> {
+        let ctx = CallContext::from_request(&request);
+        let r = request.into_inner();
+        let key = IdempotencyKey::parse(&r.idempotency_key, "idempotency_key")?;
+        let user_id = ids::uuid(&r.user_id, "user_id")?;
+        let order_id = ids::uuid(&r.order_id, "order_id")?;
+        let amount = charge_amount(r.amount.as_ref(), self.payments.settings().max_amount_minor)?;
+        let card = Card::parse(r.card.as_ref(), "card", OffsetDateTime::now_utc())?;
+        let description = ids::text(&r.description, "description", 200)?;
+        let cmd = ChargeCommand {
+            fingerprint: fingerprint::charge(
+                key.as_str(),
+                user_id,
+                order_id,
+                amount,
+                &card,
+                &description,
+            ),
+            key,
+            user_id,
+            order_id,
+            amount,
+            card,
+            description,
+            reservation_id: None,
+        };
+        let payment = self.payments.charge(cmd, &ctx).await?;
+        Ok(Response::new(pb::ChargeResponse {
+            payment: Some(payment.to_pb()),
+        }))
+    }
+
+    async fn refund(
+        &self,
+        request: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
+        let ctx = CallContext::from_request(&request);
+        let r = request.into_inner();
+        let payment_id = ids::uuid(&r.payment_id, "payment_id")?;
+        let amount = match r.amount.as_ref() {
+            None => None,
+            Some(m) => Some(charge_amount(Some(m), i64::MAX)?),
+        };
+        let key = IdempotencyKey::parse(&r.idempotency_key, "idempotency_key")?;
+        ids::text(&r.reason, "reason", 200)?;
+        let cmd = RefundCommand {
+            fingerprint: fingerprint::refund(key.as_str(), payment_id, amount),
+            key,
+            payment_id,
+            amount,
+        };
+        let (refund, payment) = self.payments.refund(cmd, &ctx).await?;
+        Ok(Response::new(pb::RefundResponse {
+            refund: Some(refund.to_pb()),
+            payment: Some(payment.to_pb()),
+        }))
+    }
+
+    async fn get_payment(
+        &self,
+        request: Request<pb::GetPaymentRequest>,
+    ) -> Result<Response<pb::GetPaymentResponse>, Status> {
+        let id = ids::uuid(&request.get_ref().payment_id, "payment_id")?;
+        let payment = self.payments.payment(&id.to_string()).await?;
+        Ok(Response::new(pb::GetPaymentResponse {
+            payment: Some(payment.to_pb()),
+        }))
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<pb::ListPaymentsRequest>,
+    ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        let r = request.into_inner();
+        let user_id = ids::uuid(&r.user_id, "user_id")?;
+        let page = Page::parse(r.page.as_ref())?;
+        let after = page.token.as_deref().map(decode_token).transpose()?;
+        let mut rows = self
+            .payments
+            .store()
+            .list_payments(&user_id.to_string(), after.as_deref(), page.size + 1)
+            .await
+            .map_err(crate::error::Error::from)?;
+        let more = rows.len() > page.size as usize;
+        rows.truncate(page.size as usize);
+        let next_page_token = match rows.last() {
+            Some(last) if more => encode_token(&last.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListPaymentsResponse {
+            payments: rows.iter().map(|p| p.to_pb()).collect(),
+            page: Some(PageResponse { next_page_token }),
+        }))
+    }
+
+    async fn reconcile(
+        &self,
+        request: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        let r = request.into_inner();
+        let payments = if r.payment_id.is_empty() {
+            self.payments.reconcile_pending().await?
+        } else {
+            let id = ids::uuid(&r.payment_id, "payment_id")?;
+            vec![self.payments.reconcile_payment(&id.to_string()).await?]
+        };
+        Ok(Response::new(pb::ReconcileResponse {
+            payments: payments.iter().map(|p| p.to_pb()).collect(),
+        }))
+    }
+
+    async fn chained_charge(
+        &self,
+        request: Request<pb::ChainedChargeRequest>,
+    ) -> Result<Response<pb::ChainedChargeResponse>, Status> {
+        chained::chained_charge(&self.payments, request)
+            .await
+            .map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let id = Uuid::now_v7().to_string();
+        assert_eq!(decode_token(&encode_token(&id)), Ok(id));
+        assert!(decode_token("garbage!").is_err());
+        assert!(decode_token(&URL_SAFE_NO_PAD.encode("p1:not-a-uuid")).is_err());
+    }
+}

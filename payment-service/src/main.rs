@@ -1,0 +1,17 @@
+//! payment-service binary: gRPC on PAYMENT_GRPC_ADDR, metrics on PAYMENT_METRICS_ADDR.
+
+use clap::Parser;
+use payment_service::{Application, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    platform::telemetry::init(config.log_json);
+    let app = Application::build(config).await?;
+    tracing::info!(
+        grpc = %app.grpc_addr(),
+        metrics = %app.metrics_addr(),
+        "payment-service listening"
+    );
+    app.run_until_stopped(platform::shutdown::signal()).await
+}

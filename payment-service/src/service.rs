@@ -1,0 +1,531 @@
+//! Charge, refund and reconcile: the payment state machine around the card gateway.
+//!
+//! A charge is first recorded as PENDING under its idempotency key (one transaction); the
+//! request that inserted the key then asks the gateway, with the payment id as the gateway's
+//! Idempotency-Key, and settles the row. Requests that find the key already taken wait for
+//! that answer. A row's `locked_until` lease says someone is talking to the gateway about it;
+//! when an attempt ends without a final answer the lease is dropped, and a retry with the
+//! same key or the reconciler takes over.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use platform::{CallContext, money::Money};
+use shop_proto::item::v1::{
+    CommitReservationRequest, ReleaseReservationRequest, item_service_client::ItemServiceClient,
+};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::{
+    card::Card,
+    error::Error,
+    fingerprint::Fingerprint,
+    gateway_client::{ChargeOutcome, ChargeParams, GatewayClient, RefundOutcome},
+    ids::IdempotencyKey,
+    payment::{PaymentRow, RefundRow, RefundStatus, Status},
+    store::{self, Claim, NewPayment, NewRefund, RefundStart, Store},
+};
+
+/// Code recorded when the gateway never executed a charge whose answer was lost.
+pub const NOT_CHARGED_CODE: &str = "processing_error";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_amount_minor: i64,
+    pub gateway_timeout: Duration,
+    pub item_timeout: Duration,
+    pub idempotency_ttl: Duration,
+}
+
+/// The payment logic, shared by the gRPC handlers and the background reconciler.
+#[derive(Clone)]
+pub struct Payments {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    gateway: GatewayClient,
+    items: ItemServiceClient<Channel>,
+    settings: Settings,
+}
+
+pub struct ChargeCommand {
+    pub key: IdempotencyKey,
+    pub fingerprint: Fingerprint,
+    pub user_id: Uuid,
+    pub order_id: Uuid,
+    pub amount: Money,
+    pub card: Card,
+    pub description: String,
+    /// ChainedCharge's item-service reservation, settled with the payment.
+    pub reservation_id: Option<String>,
+}
+
+pub struct RefundCommand {
+    pub key: IdempotencyKey,
+    pub fingerprint: Fingerprint,
+    pub payment_id: Uuid,
+    /// None: everything that is left.
+    pub amount: Option<Money>,
+}
+
+fn outcome_fields(o: &ChargeOutcome) -> (Status, &str, &str) {
+    match o {
+        ChargeOutcome::Succeeded { charge_id } => (Status::Succeeded, "", charge_id),
+        ChargeOutcome::Declined { charge_id, code } => (Status::Declined, code, charge_id),
+        ChargeOutcome::Rejected { code } => (Status::Failed, code, ""),
+    }
+}
+
+impl Payments {
+    pub fn new(
+        store: Store,
+        gateway: GatewayClient,
+        items: ItemServiceClient<Channel>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                gateway,
+                items,
+                settings,
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn items(&self) -> ItemServiceClient<Channel> {
+        self.inner.items.clone()
+    }
+
+    /// How long one attempt may hold a row: the gateway budget plus room for the writes.
+    fn lease(&self) -> Duration {
+        self.inner.settings.gateway_timeout + Duration::from_secs(5)
+    }
+
+    /// How long a request waits for another request with its key before answering ABORTED.
+    fn give_up_at(&self, ctx: &CallContext) -> Instant {
+        ctx.deadline
+            .unwrap_or_else(|| Instant::now() + self.lease() + Duration::from_secs(1))
+    }
+
+    pub async fn payment(&self, id: &str) -> Result<PaymentRow, Error> {
+        self.inner
+            .store
+            .payment(id)
+            .await?
+            .ok_or_else(|| Error::PaymentNotFound(id.to_owned()))
+    }
+
+    /// Charges once per idempotency key; see the module docs.
+    pub async fn charge(&self, cmd: ChargeCommand, ctx: &CallContext) -> Result<PaymentRow, Error> {
+        let now = store::now();
+        let id = Uuid::now_v7().to_string();
+        let user_id = cmd.user_id.to_string();
+        let order_id = cmd.order_id.to_string();
+        let new = NewPayment {
+            id: &id,
+            key: cmd.key.as_str(),
+            fingerprint: cmd.fingerprint,
+            user_id: &user_id,
+            order_id: &order_id,
+            amount_minor: cmd.amount.amount_minor(),
+            currency: cmd.amount.currency().code(),
+            card_brand: cmd.card.brand().as_str(),
+            card_last4: cmd.card.last4(),
+            reservation_id: cmd.reservation_id.as_deref(),
+            now,
+            lease_until: store::later(now, self.lease()),
+        };
+        match self.inner.store.begin_charge(&new).await? {
+            Claim::New(row) => self.drive_charge(row, cmd).await,
+            Claim::Existing {
+                fingerprint,
+                resource_id,
+            } => {
+                if fingerprint[..] != cmd.fingerprint[..] {
+                    return Err(Error::KeyReused {
+                        key: cmd.key.as_str().to_owned(),
+                    });
+                }
+                metrics::counter!("payment_idempotent_replays_total", "kind" => "charge")
+                    .increment(1);
+                self.follow_charge(&resource_id, cmd, ctx).await
+            }
+        }
+    }
+
+    /// Waits for the request that owns the key; takes over if it left the payment PENDING.
+    async fn follow_charge(
+        &self,
+        id: &str,
+        cmd: ChargeCommand,
+        ctx: &CallContext,
+    ) -> Result<PaymentRow, Error> {
+        let give_up = self.give_up_at(ctx);
+        let mut poll = Duration::from_millis(10);
+        loop {
+            let row = self.payment(id).await?;
+            if row.status() != Status::Pending {
+                return Ok(row);
+            }
+            let now = store::now();
+            if row.locked_until.is_none_or(|l| l < now)
+                && self
+                    .inner
+                    .store
+                    .claim_payment(id, now, store::later(now, self.lease()))
+                    .await?
+            {
+                return self.drive_charge(row, cmd).await;
+            }
+            if Instant::now() + poll >= give_up {
+                return Err(Error::InProgress {
+                    key: cmd.key.as_str().to_owned(),
+                });
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Asks the gateway and records the answer, in a task of its own: a caller that hangs
+    /// up must not cut the work off between the gateway's answer and the database write.
+    async fn drive_charge(&self, row: PaymentRow, cmd: ChargeCommand) -> Result<PaymentRow, Error> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let params = ChargeParams {
+                amount_minor: row.amount_minor,
+                currency: cmd.amount.currency(),
+                description: &cmd.description,
+                card: &cmd.card,
+            };
+            let answer = this
+                .inner
+                .gateway
+                .create_charge(&row.id, &params, this.inner.settings.gateway_timeout)
+                .await;
+            match answer {
+                Ok(outcome) => this.settle(&row.id, &outcome).await,
+                Err(source) => {
+                    tracing::warn!(payment = %row.id, error = %source, "charge left PENDING");
+                    metrics::counter!("payment_charges_pending_total").increment(1);
+                    this.inner
+                        .store
+                        .release_payment(&row.id, store::now())
+                        .await?;
+                    Err(Error::ChargePending {
+                        payment_id: row.id,
+                        source,
+                    })
+                }
+            }
+        })
+        .await?
+    }
+
+    async fn settle(&self, id: &str, outcome: &ChargeOutcome) -> Result<PaymentRow, Error> {
+        let (status, code, charge_id) = outcome_fields(outcome);
+        if self
+            .inner
+            .store
+            .settle_payment(id, status, code, charge_id, store::now())
+            .await?
+        {
+            metrics::counter!("payment_charges_total", "status" => status.as_str()).increment(1);
+            tracing::info!(payment = %id, status = status.as_str(), code, "payment settled");
+        }
+        self.payment(id).await
+    }
+
+    /// Settles one PENDING payment from the gateway's records (found by the payment id,
+    /// which was the gateway Idempotency-Key). Returns the payment, settled or still pending.
+    pub async fn reconcile_payment(&self, id: &str) -> Result<PaymentRow, Error> {
+        let row = self.payment(id).await?;
+        if row.status() != Status::Pending {
+            return Ok(row);
+        }
+        let now = store::now();
+        if !self
+            .inner
+            .store
+            .claim_payment(id, now, store::later(now, self.lease()))
+            .await?
+        {
+            // Another request is talking to the gateway about it right now.
+            return Ok(row);
+        }
+        let found = self
+            .inner
+            .gateway
+            .find_charge(id, self.inner.settings.gateway_timeout)
+            .await;
+        let settled = match found {
+            Ok(Some(charge)) => {
+                self.settle(id, &ChargeOutcome::from_charge(&charge))
+                    .await?
+            }
+            // No request with this key ever executed: no money moved.
+            Ok(None) => {
+                self.settle(
+                    id,
+                    &ChargeOutcome::Rejected {
+                        code: NOT_CHARGED_CODE.to_owned(),
+                    },
+                )
+                .await?
+            }
+            Err(e) => {
+                tracing::info!(payment = %id, error = %e, "reconcile: gateway has no answer yet");
+                self.inner.store.release_payment(id, store::now()).await?;
+                return self.payment(id).await;
+            }
+        };
+        metrics::counter!("payment_reconciled_total", "status" => settled.status().as_str())
+            .increment(1);
+        self.finish_reservation(&settled, &CallContext::root(None))
+            .await;
+        Ok(settled)
+    }
+
+    /// Commits (SUCCEEDED) or releases (DECLINED, FAILED) a chained checkout's reservation.
+    /// Best effort: both are idempotent, and an uncommitted reservation expires by itself.
+    pub async fn finish_reservation(
+        &self,
+        payment: &PaymentRow,
+        ctx: &CallContext,
+    ) -> Option<tonic::Status> {
+        let reservation_id = payment.reservation_id.clone()?;
+        let cap = Some(self.inner.settings.item_timeout);
+        let mut items = self.items();
+        let res = match payment.status() {
+            Status::Succeeded => items
+                .commit_reservation(ctx.request(CommitReservationRequest { reservation_id }, cap))
+                .await
+                .map(drop),
+            Status::Declined | Status::Failed => items
+                .release_reservation(ctx.request(ReleaseReservationRequest { reservation_id }, cap))
+                .await
+                .map(drop),
+            Status::Pending | Status::Refunded => Ok(()),
+        };
+        match res {
+            Ok(()) => None,
+            Err(s) => {
+                tracing::warn!(payment = %payment.id, code = ?s.code(), message = s.message(), "settling the reservation failed");
+                Some(s)
+            }
+        }
+    }
+
+    /// Reconciles every PENDING payment and refund left alone for longer than the gateway
+    /// timeout plus a second.
+    pub async fn reconcile_pending(&self) -> Result<Vec<PaymentRow>, Error> {
+        let now = store::now();
+        let before = store::earlier(
+            now,
+            self.inner.settings.gateway_timeout + Duration::from_secs(1),
+        );
+        let ids = self
+            .inner
+            .store
+            .stale_pending_payments(before, now, 100)
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.reconcile_payment(&id).await {
+                Ok(p) => out.push(p),
+                Err(e) => tracing::warn!(payment = %id, error = %platform::telemetry::chain(&e), "reconcile failed"),
+            }
+        }
+        let refunds = self
+            .inner
+            .store
+            .stale_pending_refunds(before, now, 100)
+            .await?;
+        for id in refunds {
+            if let Err(e) = self.reconcile_refund(&id).await {
+                tracing::info!(refund = %id, error = %platform::telemetry::chain(&e), "refund still pending");
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops idempotency keys older than the retention time.
+    pub async fn purge_keys(&self) -> Result<u64, Error> {
+        let before = store::earlier(store::now(), self.inner.settings.idempotency_ttl);
+        Ok(self.inner.store.purge_keys(before).await?)
+    }
+
+    /// Refunds once per idempotency key, never more than is left.
+    pub async fn refund(
+        &self,
+        cmd: RefundCommand,
+        ctx: &CallContext,
+    ) -> Result<(RefundRow, PaymentRow), Error> {
+        let now = store::now();
+        let id = Uuid::now_v7().to_string();
+        let payment_id = cmd.payment_id.to_string();
+        let new = NewRefund {
+            id: &id,
+            key: cmd.key.as_str(),
+            fingerprint: cmd.fingerprint,
+            payment_id: &payment_id,
+            amount: cmd
+                .amount
+                .map(|m| (m.amount_minor(), m.currency().code())),
+            now,
+            lease_until: store::later(now, self.lease()),
+        };
+        match self.inner.store.begin_refund(&new).await? {
+            RefundStart::PaymentNotFound => Err(Error::PaymentNotFound(payment_id)),
+            RefundStart::NotRefundable(status) => Err(Error::NotRefundable {
+                payment_id,
+                status: status.as_str().to_owned(),
+            }),
+            RefundStart::CurrencyMismatch { payment_currency } => {
+                Err(Error::CurrencyMismatch { payment_currency })
+            }
+            RefundStart::TooLarge { left, currency } => {
+                Err(Error::RefundTooLarge { left, currency })
+            }
+            RefundStart::Claimed(Claim::New(row)) => self.drive_refund(row).await,
+            RefundStart::Claimed(Claim::Existing {
+                fingerprint,
+                resource_id,
+            }) => {
+                if fingerprint[..] != cmd.fingerprint[..] {
+                    return Err(Error::KeyReused {
+                        key: cmd.key.as_str().to_owned(),
+                    });
+                }
+                metrics::counter!("payment_idempotent_replays_total", "kind" => "refund")
+                    .increment(1);
+                self.follow_refund(&resource_id, cmd.key.as_str(), ctx)
+                    .await
+            }
+        }
+    }
+
+    async fn refund_row(&self, id: &str) -> Result<RefundRow, Error> {
+        self.inner
+            .store
+            .refund(id)
+            .await?
+            .ok_or(Error::Database(sqlx::Error::RowNotFound))
+    }
+
+    async fn follow_refund(
+        &self,
+        id: &str,
+        key: &str,
+        ctx: &CallContext,
+    ) -> Result<(RefundRow, PaymentRow), Error> {
+        let give_up = self.give_up_at(ctx);
+        let mut poll = Duration::from_millis(10);
+        loop {
+            let row = self.refund_row(id).await?;
+            match row.status() {
+                RefundStatus::Succeeded => {
+                    let payment = self.payment(&row.payment_id).await?;
+                    return Ok((row, payment));
+                }
+                RefundStatus::Failed => {
+                    return Err(Error::RefundRejected {
+                        code: row.failure_code,
+                    });
+                }
+                RefundStatus::Pending => {}
+            }
+            let now = store::now();
+            if row.locked_until.is_none_or(|l| l < now)
+                && self
+                    .inner
+                    .store
+                    .claim_refund(id, now, store::later(now, self.lease()))
+                    .await?
+            {
+                return self.drive_refund(row).await;
+            }
+            if Instant::now() + poll >= give_up {
+                return Err(Error::InProgress {
+                    key: key.to_owned(),
+                });
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    async fn drive_refund(&self, row: RefundRow) -> Result<(RefundRow, PaymentRow), Error> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let payment = this.payment(&row.payment_id).await?;
+            let answer = this
+                .inner
+                .gateway
+                .create_refund(
+                    &row.id,
+                    &payment.gateway_charge_id,
+                    row.amount_minor,
+                    this.inner.settings.gateway_timeout,
+                )
+                .await;
+            let store = &this.inner.store;
+            match answer {
+                Ok(RefundOutcome::Succeeded { refund_id }) => {
+                    store
+                        .refund_succeeded(&row.id, &refund_id, store::now())
+                        .await?;
+                    metrics::counter!("payment_refunds_total", "status" => "SUCCEEDED")
+                        .increment(1);
+                    Ok((
+                        this.refund_row(&row.id).await?,
+                        this.payment(&row.payment_id).await?,
+                    ))
+                }
+                Ok(RefundOutcome::Rejected { code }) => {
+                    store.refund_failed(&row, &code, store::now()).await?;
+                    metrics::counter!("payment_refunds_total", "status" => "FAILED").increment(1);
+                    Err(Error::RefundRejected { code })
+                }
+                Err(source) => {
+                    tracing::warn!(refund = %row.id, error = %source, "refund left PENDING");
+                    store.release_refund(&row.id, store::now()).await?;
+                    Err(Error::RefundPending {
+                        refund_id: row.id,
+                        source,
+                    })
+                }
+            }
+        })
+        .await?
+    }
+
+    /// Re-sends a PENDING refund with its own Idempotency-Key: the gateway replays or executes.
+    async fn reconcile_refund(&self, id: &str) -> Result<(), Error> {
+        let now = store::now();
+        if !self
+            .inner
+            .store
+            .claim_refund(id, now, store::later(now, self.lease()))
+            .await?
+        {
+            return Ok(());
+        }
+        let row = self.refund_row(id).await?;
+        self.drive_refund(row).await.map(drop)
+    }
+}
