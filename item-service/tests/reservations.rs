@@ -1,0 +1,270 @@
+//! Stock reservations through the gRPC API: all-or-nothing, idempotency, the oversell
+//! race, expiry by the sweeper.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use shop_proto::item::v1::{self as pb, ReservationStatus};
+use tonic::Code;
+
+#[tokio::test]
+async fn fifty_concurrent_reservations_of_ten_units_sell_exactly_ten() {
+    let app = spawn().await;
+    let item = app.create("HOT-1", "Hot Item", "deals", 500, 10).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let mut c = app.client.clone();
+        let id = item.id.clone();
+        tasks.push(tokio::spawn(async move {
+            c.reserve_stock(pb::ReserveStockRequest {
+                reservation_id: format!("race-{i}"),
+                lines: vec![shop_proto::common::v1::ItemLine { item_id: id, quantity: 1 }],
+            })
+            .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(r) => {
+                assert_eq!(
+                    r.into_inner().reservation.expect("r").status,
+                    ReservationStatus::Reserved as i32
+                );
+                ok += 1;
+            }
+            Err(s) => {
+                assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+                assert!(s.message().contains(&item.id), "names the item: {s:?}");
+                assert!(s.message().contains("0 left"), "says what is left: {s:?}");
+            }
+        }
+    }
+    assert_eq!(ok, 10);
+    assert_eq!(app.stock(&item.id).await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn multi_line_reservation_failing_on_its_last_line_changes_nothing() {
+    let app = spawn().await;
+    let a = app.create("ML-A", "A", "c", 100, 5).await;
+    let b = app.create("ML-B", "B", "c", 100, 5).await;
+    let c = app.create("ML-C", "C", "c", 100, 1).await;
+    let err = app
+        .reserve("multi-1", &[(&a.id, 2), (&b.id, 3), (&c.id, 2)])
+        .await
+        .expect_err("last line short");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(platform::error::field_of(&err).as_deref(), Some("lines[2].quantity"));
+    assert!(err.message().contains(&c.id) && err.message().contains("1 left"), "{err:?}");
+    for (item, stock) in [(&a, 5), (&b, 5), (&c, 1)] {
+        assert_eq!(app.stock(&item.id).await, stock);
+    }
+    // A retry gets the same answer and still takes nothing.
+    let again = app
+        .reserve("multi-1", &[(&a.id, 2), (&b.id, 3), (&c.id, 2)])
+        .await
+        .expect_err("same outcome");
+    assert_eq!((again.code(), again.message()), (err.code(), err.message()));
+    assert_eq!(app.stock(&a.id).await, 5);
+    let got = app
+        .client
+        .clone()
+        .get_reservation(pb::GetReservationRequest { reservation_id: "multi-1".into() })
+        .await
+        .expect("get")
+        .into_inner()
+        .reservation
+        .expect("r");
+    assert_eq!(got.status, ReservationStatus::Rejected as i32);
+    assert!(got.reason.contains("1 left"));
+
+    // Unknown item on a line: NOT_FOUND naming the line; nothing held.
+    let missing = "0123456789abcdef01234567";
+    let err = app.reserve("multi-2", &[(&a.id, 1), (missing, 1)]).await.expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(platform::error::field_of(&err).as_deref(), Some("lines[1].item_id"));
+    assert_eq!(app.stock(&a.id).await, 5);
+
+    // The same lines that fit do succeed.
+    let ok = app.reserve("multi-3", &[(&a.id, 2), (&b.id, 3), (&c.id, 1)]).await.expect("fits");
+    assert_eq!(ok.status, ReservationStatus::Reserved as i32);
+    assert_eq!(ok.lines.len(), 3);
+    assert_eq!((app.stock(&a.id).await, app.stock(&b.id).await, app.stock(&c.id).await), (3, 2, 0));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reserve_commit_release_are_idempotent() {
+    let app = spawn().await;
+    let item = app.create("IDEM-1", "Idem", "c", 100, 10).await;
+
+    // Reserve twice with the same id: one hold.
+    let r1 = app.reserve("idem-a", &[(&item.id, 3)]).await.expect("reserve");
+    let r2 = app.reserve("idem-a", &[(&item.id, 3)]).await.expect("retry");
+    assert_eq!(r1.status, ReservationStatus::Reserved as i32);
+    assert_eq!(r2.status, r1.status);
+    assert_eq!(r2.expires_at, r1.expires_at);
+    assert_eq!(app.stock(&item.id).await, 7);
+    // Same id, other lines: refused.
+    let other = app.reserve("idem-a", &[(&item.id, 4)]).await;
+    assert_field(other, Code::AlreadyExists, "reservation_id");
+
+    // Commit twice: stock stays sold.
+    let c1 = app.commit("idem-a").await.expect("commit");
+    let c2 = app.commit("idem-a").await.expect("commit again");
+    assert_eq!(c1.status, ReservationStatus::Committed as i32);
+    assert_eq!(c2.status, ReservationStatus::Committed as i32);
+    assert_eq!(app.stock(&item.id).await, 7);
+    // A committed reservation cannot be released; a reserve retry reports it committed.
+    assert_eq!(app.release("idem-a").await.expect_err("committed").code(), Code::FailedPrecondition);
+    assert_eq!(
+        app.reserve("idem-a", &[(&item.id, 3)]).await.expect("retry").status,
+        ReservationStatus::Committed as i32
+    );
+    assert_eq!(app.stock(&item.id).await, 7);
+
+    // Release twice: stock comes back exactly once.
+    app.reserve("idem-b", &[(&item.id, 5)]).await.expect("reserve");
+    assert_eq!(app.stock(&item.id).await, 2);
+    let l1 = app.release("idem-b").await.expect("release");
+    let l2 = app.release("idem-b").await.expect("release again");
+    assert_eq!(l1.status, ReservationStatus::Released as i32);
+    assert_eq!(l2.status, ReservationStatus::Released as i32);
+    assert_eq!(app.stock(&item.id).await, 7);
+    // Released: commit refused, reserve retry reports released, nothing re-taken.
+    assert_eq!(app.commit("idem-b").await.expect_err("released").code(), Code::FailedPrecondition);
+    assert_eq!(
+        app.reserve("idem-b", &[(&item.id, 5)]).await.expect("retry").status,
+        ReservationStatus::Released as i32
+    );
+    assert_eq!(app.stock(&item.id).await, 7);
+
+    // Concurrent retries of one reservation take stock once.
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let app_client = app.client.clone();
+        let id = item.id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = app_client;
+            c.reserve_stock(pb::ReserveStockRequest {
+                reservation_id: "idem-c".into(),
+                lines: vec![shop_proto::common::v1::ItemLine { item_id: id, quantity: 2 }],
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        if let Err(s) = t.await.expect("join") {
+            assert_eq!(s.code(), Code::Aborted, "only 'still being made' may fail: {s:?}");
+        }
+    }
+    assert_eq!(app.stock(&item.id).await, 5);
+
+    // Concurrent releases put it back once.
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let mut c = app.client.clone();
+        tasks.push(tokio::spawn(async move {
+            c.release_reservation(pb::ReleaseReservationRequest { reservation_id: "idem-c".into() })
+                .await
+        }));
+    }
+    for t in tasks {
+        if let Err(s) = t.await.expect("join") {
+            assert_eq!(s.code(), Code::Aborted, "{s:?}");
+        }
+    }
+    app.release("idem-c").await.expect("release settles");
+    assert_eq!(app.stock(&item.id).await, 7);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn expired_reservations_are_released_by_the_sweeper() {
+    let app = spawn_with(|c| {
+        c.reservation_ttl_secs = 1;
+        c.sweep_interval_ms = 100;
+    })
+    .await;
+    let a = app.create("EXP-A", "A", "c", 100, 4).await;
+    let b = app.create("EXP-B", "B", "c", 100, 4).await;
+    app.reserve("exp-1", &[(&a.id, 3), (&b.id, 1)]).await.expect("reserve");
+    app.reserve("exp-2", &[(&a.id, 1)]).await.expect("reserve");
+    app.commit("exp-2").await.expect("commit");
+    assert_eq!((app.stock(&a.id).await, app.stock(&b.id).await), (0, 3));
+
+    let mut released = None;
+    for _ in 0..100 {
+        let r = app
+            .client
+            .clone()
+            .get_reservation(pb::GetReservationRequest { reservation_id: "exp-1".into() })
+            .await
+            .expect("get")
+            .into_inner()
+            .reservation
+            .expect("r");
+        if r.status == ReservationStatus::Released as i32 {
+            released = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let released = released.expect("the sweeper releases the reservation");
+    assert_eq!(released.reason, "expired");
+    // Stock of the expired reservation is back (cache on: the sweeper invalidated it);
+    // the committed one stays sold.
+    let mut stocks = (0, 0);
+    for _ in 0..50 {
+        stocks = (app.stock(&a.id).await, app.stock(&b.id).await);
+        if stocks == (3, 4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stocks, (3, 4));
+    // Committing an expired reservation is refused; releasing it again changes nothing.
+    assert_eq!(app.commit("exp-1").await.expect_err("expired").code(), Code::FailedPrecondition);
+    app.release("exp-1").await.expect("idempotent release");
+    assert_eq!(app.stock(&a.id).await, 3);
+    // Further sweeps find nothing to do; committed reservations never expire.
+    assert_eq!(app.service.sweep_once().await.expect("sweep"), 0);
+    assert_eq!(app.commit("exp-2").await.expect("still committed").status, ReservationStatus::Committed as i32);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sweepers_on_several_replicas_return_stock_once() {
+    // Two service instances on one database, each sweeping.
+    let first = spawn_with(|c| {
+        c.reservation_ttl_secs = 1;
+        c.sweep_interval_ms = 3_600_000;
+    })
+    .await;
+    let db = first.config.mongodb_database.clone();
+    let second = spawn_with(|c| {
+        c.mongodb_database = db;
+        c.reservation_ttl_secs = 1;
+        c.sweep_interval_ms = 3_600_000;
+    })
+    .await;
+    let item = first.create("REP-1", "Rep", "c", 100, 100).await;
+    for i in 0..20 {
+        first.reserve(&format!("rep-{i}"), &[(&item.id, 2)]).await.expect("reserve");
+    }
+    assert_eq!(first.stock(&item.id).await, 60);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (a, b, c) = tokio::join!(
+        first.service.sweep_once(),
+        second.service.sweep_once(),
+        first.service.sweep_once()
+    );
+    assert_eq!(a.expect("sweep") + b.expect("sweep") + c.expect("sweep"), 20);
+    assert_eq!(first.stock(&item.id).await, 100);
+    second.stop().await;
+    first.stop().await;
+}
