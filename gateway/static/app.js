@@ -1,0 +1,298 @@
+// Shop web client: hash routes over the REST API. No framework, no build step.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const view = () => $("#view");
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const money = (m) => {
+  if (!m || !m.currency) return "";
+  const digits = m.currency === "JPY" ? 0 : 2;
+  try {
+    return new Intl.NumberFormat(undefined, { style: "currency", currency: m.currency }).format(m.amount_minor / 10 ** digits);
+  } catch (_) {
+    return (m.amount_minor / 10 ** digits).toFixed(digits) + " " + m.currency;
+  }
+};
+
+// ---- session and cart -----------------------------------------------------------------
+const session = {
+  get token() { return localStorage.getItem("shop.token"); },
+  get user() { try { return JSON.parse(localStorage.getItem("shop.user")); } catch (_) { return null; } },
+  set(token, user) { localStorage.setItem("shop.token", token); localStorage.setItem("shop.user", JSON.stringify(user)); },
+  clear() { localStorage.removeItem("shop.token"); localStorage.removeItem("shop.user"); },
+};
+const cart = {
+  load() { try { return JSON.parse(localStorage.getItem("shop.cart")) || {}; } catch (_) { return {}; } },
+  save(c) { localStorage.setItem("shop.cart", JSON.stringify(c)); renderNav(); },
+  add(id, qty) { const c = cart.load(); c[id] = Math.min(1000, (c[id] || 0) + qty); cart.save(c); },
+  set(id, qty) { const c = cart.load(); if (qty > 0) c[id] = Math.min(1000, qty); else delete c[id]; cart.save(c); },
+  clear() { cart.save({}); },
+  lines() { return Object.entries(cart.load()).map(([item_id, quantity]) => ({ item_id, quantity })); },
+};
+
+// ---- API ---------------------------------------------------------------------------------
+class ApiError extends Error {
+  constructor(status, body) {
+    const e = (body && body.error) || {};
+    super(e.message || `request failed (${status})`);
+    this.status = status; this.code = e.code || "error"; this.field = e.field || null;
+  }
+}
+async function api(method, path, body, headers = {}) {
+  const h = { Accept: "application/json", ...headers };
+  if (body !== undefined) h["Content-Type"] = "application/json";
+  if (session.token) h.Authorization = "Bearer " + session.token;
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers: h, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    throw new ApiError(0, { error: { code: "network", message: "The shop cannot be reached. Check your connection and try again." } });
+  }
+  if (resp.status === 204) return null;
+  let data = null;
+  try { data = await resp.json(); } catch (_) { /* empty body */ }
+  if (!resp.ok) {
+    if (resp.status === 401 && session.token) { session.clear(); renderNav(); }
+    throw new ApiError(resp.status, data);
+  }
+  return data;
+}
+
+// ---- flash messages ----------------------------------------------------------------------
+function flash(msg, kind = "error") {
+  const f = $("#flash");
+  f.textContent = msg; f.className = kind; f.hidden = !msg;
+}
+function explain(err) {
+  if (err.status === 503) return "Service unavailable: " + err.message;
+  if (err.status === 504) return "The shop is slow right now: " + err.message;
+  return err.message;
+}
+
+function renderNav() {
+  const u = session.user;
+  document.body.classList.toggle("authed", !!(session.token && u));
+  $("#nav-user").textContent = u ? u.display_name : "";
+  $("#cart-count").textContent = Object.values(cart.load()).reduce((a, b) => a + b, 0);
+}
+
+// ---- views -------------------------------------------------------------------------------
+async function catalog(params) {
+  const q = params.get("q") || "";
+  const token = params.get("page") || "";
+  const sort = params.get("sort") || "name_asc";
+  $("#search-input").value = q;
+  const qs = new URLSearchParams({ page_size: "12", sort });
+  if (q) qs.set("q", q);
+  if (token) qs.set("page_token", token);
+  const page = await api("GET", "/api/items?" + qs);
+  const items = page.items.map((it) => `
+    <div class="card item" data-id="${esc(it.id)}">
+      <h3><a href="#/item/${esc(it.id)}">${esc(it.name)}</a></h3>
+      <div class="muted">${esc(it.category)} · ${esc(it.sku)}</div>
+      <p class="price">${money(it.price)}</p>
+      <p class="muted">${it.stock > 0 ? it.stock + " in stock" : "Out of stock"}</p>
+      <button class="add" data-id="${esc(it.id)}" ${it.stock > 0 ? "" : "disabled"}>Add to cart</button>
+    </div>`).join("");
+  const next = page.next_page_token
+    ? `<a class="button" id="next-page" href="#/?${new URLSearchParams({ q, sort, page: page.next_page_token })}">Next page</a>` : "";
+  const prev = token ? `<button class="secondary" id="prev-page" onclick="history.back()">Previous</button>` : "";
+  view().innerHTML = `
+    <div class="row"><h2>${q ? "Results for “" + esc(q) + "”" : "Catalog"}</h2>
+      <label class="muted">Sort <select id="sort">
+        ${["name_asc", "price_asc", "price_desc", "newest"].map((s) => `<option value="${s}" ${s === sort ? "selected" : ""}>${s.replace("_", " ")}</option>`).join("")}
+      </select></label></div>
+    ${items ? `<div class="grid">${items}</div>` : "<p>No items found.</p>"}
+    <div class="pager">${prev}${next}</div>`;
+  $("#sort").onchange = (e) => { location.hash = "#/?" + new URLSearchParams({ q, sort: e.target.value }); };
+  view().querySelectorAll("button.add").forEach((b) => b.onclick = () => { cart.add(b.dataset.id, 1); flash("Added to cart.", "ok"); });
+}
+
+async function itemPage(id) {
+  const it = await api("GET", "/api/items/" + encodeURIComponent(id));
+  view().innerHTML = `
+    <div class="card">
+      <h2>${esc(it.name)}</h2>
+      <div class="muted">${esc(it.category)} · SKU ${esc(it.sku)}</div>
+      ${it.image_url ? `<p><img src="${esc(it.image_url)}" alt="" style="max-width:16rem"></p>` : ""}
+      <p>${esc(it.description)}</p>
+      <p class="price">${money(it.price)}</p>
+      <p class="muted">${it.stock > 0 ? it.stock + " in stock" : "Out of stock"}</p>
+      <div class="row"><input id="qty" type="number" min="1" max="1000" value="1" style="width:5rem">
+      <button id="add-to-cart" ${it.stock > 0 ? "" : "disabled"}>Add to cart</button></div>
+    </div>`;
+  $("#add-to-cart").onclick = () => { cart.add(it.id, Math.max(1, parseInt($("#qty").value, 10) || 1)); flash("Added to cart.", "ok"); };
+}
+
+function authForm(kind) {
+  const reg = kind === "register";
+  view().innerHTML = `
+    <h2>${reg ? "Create an account" : "Log in"}</h2>
+    <form class="stack" id="auth-form">
+      ${reg ? '<label>Name <input name="display_name" id="display_name" required maxlength="64"></label>' : ""}
+      <label>Email <input name="email" id="email" type="email" required></label>
+      <label>Password <input name="password" id="password" type="password" required minlength="${reg ? 8 : 1}"></label>
+      <button type="submit" id="auth-submit">${reg ? "Register" : "Log in"}</button>
+    </form>`;
+  $("#auth-form").onsubmit = async (e) => {
+    e.preventDefault();
+    const f = Object.fromEntries(new FormData(e.target));
+    $("#auth-submit").disabled = true;
+    try {
+      if (reg) await api("POST", "/api/auth/register", f);
+      const login = await api("POST", "/api/auth/login", { email: f.email, password: f.password });
+      session.set(login.access_token, login.user);
+      renderNav();
+      flash(reg ? "Welcome, " + login.user.display_name + "!" : "Logged in.", "ok");
+      location.hash = sessionStorage.getItem("shop.after_login") || "#/";
+      sessionStorage.removeItem("shop.after_login");
+    } catch (err) {
+      flash(explain(err));
+      $("#auth-submit").disabled = false;
+    }
+  };
+}
+
+async function cartPage() {
+  const lines = cart.lines();
+  if (!lines.length) { view().innerHTML = '<h2>Cart</h2><p>Your cart is empty. <a href="#/">Browse the catalog</a>.</p>'; return; }
+  let priced;
+  try {
+    priced = await api("POST", "/api/cart/price", { lines });
+  } catch (err) {
+    if (err.status === 404 && err.field) {
+      const i = parseInt((err.field.match(/\[(\d+)\]/) || [])[1], 10);
+      if (!isNaN(i)) { cart.set(lines[i].item_id, 0); flash("An item in your cart no longer exists and was removed."); return cartPage(); }
+    }
+    throw err;
+  }
+  view().innerHTML = `
+    <h2>Cart</h2>
+    <table id="cart-table"><tr><th>Item</th><th>Price</th><th>Qty</th><th>Total</th><th></th></tr>
+    ${priced.lines.map((l) => `<tr>
+      <td><a href="#/item/${esc(l.item_id)}">${esc(l.name)}</a></td><td>${money(l.unit_price)}</td>
+      <td><input type="number" min="0" max="1000" value="${l.quantity}" data-id="${esc(l.item_id)}" class="qty" style="width:4.5rem"></td>
+      <td>${money(l.line_total)}</td><td><button class="secondary remove" data-id="${esc(l.item_id)}">Remove</button></td></tr>`).join("")}
+    <tr><th colspan="3">Total</th><th id="cart-total">${money(priced.total)}</th><th></th></tr></table>
+    <p><a class="button" href="#/checkout" id="go-checkout">Checkout</a></p>`;
+  view().querySelectorAll("input.qty").forEach((i) => i.onchange = () => { cart.set(i.dataset.id, parseInt(i.value, 10) || 0); cartPage().catch(showError); });
+  view().querySelectorAll("button.remove").forEach((b) => b.onclick = () => { cart.set(b.dataset.id, 0); cartPage().catch(showError); });
+}
+
+function newKey() {
+  if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function checkoutPage() {
+  if (!session.token) { sessionStorage.setItem("shop.after_login", "#/checkout"); location.hash = "#/login"; return; }
+  const lines = cart.lines();
+  if (!lines.length) { location.hash = "#/cart"; return; }
+  const priced = await api("POST", "/api/cart/price", { lines });
+  const year = new Date().getFullYear() + 3;
+  view().innerHTML = `
+    <h2>Checkout</h2>
+    <p>Total: <strong id="checkout-total">${money(priced.total)}</strong> for ${priced.lines.length} item(s).</p>
+    <form class="stack" id="pay-form">
+      <label>Card number <input id="card-number" name="number" autocomplete="cc-number" value="4242 4242 4242 4242" required></label>
+      <div class="row">
+        <label>Month <input id="exp-month" name="exp_month" type="number" min="1" max="12" value="12" style="width:5rem"></label>
+        <label>Year <input id="exp-year" name="exp_year" type="number" value="${year}" style="width:6rem"></label>
+        <label>CVC <input id="cvc" name="cvc" value="123" style="width:5rem"></label>
+      </div>
+      <button type="submit" id="pay">Pay ${money(priced.total)}</button>
+    </form>
+    <p class="muted">Test cards (click to use):</p>
+    <ul class="testcards muted">
+      <li data-card="4242 4242 4242 4242"><code>4242 4242 4242 4242</code> succeeds</li>
+      <li data-card="4000 0000 0000 0002"><code>4000 0000 0000 0002</code> is declined</li>
+      <li data-card="4000 0000 0000 9995"><code>4000 0000 0000 9995</code> has insufficient funds</li>
+    </ul>`;
+  view().querySelectorAll(".testcards li").forEach((li) => li.onclick = () => { $("#card-number").value = li.dataset.card; });
+  $("#pay-form").onsubmit = async (e) => {
+    e.preventDefault();
+    const f = Object.fromEntries(new FormData(e.target));
+    // Reuse the key only after an attempt whose outcome we never heard: the server then
+    // returns that attempt's result instead of charging again.
+    const key = sessionStorage.getItem("shop.pending_key") || newKey();
+    sessionStorage.setItem("shop.pending_key", key);
+    $("#pay").disabled = true;
+    flash("");
+    try {
+      const out = await api("POST", "/api/checkout", {
+        lines, card: { number: f.number, exp_month: parseInt(f.exp_month, 10) || 0, exp_year: parseInt(f.exp_year, 10) || 0, cvc: f.cvc },
+      }, { "Idempotency-Key": key });
+      sessionStorage.removeItem("shop.pending_key");
+      cart.clear();
+      flash("Thank you! Order placed.", "ok");
+      location.hash = "#/order/" + out.order.id;
+    } catch (err) {
+      if (err.status !== 0 && err.status !== 504) sessionStorage.removeItem("shop.pending_key");
+      flash(explain(err));
+      $("#pay").disabled = false;
+    }
+  };
+}
+
+async function ordersPage(params) {
+  if (!session.token) { sessionStorage.setItem("shop.after_login", "#/orders"); location.hash = "#/login"; return; }
+  const qs = new URLSearchParams({ page_size: "20" });
+  if (params.get("page")) qs.set("page_token", params.get("page"));
+  const page = await api("GET", "/api/orders?" + qs);
+  view().innerHTML = `<h2>Your orders</h2>
+    ${page.orders.length ? `<table id="orders-table"><tr><th>Order</th><th>Date</th><th>Items</th><th>Total</th><th>Status</th></tr>
+    ${page.orders.map((o) => `<tr class="order-row"><td><a href="#/order/${esc(o.id)}">${esc(o.id.slice(0, 8))}</a></td>
+      <td>${esc(new Date(o.created_at).toLocaleString())}</td><td>${o.lines.map((l) => esc(l.name) + " × " + l.quantity).join(", ")}</td>
+      <td>${money(o.total)}</td><td>${esc(o.status)}</td></tr>`).join("")}</table>` : "<p>No orders yet.</p>"}
+    ${page.next_page_token ? `<p><a class="button" href="#/orders?${new URLSearchParams({ page: page.next_page_token })}">Older orders</a></p>` : ""}`;
+}
+
+async function orderPage(id) {
+  const d = await api("GET", "/api/orders/" + encodeURIComponent(id));
+  const o = d.order, p = d.payment;
+  view().innerHTML = `<h2>Order <span id="order-id">${esc(o.id.slice(0, 8))}</span></h2>
+    <p>Status: <strong id="order-status">${esc(o.status)}</strong> · ${esc(new Date(o.created_at).toLocaleString())}</p>
+    <table><tr><th>Item</th><th>Price</th><th>Qty</th><th>Total</th></tr>
+    ${o.lines.map((l) => `<tr><td>${esc(l.name)}</td><td>${money(l.unit_price)}</td><td>${l.quantity}</td><td>${money(l.line_total)}</td></tr>`).join("")}
+    <tr><th colspan="3">Total</th><th>${money(o.total)}</th></tr></table>
+    <p class="muted">${p ? `Paid with ${esc(p.card_brand)} •••• ${esc(p.card_last4)} (${esc(p.status)})` : "Payment details are unavailable right now."}</p>
+    <p><a href="#/orders">All orders</a></p>`;
+}
+
+function showError(err) {
+  flash(explain(err));
+  if (!view().innerHTML.trim() || view().textContent.trim() === "Loading…") view().innerHTML = "<p>Something went wrong.</p>";
+}
+
+async function route() {
+  const hash = location.hash || "#/";
+  const [path, query] = hash.slice(1).split("?");
+  const params = new URLSearchParams(query || "");
+  const parts = path.split("/").filter(Boolean);
+  renderNav();
+  try {
+    switch (parts[0] || "") {
+      case "": return await catalog(params);
+      case "item": return await itemPage(parts[1]);
+      case "login": return authForm("login");
+      case "register": return authForm("register");
+      case "logout": session.clear(); renderNav(); flash("Logged out.", "ok"); location.hash = "#/"; return;
+      case "cart": return await cartPage();
+      case "checkout": return await checkoutPage();
+      case "orders": return await ordersPage(params);
+      case "order": return await orderPage(parts[1]);
+      default: view().innerHTML = "<p>Page not found.</p>";
+    }
+  } catch (err) {
+    showError(err);
+  }
+}
+
+$("#search-form").onsubmit = (e) => {
+  e.preventDefault();
+  const q = $("#search-input").value.trim();
+  location.hash = "#/?" + new URLSearchParams(q ? { q } : {});
+};
+window.addEventListener("hashchange", () => { if (!location.hash.startsWith("#/checkout")) flashClearSoon(); route(); });
+function flashClearSoon() { const f = $("#flash"); if (f.className === "ok") setTimeout(() => { if (f.className === "ok") f.hidden = true; }, 3000); }
+route();
