@@ -1,0 +1,11 @@
+//! Shop's load generator: open (constant arrival rate, coordinated omission corrected) and
+//! closed (N virtual users) models, HdrHistograms per endpoint and outcome, and the
+//! sync-chain experiment that writes `report/` (Markdown + JSON + SVG charts).
+
+pub mod admin;
+pub mod charts;
+pub mod engine;
+pub mod http;
+pub mod report;
+pub mod scenario;
+pub mod stats;
