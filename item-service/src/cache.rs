@@ -83,6 +83,8 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+// Short-lived (one per requested key, per request); boxing would cost an allocation per hit.
+#[allow(clippy::large_enum_variant)]
 enum Lookup {
     Hit(Option<pb::Item>),
     Miss,
@@ -112,9 +114,10 @@ impl Cache {
         Self { inner: None }
     }
 
-    /// A cache that connects to Redis in the background, so the service starts (and
-    /// serves from MongoDB) even while Redis is down. Must be called inside a runtime.
-    pub fn connect(settings: CacheSettings) -> anyhow::Result<Self> {
+    /// A cache in front of Redis at `settings.redis_url`. Tries to connect for a moment;
+    /// if Redis is not there, keeps trying in the background, so the service starts (and
+    /// serves from MongoDB) while Redis is down. Must be called inside a runtime.
+    pub async fn connect(settings: CacheSettings) -> anyhow::Result<Self> {
         let client = redis::Client::open(settings.redis_url.as_str())?;
         let inner = Arc::new(Inner {
             settings,
@@ -122,32 +125,48 @@ impl Cache {
             bypass_until: Mutex::new(None),
             inflight: Mutex::new(HashMap::new()),
         });
-        let weak = Arc::downgrade(&inner);
-        tokio::spawn(async move {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Duration::from_millis(500))
-                .set_number_of_retries(1)
-                .set_max_delay(200);
-            loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let attempt = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    ConnectionManager::new_with_config(client.clone(), config.clone()),
-                )
-                .await;
-                match attempt {
-                    Ok(Ok(conn)) => {
-                        let _ = inner.conn.set(conn);
-                        tracing::info!("redis cache connected");
-                        return;
-                    }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "redis cache not reachable yet; serving from MongoDB"),
-                    Err(_) => tracing::warn!("redis cache connect timed out; serving from MongoDB"),
-                }
-                drop(inner);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_millis(500))
+            .set_number_of_retries(1)
+            .set_max_delay(200);
+        let attempt = |client: redis::Client, config: ConnectionManagerConfig| async move {
+            match tokio::time::timeout(
+                Duration::from_secs(1),
+                ConnectionManager::new_with_config(client, config),
+            )
+            .await
+            {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("connect timed out".to_owned()),
             }
-        });
+        };
+        match attempt(client.clone(), config.clone()).await {
+            Ok(conn) => {
+                let _ = inner.conn.set(conn);
+                tracing::info!("redis cache connected");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "redis cache not reachable; serving from MongoDB until it is");
+                let weak = Arc::downgrade(&inner);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let Some(inner) = weak.upgrade() else { return };
+                        match attempt(client.clone(), config.clone()).await {
+                            Ok(conn) => {
+                                let _ = inner.conn.set(conn);
+                                tracing::info!("redis cache connected");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "redis cache still not reachable")
+                            }
+                        }
+                    }
+                });
+            }
+        }
         Ok(Self { inner: Some(inner) })
     }
 
@@ -185,6 +204,14 @@ impl Cache {
         };
         let result = cell
             .get_or_init(|| async {
+                // Double-check: a load that finished between our miss and taking the lead
+                // has filled Redis already.
+                if fill
+                    && let Some(Some(Lookup::Hit(item))) =
+                        inner.lookup(&[id]).await.map(|mut v| v.pop())
+                {
+                    return Ok(item);
+                }
                 let loaded = load().await;
                 if fill && let Ok(item) = &loaded {
                     inner.store(&[(id, item.as_ref())]).await;
@@ -204,7 +231,11 @@ impl Cache {
 
     /// Many items through the cache: one MGET, one MongoDB read for all misses, one
     /// pipelined fill. Returns what exists.
-    pub async fn get_many<F, Fut>(&self, ids: &[ItemId], load: F) -> Result<HashMap<ItemId, pb::Item>, Status>
+    pub async fn get_many<F, Fut>(
+        &self,
+        ids: &[ItemId],
+        load: F,
+    ) -> Result<HashMap<ItemId, pb::Item>, Status>
     where
         F: FnOnce(Vec<ItemId>) -> Fut,
         Fut: Future<Output = Result<Vec<(ItemId, pb::Item)>, Status>>,
@@ -284,7 +315,11 @@ impl Inner {
         let now = Instant::now();
         // Log once per back-off period, not once per request.
         if bypass.is_none_or(|until| now >= until) {
-            tracing::warn!(op, error = err, "redis cache failed; serving from MongoDB for a while");
+            tracing::warn!(
+                op,
+                error = err,
+                "redis cache failed; serving from MongoDB for a while"
+            );
         }
         *bypass = Some(now + BACKOFF);
     }
@@ -341,7 +376,9 @@ impl Inner {
     }
 
     async fn store(&self, entries: &[(ItemId, Option<&pb::Item>)]) {
-        let Some(mut conn) = self.usable() else { return };
+        let Some(mut conn) = self.usable() else {
+            return;
+        };
         let mut pipe = redis::pipe();
         for (id, item) in entries {
             pipe.cmd("SET")
@@ -351,7 +388,8 @@ impl Inner {
                 .arg(self.ttl(item.is_some()))
                 .ignore();
         }
-        let res = tokio::time::timeout(self.settings.op_timeout, pipe.query_async::<()>(&mut conn)).await;
+        let res =
+            tokio::time::timeout(self.settings.op_timeout, pipe.query_async::<()>(&mut conn)).await;
         match res {
             Ok(Ok(())) => {}
             Ok(Err(e)) => self.failed("set", &e.to_string()),

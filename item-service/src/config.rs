@@ -14,7 +14,10 @@ pub enum CacheMode {
 }
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "item-service", about = "Shop catalog, stock and reservations (gRPC)")]
+#[command(
+    name = "item-service",
+    about = "Shop catalog, stock and reservations (gRPC)"
+)]
 pub struct Config {
     /// gRPC listen address; port 0 picks a free port.
     #[arg(long, env = "ITEM_GRPC_ADDR", default_value = "127.0.0.1:50052")]

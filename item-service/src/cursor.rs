@@ -164,9 +164,9 @@ pub fn decode(token: &str, sort: Sort, category: &str, query: &str) -> Result<Cu
         (Sort::NameAsc, Some(s), None) => Some(Bson::String(s)),
         (Sort::NameAsc, None, None) => None,
         (Sort::PriceAsc | Sort::PriceDesc, None, Some(n)) => Some(Bson::Int64(n)),
-        (Sort::Newest, None, Some(ms)) => Some(Bson::DateTime(
-            mongodb::bson::DateTime::from_millis(ms),
-        )),
+        (Sort::Newest, None, Some(ms)) => {
+            Some(Bson::DateTime(mongodb::bson::DateTime::from_millis(ms)))
+        }
         _ => return Err(bad()),
     };
     Ok(Cursor { key, id })

@@ -84,14 +84,12 @@ impl From<Error> for Status {
             Error::DuplicateSku(_) => {
                 platform::error::with_field(Status::already_exists(e.to_string()), "sku")
             }
-            Error::ReservationMismatch(_) => platform::error::with_field(
-                Status::already_exists(e.to_string()),
-                "reservation_id",
-            ),
-            Error::VersionConflict { .. } => platform::error::with_field(
-                Status::aborted(e.to_string()),
-                "expected_version",
-            ),
+            Error::ReservationMismatch(_) => {
+                platform::error::with_field(Status::already_exists(e.to_string()), "reservation_id")
+            }
+            Error::VersionConflict { .. } => {
+                platform::error::with_field(Status::aborted(e.to_string()), "expected_version")
+            }
             Error::Precondition { field, message } => match field {
                 Some(f) => FieldError::new(f, message).into_status_with(Code::FailedPrecondition),
                 None => Status::failed_precondition(message),

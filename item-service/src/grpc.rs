@@ -39,15 +39,19 @@ impl ItemGrpc {
     /// the catalog when `config.seed` says so.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         use secrecy::ExposeSecret;
-        let db = store::connect(config.mongodb_url.expose_secret(), &config.mongodb_database).await?;
+        let db =
+            store::connect(config.mongodb_url.expose_secret(), &config.mongodb_database).await?;
         let cache = match config.cache {
             CacheMode::Off => Cache::off(),
-            CacheMode::On => Cache::connect(CacheSettings {
-                redis_url: config.redis_url.expose_secret().to_owned(),
-                ttl: Duration::from_secs(config.cache_ttl_secs.max(1)),
-                negative_ttl: Duration::from_secs(config.cache_negative_ttl_secs.max(1)),
-                op_timeout: Duration::from_millis(config.cache_timeout_ms.max(1)),
-            })?,
+            CacheMode::On => {
+                Cache::connect(CacheSettings {
+                    redis_url: config.redis_url.expose_secret().to_owned(),
+                    ttl: Duration::from_secs(config.cache_ttl_secs.max(1)),
+                    negative_ttl: Duration::from_secs(config.cache_negative_ttl_secs.max(1)),
+                    op_timeout: Duration::from_millis(config.cache_timeout_ms.max(1)),
+                })
+                .await?
+            }
         };
         let store = ItemStore::new(&db);
         let reservations = Reservations::new(&db, cache.clone(), config.reservation_ttl());
@@ -55,7 +59,11 @@ impl ItemGrpc {
         reservations.ensure_indexes().await?;
         if config.seed {
             let report = crate::seed::seed_catalog(&db).await?;
-            tracing::info!(inserted = report.inserted, total = report.total, "catalog seeded");
+            tracing::info!(
+                inserted = report.inserted,
+                total = report.total,
+                "catalog seeded"
+            );
         }
         tracing::info!(
             database = %config.mongodb_database,
@@ -186,7 +194,10 @@ impl ItemService for ItemGrpc {
                 None => missing_ids.push(id.hex()),
             }
         }
-        Ok(Response::new(pb::BatchGetItemsResponse { items, missing_ids }))
+        Ok(Response::new(pb::BatchGetItemsResponse {
+            items,
+            missing_ids,
+        }))
     }
 
     async fn list_items(

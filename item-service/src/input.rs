@@ -62,7 +62,13 @@ impl Sku {
 
 /// Trimmed text of `min..=max` characters without control characters (newlines and tabs
 /// allowed where `multiline`).
-fn text(s: &str, field: &str, min: usize, max: usize, multiline: bool) -> Result<String, FieldError> {
+fn text(
+    s: &str,
+    field: &str,
+    min: usize,
+    max: usize,
+    multiline: bool,
+) -> Result<String, FieldError> {
     let s = s.trim();
     let n = s.chars().count();
     if n < min {
@@ -74,11 +80,13 @@ fn text(s: &str, field: &str, min: usize, max: usize, multiline: bool) -> Result
             format!("must be at most {max} characters"),
         ));
     }
-    if s
-        .chars()
+    if s.chars()
         .any(|c| c.is_control() && !(multiline && (c == '\n' || c == '\t' || c == '\r')))
     {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(s.to_owned())
 }
@@ -112,7 +120,11 @@ pub fn image_url(s: &str) -> Result<String, FieldError> {
         .strip_prefix("https://")
         .or_else(|| lower.strip_prefix("http://"));
     match rest {
-        Some(host) if !host.is_empty() && !host.starts_with('/') && !s.contains(char::is_whitespace) => Ok(s),
+        Some(host)
+            if !host.is_empty() && !host.starts_with('/') && !s.contains(char::is_whitespace) =>
+        {
+            Ok(s)
+        }
         _ => Err(FieldError::new("image_url", "must be an http(s) URL")),
     }
 }
@@ -122,7 +134,10 @@ pub fn stock(n: i64) -> Result<i64, FieldError> {
         return Err(FieldError::new("stock", "must not be negative"));
     }
     if n > MAX_STOCK {
-        return Err(FieldError::new("stock", format!("must be at most {MAX_STOCK}")));
+        return Err(FieldError::new(
+            "stock",
+            format!("must be at most {MAX_STOCK}"),
+        ));
     }
     Ok(n)
 }
@@ -234,10 +249,7 @@ impl ReservationId {
             ));
         }
         if !s.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
-            return Err(FieldError::new(
-                "reservation_id",
-                "must be printable ASCII",
-            ));
+            return Err(FieldError::new("reservation_id", "must be printable ASCII"));
         }
         Ok(Self(s.to_owned()))
     }

@@ -4,7 +4,11 @@ use clap::Parser;
 use item_service::{Application, Config};
 
 #[derive(Debug, clap::Parser)]
-#[command(name = "item-service", version, about = "Shop catalog, stock and reservations (gRPC)")]
+#[command(
+    name = "item-service",
+    version,
+    about = "Shop catalog, stock and reservations (gRPC)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -33,7 +37,11 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             let report = item_service::seed_catalog(&db).await?;
-            tracing::info!(inserted = report.inserted, total = report.total, "catalog seeded");
+            tracing::info!(
+                inserted = report.inserted,
+                total = report.total,
+                "catalog seeded"
+            );
             println!(
                 "seeded {} of {} catalog items into {}",
                 report.inserted, report.total, cli.config.mongodb_database

@@ -361,7 +361,11 @@ impl Reservations {
 
     // ----- the RPCs -----
 
-    pub async fn reserve(&self, rid: &ReservationId, lines: &[Line]) -> Result<ReservationDoc, Error> {
+    pub async fn reserve(
+        &self,
+        rid: &ReservationId,
+        lines: &[Line],
+    ) -> Result<ReservationDoc, Error> {
         let line_docs: Vec<LineDoc> = lines
             .iter()
             .map(|l| LineDoc {

@@ -25,28 +25,229 @@ struct Category {
 }
 
 const CATEGORIES: &[Category] = &[
-    Category { slug: "electronics", sku: "ELE", price: (999, 49_999), nouns: &["Wireless Earbuds", "Bluetooth Speaker", "USB-C Charger", "Mechanical Keyboard", "Gaming Mouse", "27\" 4K Monitor", "HD Webcam", "Power Bank 20000mAh", "Smartwatch", "Noise-Cancelling Headphones", "Portable SSD 1TB", "HDMI Cable 2m"] },
-    Category { slug: "books", sku: "BOO", price: (799, 5_999), nouns: &["Weeknight Cookbook", "Mystery Novel", "Bird Field Guide", "World Atlas", "Poetry Collection", "Biography", "Rust Programming Handbook", "Travel Guide to Portugal", "Picture Book", "History of the Sea"] },
-    Category { slug: "kitchen", sku: "KIT", price: (899, 24_999), nouns: &["Chef's Knife", "Cast Iron Skillet", "Espresso Maker", "Bamboo Cutting Board", "Blender", "Dutch Oven", "Electric Kettle", "Mixing Bowl Set", "Measuring Cups", "Salad Spinner"] },
-    Category { slug: "clothing", sku: "CLO", price: (1_299, 14_999), nouns: &["Cotton T-Shirt", "Hoodie", "Rain Jacket", "Wool Socks", "Denim Jeans", "Running Shorts", "Beanie", "Flannel Shirt", "Chinos", "Puffer Vest"] },
-    Category { slug: "sports", sku: "SPO", price: (799, 19_999), nouns: &["Yoga Mat", "Dumbbell Set", "Tennis Racket", "Football", "Cycling Helmet", "Jump Rope", "Insulated Water Bottle", "Hiking Backpack", "Resistance Bands", "Climbing Chalk Bag"] },
-    Category { slug: "toys", sku: "TOY", price: (599, 8_999), nouns: &["Building Blocks", "1000-Piece Puzzle", "Plush Bear", "Remote Control Car", "Board Game", "Stunt Kite", "Wooden Train Set", "Art Kit"] },
-    Category { slug: "garden", sku: "GAR", price: (699, 15_999), nouns: &["Pruning Shears", "Watering Can", "Raised Bed Kit", "Garden Hose 25m", "Seed Starter Tray", "Bird Feeder", "Compost Bin", "Solar Lantern"] },
-    Category { slug: "beauty", sku: "BEA", price: (399, 4_999), nouns: &["Face Cream", "Shampoo", "Lip Balm", "Sunscreen SPF 50", "Hand Soap", "Body Lotion", "Beard Oil", "Hair Brush"] },
-    Category { slug: "office", sku: "OFF", price: (299, 29_999), nouns: &["Dotted Notebook", "Fountain Pen", "Desk Lamp", "Stapler", "Sticky Notes", "Monitor Stand", "File Organizer", "Ergonomic Chair"] },
-    Category { slug: "pets", sku: "PET", price: (499, 12_999), nouns: &["Dog Leash", "Cat Scratching Post", "Pet Bed", "Chew Toy", "Bird Cage", "Aquarium Filter", "Litter Box", "Dog Harness"] },
-    Category { slug: "grocery", sku: "GRO", price: (199, 2_999), nouns: &["Coffee Beans", "Green Tea", "Olive Oil", "Dark Chocolate", "Wildflower Honey", "Durum Pasta", "Granola", "Hot Sauce"] },
-    Category { slug: "home", sku: "HOM", price: (999, 17_999), nouns: &["Throw Blanket", "Scented Candle", "Picture Frame", "Wall Clock", "Table Lamp", "Cotton Towels", "Doormat", "Storage Basket"] },
+    Category {
+        slug: "electronics",
+        sku: "ELE",
+        price: (999, 49_999),
+        nouns: &[
+            "Wireless Earbuds",
+            "Bluetooth Speaker",
+            "USB-C Charger",
+            "Mechanical Keyboard",
+            "Gaming Mouse",
+            "27\" 4K Monitor",
+            "HD Webcam",
+            "Power Bank 20000mAh",
+            "Smartwatch",
+            "Noise-Cancelling Headphones",
+            "Portable SSD 1TB",
+            "HDMI Cable 2m",
+        ],
+    },
+    Category {
+        slug: "books",
+        sku: "BOO",
+        price: (799, 5_999),
+        nouns: &[
+            "Weeknight Cookbook",
+            "Mystery Novel",
+            "Bird Field Guide",
+            "World Atlas",
+            "Poetry Collection",
+            "Biography",
+            "Rust Programming Handbook",
+            "Travel Guide to Portugal",
+            "Picture Book",
+            "History of the Sea",
+        ],
+    },
+    Category {
+        slug: "kitchen",
+        sku: "KIT",
+        price: (899, 24_999),
+        nouns: &[
+            "Chef's Knife",
+            "Cast Iron Skillet",
+            "Espresso Maker",
+            "Bamboo Cutting Board",
+            "Blender",
+            "Dutch Oven",
+            "Electric Kettle",
+            "Mixing Bowl Set",
+            "Measuring Cups",
+            "Salad Spinner",
+        ],
+    },
+    Category {
+        slug: "clothing",
+        sku: "CLO",
+        price: (1_299, 14_999),
+        nouns: &[
+            "Cotton T-Shirt",
+            "Hoodie",
+            "Rain Jacket",
+            "Wool Socks",
+            "Denim Jeans",
+            "Running Shorts",
+            "Beanie",
+            "Flannel Shirt",
+            "Chinos",
+            "Puffer Vest",
+        ],
+    },
+    Category {
+        slug: "sports",
+        sku: "SPO",
+        price: (799, 19_999),
+        nouns: &[
+            "Yoga Mat",
+            "Dumbbell Set",
+            "Tennis Racket",
+            "Football",
+            "Cycling Helmet",
+            "Jump Rope",
+            "Insulated Water Bottle",
+            "Hiking Backpack",
+            "Resistance Bands",
+            "Climbing Chalk Bag",
+        ],
+    },
+    Category {
+        slug: "toys",
+        sku: "TOY",
+        price: (599, 8_999),
+        nouns: &[
+            "Building Blocks",
+            "1000-Piece Puzzle",
+            "Plush Bear",
+            "Remote Control Car",
+            "Board Game",
+            "Stunt Kite",
+            "Wooden Train Set",
+            "Art Kit",
+        ],
+    },
+    Category {
+        slug: "garden",
+        sku: "GAR",
+        price: (699, 15_999),
+        nouns: &[
+            "Pruning Shears",
+            "Watering Can",
+            "Raised Bed Kit",
+            "Garden Hose 25m",
+            "Seed Starter Tray",
+            "Bird Feeder",
+            "Compost Bin",
+            "Solar Lantern",
+        ],
+    },
+    Category {
+        slug: "beauty",
+        sku: "BEA",
+        price: (399, 4_999),
+        nouns: &[
+            "Face Cream",
+            "Shampoo",
+            "Lip Balm",
+            "Sunscreen SPF 50",
+            "Hand Soap",
+            "Body Lotion",
+            "Beard Oil",
+            "Hair Brush",
+        ],
+    },
+    Category {
+        slug: "office",
+        sku: "OFF",
+        price: (299, 29_999),
+        nouns: &[
+            "Dotted Notebook",
+            "Fountain Pen",
+            "Desk Lamp",
+            "Stapler",
+            "Sticky Notes",
+            "Monitor Stand",
+            "File Organizer",
+            "Ergonomic Chair",
+        ],
+    },
+    Category {
+        slug: "pets",
+        sku: "PET",
+        price: (499, 12_999),
+        nouns: &[
+            "Dog Leash",
+            "Cat Scratching Post",
+            "Pet Bed",
+            "Chew Toy",
+            "Bird Cage",
+            "Aquarium Filter",
+            "Litter Box",
+            "Dog Harness",
+        ],
+    },
+    Category {
+        slug: "grocery",
+        sku: "GRO",
+        price: (199, 2_999),
+        nouns: &[
+            "Coffee Beans",
+            "Green Tea",
+            "Olive Oil",
+            "Dark Chocolate",
+            "Wildflower Honey",
+            "Durum Pasta",
+            "Granola",
+            "Hot Sauce",
+        ],
+    },
+    Category {
+        slug: "home",
+        sku: "HOM",
+        price: (999, 17_999),
+        nouns: &[
+            "Throw Blanket",
+            "Scented Candle",
+            "Picture Frame",
+            "Wall Clock",
+            "Table Lamp",
+            "Cotton Towels",
+            "Doormat",
+            "Storage Basket",
+        ],
+    },
 ];
 
 const STYLES: &[&str] = &[
-    "Classic", "Eco", "Premium", "Compact", "Deluxe", "Everyday", "Pro", "Vintage", "Ultra",
-    "Essential", "Nordic", "Urban", "Heritage",
+    "Classic",
+    "Eco",
+    "Premium",
+    "Compact",
+    "Deluxe",
+    "Everyday",
+    "Pro",
+    "Vintage",
+    "Ultra",
+    "Essential",
+    "Nordic",
+    "Urban",
+    "Heritage",
 ];
 
 const COLOURS: &[&str] = &[
-    "Black", "White", "Navy", "Forest Green", "Sand", "Red", "Slate", "Oak", "Sky Blue",
-    "Charcoal", "Mustard", "Terracotta",
+    "Black",
+    "White",
+    "Navy",
+    "Forest Green",
+    "Sand",
+    "Red",
+    "Slate",
+    "Oak",
+    "Sky Blue",
+    "Charcoal",
+    "Mustard",
+    "Terracotta",
 ];
 
 /// SplitMix64: tiny, fixed, and the same everywhere, so the catalog is reproducible.
@@ -80,7 +281,11 @@ pub fn catalog() -> Vec<NewItem> {
             let dollars = rng.range(cat.price.0 / 100, cat.price.1 / 100);
             let cents = dollars * 100 + 99;
             // About one item in twenty is sold out.
-            let stock = if rng.next() % 20 == 0 { 0 } else { rng.range(1, 500) };
+            let stock = if rng.next().is_multiple_of(20) {
+                0
+            } else {
+                rng.range(1, 500)
+            };
             let sku = format!("{}-{:04}", cat.sku, j + 1);
             let name = format!("{style} {noun}, {colour}");
             out.push(NewItem {
@@ -95,7 +300,9 @@ pub fn catalog() -> Vec<NewItem> {
                 name,
                 category: cat.slug.to_owned(),
                 price: platform::money::Money::new(cents, platform::money::Currency::Usd)
-                    .unwrap_or_else(|_| platform::money::Money::zero(platform::money::Currency::Usd)),
+                    .unwrap_or_else(|_| {
+                        platform::money::Money::zero(platform::money::Currency::Usd)
+                    }),
                 stock,
             });
         }
@@ -164,7 +371,10 @@ mod tests {
         let skus: std::collections::HashSet<_> = a.iter().map(|i| i.sku.0.clone()).collect();
         assert_eq!(skus.len(), a.len());
         for (x, y) in a.iter().zip(&b) {
-            assert_eq!((&x.sku, &x.name, x.price, x.stock), (&y.sku, &y.name, y.price, y.stock));
+            assert_eq!(
+                (&x.sku, &x.name, x.price, x.stock),
+                (&y.sku, &y.name, y.price, y.stock)
+            );
             assert!(Sku::parse(&x.sku.0).is_ok());
             assert!(crate::input::name(&x.name).is_ok());
             assert!(crate::input::image_url(&x.image_url).is_ok());

@@ -129,7 +129,8 @@ fn regex_escape(s: &str) -> String {
 /// at start-up makes requests fail with UNAVAILABLE instead of the process failing).
 pub async fn connect(url: &str, database: &str) -> anyhow::Result<Database> {
     let mut opts = ClientOptions::parse(url).await?;
-    opts.app_name.get_or_insert_with(|| "item-service".to_owned());
+    opts.app_name
+        .get_or_insert_with(|| "item-service".to_owned());
     opts.server_selection_timeout
         .get_or_insert(Duration::from_secs(5));
     opts.connect_timeout.get_or_insert(Duration::from_secs(5));
@@ -185,7 +186,10 @@ impl ItemStore {
             named(doc! { "name_lc": 1, "_id": 1 }, "name"),
             named(doc! { "price.amount_minor": 1, "_id": 1 }, "price"),
             named(doc! { "created_at": -1, "_id": -1 }, "newest"),
-            named(doc! { "category": 1, "name_lc": 1, "_id": 1 }, "category_name"),
+            named(
+                doc! { "category": 1, "name_lc": 1, "_id": 1 },
+                "category_name",
+            ),
             named(
                 doc! { "category": 1, "price.amount_minor": 1, "_id": 1 },
                 "category_price",

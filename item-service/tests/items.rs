@@ -57,8 +57,14 @@ async fn create_get_update_delete() {
     assert_eq!(updated.version, 2);
     assert_eq!(updated.name, "Red Mug");
     assert_eq!(updated.stock, 3);
-    assert_eq!(updated.description, item.description, "unset fields unchanged");
-    assert_eq!(updated.price.as_ref().map(|p| p.currency.as_str()), Some("EUR"));
+    assert_eq!(
+        updated.description, item.description,
+        "unset fields unchanged"
+    );
+    assert_eq!(
+        updated.price.as_ref().map(|p| p.currency.as_str()),
+        Some("EUR")
+    );
 
     // Stale version -> ABORTED; the item is unchanged.
     let stale = c
@@ -82,11 +88,20 @@ async fn create_get_update_delete() {
         .await;
     assert_eq!(missing.expect_err("missing").code(), Code::NotFound);
 
-    c.delete_item(pb::DeleteItemRequest { id: item.id.clone() })
-        .await
-        .expect("delete");
-    assert_eq!(app.get(&item.id).await.expect_err("gone").code(), Code::NotFound);
-    let again = c.delete_item(pb::DeleteItemRequest { id: item.id.clone() }).await;
+    c.delete_item(pb::DeleteItemRequest {
+        id: item.id.clone(),
+    })
+    .await
+    .expect("delete");
+    assert_eq!(
+        app.get(&item.id).await.expect_err("gone").code(),
+        Code::NotFound
+    );
+    let again = c
+        .delete_item(pb::DeleteItemRequest {
+            id: item.id.clone(),
+        })
+        .await;
     assert_eq!(again.expect_err("gone").code(), Code::NotFound);
     app.stop().await;
 }
@@ -130,27 +145,108 @@ async fn bad_input_names_the_field() {
     let ok = || create_req("OK-1", "Name", "cat", 100, 1);
 
     let cases: Vec<(pb::CreateItemRequest, &str)> = vec![
-        (pb::CreateItemRequest { sku: String::new(), ..ok() }, "sku"),
-        (pb::CreateItemRequest { sku: "has space".into(), ..ok() }, "sku"),
-        (pb::CreateItemRequest { sku: "X".repeat(65), ..ok() }, "sku"),
-        (pb::CreateItemRequest { name: "  ".into(), ..ok() }, "name"),
-        (pb::CreateItemRequest { name: "n".repeat(201), ..ok() }, "name"),
-        (pb::CreateItemRequest { description: "d".repeat(5001), ..ok() }, "description"),
-        (pb::CreateItemRequest { category: String::new(), ..ok() }, "category"),
-        (pb::CreateItemRequest { category: "c".repeat(65), ..ok() }, "category"),
-        (pb::CreateItemRequest { price: None, ..ok() }, "price"),
-        (pb::CreateItemRequest { price: usd(-1), ..ok() }, "price.amount_minor"),
         (
             pb::CreateItemRequest {
-                price: Some(Money { amount_minor: 1, currency: "XYZ".into() }),
+                sku: String::new(),
+                ..ok()
+            },
+            "sku",
+        ),
+        (
+            pb::CreateItemRequest {
+                sku: "has space".into(),
+                ..ok()
+            },
+            "sku",
+        ),
+        (
+            pb::CreateItemRequest {
+                sku: "X".repeat(65),
+                ..ok()
+            },
+            "sku",
+        ),
+        (
+            pb::CreateItemRequest {
+                name: "  ".into(),
+                ..ok()
+            },
+            "name",
+        ),
+        (
+            pb::CreateItemRequest {
+                name: "n".repeat(201),
+                ..ok()
+            },
+            "name",
+        ),
+        (
+            pb::CreateItemRequest {
+                description: "d".repeat(5001),
+                ..ok()
+            },
+            "description",
+        ),
+        (
+            pb::CreateItemRequest {
+                category: String::new(),
+                ..ok()
+            },
+            "category",
+        ),
+        (
+            pb::CreateItemRequest {
+                category: "c".repeat(65),
+                ..ok()
+            },
+            "category",
+        ),
+        (
+            pb::CreateItemRequest {
+                price: None,
+                ..ok()
+            },
+            "price",
+        ),
+        (
+            pb::CreateItemRequest {
+                price: usd(-1),
+                ..ok()
+            },
+            "price.amount_minor",
+        ),
+        (
+            pb::CreateItemRequest {
+                price: Some(Money {
+                    amount_minor: 1,
+                    currency: "XYZ".into(),
+                }),
                 ..ok()
             },
             "price.currency",
         ),
         (pb::CreateItemRequest { stock: -1, ..ok() }, "stock"),
-        (pb::CreateItemRequest { stock: 1_000_000_001, ..ok() }, "stock"),
-        (pb::CreateItemRequest { image_url: "ftp://x/y".into(), ..ok() }, "image_url"),
-        (pb::CreateItemRequest { image_url: format!("https://x/{}", "a".repeat(2048)), ..ok() }, "image_url"),
+        (
+            pb::CreateItemRequest {
+                stock: 1_000_000_001,
+                ..ok()
+            },
+            "stock",
+        ),
+        (
+            pb::CreateItemRequest {
+                image_url: "ftp://x/y".into(),
+                ..ok()
+            },
+            "image_url",
+        ),
+        (
+            pb::CreateItemRequest {
+                image_url: format!("https://x/{}", "a".repeat(2048)),
+                ..ok()
+            },
+            "image_url",
+        ),
     ];
     for (req, field) in cases {
         assert_field(c.create_item(req).await, Code::InvalidArgument, field);
@@ -180,16 +276,36 @@ async fn bad_input_names_the_field() {
         assert_field(c.update_item(req).await, Code::InvalidArgument, field);
     }
 
-    assert_field(c.get_item(pb::GetItemRequest { id: "zz".into() }).await, Code::InvalidArgument, "id");
-    assert_field(c.delete_item(pb::DeleteItemRequest { id: "zz".into() }).await, Code::InvalidArgument, "id");
-    assert_field(c.batch_get_items(pb::BatchGetItemsRequest { ids: vec![] }).await, Code::InvalidArgument, "ids");
     assert_field(
-        c.batch_get_items(pb::BatchGetItemsRequest { ids: vec![MISSING.into(); 101] }).await,
+        c.get_item(pb::GetItemRequest { id: "zz".into() }).await,
+        Code::InvalidArgument,
+        "id",
+    );
+    assert_field(
+        c.delete_item(pb::DeleteItemRequest { id: "zz".into() })
+            .await,
+        Code::InvalidArgument,
+        "id",
+    );
+    assert_field(
+        c.batch_get_items(pb::BatchGetItemsRequest { ids: vec![] })
+            .await,
         Code::InvalidArgument,
         "ids",
     );
     assert_field(
-        c.batch_get_items(pb::BatchGetItemsRequest { ids: vec![MISSING.into(), "bad".into()] }).await,
+        c.batch_get_items(pb::BatchGetItemsRequest {
+            ids: vec![MISSING.into(); 101],
+        })
+        .await,
+        Code::InvalidArgument,
+        "ids",
+    );
+    assert_field(
+        c.batch_get_items(pb::BatchGetItemsRequest {
+            ids: vec![MISSING.into(), "bad".into()],
+        })
+        .await,
         Code::InvalidArgument,
         "ids[1]",
     );
@@ -203,36 +319,93 @@ async fn bad_input_names_the_field() {
         (list(|r| r.category = "c".repeat(65)), "category"),
         (list(|r| r.query = "q".repeat(101)), "query"),
         (list(|r| r.sort = 99), "sort"),
-        (list(|r| r.page = Some(PageRequest { page_size: 101, page_token: String::new() })), "page.page_size"),
-        (list(|r| r.page = Some(PageRequest { page_size: -1, page_token: String::new() })), "page.page_size"),
-        (list(|r| r.page = Some(PageRequest { page_size: 10, page_token: "garbage!".into() })), "page.page_token"),
-        (list(|r| r.page = Some(PageRequest { page_size: 10, page_token: "eyJ2IjoxfQ".into() })), "page.page_token"),
+        (
+            list(|r| {
+                r.page = Some(PageRequest {
+                    page_size: 101,
+                    page_token: String::new(),
+                })
+            }),
+            "page.page_size",
+        ),
+        (
+            list(|r| {
+                r.page = Some(PageRequest {
+                    page_size: -1,
+                    page_token: String::new(),
+                })
+            }),
+            "page.page_size",
+        ),
+        (
+            list(|r| {
+                r.page = Some(PageRequest {
+                    page_size: 10,
+                    page_token: "garbage!".into(),
+                })
+            }),
+            "page.page_token",
+        ),
+        (
+            list(|r| {
+                r.page = Some(PageRequest {
+                    page_size: 10,
+                    page_token: "eyJ2IjoxfQ".into(),
+                })
+            }),
+            "page.page_token",
+        ),
     ];
     for (req, field) in cases {
         assert_field(c.list_items(req).await, Code::InvalidArgument, field);
     }
 
     // Reservation input.
-    let cases: Vec<(&str, Vec<(&str, i32)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, i32)>, &'a str);
+    let cases: Vec<Case> = vec![
         ("", vec![(item.id.as_str(), 1)], "reservation_id"),
         ("r\u{7f}", vec![(item.id.as_str(), 1)], "reservation_id"),
         ("r1", vec![], "lines"),
         ("r1", vec![("bad", 1)], "lines[0].item_id"),
         ("r1", vec![(item.id.as_str(), 0)], "lines[0].quantity"),
         ("r1", vec![(item.id.as_str(), 1001)], "lines[0].quantity"),
-        ("r1", vec![(item.id.as_str(), 1), (item.id.as_str(), 1)], "lines[1].item_id"),
+        (
+            "r1",
+            vec![(item.id.as_str(), 1), (item.id.as_str(), 1)],
+            "lines[1].item_id",
+        ),
     ];
     for (rid, lines, field) in cases {
         assert_field(app.reserve(rid, &lines).await, Code::InvalidArgument, field);
     }
     let long = "r".repeat(256);
-    assert_field(app.reserve(&long, &[(item.id.as_str(), 1)]).await, Code::InvalidArgument, "reservation_id");
-    assert_field(app.commit("").await, Code::InvalidArgument, "reservation_id");
-    assert_field(app.release("").await, Code::InvalidArgument, "reservation_id");
-    assert_eq!(app.commit("nope").await.expect_err("missing").code(), Code::NotFound);
-    assert_eq!(app.release("nope").await.expect_err("missing").code(), Code::NotFound);
+    assert_field(
+        app.reserve(&long, &[(item.id.as_str(), 1)]).await,
+        Code::InvalidArgument,
+        "reservation_id",
+    );
+    assert_field(
+        app.commit("").await,
+        Code::InvalidArgument,
+        "reservation_id",
+    );
+    assert_field(
+        app.release("").await,
+        Code::InvalidArgument,
+        "reservation_id",
+    );
+    assert_eq!(
+        app.commit("nope").await.expect_err("missing").code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        app.release("nope").await.expect_err("missing").code(),
+        Code::NotFound
+    );
     let get = c
-        .get_reservation(pb::GetReservationRequest { reservation_id: "nope".into() })
+        .get_reservation(pb::GetReservationRequest {
+            reservation_id: "nope".into(),
+        })
         .await;
     assert_eq!(get.expect_err("missing").code(), Code::NotFound);
     app.stop().await;
@@ -280,11 +453,23 @@ async fn paging_through_250_items_has_no_gaps_or_repeats() {
         // Few distinct prices and names, so pages split inside runs of equal sort keys.
         let cat = if i % 2 == 0 { "even" } else { "odd" };
         let item = app
-            .create(&format!("P-{i:03}"), &format!("Widget {}", i % 7), cat, 100 * (i % 5), 1)
+            .create(
+                &format!("P-{i:03}"),
+                &format!("Widget {}", i % 7),
+                cat,
+                100 * (i % 5),
+                1,
+            )
             .await;
         ids.insert(item.id);
     }
-    for sort in [ItemSort::Unspecified, ItemSort::NameAsc, ItemSort::PriceAsc, ItemSort::PriceDesc, ItemSort::Newest] {
+    for sort in [
+        ItemSort::Unspecified,
+        ItemSort::NameAsc,
+        ItemSort::PriceAsc,
+        ItemSort::PriceDesc,
+        ItemSort::Newest,
+    ] {
         let all = list_all(&app, "", "", sort, 17).await;
         let seen: HashSet<_> = all.iter().map(|i| i.id.clone()).collect();
         assert_eq!(all.len(), 250, "{sort:?}: no repeats");
@@ -294,7 +479,9 @@ async fn paging_through_250_items_has_no_gaps_or_repeats() {
             let pa = a.price.as_ref().map_or(0, |p| p.amount_minor);
             let pb = b.price.as_ref().map_or(0, |p| p.amount_minor);
             match sort {
-                ItemSort::Unspecified | ItemSort::NameAsc => a.name.to_lowercase() <= b.name.to_lowercase(),
+                ItemSort::Unspecified | ItemSort::NameAsc => {
+                    a.name.to_lowercase() <= b.name.to_lowercase()
+                }
                 ItemSort::PriceAsc => pa <= pb,
                 ItemSort::PriceDesc => pa >= pb,
                 ItemSort::Newest => {
@@ -319,7 +506,10 @@ async fn paging_through_250_items_has_no_gaps_or_repeats() {
         .client
         .clone()
         .list_items(pb::ListItemsRequest {
-            page: Some(PageRequest { page_size: 100, page_token: String::new() }),
+            page: Some(PageRequest {
+                page_size: 100,
+                page_token: String::new(),
+            }),
             ..Default::default()
         })
         .await
@@ -333,7 +523,11 @@ async fn paging_through_250_items_has_no_gaps_or_repeats() {
     assert!(odd.iter().all(|i| i.category == "odd"));
     let w3 = list_all(&app, "", "wIDGET 3", ItemSort::NameAsc, 10).await;
     assert!(!w3.is_empty() && w3.iter().all(|i| i.name == "Widget 3"));
-    assert!(list_all(&app, "", "widget.", ItemSort::NameAsc, 10).await.is_empty());
+    assert!(
+        list_all(&app, "", "widget.", ItemSort::NameAsc, 10)
+            .await
+            .is_empty()
+    );
 
     // A token is bound to its filter and sort.
     let first = app
@@ -342,7 +536,10 @@ async fn paging_through_250_items_has_no_gaps_or_repeats() {
         .list_items(pb::ListItemsRequest {
             category: "odd".into(),
             sort: ItemSort::PriceAsc as i32,
-            page: Some(PageRequest { page_size: 5, page_token: String::new() }),
+            page: Some(PageRequest {
+                page_size: 5,
+                page_token: String::new(),
+            }),
             ..Default::default()
         })
         .await
@@ -356,7 +553,10 @@ async fn paging_through_250_items_has_no_gaps_or_repeats() {
             .list_items(pb::ListItemsRequest {
                 category: category.into(),
                 sort: sort as i32,
-                page: Some(PageRequest { page_size: 5, page_token: token.clone() }),
+                page: Some(PageRequest {
+                    page_size: 5,
+                    page_token: token.clone(),
+                }),
                 ..Default::default()
             })
             .await;
@@ -370,7 +570,11 @@ async fn paging_is_stable_under_concurrent_inserts() {
     let app = spawn().await;
     let mut before = HashSet::new();
     for i in 0..60 {
-        before.insert(app.create(&format!("S-{i:03}"), &format!("Item {i:03}"), "c", 100, 1).await.id);
+        before.insert(
+            app.create(&format!("S-{i:03}"), &format!("Item {i:03}"), "c", 100, 1)
+                .await
+                .id,
+        );
     }
     let mut c = app.client.clone();
     let mut seen = Vec::new();
@@ -379,7 +583,10 @@ async fn paging_is_stable_under_concurrent_inserts() {
     loop {
         let res = c
             .list_items(pb::ListItemsRequest {
-                page: Some(PageRequest { page_size: 7, page_token: token.clone() }),
+                page: Some(PageRequest {
+                    page_size: 7,
+                    page_token: token.clone(),
+                }),
                 ..Default::default()
             })
             .await
@@ -387,8 +594,10 @@ async fn paging_is_stable_under_concurrent_inserts() {
             .into_inner();
         seen.extend(res.items.into_iter().map(|i| i.id));
         // Insert between pages, before and after the cursor in name order.
-        app.create(&format!("N-{n:03}"), &format!("Item {n:03}x"), "c", 100, 1).await;
-        app.create(&format!("M-{n:03}"), "Aaa first", "c", 100, 1).await;
+        app.create(&format!("N-{n:03}"), &format!("Item {n:03}x"), "c", 100, 1)
+            .await;
+        app.create(&format!("M-{n:03}"), "Aaa first", "c", 100, 1)
+            .await;
         n += 1;
         token = res.page.expect("page").next_page_token;
         if token.is_empty() {
@@ -397,7 +606,10 @@ async fn paging_is_stable_under_concurrent_inserts() {
     }
     let unique: HashSet<_> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "no repeats");
-    assert!(before.is_subset(&unique), "every item that existed throughout was served");
+    assert!(
+        before.is_subset(&unique),
+        "every item that existed throughout was served"
+    );
     app.stop().await;
 }
 
@@ -410,15 +622,21 @@ async fn grpcurl_list_and_get_item_via_reflection() {
     let run = |args: Vec<String>| {
         let grpcurl = grpcurl.clone();
         async move {
-            tokio::task::spawn_blocking(move || std::process::Command::new(grpcurl).args(args).output())
-                .await
-                .expect("join")
-                .expect("grpcurl runs")
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(grpcurl).args(args).output()
+            })
+            .await
+            .expect("join")
+            .expect("grpcurl runs")
         }
     };
     let out = run(vec!["-plaintext".into(), addr.clone(), "list".into()]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("shop.item.v1.ItemService"), "{stdout}");
     assert!(stdout.contains("grpc.health.v1.Health"), "{stdout}");
 
@@ -431,7 +649,11 @@ async fn grpcurl_list_and_get_item_via_reflection() {
     ])
     .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("\"sku\": \"CURL-1\""), "{stdout}");
     assert!(stdout.contains("Curl Mug"), "{stdout}");
 
@@ -463,7 +685,9 @@ async fn seed_loads_at_least_1000_items_and_is_idempotent() {
     // Deleting one and re-seeding restores only that one.
     app.client
         .clone()
-        .delete_item(pb::DeleteItemRequest { id: all[0].id.clone() })
+        .delete_item(pb::DeleteItemRequest {
+            id: all[0].id.clone(),
+        })
         .await
         .expect("delete");
     let third = item_service::seed_catalog(&db).await.expect("seed third");

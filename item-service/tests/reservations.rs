@@ -20,7 +20,10 @@ async fn fifty_concurrent_reservations_of_ten_units_sell_exactly_ten() {
         tasks.push(tokio::spawn(async move {
             c.reserve_stock(pb::ReserveStockRequest {
                 reservation_id: format!("race-{i}"),
-                lines: vec![shop_proto::common::v1::ItemLine { item_id: id, quantity: 1 }],
+                lines: vec![shop_proto::common::v1::ItemLine {
+                    item_id: id,
+                    quantity: 1,
+                }],
             })
             .await
         }));
@@ -58,8 +61,14 @@ async fn multi_line_reservation_failing_on_its_last_line_changes_nothing() {
         .await
         .expect_err("last line short");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert_eq!(platform::error::field_of(&err).as_deref(), Some("lines[2].quantity"));
-    assert!(err.message().contains(&c.id) && err.message().contains("1 left"), "{err:?}");
+    assert_eq!(
+        platform::error::field_of(&err).as_deref(),
+        Some("lines[2].quantity")
+    );
+    assert!(
+        err.message().contains(&c.id) && err.message().contains("1 left"),
+        "{err:?}"
+    );
     for (item, stock) in [(&a, 5), (&b, 5), (&c, 1)] {
         assert_eq!(app.stock(&item.id).await, stock);
     }
@@ -73,7 +82,9 @@ async fn multi_line_reservation_failing_on_its_last_line_changes_nothing() {
     let got = app
         .client
         .clone()
-        .get_reservation(pb::GetReservationRequest { reservation_id: "multi-1".into() })
+        .get_reservation(pb::GetReservationRequest {
+            reservation_id: "multi-1".into(),
+        })
         .await
         .expect("get")
         .into_inner()
@@ -84,16 +95,32 @@ async fn multi_line_reservation_failing_on_its_last_line_changes_nothing() {
 
     // Unknown item on a line: NOT_FOUND naming the line; nothing held.
     let missing = "0123456789abcdef01234567";
-    let err = app.reserve("multi-2", &[(&a.id, 1), (missing, 1)]).await.expect_err("missing");
+    let err = app
+        .reserve("multi-2", &[(&a.id, 1), (missing, 1)])
+        .await
+        .expect_err("missing");
     assert_eq!(err.code(), Code::NotFound);
-    assert_eq!(platform::error::field_of(&err).as_deref(), Some("lines[1].item_id"));
+    assert_eq!(
+        platform::error::field_of(&err).as_deref(),
+        Some("lines[1].item_id")
+    );
     assert_eq!(app.stock(&a.id).await, 5);
 
     // The same lines that fit do succeed.
-    let ok = app.reserve("multi-3", &[(&a.id, 2), (&b.id, 3), (&c.id, 1)]).await.expect("fits");
+    let ok = app
+        .reserve("multi-3", &[(&a.id, 2), (&b.id, 3), (&c.id, 1)])
+        .await
+        .expect("fits");
     assert_eq!(ok.status, ReservationStatus::Reserved as i32);
     assert_eq!(ok.lines.len(), 3);
-    assert_eq!((app.stock(&a.id).await, app.stock(&b.id).await, app.stock(&c.id).await), (3, 2, 0));
+    assert_eq!(
+        (
+            app.stock(&a.id).await,
+            app.stock(&b.id).await,
+            app.stock(&c.id).await
+        ),
+        (3, 2, 0)
+    );
     app.stop().await;
 }
 
@@ -103,8 +130,14 @@ async fn reserve_commit_release_are_idempotent() {
     let item = app.create("IDEM-1", "Idem", "c", 100, 10).await;
 
     // Reserve twice with the same id: one hold.
-    let r1 = app.reserve("idem-a", &[(&item.id, 3)]).await.expect("reserve");
-    let r2 = app.reserve("idem-a", &[(&item.id, 3)]).await.expect("retry");
+    let r1 = app
+        .reserve("idem-a", &[(&item.id, 3)])
+        .await
+        .expect("reserve");
+    let r2 = app
+        .reserve("idem-a", &[(&item.id, 3)])
+        .await
+        .expect("retry");
     assert_eq!(r1.status, ReservationStatus::Reserved as i32);
     assert_eq!(r2.status, r1.status);
     assert_eq!(r2.expires_at, r1.expires_at);
@@ -120,15 +153,23 @@ async fn reserve_commit_release_are_idempotent() {
     assert_eq!(c2.status, ReservationStatus::Committed as i32);
     assert_eq!(app.stock(&item.id).await, 7);
     // A committed reservation cannot be released; a reserve retry reports it committed.
-    assert_eq!(app.release("idem-a").await.expect_err("committed").code(), Code::FailedPrecondition);
     assert_eq!(
-        app.reserve("idem-a", &[(&item.id, 3)]).await.expect("retry").status,
+        app.release("idem-a").await.expect_err("committed").code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        app.reserve("idem-a", &[(&item.id, 3)])
+            .await
+            .expect("retry")
+            .status,
         ReservationStatus::Committed as i32
     );
     assert_eq!(app.stock(&item.id).await, 7);
 
     // Release twice: stock comes back exactly once.
-    app.reserve("idem-b", &[(&item.id, 5)]).await.expect("reserve");
+    app.reserve("idem-b", &[(&item.id, 5)])
+        .await
+        .expect("reserve");
     assert_eq!(app.stock(&item.id).await, 2);
     let l1 = app.release("idem-b").await.expect("release");
     let l2 = app.release("idem-b").await.expect("release again");
@@ -136,9 +177,15 @@ async fn reserve_commit_release_are_idempotent() {
     assert_eq!(l2.status, ReservationStatus::Released as i32);
     assert_eq!(app.stock(&item.id).await, 7);
     // Released: commit refused, reserve retry reports released, nothing re-taken.
-    assert_eq!(app.commit("idem-b").await.expect_err("released").code(), Code::FailedPrecondition);
     assert_eq!(
-        app.reserve("idem-b", &[(&item.id, 5)]).await.expect("retry").status,
+        app.commit("idem-b").await.expect_err("released").code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        app.reserve("idem-b", &[(&item.id, 5)])
+            .await
+            .expect("retry")
+            .status,
         ReservationStatus::Released as i32
     );
     assert_eq!(app.stock(&item.id).await, 7);
@@ -152,14 +199,21 @@ async fn reserve_commit_release_are_idempotent() {
             let mut c = app_client;
             c.reserve_stock(pb::ReserveStockRequest {
                 reservation_id: "idem-c".into(),
-                lines: vec![shop_proto::common::v1::ItemLine { item_id: id, quantity: 2 }],
+                lines: vec![shop_proto::common::v1::ItemLine {
+                    item_id: id,
+                    quantity: 2,
+                }],
             })
             .await
         }));
     }
     for t in tasks {
         if let Err(s) = t.await.expect("join") {
-            assert_eq!(s.code(), Code::Aborted, "only 'still being made' may fail: {s:?}");
+            assert_eq!(
+                s.code(),
+                Code::Aborted,
+                "only 'still being made' may fail: {s:?}"
+            );
         }
     }
     assert_eq!(app.stock(&item.id).await, 5);
@@ -169,8 +223,10 @@ async fn reserve_commit_release_are_idempotent() {
     for _ in 0..10 {
         let mut c = app.client.clone();
         tasks.push(tokio::spawn(async move {
-            c.release_reservation(pb::ReleaseReservationRequest { reservation_id: "idem-c".into() })
-                .await
+            c.release_reservation(pb::ReleaseReservationRequest {
+                reservation_id: "idem-c".into(),
+            })
+            .await
         }));
     }
     for t in tasks {
@@ -192,7 +248,9 @@ async fn expired_reservations_are_released_by_the_sweeper() {
     .await;
     let a = app.create("EXP-A", "A", "c", 100, 4).await;
     let b = app.create("EXP-B", "B", "c", 100, 4).await;
-    app.reserve("exp-1", &[(&a.id, 3), (&b.id, 1)]).await.expect("reserve");
+    app.reserve("exp-1", &[(&a.id, 3), (&b.id, 1)])
+        .await
+        .expect("reserve");
     app.reserve("exp-2", &[(&a.id, 1)]).await.expect("reserve");
     app.commit("exp-2").await.expect("commit");
     assert_eq!((app.stock(&a.id).await, app.stock(&b.id).await), (0, 3));
@@ -202,7 +260,9 @@ async fn expired_reservations_are_released_by_the_sweeper() {
         let r = app
             .client
             .clone()
-            .get_reservation(pb::GetReservationRequest { reservation_id: "exp-1".into() })
+            .get_reservation(pb::GetReservationRequest {
+                reservation_id: "exp-1".into(),
+            })
             .await
             .expect("get")
             .into_inner()
@@ -228,12 +288,18 @@ async fn expired_reservations_are_released_by_the_sweeper() {
     }
     assert_eq!(stocks, (3, 4));
     // Committing an expired reservation is refused; releasing it again changes nothing.
-    assert_eq!(app.commit("exp-1").await.expect_err("expired").code(), Code::FailedPrecondition);
+    assert_eq!(
+        app.commit("exp-1").await.expect_err("expired").code(),
+        Code::FailedPrecondition
+    );
     app.release("exp-1").await.expect("idempotent release");
     assert_eq!(app.stock(&a.id).await, 3);
     // Further sweeps find nothing to do; committed reservations never expire.
     assert_eq!(app.service.sweep_once().await.expect("sweep"), 0);
-    assert_eq!(app.commit("exp-2").await.expect("still committed").status, ReservationStatus::Committed as i32);
+    assert_eq!(
+        app.commit("exp-2").await.expect("still committed").status,
+        ReservationStatus::Committed as i32
+    );
     app.stop().await;
 }
 
@@ -254,7 +320,10 @@ async fn sweepers_on_several_replicas_return_stock_once() {
     .await;
     let item = first.create("REP-1", "Rep", "c", 100, 100).await;
     for i in 0..20 {
-        first.reserve(&format!("rep-{i}"), &[(&item.id, 2)]).await.expect("reserve");
+        first
+            .reserve(&format!("rep-{i}"), &[(&item.id, 2)])
+            .await
+            .expect("reserve");
     }
     assert_eq!(first.stock(&item.id).await, 60);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -263,7 +332,10 @@ async fn sweepers_on_several_replicas_return_stock_once() {
         second.service.sweep_once(),
         first.service.sweep_once()
     );
-    assert_eq!(a.expect("sweep") + b.expect("sweep") + c.expect("sweep"), 20);
+    assert_eq!(
+        a.expect("sweep") + b.expect("sweep") + c.expect("sweep"),
+        20
+    );
     assert_eq!(first.stock(&item.id).await, 100);
     second.stop().await;
     first.stop().await;

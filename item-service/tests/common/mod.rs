@@ -109,7 +109,14 @@ impl TestApp {
         out
     }
 
-    pub async fn create(&self, sku: &str, name: &str, category: &str, cents: i64, stock: i64) -> pb::Item {
+    pub async fn create(
+        &self,
+        sku: &str,
+        name: &str,
+        category: &str,
+        cents: i64,
+        stock: i64,
+    ) -> pb::Item {
         self.client
             .clone()
             .create_item(create_req(sku, name, category, cents, stock))
@@ -132,7 +139,11 @@ impl TestApp {
         self.get(id).await.expect("get item").stock
     }
 
-    pub async fn reserve(&self, rid: &str, lines: &[(&str, i32)]) -> Result<pb::Reservation, tonic::Status> {
+    pub async fn reserve(
+        &self,
+        rid: &str,
+        lines: &[(&str, i32)],
+    ) -> Result<pb::Reservation, tonic::Status> {
         self.client
             .clone()
             .reserve_stock(pb::ReserveStockRequest {
@@ -177,7 +188,13 @@ pub fn usd(cents: i64) -> Option<Money> {
     })
 }
 
-pub fn create_req(sku: &str, name: &str, category: &str, cents: i64, stock: i64) -> pb::CreateItemRequest {
+pub fn create_req(
+    sku: &str,
+    name: &str,
+    category: &str,
+    cents: i64,
+    stock: i64,
+) -> pb::CreateItemRequest {
     pb::CreateItemRequest {
         sku: sku.into(),
         name: name.into(),
@@ -191,7 +208,11 @@ pub fn create_req(sku: &str, name: &str, category: &str, cents: i64, stock: i64)
 
 /// Asserts a status code and that the status names `field` (metadata x-shop-field).
 #[track_caller]
-pub fn assert_field(res: Result<impl std::fmt::Debug, tonic::Status>, code: tonic::Code, field: &str) {
+pub fn assert_field(
+    res: Result<impl std::fmt::Debug, tonic::Status>,
+    code: tonic::Code,
+    field: &str,
+) {
     let status = res.expect_err("expected an error");
     assert_eq!(status.code(), code, "{status:?}");
     assert_eq!(
