@@ -6,7 +6,9 @@ use http::StatusCode;
 use platform::CallContext;
 use shop_proto::{payment::v1 as pay, user::v1 as user};
 
-use super::{Checkout, Outcome, declined, out_of_stock, payment_failed, rolled_back};
+use super::{
+    Checkout, Outcome, declined, out_of_stock, payment_failed, rolled_back, saga::key_reused,
+};
 use crate::{downstream::Safety, error::ApiError, state::AppState};
 
 pub async fn run(state: &AppState, ctx: &CallContext, c: &Checkout) -> Result<Outcome, ApiError> {
@@ -42,43 +44,46 @@ pub async fn run(state: &AppState, ctx: &CallContext, c: &Checkout) -> Result<Ou
     }
 }
 
-/// The chain reports business outcomes of the inner hops as statuses; turn them into the
-/// same errors the orchestrated saga produces.
+/// The chain reports business outcomes of the inner hops as statuses (payment-service
+/// prefixes item-service's messages with "item-service <Method>: " and drops their
+/// metadata); turn them into the same errors the orchestrated saga produces.
 fn map_status(s: &tonic::Status) -> ApiError {
     let msg = s.message().to_ascii_lowercase();
-    let field = platform::error::field_of(s);
+    let inner = s
+        .message()
+        .split_once(": ")
+        .filter(|(prefix, _)| prefix.starts_with("item-service "))
+        .map_or(s.message(), |(_, rest)| rest);
     match s.code() {
-        tonic::Code::FailedPrecondition | tonic::Code::ResourceExhausted | tonic::Code::Aborted
-            if msg.contains("stock") =>
+        tonic::Code::FailedPrecondition | tonic::Code::ResourceExhausted
+            if msg.contains("reservestock") || msg.contains("stock") =>
         {
-            out_of_stock(s.message())
-        }
-        tonic::Code::FailedPrecondition | tonic::Code::Aborted
-            if msg.contains("released") || msg.contains("rolled back") =>
-        {
-            rolled_back()
-        }
-        tonic::Code::FailedPrecondition
-            if msg.contains("idempotency") || field.as_deref() == Some("idempotency_key") =>
-        {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_reused",
-                "this Idempotency-Key was already used for a different cart; use a new key",
-            )
-            .with_field("Idempotency-Key")
-        }
-        tonic::Code::NotFound if msg.contains("item") => {
-            let mut e = ApiError::from_status(s);
-            if e.field.is_none() {
-                e.field = Some("lines".into());
-            }
+            let reason = inner.strip_prefix("not enough stock: ").unwrap_or(inner);
+            let mut e = out_of_stock(reason);
+            e.field = platform::error::field_of(s);
             e
         }
+        tonic::Code::FailedPrecondition if msg.contains("released") => rolled_back(),
+        tonic::Code::Aborted if msg.contains("expired") => ApiError::new(
+            StatusCode::CONFLICT,
+            "reservation_expired",
+            "The stock hold expired before payment completed; your payment was refunded. Try again.",
+        ),
+        tonic::Code::Aborted if msg.contains("refunded") => rolled_back(),
+        tonic::Code::Unavailable if msg.contains("pending") => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "payment_pending",
+            "The card processor did not confirm the payment in time. If it goes through it will be refunded automatically; try again.",
+        ),
+        tonic::Code::AlreadyExists if msg.contains("reservation") => key_reused(),
+        tonic::Code::FailedPrecondition if msg.contains("idempotency") => key_reused(),
         _ => {
             let mut e = ApiError::from_status(s);
             if e.field.as_deref() == Some("idempotency_key") {
                 e.field = Some("Idempotency-Key".into());
+            }
+            if s.code() == tonic::Code::NotFound {
+                e.message = inner.to_owned();
             }
             e
         }

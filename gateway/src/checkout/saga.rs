@@ -237,26 +237,76 @@ async fn reserve(
             ) {
                 compensate::release(state, ctx, scoped).await;
             }
-            return Err(ApiError::from_status(&s));
+            return Err(reserve_error(&s));
         }
     };
     let Some(reservation) = reservation else {
         return Err(ApiError::internal());
     };
     if !same_lines(&reservation.lines, &c.lines) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency_key_reused",
-            "this Idempotency-Key was already used for a different cart; use a new key",
-        )
-        .with_field("Idempotency-Key"));
+        return Err(key_reused());
     }
     match reservation.status() {
         item::ReservationStatus::Reserved | item::ReservationStatus::Committed => Ok(()),
         item::ReservationStatus::Rejected => Err(out_of_stock(&reservation.reason)),
-        item::ReservationStatus::Released => Err(rolled_back()),
+        item::ReservationStatus::Released => Err(earlier_outcome(state, ctx, c).await),
         item::ReservationStatus::Unspecified => Err(ApiError::internal()),
     }
+}
+
+/// A retry of a checkout that failed and was rolled back: answer what the first attempt
+/// answered when its payment tells (a declined card stays declined), else say it was
+/// rolled back. Never charges: a released reservation cannot be sold.
+async fn earlier_outcome(state: &AppState, ctx: &CallContext, c: &Checkout) -> ApiError {
+    let order_id = c.order_id().to_string();
+    let listed = state
+        .downstreams
+        .payment
+        .call(
+            ctx,
+            "ListPayments",
+            Safety::Idempotent,
+            pay::ListPaymentsRequest {
+                user_id: c.user.user_id.to_string(),
+                page: Some(common::PageRequest {
+                    page_size: 100,
+                    page_token: String::new(),
+                }),
+            },
+            |mut cl, r| async move { cl.list_payments(r).await },
+        )
+        .await;
+    let first = listed
+        .ok()
+        .and_then(|l| l.payments.into_iter().find(|p| p.order_id == order_id));
+    match first.as_ref().map(|p| (p, p.status())) {
+        Some((p, pay::PaymentStatus::Declined)) => declined(p),
+        Some((_, pay::PaymentStatus::Failed)) => payment_failed(),
+        _ => rolled_back(),
+    }
+}
+
+/// item-service answers a shortfall with FAILED_PRECONDITION naming the line, and a key
+/// reused for other lines with ALREADY_EXISTS naming `reservation_id`.
+pub fn reserve_error(s: &tonic::Status) -> ApiError {
+    match s.code() {
+        tonic::Code::FailedPrecondition => {
+            let mut e = out_of_stock(s.message());
+            e.field = platform::error::field_of(s);
+            e
+        }
+        tonic::Code::AlreadyExists => key_reused(),
+        _ => ApiError::from_status(s),
+    }
+}
+
+pub fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_reused",
+        "this Idempotency-Key was already used for a different cart; use a new key",
+    )
+    .with_field("Idempotency-Key")
 }
 
 fn same_lines(a: &[common::ItemLine], b: &[common::ItemLine]) -> bool {
