@@ -94,12 +94,16 @@ pub async fn reconcile_loop(
                     tracing::info!(count = settled.len(), "reconciled pending payments");
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %platform::telemetry::chain(&e), "reconcile run failed"),
+                Err(e) => {
+                    tracing::warn!(error = %platform::telemetry::chain(&e), "reconcile run failed")
+                }
             }
             match payments.purge_keys().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(count = n, "purged expired idempotency keys"),
-                Err(e) => tracing::warn!(error = %platform::telemetry::chain(&e), "purging keys failed"),
+                Err(e) => {
+                    tracing::warn!(error = %platform::telemetry::chain(&e), "purging keys failed")
+                }
             }
         }
     };

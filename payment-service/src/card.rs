@@ -61,7 +61,7 @@ pub fn luhn_valid(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The digits of a card number with spaces and dashes removed; None if anything else appears.
@@ -246,14 +246,38 @@ mod tests {
         let ok = check("4242 4242-4242 4242", 11, 2026, "123", now());
         assert_eq!(ok.as_deref(), Ok("4242424242424242"));
         let err = |n: &str, m, y, c: &str| check(n, m, y, c, now()).err();
-        assert_eq!(err("4242x", 1, 2030, "123"), Some(CardProblem::NumberCharacters));
-        assert_eq!(err("42424242", 1, 2030, "123"), Some(CardProblem::NumberLength));
-        assert_eq!(err("4242424242424241", 1, 2030, "123"), Some(CardProblem::NumberLuhn));
-        assert_eq!(err("4242424242424242", 13, 2030, "123"), Some(CardProblem::ExpMonth));
-        assert_eq!(err("4242424242424242", 1, 30, "123"), Some(CardProblem::ExpYear));
-        assert_eq!(err("4242424242424242", 10, 2026, "123"), Some(CardProblem::Expired));
-        assert_eq!(err("4242424242424242", 1, 2030, "12"), Some(CardProblem::Cvc));
-        assert_eq!(err("4242424242424242", 1, 2030, "12a"), Some(CardProblem::Cvc));
+        assert_eq!(
+            err("4242x", 1, 2030, "123"),
+            Some(CardProblem::NumberCharacters)
+        );
+        assert_eq!(
+            err("42424242", 1, 2030, "123"),
+            Some(CardProblem::NumberLength)
+        );
+        assert_eq!(
+            err("4242424242424241", 1, 2030, "123"),
+            Some(CardProblem::NumberLuhn)
+        );
+        assert_eq!(
+            err("4242424242424242", 13, 2030, "123"),
+            Some(CardProblem::ExpMonth)
+        );
+        assert_eq!(
+            err("4242424242424242", 1, 30, "123"),
+            Some(CardProblem::ExpYear)
+        );
+        assert_eq!(
+            err("4242424242424242", 10, 2026, "123"),
+            Some(CardProblem::Expired)
+        );
+        assert_eq!(
+            err("4242424242424242", 1, 2030, "12"),
+            Some(CardProblem::Cvc)
+        );
+        assert_eq!(
+            err("4242424242424242", 1, 2030, "12a"),
+            Some(CardProblem::Cvc)
+        );
     }
 
     #[test]

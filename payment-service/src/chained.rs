@@ -46,10 +46,16 @@ fn parse_lines(lines: &[ItemLine]) -> Result<Vec<(String, i32)>, FieldError> {
     for (i, l) in lines.iter().enumerate() {
         let field = |f: &str| format!("lines[{i}].{f}");
         if l.item_id.len() != 24 || !l.item_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(FieldError::new(field("item_id"), "must be a 24-hex-digit item id"));
+            return Err(FieldError::new(
+                field("item_id"),
+                "must be a 24-hex-digit item id",
+            ));
         }
         if !(1..=1000).contains(&l.quantity) {
-            return Err(FieldError::new(field("quantity"), "must be between 1 and 1000"));
+            return Err(FieldError::new(
+                field("quantity"),
+                "must be between 1 and 1000",
+            ));
         }
         let id = l.item_id.to_ascii_lowercase();
         if !seen.insert(id.clone()) {
@@ -103,8 +109,9 @@ pub async fn chained_charge(
             .iter()
             .find(|it| it.id.eq_ignore_ascii_case(id))
             .ok_or_else(|| Status::not_found(format!("unknown item: {id}")))?;
-        let unit = Money::parse(item.price.as_ref(), "price")
-            .map_err(|e| Status::internal(format!("item-service sent a bad price for {id}: {e}")))?;
+        let unit = Money::parse(item.price.as_ref(), "price").map_err(|e| {
+            Status::internal(format!("item-service sent a bad price for {id}: {e}"))
+        })?;
         let line_total = unit
             .times(i64::from(*qty))
             .ok_or_else(|| FieldError::new("lines", "total is too large"))?;
@@ -138,24 +145,28 @@ pub async fn chained_charge(
     }
 
     let reservation = items
-        .reserve_stock(ctx.request(
-            ReserveStockRequest {
-                reservation_id: key.as_str().to_owned(),
-                lines: lines
-                    .iter()
-                    .map(|(id, q)| ItemLine {
-                        item_id: id.clone(),
-                        quantity: *q,
-                    })
-                    .collect(),
-            },
-            cap,
-        ))
+        .reserve_stock(
+            ctx.request(
+                ReserveStockRequest {
+                    reservation_id: key.as_str().to_owned(),
+                    lines: lines
+                        .iter()
+                        .map(|(id, q)| ItemLine {
+                            item_id: id.clone(),
+                            quantity: *q,
+                        })
+                        .collect(),
+                },
+                cap,
+            ),
+        )
         .await
         .map_err(|s| upstream("ReserveStock", s))?
         .into_inner()
         .reservation
-        .ok_or_else(|| Status::internal("item-service ReserveStock answered without a reservation"))?;
+        .ok_or_else(|| {
+            Status::internal("item-service ReserveStock answered without a reservation")
+        })?;
     match ReservationStatus::try_from(reservation.status) {
         Ok(ReservationStatus::Reserved | ReservationStatus::Committed) => {}
         Ok(ReservationStatus::Rejected) => {
@@ -167,13 +178,22 @@ pub async fn chained_charge(
         // Released: only a retry of a checkout that already finished gets here; the charge
         // below replays that checkout's payment (or, with no payment, refuses to charge).
         Ok(ReservationStatus::Released) => {
-            if !payments.store().key_exists(key.as_str()).await.map_err(crate::error::Error::from)? {
+            if !payments
+                .store()
+                .key_exists(key.as_str())
+                .await
+                .map_err(crate::error::Error::from)?
+            {
                 return Err(Status::failed_precondition(
                     "the stock reservation for this key was released; start a new checkout with a new key",
                 ));
             }
         }
-        _ => return Err(Status::internal("item-service sent an unknown reservation status")),
+        _ => {
+            return Err(Status::internal(
+                "item-service sent an unknown reservation status",
+            ));
+        }
     }
 
     let cmd = ChargeCommand {
@@ -214,7 +234,9 @@ pub async fn chained_charge(
             ));
         }
         PaymentStatus::Pending => {
-            return Err(Status::unavailable("payment is still pending; retry with the same key"));
+            return Err(Status::unavailable(
+                "payment is still pending; retry with the same key",
+            ));
         }
     }
 
@@ -226,7 +248,11 @@ pub async fn chained_charge(
     })
 }
 
-async fn compensate(payments: &Payments, payment_id: &str, ctx: &CallContext) -> Result<(), Status> {
+async fn compensate(
+    payments: &Payments,
+    payment_id: &str,
+    ctx: &CallContext,
+) -> Result<(), Status> {
     let id = Uuid::parse_str(payment_id).map_err(|_| Status::internal("bad payment id"))?;
     let key = IdempotencyKey::parse(&format!("compensate:{payment_id}"), "idempotency_key")?;
     let cmd = RefundCommand {
@@ -235,5 +261,9 @@ async fn compensate(payments: &Payments, payment_id: &str, ctx: &CallContext) ->
         payment_id: id,
         amount: None,
     };
-    payments.refund(cmd, ctx).await.map(drop).map_err(Status::from)
+    payments
+        .refund(cmd, ctx)
+        .await
+        .map(drop)
+        .map_err(Status::from)
 }

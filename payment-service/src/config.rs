@@ -3,7 +3,10 @@
 use secrecy::SecretString;
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "payment-service", about = "Payments, refunds and idempotency records (gRPC)")]
+#[command(
+    name = "payment-service",
+    about = "Payments, refunds and idempotency records (gRPC)"
+)]
 pub struct Config {
     /// gRPC listen address; port 0 picks a free port.
     #[arg(long, env = "PAYMENT_GRPC_ADDR", default_value = "127.0.0.1:50053")]
@@ -18,7 +21,11 @@ pub struct Config {
     #[arg(long, env = "PAYMENT_DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
     pub database_max_connections: u32,
     /// Base URL of the card gateway.
-    #[arg(long, env = "CARD_GATEWAY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "CARD_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub card_gateway_url: String,
     /// How long one charge or refund may wait for the card gateway (all retries included)
     /// before the payment is left PENDING for reconciliation.
@@ -28,7 +35,11 @@ pub struct Config {
     #[arg(long, env = "PAYMENT_MAX_AMOUNT_MINOR", default_value_t = 1_000_000)]
     pub max_amount_minor: i64,
     /// item-service gRPC URL (ChainedCharge only; connected lazily).
-    #[arg(long, env = "ITEM_SERVICE_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "ITEM_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub item_service_url: String,
     /// Cap on each item-service call (the caller's remaining deadline applies too).
     #[arg(long, env = "PAYMENT_ITEM_TIMEOUT_MS", default_value_t = 1000)]

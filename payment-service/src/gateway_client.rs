@@ -31,10 +31,17 @@ pub enum GatewayError {
 /// What the gateway decided about a charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChargeOutcome {
-    Succeeded { charge_id: String },
-    Declined { charge_id: String, code: String },
+    Succeeded {
+        charge_id: String,
+    },
+    Declined {
+        charge_id: String,
+        code: String,
+    },
     /// Refused before any money moved (bad request).
-    Rejected { code: String },
+    Rejected {
+        code: String,
+    },
 }
 
 impl ChargeOutcome {
@@ -80,7 +87,9 @@ fn classify(e: reqwest::Error) -> GatewayError {
 }
 
 fn error_body(body: &[u8]) -> Option<api::ApiError> {
-    serde_json::from_slice::<ErrorBody>(body).ok().map(|b| b.error)
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|b| b.error)
 }
 
 impl GatewayClient {
@@ -118,7 +127,11 @@ impl GatewayClient {
 
     /// Runs `attempt` until it gives a definite answer, retrying transport failures and 5xx
     /// (safe: same idempotency key) while the budget lasts.
-    async fn with_retries<T, F, Fut>(&self, budget: Duration, mut attempt: F) -> Result<T, GatewayError>
+    async fn with_retries<T, F, Fut>(
+        &self,
+        budget: Duration,
+        mut attempt: F,
+    ) -> Result<T, GatewayError>
     where
         F: FnMut(Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, GatewayError>>,

@@ -13,8 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     card::Card,
-    chained,
-    fingerprint,
+    chained, fingerprint,
     ids::{self, IdempotencyKey},
     service::{ChargeCommand, Payments, RefundCommand},
 };
@@ -31,10 +30,16 @@ impl PaymentGrpc {
 }
 
 /// A positive amount of at most `max` minor units.
-pub fn charge_amount(value: Option<&shop_proto::common::v1::Money>, max: i64) -> Result<Money, FieldError> {
+pub fn charge_amount(
+    value: Option<&shop_proto::common::v1::Money>,
+    max: i64,
+) -> Result<Money, FieldError> {
     let amount = Money::parse(value, "amount")?;
     if amount.amount_minor() <= 0 {
-        return Err(FieldError::new("amount.amount_minor", "must be greater than 0"));
+        return Err(FieldError::new(
+            "amount.amount_minor",
+            "must be greater than 0",
+        ));
     }
     if amount.amount_minor() > max {
         return Err(FieldError::new(

@@ -34,7 +34,10 @@ pub fn uuid(raw: &str, field: &str) -> Result<Uuid, FieldError> {
 /// Free text of at most `max` characters.
 pub fn text(raw: &str, field: &str, max: usize) -> Result<String, FieldError> {
     if raw.chars().count() > max {
-        return Err(FieldError::new(field, format!("must be at most {max} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     Ok(raw.to_owned())
 }

@@ -347,7 +347,9 @@ impl Payments {
         for id in ids {
             match self.reconcile_payment(&id).await {
                 Ok(p) => out.push(p),
-                Err(e) => tracing::warn!(payment = %id, error = %platform::telemetry::chain(&e), "reconcile failed"),
+                Err(e) => {
+                    tracing::warn!(payment = %id, error = %platform::telemetry::chain(&e), "reconcile failed")
+                }
             }
         }
         let refunds = self
@@ -383,9 +385,7 @@ impl Payments {
             key: cmd.key.as_str(),
             fingerprint: cmd.fingerprint,
             payment_id: &payment_id,
-            amount: cmd
-                .amount
-                .map(|m| (m.amount_minor(), m.currency().code())),
+            amount: cmd.amount.map(|m| (m.amount_minor(), m.currency().code())),
             now,
             lease_until: store::later(now, self.lease()),
         };

@@ -201,13 +201,12 @@ impl Store {
 
     /// Whether a charge was ever made under `key` (within the retention time).
     pub async fn key_exists(&self, key: &str) -> Result<bool, sqlx::Error> {
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM idempotency_keys WHERE scope = ? AND idem_key = ?",
-        )
-        .bind(SCOPE_CHARGE)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM idempotency_keys WHERE scope = ? AND idem_key = ?")
+                .bind(SCOPE_CHARGE)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(found.is_some())
     }
 
@@ -235,7 +234,11 @@ impl Store {
     }
 
     /// Leaves a payment PENDING but free for a retry or the reconciler.
-    pub async fn release_payment(&self, id: &str, now: PrimitiveDateTime) -> Result<(), sqlx::Error> {
+    pub async fn release_payment(
+        &self,
+        id: &str,
+        now: PrimitiveDateTime,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE payments SET locked_until = NULL, updated_at = ? WHERE id = ? AND status = 'PENDING'",
         )
@@ -420,7 +423,11 @@ impl Store {
         Ok(res.rows_affected() == 1)
     }
 
-    pub async fn release_refund(&self, id: &str, now: PrimitiveDateTime) -> Result<(), sqlx::Error> {
+    pub async fn release_refund(
+        &self,
+        id: &str,
+        now: PrimitiveDateTime,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE refunds SET locked_until = NULL, updated_at = ? WHERE id = ? AND status = 'PENDING'",
         )

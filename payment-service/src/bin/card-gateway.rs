@@ -9,5 +9,7 @@ async fn main() -> anyhow::Result<()> {
     platform::telemetry::init(config.log_json);
     let gateway = CardGateway::build(config).await?;
     tracing::info!(addr = %gateway.addr(), "card-gateway listening");
-    gateway.run_until_stopped(platform::shutdown::signal()).await
+    gateway
+        .run_until_stopped(platform::shutdown::signal())
+        .await
 }

@@ -134,7 +134,11 @@ pub fn error_body(
 /// (failure code, decline reason, message). None means approved.
 fn issuer_answer(digits: &str) -> Option<(&'static str, &'static str, &'static str)> {
     Some(match digits {
-        "4000000000000002" => ("card_declined", "generic_decline", "Your card was declined."),
+        "4000000000000002" => (
+            "card_declined",
+            "generic_decline",
+            "Your card was declined.",
+        ),
         "4000000000009995" => (
             "card_declined",
             "insufficient_funds",
@@ -339,7 +343,14 @@ impl Ledger {
     pub fn execute_refund(&mut self, r: &ValidRefund) -> Executed {
         let invalid = |status: StatusCode, code: &str, message: &str| Executed {
             status,
-            body: error_body("invalid_request_error", Some(code), None, message, None, None),
+            body: error_body(
+                "invalid_request_error",
+                Some(code),
+                None,
+                message,
+                None,
+                None,
+            ),
             charge_id: None,
         };
         let Some(charge) = self.charges.get_mut(&r.charge) else {

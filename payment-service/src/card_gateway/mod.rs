@@ -44,7 +44,10 @@ pub const ROUTE_CREATE_REFUND: &str = "POST /v1/refunds";
 const HANG: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "card-gateway", about = "Mock card gateway with a Stripe-like JSON API")]
+#[command(
+    name = "card-gateway",
+    about = "Mock card gateway with a Stripe-like JSON API"
+)]
 pub struct Config {
     /// HTTP listen address; port 0 picks a free port.
     #[arg(long, env = "CARD_GATEWAY_ADDR", default_value = "127.0.0.1:8081")]
@@ -231,11 +234,30 @@ fn json_response(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn invalid_request(code: &str, message: &str, param: Option<&str>) -> Response {
-    json_response(
-        StatusCode::BAD_REQUEST,
-        error_body("invalid_request_error", Some(code), None, message, param, None),
-    )
+/// An error answer; small, so `Result`s carrying it stay small.
+struct Reject {
+    status: StatusCode,
+    body: Value,
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        json_response(self.status, self.body)
+    }
+}
+
+fn invalid_request(code: &str, message: &str, param: Option<&str>) -> Reject {
+    Reject {
+        status: StatusCode::BAD_REQUEST,
+        body: error_body(
+            "invalid_request_error",
+            Some(code),
+            None,
+            message,
+            param,
+            None,
+        ),
+    }
 }
 
 fn api_error() -> Response {
@@ -252,7 +274,7 @@ fn api_error() -> Response {
     )
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Reject> {
     let Some(v) = headers.get(api::IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
@@ -266,7 +288,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Reject> {
     serde_json::from_slice(body).map_err(|e| {
         invalid_request(
             "parameter_invalid",
@@ -276,7 +298,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Respons
     })
 }
 
-fn card_error(problem: CardProblem) -> Response {
+fn card_error(problem: CardProblem) -> Reject {
     let (code, message, param) = match problem {
         CardProblem::NumberCharacters | CardProblem::NumberLength => (
             "invalid_number",
@@ -304,18 +326,22 @@ fn card_error(problem: CardProblem) -> Response {
             "card[cvc]",
         ),
     };
-    json_response(
-        StatusCode::PAYMENT_REQUIRED,
-        error_body("card_error", Some(code), None, message, Some(param), None),
-    )
+    Reject {
+        status: StatusCode::PAYMENT_REQUIRED,
+        body: error_body("card_error", Some(code), None, message, Some(param), None),
+    }
 }
 
 /// Parameter checks; failures here are not stored under the idempotency key (Stripe does not
 /// store requests that fail validation).
-fn validate_charge(p: &api::CreateCharge, now: OffsetDateTime) -> Result<ValidCharge, Response> {
-    let amount = p
-        .amount
-        .ok_or_else(|| invalid_request("parameter_missing", "Missing required param: amount.", Some("amount")))?;
+fn validate_charge(p: &api::CreateCharge, now: OffsetDateTime) -> Result<ValidCharge, Reject> {
+    let amount = p.amount.ok_or_else(|| {
+        invalid_request(
+            "parameter_missing",
+            "Missing required param: amount.",
+            Some("amount"),
+        )
+    })?;
     if amount < 1 {
         return Err(invalid_request(
             "amount_too_small",
@@ -331,16 +357,28 @@ fn validate_charge(p: &api::CreateCharge, now: OffsetDateTime) -> Result<ValidCh
         ));
     }
     let currency = p.currency.as_deref().ok_or_else(|| {
-        invalid_request("parameter_missing", "Missing required param: currency.", Some("currency"))
+        invalid_request(
+            "parameter_missing",
+            "Missing required param: currency.",
+            Some("currency"),
+        )
     })?;
     let currency = platform::money::Currency::parse(currency).ok_or_else(|| {
         invalid_request("parameter_invalid", "Invalid currency.", Some("currency"))
     })?;
     let c = p.card.as_ref().ok_or_else(|| {
-        invalid_request("parameter_missing", "Missing required param: card.", Some("card"))
+        invalid_request(
+            "parameter_missing",
+            "Missing required param: card.",
+            Some("card"),
+        )
     })?;
-    let digits = card::check(&c.number, c.exp_month, c.exp_year, &c.cvc, now).map_err(card_error)?;
-    if p.description.as_ref().is_some_and(|d| d.chars().count() > 1000) {
+    let digits =
+        card::check(&c.number, c.exp_month, c.exp_year, &c.cvc, now).map_err(card_error)?;
+    if p.description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 1000)
+    {
         return Err(invalid_request(
             "parameter_invalid",
             "description must be at most 1000 characters.",
@@ -420,15 +458,15 @@ async fn create(
 async fn create_charge(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
     let params: api::CreateCharge = match parse_json(&body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let valid = match validate_charge(&params, OffsetDateTime::now_utc()) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let key = match idempotency_key(&headers) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let fp = ledger::fingerprint(ROUTE_CREATE_CHARGE, &params);
     create(gw, ROUTE_CREATE_CHARGE, key, fp, move |l| {
@@ -440,21 +478,27 @@ async fn create_charge(State(gw): State<Gateway>, headers: HeaderMap, body: Byte
 async fn create_refund(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
     let params: api::CreateRefund = match parse_json(&body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some(charge) = params.charge.clone().filter(|c| !c.is_empty()) else {
-        return invalid_request("parameter_missing", "Missing required param: charge.", Some("charge"));
+        return invalid_request(
+            "parameter_missing",
+            "Missing required param: charge.",
+            Some("charge"),
+        )
+        .into_response();
     };
     if params.amount.is_some_and(|a| a < 1) {
         return invalid_request(
             "parameter_invalid_integer",
             "Amount must be a positive integer.",
             Some("amount"),
-        );
+        )
+        .into_response();
     }
     let key = match idempotency_key(&headers) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let valid = ValidRefund {
         charge,
@@ -567,7 +611,9 @@ fn set_rules(injector: &FaultInjector, what: &str, rules: Vec<FaultRule>) -> Res
             tracing::info!(rules = ?injector.rules(), "{what} changed");
             Json(injector.rules()).into_response()
         }
-        Err(e) => invalid_request("parameter_invalid", &e.to_string(), Some(&e.field)),
+        Err(e) => {
+            invalid_request("parameter_invalid", &e.to_string(), Some(&e.field)).into_response()
+        }
     }
 }
 

@@ -1,0 +1,332 @@
+//! Test harness: a real card gateway on 127.0.0.1:0, a throw-away MariaDB database per
+//! test, and payment-service on 127.0.0.1:0 in front of both.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use payment_service::{
+    Application, Config,
+    card_gateway::{self, CardGateway, api::Stats},
+};
+use rand::Rng;
+use shop_proto::{
+    common::v1::Money,
+    payment::v1::{self as pb, payment_service_client::PaymentServiceClient},
+};
+use sqlx::{Connection, Executor, MySqlConnection, Row};
+use tonic::transport::Channel;
+
+pub const VISA_OK: &str = "4242424242424242";
+pub const VISA_DECLINED: &str = "4000000000000002";
+pub const VISA_NO_FUNDS: &str = "4000000000009995";
+/// Every test card uses this CVC; the no-card-data scan looks for it.
+pub const CVC: &str = "7319";
+
+/// Card numbers the suite sends; none may ever reach a payment table.
+pub const ALL_TEST_NUMBERS: &[&str] = &[VISA_OK, VISA_DECLINED, VISA_NO_FUNDS, "5555555555554444"];
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the local stack (scripts/stack up) and load /tmp/stackenv")
+    })
+}
+
+/// `base` with its database path replaced by `db`.
+fn with_database(base: &str, db: &str) -> String {
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = head.find("://").map_or(0, |i| i + 3);
+    let path_start = head[scheme_end..]
+        .find('/')
+        .map_or(head.len(), |i| scheme_end + i);
+    let mut url = format!("{}/{db}", &head[..path_start]);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// Creates `shop_payment_t<random>` and returns (its URL, its name).
+pub async fn create_database() -> (String, String) {
+    let base = env("PAYMENT_DATABASE_URL");
+    let suffix: String = (0..12)
+        .map(|_| char::from(b'a' + rand::rng().random_range(0..26u8)))
+        .collect();
+    let name = format!("shop_payment_t{suffix}");
+    let mut conn = MySqlConnection::connect(&base)
+        .await
+        .expect("connecting to PAYMENT_DATABASE_URL");
+    conn.execute(format!("CREATE DATABASE `{name}`").as_str())
+        .await
+        .expect("creating the test database");
+    conn.close().await.ok();
+    (with_database(&base, &name), name)
+}
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub handle: card_gateway::Gateway,
+}
+
+pub async fn spawn_gateway() -> TestGateway {
+    let gw = CardGateway::build(card_gateway::Config::on("127.0.0.1:0"))
+        .await
+        .expect("card gateway binds");
+    let addr = gw.addr();
+    let handle = gw.handle();
+    tokio::spawn(gw.run_until_stopped(std::future::pending()));
+    TestGateway {
+        addr,
+        url: format!("http://{addr}"),
+        handle,
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: PaymentServiceClient<Channel>,
+    pub gateway: TestGateway,
+    pub db_url: String,
+    pub db_name: String,
+    pub http: reqwest::Client,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    platform::telemetry::init(false);
+    let gateway = spawn_gateway().await;
+    let (db_url, db_name) = create_database().await;
+    let mut config = Config::with_database(db_url.clone());
+    config.grpc_addr = "127.0.0.1:0".into();
+    config.metrics_addr = "127.0.0.1:0".into();
+    config.card_gateway_url = gateway.url.clone();
+    config.reconcile_interval_ms = 0;
+    config.database_max_connections = 30;
+    // Nothing listens here: ChainedCharge tests start their own item-service.
+    config.item_service_url = "http://127.0.0.1:9".into();
+    tweak(&mut config);
+    let app = Application::build(config)
+        .await
+        .expect("payment-service builds");
+    let addr = app.grpc_addr();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let client = PaymentServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to payment-service");
+    TestApp {
+        addr,
+        client,
+        gateway,
+        db_url,
+        db_name,
+        http: reqwest::Client::new(),
+    }
+}
+
+pub fn card(number: &str) -> pb::Card {
+    pb::Card {
+        number: number.into(),
+        exp_month: 12,
+        exp_year: 2034,
+        cvc: CVC.into(),
+    }
+}
+
+pub fn usd(amount_minor: i64) -> Money {
+    Money {
+        amount_minor,
+        currency: "USD".into(),
+    }
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub fn charge_request(key: &str, amount_minor: i64, number: &str) -> pb::ChargeRequest {
+    pb::ChargeRequest {
+        idempotency_key: key.into(),
+        user_id: new_id(),
+        order_id: new_id(),
+        amount: Some(usd(amount_minor)),
+        card: Some(card(number)),
+        description: "test order".into(),
+    }
+}
+
+impl TestApp {
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway.url)
+    }
+
+    /// The mock's counters, over its admin endpoint.
+    pub async fn stats(&self) -> Stats {
+        self.http
+            .get(self.gateway_url("/admin/stats"))
+            .send()
+            .await
+            .expect("GET /admin/stats")
+            .json()
+            .await
+            .expect("stats JSON")
+    }
+
+    pub async fn put_admin(&self, path: &str, rules: serde_json::Value) {
+        let resp = self
+            .http
+            .put(self.gateway_url(path))
+            .json(&rules)
+            .send()
+            .await
+            .expect("PUT admin");
+        assert!(resp.status().is_success(), "PUT {path}: {}", resp.status());
+    }
+
+    pub async fn charge(&self, req: pb::ChargeRequest) -> Result<pb::Payment, tonic::Status> {
+        self.client
+            .clone()
+            .charge(req)
+            .await
+            .map(|r| r.into_inner().payment.expect("payment"))
+    }
+
+    pub async fn get(&self, payment_id: &str) -> pb::Payment {
+        self.client
+            .clone()
+            .get_payment(pb::GetPaymentRequest {
+                payment_id: payment_id.into(),
+            })
+            .await
+            .expect("GetPayment")
+            .into_inner()
+            .payment
+            .expect("payment")
+    }
+
+    pub async fn reconcile(&self, payment_id: &str) -> pb::Payment {
+        self.client
+            .clone()
+            .reconcile(pb::ReconcileRequest {
+                payment_id: payment_id.into(),
+            })
+            .await
+            .expect("Reconcile")
+            .into_inner()
+            .payments
+            .into_iter()
+            .next()
+            .expect("one payment")
+    }
+
+    /// Scans every table of this test's database: none of the test card numbers (in any
+    /// column, text or binary), no 13–19-digit number and no cell equal to the CVC in the
+    /// service's tables, no card-ish column name.
+    pub async fn assert_no_card_data(&self) {
+        let mut conn = MySqlConnection::connect(&self.db_url)
+            .await
+            .expect("connect for the scan");
+        let columns = sqlx::query(
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, ORDINAL_POSITION",
+        )
+        .bind(&self.db_name)
+        .fetch_all(&mut conn)
+        .await
+        .expect("list columns");
+        assert!(!columns.is_empty(), "the test database has tables");
+        let mut cells = 0;
+        for col in &columns {
+            let table: String = col.get(0);
+            let column: String = col.get(1);
+            let data_type: String = col.get(2);
+            let lower = column.to_ascii_lowercase();
+            for bad in ["cvc", "cvv", "card_number", "pan"] {
+                assert!(
+                    !lower.contains(bad),
+                    "{table}.{column} looks like card data"
+                );
+            }
+            let binary = [
+                "binary",
+                "varbinary",
+                "blob",
+                "tinyblob",
+                "mediumblob",
+                "longblob",
+            ]
+            .contains(&data_type.to_ascii_lowercase().as_str());
+            let values: Vec<Option<Vec<u8>>> =
+                sqlx::query_scalar(&format!("SELECT CAST(`{column}` AS BINARY) FROM `{table}`"))
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("read column");
+            for v in values.into_iter().flatten() {
+                cells += 1;
+                for n in ALL_TEST_NUMBERS {
+                    assert!(
+                        !v.windows(n.len()).any(|w| w == n.as_bytes()),
+                        "{table}.{column} holds a card number"
+                    );
+                }
+                // sqlx's own bookkeeping: `version` is the migration file's 14-digit timestamp.
+                if binary || table == "_sqlx_migrations" {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&v);
+                assert_ne!(text, CVC, "{table}.{column} holds the CVC");
+                let mut run = 0;
+                for c in text.chars().chain(std::iter::once(' ')) {
+                    if c.is_ascii_digit() {
+                        run += 1;
+                    } else {
+                        assert!(
+                            !(13..=19).contains(&run),
+                            "{table}.{column} holds a {run}-digit number"
+                        );
+                        run = 0;
+                    }
+                }
+            }
+        }
+        assert!(cells > 0, "the scan read some data");
+        conn.close().await.ok();
+    }
+
+    /// The scan, then the throw-away database goes.
+    pub async fn finish(self) {
+        self.assert_no_card_data().await;
+        let mut conn = MySqlConnection::connect(&env("PAYMENT_DATABASE_URL"))
+            .await
+            .expect("connect to drop");
+        conn.execute(format!("DROP DATABASE `{}`", self.db_name).as_str())
+            .await
+            .expect("drop test database");
+    }
+}
+
+/// Polls `check` until it returns Some, for at most `limit` (a safety net against a hung
+/// test, not a performance assertion).
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached in {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
