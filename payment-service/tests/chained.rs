@@ -1,0 +1,202 @@
+//! ChainedCharge against a real item-service (in-process, on the local stack's SecantusDB
+//! and Redis) and the mock card gateway.
+
+mod common;
+
+use common::*;
+use shop_proto::{
+    common::v1::ItemLine,
+    item::v1::{self as item_pb, ReservationStatus, item_service_client::ItemServiceClient},
+    payment::v1::{self as pb, PaymentStatus},
+};
+use tonic::{Code, transport::Channel};
+
+struct Items {
+    client: ItemServiceClient<Channel>,
+    addr: std::net::SocketAddr,
+}
+
+async fn spawn_items() -> Items {
+    let mut config = item_service::Config::for_stores(
+        &env("ITEM_MONGODB_URL"),
+        &format!("payment_chained_{}", uuid::Uuid::new_v4().simple()),
+        &env("ITEM_REDIS_URL"),
+    );
+    config.grpc_addr = "127.0.0.1:0".into();
+    config.metrics_addr = "127.0.0.1:0".into();
+    config.seed = false;
+    config.faults = String::new();
+    let app = item_service::Application::build(config)
+        .await
+        .expect("item-service builds against the local stack");
+    let addr = app.grpc_addr();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let client = ItemServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to item-service");
+    Items { client, addr }
+}
+
+impl Items {
+    async fn create(&self, price: i64, stock: i64) -> String {
+        let sku =
+            format!("PAY-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]).to_uppercase();
+        self.client
+            .clone()
+            .create_item(item_pb::CreateItemRequest {
+                sku,
+                name: "Chained test item".into(),
+                description: String::new(),
+                category: "tests".into(),
+                price: Some(usd(price)),
+                stock,
+                image_url: String::new(),
+            })
+            .await
+            .expect("CreateItem")
+            .into_inner()
+            .item
+            .expect("item")
+            .id
+    }
+
+    async fn stock(&self, id: &str) -> i64 {
+        self.client
+            .clone()
+            .get_item(item_pb::GetItemRequest { id: id.into() })
+            .await
+            .expect("GetItem")
+            .into_inner()
+            .item
+            .expect("item")
+            .stock
+    }
+
+    async fn reservation(&self, id: &str) -> ReservationStatus {
+        self.client
+            .clone()
+            .get_reservation(item_pb::GetReservationRequest {
+                reservation_id: id.into(),
+            })
+            .await
+            .expect("GetReservation")
+            .into_inner()
+            .reservation
+            .expect("reservation")
+            .status()
+    }
+}
+
+fn chained_request(key: &str, lines: &[(&str, i32)], number: &str) -> pb::ChainedChargeRequest {
+    pb::ChainedChargeRequest {
+        idempotency_key: key.into(),
+        user_id: new_id(),
+        order_id: new_id(),
+        lines: lines
+            .iter()
+            .map(|(id, q)| ItemLine {
+                item_id: (*id).into(),
+                quantity: *q,
+            })
+            .collect(),
+        card: Some(card(number)),
+    }
+}
+
+async fn chained(
+    app: &TestApp,
+    req: pb::ChainedChargeRequest,
+) -> Result<pb::ChainedChargeResponse, tonic::Status> {
+    app.client
+        .clone()
+        .chained_charge(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_charge_prices_reserves_charges_and_commits_once() {
+    let items = spawn_items().await;
+    let app = spawn_app_with(|c| c.item_service_url = format!("http://{}", items.addr)).await;
+    let a = items.create(1500, 5).await;
+    let b = items.create(250, 10).await;
+
+    let req = chained_request("chk-1", &[(&a, 2), (&b, 1)], VISA_OK);
+    let resp = chained(&app, req.clone()).await.expect("chained charge");
+    let payment = resp.payment.clone().expect("payment");
+    assert_eq!(payment.status(), PaymentStatus::Succeeded);
+    assert_eq!(payment.amount, Some(usd(3250)));
+    assert_eq!(resp.total, Some(usd(3250)));
+    assert_eq!(resp.lines.len(), 2);
+    assert_eq!(resp.lines[0].line_total, Some(usd(3000)));
+    assert_eq!(resp.reservation_id, "chk-1");
+    assert_eq!(
+        items.reservation("chk-1").await,
+        ReservationStatus::Committed
+    );
+    assert_eq!((items.stock(&a).await, items.stock(&b).await), (3, 9));
+
+    // A retry of the whole hop replays: same payment, no second charge, stock unchanged.
+    let again = chained(&app, req).await.expect("retry");
+    assert_eq!(again.payment, resp.payment);
+    assert_eq!(app.stats().await.charges_created, 1);
+    assert_eq!((items.stock(&a).await, items.stock(&b).await), (3, 9));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_card_releases_the_stock_and_out_of_stock_never_charges() {
+    let items = spawn_items().await;
+    let app = spawn_app_with(|c| c.item_service_url = format!("http://{}", items.addr)).await;
+    let a = items.create(999, 3).await;
+
+    let resp = chained(
+        &app,
+        chained_request("chk-declined", &[(&a, 2)], VISA_NO_FUNDS),
+    )
+    .await
+    .expect("a decline is an answer");
+    let payment = resp.payment.expect("payment");
+    assert_eq!(payment.status(), PaymentStatus::Declined);
+    assert_eq!(payment.decline_code, "insufficient_funds");
+    assert_eq!(
+        items.reservation("chk-declined").await,
+        ReservationStatus::Released
+    );
+    assert_eq!(items.stock(&a).await, 3);
+
+    let err = chained(&app, chained_request("chk-too-many", &[(&a, 4)], VISA_OK))
+        .await
+        .expect_err("not enough stock");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let err = chained(
+        &app,
+        chained_request("chk-unknown", &[("0123456789abcdef01234567", 1)], VISA_OK),
+    )
+    .await
+    .expect_err("unknown item");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = chained(&app, chained_request("chk-bad", &[("nope", 1)], VISA_OK))
+        .await
+        .expect_err("bad id");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let stats = app.stats().await;
+    assert_eq!((stats.charges_created, stats.charges_succeeded), (1, 0));
+    assert_eq!(items.stock(&a).await, 3);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_service_down_fails_fast_with_unavailable() {
+    // spawn_app points ITEM_SERVICE_URL at a port nobody listens on.
+    let app = spawn_app().await;
+    let err = chained(
+        &app,
+        chained_request("chk-down", &[("0123456789abcdef01234567", 1)], VISA_OK),
+    )
+    .await
+    .expect_err("item-service is down");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(app.stats().await.charges_created, 0);
+    app.finish().await;
+}
