@@ -16,8 +16,10 @@
 //! - Redis is never a reason to fail: every operation has a short timeout, errors and
 //!   timeouts are logged and counted, the request continues on MongoDB, and after an error
 //!   the cache is bypassed for a moment so a dead Redis does not cost every request the
-//!   timeout. The remaining race of cache-aside (a reader that read MongoDB before a write
-//!   stores its old copy after the writer's delete) is bounded by the TTL.
+//!   timeout.
+//! - The classic cache-aside race (a reader that read MongoDB before a write stores its old
+//!   copy after the writer's delete) is closed by deleting twice: at once and again
+//!   `REDELETE_AFTER` later. A delete that cannot reach Redis leaves the entry to its TTL.
 
 use std::{
     collections::HashMap,
@@ -39,6 +41,8 @@ const FOUND: u8 = b'I';
 const NOT_FOUND: u8 = b'N';
 /// How long the cache is skipped after a Redis error.
 const BACKOFF: Duration = Duration::from_secs(1);
+/// When the second delete of an invalidation runs.
+const REDELETE_AFTER: Duration = Duration::from_millis(500);
 
 fn key(id: ItemId) -> String {
     format!("shop:item:v1:{}", id.hex())
@@ -106,6 +110,25 @@ fn encode(item: Option<&pb::Item>) -> Vec<u8> {
             v.push(FOUND);
             i.encode(&mut v).map(|()| v).unwrap_or_default()
         }
+    }
+}
+
+/// Registers the cache and store counters at zero, with help text, so dashboards and the
+/// load test see them before the first request.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "item_cache_requests_total",
+        "Item cache lookups per key by result: hit, miss, error (Redis failed or timed out), bypass (skipped after a recent error)"
+    );
+    metrics::describe_counter!(
+        "item_mongo_reads_total",
+        "MongoDB read operations by item-service, by operation"
+    );
+    for result in ["hit", "miss", "error", "bypass"] {
+        metrics::counter!("item_cache_requests_total", "result" => result).increment(0);
+    }
+    for op in ["get", "get_many", "list"] {
+        metrics::counter!("item_mongo_reads_total", "op" => op).increment(0);
     }
 }
 
@@ -286,16 +309,15 @@ impl Cache {
             return;
         };
         let keys: Vec<String> = ids.iter().map(|id| key(*id)).collect();
-        let res = tokio::time::timeout(
-            inner.settings.op_timeout,
-            redis::cmd("DEL").arg(&keys).query_async::<i64>(&mut conn),
-        )
-        .await;
-        match res {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => inner.failed("invalidate", &e.to_string()),
-            Err(_) => inner.failed("invalidate", "timed out"),
-        }
+        inner.delete(&mut conn, &keys).await;
+        // Delete again a moment later: a reader that read MongoDB before our write and
+        // filled Redis after the first delete would otherwise serve its old copy until
+        // the TTL ends. The second delete shrinks that window to REDELETE_AFTER.
+        let inner = Arc::clone(inner);
+        tokio::spawn(async move {
+            tokio::time::sleep(REDELETE_AFTER).await;
+            inner.delete(&mut conn, &keys).await;
+        });
     }
 }
 
@@ -322,6 +344,19 @@ impl Inner {
             );
         }
         *bypass = Some(now + BACKOFF);
+    }
+
+    async fn delete(&self, conn: &mut ConnectionManager, keys: &[String]) {
+        let res = tokio::time::timeout(
+            self.settings.op_timeout,
+            redis::cmd("DEL").arg(keys).query_async::<i64>(conn),
+        )
+        .await;
+        match res {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => self.failed("invalidate", &e.to_string()),
+            Err(_) => self.failed("invalidate", "timed out"),
+        }
     }
 
     /// MGET; None when Redis is unusable (counted as "error" or "bypass").

@@ -97,7 +97,15 @@ fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
 }
 
 impl Config {
-    /// Defaults with the given store URLs: what tests and the monolith start from.
+    /// From `ITEM_*` environment variables alone (no command line), e.g. for the monolith,
+    /// whose own flags would clash with these.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        use clap::Parser;
+        Self::try_parse_from(["item-service"])
+    }
+
+    /// Defaults (and `ITEM_*` environment variables) with the given store URLs: what tests
+    /// start from.
     pub fn for_stores(mongodb_url: &str, database: &str, redis_url: &str) -> Self {
         use clap::Parser;
         let mut c = Self::parse_from(["item-service"]);

@@ -39,6 +39,7 @@ impl ItemGrpc {
     /// the catalog when `config.seed` says so.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         use secrecy::ExposeSecret;
+        crate::cache::describe_metrics();
         let db =
             store::connect(config.mongodb_url.expose_secret(), &config.mongodb_database).await?;
         let cache = match config.cache {

@@ -36,7 +36,10 @@ async fn main() -> anyhow::Result<()> {
                 &cli.config.mongodb_database,
             )
             .await?;
-            let report = item_service::seed_catalog(&db).await?;
+            let report = item_service::seed_catalog(&db).await;
+            // Close the driver's connections before the runtime goes away.
+            db.client().clone().shutdown().await;
+            let report = report?;
             tracing::info!(
                 inserted = report.inserted,
                 total = report.total,
@@ -50,7 +53,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             let app = Application::build(cli.config).await?;
             tracing::info!(grpc = %app.grpc_addr(), metrics = %app.metrics_addr(), "item-service listening");
-            app.run_until_stopped(platform::shutdown::signal()).await?;
+            let client = app.service().database().client().clone();
+            let served = app.run_until_stopped(platform::shutdown::signal()).await;
+            client.shutdown().await;
+            served?;
         }
     }
     Ok(())

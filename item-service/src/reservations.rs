@@ -160,6 +160,12 @@ pub struct Reservations {
     ttl: Duration,
 }
 
+/// Reservations by what happened to them: reserved, rejected, committed, released
+/// (by a caller), expired (released by the sweeper).
+fn count_outcome(outcome: &'static str) {
+    metrics::counter!("item_reservations_total", "outcome" => outcome).increment(1);
+}
+
 fn now_plus(d: Duration) -> DateTime {
     DateTime::from_millis(
         DateTime::now()
@@ -318,14 +324,19 @@ impl Reservations {
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
         let mut set = doc! { "status": to.as_str(), "updated_at": DateTime::now() };
         set.extend(extra);
-        self.reservations
+        let changed = self
+            .reservations
             .find_one_and_update(
                 doc! { "_id": id, "status": { "$in": from } },
                 doc! { "$set": set },
             )
             .return_document(ReturnDocument::After)
             .await
-            .map_err(Error::mongo("changing a reservation"))
+            .map_err(Error::mongo("changing a reservation"))?;
+        if changed.is_some() {
+            count_outcome(to.as_str());
+        }
+        Ok(changed)
     }
 
     async fn mark_settled(&self, doc: &mut ReservationDoc) -> Result<(), Error> {
@@ -601,7 +612,7 @@ impl Reservations {
                 .map_err(Error::mongo("claiming an expired reservation"))?;
             let Some(doc) = claimed else { break };
             tracing::info!(reservation_id = %doc.id, "reservation expired; returning its stock");
-            metrics::counter!("item_reservations_expired_total").increment(1);
+            count_outcome("expired");
             self.settle(doc).await?;
             done += 1;
         }

@@ -94,6 +94,7 @@ impl TestApp {
             let _ = task.await;
         }
         let _ = self.service.database().drop().await;
+        self.service.database().client().clone().shutdown().await;
     }
 
     pub async fn metrics(&self) -> String {
