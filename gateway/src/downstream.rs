@@ -55,6 +55,9 @@ pub enum Safety {
     Once,
 }
 
+/// Methods whose callee calls further services before answering.
+const CHAIN_ENTRIES: &[&str] = &["ChainedCheckout"];
+
 /// Failures that say the service is unhealthy (for the breaker), as opposed to answers.
 fn is_health_failure(code: Code) -> bool {
     matches!(
@@ -142,7 +145,16 @@ impl<C: Clone> Downstream<C> {
                 Ok(_) => Code::Ok,
                 Err(s) => s.code(),
             };
-            self.breaker.record(permit, is_health_failure(code));
+            // A chain entry (ChainedCheckout) relays the health of the hops behind it: an
+            // UNAVAILABLE it answers with says payment- or item-service is down, not that
+            // user-service is, so only failures to reach it at all count against it.
+            let reached = result
+                .as_ref()
+                .err()
+                .is_some_and(|s| std::error::Error::source(s).is_none());
+            let health_failure = is_health_failure(code)
+                && !(CHAIN_ENTRIES.contains(&method) && reached && code != Code::DeadlineExceeded);
+            self.breaker.record(permit, health_failure);
             metrics::counter!("gateway_downstream_requests_total", "service" => self.name, "method" => method, "code" => format!("{code:?}")).increment(1);
             metrics::histogram!("gateway_downstream_request_duration_seconds", "service" => self.name, "method" => method).record(start.elapsed().as_secs_f64());
             match result {
