@@ -39,7 +39,9 @@ impl Rule {
     pub fn tail(method: &str, probability: f64, delay_ms: u32) -> Self {
         Self {
             method: method.into(),
-            latency: Some(json!({"kind": "tail", "probability": probability, "delay_ms": delay_ms})),
+            latency: Some(
+                json!({"kind": "tail", "probability": probability, "delay_ms": delay_ms}),
+            ),
             error_rate: 0.0,
         }
     }
@@ -97,16 +99,18 @@ pub async fn set_http_faults(
     token: Option<&str>,
     rules: &[Rule],
 ) -> anyhow::Result<()> {
-    let mut req = client()
-        .put(format!("{}{path}", base.url()))
-        .json(rules);
+    let mut req = client().put(format!("{}{path}", base.url())).json(rules);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
     let resp = req.send().await.with_context(|| format!("PUT {path}"))?;
     let status = resp.status();
     if !status.is_success() {
-        anyhow::bail!("PUT {}{path}: {status}: {}", base.url(), resp.text().await.unwrap_or_default());
+        anyhow::bail!(
+            "PUT {}{path}: {status}: {}",
+            base.url(),
+            resp.text().await.unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -114,7 +118,11 @@ pub async fn set_http_faults(
 /// A Prometheus text page.
 pub async fn scrape(url: &str) -> anyhow::Result<String> {
     Target::parse(url)?;
-    let resp = client().get(url).send().await.with_context(|| format!("GET {url}"))?;
+    let resp = client()
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
     Ok(resp.text().await?)
 }
 

@@ -115,12 +115,16 @@ fn bars(
     for (si, s) in series.iter().enumerate() {
         let c = color(si);
         chart
-            .draw_series(s.values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(
-                |(ci, v)| {
-                    let x0 = ci as f64 + (1.0 - group) / 2.0 + si as f64 * w;
-                    Rectangle::new([(x0, 0.0), (x0 + w * 0.95, *v)], c.filled())
-                },
-            ))?
+            .draw_series(
+                s.values
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(ci, v)| {
+                        let x0 = ci as f64 + (1.0 - group) / 2.0 + si as f64 * w;
+                        Rectangle::new([(x0, 0.0), (x0 + w * 0.95, *v)], c.filled())
+                    }),
+            )?
             .label(s.name.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
     }
@@ -137,13 +141,12 @@ fn bars(
         root.draw(&Text::new(
             name.clone(),
             (px, py + 8),
-            ("sans-serif", 14)
-                .into_font()
-                .color(&BLACK)
-                .pos(plotters::style::text_anchor::Pos::new(
+            ("sans-serif", 14).into_font().color(&BLACK).pos(
+                plotters::style::text_anchor::Pos::new(
                     plotters::style::text_anchor::HPos::Center,
                     plotters::style::text_anchor::VPos::Top,
-                )),
+                ),
+            ),
         ))?;
     }
     root.present()?;

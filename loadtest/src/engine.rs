@@ -19,9 +19,10 @@ use crate::stats::{Latency, Outcome, Recorder, Sample, Snapshot};
 
 /// Something the engine can drive: one call = one operation (usually one request).
 pub trait Workload: Send + Sync + 'static {
-    /// `n` numbers the operation (arrival number, or per-user counter) for choices that
-    /// should spread evenly; `user` is the virtual user (closed) or `n` (open).
-    fn call(&self, n: u64, user: usize) -> BoxFuture<'static, Sample>;
+    /// `n` numbers the operation (arrival number, or per-user counter); `user` is the
+    /// virtual user (closed) or `n` (open). Returns the endpoint label at once (so a timed
+    /// out operation still counts against its endpoint) and the operation itself.
+    fn call(&self, n: u64, user: usize) -> (String, BoxFuture<'static, Outcome>);
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -61,7 +62,12 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    pub fn new(name: impl Into<String>, model: Model, warmup: Duration, duration: Duration) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        model: Model,
+        warmup: Duration,
+        duration: Duration,
+    ) -> Self {
         Self {
             name: name.into(),
             model,
@@ -153,9 +159,10 @@ async fn one(
     user: usize,
     deadline: tokio::time::Instant,
 ) -> Sample {
-    match tokio::time::timeout_at(deadline, workload.call(n, user)).await {
-        Ok(s) => s,
-        Err(_) => Sample::new("(timed out)", Outcome::error("timeout")),
+    let (endpoint, op) = workload.call(n, user);
+    match tokio::time::timeout_at(deadline, op).await {
+        Ok(outcome) => Sample::new(endpoint, outcome),
+        Err(_) => Sample::new(endpoint, Outcome::error("timeout")),
     }
 }
 

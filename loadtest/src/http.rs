@@ -189,7 +189,11 @@ impl HttpPool {
         }
     }
 
-    pub async fn get(&self, path: &str, headers: &[(&'static str, String)]) -> Result<Reply, Outcome> {
+    pub async fn get(
+        &self,
+        path: &str,
+        headers: &[(&'static str, String)],
+    ) -> Result<Reply, Outcome> {
         self.send(Method::GET, path, headers, None).await
     }
 }
@@ -201,7 +205,10 @@ mod tests {
     #[test]
     fn only_loopback_targets() {
         assert_eq!(
-            Target::parse("http://127.0.0.1:8080").expect("ok").addr.port(),
+            Target::parse("http://127.0.0.1:8080")
+                .expect("ok")
+                .addr
+                .port(),
             8080
         );
         assert!(Target::parse("http://localhost:81/x").is_ok());

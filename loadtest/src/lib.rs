@@ -5,7 +5,11 @@
 pub mod admin;
 pub mod charts;
 pub mod engine;
+pub mod experiment;
 pub mod http;
 pub mod report;
 pub mod scenario;
+pub mod sections;
+pub mod stack;
 pub mod stats;
+pub mod wrk;

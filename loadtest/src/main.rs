@@ -1,1 +1,241 @@
-fn main() {}
+//! `loadtest`: drive the Shop (or any loopback HTTP/gRPC target) with an open or closed
+//! model, or run the whole sync-chain experiment and write the report.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use clap::{Parser, Subcommand};
+use loadtest::{
+    admin::ShopAdmin,
+    engine::{self, Model, RunSpec, Workload},
+    experiment,
+    http::{HttpPool, Target},
+    report,
+    scenario::{self, Mix, ShopWorkload},
+};
+
+/// "30s", "500ms", "2m" or plain seconds.
+fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (n, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = n.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(0.0..=3600.0 * 24.0).contains(&(v * mul)) {
+        return Err(format!("{s:?}: out of range"));
+    }
+    Ok(Duration::from_secs_f64(v * mul))
+}
+
+#[derive(Parser)]
+#[command(
+    name = "loadtest",
+    about = "Load generator and sync-chain experiment for the Shop"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One load run against a running gateway (or a gRPC server for `echo`).
+    Run(RunArgs),
+    /// Start the stack from the built binaries, run every comparison, write the report.
+    Experiment(ExperimentArgs),
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    /// Gateway (or shop monolith) base URL; gRPC URL for --scenario echo.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// browse | checkout | mix | echo | list=N,get=N,checkout=N
+    #[arg(long, default_value = "browse")]
+    scenario: String,
+    /// Checkout strategy: orchestrated | parallel | chained.
+    #[arg(long, default_value = "orchestrated")]
+    strategy: String,
+    /// Open model: arrivals per second (omit for the closed model).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Closed model: virtual users (default 10 when --rate is not given).
+    #[arg(long)]
+    users: Option<usize>,
+    /// Closed model: think time between a user's operations.
+    #[arg(long, value_parser = duration, default_value = "0s")]
+    think: Duration,
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    warmup: Duration,
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    duration: Duration,
+    /// Client-side timeout per operation, from its intended start.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    timeout: Duration,
+    /// HTTP connections (shared by all virtual users).
+    #[arg(long, default_value_t = 256)]
+    connections: usize,
+    /// Stop after this many operations (warm-up included).
+    #[arg(long)]
+    max_requests: Option<u64>,
+    /// Accounts to create for checkouts (one per virtual user).
+    #[arg(long, default_value_t = 8)]
+    accounts: usize,
+    /// Admin account (an address in user-service's USER_ADMIN_EMAILS) to create items with
+    /// plenty of stock for checkouts; without it, in-stock catalog items are bought.
+    #[arg(long)]
+    admin_email: Option<String>,
+    #[arg(long, default_value = "load-test-password-1")]
+    admin_password: String,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Parser)]
+struct ExperimentArgs {
+    /// Directory with the built binaries (gateway, user-service, item-service,
+    /// payment-service, card-gateway, optionally shop).
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Report directory.
+    #[arg(long, default_value = "report")]
+    out: PathBuf,
+    /// A few seconds per section: checks that everything runs, not what it measures.
+    #[arg(long)]
+    quick: bool,
+    /// Only these sections (comma-separated ids: calibration, cost_per_hop,
+    /// tail_amplification, availability, cascading_failure, cache).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Checkouts per second for sections 1-3.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long)]
+    no_progress: bool,
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let model = match a.rate {
+        Some(rate) if rate > 0.0 => Model::Open { rate },
+        Some(_) => anyhow::bail!("--rate must be positive"),
+        None => Model::Closed {
+            users: a.users.unwrap_or(10),
+            think_ms: a.think.as_millis() as u64,
+        },
+    };
+    let workload: Arc<dyn Workload> = if a.scenario == "echo" {
+        Arc::new(scenario::EchoWorkload::new(
+            scenario::grpc_channel(&a.target).await?,
+        ))
+    } else {
+        let mix: Mix = a
+            .scenario
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--scenario: {e}"))?;
+        let target = Target::parse(&a.target)?;
+        let admin = ShopAdmin::new(target.clone());
+        let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let browse = admin.catalog(500).await?;
+        let (buy, tokens) = if mix.checkout > 0 {
+            let buy = match &a.admin_email {
+                Some(email) => {
+                    let token = admin.account(email, &a.admin_password).await?;
+                    admin.create_items(&token, &run_id, 8).await?
+                }
+                None => browse.iter().take(50).cloned().collect(),
+            };
+            let n = match model {
+                Model::Closed { users, .. } => users,
+                Model::Open { .. } => a.accounts,
+            };
+            (buy, admin.accounts(&run_id, n.max(1)).await?)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Arc::new(ShopWorkload::new(
+            Arc::new(HttpPool::new(target, a.connections)),
+            Arc::new(browse),
+            Arc::new(buy),
+            Arc::new(tokens),
+            mix,
+            &a.strategy,
+        ))
+    };
+    let mut spec = RunSpec::new(
+        format!("{} ({})", a.scenario, model.describe()),
+        model,
+        a.warmup,
+        a.duration,
+    );
+    spec.timeout = a.timeout;
+    spec.max_ops = a.max_requests;
+    spec.progress = !a.no_progress;
+    let m = engine::run(&spec, workload).await;
+    let r = &m.result;
+    println!("{}", report::RUN_HEADERS.join(" | "));
+    println!("{}", report::run_row(&r.name, r).join(" | "));
+    println!("\nper endpoint (ms):");
+    for e in &r.endpoints {
+        println!(
+            "  {:<45} {:<5} n={:<7} p50 {:>8} p90 {:>8} p99 {:>8} max {:>8}",
+            e.endpoint,
+            e.outcome,
+            e.latency.count,
+            report::f_ms(e.latency.p50_ms),
+            report::f_ms(e.latency.p90_ms),
+            report::f_ms(e.latency.p99_ms),
+            report::f_ms(e.latency.max_ms)
+        );
+    }
+    if !r.errors_by_kind.is_empty() {
+        println!("\nerrors by kind:");
+        for (k, n) in &r.errors_by_kind {
+            println!("  {k:<30} {n}");
+        }
+    }
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(r)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(a) => run(a).await,
+        Command::Experiment(a) => {
+            let report = experiment::run(experiment::Options {
+                bin_dir: a.bin_dir,
+                out_dir: a.out.clone(),
+                quick: a.quick,
+                progress: !a.no_progress,
+                only: a.only,
+                rate: a.rate,
+            })
+            .await?;
+            eprintln!(
+                "[loadtest] wrote {}/README.md, report.json and {} charts in {:.0} s",
+                a.out.display(),
+                report
+                    .sections
+                    .iter()
+                    .map(|s| s.charts.len())
+                    .sum::<usize>(),
+                report.elapsed_s
+            );
+            for n in &report.notes {
+                eprintln!("[loadtest] note: {n}");
+            }
+            Ok(())
+        }
+    }
+}

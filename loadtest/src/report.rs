@@ -121,7 +121,10 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<()> {
             crate::charts::render(c, dir)?;
         }
     }
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(report)?)?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
     std::fs::write(dir.join("README.md"), markdown(report))?;
     Ok(())
 }
@@ -179,7 +182,11 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(
                 md,
                 "| {} |",
-                t.headers.iter().map(|h| esc(h)).collect::<Vec<_>>().join(" | ")
+                t.headers
+                    .iter()
+                    .map(|h| esc(h))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
             );
             let _ = writeln!(
                 md,
@@ -238,13 +245,21 @@ pub fn f_pct(v: f64) -> String {
 
 /// The standard latency row for a run: name, rate, ok %, p50, p90, p99, max, throughput.
 pub const RUN_HEADERS: [&str; 8] = [
-    "run", "offered req/s", "throughput req/s", "ok %", "p50", "p90", "p99", "max",
+    "run",
+    "offered req/s",
+    "throughput req/s",
+    "ok %",
+    "p50",
+    "p90",
+    "p99",
+    "max",
 ];
 
 pub fn run_row(label: &str, r: &RunResult) -> Vec<String> {
     vec![
         label.to_owned(),
-        r.offered_rps.map_or_else(|| "closed".into(), |v| format!("{v:.0}")),
+        r.offered_rps
+            .map_or_else(|| "closed".into(), |v| format!("{v:.0}")),
         format!("{:.1}", r.throughput_rps),
         f_pct(r.success_rate),
         f_ms(r.latency.p50_ms),

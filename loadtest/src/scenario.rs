@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 use crate::{
     engine::Workload,
     http::{HttpPool, Target},
-    stats::{Outcome, Sample},
+    stats::Outcome,
 };
 
 pub const EP_LIST: &str = "GET /api/items";
@@ -146,12 +146,8 @@ impl ShopWorkload {
     }
 }
 
-fn pick<'a>(v: &'a [String], r: usize) -> &'a str {
-    if v.is_empty() {
-        ""
-    } else {
-        &v[r % v.len()]
-    }
+fn pick(v: &[String], r: usize) -> &str {
+    if v.is_empty() { "" } else { &v[r % v.len()] }
 }
 
 fn checkout_body(buy_ids: &[String], r: usize) -> Bytes {
@@ -166,53 +162,50 @@ fn checkout_body(buy_ids: &[String], r: usize) -> Bytes {
     Bytes::from(body.to_string())
 }
 
+fn outcome_of(r: Result<crate::http::Reply, Outcome>) -> Outcome {
+    match r {
+        Ok(reply) => reply.outcome(),
+        Err(o) => o,
+    }
+}
+
 impl Workload for ShopWorkload {
-    fn call(&self, _n: u64, user: usize) -> BoxFuture<'static, Sample> {
+    fn call(&self, _n: u64, user: usize) -> (String, BoxFuture<'static, Outcome>) {
         let mut rng = rand::rng();
         let op = self.mix.pick(rng.random());
         let r: usize = rng.random_range(0..1 << 30);
         let pool = self.pool.clone();
         match op {
-            Op::List => async move {
-                let path = format!("/api/items?page_size=20&sort={}", ["newest", "price_asc", "name_asc"][r % 3]);
-                let outcome = match pool.get(&path, &[]).await {
-                    Ok(reply) => reply.outcome(),
-                    Err(o) => o,
-                };
-                Sample::new(EP_LIST, outcome)
+            Op::List => {
+                let sort = ["newest", "price_asc", "name_asc"][r % 3];
+                let path = format!("/api/items?page_size=20&sort={sort}");
+                (
+                    EP_LIST.to_owned(),
+                    async move { outcome_of(pool.get(&path, &[]).await) }.boxed(),
+                )
             }
-            .boxed(),
             Op::Get => {
                 let path = format!("/api/items/{}", pick(&self.browse_ids, r));
-                async move {
-                    let outcome = match pool.get(&path, &[]).await {
-                        Ok(reply) => reply.outcome(),
-                        Err(o) => o,
-                    };
-                    Sample::new(EP_GET, outcome)
-                }
-                .boxed()
+                (
+                    EP_GET.to_owned(),
+                    async move { outcome_of(pool.get(&path, &[]).await) }.boxed(),
+                )
             }
             Op::Checkout => {
                 let path = format!("/api/checkout?strategy={}", self.strategy);
                 let token = format!("Bearer {}", pick(&self.tokens, user));
                 let body = checkout_body(&self.buy_ids, r);
-                let ep = self.checkout_ep.clone();
-                async move {
+                let fut = async move {
                     let headers = [
                         ("authorization", token),
                         ("idempotency-key", uuid::Uuid::new_v4().to_string()),
                     ];
-                    let outcome = match pool
-                        .send(http::Method::POST, &path, &headers, Some(body))
-                        .await
-                    {
-                        Ok(reply) => reply.outcome(),
-                        Err(o) => o,
-                    };
-                    Sample::new(ep, outcome)
-                }
-                .boxed()
+                    outcome_of(
+                        pool.send(http::Method::POST, &path, &headers, Some(body))
+                            .await,
+                    )
+                };
+                (self.checkout_ep.clone(), fut.boxed())
             }
         }
     }
@@ -225,17 +218,13 @@ pub struct GetPath {
 }
 
 impl Workload for GetPath {
-    fn call(&self, _n: u64, _user: usize) -> BoxFuture<'static, Sample> {
+    fn call(&self, _n: u64, _user: usize) -> (String, BoxFuture<'static, Outcome>) {
         let pool = self.pool.clone();
         let path = self.path.clone();
-        async move {
-            let outcome = match pool.get(&path, &[]).await {
-                Ok(reply) => reply.outcome(),
-                Err(o) => o,
-            };
-            Sample::new(format!("GET {path}"), outcome)
-        }
-        .boxed()
+        (
+            format!("GET {path}"),
+            async move { outcome_of(pool.get(&path, &[]).await) }.boxed(),
+        )
     }
 }
 
@@ -274,17 +263,16 @@ pub const EP_ECHO: &str = "grpc shop.admin.v1.Echo/Echo";
 pub const EP_GRPC_GET_ITEM: &str = "grpc shop.item.v1.ItemService/GetItem";
 
 impl Workload for EchoWorkload {
-    fn call(&self, _n: u64, _user: usize) -> BoxFuture<'static, Sample> {
+    fn call(&self, _n: u64, _user: usize) -> (String, BoxFuture<'static, Outcome>) {
         let mut client = self.client.clone();
         let payload = self.payload.to_vec();
-        async move {
-            let outcome = match client.echo(EchoRequest { payload }).await {
+        let fut = async move {
+            match client.echo(EchoRequest { payload }).await {
                 Ok(_) => Outcome::Ok,
                 Err(s) => grpc_kind(&s),
-            };
-            Sample::new(EP_ECHO, outcome)
-        }
-        .boxed()
+            }
+        };
+        (EP_ECHO.to_owned(), fut.boxed())
     }
 }
 
@@ -304,18 +292,17 @@ impl GrpcGetItem {
 }
 
 impl Workload for GrpcGetItem {
-    fn call(&self, _n: u64, _user: usize) -> BoxFuture<'static, Sample> {
+    fn call(&self, _n: u64, _user: usize) -> (String, BoxFuture<'static, Outcome>) {
         let mut client = self.client.clone();
         let r: usize = rand::rng().random_range(0..1 << 30);
         let id = pick(&self.ids, r).to_owned();
-        async move {
-            let outcome = match client.get_item(GetItemRequest { id }).await {
+        let fut = async move {
+            match client.get_item(GetItemRequest { id }).await {
                 Ok(_) => Outcome::Ok,
                 Err(s) => grpc_kind(&s),
-            };
-            Sample::new(EP_GRPC_GET_ITEM, outcome)
-        }
-        .boxed()
+            }
+        };
+        (EP_GRPC_GET_ITEM.to_owned(), fut.boxed())
     }
 }
 

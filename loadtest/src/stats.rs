@@ -258,7 +258,11 @@ mod tests {
         let rec = Recorder::new(t0 + Duration::from_secs(1));
         rec.record(t0, Duration::from_millis(5), Sample::new("a", Outcome::Ok));
         let later = t0 + Duration::from_secs(2);
-        rec.record(later, Duration::from_millis(10), Sample::new("a", Outcome::Ok));
+        rec.record(
+            later,
+            Duration::from_millis(10),
+            Sample::new("a", Outcome::Ok),
+        );
         rec.record(
             later,
             Duration::from_millis(300),
