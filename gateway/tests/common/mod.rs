@@ -104,10 +104,8 @@ impl Drop for Running {
     }
 }
 
-fn until(rx: oneshot::Receiver<()>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.await;
-    }
+async fn until(rx: oneshot::Receiver<()>) {
+    let _ = rx.await;
 }
 
 pub struct Options {
