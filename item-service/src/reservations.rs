@@ -21,7 +21,6 @@
 
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use mongodb::{
     Collection, Database, IndexModel,
     bson::{DateTime, Document, doc},
@@ -34,7 +33,7 @@ use crate::{
     cache::Cache,
     error::{Error, is_duplicate_key},
     input::{ItemId, Line, ReservationId},
-    store::{self, ItemDoc, count_read},
+    store::{self, count_read},
 };
 
 pub const RESERVATIONS: &str = "reservations";
@@ -657,17 +656,5 @@ impl Reservations {
                 tracing::warn!(error = %platform::telemetry::chain(&e), "reservation sweep failed");
             }
         }
-    }
-
-    /// Items currently holding stock for `rid` (diagnostics and tests).
-    pub async fn holders(&self, rid: &str) -> Result<Vec<ItemDoc>, Error> {
-        self.items
-            .clone_with_type::<ItemDoc>()
-            .find(doc! { "holds": rid })
-            .await
-            .map_err(Error::mongo("reading holds"))?
-            .try_collect()
-            .await
-            .map_err(Error::mongo("reading holds"))
     }
 }

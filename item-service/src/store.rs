@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use mongodb::{
     Client, Collection, Database, IndexModel,
-    bson::{self, Bson, DateTime, Document, doc, oid::ObjectId},
+    bson::{Bson, DateTime, Document, doc, oid::ObjectId},
     options::{ClientOptions, IndexOptions, ReturnDocument},
 };
 use platform::money::Money;
@@ -342,9 +342,4 @@ impl ItemStore {
 
 pub fn money_doc(m: Money) -> Document {
     doc! { "amount_minor": m.amount_minor(), "currency": m.currency().code() }
-}
-
-/// Raw BSON of a new document, for callers that build their own inserts (the seed).
-pub fn to_document(item: &ItemDoc) -> Result<Document, Error> {
-    bson::to_document(item).map_err(|e| Error::Corrupt(e.to_string()))
 }

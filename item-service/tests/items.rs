@@ -566,6 +566,30 @@ async fn paging_through_250_items_has_no_gaps_or_repeats() {
 }
 
 #[tokio::test]
+async fn paging_by_very_long_names_still_works() {
+    // 200 two-byte characters: too long to carry in a 512-byte token, so the token holds
+    // only the id and the server reads the key back.
+    let app = spawn().await;
+    let mut ids = HashSet::new();
+    for i in 0..7 {
+        let name = format!("{i}{}", "ü".repeat(199));
+        ids.insert(
+            app.create(&format!("L-{i}"), &name, "long", 100, 1)
+                .await
+                .id,
+        );
+    }
+    let all = list_all(&app, "long", "", ItemSort::NameAsc, 2).await;
+    assert_eq!(all.len(), 7);
+    assert_eq!(
+        all.iter().map(|i| i.id.clone()).collect::<HashSet<_>>(),
+        ids
+    );
+    assert!(all.windows(2).all(|w| w[0].name <= w[1].name));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn paging_is_stable_under_concurrent_inserts() {
     let app = spawn().await;
     let mut before = HashSet::new();
