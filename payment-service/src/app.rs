@@ -8,6 +8,7 @@ use futures::FutureExt as _;
 use platform::{
     faults::FaultInjector,
     grpc::{ServerOptions, bind},
+    transport::GrpcTransport,
 };
 use secrecy::ExposeSecret as _;
 use shop_proto::{
@@ -16,7 +17,7 @@ use shop_proto::{
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use tokio::net::TcpListener;
-use tonic::{service::Routes, transport::Channel};
+use tonic::service::Routes;
 
 use crate::{
     config::Config,
@@ -29,9 +30,10 @@ use crate::{
 /// The gRPC service name health reports as SERVING.
 pub const SERVICE_NAME: &str = "shop.payment.v1.PaymentService";
 
-/// Connects to the database, runs the migrations and builds the clients (item-service is
-/// connected lazily, so this service starts without it). The monolith calls this too.
-pub async fn connect(config: &Config) -> anyhow::Result<Payments> {
+/// Connects to the database, runs the migrations and builds the gateway client. `items` is
+/// how ChainedCharge reaches item-service: a lazy channel (so this service starts without
+/// item-service) or, in the monolith, an in-process transport.
+pub async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Payments> {
     if config.idempotency_ttl_hours < 24 {
         anyhow::bail!("PAYMENT_IDEMPOTENCY_TTL_HOURS must be at least 24");
     }
@@ -54,14 +56,10 @@ pub async fn connect(config: &Config) -> anyhow::Result<Payments> {
         .await
         .context("running payment-service migrations")?;
     let gateway = GatewayClient::new(&config.card_gateway_url).context("CARD_GATEWAY_URL")?;
-    let channel = Channel::from_shared(config.item_service_url.clone())
-        .context("ITEM_SERVICE_URL is not a valid URL")?
-        .connect_timeout(Duration::from_secs(1))
-        .connect_lazy();
     Ok(Payments::new(
         Store::new(pool),
         gateway,
-        ItemServiceClient::new(channel),
+        ItemServiceClient::new(items),
         Settings {
             max_amount_minor: config.max_amount_minor,
             gateway_timeout: Duration::from_millis(config.gateway_timeout_ms),
@@ -71,9 +69,14 @@ pub async fn connect(config: &Config) -> anyhow::Result<Payments> {
     ))
 }
 
+/// The tonic server, to serve or to call in-process (monolith).
+pub fn server(payments: Payments) -> PaymentServiceServer<PaymentGrpc> {
+    PaymentServiceServer::new(PaymentGrpc::new(payments))
+}
+
 /// The PaymentService routes, for this binary and for the monolith.
 pub fn routes(payments: Payments) -> Routes {
-    Routes::new(PaymentServiceServer::new(PaymentGrpc::new(payments)))
+    Routes::new(server(payments))
 }
 
 /// Reconciles PENDING payments and refunds and purges old idempotency keys every
@@ -124,9 +127,14 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Install the metrics recorder before the first counter is touched.
+        platform::metrics::handle();
         let faults = FaultInjector::from_json(&config.faults)
             .map_err(|e| anyhow::anyhow!("PAYMENT_FAULTS: {e}"))?;
-        let payments = connect(&config).await?;
+        let items =
+            platform::transport::channel(&config.item_service_url, Duration::from_millis(500))
+                .context("ITEM_SERVICE_URL is not a valid URL")?;
+        let payments = connect(&config, items).await?;
         let grpc = bind(&config.grpc_addr)
             .await
             .with_context(|| format!("binding PAYMENT_GRPC_ADDR {}", config.grpc_addr))?;

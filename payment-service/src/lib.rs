@@ -15,7 +15,7 @@ pub mod payment;
 pub mod service;
 pub mod store;
 
-pub use app::{Application, SERVICE_NAME, connect, reconcile_loop, routes};
+pub use app::{Application, SERVICE_NAME, connect, reconcile_loop, routes, server};
 pub use config::Config;
 pub use error::Error;
 pub use grpc::PaymentGrpc;

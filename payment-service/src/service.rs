@@ -12,11 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use platform::{CallContext, money::Money};
+use platform::{CallContext, money::Money, transport::GrpcTransport};
 use shop_proto::item::v1::{
     CommitReservationRequest, ReleaseReservationRequest, item_service_client::ItemServiceClient,
 };
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::{
@@ -49,7 +48,7 @@ pub struct Payments {
 struct Inner {
     store: Store,
     gateway: GatewayClient,
-    items: ItemServiceClient<Channel>,
+    items: ItemServiceClient<GrpcTransport>,
     settings: Settings,
 }
 
@@ -85,7 +84,7 @@ impl Payments {
     pub fn new(
         store: Store,
         gateway: GatewayClient,
-        items: ItemServiceClient<Channel>,
+        items: ItemServiceClient<GrpcTransport>,
         settings: Settings,
     ) -> Self {
         Self {
@@ -106,7 +105,7 @@ impl Payments {
         &self.inner.store
     }
 
-    pub fn items(&self) -> ItemServiceClient<Channel> {
+    pub fn items(&self) -> ItemServiceClient<GrpcTransport> {
         self.inner.items.clone()
     }
 

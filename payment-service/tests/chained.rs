@@ -200,3 +200,50 @@ async fn item_service_down_fails_fast_with_unavailable() {
     assert_eq!(app.stats().await.charges_created, 0);
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_gateway_answer_keeps_the_reservation_until_reconcile_settles_both() {
+    let items = spawn_items().await;
+    let app = spawn_app_with(|c| {
+        c.item_service_url = format!("http://{}", items.addr);
+        c.gateway_timeout_ms = 300;
+    })
+    .await;
+    let a = items.create(500, 4).await;
+    app.put_admin(
+        "/admin/hangs",
+        serde_json::json!([{"method": "POST /v1/charges", "error_rate": 1.0}]),
+    )
+    .await;
+    let req = chained_request("chk-lost", &[(&a, 1)], VISA_OK);
+    let err = chained(&app, req.clone()).await.expect_err("gateway hangs");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    // Outcome unknown: the stock stays held.
+    assert_eq!(
+        items.reservation("chk-lost").await,
+        ReservationStatus::Reserved
+    );
+    assert_eq!(items.stock(&a).await, 3);
+
+    let list = app
+        .client
+        .clone()
+        .list_payments(pb::ListPaymentsRequest {
+            user_id: req.user_id.clone(),
+            page: None,
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .payments;
+    let settled = app.reconcile(&list[0].payment_id).await;
+    assert_eq!(settled.status(), PaymentStatus::Failed);
+    // Never charged, so reconciling released the stock too.
+    assert_eq!(
+        items.reservation("chk-lost").await,
+        ReservationStatus::Released
+    );
+    assert_eq!(items.stock(&a).await, 4);
+    assert_eq!(app.stats().await.charges_created, 0);
+    app.finish().await;
+}
