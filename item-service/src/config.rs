@@ -88,7 +88,7 @@ pub struct Config {
     pub seed: bool,
 
     /// Log as JSON lines instead of human-readable text.
-    #[arg(long, env = "ITEM_LOG_JSON", default_value_t = false)]
+    #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
 }
 
