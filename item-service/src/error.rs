@@ -52,9 +52,6 @@ pub enum Error {
         #[source]
         source: mongodb::error::Error,
     },
-
-    #[error("stored document is invalid: {0}")]
-    Corrupt(String),
 }
 
 impl Error {
@@ -102,7 +99,7 @@ impl From<Error> for Status {
             Error::Mongo { what, ref source } if Error::is_unavailable(source) => {
                 platform::error::unavailable(what, &e)
             }
-            Error::Mongo { .. } | Error::Corrupt(_) => platform::internal_error("item store", &e),
+            Error::Mongo { .. } => platform::internal_error("item store", &e),
         }
     }
 }
