@@ -92,3 +92,45 @@ pub fn refund(key: &str, payment_id: Uuid, amount: Option<Money>) -> Fingerprint
     };
     f.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use platform::money::Currency;
+    use shop_proto::payment::v1 as pb;
+
+    use super::*;
+
+    fn card(number: &str) -> Card {
+        let now = time::OffsetDateTime::now_utc();
+        let pb = pb::Card {
+            number: number.into(),
+            exp_month: 12,
+            exp_year: now.year() + 2,
+            cvc: "123".into(),
+        };
+        Card::parse(Some(&pb), "card", now).expect("valid card")
+    }
+
+    #[test]
+    fn same_parameters_same_fingerprint_any_change_differs() {
+        let (u, o) = (Uuid::new_v4(), Uuid::new_v4());
+        let m = |a| Money::new(a, Currency::Usd).expect("money");
+        let c = card("4242424242424242");
+        let base = charge("k", u, o, m(100), &c, "d");
+        assert_eq!(base, charge("k", u, o, m(100), &c, "d"));
+        assert_ne!(base, charge("k2", u, o, m(100), &c, "d"));
+        assert_ne!(base, charge("k", u, o, m(101), &c, "d"));
+        assert_ne!(
+            base,
+            charge("k", u, o, m(100), &card("5555555555554444"), "d")
+        );
+        assert_ne!(base, charge("k", u, o, m(100), &c, "e"));
+        assert_ne!(refund("k", u, None), refund("k", u, Some(m(1))));
+        let lines = [("a".to_owned(), 1), ("b".to_owned(), 2)];
+        let swapped = [("b".to_owned(), 2), ("a".to_owned(), 1)];
+        assert_eq!(
+            chained("k", u, o, &lines, &c),
+            chained("k", u, o, &swapped, &c)
+        );
+    }
+}

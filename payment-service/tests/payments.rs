@@ -663,3 +663,69 @@ async fn the_card_data_scan_detects_a_planted_card_number() {
         .await
         .expect("drop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_left_pending_by_gateway_errors_completes_on_retry_and_refusals_give_the_amount_back()
+ {
+    let app = spawn_app().await;
+    let paid = app
+        .charge(charge_request("refund-flaky", 1000, VISA_OK))
+        .await
+        .expect("charge");
+
+    app.put_admin(
+        "/admin/faults",
+        json!([{"method": "POST /v1/refunds", "error_rate": 1.0}]),
+    )
+    .await;
+    let err = refund(&app, &paid.payment_id, Some(400), "rf-1")
+        .await
+        .expect_err("gateway 500s");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    // The amount stays reserved while the refund is pending: no over-refund meanwhile.
+    let p = app.get(&paid.payment_id).await;
+    assert_eq!(p.amount_refunded, Some(usd(400)));
+    let err = refund(&app, &paid.payment_id, Some(700), "rf-2")
+        .await
+        .expect_err("only 600 left");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    app.put_admin("/admin/faults", json!([])).await;
+    let done = refund(&app, &paid.payment_id, Some(400), "rf-1")
+        .await
+        .expect("retry completes the refund");
+    assert!(
+        done.refund
+            .expect("refund")
+            .gateway_refund_id
+            .starts_with("re_")
+    );
+    assert_eq!(app.stats().await.refunds_created, 1);
+
+    // Refund the rest behind the service's back; the service's refund is then refused by
+    // the gateway, and the reserved amount is given back.
+    let resp = app
+        .http
+        .post(app.gateway_url("/v1/refunds"))
+        .json(&json!({"charge": paid.gateway_charge_id}))
+        .send()
+        .await
+        .expect("out-of-band refund");
+    assert_eq!(resp.status(), 200);
+    let err = refund(&app, &paid.payment_id, None, "rf-3")
+        .await
+        .expect_err("gateway refuses");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("charge_already_refunded"), "{err:?}");
+    let p = app.get(&paid.payment_id).await;
+    assert_eq!(
+        (p.status(), p.amount_refunded),
+        (PaymentStatus::Succeeded, Some(usd(400)))
+    );
+    // The refusal is what the key now replays.
+    let again = refund(&app, &paid.payment_id, None, "rf-3")
+        .await
+        .expect_err("replayed refusal");
+    assert_eq!(again.message(), err.message());
+    app.finish().await;
+}
