@@ -17,14 +17,14 @@ pub enum Error {
     #[error("a request with idempotency key {key:?} is still in progress; retry later")]
     InProgress { key: String },
     #[error(
-        "card gateway did not give a final answer for payment {payment_id}: {source}; the payment is PENDING and will be reconciled (a retry with the same idempotency key is safe)"
+        "card gateway {} for payment {payment_id}; the payment is PENDING and will be reconciled (a retry with the same idempotency key is safe)", source.summary()
     )]
     ChargePending {
         payment_id: String,
         source: GatewayError,
     },
     #[error(
-        "card gateway did not give a final answer for refund {refund_id}: {source}; the refund is PENDING (a retry with the same idempotency key is safe)"
+        "card gateway {} for refund {refund_id}; the refund is PENDING (a retry with the same idempotency key is safe)", source.summary()
     )]
     RefundPending {
         refund_id: String,

@@ -28,6 +28,19 @@ pub enum GatewayError {
     Protocol(String),
 }
 
+impl GatewayError {
+    /// What a caller may be told (details such as addresses stay in the logs).
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Self::Timeout => "did not answer in time",
+            Self::InProgress => "is still processing an earlier attempt",
+            Self::KeyReused(_) => "refused the idempotency key",
+            Self::Unavailable(_) => "is unavailable",
+            Self::Protocol(_) => "sent an unexpected answer",
+        }
+    }
+}
+
 /// What the gateway decided about a charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChargeOutcome {
