@@ -11,6 +11,7 @@ pub mod config;
 pub mod deadline;
 pub mod downstream;
 pub mod error;
+pub mod monolith;
 pub mod retry;
 pub mod state;
 pub mod web;

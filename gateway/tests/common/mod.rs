@@ -21,17 +21,17 @@ pub const GOOD_CARD: &str = "4242 4242 4242 4242";
 pub const DECLINED_CARD: &str = "4000 0000 0000 0002";
 pub const NO_FUNDS_CARD: &str = "4000 0000 0000 9995";
 
-fn env(name: &str) -> String {
+pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: start the local stack (scripts/stack up) and load its env (/tmp/stackenv)")
     })
 }
 
-fn suffix() -> String {
+pub fn suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
-async fn fresh_postgres() -> String {
+pub async fn fresh_postgres() -> String {
     let base = env("USER_DATABASE_URL");
     let name = format!("shop_user_gw{}", suffix());
     let mut conn = sqlx::PgConnection::connect(&base)
@@ -45,7 +45,7 @@ async fn fresh_postgres() -> String {
     format!("{prefix}/{name}")
 }
 
-async fn fresh_mysql() -> String {
+pub async fn fresh_mysql() -> String {
     let base = env("PAYMENT_DATABASE_URL");
     let name = format!("shop_payment_gw{}", suffix());
     let mut conn = sqlx::MySqlConnection::connect(&base)
@@ -122,9 +122,95 @@ impl Default for Options {
     }
 }
 
-pub struct Stack {
+/// A monolith under test: the shop in this process, reached over HTTP.
+pub struct Shop {
+    pub api: Api,
+    pub card: payment_service::card_gateway::Gateway,
+    pub server: Running,
+}
+
+pub async fn monolith() -> Shop {
+    platform::telemetry::init(false);
+    let mut item = item_service::Config::for_stores(
+        &env("ITEM_MONGODB_URL"),
+        &format!("shop_item_gw{}", suffix()),
+        &env("ITEM_REDIS_URL"),
+    );
+    item.grpc_addr = "127.0.0.1:0".into();
+    let mut payment = payment_service::Config::with_database(fresh_mysql().await);
+    payment.grpc_addr = "127.0.0.1:0".into();
+    let user = user_service::Config {
+        grpc_addr: "127.0.0.1:0".into(),
+        metrics_addr: "127.0.0.1:0".into(),
+        database_url: SecretString::from(fresh_postgres().await),
+        database_max_connections: 10,
+        jwt_secret: Some(SecretString::from(SECRET)),
+        jwt_secret_file: None,
+        token_ttl_secs: 3600,
+        admin_emails: vec![ADMIN_EMAIL.into()],
+        payment_service_url: "http://127.0.0.1:1".into(),
+        request_timeout_ms: 10_000,
+        faults: String::new(),
+        log_json: false,
+    };
+    let mut gw = gateway::Config::with_secret(SECRET);
+    gw.http_addr = "127.0.0.1:0".into();
+    gw.faults = String::new();
+    let shop = gateway::monolith::Monolith::build(gateway::monolith::MonolithConfig {
+        user,
+        item,
+        payment,
+        gateway: gw,
+        grpc_addr: Some("127.0.0.1:0".into()),
+        faults: String::new(),
+        card_gateway_addr: Some("127.0.0.1:0".into()),
+    })
+    .await
+    .expect("build the monolith");
+    let addr = shop.http_addr();
+    let (_, card) = shop.card_gateway().expect("hosted card gateway");
+    let server = Running::spawn(addr, |rx| shop.run_until_stopped(until(rx)));
+    Shop {
+        api: Api::new(addr),
+        card,
+        server,
+    }
+}
+
+/// HTTP access to a gateway.
+pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        }
+    }
+}
+
+impl std::ops::Deref for Stack {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl std::ops::Deref for Shop {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+pub struct Stack {
+    pub api: Api,
     pub card: payment_service::card_gateway::Gateway,
     pub card_server: Running,
     pub item: Running,
@@ -212,11 +298,7 @@ pub async fn stack_with(opts: Options) -> Stack {
     let gateway = Running::spawn(gw_addr, |rx| gw.run_until_stopped(until(rx)));
 
     Stack {
-        base: format!("http://{gw_addr}"),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("http client"),
+        api: Api::new(gw_addr),
         card: card_handle,
         card_server,
         item,
@@ -244,7 +326,7 @@ impl Resp {
     }
 }
 
-impl Stack {
+impl Api {
     pub async fn send(
         &self,
         method: Method,
@@ -361,7 +443,9 @@ impl Stack {
         )
         .await
     }
+}
 
+impl Stack {
     /// Sets fault rules on a gRPC service through its FaultAdmin.
     pub async fn set_service_faults(&self, addr: SocketAddr, rules: Vec<admin_pb::FaultRule>) {
         let ch = Channel::from_shared(format!("http://{addr}"))
