@@ -145,6 +145,16 @@ async fn test_cards_behave_like_stripes() {
     assert_eq!(stats.charges_failed, 2);
     let (status, body) = gw.get("/health").await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
+    let metrics = gw
+        .http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("card_gateway_charges_total"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,6 +177,7 @@ impl Ledger {
                 KeyState::Done { status, body } => {
                     let replay = Begin::Replay(*status, body.clone());
                     self.stats.idempotent_replays += 1;
+                    metrics::counter!("card_gateway_idempotent_replays_total").increment(1);
                     replay
                 }
             };
@@ -310,6 +311,7 @@ impl Ledger {
             livemode: false,
         };
         self.stats.charges_created += 1;
+        metrics::counter!("card_gateway_charges_total", "status" => status).increment(1);
         self.charges.insert(id.clone(), charge.clone());
         self.order.push(id.clone());
         tracing::info!(
@@ -398,6 +400,7 @@ impl Ledger {
             created: unix_now(),
         };
         self.stats.refunds_created += 1;
+        metrics::counter!("card_gateway_refunds_total").increment(1);
         tracing::info!(refund = %refund.id, charge = %r.charge, amount, "refund created");
         self.refunds.insert(refund.id.clone(), refund.clone());
         Executed {

@@ -4,7 +4,7 @@
 //!
 //! Routes: `POST /v1/charges`, `GET /v1/charges/{id}`, `GET /v1/charges?idempotency_key=`,
 //! `POST /v1/refunds`, `GET /health`, `GET /admin/stats`, `GET|PUT /admin/faults`,
-//! `GET|PUT /admin/hangs`.
+//! `GET|PUT /admin/hangs`, `GET /metrics` (Prometheus).
 
 pub mod api;
 mod ledger;
@@ -140,11 +140,13 @@ impl Gateway {
         if self.inner.faults.inject(route).await == Verdict::Fail {
             abandon(self);
             self.ledger().stats.injected_errors += 1;
+            metrics::counter!("card_gateway_injected_total", "kind" => "error").increment(1);
             return Processed::Error;
         }
         if self.inner.hangs.inject(route).await == Verdict::Fail {
             abandon(self);
             self.ledger().stats.injected_hangs += 1;
+            metrics::counter!("card_gateway_injected_total", "kind" => "hang").increment(1);
             return Processed::Hang;
         }
         let mut ledger = self.ledger();
@@ -228,6 +230,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/admin/faults", get(get_faults).put(put_faults))
         .route("/admin/hangs", get(get_hangs).put(put_hangs))
         .with_state(gateway)
+        .merge(platform::metrics::router())
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response {
