@@ -1,0 +1,142 @@
+// End-to-end: the web shop in headless Chromium against a running shop (SHOP_URL).
+// register -> search -> add to cart -> checkout -> the order in the history; then a
+// declined card. Screenshots go to SCREENSHOT_DIR (default target/e2e-screenshots).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const BASE = process.env.SHOP_URL;
+const ADMIN_EMAIL = process.env.E2E_ADMIN_EMAIL;
+const SHOTS = process.env.SCREENSHOT_DIR || path.resolve("../../target/e2e-screenshots");
+const PASSWORD = "e2e password 123";
+const RUN = Math.random().toString(36).slice(2, 8);
+const ITEM = `Teapot ${RUN}`;
+
+let browser, page, userDir;
+let shot = 0;
+
+async function screenshot(name) {
+  shot += 1;
+  const file = path.join(SHOTS, `${String(shot).padStart(2, "0")}-${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+}
+
+async function api(method, p, body, token) {
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = "Bearer " + token;
+  const r = await fetch(BASE + p, { method, headers, body: body ? JSON.stringify(body) : undefined });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+
+before(async () => {
+  assert.ok(BASE, "SHOP_URL must point at a running shop");
+  assert.ok(ADMIN_EMAIL, "E2E_ADMIN_EMAIL must be an email listed in USER_ADMIN_EMAILS");
+  fs.mkdirSync(SHOTS, { recursive: true });
+  // Catalog setup through the REST API as the first admin.
+  let r = await api("POST", "/api/auth/register", { email: ADMIN_EMAIL, password: PASSWORD, display_name: "Admin" });
+  assert.ok(r.status === 201 || r.status === 409, JSON.stringify(r.body));
+  r = await api("POST", "/api/auth/login", { email: ADMIN_EMAIL, password: PASSWORD });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  const admin = r.body.access_token;
+  for (const [name, price, stock] of [[ITEM, 1999, 5], [`Teacup ${RUN}`, 650, 20]]) {
+    r = await api("POST", "/api/items", {
+      sku: `E2E-${RUN}-${name.split(" ")[0]}`.toUpperCase(), name, description: "Made for the end-to-end test.",
+      category: "kitchen", price: { amount_minor: price, currency: "USD" }, stock,
+    }, admin);
+    assert.equal(r.status, 201, JSON.stringify(r.body));
+  }
+  userDir = fs.mkdtempSync(path.join(os.tmpdir(), "shop-e2e-chromium-"));
+  // A fresh profile (--user-data-dir) per run: playwright passes it for a persistent context.
+  browser = await chromium.launchPersistentContext(userDir, {
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    viewport: { width: 1200, height: 900 },
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+  page = browser.pages()[0] || (await browser.newPage());
+  page.setDefaultTimeout(15000);
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (userDir) fs.rmSync(userDir, { recursive: true, force: true });
+});
+
+test("register, search, add to cart, checkout, see the order", async () => {
+  await page.goto(BASE + "/");
+  await page.waitForSelector(".grid, main p");
+  await screenshot("catalog");
+
+  await page.click("#nav-register");
+  await page.fill("#display_name", "E2E Shopper");
+  await page.fill("#email", `shopper-${RUN}@shop.test`);
+  await page.fill("#password", PASSWORD);
+  await page.click("#auth-submit");
+  await page.waitForSelector("#nav-user:has-text('E2E Shopper')");
+  await screenshot("registered");
+
+  await page.fill("#search-input", ITEM);
+  await page.click("#search-button");
+  const card = page.locator(".item", { hasText: ITEM });
+  await card.waitFor();
+  await screenshot("search");
+  await card.locator("button.add").click();
+  await page.waitForSelector("#flash.ok");
+  assert.equal(await page.textContent("#cart-count"), "1");
+
+  await page.click("#nav-cart");
+  await page.waitForSelector("#cart-table");
+  assert.match(await page.textContent("#cart-total"), /19\.99/);
+  await screenshot("cart");
+
+  await page.click("#go-checkout");
+  await page.waitForSelector("#pay-form");
+  assert.match(await page.textContent("main"), /4242 4242 4242 4242/);
+  await screenshot("checkout");
+  await page.click("#pay");
+  await page.waitForSelector("#order-status");
+  assert.equal(await page.textContent("#order-status"), "placed");
+  assert.match(await page.textContent("#flash"), /Order placed/);
+  await screenshot("order-placed");
+
+  await page.click("#nav-orders");
+  await page.waitForSelector("#orders-table");
+  assert.match(await page.textContent("#orders-table"), new RegExp(ITEM));
+  await screenshot("order-history");
+});
+
+test("a declined card is explained and nothing is bought", async () => {
+  await page.fill("#search-input", ITEM);
+  await page.click("#search-button");
+  const card = page.locator(".item", { hasText: ITEM });
+  await card.waitFor();
+  const before = await card.locator(".muted").last().textContent();
+  await card.locator("button.add").click();
+  await page.click("#nav-cart");
+  await page.waitForSelector("#cart-table");
+  await page.click("#go-checkout");
+  await page.waitForSelector("#pay-form");
+  await page.click(".testcards li[data-card='4000 0000 0000 0002']");
+  await page.click("#pay");
+  await page.waitForSelector("#flash.error");
+  assert.match(await page.textContent("#flash"), /declined/i);
+  await screenshot("declined");
+  // Still in the cart, stock unchanged.
+  assert.equal(await page.textContent("#cart-count"), "1");
+  await page.fill("#search-input", ITEM);
+  await page.click("#search-button");
+  await card.waitFor();
+  assert.equal(await card.locator(".muted").last().textContent(), before);
+  const orders = await page.evaluate(async () => {
+    const r = await fetch("/api/orders", { headers: { Authorization: "Bearer " + localStorage.getItem("shop.token") } });
+    return (await r.json()).orders.length;
+  });
+  assert.equal(orders, 1);
+});
