@@ -118,7 +118,13 @@ async fn writes_are_visible_immediately_with_the_cache_on() {
         Code::NotFound
     );
 
-    // Not found is cached briefly: the second miss is a hit.
+    // Not found is cached briefly: the second miss is a hit. (Wait out the delayed second
+    // delete of the invalidation first, or it may remove the negative entry.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.get(&item.id).await.expect_err("deleted").code(),
+        Code::NotFound
+    );
     let m2 = app.metrics().await;
     assert_eq!(
         app.get(&item.id).await.expect_err("deleted").code(),

@@ -242,18 +242,21 @@ async fn reserve_commit_release_are_idempotent() {
 #[tokio::test]
 async fn expired_reservations_are_released_by_the_sweeper() {
     let app = spawn_with(|c| {
-        c.reservation_ttl_secs = 1;
+        c.reservation_ttl_secs = 2;
         c.sweep_interval_ms = 100;
     })
     .await;
     let a = app.create("EXP-A", "A", "c", 100, 4).await;
     let b = app.create("EXP-B", "B", "c", 100, 4).await;
-    app.reserve("exp-1", &[(&a.id, 3), (&b.id, 1)])
+    // Committed first, so that even on a slow machine it is committed before it expires.
+    let r2 = app.reserve("exp-2", &[(&a.id, 1)]).await.expect("reserve");
+    assert_eq!(r2.status, ReservationStatus::Reserved as i32);
+    app.commit("exp-2").await.expect("commit");
+    let r1 = app
+        .reserve("exp-1", &[(&a.id, 3), (&b.id, 1)])
         .await
         .expect("reserve");
-    app.reserve("exp-2", &[(&a.id, 1)]).await.expect("reserve");
-    app.commit("exp-2").await.expect("commit");
-    assert_eq!((app.stock(&a.id).await, app.stock(&b.id).await), (0, 3));
+    assert_eq!(r1.status, ReservationStatus::Reserved as i32);
 
     let mut released = None;
     for _ in 0..100 {
