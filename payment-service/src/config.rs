@@ -42,7 +42,7 @@ pub struct Config {
     )]
     pub item_service_url: String,
     /// Cap on each item-service call (the caller's remaining deadline applies too).
-    #[arg(long, env = "PAYMENT_ITEM_TIMEOUT_MS", default_value_t = 1000)]
+    #[arg(long, env = "PAYMENT_ITEM_TIMEOUT_MS", default_value_t = 2000)]
     pub item_timeout_ms: u64,
     /// How often PENDING payments and refunds are reconciled with the gateway; 0 turns the
     /// timer off (the Reconcile RPC still works).
@@ -74,7 +74,7 @@ impl Config {
             gateway_timeout_ms: 2000,
             max_amount_minor: 1_000_000,
             item_service_url: "http://127.0.0.1:50052".into(),
-            item_timeout_ms: 1000,
+            item_timeout_ms: 2000,
             reconcile_interval_ms: 10_000,
             idempotency_ttl_hours: 24,
             faults: String::new(),

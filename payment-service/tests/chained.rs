@@ -117,7 +117,12 @@ async fn chained(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chained_charge_prices_reserves_charges_and_commits_once() {
     let items = spawn_items().await;
-    let app = spawn_app_with(|c| c.item_service_url = format!("http://{}", items.addr)).await;
+    let app = spawn_app_with(|c| {
+        c.item_service_url = format!("http://{}", items.addr);
+        // SecantusDB is slow under a parallel test run; this is not what the test is about.
+        c.item_timeout_ms = 20_000;
+    })
+    .await;
     let a = items.create(1500, 5).await;
     let b = items.create(250, 10).await;
 
@@ -147,7 +152,12 @@ async fn chained_charge_prices_reserves_charges_and_commits_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_card_releases_the_stock_and_out_of_stock_never_charges() {
     let items = spawn_items().await;
-    let app = spawn_app_with(|c| c.item_service_url = format!("http://{}", items.addr)).await;
+    let app = spawn_app_with(|c| {
+        c.item_service_url = format!("http://{}", items.addr);
+        // SecantusDB is slow under a parallel test run; this is not what the test is about.
+        c.item_timeout_ms = 20_000;
+    })
+    .await;
     let a = items.create(999, 3).await;
 
     let resp = chained(
@@ -206,6 +216,7 @@ async fn a_lost_gateway_answer_keeps_the_reservation_until_reconcile_settles_bot
     let items = spawn_items().await;
     let app = spawn_app_with(|c| {
         c.item_service_url = format!("http://{}", items.addr);
+        c.item_timeout_ms = 20_000;
         c.gateway_timeout_ms = 300;
     })
     .await;
