@@ -47,7 +47,7 @@ pub async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Pa
         .context("PAYMENT_DATABASE_URL is not a valid mysql:// URL")?;
     let pool = MySqlPoolOptions::new()
         .max_connections(config.database_max_connections.max(2))
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(3))
         .connect_with(options)
         .await
         .context("connecting to PAYMENT_DATABASE_URL")?;

@@ -263,12 +263,13 @@ fn charge_answer(status: StatusCode, body: &[u8]) -> Result<ChargeOutcome, Gatew
                 },
             })
         }
-        s => Err(other_answer(s, body)).or_else(|e| match e {
+        // A plain 4xx is a definite refusal; 409, idempotency errors and 5xx are not.
+        s => match other_answer(s, body) {
             GatewayError::Protocol(code) if s.is_client_error() => {
                 Ok(ChargeOutcome::Rejected { code })
             }
             e => Err(e),
-        }),
+        },
     }
 }
 
@@ -277,17 +278,18 @@ fn refund_answer(status: StatusCode, body: &[u8]) -> Result<RefundOutcome, Gatew
         StatusCode::OK => serde_json::from_slice::<api::Refund>(body)
             .map(|r| RefundOutcome::Succeeded { refund_id: r.id })
             .map_err(|e| GatewayError::Protocol(e.to_string())),
-        s => Err(other_answer(s, body)).or_else(|e| match e {
+        // A plain 4xx is a definite refusal; 409, idempotency errors and 5xx are not.
+        s => match other_answer(s, body) {
             GatewayError::Protocol(code) if s.is_client_error() => {
                 Ok(RefundOutcome::Rejected { code })
             }
             e => Err(e),
-        }),
+        },
     }
 }
 
-/// Non-success answers: 409 in progress, 400 idempotency error, other 4xx (returned as
-/// Protocol(code) for the caller to turn into a rejection), 5xx unavailable.
+/// Non-success answers: 409 in progress, 400 idempotency error, 5xx unavailable; any other
+/// answer is Protocol(code), which the callers turn into a rejection for a 4xx.
 fn other_answer(status: StatusCode, body: &[u8]) -> GatewayError {
     let err = error_body(body);
     if status == StatusCode::CONFLICT {
