@@ -58,7 +58,7 @@ pub struct Config {
     #[arg(long, env = "PAYMENT_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
     /// Log as JSON lines.
-    #[arg(long, env = "PAYMENT_LOG_JSON", default_value_t = false)]
+    #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
 }
 

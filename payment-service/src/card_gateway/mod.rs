@@ -63,7 +63,7 @@ pub struct Config {
     #[arg(long, env = "CARD_GATEWAY_HANGS", default_value = "")]
     pub hangs: String,
     /// Log as JSON lines.
-    #[arg(long, env = "CARD_GATEWAY_LOG_JSON", default_value_t = false)]
+    #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
 }
 
