@@ -54,7 +54,7 @@ trap 'kill "$SHOP_PID" 2>/dev/null || true; wait "$SHOP_PID" 2>/dev/null || true
 
 URL=""
 for _ in $(seq 1 600); do
-  URL="$(grep -o 'shop listening on http://[0-9.:]*' "$LOG" | head -n1 | sed 's/shop listening on //' || true)"
+  URL="$(grep -so 'shop listening on http://[0-9.:]*' "$LOG" | head -n1 | sed 's/shop listening on //' || true)"
   [ -n "$URL" ] && break
   kill -0 "$SHOP_PID" 2>/dev/null || { cat "$LOG" >&2; die "the shop exited"; }
   sleep 0.1

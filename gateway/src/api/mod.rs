@@ -35,7 +35,7 @@ use crate::{error::ApiError, state::AppState};
         orders::list, orders::get,
         admin::get_faults, admin::put_faults, admin::downstreams, admin::healthz,
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, model::ItemSort, model::Strategy)),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "Accounts and tokens"),

@@ -83,10 +83,13 @@ impl From<&user::User> for User {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct RegisterRequest {
     /// An email address; trimmed and lower-cased by the service.
+    #[schema(format = "email", max_length = 254)]
     pub email: String,
     /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
     /// 1 to 64 characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub display_name: String,
 }
 
@@ -217,15 +220,17 @@ pub struct UpdateItemRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CartLine {
-    /// Item id.
+    /// Item id (24 hex digits).
     pub item_id: String,
     /// 1..=1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i32,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CartRequest {
     /// 1..=50 lines, each item at most once. Prices sent by clients are ignored.
+    #[schema(min_items = 1, max_items = 50)]
     pub lines: Vec<CartLine>,
 }
 
