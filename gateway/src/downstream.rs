@@ -290,3 +290,127 @@ impl Downstreams {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use clap::Parser as _;
+    use shop_proto::item::v1::GetItemRequest;
+    use tower::util::BoxCloneSyncService;
+
+    use super::*;
+
+    /// A transport whose every call fails with `code`, counting the calls that reach it.
+    fn failing(code: Code, calls: Arc<AtomicUsize>) -> Transport {
+        BoxCloneSyncService::new(tower::service_fn(
+            move |_req: http::Request<tonic::body::Body>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    Ok::<_, platform::transport::TransportError>(
+                        Status::new(code, "boom").into_http(),
+                    )
+                }
+            },
+        ))
+    }
+
+    fn config(retries: bool, breaker_failures: u32) -> Config {
+        let mut c = Config::parse_from(["gateway", "--jwt-secret", "0123456789abcdef0123"]);
+        c.retries = retries;
+        c.retry_base_ms = 1;
+        c.retry_max_backoff_ms = 2;
+        c.breaker_failures = breaker_failures;
+        c.breaker_open_ms = 60_000;
+        c
+    }
+
+    fn item(code: Code, cfg: &Config) -> (Downstream<ItemClient>, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let d = Downstream::new(
+            "item-service",
+            "test".into(),
+            ItemServiceClient::new(failing(code, calls.clone())),
+            cfg,
+        );
+        (d, calls)
+    }
+
+    async fn get(d: &Downstream<ItemClient>, safety: Safety) -> Code {
+        let ctx = CallContext::root(Some(std::time::Duration::from_secs(5)));
+        d.call(
+            &ctx,
+            "GetItem",
+            safety,
+            GetItemRequest { id: "x".into() },
+            |mut c, r| async move { c.get_item(r).await },
+        )
+        .await
+        .map_or_else(|s| s.code(), |_| Code::Ok)
+    }
+
+    #[tokio::test]
+    async fn retries_only_safe_calls_and_only_when_enabled() {
+        let cfg = config(true, 1000);
+        let (d, calls) = item(Code::Unavailable, &cfg);
+        assert_eq!(get(&d, Safety::Idempotent).await, Code::Unavailable);
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "max_attempts = 3");
+        calls.store(0, Ordering::SeqCst);
+        assert_eq!(get(&d, Safety::Once).await, Code::Unavailable);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "unsafe calls are never repeated"
+        );
+
+        let (d, calls) = item(Code::Unavailable, &config(false, 1000));
+        get(&d, Safety::Idempotent).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "GATEWAY_RETRIES=off");
+
+        // Answers are not retried.
+        let (d, calls) = item(Code::NotFound, &cfg);
+        assert_eq!(get(&d, Safety::Idempotent).await, Code::NotFound);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_retry_budget_caps_the_extra_load() {
+        let (d, calls) = item(Code::Unavailable, &config(true, 1000));
+        for _ in 0..20 {
+            get(&d, Safety::Idempotent).await;
+        }
+        // Without a budget: 60 calls. The bucket (10 tokens, retries while > 5) allows only a
+        // few retries before every call is tried once.
+        let n = calls.load(Ordering::SeqCst);
+        assert!(n < 30, "{n} calls");
+        assert!(n >= 20);
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_fails_fast_without_calling() {
+        let (d, calls) = item(Code::Unavailable, &config(false, 3));
+        for _ in 0..3 {
+            get(&d, Safety::Idempotent).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(get(&d, Safety::Idempotent).await, Code::Unavailable);
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "rejected by the breaker");
+        assert_eq!(
+            d.snapshot().breaker.state,
+            crate::breaker::BreakerState::Open
+        );
+
+        // Business errors do not open it.
+        let (d, _) = item(Code::InvalidArgument, &config(false, 2));
+        for _ in 0..5 {
+            get(&d, Safety::Idempotent).await;
+        }
+        assert_eq!(
+            d.snapshot().breaker.state,
+            crate::breaker::BreakerState::Closed
+        );
+    }
+}

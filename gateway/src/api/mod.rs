@@ -17,7 +17,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use platform::faults::Verdict;
+use platform::{
+    context::{self, TraceContext},
+    faults::Verdict,
+};
+use tracing::Instrument as _;
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -82,25 +86,57 @@ fn route_key(req: &Request) -> String {
     format!("{} {}", req.method(), path)
 }
 
-/// Metrics per route, and the gateway's own injected faults (never on the admin and ops
-/// routes, so faults can always be inspected and turned off).
-async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Metrics per route, a trace for every request (continued from the browser's
+/// `traceparent` or started here, and passed to every downstream call), and the gateway's
+/// own injected faults (never on the admin and ops routes, so faults can always be
+/// inspected and turned off).
+async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let key = route_key(&req);
     let start = Instant::now();
+    if !req.headers().contains_key(context::TRACEPARENT) {
+        let root = TraceContext::new_root();
+        if let Ok(v) = http::HeaderValue::from_str(&root.traceparent()) {
+            req.headers_mut().insert(context::TRACEPARENT, v);
+        }
+    }
+    let trace = TraceContext::from_headers(req.headers());
+    let span = tracing::info_span!("http", route = %key, trace_id = %trace.trace_id, request_id = %trace.request_id);
     let exempt = key.contains("/api/admin/")
         || key.contains(" /debug/")
         || key.ends_with("/metrics")
         || key.ends_with("/healthz");
-    let resp = if !exempt && state.faults.inject(&key).await == Verdict::Fail {
-        ApiError::unavailable("injected fault").into_response()
-    } else {
-        next.run(req).await
-    };
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("gateway_http_requests_total", "route" => key.clone(), "status" => status)
-        .increment(1);
+    let mut resp = async {
+        if !exempt && state.faults.inject(&key).await == Verdict::Fail {
+            ApiError::unavailable("injected fault").into_response()
+        } else {
+            next.run(req).await
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let elapsed = start.elapsed();
+    let status = resp.status();
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(
+                status = status.as_u16(),
+                elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                "request failed"
+            );
+        } else {
+            tracing::debug!(
+                status = status.as_u16(),
+                elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                "request"
+            );
+        }
+    });
+    if let Ok(v) = http::HeaderValue::from_str(&trace.request_id) {
+        resp.headers_mut().insert(context::REQUEST_ID, v);
+    }
+    metrics::counter!("gateway_http_requests_total", "route" => key.clone(), "status" => status.as_u16().to_string()).increment(1);
     metrics::histogram!("gateway_http_request_duration_seconds", "route" => key)
-        .record(start.elapsed().as_secs_f64());
+        .record(elapsed.as_secs_f64());
     resp
 }
 
