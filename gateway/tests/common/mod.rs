@@ -156,6 +156,8 @@ pub async fn monolith() -> Shop {
     let mut gw = gateway::Config::with_secret(SECRET);
     gw.http_addr = "127.0.0.1:0".into();
     gw.faults = String::new();
+    gw.checkout_budget_ms = 10_000;
+    gw.read_budget_ms = 5_000;
     let shop = gateway::monolith::Monolith::build(gateway::monolith::MonolithConfig {
         user,
         item,
@@ -290,6 +292,10 @@ pub async fn stack_with(opts: Options) -> Stack {
     gcfg.item_service_url = format!("http://{item_addr}");
     gcfg.payment_service_url = format!("http://{payment_addr}");
     gcfg.faults = String::new();
+    // Generous budgets: tests share two cores with many other tests; the ones about
+    // deadlines set their own.
+    gcfg.checkout_budget_ms = 10_000;
+    gcfg.read_budget_ms = 5_000;
     (opts.gateway)(&mut gcfg);
     let gw = gateway::Application::build(gcfg)
         .await
