@@ -15,7 +15,7 @@ const PASSWORD = "e2e password 123";
 const RUN = Math.random().toString(36).slice(2, 8);
 const ITEM = `Teapot ${RUN}`;
 
-let browser, page, userDir;
+let browser, page, userDir, adminToken;
 let shot = 0;
 
 async function screenshot(name) {
@@ -42,6 +42,7 @@ before(async () => {
   r = await api("POST", "/api/auth/login", { email: ADMIN_EMAIL, password: PASSWORD });
   assert.equal(r.status, 200, JSON.stringify(r.body));
   const admin = r.body.access_token;
+  adminToken = admin;
   for (const [name, price, stock] of [[ITEM, 1999, 5], [`Teacup ${RUN}`, 650, 20]]) {
     r = await api("POST", "/api/items", {
       sku: `E2E-${RUN}-${name.split(" ")[0]}`.toUpperCase(), name, description: "Made for the end-to-end test.",
@@ -139,4 +140,42 @@ test("a declined card is explained and nothing is bought", async () => {
     return (await r.json()).orders.length;
   });
   assert.equal(orders, 1);
+});
+
+test("out of stock and an unavailable service are explained", async () => {
+  // The cart still holds the teapot from the declined attempt: ask for more than there is.
+  await page.click("#nav-cart");
+  await page.waitForSelector("#cart-table");
+  await page.locator("input.qty").first().fill("50");
+  await page.locator("input.qty").first().press("Tab");
+  await page.waitForFunction(() => document.querySelector("#cart-count")?.textContent === "50");
+  await page.waitForSelector("#cart-table");
+  await page.click("#go-checkout");
+  await page.waitForSelector("#pay-form");
+  await page.click("#pay");
+  await page.waitForSelector("#flash.error");
+  assert.match(await page.textContent("#flash"), /Out of stock/);
+  assert.match(await page.textContent("#flash"), new RegExp(ITEM));
+  await screenshot("out-of-stock");
+
+  // The gateway's own fault injection makes checkout unavailable.
+  let r = await api("PUT", "/api/admin/faults", [{ method: "POST /api/checkout", error_rate: 1.0 }], adminToken);
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  try {
+    await page.locator("input.qty").count();
+    await page.click("#nav-cart");
+    await page.waitForSelector("#cart-table");
+    await page.locator("input.qty").first().fill("1");
+    await page.locator("input.qty").first().press("Tab");
+    await page.waitForFunction(() => document.querySelector("#cart-count")?.textContent === "1");
+    await page.click("#go-checkout");
+    await page.waitForSelector("#pay-form");
+    await page.click("#pay");
+    await page.waitForSelector("#flash.error");
+    assert.match(await page.textContent("#flash"), /Service unavailable/);
+    await screenshot("unavailable");
+  } finally {
+    r = await api("PUT", "/api/admin/faults", [], adminToken);
+    assert.equal(r.status, 200);
+  }
 });

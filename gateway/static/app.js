@@ -228,6 +228,12 @@ async function checkoutPage() {
       location.hash = "#/order/" + out.order.id;
     } catch (err) {
       if (err.status !== 0 && err.status !== 504) sessionStorage.removeItem("shop.pending_key");
+      if (err.code === "out_of_stock") {
+        // Name the item instead of its id.
+        let msg = err.message;
+        priced.lines.forEach((l) => { msg = msg.split("item " + l.item_id).join("“" + l.name + "”"); });
+        err.message = "Out of stock: " + msg;
+      }
       flash(explain(err));
       $("#pay").disabled = false;
     }

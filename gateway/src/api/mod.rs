@@ -107,7 +107,8 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
         || key.ends_with("/healthz");
     let mut resp = async {
         if !exempt && state.faults.inject(&key).await == Verdict::Fail {
-            ApiError::unavailable("injected fault").into_response()
+            ApiError::unavailable("temporarily unavailable (injected fault); try again shortly")
+                .into_response()
         } else {
             next.run(req).await
         }

@@ -166,7 +166,17 @@ pub fn declined(payment: &pay::Payment) -> ApiError {
     ApiError::new(StatusCode::PAYMENT_REQUIRED, "card_declined", message).with_field("card")
 }
 
+/// "lines[0].quantity: item X has 2 left" -> "item X has 2 left": services prefix field
+/// errors with the field, which the JSON error carries separately.
+pub fn without_field_prefix(msg: &str) -> &str {
+    match msg.split_once(": ") {
+        Some((field, rest)) if !field.is_empty() && !field.contains(' ') => rest,
+        _ => msg,
+    }
+}
+
 pub fn out_of_stock(reason: &str) -> ApiError {
+    let reason = without_field_prefix(reason);
     let msg = if reason.is_empty() {
         "Not enough stock for this order; nothing was charged.".to_owned()
     } else {
