@@ -12,10 +12,8 @@ use super::{
 use crate::{downstream::Safety, error::ApiError, state::AppState};
 
 pub async fn run(state: &AppState, ctx: &CallContext, c: &Checkout) -> Result<Outcome, ApiError> {
-    let resp = state
-        .downstreams
-        .user
-        .call(
+    let resp = super::waiting_out_duplicates(ctx, || {
+        state.downstreams.user.call(
             ctx,
             "ChainedCheckout",
             Safety::Idempotent,
@@ -27,8 +25,9 @@ pub async fn run(state: &AppState, ctx: &CallContext, c: &Checkout) -> Result<Ou
             },
             |mut cl, r| async move { cl.chained_checkout(r).await },
         )
-        .await
-        .map_err(|s| map_status(&s))?;
+    })
+    .await
+    .map_err(|s| map_status(&s))?;
     let payment = resp.payment.ok_or_else(ApiError::internal)?;
     match (resp.order, payment.status()) {
         (Some(order), pay::PaymentStatus::Succeeded) => Ok(Outcome { order, payment }),
@@ -54,6 +53,9 @@ fn map_status(s: &tonic::Status) -> ApiError {
         .split_once(": ")
         .filter(|(prefix, _)| prefix.starts_with("item-service "))
         .map_or(s.message(), |(_, rest)| rest);
+    if super::is_in_progress(s) {
+        return super::in_progress();
+    }
     match s.code() {
         tonic::Code::FailedPrecondition | tonic::Code::ResourceExhausted
             if msg.contains("reservestock") || msg.contains("stock") =>

@@ -155,6 +155,51 @@ pub async fn run(
     }
 }
 
+/// Another attempt with the same key is being processed right now (payment-service:
+/// ABORTED "still in progress"; item-service: ABORTED "still being made").
+pub fn is_in_progress(s: &tonic::Status) -> bool {
+    let m = s.message().to_ascii_lowercase();
+    s.code() == tonic::Code::Aborted && (m.contains("in progress") || m.contains("being made"))
+}
+
+const DUPLICATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Calls `f` again while a concurrent attempt with the same key holds it (a client retry
+/// that overtook its first attempt), until that attempt is done or the deadline comes:
+/// the keyed call then returns the first attempt's outcome.
+pub async fn waiting_out_duplicates<T, F, Fut>(
+    ctx: &platform::CallContext,
+    mut f: F,
+) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    loop {
+        let r = f().await;
+        match &r {
+            Err(s)
+                if is_in_progress(s)
+                    && ctx.remaining().is_none_or(|left| left > DUPLICATE_PAUSE) =>
+            {
+                tokio::time::sleep(DUPLICATE_PAUSE).await;
+            }
+            _ => return r,
+        }
+    }
+}
+
+pub const IN_PROGRESS: &str = "checkout_in_progress";
+
+/// The first attempt with this key is still running; nothing is undone for it.
+pub fn in_progress() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        IN_PROGRESS,
+        "A checkout with this Idempotency-Key is still being processed; retry in a moment with the same key.",
+    )
+}
+
 /// The answer for a declined card, the same for every strategy.
 pub fn declined(payment: &pay::Payment) -> ApiError {
     let message = match payment.decline_code.as_str() {

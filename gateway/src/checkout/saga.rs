@@ -36,6 +36,8 @@ pub async fn run(
     // 4: charge; compensation = release.
     let payment = match charge(state, ctx, c, &scoped, &priced).await {
         Ok(p) => p,
+        // A concurrent attempt with this key owns the reservation: leave it alone.
+        Err(e) if e.code == super::IN_PROGRESS => return Err(e),
         Err(e) => {
             compensate::release(state, ctx, &scoped).await;
             return Err(e);
@@ -213,10 +215,8 @@ async fn reserve(
     c: &Checkout,
     scoped: &str,
 ) -> Result<(), ApiError> {
-    let resp = state
-        .downstreams
-        .item
-        .call(
+    let resp = super::waiting_out_duplicates(ctx, || {
+        state.downstreams.item.call(
             ctx,
             "ReserveStock",
             Safety::Idempotent,
@@ -226,7 +226,8 @@ async fn reserve(
             },
             |mut cl, r| async move { cl.reserve_stock(r).await },
         )
-        .await;
+    })
+    .await;
     let reservation = match resp {
         Ok(r) => r.reservation,
         Err(s) => {
@@ -289,6 +290,9 @@ async fn earlier_outcome(state: &AppState, ctx: &CallContext, c: &Checkout) -> A
 /// item-service answers a shortfall with FAILED_PRECONDITION naming the line, and a key
 /// reused for other lines with ALREADY_EXISTS naming `reservation_id`.
 pub fn reserve_error(s: &tonic::Status) -> ApiError {
+    if super::is_in_progress(s) {
+        return super::in_progress();
+    }
     match s.code() {
         tonic::Code::FailedPrecondition => {
             let mut e = out_of_stock(s.message());
@@ -336,10 +340,8 @@ async fn charge(
     priced: &Priced,
 ) -> Result<pay::Payment, ApiError> {
     let order_id = c.order_id().to_string();
-    let resp = state
-        .downstreams
-        .payment
-        .call(
+    let resp = super::waiting_out_duplicates(ctx, || {
+        state.downstreams.payment.call(
             ctx,
             "Charge",
             Safety::Idempotent,
@@ -353,9 +355,11 @@ async fn charge(
             },
             |mut cl, r| async move { cl.charge(r).await },
         )
-        .await;
+    })
+    .await;
     let payment = match resp {
         Ok(r) => r.payment.ok_or_else(ApiError::internal)?,
+        Err(s) if super::is_in_progress(&s) => return Err(super::in_progress()),
         Err(s) => {
             if matches!(
                 s.code(),
