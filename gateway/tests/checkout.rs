@@ -374,3 +374,58 @@ async fn commit_failure_refunds_and_releases() {
     assert_eq!(s.card.stats().charges_created, 1);
     assert_eq!(s.stock_of(id).await, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_of_one_checkout_converge() {
+    let s = stack().await;
+    let admin = s.admin().await;
+    let item = s.create_item(&admin, "Double click", 800, 10).await;
+    let id = item["id"].as_str().expect("id").to_owned();
+    // A slow charge, so the duplicates overlap.
+    s.set_service_faults(
+        s.payment.addr,
+        vec![
+            delay("/shop.payment.v1.PaymentService/Charge", 300),
+            delay("/shop.payment.v1.PaymentService/ChainedCharge", 300),
+        ],
+    )
+    .await;
+    let s = std::sync::Arc::new(s);
+    for (n, strategy) in STRATEGIES.into_iter().enumerate() {
+        let (token, _) = s.customer().await;
+        let k = key();
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let (s, token, k, id) = (s.clone(), token.clone(), k.clone(), id.clone());
+            tasks.push(tokio::spawn(async move {
+                s.checkout(
+                    &token,
+                    strategy,
+                    &k,
+                    json!([{"item_id": id, "quantity": 1}]),
+                    GOOD_CARD,
+                )
+                .await
+            }));
+        }
+        let mut order_ids = Vec::new();
+        for t in tasks {
+            let r = t.await.expect("task");
+            assert_eq!(r.status, StatusCode::CREATED, "{strategy}: {:?}", r.body);
+            order_ids.push(r.body["order"]["id"].clone());
+        }
+        assert!(order_ids.windows(2).all(|w| w[0] == w[1]), "{order_ids:?}");
+        assert_eq!(
+            s.card.stats().charges_created,
+            n as u64 + 1,
+            "{strategy}: one charge"
+        );
+        assert_eq!(
+            s.stock_of(&id).await,
+            10 - (n as i64 + 1),
+            "{strategy}: one unit"
+        );
+        let orders = s.get("/api/orders", Some(&token)).await;
+        assert_eq!(orders.body["orders"].as_array().expect("orders").len(), 1);
+    }
+}
