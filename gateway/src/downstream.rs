@@ -413,4 +413,54 @@ mod tests {
             crate::breaker::BreakerState::Closed
         );
     }
+
+    #[tokio::test]
+    async fn every_attempt_carries_what_is_left_of_the_deadline() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let transport: Transport = BoxCloneSyncService::new(tower::service_fn(
+            move |req: http::Request<tonic::body::Body>| {
+                let timeout = req
+                    .headers()
+                    .get("grpc-timeout")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(platform::context::parse_grpc_timeout);
+                let traced = req.headers().contains_key("traceparent");
+                if let Ok(mut g) = record.lock() {
+                    g.push((timeout, traced));
+                }
+                async move {
+                    Ok::<_, platform::transport::TransportError>(
+                        Status::unavailable("down").into_http(),
+                    )
+                }
+            },
+        ));
+        let d = Downstream::new(
+            "item-service",
+            "test".into(),
+            ItemServiceClient::new(transport),
+            &config(true, 1000),
+        );
+        let budget = std::time::Duration::from_millis(800);
+        let ctx = CallContext::root(Some(budget));
+        let _ = d
+            .call(
+                &ctx,
+                "GetItem",
+                Safety::Idempotent,
+                GetItemRequest { id: "x".into() },
+                |mut c, r| async move { c.get_item(r).await },
+            )
+            .await;
+        let seen = seen.lock().map(|g| g.clone()).unwrap_or_default();
+        assert_eq!(seen.len(), 3);
+        let mut last = budget;
+        for (timeout, traced) in seen {
+            let t = timeout.expect("grpc-timeout sent");
+            assert!(t <= last, "the budget only shrinks: {t:?} > {last:?}");
+            assert!(traced, "traceparent sent");
+            last = t;
+        }
+    }
 }
