@@ -78,7 +78,7 @@ impl ApiError {
         )
     }
 
-    /// The one gRPC -> HTTP mapping. `service` names the downstream for messages.
+    /// The one gRPC -> HTTP mapping; the field a service named (x-shop-field) is kept.
     pub fn from_status(status: &tonic::Status) -> Self {
         let field = platform::error::field_of(status);
         let msg = status.message().to_owned();

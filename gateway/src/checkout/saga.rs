@@ -20,14 +20,15 @@ pub async fn run(
     parallel: bool,
 ) -> Result<Outcome, ApiError> {
     // 1 + 2: the user lookup and the pricing do not depend on each other.
-    let (who, priced) = if parallel {
-        let (who, priced) = tokio::join!(validate_user(state, ctx, c), price(state, ctx, &c.lines));
-        (who?, priced?)
+    let priced = if parallel {
+        let (valid, priced) =
+            tokio::join!(validate_user(state, ctx, c), price(state, ctx, &c.lines));
+        valid?;
+        priced?
     } else {
-        let who = validate_user(state, ctx, c).await?;
-        (who, price(state, ctx, &c.lines).await?)
+        validate_user(state, ctx, c).await?;
+        price(state, ctx, &c.lines).await?
     };
-    let _ = who;
     let scoped = c.scoped_key();
 
     // 3: reserve.
@@ -121,11 +122,7 @@ fn refunded(mut e: ApiError) -> ApiError {
 }
 
 /// Asks user-service whether the token's user is (still) valid.
-async fn validate_user(
-    state: &AppState,
-    ctx: &CallContext,
-    c: &Checkout,
-) -> Result<user::ValidateTokenResponse, ApiError> {
+async fn validate_user(state: &AppState, ctx: &CallContext, c: &Checkout) -> Result<(), ApiError> {
     let resp = state
         .downstreams
         .user
@@ -142,7 +139,7 @@ async fn validate_user(
     if resp.user_id != c.user.user_id.to_string() {
         return Err(ApiError::unauthenticated("the access token is invalid"));
     }
-    Ok(resp)
+    Ok(())
 }
 
 /// Prices lines with item-service's current prices.
