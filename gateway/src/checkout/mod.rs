@@ -159,7 +159,8 @@ pub async fn run(
 /// ABORTED "still in progress"; item-service: ABORTED "still being made").
 pub fn is_in_progress(s: &tonic::Status) -> bool {
     let m = s.message().to_ascii_lowercase();
-    s.code() == tonic::Code::Aborted && (m.contains("in progress") || m.contains("being made"))
+    s.code() == tonic::Code::Aborted
+        && (m.contains("in progress") || m.contains("still being made"))
 }
 
 const DUPLICATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);

@@ -139,6 +139,7 @@ pub async fn monolith() -> Shop {
     item.grpc_addr = "127.0.0.1:0".into();
     let mut payment = payment_service::Config::with_database(fresh_mysql().await);
     payment.grpc_addr = "127.0.0.1:0".into();
+    payment.item_timeout_ms = 10_000;
     let user = user_service::Config {
         grpc_addr: "127.0.0.1:0".into(),
         metrics_addr: "127.0.0.1:0".into(),
@@ -258,6 +259,9 @@ pub async fn stack_with(opts: Options) -> Stack {
     pcfg.metrics_addr = "127.0.0.1:0".into();
     pcfg.card_gateway_url = format!("http://{card_addr}");
     pcfg.item_service_url = format!("http://{item_addr}");
+    // The chained hop's per-call cap on item-service (1 s by default) is shorter than what a
+    // loaded test machine needs; the gateway's budget still bounds everything.
+    pcfg.item_timeout_ms = 10_000;
     let payment = payment_service::Application::build(pcfg)
         .await
         .expect("build payment-service");
