@@ -81,30 +81,33 @@ async function catalog(params) {
   const q = params.get("q") || "";
   const token = params.get("page") || "";
   const sort = params.get("sort") || "name_asc";
+  const category = params.get("category") || "";
   $("#search-input").value = q;
   const qs = new URLSearchParams({ page_size: "12", sort });
   if (q) qs.set("q", q);
+  if (category) qs.set("category", category);
   if (token) qs.set("page_token", token);
   const page = await api("GET", "/api/items?" + qs);
   const items = page.items.map((it) => `
     <div class="card item" data-id="${esc(it.id)}">
       <h3><a href="#/item/${esc(it.id)}">${esc(it.name)}</a></h3>
-      <div class="muted">${esc(it.category)} · ${esc(it.sku)}</div>
+      <div class="muted"><a href="#/?${new URLSearchParams({ category: it.category })}">${esc(it.category)}</a> · ${esc(it.sku)}</div>
       <p class="price">${money(it.price)}</p>
       <p class="muted">${it.stock > 0 ? it.stock + " in stock" : "Out of stock"}</p>
       <button class="add" data-id="${esc(it.id)}" ${it.stock > 0 ? "" : "disabled"}>Add to cart</button>
     </div>`).join("");
   const next = page.next_page_token
-    ? `<a class="button" id="next-page" href="#/?${new URLSearchParams({ q, sort, page: page.next_page_token })}">Next page</a>` : "";
+    ? `<a class="button" id="next-page" href="#/?${new URLSearchParams({ q, sort, category, page: page.next_page_token })}">Next page</a>` : "";
   const prev = token ? `<button class="secondary" id="prev-page" onclick="history.back()">Previous</button>` : "";
   view().innerHTML = `
-    <div class="row"><h2>${q ? "Results for “" + esc(q) + "”" : "Catalog"}</h2>
+    <div class="row"><h2>${q ? "Results for “" + esc(q) + "”" : category ? "Category: " + esc(category) : "Catalog"}</h2>
+      ${category ? '<a href="#/" class="muted">all categories</a>' : ""}
       <label class="muted">Sort <select id="sort">
         ${["name_asc", "price_asc", "price_desc", "newest"].map((s) => `<option value="${s}" ${s === sort ? "selected" : ""}>${s.replace("_", " ")}</option>`).join("")}
       </select></label></div>
     ${items ? `<div class="grid">${items}</div>` : "<p>No items found.</p>"}
     <div class="pager">${prev}${next}</div>`;
-  $("#sort").onchange = (e) => { location.hash = "#/?" + new URLSearchParams({ q, sort: e.target.value }); };
+  $("#sort").onchange = (e) => { location.hash = "#/?" + new URLSearchParams({ q, category, sort: e.target.value }); };
   view().querySelectorAll("button.add").forEach((b) => b.onclick = () => { cart.add(b.dataset.id, 1); flash("Added to cart.", "ok"); });
 }
 
