@@ -94,7 +94,7 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub body_limit_bytes: usize,
     /// JSON log lines.
-    #[arg(long, env = "GATEWAY_LOG_JSON", default_value = "off", value_parser = parse_switch)]
+    #[arg(long, env = "LOG_JSON", default_value = "off", value_parser = parse_switch)]
     pub log_json: bool,
 }
 
