@@ -246,7 +246,13 @@ impl ItemService for ItemGrpc {
         let r = request.get_ref();
         let id = ReservationId::parse(&r.reservation_id).map_err(field)?;
         let lines = input::lines(&r.lines).map_err(field)?;
-        let doc = self.inner.reservations.reserve(&id, &lines).await?;
+        // Run to the end even if the caller gives up (deadline, disconnect): a reservation
+        // abandoned half-way stays PENDING and every retry would be ABORTED until the
+        // sweeper cleans it up.
+        let reservations = self.inner.reservations.clone();
+        let doc = tokio::spawn(async move { reservations.reserve(&id, &lines).await })
+            .await
+            .map_err(|e| platform::internal_error("reserve task", &e))??;
         Ok(Response::new(pb::ReserveStockResponse {
             reservation: Some(doc.to_pb()),
         }))
