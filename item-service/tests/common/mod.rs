@@ -32,6 +32,9 @@ pub fn config() -> Config {
     c.cache = CacheMode::On;
     c.seed = false;
     c.faults = String::new();
+    // The shared SecantusDB is slow when every test hammers it at once; these tests are
+    // about outcomes, not speed, so the server-side cap must not decide them.
+    c.request_timeout_ms = 60_000;
     c
 }
 
