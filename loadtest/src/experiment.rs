@@ -31,6 +31,9 @@ pub struct Options {
     pub only: Vec<String>,
     /// Checkouts per second for sections 1-3 (default: 25 full, 8 quick).
     pub rate: Option<f64>,
+    /// A running `shop` monolith to use instead of starting one (it must share the
+    /// stack's databases and JWT secret: start it with the same environment).
+    pub shop_url: Option<String>,
 }
 
 /// Durations, rates and sizes of one mode.
@@ -38,6 +41,8 @@ struct Params {
     warmup: Duration,
     dur: Duration,
     rate: f64,
+    echo_rate: f64,
+    tail_dur: Duration,
     sweep: Vec<f64>,
     sweep_dur: Duration,
     users: usize,
@@ -58,14 +63,16 @@ impl Params {
             Self {
                 warmup: Duration::from_millis(300),
                 dur: Duration::from_millis(1500),
-                rate: rate.unwrap_or(8.0),
-                sweep: vec![4.0, 12.0],
+                rate: rate.unwrap_or(3.0),
+                echo_rate: 20.0,
+                tail_dur: Duration::from_secs(2),
+                sweep: vec![2.0, 4.0],
                 sweep_dur: Duration::from_millis(1200),
                 users: 4,
                 fails: vec![0.05, 0.2],
                 avail_dur: Duration::from_millis(1500),
                 cascade_dur: Duration::from_secs(3),
-                cascade_rate: 12.0,
+                cascade_rate: 10.0,
                 cascade_conns: 4,
                 cascade_timeout: Duration::from_secs(4),
                 cache_rate: 40.0,
@@ -73,19 +80,24 @@ impl Params {
                 calib_conns: 8,
             }
         } else {
-            let rate = rate.unwrap_or(25.0);
+            // Checkout capacity of this 2-core machine (SecantusDB, a Python MongoDB, is the
+            // bottleneck) is about 5-7 checkouts/s; sections 1-3 stay well below it.
+            let rate = rate.unwrap_or(3.0);
             Self {
                 warmup: Duration::from_secs(2),
-                dur: Duration::from_secs(12),
+                dur: Duration::from_secs(15),
                 rate,
-                sweep: vec![10.0, 25.0, 50.0, 100.0],
+                echo_rate: 50.0,
+                // Enough checkouts that a 1-3% tail shows in p99.
+                tail_dur: Duration::from_secs(40),
+                sweep: vec![1.0, 2.0, 4.0, 6.0, 8.0],
                 sweep_dur: Duration::from_secs(8),
                 users: 16,
                 fails: vec![0.01, 0.05, 0.10],
-                avail_dur: Duration::from_secs(8),
+                avail_dur: Duration::from_secs(15),
                 cascade_dur: Duration::from_secs(20),
-                cascade_rate: 40.0,
-                cascade_conns: 16,
+                cascade_rate: 10.0,
+                cascade_conns: 4,
                 cascade_timeout: Duration::from_secs(15),
                 cache_rate: 200.0,
                 calib_dur: Duration::from_secs(10),
@@ -137,6 +149,7 @@ async fn start_stack(
     stack: &mut Stack,
     run_id: &str,
     admin_email: &str,
+    shop_url: Option<&str>,
 ) -> anyhow::Result<(Deployment, Vec<String>)> {
     let mut setup = Vec::new();
     let jwt = format!("loadtest-{}-{}", run_id, uuid::Uuid::new_v4().simple());
@@ -259,7 +272,12 @@ async fn start_stack(
     ));
 
     let mut shop = None;
-    if stack.has_bin("shop") {
+    if let Some(u) = shop_url {
+        shop = Some(Target::parse(u)?);
+        setup.push(format!(
+            "The `shop` monolith at {u} (started by the caller)."
+        ));
+    } else if stack.has_bin("shop") {
         let s = free_addr()?;
         let mut env = vec![
             ("GATEWAY_HTTP_ADDR", s.to_string()),
@@ -427,14 +445,28 @@ async fn calibration(ctx: &mut Ctx) -> anyhow::Result<Section> {
     ))
 }
 
+/// Items checkouts buy from: enough that concurrent reservations rarely update the same
+/// document.
+const BUY_ITEMS: usize = 64;
+
 const STRATEGIES: [&str; 3] = ["orchestrated", "parallel", "chained"];
+/// The two ends of the hop count (6 and 5 calls); parallel makes the same calls as
+/// orchestrated.
+const AVAIL_STRATEGIES: [&str; 2] = ["orchestrated", "chained"];
 
 async fn cost_per_hop(
     ctx: &mut Ctx,
     hops_out: &mut Vec<(String, Hops)>,
-) -> anyhow::Result<Section> {
+) -> anyhow::Result<(engine::RunResult, Vec<StrategyRun>)> {
     let (rate, warmup, dur) = (ctx.p.rate, ctx.p.warmup, ctx.p.dur);
-    let echo_spec = ctx.spec("Echo (item-service)", Model::Open { rate }, warmup, dur);
+    let echo_spec = ctx.spec(
+        "Echo (item-service)",
+        Model::Open {
+            rate: ctx.p.echo_rate,
+        },
+        warmup,
+        dur,
+    );
     let ch = scenario::grpc_channel(&ctx.dep.item_grpc).await?;
     let echo = engine::run(&echo_spec, Arc::new(scenario::EchoWorkload::new(ch)))
         .await
@@ -472,9 +504,15 @@ async fn cost_per_hop(
             });
         }
     }
+    Ok((echo, runs))
+}
+
+/// Latency vs offered load, run last: pushing past capacity leaves work behind (stock
+/// reservations finishing, payments to reconcile) that would disturb later sections.
+async fn sweep(ctx: &mut Ctx) -> Vec<SweepPoint> {
     let mut sweep = Vec::new();
     let sweep_dur = ctx.p.sweep_dur;
-    let sweep_warm = warmup.min(Duration::from_secs(2));
+    let sweep_warm = ctx.p.warmup.min(Duration::from_secs(1));
     let mut targets = vec![
         (
             "orchestrated".to_owned(),
@@ -502,7 +540,7 @@ async fn cost_per_hop(
                     sweep_dur,
                 )
                 .await;
-            let saturated = m.result.latency.p99_ms > 5000.0;
+            let saturated = m.result.latency.p99_ms > 3000.0 || m.result.success_rate < 0.9;
             sweep.push(SweepPoint {
                 series: series.clone(),
                 result: m.result,
@@ -513,7 +551,7 @@ async fn cost_per_hop(
             }
         }
     }
-    Ok(sections::cost_per_hop(&echo, &runs, &sweep))
+    sweep
 }
 
 async fn tail(
@@ -522,7 +560,7 @@ async fn tail(
     baselines: &[(String, engine::RunResult)],
 ) -> anyhow::Result<Section> {
     let (prob, delay) = (0.01, 200);
-    let (rate, warmup, dur) = (ctx.p.rate, ctx.p.warmup, ctx.p.dur + ctx.p.dur / 2);
+    let (rate, warmup, dur) = (ctx.p.rate, ctx.p.warmup, ctx.p.tail_dur);
     admin::set_grpc_faults(&ctx.dep.item_grpc, &[Rule::tail("*", prob, delay)]).await?;
     let mut runs = Vec::new();
     for s in STRATEGIES {
@@ -572,7 +610,7 @@ async fn availability(ctx: &mut Ctx, hops: &[(String, Hops)]) -> anyhow::Result<
     let mut runs = Vec::new();
     for f in ctx.p.fails.clone() {
         ctx.faults_everywhere(&[Rule::error_rate("*", f)]).await?;
-        for s in STRATEGIES {
+        for s in AVAIL_STRATEGIES {
             let h = hops
                 .iter()
                 .find(|(n, _)| n == s)
@@ -606,8 +644,8 @@ async fn cascade(ctx: &mut Ctx) -> anyhow::Result<Section> {
     let delay = 2000;
     let mix = Mix {
         list: 15,
-        get: 60,
-        checkout: 25,
+        get: 65,
+        checkout: 20,
     };
     let conns = p.cascade_conns;
     let mut runs = Vec::new();
@@ -664,6 +702,9 @@ async fn cascade(ctx: &mut Ctx) -> anyhow::Result<Section> {
     Ok(sections::cascading_failure(delay, conns, &runs))
 }
 
+/// Distinct items the cache comparison reads.
+const HOT_SET: usize = 100;
+
 async fn cache(ctx: &mut Ctx) -> anyhow::Result<Section> {
     let p = &ctx.p;
     let mut runs = Vec::new();
@@ -680,7 +721,16 @@ async fn cache(ctx: &mut Ctx) -> anyhow::Result<Section> {
         ),
     ] {
         let ch = scenario::grpc_channel(&grpc).await?;
-        let workload = Arc::new(scenario::GrpcGetItem::new(ch, ctx.browse_ids.clone()));
+        // A hot set, read once before the run so the cache (when on) holds all of it.
+        let hot: Vec<String> = ctx.browse_ids.iter().take(HOT_SET).cloned().collect();
+        let mut client =
+            shop_proto::item::v1::item_service_client::ItemServiceClient::new(ch.clone());
+        for id in &hot {
+            let _ = client
+                .get_item(shop_proto::item::v1::GetItemRequest { id: id.clone() })
+                .await;
+        }
+        let workload = Arc::new(scenario::GrpcGetItem::new(ch, Arc::new(hot)));
         let spec = ctx.spec(
             &format!("GetItem, {label}"),
             Model::Open { rate: p.cache_rate },
@@ -759,7 +809,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         "[loadtest] starting the stack (logs in {})",
         log_dir.display()
     );
-    let (dep, mut setup) = start_stack(&mut stack, &run_id, &admin_email).await?;
+    let (dep, mut setup) =
+        start_stack(&mut stack, &run_id, &admin_email, opts.shop_url.as_deref()).await?;
     let p = Params::new(opts.quick, opts.rate);
 
     eprintln!("[loadtest] creating accounts and load-test items");
@@ -767,12 +818,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let admin_token = shop_admin
         .account(&admin_email, "load-test-password-1")
         .await?;
-    let buy_ids = shop_admin.create_items(&admin_token, &run_id, 8).await?;
+    let buy_ids = shop_admin
+        .create_items(&admin_token, &run_id, BUY_ITEMS)
+        .await?;
     let browse_ids = shop_admin.catalog(500).await?;
     let tokens = shop_admin.accounts(&run_id, p.users).await?;
     setup.push(format!(
-        "Catalog: {} items in stock to browse; checkouts buy 2 of 8 load-test items (stock 100,000,000 each) with the always-succeeding test card; {} accounts, one per virtual user, logged in once before measuring.",
+        "Catalog: {} items in stock to browse; checkouts buy 2 of {} load-test items (stock 100,000,000 each) with the always-succeeding test card; {} accounts, one per virtual user, logged in once before measuring.",
         browse_ids.len(),
+        BUY_ITEMS,
         tokens.len()
     ));
     setup.push(format!(
@@ -792,9 +846,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         notes: Vec::new(),
     };
 
-    let mut sections = Vec::new();
+    let mut done: std::collections::BTreeMap<String, Section> = Default::default();
     let mut push = |r: anyhow::Result<Section>, id: &str, notes: &mut Vec<String>| match r {
-        Ok(s) => sections.push(s),
+        Ok(s) => {
+            done.insert(id.to_owned(), s);
+        }
         Err(e) => notes.push(format!("section {id} failed: {e:#}")),
     };
     if wanted(&opts, "calibration") {
@@ -804,21 +860,24 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     }
     let mut hops = Vec::new();
     let mut baselines = Vec::new();
+    let mut s1 = None;
     if wanted(&opts, "cost_per_hop")
         || wanted(&opts, "tail_amplification")
         || wanted(&opts, "availability")
     {
         eprintln!("[loadtest] 1. cost per hop");
-        let r = cost_per_hop(&mut ctx, &mut hops).await;
-        if let Ok(s) = &r {
-            for st in STRATEGIES {
-                if let Some(run) = s.runs.iter().find(|r| r.name == st) {
-                    baselines.push((st.to_owned(), run.clone()));
+        match cost_per_hop(&mut ctx, &mut hops).await {
+            Ok((echo, runs)) => {
+                for r in &runs {
+                    if STRATEGIES.contains(&r.label.as_str()) {
+                        baselines.push((r.label.clone(), r.result.clone()));
+                    }
                 }
+                s1 = Some((echo, runs));
             }
-        }
-        if wanted(&opts, "cost_per_hop") {
-            push(r, "cost_per_hop", &mut ctx.notes);
+            Err(e) => ctx
+                .notes
+                .push(format!("section cost_per_hop failed: {e:#}")),
         }
     }
     if wanted(&opts, "tail_amplification") {
@@ -844,6 +903,21 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let r = cache(&mut ctx).await;
         push(r, "cache", &mut ctx.notes);
     }
+    if wanted(&opts, "cost_per_hop")
+        && let Some((echo, runs)) = s1
+    {
+        eprintln!("[loadtest] 1. (continued) latency vs offered load");
+        let points = sweep(&mut ctx).await;
+        push(
+            Ok(sections::cost_per_hop(&echo, &runs, &points)),
+            "cost_per_hop",
+            &mut ctx.notes,
+        );
+    }
+    let sections: Vec<Section> = report::SECTION_IDS
+        .iter()
+        .filter_map(|id| done.remove(*id))
+        .collect();
     stack.stop_all().await;
 
     let report = Report {

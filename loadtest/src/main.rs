@@ -118,6 +118,11 @@ struct ExperimentArgs {
     /// Checkouts per second for sections 1-3.
     #[arg(long)]
     rate: Option<f64>,
+    /// Use this running `shop` monolith instead of starting target/release/shop. It
+    /// must use the same databases, JWT secret and admin emails as the started stack,
+    /// so this is mainly for debugging the experiment.
+    #[arg(long)]
+    shop_url: Option<String>,
     #[arg(long)]
     no_progress: bool,
 }
@@ -220,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
                 progress: !a.no_progress,
                 only: a.only,
                 rate: a.rate,
+                shop_url: a.shop_url,
             })
             .await?;
             eprintln!(

@@ -805,7 +805,7 @@ pub fn cache(runs: &[CacheRun]) -> Section {
     Section {
         id: "cache".into(),
         title: "Cache".into(),
-        setup: "Two item-service processes on the same MongoDB database, ITEM_CACHE=on (Redis in front of GetItem) and ITEM_CACHE=off; GetItem over gRPC for random ids of the catalog at a fixed rate; MongoDB reads counted from item-service's item_mongo_reads_total (scraped after warm-up and at the end).".into(),
+        setup: "Two item-service processes on the same MongoDB database, ITEM_CACHE=on (Redis in front of GetItem) and ITEM_CACHE=off; GetItem over gRPC for random ids out of 100 catalog items (each read once before the run) at a fixed rate; MongoDB reads counted from item-service's item_mongo_reads_total (scraped after warm-up and at the end).".into(),
         prediction: "With the cache on, after warm-up every id is in Redis: MongoDB reads should drop to about zero and GetItem latency to one Redis round trip; with it off, every GetItem is one MongoDB read (reads/s = request rate) and latency is the database's.".into(),
         measurement,
         lesson: "A read-through cache moves load off the database entirely for hot keys; the price is staleness and one more moving part that must fail open (item-service falls back to MongoDB when Redis is slow).".into(),
