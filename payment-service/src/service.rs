@@ -185,7 +185,12 @@ impl Payments {
                 && self
                     .inner
                     .store
-                    .claim_payment(id, now, store::later(now, self.lease()))
+                    .claim(
+                        store::Leased::Payment,
+                        id,
+                        now,
+                        store::later(now, self.lease()),
+                    )
                     .await?
             {
                 return self.drive_charge(row, cmd).await;
@@ -223,7 +228,7 @@ impl Payments {
                     metrics::counter!("payment_charges_pending_total").increment(1);
                     this.inner
                         .store
-                        .release_payment(&row.id, store::now())
+                        .release(store::Leased::Payment, &row.id, store::now())
                         .await?;
                     Err(Error::ChargePending {
                         payment_id: row.id,
@@ -260,7 +265,12 @@ impl Payments {
         if !self
             .inner
             .store
-            .claim_payment(id, now, store::later(now, self.lease()))
+            .claim(
+                store::Leased::Payment,
+                id,
+                now,
+                store::later(now, self.lease()),
+            )
             .await?
         {
             // Another request is talking to the gateway about it right now.
@@ -288,7 +298,10 @@ impl Payments {
             }
             Err(e) => {
                 tracing::info!(payment = %id, error = %e, "reconcile: gateway has no answer yet");
-                self.inner.store.release_payment(id, store::now()).await?;
+                self.inner
+                    .store
+                    .release(store::Leased::Payment, id, store::now())
+                    .await?;
                 return self.payment(id).await;
             }
         };
@@ -453,7 +466,12 @@ impl Payments {
                 && self
                     .inner
                     .store
-                    .claim_refund(id, now, store::later(now, self.lease()))
+                    .claim(
+                        store::Leased::Refund,
+                        id,
+                        now,
+                        store::later(now, self.lease()),
+                    )
                     .await?
             {
                 return self.drive_refund(row).await;
@@ -502,7 +520,9 @@ impl Payments {
                 }
                 Err(source) => {
                     tracing::warn!(refund = %row.id, error = %source, "refund left PENDING");
-                    store.release_refund(&row.id, store::now()).await?;
+                    store
+                        .release(store::Leased::Refund, &row.id, store::now())
+                        .await?;
                     Err(Error::RefundPending {
                         refund_id: row.id,
                         source,
@@ -519,7 +539,12 @@ impl Payments {
         if !self
             .inner
             .store
-            .claim_refund(id, now, store::later(now, self.lease()))
+            .claim(
+                store::Leased::Refund,
+                id,
+                now,
+                store::later(now, self.lease()),
+            )
             .await?
         {
             return Ok(());

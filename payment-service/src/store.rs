@@ -11,6 +11,22 @@ use crate::{
     payment::{PaymentRow, RefundRow, RefundStatus, Status},
 };
 
+/// The rows that carry a work lease (`locked_until`) while a gateway call is in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leased {
+    Payment,
+    Refund,
+}
+
+impl Leased {
+    fn table(self) -> &'static str {
+        match self {
+            Self::Payment => "payments",
+            Self::Refund => "refunds",
+        }
+    }
+}
+
 const PAYMENT_COLUMNS: &str = "id, idempotency_key, user_id, order_id, amount_minor, currency, \
      amount_refunded_minor, status, decline_code, card_brand, card_last4, gateway_charge_id, \
      reservation_id, locked_until, created_at, updated_at";
@@ -214,38 +230,45 @@ impl Store {
         fetch_payment(&self.pool, id).await
     }
 
-    /// Takes the lease on a PENDING payment nobody is working on.
-    pub async fn claim_payment(
+    /// Takes the lease on a PENDING payment or refund nobody is working on.
+    pub async fn claim(
         &self,
+        what: Leased,
         id: &str,
         now: PrimitiveDateTime,
         until: PrimitiveDateTime,
     ) -> Result<bool, sqlx::Error> {
-        let res = sqlx::query(
-            "UPDATE payments SET locked_until = ? WHERE id = ? AND status = 'PENDING' \
+        // The table name comes from a closed enum, never from input; values are bound.
+        let sql = format!(
+            "UPDATE {} SET locked_until = ? WHERE id = ? AND status = 'PENDING' \
              AND (locked_until IS NULL OR locked_until < ?)",
-        )
-        .bind(until)
-        .bind(id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+            what.table()
+        );
+        let res = sqlx::query(&sql)
+            .bind(until)
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(res.rows_affected() == 1)
     }
 
-    /// Leaves a payment PENDING but free for a retry or the reconciler.
-    pub async fn release_payment(
+    /// Leaves a payment or refund PENDING but free for a retry or the reconciler.
+    pub async fn release(
         &self,
+        what: Leased,
         id: &str,
         now: PrimitiveDateTime,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE payments SET locked_until = NULL, updated_at = ? WHERE id = ? AND status = 'PENDING'",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        let sql = format!(
+            "UPDATE {} SET locked_until = NULL, updated_at = ? WHERE id = ? AND status = 'PENDING'",
+            what.table()
+        );
+        sqlx::query(&sql)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -403,39 +426,6 @@ impl Store {
 
     pub async fn refund(&self, id: &str) -> Result<Option<RefundRow>, sqlx::Error> {
         fetch_refund(&self.pool, id).await
-    }
-
-    pub async fn claim_refund(
-        &self,
-        id: &str,
-        now: PrimitiveDateTime,
-        until: PrimitiveDateTime,
-    ) -> Result<bool, sqlx::Error> {
-        let res = sqlx::query(
-            "UPDATE refunds SET locked_until = ? WHERE id = ? AND status = 'PENDING' \
-             AND (locked_until IS NULL OR locked_until < ?)",
-        )
-        .bind(until)
-        .bind(id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(res.rows_affected() == 1)
-    }
-
-    pub async fn release_refund(
-        &self,
-        id: &str,
-        now: PrimitiveDateTime,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE refunds SET locked_until = NULL, updated_at = ? WHERE id = ? AND status = 'PENDING'",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     pub async fn refund_succeeded(
