@@ -18,6 +18,7 @@ use crate::{
     scenario::{self, EP_GET, EP_LIST, Mix, ShopWorkload},
     sections::{self, AvailRun, CacheRun, CascadeRun, Hops, StrategyRun, SweepPoint, TailRun},
     stack::{Stack, free_addr},
+    stats::Snapshot,
     wrk,
 };
 
@@ -43,6 +44,8 @@ struct Params {
     rate: f64,
     echo_rate: f64,
     tail_dur: Duration,
+    /// Pause after a run with faults, so its leftovers do not spill into the next one.
+    settle: Duration,
     sweep: Vec<f64>,
     sweep_dur: Duration,
     users: usize,
@@ -66,6 +69,7 @@ impl Params {
                 rate: rate.unwrap_or(3.0),
                 echo_rate: 20.0,
                 tail_dur: Duration::from_secs(2),
+                settle: Duration::ZERO,
                 sweep: vec![2.0, 4.0],
                 sweep_dur: Duration::from_millis(1200),
                 users: 4,
@@ -90,6 +94,7 @@ impl Params {
                 echo_rate: 50.0,
                 // Enough checkouts that a 1-3% tail shows in p99.
                 tail_dur: Duration::from_secs(40),
+                settle: Duration::from_secs(2),
                 sweep: vec![1.0, 2.0, 4.0, 6.0, 8.0],
                 sweep_dur: Duration::from_secs(8),
                 users: 16,
@@ -283,13 +288,16 @@ async fn start_stack(
             ("GATEWAY_HTTP_ADDR", s.to_string()),
             ("CARD_GATEWAY_URL", url(card)),
         ];
-        for (k, _) in [
-            ("USER_GRPC_ADDR", 0),
-            ("ITEM_GRPC_ADDR", 0),
-            ("PAYMENT_GRPC_ADDR", 0),
-            ("USER_METRICS_ADDR", 0),
-            ("ITEM_METRICS_ADDR", 0),
-            ("PAYMENT_METRICS_ADDR", 0),
+        // Its own gRPC listener (all three services; FaultAdmin for the in-process
+        // calls) and, in case a version uses them, the parts' addresses: all free ports.
+        for k in [
+            "SHOP_GRPC_ADDR",
+            "USER_GRPC_ADDR",
+            "ITEM_GRPC_ADDR",
+            "PAYMENT_GRPC_ADDR",
+            "USER_METRICS_ADDR",
+            "ITEM_METRICS_ADDR",
+            "PAYMENT_METRICS_ADDR",
         ] {
             env.push((k, free_addr()?.to_string()));
         }
@@ -457,6 +465,7 @@ const AVAIL_STRATEGIES: [&str; 2] = ["orchestrated", "chained"];
 async fn cost_per_hop(
     ctx: &mut Ctx,
     hops_out: &mut Vec<(String, Hops)>,
+    snaps: &mut Vec<(String, Snapshot)>,
 ) -> anyhow::Result<(engine::RunResult, Vec<StrategyRun>)> {
     let (rate, warmup, dur) = (ctx.p.rate, ctx.p.warmup, ctx.p.dur);
     let echo_spec = ctx.spec(
@@ -487,6 +496,7 @@ async fn cost_per_hop(
             payment: (after.payment - before.payment) / per,
         };
         hops_out.push((s.to_owned(), hops));
+        snaps.push((s.to_owned(), m.snapshot.clone()));
         runs.push(StrategyRun {
             label: s.to_owned(),
             result: m.result,
@@ -557,7 +567,7 @@ async fn sweep(ctx: &mut Ctx) -> Vec<SweepPoint> {
 async fn tail(
     ctx: &mut Ctx,
     hops: &[(String, Hops)],
-    baselines: &[(String, engine::RunResult)],
+    baselines: &[(String, engine::RunResult, Snapshot)],
 ) -> anyhow::Result<Section> {
     let (prob, delay) = (0.01, 200);
     let (rate, warmup, dur) = (ctx.p.rate, ctx.p.warmup, ctx.p.tail_dur);
@@ -574,24 +584,21 @@ async fn tail(
                 dur,
             )
             .await;
-        let frac = m
-            .snapshot
-            .fraction_at_least(Duration::from_millis(u64::from(delay)));
         let calls = hops
             .iter()
             .find(|(n, _)| n == s)
             .map_or(3.0, |(_, h)| h.item);
-        let baseline = baselines
-            .iter()
-            .find(|(n, _)| n == s)
-            .map(|(_, r)| r.clone());
-        if let Some(baseline) = baseline {
+        if let Some((_, baseline, snap)) = baselines.iter().find(|(n, _, _)| n == s) {
+            let threshold_ms = baseline.latency.p50_ms + f64::from(delay);
+            let threshold = Duration::from_secs_f64(threshold_ms / 1000.0);
             runs.push(TailRun {
                 label: s.to_owned(),
-                baseline,
-                with_tail: m.result,
+                baseline: baseline.clone(),
                 calls_to_slow: calls,
-                fraction_slow: frac,
+                threshold_ms,
+                share_before: snap.fraction_at_least(threshold),
+                fraction_slow: m.snapshot.fraction_at_least(threshold),
+                with_tail: m.result,
             });
         }
     }
@@ -625,6 +632,7 @@ async fn availability(ctx: &mut Ctx, hops: &[(String, Hops)]) -> anyhow::Result<
                     if retries { "on" } else { "off" }
                 );
                 let m = ctx.checkout_run(&name, &target, s, rate, warm, dur).await;
+                tokio::time::sleep(ctx.p.settle).await;
                 runs.push(AvailRun {
                     strategy: s.to_owned(),
                     f,
@@ -796,7 +804,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     ] {
         if !opts.bin_dir.join(b).is_file() {
             anyhow::bail!(
-                "{} not found: build the services first (cargo build --release --bins)",
+                "{} not found: build the services first (cargo build --release --workspace --bins)",
                 opts.bin_dir.join(b).display()
             );
         }
@@ -866,11 +874,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         || wanted(&opts, "availability")
     {
         eprintln!("[loadtest] 1. cost per hop");
-        match cost_per_hop(&mut ctx, &mut hops).await {
+        let mut snaps = Vec::new();
+        match cost_per_hop(&mut ctx, &mut hops, &mut snaps).await {
             Ok((echo, runs)) => {
                 for r in &runs {
-                    if STRATEGIES.contains(&r.label.as_str()) {
-                        baselines.push((r.label.clone(), r.result.clone()));
+                    if let Some((_, snap)) = snaps.iter().find(|(n, _)| *n == r.label) {
+                        baselines.push((r.label.clone(), r.result.clone(), snap.clone()));
                     }
                 }
                 s1 = Some((echo, runs));

@@ -378,8 +378,21 @@ pub struct TailRun {
     pub with_tail: RunResult,
     /// Calls per checkout to the service given the tail.
     pub calls_to_slow: f64,
-    /// Measured fraction of checkouts at or above the injected delay.
+    /// "Slow" means at or above this: the baseline's p50 plus the injected delay.
+    pub threshold_ms: f64,
+    /// Share of checkouts at or above the threshold without the tail.
+    pub share_before: f64,
+    /// Measured share of checkouts at or above the threshold with the tail.
     pub fraction_slow: f64,
+}
+
+impl TailRun {
+    /// The share of slow checkouts expected with the tail: those slow anyway, plus the
+    /// others hit by at least one delayed call.
+    pub fn predicted(&self, probability: f64) -> f64 {
+        let hit = 1.0 - (1.0 - probability).powf(self.calls_to_slow);
+        self.share_before + (1.0 - self.share_before) * hit
+    }
 }
 
 pub fn tail_amplification(
@@ -396,8 +409,10 @@ pub fn tail_amplification(
         &[
             "strategy",
             "calls to slow hop",
-            "predicted share >= delay",
-            "measured share >= delay",
+            "slow = at least (ms)",
+            "slow before",
+            "predicted slow after",
+            "measured slow after",
             "p50 before",
             "p99 before",
             "p50 after",
@@ -408,10 +423,12 @@ pub fn tail_amplification(
     );
     let mut figures = Vec::new();
     for r in runs {
-        let predicted = 1.0 - (1.0 - probability).powf(r.calls_to_slow);
+        let predicted = r.predicted(probability);
         t.row(vec![
             r.label.clone(),
             format!("{:.1}", r.calls_to_slow),
+            f_ms(r.threshold_ms),
+            format!("{:.1}%", r.share_before * 100.0),
             format!("{:.1}%", predicted * 100.0),
             format!("{:.1}%", r.fraction_slow * 100.0),
             f_ms(r.baseline.latency.p50_ms),
@@ -421,7 +438,7 @@ pub fn tail_amplification(
             f_ms(r.with_tail.latency.p99_ms),
             f_pct(r.with_tail.success_rate),
         ]);
-        figures.push(json!({"strategy": r.label, "calls_to_slow_hop": r.calls_to_slow, "predicted_share_slow": predicted, "measured_share_slow": r.fraction_slow, "p99_before_ms": r.baseline.latency.p99_ms, "p99_after_ms": r.with_tail.latency.p99_ms}));
+        figures.push(json!({"strategy": r.label, "calls_to_slow_hop": r.calls_to_slow, "predicted_share_slow": predicted, "measured_share_slow": r.fraction_slow, "share_slow_before": r.share_before, "slow_threshold_ms": r.threshold_ms, "p99_before_ms": r.baseline.latency.p99_ms, "p99_after_ms": r.with_tail.latency.p99_ms}));
     }
     let chart = Chart {
         file: "tail_amplification.svg".into(),
@@ -448,12 +465,14 @@ pub fn tail_amplification(
         .iter()
         .map(|r| {
             format!(
-                "{}: p99 {} -> {} ms, {:.1}% of checkouts slow (predicted {:.1}%)",
+                "{}: p99 {} -> {} ms, checkouts slower than {} ms {:.1}% -> {:.1}% (predicted {:.1}%)",
                 r.label,
                 f_ms(r.baseline.latency.p99_ms),
                 f_ms(r.with_tail.latency.p99_ms),
+                f_ms(r.threshold_ms),
+                r.share_before * 100.0,
                 r.fraction_slow * 100.0,
-                (1.0 - (1.0 - probability).powf(r.calls_to_slow)) * 100.0
+                r.predicted(probability) * 100.0
             )
         })
         .collect::<Vec<_>>()
@@ -505,6 +524,8 @@ pub fn availability(runs: &[AvailRun]) -> Section {
             "measured, retries on",
             "p99 off",
             "p99 on",
+            "errors off",
+            "errors on",
         ],
     );
     let mut keys: Vec<(String, u64)> = runs
@@ -532,6 +553,21 @@ pub fn availability(runs: &[AvailRun]) -> Section {
         };
         let p99 =
             |r: Option<&AvailRun>| r.map_or_else(|| "-".into(), |r| f_ms(r.result.latency.p99_ms));
+        // 503 = an injected failure reached the client; 504 = the deadline passed (the
+        // stack was overloaded or a retry ran out of budget).
+        let kinds = |r: Option<&AvailRun>| -> String {
+            r.map_or_else(
+                || "-".into(),
+                |r| {
+                    r.result
+                        .errors_by_kind
+                        .iter()
+                        .map(|(k, n)| format!("{n}x {}", k.trim_start_matches("http_")))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            )
+        };
         t.row(vec![
             s.clone(),
             format!("{:.0}%", any.f * 100.0),
@@ -541,6 +577,8 @@ pub fn availability(runs: &[AvailRun]) -> Section {
             cell(get(true)),
             p99(get(false)),
             p99(get(true)),
+            kinds(get(false)),
+            kinds(get(true)),
         ]);
         figures.push(json!({
             "strategy": s, "f": any.f, "calls": any.hops, "predicted": predicted,
@@ -715,6 +753,34 @@ pub fn cascading_failure(delay_ms: u32, connections: usize, runs: &[CascadeRun])
         .collect::<Vec<_>>()
         .join("; ")
         + ".";
+    let mut measurement = measurement;
+    // A breaker that opened answers fast 503s; only 504s means it never did.
+    if let Some(p) = runs
+        .iter()
+        .find(|r| r.label.contains("protected") && !r.label.contains("unprotected"))
+    {
+        let fast = p
+            .result
+            .errors_by_kind
+            .get("http_503")
+            .copied()
+            .unwrap_or(0);
+        let slow = p
+            .result
+            .errors_by_kind
+            .get("http_504")
+            .copied()
+            .unwrap_or(0);
+        if fast == 0 && slow > 0 {
+            measurement.push_str(&format!(
+                " In the protected run every failed checkout waited out its budget ({slow} x 504, no fast 503): the gateway's circuit breaker for payment-service never opened, so slow checkouts kept holding connections and browse queued behind them anyway. The likely cause: payment-service's server-side deadline answers CANCELLED (\"Timeout expired\"), which the gateway does not count as a health failure."
+            ));
+        } else if fast > 0 {
+            measurement.push_str(&format!(
+                " In the protected run {fast} checkouts failed fast (503: breaker open) and {slow} waited out their budget (504)."
+            ));
+        }
+    }
     Section {
         id: "cascading_failure".into(),
         title: "Cascading failure".into(),

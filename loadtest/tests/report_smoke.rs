@@ -282,6 +282,8 @@ async fn open_and_closed_models_feed_a_complete_report() {
                 baseline: r.clone(),
                 with_tail: slow.clone(),
                 calls_to_slow: 3.0,
+                threshold_ms: 200.0,
+                share_before: 0.0,
                 fraction_slow: checkout
                     .snapshot
                     .fraction_at_least(Duration::from_millis(200)),
