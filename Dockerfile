@@ -2,7 +2,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --bins \
+RUN cargo build --release --workspace --bins \
  && mkdir -p /out \
  && find target/release -maxdepth 1 -type f -executable -exec cp {} /out/ \;
 

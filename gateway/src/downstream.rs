@@ -62,7 +62,13 @@ const CHAIN_ENTRIES: &[&str] = &["ChainedCheckout"];
 fn is_health_failure(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::ResourceExhausted
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::ResourceExhausted
+            // tonic's client answers CANCELLED "Timeout expired" when its own timer (the
+            // grpc-timeout we set) fires first: a slow dependency, like DEADLINE_EXCEEDED.
+            | Code::Cancelled
     )
 }
 

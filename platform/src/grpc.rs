@@ -87,12 +87,14 @@ pub async fn serve(
         .add_service(v1.build_v1()?)
         .add_service(v1alpha.build_v1alpha()?);
 
+    // Deadline inside observe (so a timeout is counted and logged as DEADLINE_EXCEEDED) and
+    // outside faults (so injected latency runs into the deadline like real latency).
     let layers = tower::ServiceBuilder::new()
         .layer(ObserveLayer)
+        .layer(DeadlineLayer(options.request_timeout))
         .layer(FaultLayer(options.faults.clone()));
 
     tonic::transport::Server::builder()
-        .timeout(options.request_timeout)
         .layer(layers)
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
@@ -103,6 +105,56 @@ pub async fn serve(
 /// Binds `addr` ("127.0.0.1:0" picks a free port).
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+/// Ends a call at the earlier of the caller's `grpc-timeout` and the server's own cap, with
+/// DEADLINE_EXCEEDED as the gRPC spec asks. (tonic's built-in server timeout answers
+/// CANCELLED, which callers' circuit breakers would not count as a slow dependency.)
+#[derive(Clone, Copy)]
+pub struct DeadlineLayer(pub Duration);
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = DeadlineService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineService { inner, cap: self.0 }
+    }
+}
+
+#[derive(Clone)]
+pub struct DeadlineService<S> {
+    inner: S,
+    cap: Duration,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for DeadlineService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let limit = Deadline::from_headers(req.headers())
+            .map(|d| d.0.saturating_duration_since(Instant::now()))
+            .map_or(self.cap, |left| left.min(self.cap));
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(res) => res,
+                Err(_) => Ok(tonic::Status::deadline_exceeded("deadline exceeded").into_http()),
+            }
+        })
+    }
 }
 
 /// Tower layer that gives each gRPC call its context (trace, request id, deadline) in the

@@ -149,3 +149,37 @@ async fn reqwest_get(url: &str) -> String {
     s.read_to_string(&mut out).await.expect("read");
     out
 }
+
+#[tokio::test]
+async fn slow_calls_end_with_deadline_exceeded_and_faults_can_be_cleared() {
+    use shop_proto::admin::v1::{SetFaultsRequest, fault_admin_client::FaultAdminClient};
+    // Every call made 1 s slower by fault injection; the server caps requests at 200 ms.
+    let app = common::spawn_with(|c| {
+        c.request_timeout_ms = 200;
+        c.faults = r#"[{"method":"*","latency":{"kind":"fixed","ms":1000}}]"#.into();
+    })
+    .await;
+    let req = || shop_proto::user::v1::GetUserRequest {
+        user_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let err = app
+        .client
+        .clone()
+        .get_user(req())
+        .await
+        .expect_err("too slow");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+
+    // The admin service is never slowed down, so the faults can always be turned off.
+    FaultAdminClient::new(app.channel.clone())
+        .set_faults(SetFaultsRequest { rules: vec![] })
+        .await
+        .expect("clear faults");
+    let err = app
+        .client
+        .clone()
+        .get_user(req())
+        .await
+        .expect_err("unknown user");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
