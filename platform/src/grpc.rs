@@ -81,6 +81,17 @@ pub async fn serve(
         v1 = v1.register_encoded_file_descriptor_set(set);
         v1alpha = v1alpha.register_encoded_file_descriptor_set(set);
     }
+    // The descriptor set holds every Shop service; advertise only what this server hosts,
+    // so `grpcurl list` on user-service does not offer ItemService.
+    let advertised = served.iter().copied().chain([
+        "grpc.health.v1.Health",
+        "shop.admin.v1.FaultAdmin",
+        "shop.admin.v1.Echo",
+    ]);
+    for name in advertised {
+        v1 = v1.with_service_name(name);
+        v1alpha = v1alpha.with_service_name(name);
+    }
 
     let routes = with_admin_services(routes, &options.faults)
         .add_service(health_service)

@@ -60,6 +60,8 @@ async fn grpcurl_lists_services_and_round_trips_register_and_get_user() {
             "{s} missing from:\n{stdout}"
         );
     }
+    // Only what this server hosts is advertised.
+    assert!(!stdout.contains("shop.item.v1.ItemService"), "{stdout}");
 
     let email = unique_email();
     let body = serde_json::json!({
