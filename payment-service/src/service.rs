@@ -114,6 +114,23 @@ impl Payments {
         self.inner.settings.gateway_timeout + Duration::from_secs(5)
     }
 
+    /// Takes the work lease on a PENDING row unless someone else holds it now.
+    async fn try_lease(
+        &self,
+        what: store::Leased,
+        id: &str,
+        locked_until: Option<time::PrimitiveDateTime>,
+    ) -> Result<bool, sqlx::Error> {
+        let now = store::now();
+        if locked_until.is_some_and(|l| l >= now) {
+            return Ok(false);
+        }
+        self.inner
+            .store
+            .claim(what, id, now, store::later(now, self.lease()))
+            .await
+    }
+
     /// How long a request waits for another request with its key before answering ABORTED.
     fn give_up_at(&self, ctx: &CallContext) -> Instant {
         ctx.deadline
@@ -180,18 +197,9 @@ impl Payments {
             if row.status() != Status::Pending {
                 return Ok(row);
             }
-            let now = store::now();
-            if row.locked_until.is_none_or(|l| l < now)
-                && self
-                    .inner
-                    .store
-                    .claim(
-                        store::Leased::Payment,
-                        id,
-                        now,
-                        store::later(now, self.lease()),
-                    )
-                    .await?
+            if self
+                .try_lease(store::Leased::Payment, id, row.locked_until)
+                .await?
             {
                 return self.drive_charge(row, cmd).await;
             }
@@ -353,7 +361,7 @@ impl Payments {
         let ids = self
             .inner
             .store
-            .stale_pending_payments(before, now, 100)
+            .stale_pending(store::Leased::Payment, before, now, 100)
             .await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
@@ -367,7 +375,7 @@ impl Payments {
         let refunds = self
             .inner
             .store
-            .stale_pending_refunds(before, now, 100)
+            .stale_pending(store::Leased::Refund, before, now, 100)
             .await?;
         for id in refunds {
             if let Err(e) = self.reconcile_refund(&id).await {
@@ -461,18 +469,9 @@ impl Payments {
                 }
                 RefundStatus::Pending => {}
             }
-            let now = store::now();
-            if row.locked_until.is_none_or(|l| l < now)
-                && self
-                    .inner
-                    .store
-                    .claim(
-                        store::Leased::Refund,
-                        id,
-                        now,
-                        store::later(now, self.lease()),
-                    )
-                    .await?
+            if self
+                .try_lease(store::Leased::Refund, id, row.locked_until)
+                .await?
             {
                 return self.drive_refund(row).await;
             }

@@ -253,6 +253,27 @@ impl Store {
         Ok(res.rows_affected() == 1)
     }
 
+    /// PENDING payments or refunds untouched since `before` and not leased: reconcile's work.
+    pub async fn stale_pending(
+        &self,
+        what: Leased,
+        before: PrimitiveDateTime,
+        now: PrimitiveDateTime,
+        limit: u32,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let sql = format!(
+            "SELECT id FROM {} WHERE status = 'PENDING' AND updated_at < ? \
+             AND (locked_until IS NULL OR locked_until < ?) ORDER BY updated_at LIMIT ?",
+            what.table()
+        );
+        sqlx::query_scalar(&sql)
+            .bind(before)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+    }
+
     /// Leaves a payment or refund PENDING but free for a retry or the reconciler.
     pub async fn release(
         &self,
@@ -313,24 +334,6 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await
-    }
-
-    /// PENDING payments untouched since `before` and not leased.
-    pub async fn stale_pending_payments(
-        &self,
-        before: PrimitiveDateTime,
-        now: PrimitiveDateTime,
-        limit: u32,
-    ) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT id FROM payments WHERE status = 'PENDING' AND updated_at < ? \
-             AND (locked_until IS NULL OR locked_until < ?) ORDER BY updated_at LIMIT ?",
-        )
-        .bind(before)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
     }
 
     /// Records a refund: key first, then the atomic conditional UPDATE that takes the amount
@@ -478,23 +481,6 @@ impl Store {
             .await?;
         }
         tx.commit().await
-    }
-
-    pub async fn stale_pending_refunds(
-        &self,
-        before: PrimitiveDateTime,
-        now: PrimitiveDateTime,
-        limit: u32,
-    ) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT id FROM refunds WHERE status = 'PENDING' AND updated_at < ? \
-             AND (locked_until IS NULL OR locked_until < ?) ORDER BY updated_at LIMIT ?",
-        )
-        .bind(before)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
     }
 
     /// Forgets idempotency keys created before `before`.
