@@ -773,7 +773,7 @@ pub fn cascading_failure(delay_ms: u32, connections: usize, runs: &[CascadeRun])
             .unwrap_or(0);
         if fast == 0 && slow > 0 {
             measurement.push_str(&format!(
-                " In the protected run every failed checkout waited out its budget ({slow} x 504, no fast 503): the gateway's circuit breaker for payment-service never opened, so slow checkouts kept holding connections and browse queued behind them anyway. The likely cause: payment-service's server-side deadline answers CANCELLED (\"Timeout expired\"), which the gateway does not count as a health failure."
+                " In the protected run every failed checkout waited out its budget ({slow} x 504, no fast 503): the gateway's circuit breaker for payment-service never opened, so slow checkouts kept holding connections and browse queued behind them anyway. Look at the gateway's /debug/downstreams and at which status the timed-out calls carried: the breaker counts UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN, RESOURCE_EXHAUSTED and client-side timeouts (CANCELLED) as failures."
             ));
         } else if fast > 0 {
             measurement.push_str(&format!(
