@@ -2,16 +2,8 @@
 
 use std::time::Duration;
 
+use platform::config::parse_switch;
 use secrecy::SecretString;
-
-/// `on`/`off` switch (also accepts true/false, 1/0, yes/no).
-pub fn parse_switch(s: &str) -> Result<bool, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "on" | "true" | "1" | "yes" => Ok(true),
-        "off" | "false" | "0" | "no" => Ok(false),
-        other => Err(format!("expected on or off, got {other:?}")),
-    }
-}
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {
     if s.len() < 16 {

@@ -15,8 +15,9 @@ use shop_proto::{
 use tonic::{Code, Status};
 use utoipa::ToSchema;
 
+use platform::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker};
+
 use crate::{
-    breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker},
     config::Config,
     retry::{RetryBudget, RetryPolicy},
 };
@@ -55,6 +56,25 @@ pub enum Safety {
     Once,
 }
 
+/// Marks a refusal by our own breaker: the call was never sent.
+const CIRCUIT_OPEN: &str = "x-shop-circuit-open";
+
+/// UNAVAILABLE for a call the breaker refused.
+pub fn circuit_open(service: &str) -> Status {
+    let mut s = Status::unavailable(format!("{service} is unavailable (circuit open)"));
+    s.metadata_mut().insert(
+        CIRCUIT_OPEN,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    s
+}
+
+/// Whether `s` is our breaker's refusal (nothing reached the service), as opposed to a
+/// failure whose effect is unknown.
+pub fn is_circuit_open(s: &Status) -> bool {
+    s.metadata().contains_key(CIRCUIT_OPEN)
+}
+
 /// Methods whose callee calls further services before answering.
 const CHAIN_ENTRIES: &[&str] = &["ChainedCheckout"];
 
@@ -79,6 +99,7 @@ impl<C: Clone> Downstream<C> {
             target,
             client,
             breaker: Arc::new(CircuitBreaker::new(
+                "gateway",
                 name,
                 BreakerConfig {
                     enabled: config.breakers,
@@ -128,10 +149,7 @@ impl<C: Clone> Downstream<C> {
             }
             let Some(permit) = self.breaker.try_acquire() else {
                 metrics::counter!("gateway_downstream_requests_total", "service" => self.name, "method" => method, "code" => "CircuitOpen").increment(1);
-                return Err(Status::unavailable(format!(
-                    "{} is unavailable (circuit open)",
-                    self.name
-                )));
+                return Err(circuit_open(self.name));
             };
             let start = Instant::now();
             let fut = f(self.client.clone(), ctx.request(msg.clone(), None));
@@ -190,6 +208,11 @@ impl<C: Clone> Downstream<C> {
                 }
             }
         }
+    }
+
+    /// Whether the breaker would let a call through now (no permit taken).
+    pub fn admits(&self) -> bool {
+        self.breaker.admits()
     }
 
     pub fn snapshot(&self) -> DownstreamSnapshot {
@@ -406,7 +429,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3, "rejected by the breaker");
         assert_eq!(
             d.snapshot().breaker.state,
-            crate::breaker::BreakerState::Open
+            platform::breaker::BreakerState::Open
         );
 
         // Business errors do not open it.
@@ -416,7 +439,7 @@ mod tests {
         }
         assert_eq!(
             d.snapshot().breaker.state,
-            crate::breaker::BreakerState::Closed
+            platform::breaker::BreakerState::Closed
         );
     }
 

@@ -5,7 +5,6 @@
 
 pub mod api;
 pub mod auth;
-pub mod breaker;
 pub mod checkout;
 pub mod config;
 pub mod deadline;

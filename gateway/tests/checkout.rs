@@ -8,9 +8,7 @@ use std::time::Duration;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use shop_proto::item::v1::{
-    GetReservationRequest, ReservationStatus, item_service_client::ItemServiceClient,
-};
+use shop_proto::item::v1::{GetReservationRequest, ReservationStatus};
 
 const STRATEGIES: [&str; 3] = ["orchestrated", "parallel", "chained"];
 
@@ -30,12 +28,6 @@ fn normalized(body: &Value) -> Value {
             "card_last4": p["card_last4"],
         },
     })
-}
-
-async fn item_client(s: &Stack) -> ItemServiceClient<tonic::transport::Channel> {
-    ItemServiceClient::connect(format!("http://{}", s.item.addr))
-        .await
-        .expect("connect item-service")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

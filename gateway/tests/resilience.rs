@@ -22,7 +22,7 @@ async fn payment_service_down_browsing_works_checkout_503() {
     let admin = s.admin().await;
     let item = s.create_item(&admin, "Umbrella", 1500, 10).await;
     let id = item["id"].as_str().expect("id").to_owned();
-    let (token, _) = s.customer().await;
+    let (token, user_id) = s.customer().await;
     let lines = json!([{"item_id": id, "quantity": 1}]);
     let placed = s
         .checkout(&token, "orchestrated", &key(), lines.clone(), GOOD_CARD)
@@ -58,6 +58,20 @@ async fn payment_service_down_browsing_works_checkout_503() {
     }
     // Every failed checkout gave its stock back.
     assert_eq!(s.stock_of(&id).await, 9);
+    // With the breaker open a checkout does not even reserve: nothing to hold or undo.
+    let k = key();
+    let r = s
+        .checkout(&token, "orchestrated", &k, lines.clone(), GOOD_CARD)
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let held = item_client(&s)
+        .await
+        .get_reservation(shop_proto::item::v1::GetReservationRequest {
+            reservation_id: format!("{user_id}:{k}"),
+        })
+        .await
+        .expect_err("no reservation was made");
+    assert_eq!(held.code(), tonic::Code::NotFound, "{held:?}");
     // The breaker is open and says so.
     let dbg = s.get("/debug/downstreams", None).await;
     let payment = dbg.body["downstreams"]

@@ -100,7 +100,7 @@ impl Params {
                 users: 16,
                 fails: vec![0.01, 0.05, 0.10],
                 avail_dur: Duration::from_secs(15),
-                cascade_dur: Duration::from_secs(20),
+                cascade_dur: Duration::from_secs(30),
                 cascade_rate: 10.0,
                 cascade_conns: 4,
                 cascade_timeout: Duration::from_secs(15),
@@ -221,11 +221,13 @@ async fn start_stack(
             pay,
         )
         .await?;
-    // The unprotected payment-service waits up to a minute for the card gateway.
+    // The unprotected payment-service waits up to a minute for the card gateway, with no
+    // breaker in front of it.
     let (pay_nt, pay_nt_m) = (free_addr()?, free_addr()?);
     let mut env = pay_env(pay_nt, pay_nt_m);
     env.push(("PAYMENT_GATEWAY_TIMEOUT_MS", "60000".into()));
     env.push(("PAYMENT_REQUEST_TIMEOUT_MS", "60000".into()));
+    env.push(("PAYMENT_CARD_BREAKER", "off".into()));
     stack
         .start("payment-service-notimeout", "payment-service", &env, pay_nt)
         .await?;
@@ -272,7 +274,7 @@ async fn start_stack(
         .start("gateway-unprotected", "gateway", &env, gw_un)
         .await?;
     setup.push(format!(
-        "Processes: card-gateway, item-service (ITEM_CACHE=on) and a second one with ITEM_CACHE=off, payment-service and a second one with a 60 s card-gateway timeout, user-service, and three gateways: defaults (retries on, breakers on, 2 s checkout budget), retries off, and unprotected (no retries, no breakers, 60 s budgets). Each on free 127.0.0.1 ports, logs in {}.",
+        "Processes: card-gateway, item-service (ITEM_CACHE=on) and a second one with ITEM_CACHE=off, payment-service and a second one with a 60 s card-gateway timeout and no card breaker, user-service, and three gateways: defaults (retries on, breakers on, 2 s checkout budget), retries off, and unprotected (no retries, no breakers, 60 s budgets). Each on free 127.0.0.1 ports, logs in {}.",
         stack.log_dir().display()
     ));
 

@@ -785,7 +785,7 @@ pub fn cascading_failure(delay_ms: u32, connections: usize, runs: &[CascadeRun])
         id: "cascading_failure".into(),
         title: "Cascading failure".into(),
         setup: format!(
-            "The card gateway answers every charge after {delay_ms} ms (its admin faults endpoint). A browse-heavy mix arrives at a fixed rate through one pool of {connections} client connections (a web tier's worker pool: browse and checkout share it). Protected: the gateway's defaults (2 s checkout budget propagated as grpc-timeout, payment-service's 2 s card-gateway timeout, circuit breakers). Unprotected: budgets and card-gateway timeout 60 s, breakers and retries off."
+            "The card gateway answers every charge after {delay_ms} ms (its admin faults endpoint). A browse-heavy mix arrives at a fixed rate through one pool of {connections} client connections (a web tier's worker pool: browse and checkout share it). Protected: the defaults (2 s checkout budget propagated as grpc-timeout, payment-service's 2 s card-gateway timeout, a circuit breaker per downstream in the gateway and one on card-gateway charges in payment-service). Unprotected: budgets and card-gateway timeout 60 s, breakers and retries off."
         ),
         prediction: "Browsing never touches payment, so in a perfectly isolated system it would not notice. But slow checkouts hold shared capacity (connections, workers) for seconds each: without timeouts and breakers the slow charges pile up until they hold every connection, and browse requests queue behind them, so browse latency should climb by seconds and time out. With timeouts and a breaker, checkouts fail fast after the breaker opens, the pool drains, and browse should stay near its baseline.".into(),
         measurement,

@@ -6,6 +6,7 @@ use std::{future::Future, net::SocketAddr, str::FromStr, time::Duration};
 use anyhow::Context as _;
 use futures::FutureExt as _;
 use platform::{
+    breaker::BreakerConfig,
     faults::FaultInjector,
     grpc::{ServerOptions, bind},
     transport::GrpcTransport,
@@ -63,6 +64,12 @@ pub async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Pa
         Settings {
             max_amount_minor: config.max_amount_minor,
             gateway_timeout: Duration::from_millis(config.gateway_timeout_ms),
+            card_breaker: BreakerConfig {
+                enabled: config.card_breaker,
+                failure_threshold: config.card_breaker_failures.max(1),
+                open_for: Duration::from_millis(config.card_breaker_open_ms),
+                half_open_probes: 1,
+            },
             item_timeout: Duration::from_millis(config.item_timeout_ms.max(1)),
             idempotency_ttl: Duration::from_secs(u64::from(config.idempotency_ttl_hours) * 3600),
         },

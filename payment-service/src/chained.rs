@@ -144,6 +144,9 @@ pub async fn chained_charge(
         .into());
     }
 
+    // Reserving stock that cannot be paid for would only hold it up.
+    payments.refuse_while_gateway_fails(&key).await?;
+
     let reservation = items
         .reserve_stock(
             ctx.request(

@@ -31,6 +31,17 @@ pub struct Config {
     /// before the payment is left PENDING for reconciliation.
     #[arg(long, env = "PAYMENT_GATEWAY_TIMEOUT_MS", default_value_t = 2000)]
     pub gateway_timeout_ms: u64,
+    /// Circuit breaker on card-gateway charges (on/off): after `card_breaker_failures`
+    /// charges in a row time out or fail, new charges are refused at once (UNAVAILABLE,
+    /// nothing written) for `card_breaker_open_ms`, then one probe charge is let through.
+    #[arg(long, env = "PAYMENT_CARD_BREAKER", default_value = "on", value_parser = platform::config::parse_switch)]
+    pub card_breaker: bool,
+    /// Consecutive failed charges that open the card-gateway breaker.
+    #[arg(long, env = "PAYMENT_CARD_BREAKER_FAILURES", default_value_t = 5)]
+    pub card_breaker_failures: u32,
+    /// How long the open breaker refuses charges before a probe (ms).
+    #[arg(long, env = "PAYMENT_CARD_BREAKER_OPEN_MS", default_value_t = 5000)]
+    pub card_breaker_open_ms: u64,
     /// Largest accepted charge, in minor units.
     #[arg(long, env = "PAYMENT_MAX_AMOUNT_MINOR", default_value_t = 1_000_000)]
     pub max_amount_minor: i64,
@@ -72,6 +83,9 @@ impl Config {
             database_max_connections: 20,
             card_gateway_url: "http://127.0.0.1:8081".into(),
             gateway_timeout_ms: 2000,
+            card_breaker: true,
+            card_breaker_failures: 5,
+            card_breaker_open_ms: 5000,
             max_amount_minor: 1_000_000,
             item_service_url: "http://127.0.0.1:50052".into(),
             item_timeout_ms: 2000,

@@ -30,6 +30,10 @@ pub enum Error {
         refund_id: String,
         source: GatewayError,
     },
+    #[error(
+        "the card gateway is failing; new charges are refused for a few seconds (circuit open). Nothing was charged; retry later"
+    )]
+    CardGatewayFailing,
     #[error("payment {payment_id} is {status}; only SUCCEEDED payments can be refunded")]
     NotRefundable { payment_id: String, status: String },
     #[error("amount.currency: the payment is in {payment_currency}")]
@@ -57,7 +61,9 @@ impl From<Error> for Status {
             }
             Error::PaymentNotFound(_) => with_field(Status::not_found(msg), "payment_id"),
             Error::InProgress { .. } => Status::aborted(msg),
-            Error::ChargePending { .. } | Error::RefundPending { .. } => Status::unavailable(msg),
+            Error::ChargePending { .. }
+            | Error::RefundPending { .. }
+            | Error::CardGatewayFailing => Status::unavailable(msg),
             Error::NotRefundable { .. } => {
                 with_field(Status::failed_precondition(msg), "payment_id")
             }

@@ -26,6 +26,8 @@ pub enum GatewayError {
     Unavailable(String),
     #[error("card gateway sent an unexpected answer: {0}")]
     Protocol(String),
+    #[error("card gateway calls are refused for now (circuit open)")]
+    CircuitOpen,
 }
 
 impl GatewayError {
@@ -37,7 +39,16 @@ impl GatewayError {
             Self::KeyReused(_) => "refused the idempotency key",
             Self::Unavailable(_) => "is unavailable",
             Self::Protocol(_) => "sent an unexpected answer",
+            Self::CircuitOpen => "is failing (circuit open)",
         }
+    }
+
+    /// Whether the gateway looked unhealthy (for the breaker), as opposed to answering.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout | Self::Unavailable(_) | Self::Protocol(_)
+        )
     }
 }
 

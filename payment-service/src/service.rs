@@ -12,7 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use platform::{CallContext, money::Money, transport::GrpcTransport};
+use platform::{
+    CallContext,
+    breaker::{BreakerConfig, CircuitBreaker},
+    money::Money,
+    transport::GrpcTransport,
+};
 use shop_proto::item::v1::{
     CommitReservationRequest, ReleaseReservationRequest, item_service_client::ItemServiceClient,
 };
@@ -22,7 +27,7 @@ use crate::{
     card::Card,
     error::Error,
     fingerprint::Fingerprint,
-    gateway_client::{ChargeOutcome, ChargeParams, GatewayClient, RefundOutcome},
+    gateway_client::{ChargeOutcome, ChargeParams, GatewayClient, GatewayError, RefundOutcome},
     ids::IdempotencyKey,
     payment::{PaymentRow, RefundRow, RefundStatus, Status},
     store::{self, Claim, NewPayment, NewRefund, RefundStart, Store},
@@ -35,6 +40,8 @@ pub const NOT_CHARGED_CODE: &str = "processing_error";
 pub struct Settings {
     pub max_amount_minor: i64,
     pub gateway_timeout: Duration,
+    /// The breaker on card-gateway charges.
+    pub card_breaker: BreakerConfig,
     pub item_timeout: Duration,
     pub idempotency_ttl: Duration,
 }
@@ -48,6 +55,10 @@ pub struct Payments {
 struct Inner {
     store: Store,
     gateway: GatewayClient,
+    /// Guards charges only: the path a checkout waits on. Lookups and refunds are the
+    /// reconciler's and compensation's background work, bounded by their own timeouts, and
+    /// a fast lookup succeeding must not close a breaker that slow charges opened.
+    charge_breaker: CircuitBreaker,
     items: ItemServiceClient<GrpcTransport>,
     settings: Settings,
 }
@@ -91,6 +102,11 @@ impl Payments {
             inner: Arc::new(Inner {
                 store,
                 gateway,
+                charge_breaker: CircuitBreaker::new(
+                    "payment",
+                    "card-gateway",
+                    settings.card_breaker,
+                ),
                 items,
                 settings,
             }),
@@ -145,8 +161,21 @@ impl Payments {
             .ok_or_else(|| Error::PaymentNotFound(id.to_owned()))
     }
 
+    /// While the card gateway is failing (its breaker is open), a new charge is refused
+    /// before anything is written or reserved: the caller learns at once, and there is
+    /// nothing to reconcile. A retry of a known key still gets its stored answer.
+    pub async fn refuse_while_gateway_fails(&self, key: &IdempotencyKey) -> Result<(), Error> {
+        if !self.inner.charge_breaker.admits() && !self.inner.store.key_exists(key.as_str()).await?
+        {
+            metrics::counter!("payment_charges_refused_total").increment(1);
+            return Err(Error::CardGatewayFailing);
+        }
+        Ok(())
+    }
+
     /// Charges once per idempotency key; see the module docs.
     pub async fn charge(&self, cmd: ChargeCommand, ctx: &CallContext) -> Result<PaymentRow, Error> {
+        self.refuse_while_gateway_fails(&cmd.key).await?;
         let now = store::now();
         let id = Uuid::now_v7().to_string();
         let user_id = cmd.user_id.to_string();
@@ -224,11 +253,21 @@ impl Payments {
                 description: &cmd.description,
                 card: &cmd.card,
             };
-            let answer = this
-                .inner
-                .gateway
-                .create_charge(&row.id, &params, this.inner.settings.gateway_timeout)
-                .await;
+            let answer = match this.inner.charge_breaker.try_acquire() {
+                Some(permit) => {
+                    let answer = this
+                        .inner
+                        .gateway
+                        .create_charge(&row.id, &params, this.inner.settings.gateway_timeout)
+                        .await;
+                    this.inner
+                        .charge_breaker
+                        .record(permit, answer.as_ref().is_err_and(GatewayError::is_failure));
+                    answer
+                }
+                // Opened since `charge` looked: the row stays PENDING, nothing was sent.
+                None => Err(GatewayError::CircuitOpen),
+            };
             match answer {
                 Ok(outcome) => this.settle(&row.id, &outcome).await,
                 Err(source) => {

@@ -562,6 +562,76 @@ async fn gateway_errors_leave_pending_and_a_retry_with_the_key_completes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_card_gateway_opens_the_breaker_so_new_charges_fail_fast_and_leave_nothing() {
+    let app = spawn_app_with(|c| {
+        c.gateway_timeout_ms = 300;
+        c.card_breaker_failures = 2;
+        c.card_breaker_open_ms = 3000;
+    })
+    .await;
+    app.put_admin(
+        "/admin/faults",
+        json!([{"method": "POST /v1/charges", "error_rate": 1.0}]),
+    )
+    .await;
+    let first = charge_request("cb-first", 500, VISA_OK);
+    for req in [first.clone(), charge_request("cb-second", 500, VISA_OK)] {
+        let err = app.charge(req).await.expect_err("500s");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("PENDING"), "{err:?}");
+    }
+    let asked = app.stats().await.injected_errors;
+
+    // Open: a new key is refused at once, nothing stored, the card gateway not asked.
+    let refused = charge_request("cb-refused", 500, VISA_OK);
+    let err = app.charge(refused.clone()).await.expect_err("circuit open");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("circuit open"), "{err:?}");
+    assert!(err.message().contains("Nothing was charged"), "{err:?}");
+    assert_eq!(
+        app.stats().await.injected_errors,
+        asked,
+        "gateway not asked"
+    );
+    let listed = app
+        .client
+        .clone()
+        .list_payments(pb::ListPaymentsRequest {
+            user_id: refused.user_id.clone(),
+            page: None,
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .payments;
+    assert!(
+        listed.is_empty(),
+        "a refused charge leaves no row: {listed:?}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", app.metrics_addr))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("payment_circuit_state{service=\"card-gateway\"} 1"),
+        "{metrics}"
+    );
+
+    // The card gateway recovers; after the cool-down one probe goes through and closes
+    // the breaker, and the refused key was never spent: it charges normally.
+    app.put_admin("/admin/faults", json!([])).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let paid = app.charge(refused).await.expect("probe charge");
+    assert_eq!(paid.status(), PaymentStatus::Succeeded);
+    let done = app.charge(first).await.expect("retry of a pending key");
+    assert_eq!(done.status(), PaymentStatus::Succeeded);
+    assert_eq!(app.stats().await.charges_created, 2);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconcile_timer_settles_pending_payments_by_itself() {
     let app = spawn_app_with(|c| {
         c.gateway_timeout_ms = 200;

@@ -3,6 +3,8 @@
 //! context, metrics, graceful shutdown), the Prometheus endpoint, field errors, and the
 //! domain types more than one service parses (money, pages).
 
+pub mod breaker;
+pub mod config;
 pub mod context;
 pub mod error;
 pub mod faults;

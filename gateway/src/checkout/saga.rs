@@ -31,6 +31,14 @@ pub async fn run(
     };
     let scoped = c.scoped_key();
 
+    // While payment-service's breaker refuses calls the checkout cannot finish: answer now
+    // instead of holding stock (and the client) through a reserve and a release.
+    if !state.downstreams.payment.admits() {
+        return Err(ApiError::from_status(&crate::downstream::circuit_open(
+            state.downstreams.payment.name,
+        )));
+    }
+
     // 3: reserve.
     reserve(state, ctx, c, &scoped).await?;
 
@@ -358,10 +366,12 @@ async fn charge(
         Ok(r) => r.payment.ok_or_else(ApiError::internal)?,
         Err(s) if super::is_in_progress(&s) => return Err(super::in_progress()),
         Err(s) => {
+            // A call our breaker refused never left: there is nothing to settle.
             if matches!(
                 s.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
-            ) {
+            ) && !crate::downstream::is_circuit_open(&s)
+            {
                 // The charge may have gone through with the answer lost: find it later and
                 // refund it, so no money is kept for an order that does not exist.
                 compensate::settle_unknown_charge(

@@ -488,6 +488,19 @@ pub fn delay(method: &str, ms: u32) -> admin_pb::FaultRule {
     }
 }
 
+/// A direct client of the stack's item-service (to look at reservations).
+#[allow(dead_code)]
+pub async fn item_client(
+    s: &Stack,
+) -> shop_proto::item::v1::item_service_client::ItemServiceClient<Channel> {
+    shop_proto::item::v1::item_service_client::ItemServiceClient::connect(format!(
+        "http://{}",
+        s.item.addr
+    ))
+    .await
+    .expect("connect item-service")
+}
+
 pub fn key() -> String {
     format!("k-{}", uuid::Uuid::new_v4())
 }

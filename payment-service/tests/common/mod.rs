@@ -88,6 +88,7 @@ pub async fn spawn_gateway() -> TestGateway {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub client: PaymentServiceClient<Channel>,
     pub gateway: TestGateway,
     pub db_url: String,
@@ -116,12 +117,14 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         .await
         .expect("payment-service builds");
     let addr = app.grpc_addr();
+    let metrics_addr = app.metrics_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let client = PaymentServiceClient::connect(format!("http://{addr}"))
         .await
         .expect("connect to payment-service");
     TestApp {
         addr,
+        metrics_addr,
         client,
         gateway,
         db_url,

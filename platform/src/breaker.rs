@@ -1,7 +1,9 @@
-//! A circuit breaker per downstream service: closed -> (N consecutive failures) -> open ->
+//! A circuit breaker per dependency: closed -> (N consecutive failures) -> open ->
 //! (after a cool-down) half-open -> (probes succeed) closed, or (a probe fails) open again.
-//! While open, calls fail at once instead of waiting on a dead service, so browsing stays
-//! fast and checkout fails fast when a service is down.
+//! While open, calls fail at once instead of waiting on a dead or slow dependency. The
+//! gateway keeps one per downstream service, payment-service one for the card gateway:
+//! each hop protects itself, so a slow card processor makes payment-service answer
+//! UNAVAILABLE at once instead of holding every caller up the chain.
 
 use std::{
     sync::Mutex,
@@ -9,7 +11,6 @@ use std::{
 };
 
 use serde::Serialize;
-use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerConfig {
@@ -22,7 +23,8 @@ pub struct BreakerConfig {
     pub half_open_probes: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
@@ -52,6 +54,8 @@ struct Inner {
 
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    /// Metric names start with it: `{prefix}_circuit_state`, `{prefix}_circuit_rejected_total`.
+    metric_prefix: &'static str,
     service: &'static str,
     config: BreakerConfig,
     inner: Mutex<Inner>,
@@ -64,8 +68,9 @@ pub struct Permit {
     probe: bool,
 }
 
-/// A view of one breaker for /debug/downstreams.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// A view of one breaker (the gateway's /debug/downstreams).
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BreakerSnapshot {
     pub enabled: bool,
     pub state: BreakerState,
@@ -78,8 +83,9 @@ pub struct BreakerSnapshot {
 }
 
 impl CircuitBreaker {
-    pub fn new(service: &'static str, config: BreakerConfig) -> Self {
+    pub fn new(metric_prefix: &'static str, service: &'static str, config: BreakerConfig) -> Self {
         let b = Self {
+            metric_prefix,
             service,
             config,
             inner: Mutex::new(Inner {
@@ -103,7 +109,24 @@ impl CircuitBreaker {
     }
 
     fn publish(&self, state: BreakerState) {
-        metrics::gauge!("gateway_circuit_state", "service" => self.service).set(state.gauge());
+        ::metrics::gauge!(format!("{}_circuit_state", self.metric_prefix), "service" => self.service).set(state.gauge());
+    }
+
+    /// Whether a call made now would be admitted, without taking a permit: lets a caller
+    /// skip work that is pointless while the breaker refuses (a checkout need not reserve
+    /// stock it cannot pay for). A cooled-down open breaker admits (its probe).
+    pub fn admits(&self) -> bool {
+        if !self.config.enabled {
+            return true;
+        }
+        let g = self.lock();
+        match g.state {
+            BreakerState::Closed => true,
+            BreakerState::Open => g
+                .opened_at
+                .is_none_or(|t| t.elapsed() >= self.config.open_for),
+            BreakerState::HalfOpen => g.probes_in_flight < self.config.half_open_probes.max(1),
+        }
     }
 
     /// Asks to make a call. None: the breaker is open, fail fast.
@@ -129,7 +152,7 @@ impl CircuitBreaker {
                 } else {
                     g.rejected += 1;
                     drop(g);
-                    metrics::counter!("gateway_circuit_rejected_total", "service" => self.service)
+                    ::metrics::counter!(format!("{}_circuit_rejected_total", self.metric_prefix), "service" => self.service)
                         .increment(1);
                     None
                 }
@@ -141,7 +164,7 @@ impl CircuitBreaker {
                 } else {
                     g.rejected += 1;
                     drop(g);
-                    metrics::counter!("gateway_circuit_rejected_total", "service" => self.service)
+                    ::metrics::counter!(format!("{}_circuit_rejected_total", self.metric_prefix), "service" => self.service)
                         .increment(1);
                     None
                 }
@@ -189,7 +212,7 @@ impl CircuitBreaker {
         drop(g);
         if before != after {
             self.publish(after);
-            metrics::counter!("gateway_circuit_transitions_total", "service" => self.service, "to" => format!("{after:?}")).increment(1);
+            ::metrics::counter!(format!("{}_circuit_transitions_total", self.metric_prefix), "service" => self.service, "to" => format!("{after:?}")).increment(1);
             tracing::warn!(service = self.service, from = ?before, to = ?after, "circuit state changed");
         }
     }
@@ -220,6 +243,7 @@ mod tests {
     fn breaker(open_for_ms: u64) -> CircuitBreaker {
         CircuitBreaker::new(
             "test",
+            "test",
             BreakerConfig {
                 enabled: true,
                 failure_threshold: 3,
@@ -243,6 +267,30 @@ mod tests {
         assert!(b.try_acquire().is_none(), "only one probe at a time");
         b.record(p, false);
         assert_eq!(b.snapshot().state, BreakerState::Closed);
+    }
+
+    #[test]
+    fn admits_tells_without_taking_the_probe() {
+        let b = breaker(60_000);
+        assert!(b.admits());
+        for _ in 0..3 {
+            let p = b.try_acquire().expect("closed");
+            b.record(p, true);
+        }
+        assert!(!b.admits(), "open and not cooled down");
+        assert_eq!(b.snapshot().rejected, 0, "asking is not a rejected call");
+
+        let b = breaker(0);
+        for _ in 0..3 {
+            let p = b.try_acquire().expect("closed");
+            b.record(p, true);
+        }
+        assert!(b.admits(), "cooled down: the next call is the probe");
+        assert!(b.admits(), "asking twice does not use the probe up");
+        let p = b.try_acquire().expect("probe");
+        assert!(!b.admits(), "the one probe is in flight");
+        b.record(p, false);
+        assert!(b.admits());
     }
 
     #[test]
@@ -278,6 +326,7 @@ mod tests {
             }
         }
         let off = CircuitBreaker::new(
+            "test",
             "off",
             BreakerConfig {
                 enabled: false,
