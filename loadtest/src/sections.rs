@@ -378,7 +378,7 @@ pub struct TailRun {
     pub with_tail: RunResult,
     /// Calls per checkout to the service given the tail.
     pub calls_to_slow: f64,
-    /// "Slow" means at or above this: the baseline's p50 plus the injected delay.
+    /// "Slow" means at or above this: the baseline's p50 plus half the injected delay.
     pub threshold_ms: f64,
     /// Share of checkouts at or above the threshold without the tail.
     pub share_before: f64,
@@ -486,7 +486,7 @@ pub fn tail_amplification(
     Section {
         id: "tail_amplification".into(),
         title: "Tail amplification".into(),
-        setup: format!("{service} given a slow tail through FaultAdmin (every method: with probability {probability} a call waits {delay_ms} ms), same offered load as section 1."),
+        setup: format!("{service} given a slow tail through FaultAdmin (every method: with probability {probability} a call waits {delay_ms} ms), same offered load as section 1; each strategy runs once without the tail, then with it. A checkout counts as slow at or above the p50 of its run without the tail plus half the delay."),
         prediction: format!(
             "A checkout that makes k calls to the slow service is slow when any of them is: 1-(1-{probability})^k of checkouts, about k times the per-call {:.0}%. With k around 3 that is about 3%, past the 1% that p99 looks at, so every strategy's p99 should jump to about {delay_ms} ms plus its normal latency while p50 stays put.",
             probability * 100.0
@@ -773,7 +773,7 @@ pub fn cascading_failure(delay_ms: u32, connections: usize, runs: &[CascadeRun])
             .unwrap_or(0);
         if fast == 0 && slow > 0 {
             measurement.push_str(&format!(
-                " In the protected run every failed checkout waited out its budget ({slow} x 504, no fast 503): the gateway's circuit breaker for payment-service never opened, so slow checkouts kept holding connections and browse queued behind them anyway. Look at the gateway's /debug/downstreams and at which status the timed-out calls carried: the breaker counts UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN, RESOURCE_EXHAUSTED and client-side timeouts (CANCELLED) as failures."
+                " In the protected run every failed checkout waited out its budget ({slow} x 504, no fast 503): no breaker opened within the run, so slow checkouts kept holding connections and browse queued behind them. A breaker opens after 5 failures in a row, which a run of a few seconds may not reach (--quick); otherwise look at the gateway's /debug/downstreams and payment-service's payment_circuit_state."
             ));
         } else if fast > 0 {
             measurement.push_str(&format!(
