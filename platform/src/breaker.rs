@@ -61,6 +61,14 @@ pub struct CircuitBreaker {
     inner: Mutex<Inner>,
 }
 
+enum Admission {
+    Call,
+    /// The cool-down is over: this call is the first probe.
+    FirstProbe,
+    Probe,
+    Refuse,
+}
+
 /// Admission to call; hand it back with the outcome.
 #[derive(Debug)]
 #[must_use]
@@ -112,21 +120,27 @@ impl CircuitBreaker {
         ::metrics::gauge!(format!("{}_circuit_state", self.metric_prefix), "service" => self.service).set(state.gauge());
     }
 
+    /// What a call made now would get.
+    fn admission(&self, g: &Inner) -> Admission {
+        let probes = self.config.half_open_probes.max(1);
+        match g.state {
+            BreakerState::Closed => Admission::Call,
+            BreakerState::Open
+                if g.opened_at
+                    .is_none_or(|t| t.elapsed() >= self.config.open_for) =>
+            {
+                Admission::FirstProbe
+            }
+            BreakerState::HalfOpen if g.probes_in_flight < probes => Admission::Probe,
+            BreakerState::Open | BreakerState::HalfOpen => Admission::Refuse,
+        }
+    }
+
     /// Whether a call made now would be admitted, without taking a permit: lets a caller
     /// skip work that is pointless while the breaker refuses (a checkout need not reserve
     /// stock it cannot pay for). A cooled-down open breaker admits (its probe).
     pub fn admits(&self) -> bool {
-        if !self.config.enabled {
-            return true;
-        }
-        let g = self.lock();
-        match g.state {
-            BreakerState::Closed => true,
-            BreakerState::Open => g
-                .opened_at
-                .is_none_or(|t| t.elapsed() >= self.config.open_for),
-            BreakerState::HalfOpen => g.probes_in_flight < self.config.half_open_probes.max(1),
-        }
+        !self.config.enabled || !matches!(self.admission(&self.lock()), Admission::Refuse)
     }
 
     /// Asks to make a call. None: the breaker is open, fail fast.
@@ -135,39 +149,27 @@ impl CircuitBreaker {
             return Some(Permit { probe: false });
         }
         let mut g = self.lock();
-        match g.state {
-            BreakerState::Closed => Some(Permit { probe: false }),
-            BreakerState::Open => {
-                let cooled = g
-                    .opened_at
-                    .is_none_or(|t| t.elapsed() >= self.config.open_for);
-                if cooled {
-                    g.state = BreakerState::HalfOpen;
-                    g.probes_in_flight = 1;
-                    g.probe_successes = 0;
-                    drop(g);
-                    self.publish(BreakerState::HalfOpen);
-                    tracing::info!(service = self.service, "circuit half-open: probing");
-                    Some(Permit { probe: true })
-                } else {
-                    g.rejected += 1;
-                    drop(g);
-                    ::metrics::counter!(format!("{}_circuit_rejected_total", self.metric_prefix), "service" => self.service)
-                        .increment(1);
-                    None
-                }
+        match self.admission(&g) {
+            Admission::Call => Some(Permit { probe: false }),
+            Admission::FirstProbe => {
+                g.state = BreakerState::HalfOpen;
+                g.probes_in_flight = 1;
+                g.probe_successes = 0;
+                drop(g);
+                self.publish(BreakerState::HalfOpen);
+                tracing::info!(service = self.service, "circuit half-open: probing");
+                Some(Permit { probe: true })
             }
-            BreakerState::HalfOpen => {
-                if g.probes_in_flight < self.config.half_open_probes.max(1) {
-                    g.probes_in_flight += 1;
-                    Some(Permit { probe: true })
-                } else {
-                    g.rejected += 1;
-                    drop(g);
-                    ::metrics::counter!(format!("{}_circuit_rejected_total", self.metric_prefix), "service" => self.service)
-                        .increment(1);
-                    None
-                }
+            Admission::Probe => {
+                g.probes_in_flight += 1;
+                Some(Permit { probe: true })
+            }
+            Admission::Refuse => {
+                g.rejected += 1;
+                drop(g);
+                ::metrics::counter!(format!("{}_circuit_rejected_total", self.metric_prefix), "service" => self.service)
+                    .increment(1);
+                None
             }
         }
     }
