@@ -255,13 +255,18 @@ mod tests {
         )
     }
 
-    #[test]
-    fn opens_after_threshold_and_closes_after_probe() {
-        let b = breaker(0);
+    /// Three failures in a row: the threshold of `breaker`.
+    fn trip(b: &CircuitBreaker) {
         for _ in 0..3 {
             let p = b.try_acquire().expect("closed");
             b.record(p, true);
         }
+    }
+
+    #[test]
+    fn opens_after_threshold_and_closes_after_probe() {
+        let b = breaker(0);
+        trip(&b);
         assert_eq!(b.snapshot().state, BreakerState::Open);
         // open_for = 0: the next call is a probe.
         let p = b.try_acquire().expect("probe");
@@ -275,18 +280,12 @@ mod tests {
     fn admits_tells_without_taking_the_probe() {
         let b = breaker(60_000);
         assert!(b.admits());
-        for _ in 0..3 {
-            let p = b.try_acquire().expect("closed");
-            b.record(p, true);
-        }
+        trip(&b);
         assert!(!b.admits(), "open and not cooled down");
         assert_eq!(b.snapshot().rejected, 0, "asking is not a rejected call");
 
         let b = breaker(0);
-        for _ in 0..3 {
-            let p = b.try_acquire().expect("closed");
-            b.record(p, true);
-        }
+        trip(&b);
         assert!(b.admits(), "cooled down: the next call is the probe");
         assert!(b.admits(), "asking twice does not use the probe up");
         let p = b.try_acquire().expect("probe");
@@ -298,18 +297,12 @@ mod tests {
     #[test]
     fn open_rejects_and_failed_probe_reopens() {
         let b = breaker(60_000);
-        for _ in 0..3 {
-            let p = b.try_acquire().expect("closed");
-            b.record(p, true);
-        }
+        trip(&b);
         assert!(b.try_acquire().is_none());
         assert_eq!(b.snapshot().rejected, 1);
 
         let b = breaker(0);
-        for _ in 0..3 {
-            let p = b.try_acquire().expect("closed");
-            b.record(p, true);
-        }
+        trip(&b);
         let p = b.try_acquire().expect("probe");
         b.record(p, true);
         assert_eq!(b.snapshot().state, BreakerState::Open);
