@@ -82,7 +82,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
+        axum::serve(platform::net::http_listener(self.listener), self.router)
             .with_graceful_shutdown(shutdown)
             .await?;
         Ok(())

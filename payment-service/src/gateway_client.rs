@@ -120,6 +120,8 @@ impl GatewayClient {
     pub fn new(base_url: &str) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
+            // Explicit (reqwest's default today): a request is a few small writes.
+            .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
         Ok(Self {

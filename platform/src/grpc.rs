@@ -12,7 +12,6 @@ use std::{
 use futures::future::BoxFuture;
 use shop_proto::admin::v1::{echo_server::EchoServer, fault_admin_server::FaultAdminServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tracing::Instrument;
@@ -108,14 +107,14 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .layer(layers)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(crate::net::incoming(listener), shutdown)
         .await?;
     Ok(())
 }
 
 /// Binds `addr` ("127.0.0.1:0" picks a free port).
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    crate::net::bind(addr).await
 }
 
 /// Ends a call at the earlier of the caller's `grpc-timeout` and the server's own cap, with
@@ -251,5 +250,60 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use shop_proto::admin::v1::{EchoRequest, echo_client::EchoClient};
+
+    use super::*;
+
+    /// Regression test for Nagle + delayed ACK on accepted sockets: a response of a few KB
+    /// leaves as several writes, and without TCP_NODELAY the later ones wait for the
+    /// client's delayed ACK (about 40 ms on Linux). The handler (Echo) takes microseconds,
+    /// so a median in the tens of milliseconds can only be that stall; 20 ms is a bound a
+    /// busy machine stays far below and the stall always breaks.
+    #[tokio::test]
+    async fn a_few_kb_response_is_not_held_back_by_nagle() {
+        let listener = bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Routes::default(),
+            &[],
+            ServerOptions::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let channel = crate::transport::channel(&format!("http://{addr}"), Duration::from_secs(2))
+            .expect("channel");
+        let mut client = EchoClient::new(channel);
+        let payload = vec![7u8; 6 * 1024];
+        let mut took = Vec::new();
+        for _ in 0..21 {
+            let start = Instant::now();
+            let reply = client
+                .echo(EchoRequest {
+                    payload: payload.clone(),
+                })
+                .await
+                .expect("echo");
+            took.push(start.elapsed());
+            assert_eq!(reply.into_inner().payload.len(), payload.len());
+        }
+        took.sort();
+        let median = took[took.len() / 2];
+        let _ = stop.send(());
+        let _ = server.await;
+        assert!(
+            median < Duration::from_millis(20),
+            "median echo of {} bytes took {median:?}: TCP_NODELAY is missing on the server socket ({took:?})",
+            payload.len()
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod ids;
 pub mod metrics;
 pub mod money;
+pub mod net;
 pub mod paging;
 pub mod shutdown;
 pub mod telemetry;

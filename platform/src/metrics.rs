@@ -58,7 +58,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router())
+    axum::serve(crate::net::http_listener(listener), router())
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -208,14 +208,17 @@ impl CardGateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let stop = self.gateway.inner.stop.clone();
-        axum::serve(self.listener, router(self.gateway))
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                // Wake hanging requests so shutdown does not wait for them.
-                let _ = stop.send(true);
-            })
-            .await
-            .context("serving card-gateway")
+        axum::serve(
+            platform::net::http_listener(self.listener),
+            router(self.gateway),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Wake hanging requests so shutdown does not wait for them.
+            let _ = stop.send(true);
+        })
+        .await
+        .context("serving card-gateway")
     }
 }
 

@@ -1,0 +1,57 @@
+//! Every socket the Shop binaries accept is set up here, the same way: TCP_NODELAY on.
+//!
+//! Why it matters: a gRPC or HTTP response leaves as several small writes (headers, body,
+//! trailers). With Nagle's algorithm on, a small write waits until the previous one is
+//! acknowledged, and the peer delays that ACK by up to 40 ms on Linux: a 1 ms handler then
+//! looks like a 40 ms hop, which is exactly the cost this project sets out to measure.
+//! tonic's `Server::tcp_nodelay` does not apply to `serve_with_incoming*`, and axum 0.8's
+//! `serve` leaves the option alone, so each accepted socket is configured here.
+//! (Dialled sockets: `platform::transport::channel` and the HTTP clients set it themselves.)
+
+use std::io;
+
+use futures::{Stream, StreamExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Binds `addr` ("127.0.0.1:0" picks a free port).
+pub async fn bind(addr: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Turns Nagle's algorithm off on one socket. A failure only costs latency, so it is
+/// logged, not fatal.
+pub fn set_nodelay(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
+}
+
+/// The accepted connections of `listener`, each with TCP_NODELAY set: for tonic's
+/// `serve_with_incoming*`.
+pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| accepted.inspect(set_nodelay))
+}
+
+/// `listener` for `axum::serve`, with TCP_NODELAY set on every accepted connection.
+pub fn http_listener(
+    listener: TcpListener,
+) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|stream: &mut TcpStream| set_nodelay(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let listener = bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut accepted = Box::pin(incoming(listener));
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let server_side = accepted.next().await.expect("one").expect("accepted");
+        assert!(server_side.nodelay().expect("read option"));
+    }
+}
