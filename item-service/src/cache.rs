@@ -21,6 +21,7 @@
 //!   copy after the writer's delete) is closed by deleting twice: at once and again
 //!   `REDELETE_AFTER` later. A delete that cannot reach Redis leaves the entry to its TTL.
 
+use platform::timing::StoreOp as _;
 use std::{
     collections::HashMap,
     future::Future,
@@ -349,7 +350,10 @@ impl Inner {
     async fn delete(&self, conn: &mut ConnectionManager, keys: &[String]) {
         let res = tokio::time::timeout(
             self.settings.op_timeout,
-            redis::cmd("DEL").arg(keys).query_async::<i64>(conn),
+            redis::cmd("DEL")
+                .arg(keys)
+                .query_async::<i64>(conn)
+                .store_op("redis", "del"),
         )
         .await;
         match res {
@@ -370,7 +374,8 @@ impl Inner {
             self.settings.op_timeout,
             redis::cmd("MGET")
                 .arg(&keys)
-                .query_async::<Vec<Option<Vec<u8>>>>(&mut conn),
+                .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
+                .store_op("redis", "mget"),
         )
         .await;
         let values = match res {
@@ -423,8 +428,11 @@ impl Inner {
                 .arg(self.ttl(item.is_some()))
                 .ignore();
         }
-        let res =
-            tokio::time::timeout(self.settings.op_timeout, pipe.query_async::<()>(&mut conn)).await;
+        let res = tokio::time::timeout(
+            self.settings.op_timeout,
+            pipe.query_async::<()>(&mut conn).store_op("redis", "set"),
+        )
+        .await;
         match res {
             Ok(Ok(())) => {}
             Ok(Err(e)) => self.failed("set", &e.to_string()),

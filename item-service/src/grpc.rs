@@ -250,9 +250,11 @@ impl ItemService for ItemGrpc {
         // abandoned half-way stays PENDING and every retry would be ABORTED until the
         // sweeper cleans it up.
         let reservations = self.inner.reservations.clone();
-        let doc = tokio::spawn(async move { reservations.reserve(&id, &lines).await })
-            .await
-            .map_err(|e| platform::internal_error("reserve task", &e))??;
+        let doc = tokio::spawn(platform::timing::carry(async move {
+            reservations.reserve(&id, &lines).await
+        }))
+        .await
+        .map_err(|e| platform::internal_error("reserve task", &e))??;
         Ok(Response::new(pb::ReserveStockResponse {
             reservation: Some(doc.to_pb()),
         }))

@@ -3,6 +3,7 @@
 //! Plain `mongodb` driver code that runs unchanged on a real mongod and on SecantusDB.
 //! No multi-document transactions: stock changes are single-document conditional updates.
 
+use mongodb::event::{EventHandler, command::CommandEvent};
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -134,6 +135,18 @@ pub async fn connect(url: &str, database: &str) -> anyhow::Result<Database> {
     opts.server_selection_timeout
         .get_or_insert(Duration::from_secs(5));
     opts.connect_timeout.get_or_insert(Duration::from_secs(5));
+    // Every command is one round trip to MongoDB: the driver reports each (in the calling
+    // task), so the request's Server-Timing and the store histogram count them all,
+    // cursor batches included.
+    opts.command_event_handler = Some(EventHandler::callback(|event| match event {
+        CommandEvent::Succeeded(e) => {
+            platform::timing::record_store("mongodb", e.command_name, e.duration)
+        }
+        CommandEvent::Failed(e) => {
+            platform::timing::record_store("mongodb", e.command_name, e.duration)
+        }
+        _ => {}
+    }));
     let client = Client::with_options(opts)?;
     Ok(client.database(database))
 }

@@ -1,6 +1,7 @@
 //! HTTP client for the card gateway. Every create carries an Idempotency-Key (the payment's
 //! or refund's own id), which makes retrying a failed attempt safe.
 
+use platform::timing::StoreOp as _;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -144,6 +145,7 @@ impl GatewayClient {
             .json(body)
             .timeout(timeout)
             .send()
+            .store_op("card_gateway", "http")
             .await
             .map_err(classify)?;
         let status = resp.status();
@@ -223,6 +225,7 @@ impl GatewayClient {
             .query(&[("idempotency_key", key)])
             .timeout(timeout)
             .send()
+            .store_op("card_gateway", "http")
             .await
             .map_err(classify)?;
         let status = resp.status();

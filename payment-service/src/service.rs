@@ -246,7 +246,7 @@ impl Payments {
     /// up must not cut the work off between the gateway's answer and the database write.
     async fn drive_charge(&self, row: PaymentRow, cmd: ChargeCommand) -> Result<PaymentRow, Error> {
         let this = self.clone();
-        tokio::spawn(async move {
+        tokio::spawn(platform::timing::carry(async move {
             let params = ChargeParams {
                 amount_minor: row.amount_minor,
                 currency: cmd.amount.currency(),
@@ -283,7 +283,7 @@ impl Payments {
                     })
                 }
             }
-        })
+        }))
         .await?
     }
 
@@ -526,7 +526,7 @@ impl Payments {
 
     async fn drive_refund(&self, row: RefundRow) -> Result<(RefundRow, PaymentRow), Error> {
         let this = self.clone();
-        tokio::spawn(async move {
+        tokio::spawn(platform::timing::carry(async move {
             let payment = this.payment(&row.payment_id).await?;
             let answer = this
                 .inner
@@ -567,7 +567,7 @@ impl Payments {
                     })
                 }
             }
-        })
+        }))
         .await?
     }
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use platform::timing::StoreOp as _;
 use sqlx::{MySql, MySqlPool, Transaction, mysql::MySqlDatabaseError};
 use time::{OffsetDateTime, PrimitiveDateTime};
 
@@ -147,6 +148,7 @@ impl Store {
         .bind(resource_id)
         .bind(now)
         .execute(&mut **tx)
+        .store_op("mysql", "insert_key")
         .await;
         match res {
             Ok(_) => Ok(true),
@@ -162,6 +164,7 @@ impl Store {
         .bind(scope)
         .bind(key)
         .fetch_one(&self.pool)
+        .store_op("mysql", "existing_key")
         .await?;
         Ok(Claim::Existing {
             fingerprint,
@@ -182,7 +185,7 @@ impl Store {
     }
 
     async fn try_begin_charge(&self, p: &NewPayment<'_>) -> Result<Claim<PaymentRow>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().store_op("mysql", "begin").await?;
         if !Self::insert_key(&mut tx, SCOPE_CHARGE, p.key, &p.fingerprint, p.id, p.now).await? {
             tx.rollback().await?;
             return self.existing_key(SCOPE_CHARGE, p.key).await;
@@ -206,9 +209,10 @@ impl Store {
         .bind(p.now)
         .bind(p.now)
         .execute(&mut *tx)
+        .store_op("mysql", "try_begin_charge")
         .await?;
         let row = fetch_payment(&mut *tx, p.id).await?;
-        tx.commit().await?;
+        tx.commit().store_op("mysql", "commit").await?;
         match row {
             Some(r) => Ok(Claim::New(r)),
             None => Err(sqlx::Error::RowNotFound),
@@ -222,6 +226,7 @@ impl Store {
                 .bind(SCOPE_CHARGE)
                 .bind(key)
                 .fetch_optional(&self.pool)
+                .store_op("mysql", "key_exists")
                 .await?;
         Ok(found.is_some())
     }
@@ -249,6 +254,7 @@ impl Store {
             .bind(id)
             .bind(now)
             .execute(&self.pool)
+            .store_op("mysql", "claim")
             .await?;
         Ok(res.rows_affected() == 1)
     }
@@ -271,6 +277,7 @@ impl Store {
             .bind(now)
             .bind(limit)
             .fetch_all(&self.pool)
+            .store_op("mysql", "stale_pending")
             .await
     }
 
@@ -289,6 +296,7 @@ impl Store {
             .bind(now)
             .bind(id)
             .execute(&self.pool)
+            .store_op("mysql", "release")
             .await?;
         Ok(())
     }
@@ -312,6 +320,7 @@ impl Store {
         .bind(now)
         .bind(id)
         .execute(&self.pool)
+        .store_op("mysql", "settle_payment")
         .await?;
         Ok(res.rows_affected() == 1)
     }
@@ -333,6 +342,7 @@ impl Store {
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
+            .store_op("mysql", "list_payments")
             .await
     }
 
@@ -350,7 +360,7 @@ impl Store {
     }
 
     async fn try_begin_refund(&self, r: &NewRefund<'_>) -> Result<RefundStart, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().store_op("mysql", "begin").await?;
         if !Self::insert_key(&mut tx, SCOPE_REFUND, r.key, &r.fingerprint, r.id, r.now).await? {
             tx.rollback().await?;
             return Ok(RefundStart::Claimed(
@@ -393,6 +403,7 @@ impl Store {
         .bind(amount)
         .bind(amount)
         .execute(&mut *tx)
+        .store_op("mysql", "try_begin_refund")
         .await?;
         if res.rows_affected() != 1 {
             tx.rollback().await?;
@@ -418,9 +429,10 @@ impl Store {
         .bind(r.now)
         .bind(r.now)
         .execute(&mut *tx)
+        .store_op("mysql", "try_begin_refund")
         .await?;
         let row = fetch_refund(&mut *tx, r.id).await?;
-        tx.commit().await?;
+        tx.commit().store_op("mysql", "commit").await?;
         match row {
             Some(row) => Ok(RefundStart::Claimed(Claim::New(row))),
             None => Err(sqlx::Error::RowNotFound),
@@ -446,6 +458,7 @@ impl Store {
         .bind(now)
         .bind(id)
         .execute(&self.pool)
+        .store_op("mysql", "refund_succeeded")
         .await?;
         Ok(())
     }
@@ -458,7 +471,7 @@ impl Store {
         code: &str,
         now: PrimitiveDateTime,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().store_op("mysql", "begin").await?;
         let res = sqlx::query(
             "UPDATE refunds SET status = ?, failure_code = ?, locked_until = NULL, updated_at = ? \
              WHERE id = ? AND status = 'PENDING'",
@@ -468,6 +481,7 @@ impl Store {
         .bind(now)
         .bind(&refund.id)
         .execute(&mut *tx)
+        .store_op("mysql", "refund_failed")
         .await?;
         if res.rows_affected() == 1 {
             sqlx::query(
@@ -478,9 +492,10 @@ impl Store {
             .bind(now)
             .bind(&refund.payment_id)
             .execute(&mut *tx)
+            .store_op("mysql", "refund_failed")
             .await?;
         }
-        tx.commit().await
+        tx.commit().store_op("mysql", "commit").await
     }
 
     /// Forgets idempotency keys created before `before`.
@@ -488,6 +503,7 @@ impl Store {
         let res = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ? LIMIT 10000")
             .bind(before)
             .execute(&self.pool)
+            .store_op("mysql", "purge_keys")
             .await?;
         Ok(res.rows_affected())
     }
@@ -498,7 +514,11 @@ where
     E: sqlx::Executor<'e, Database = MySql>,
 {
     let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = ?");
-    sqlx::query_as(&sql).bind(id).fetch_optional(exec).await
+    sqlx::query_as(&sql)
+        .bind(id)
+        .fetch_optional(exec)
+        .store_op("mysql", "fetch_payment")
+        .await
 }
 
 async fn fetch_refund<'e, E>(exec: E, id: &str) -> Result<Option<RefundRow>, sqlx::Error>
@@ -506,5 +526,9 @@ where
     E: sqlx::Executor<'e, Database = MySql>,
 {
     let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?");
-    sqlx::query_as(&sql).bind(id).fetch_optional(exec).await
+    sqlx::query_as(&sql)
+        .bind(id)
+        .fetch_optional(exec)
+        .store_op("mysql", "fetch_refund")
+        .await
 }

@@ -189,6 +189,7 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
+    RB: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -212,11 +213,23 @@ where
         );
         req.extensions_mut().insert(trace);
         let start = Instant::now();
-        let fut = self.inner.call(req);
+        // The handler's own ledger (store round trips, further calls), returned to the
+        // caller in a header: see `timing`.
+        let timings = crate::timing::Timings::default();
+        let fut = crate::timing::scope(timings.clone(), self.inner.call(req));
         Box::pin(
             async move {
-                let res = fut.await;
+                let mut res = fut.await;
                 let elapsed = start.elapsed();
+                if let Ok(r) = &mut res {
+                    let mut ledger = timings.snapshot();
+                    ledger.add(
+                        &format!("handler.{}", crate::timing::method_label(&method)),
+                        elapsed,
+                        1,
+                    );
+                    crate::timing::write_header(r.headers_mut(), &ledger);
+                }
                 // Unary errors are trailers-only responses: the status is in the headers.
                 let code = match &res {
                     Ok(r) => r

@@ -16,6 +16,7 @@ pub mod net;
 pub mod paging;
 pub mod shutdown;
 pub mod telemetry;
+pub mod timing;
 pub mod transport;
 
 pub use context::CallContext;

@@ -9,7 +9,9 @@ use std::{convert::Infallible, time::Duration};
 use tonic::{body::Body, transport::Endpoint};
 use tower::{BoxError, ServiceExt, util::BoxCloneSyncService};
 
-use crate::grpc::ObserveLayer;
+use tower::Layer as _;
+
+use crate::{grpc::ObserveLayer, timing::TimingLayer};
 
 pub type GrpcTransport =
     BoxCloneSyncService<http::Request<Body>, http::Response<Body>, TransportError>;
@@ -31,8 +33,9 @@ pub fn channel(
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .connect_lazy();
+    let timed = TimingLayer.layer(channel);
     Ok(BoxCloneSyncService::new(
-        channel.map_err(|e| TransportError(BoxError::from(e))),
+        timed.map_err(|e| TransportError(BoxError::from(e))),
     ))
 }
 
@@ -48,6 +51,7 @@ where
     S::Future: Send + 'static,
 {
     let observed = tower::ServiceBuilder::new()
+        .layer(TimingLayer)
         .layer(ObserveLayer)
         .service(server);
     BoxCloneSyncService::new(observed.map_err(|e: Infallible| -> TransportError { match e {} }))

@@ -1,5 +1,6 @@
 //! PostgreSQL access for accounts and order history. Parameterised queries only.
 
+use platform::timing::StoreOp as _;
 use secrecy::SecretString;
 use sqlx::{PgPool, types::Json};
 use time::OffsetDateTime;
@@ -83,6 +84,7 @@ impl Store {
             .bind(password_hash)
             .bind(role.as_str())
             .fetch_one(&self.pool)
+            .store_op("postgres", "insert_user")
             .await
             .map_err(|e| match &e {
                 sqlx::Error::Database(db) if db.constraint() == Some("users_email_key") => {
@@ -101,6 +103,7 @@ impl Store {
         let row = sqlx::query_as::<_, CredentialRow>(&sql)
             .bind(email.as_str())
             .fetch_optional(&self.pool)
+            .store_op("postgres", "credentials")
             .await?;
         Ok(row.map(|r| (r.user, SecretString::from(r.password_hash))))
     }
@@ -110,6 +113,7 @@ impl Store {
         Ok(sqlx::query_as::<_, UserRow>(&sql)
             .bind(id.0)
             .fetch_optional(&self.pool)
+            .store_op("postgres", "user")
             .await?)
     }
 
@@ -131,6 +135,7 @@ impl Store {
             .bind(&order.reservation_id)
             .bind(order.status)
             .fetch_optional(&self.pool)
+            .store_op("postgres", "insert_order")
             .await
             .map_err(|e| match &e {
                 sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
@@ -145,6 +150,7 @@ impl Store {
         let existing = sqlx::query_as::<_, OrderRow>(&sql)
             .bind(order.order_id)
             .fetch_one(&self.pool)
+            .store_op("postgres", "insert_order")
             .await?;
         Ok((existing, false))
     }
@@ -160,6 +166,7 @@ impl Store {
             .bind(order_id)
             .bind(user.0)
             .fetch_optional(&self.pool)
+            .store_op("postgres", "order")
             .await?)
     }
 
@@ -180,6 +187,7 @@ impl Store {
                     .bind(user.0)
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
+                    .store_op("postgres", "list_orders")
                     .await?
             }
             Some((at, id)) => {
@@ -194,6 +202,7 @@ impl Store {
                     .bind(id)
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
+                    .store_op("postgres", "list_orders")
                     .await?
             }
         };

@@ -166,6 +166,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(crate::web::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), edge))
+        .layer(middleware::from_fn(platform::timing::server_timing))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state);
     api.merge(platform::metrics::router())

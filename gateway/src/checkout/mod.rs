@@ -130,7 +130,8 @@ pub async fn run(
     checkout: Checkout,
     ctx: platform::CallContext,
 ) -> Result<Outcome, ApiError> {
-    let handle = tokio::spawn(async move {
+    // `carry`: the saga's calls still count in this request's Server-Timing.
+    let handle = tokio::spawn(platform::timing::carry(async move {
         let started = std::time::Instant::now();
         let result = match strategy {
             Strategy::Orchestrated => saga::run(&state, &ctx, &checkout, false).await,
@@ -145,7 +146,7 @@ pub async fn run(
         metrics::histogram!("gateway_checkout_duration_seconds", "strategy" => strategy.name())
             .record(started.elapsed().as_secs_f64());
         result
-    });
+    }));
     match handle.await {
         Ok(r) => r,
         Err(e) => {
