@@ -33,7 +33,7 @@ if [ -z "$URL" ]; then
     [ -n "${!v:-}" ] || die "$v is not set: start the stack first (eval \"\$(scripts/stack up)\") or pass a gateway URL"
   done
   log "building the shop monolith"
-  (cd "$ROOT" && cargo build -q -p gateway --bin shop)
+  (cd "$ROOT" && cargo build -q -p shop --bin shop)
   RUN="$(date +%s)-$$"
   LOG="$ROOT/target/schemathesis-shop.log"
   rm -f "$LOG"

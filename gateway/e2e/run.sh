@@ -33,7 +33,7 @@ if [ ! -d "$HERE/node_modules/playwright-core" ]; then
 fi
 
 log "building the shop monolith"
-(cd "$ROOT" && cargo build -q -p gateway --bin shop)
+(cd "$ROOT" && cargo build -q -p shop --bin shop)
 SHOP_BIN="$ROOT/target/debug/shop"
 
 RUN="$(date +%s)-$$"

@@ -1,7 +1,7 @@
 //! Shop's edge: a REST/JSON API and a web shop for browsers over user-, item- and
 //! payment-service, and the checkout saga (orchestrated, parallel or chained) with deadlines,
 //! retries, circuit breakers and compensation. The same code runs against the services over
-//! gRPC channels (`gateway` binary) or in-process (`shop` monolith binary).
+//! gRPC channels (`gateway` binary) or in-process (the `shop` crate's monolith).
 
 pub mod api;
 pub mod auth;
@@ -10,7 +10,6 @@ pub mod config;
 pub mod deadline;
 pub mod downstream;
 pub mod error;
-pub mod monolith;
 pub mod retry;
 pub mod state;
 pub mod web;

@@ -5,9 +5,9 @@ use std::{sync::Arc, time::Duration};
 use mongodb::Database;
 use platform::{FieldError, paging::Page};
 use shop_proto::{common::v1 as common, item::v1 as pb};
-use tonic::{Request, Response, Status, service::Routes};
+use tonic::{Request, Response, Status};
 
-use pb::item_service_server::{ItemService, ItemServiceServer};
+use pb::item_service_server::{self as rpc, ItemServiceServer};
 
 use crate::{
     cache::{Cache, CacheSettings},
@@ -21,7 +21,7 @@ use crate::{
 
 /// The item service: hosted by `Application`, or in-process by the `shop` monolith.
 #[derive(Clone, Debug)]
-pub struct ItemGrpc {
+pub struct ItemService {
     inner: Arc<Inner>,
 }
 
@@ -34,7 +34,7 @@ struct Inner {
     sweep_interval: Duration,
 }
 
-impl ItemGrpc {
+impl ItemService {
     /// Connects to MongoDB (creating indexes) and Redis (in the background), and seeds
     /// the catalog when `config.seed` says so.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
@@ -87,14 +87,8 @@ impl ItemGrpc {
         &self.inner.db
     }
 
-    pub fn server(&self) -> ItemServiceServer<ItemGrpc> {
+    pub fn server(&self) -> ItemServiceServer<ItemService> {
         ItemServiceServer::new(self.clone())
-    }
-
-    /// Routes for this service alone: `platform::grpc::serve` adds health, reflection and
-    /// the admin services (the monolith adds these routes to its own).
-    pub fn routes(&self) -> Routes {
-        Routes::new(self.server())
     }
 
     /// Releases expired reservations every sweep interval until `shutdown`. Run one per
@@ -121,7 +115,7 @@ fn field(e: FieldError) -> Status {
 }
 
 #[tonic::async_trait]
-impl ItemService for ItemGrpc {
+impl rpc::ItemService for ItemService {
     async fn create_item(
         &self,
         request: Request<pb::CreateItemRequest>,

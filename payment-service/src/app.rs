@@ -1,14 +1,14 @@
-//! Start-up: database, migrations, clients, listeners; and the run loop with the
-//! background reconciler.
+//! Start-up: database, migrations, clients; what any host runs of payment-service (the
+//! server and the background reconciler), and the standalone process.
 
 use std::{future::Future, net::SocketAddr, str::FromStr, time::Duration};
 
 use anyhow::Context as _;
-use futures::FutureExt as _;
 use platform::{
     breaker::BreakerConfig,
     faults::FaultInjector,
-    grpc::{ServerOptions, bind},
+    grpc::ServerOptions,
+    host::{Hosted, Standalone},
     transport::GrpcTransport,
 };
 use secrecy::ExposeSecret as _;
@@ -17,8 +17,7 @@ use shop_proto::{
     payment::v1::payment_service_server::PaymentServiceServer,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use tokio::net::TcpListener;
-use tonic::service::Routes;
+use tonic::server::NamedService as _;
 
 use crate::{
     config::Config,
@@ -29,12 +28,49 @@ use crate::{
 };
 
 /// The gRPC service name health reports as SERVING.
-pub const SERVICE_NAME: &str = "shop.payment.v1.PaymentService";
+pub const SERVICE_NAME: &str = PaymentServiceServer::<PaymentGrpc>::NAME;
 
-/// Connects to the database, runs the migrations and builds the gateway client. `items` is
-/// how ChainedCharge reaches item-service: a lazy channel (so this service starts without
-/// item-service) or, in the monolith, an in-process transport.
-pub async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Payments> {
+/// The service's state, ready to be hosted by any process (its own, or the monolith).
+#[derive(Clone)]
+pub struct PaymentService {
+    payments: Payments,
+    reconcile_interval: Duration,
+}
+
+impl PaymentService {
+    /// Connects to the database, runs the migrations and builds the gateway client.
+    /// `items` is how ChainedCharge reaches item-service: a lazy channel (so this service
+    /// starts without item-service) or, in the monolith, an in-process transport.
+    pub async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Self> {
+        Ok(Self {
+            payments: connect(config, items).await?,
+            reconcile_interval: Duration::from_millis(config.reconcile_interval_ms),
+        })
+    }
+
+    /// The tonic server, to serve or to call in-process.
+    pub fn server(&self) -> PaymentServiceServer<PaymentGrpc> {
+        PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone()))
+    }
+
+    /// What a host runs: the server and, unless its interval is 0, the reconciler.
+    pub fn hosted(&self) -> Hosted {
+        let hosted = Hosted::new(self.server());
+        if self.reconcile_interval.is_zero() {
+            return hosted;
+        }
+        let (payments, interval) = (self.payments.clone(), self.reconcile_interval);
+        hosted.with_task("payment reconciler", move |stop| {
+            reconcile_loop(payments, interval, stop)
+        })
+    }
+
+    pub fn payments(&self) -> &Payments {
+        &self.payments
+    }
+}
+
+async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Payments> {
     if config.idempotency_ttl_hours < 24 {
         anyhow::bail!("PAYMENT_IDEMPOTENCY_TTL_HOURS must be at least 24");
     }
@@ -76,19 +112,9 @@ pub async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Pa
     ))
 }
 
-/// The tonic server, to serve or to call in-process (monolith).
-pub fn server(payments: Payments) -> PaymentServiceServer<PaymentGrpc> {
-    PaymentServiceServer::new(PaymentGrpc::new(payments))
-}
-
-/// The PaymentService routes, for this binary and for the monolith.
-pub fn routes(payments: Payments) -> Routes {
-    Routes::new(server(payments))
-}
-
 /// Reconciles PENDING payments and refunds and purges old idempotency keys every
 /// `interval` until `shutdown` resolves.
-pub async fn reconcile_loop(
+async fn reconcile_loop(
     payments: Payments,
     interval: Duration,
     shutdown: impl Future<Output = ()> + Send,
@@ -123,85 +149,55 @@ pub async fn reconcile_loop(
     }
 }
 
+/// payment-service as its own process: gRPC and metrics listeners bound, ready to run.
 pub struct Application {
-    grpc: TcpListener,
-    metrics: TcpListener,
-    payments: Payments,
-    faults: FaultInjector,
-    request_timeout: Duration,
-    reconcile_interval: Duration,
+    service: PaymentService,
+    process: Standalone,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        // Install the metrics recorder before the first counter is touched.
-        platform::metrics::handle();
         let faults = FaultInjector::from_json(&config.faults)
             .map_err(|e| anyhow::anyhow!("PAYMENT_FAULTS: {e}"))?;
+        let process = Standalone::bind(
+            &config.grpc_addr,
+            &config.metrics_addr,
+            ServerOptions {
+                request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+                faults,
+            },
+        )
+        .await?;
         let items =
             platform::transport::channel(&config.item_service_url, Duration::from_millis(500))
                 .context("ITEM_SERVICE_URL is not a valid URL")?;
-        let payments = connect(&config, items).await?;
-        let grpc = bind(&config.grpc_addr)
-            .await
-            .with_context(|| format!("binding PAYMENT_GRPC_ADDR {}", config.grpc_addr))?;
-        let metrics = bind(&config.metrics_addr)
-            .await
-            .with_context(|| format!("binding PAYMENT_METRICS_ADDR {}", config.metrics_addr))?;
-        Ok(Self {
-            grpc,
-            metrics,
-            payments,
-            faults,
-            request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
-            reconcile_interval: Duration::from_millis(config.reconcile_interval_ms),
-        })
+        let service = PaymentService::connect(&config, items).await?;
+        Ok(Self { service, process })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.process.grpc_addr()
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.process.metrics_addr()
+    }
+
+    pub fn service(&self) -> &PaymentService {
+        &self.service
     }
 
     pub fn payments(&self) -> Payments {
-        self.payments.clone()
+        self.service.payments.clone()
     }
 
+    /// Serves gRPC and `/metrics` and runs the reconciler until `shutdown`.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let shutdown = shutdown.boxed().shared();
-        let reconciler = (!self.reconcile_interval.is_zero()).then(|| {
-            tokio::spawn(reconcile_loop(
-                self.payments.clone(),
-                self.reconcile_interval,
-                shutdown.clone(),
-            ))
-        });
-        let metrics = tokio::spawn(platform::metrics::serve(self.metrics, shutdown.clone()));
-        let served = platform::grpc::serve(
-            self.grpc,
-            routes(self.payments),
-            &[SERVICE_NAME],
-            ServerOptions {
-                request_timeout: self.request_timeout,
-                faults: self.faults,
-            },
-            shutdown,
-        )
-        .await;
-        if let Some(r) = reconciler {
-            r.abort();
-        }
-        metrics.abort();
-        served.context("serving payment-service gRPC")
+        self.process
+            .run_until_stopped(self.service.hosted(), shutdown)
+            .await
     }
 }

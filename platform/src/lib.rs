@@ -1,7 +1,8 @@
 //! What every Shop service shares, so each service holds only its own domain:
 //! tracing setup, the gRPC server bootstrap (health, reflection, timeouts, request
-//! context, metrics, graceful shutdown), the Prometheus endpoint, field errors, and the
-//! domain types more than one service parses (money, pages).
+//! context, metrics, graceful shutdown), how a process hosts services and their background
+//! tasks, the Prometheus endpoint, field errors, and the domain types more than one
+//! service parses (money, pages).
 
 pub mod breaker;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod context;
 pub mod error;
 pub mod faults;
 pub mod grpc;
+pub mod host;
 pub mod ids;
 pub mod metrics;
 pub mod money;

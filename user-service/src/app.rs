@@ -1,14 +1,18 @@
-//! Building and running user-service: connect, migrate, bind, serve.
+//! Building and running user-service: connect, migrate, and host it (its own process or
+//! the monolith).
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use futures::FutureExt;
-use platform::{faults::FaultInjector, grpc::ServerOptions, transport::GrpcTransport};
+use platform::{
+    faults::FaultInjector,
+    grpc::ServerOptions,
+    host::{Hosted, Standalone},
+    transport::GrpcTransport,
+};
 use secrecy::ExposeSecret;
 use shop_proto::user::v1::user_service_server::UserServiceServer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::net::TcpListener;
-use tonic::service::Routes;
+use tonic::server::NamedService as _;
 
 use crate::{
     config::Config,
@@ -17,7 +21,8 @@ use crate::{
     token::TokenKeys,
 };
 
-pub const SERVICE_NAME: &str = "shop.user.v1.UserService";
+/// Fully-qualified name health reports as SERVING.
+pub const SERVICE_NAME: &str = UserServiceServer::<UserApi>::NAME;
 
 /// The service's state, ready to be hosted by any process (its own, or the monolith).
 #[derive(Clone)]
@@ -58,54 +63,44 @@ impl UserService {
         UserServiceServer::new(self.api.clone())
     }
 
-    pub fn routes(&self) -> Routes {
-        Routes::new(self.server())
+    /// What a host runs: the server (user-service has no background tasks).
+    pub fn hosted(&self) -> Hosted {
+        Hosted::new(self.server())
     }
 }
 
 /// user-service as its own process: gRPC and metrics listeners bound, ready to run.
 pub struct Application {
     service: UserService,
-    grpc: TcpListener,
-    grpc_addr: SocketAddr,
-    metrics: TcpListener,
-    metrics_addr: SocketAddr,
-    options: ServerOptions,
+    process: Standalone,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let faults = FaultInjector::from_json(&config.faults)
             .map_err(|e| anyhow::anyhow!("USER_FAULTS: {e}"))?;
+        let process = Standalone::bind(
+            &config.grpc_addr,
+            &config.metrics_addr,
+            ServerOptions {
+                request_timeout: config.request_timeout(),
+                faults,
+            },
+        )
+        .await?;
         let payment =
             platform::transport::channel(&config.payment_service_url, Duration::from_millis(500))
                 .map_err(|e| anyhow::anyhow!("PAYMENT_SERVICE_URL: {e}"))?;
         let service = UserService::connect(&config, payment).await?;
-        let grpc = TcpListener::bind(&config.grpc_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.grpc_addr))?;
-        let metrics = TcpListener::bind(&config.metrics_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.metrics_addr))?;
-        Ok(Self {
-            grpc_addr: grpc.local_addr()?,
-            metrics_addr: metrics.local_addr()?,
-            service,
-            grpc,
-            metrics,
-            options: ServerOptions {
-                request_timeout: config.request_timeout(),
-                faults,
-            },
-        })
+        Ok(Self { service, process })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
+        self.process.grpc_addr()
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics_addr
+        self.process.metrics_addr()
     }
 
     pub fn service(&self) -> &UserService {
@@ -117,17 +112,8 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let shutdown = shutdown.shared();
-        let metrics = tokio::spawn(platform::metrics::serve(self.metrics, shutdown.clone()));
-        platform::grpc::serve(
-            self.grpc,
-            self.service.routes(),
-            &[SERVICE_NAME],
-            self.options,
-            shutdown,
-        )
-        .await?;
-        metrics.abort();
-        Ok(())
+        self.process
+            .run_until_stopped(self.service.hosted(), shutdown)
+            .await
     }
 }

@@ -5,7 +5,7 @@
 //! everything, and SHOP_GRPC_ADDR serves all three gRPC services.
 
 use clap::Parser;
-use gateway::monolith::{Monolith, MonolithConfig};
+use shop::{Monolith, MonolithConfig};
 
 #[derive(Debug, clap::Parser)]
 #[command(

@@ -1,9 +1,7 @@
 //! Degradation: services down, slow or failing. Browsing keeps working, checkout fails fast
 //! and cleanly, nothing hangs.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 

@@ -1,8 +1,6 @@
 //! Every endpoint's success and error cases against a real stack.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 

@@ -122,14 +122,20 @@ impl Default for Options {
     }
 }
 
-/// A monolith under test: the shop in this process, reached over HTTP.
+/// A monolith under test: the shop in this process, reached over HTTP (and its services
+/// over its one gRPC listener).
 pub struct Shop {
     pub api: Api,
+    pub grpc: SocketAddr,
     pub card: payment_service::card_gateway::Gateway,
     pub server: Running,
 }
 
 pub async fn monolith() -> Shop {
+    monolith_with(|_| {}).await
+}
+
+pub async fn monolith_with(tweak_item: impl FnOnce(&mut item_service::Config)) -> Shop {
     platform::telemetry::init(false);
     let mut item = item_service::Config::for_stores(
         &env("ITEM_MONGODB_URL"),
@@ -137,6 +143,7 @@ pub async fn monolith() -> Shop {
         &env("ITEM_REDIS_URL"),
     );
     item.grpc_addr = "127.0.0.1:0".into();
+    tweak_item(&mut item);
     let mut payment = payment_service::Config::with_database(fresh_mysql().await);
     payment.grpc_addr = "127.0.0.1:0".into();
     payment.item_timeout_ms = 10_000;
@@ -159,7 +166,7 @@ pub async fn monolith() -> Shop {
     gw.faults = String::new();
     gw.checkout_budget_ms = 10_000;
     gw.read_budget_ms = 5_000;
-    let shop = gateway::monolith::Monolith::build(gateway::monolith::MonolithConfig {
+    let shop = shop::Monolith::build(shop::MonolithConfig {
         user,
         item,
         payment,
@@ -171,10 +178,12 @@ pub async fn monolith() -> Shop {
     .await
     .expect("build the monolith");
     let addr = shop.http_addr();
+    let grpc = shop.grpc_addr().expect("the monolith's gRPC listener");
     let (_, card) = shop.card_gateway().expect("hosted card gateway");
     let server = Running::spawn(addr, |rx| shop.run_until_stopped(until(rx)));
     Shop {
         api: Api::new(addr),
+        grpc,
         card,
         server,
     }

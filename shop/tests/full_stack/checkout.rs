@@ -1,11 +1,9 @@
 //! The checkout saga against real services: every strategy, failures and compensation,
 //! idempotent retries, and contention for the last units.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shop_proto::item::v1::{GetReservationRequest, ReservationStatus};

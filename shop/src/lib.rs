@@ -1,0 +1,134 @@
+//! The `shop` monolith: user-, item- and payment-service and the gateway in one process,
+//! built from the very same code as the distributed deployment. Every call between them
+//! (gateway -> services, and the chained checkout's user -> payment -> item) goes through
+//! the services' tonic servers in-process: same protobuf encoding, same handlers, no
+//! sockets, no HTTP/2. So a load test comparing this with the distributed stack measures
+//! what the network and the process boundaries cost.
+//!
+//! The services are hosted exactly as their own processes host them
+//! ([`platform::host`]): the same routes, on one gRPC listener here (for grpcurl and gRPC
+//! load), and every background task each service declares. The mock card gateway can be
+//! hosted too (a demo convenience; it stands for an external system and is reached over
+//! HTTP like one).
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use gateway::downstream::Transports;
+use item_service::ItemService;
+use payment_service::{
+    PaymentService,
+    card_gateway::{self, CardGateway},
+};
+use platform::{
+    faults::FaultInjector,
+    grpc::ServerOptions,
+    host::{Host, Task},
+};
+use user_service::UserService;
+
+/// Everything the monolith needs: each part's own settings plus the monolith's.
+pub struct MonolithConfig {
+    pub user: user_service::Config,
+    pub item: item_service::Config,
+    pub payment: payment_service::Config,
+    pub gateway: gateway::Config,
+    /// gRPC listener serving all three services; None for none.
+    pub grpc_addr: Option<String>,
+    /// Fault rules (platform JSON, keyed by gRPC method path) for the in-process calls and
+    /// the gRPC listener; changeable at run time through that listener's FaultAdmin.
+    pub faults: String,
+    /// Host the mock card gateway here too ("127.0.0.1:0" picks a port); payment-service
+    /// is then pointed at it.
+    pub card_gateway_addr: Option<String>,
+}
+
+pub struct Monolith {
+    gateway: gateway::Application,
+    host: Host,
+    card: Option<(SocketAddr, card_gateway::Gateway)>,
+}
+
+impl Monolith {
+    pub async fn build(mut config: MonolithConfig) -> anyhow::Result<Self> {
+        let faults = FaultInjector::from_json(&config.faults)
+            .map_err(|e| anyhow::anyhow!("SHOP_FAULTS: {e}"))?;
+        let mut host = Host::new(ServerOptions {
+            request_timeout: Duration::from_secs(30),
+            faults: faults.clone(),
+        });
+        if let Some(addr) = &config.grpc_addr {
+            host = host.grpc_on(addr).await.context("SHOP_GRPC_ADDR")?;
+        }
+
+        let mut card = None;
+        if let Some(addr) = &config.card_gateway_addr {
+            let gateway = CardGateway::build(card_gateway::Config::on(addr)).await?;
+            config.payment.card_gateway_url = format!("http://{}", gateway.addr());
+            card = Some((gateway.addr(), gateway.handle()));
+            host.task(Task::new("card gateway", |stop| async move {
+                if let Err(e) = gateway.run_until_stopped(stop).await {
+                    tracing::error!(error = %e, "card gateway stopped");
+                }
+            }));
+        }
+
+        // Each service reaches the next through the one before's in-process transport.
+        let item = ItemService::connect(&config.item)
+            .await
+            .context("item-service")?
+            .hosted();
+        let item_t = item.in_process(&faults);
+        let payment = PaymentService::connect(&config.payment, item_t.clone())
+            .await
+            .context("payment-service")?
+            .hosted();
+        let payment_t = payment.in_process(&faults);
+        let user = UserService::connect(&config.user, payment_t.clone())
+            .await
+            .context("user-service")?
+            .hosted();
+        let user_t = user.in_process(&faults);
+        for service in [item, payment, user] {
+            host.host(service);
+        }
+
+        let transports = Transports {
+            user: ("in-process".into(), user_t),
+            item: ("in-process".into(), item_t),
+            payment: ("in-process".into(), payment_t),
+        };
+        let gateway = gateway::Application::build_with(config.gateway, transports).await?;
+        Ok(Self {
+            gateway,
+            host,
+            card,
+        })
+    }
+
+    /// The gateway's HTTP address (REST, web shop, /metrics).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.gateway.http_addr()
+    }
+
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.host.grpc_addr()
+    }
+
+    pub fn card_gateway(&self) -> Option<(SocketAddr, card_gateway::Gateway)> {
+        self.card.clone()
+    }
+
+    /// Serves HTTP and gRPC and runs every service's tasks until `shutdown`.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let shutdown = futures::FutureExt::shared(futures::FutureExt::boxed(shutdown));
+        tokio::try_join!(
+            self.host.run_until_stopped(shutdown.clone()),
+            self.gateway.run_until_stopped(shutdown),
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,9 @@
+//! The whole shop against the real services and databases, reached over HTTP like a
+//! browser: the distributed stack (every service on its own listener) and the monolith.
+//! One test binary, so the services are linked once.
+
+mod api;
+mod checkout;
+mod common;
+mod monolith;
+mod resilience;

@@ -1,0 +1,120 @@
+//! The `shop` monolith: the same checkout, with every service called in-process, and the
+//! services' background tasks running as in their own processes.
+
+use std::time::Duration;
+
+use crate::common::*;
+use reqwest::StatusCode;
+use serde_json::json;
+use shop_proto::{
+    common::v1::ItemLine,
+    item::v1::{
+        GetReservationRequest, ReservationStatus, ReserveStockRequest,
+        item_service_client::ItemServiceClient,
+    },
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_in_the_monolith_under_every_strategy() {
+    let s = monolith().await;
+    let admin = s.admin().await;
+    let item = s.create_item(&admin, "Monolith mug", 1200, 10).await;
+    let id = item["id"].as_str().expect("id").to_owned();
+    let lines = json!([{"item_id": id, "quantity": 2}]);
+    let mut stock = 10;
+    let mut totals = Vec::new();
+    for strategy in ["orchestrated", "parallel", "chained"] {
+        let (token, user_id) = s.customer().await;
+        let k = key();
+        let r = s
+            .checkout(&token, strategy, &k, lines.clone(), GOOD_CARD)
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{strategy}: {:?}", r.body);
+        assert_eq!(
+            r.body["order"]["id"],
+            gateway::order_id_for(user_id.parse().expect("uuid"), &k).to_string()
+        );
+        totals.push((
+            r.body["order"]["total"].clone(),
+            r.body["order"]["lines"].clone(),
+        ));
+        stock -= 2;
+        assert_eq!(s.stock_of(&id).await, stock);
+        let again = s
+            .checkout(&token, strategy, &k, lines.clone(), GOOD_CARD)
+            .await;
+        assert_eq!(again.body["order"]["id"], r.body["order"]["id"]);
+
+        let d = s
+            .checkout(&token, strategy, &key(), lines.clone(), DECLINED_CARD)
+            .await;
+        assert_eq!(
+            d.status,
+            StatusCode::PAYMENT_REQUIRED,
+            "{strategy}: {:?}",
+            d.body
+        );
+        assert_eq!(s.stock_of(&id).await, stock, "declined: stock restored");
+
+        let orders = s.get("/api/orders", Some(&token)).await;
+        assert_eq!(orders.body["orders"].as_array().expect("orders").len(), 1);
+    }
+    assert!(totals.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(s.card.stats().charges_succeeded, 3);
+    let dbg = s.get("/debug/downstreams", None).await;
+    assert_eq!(dbg.body["downstreams"][0]["target"], "in-process");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monolith_runs_the_item_sweeper_too() {
+    // A reservation nobody commits or releases comes back by expiry alone: the sweeper that
+    // item-service declares runs in the monolith as in item-service's own process.
+    let s = monolith_with(|item| {
+        item.reservation_ttl_secs = 1;
+        item.sweep_interval_ms = 100;
+    })
+    .await;
+    let admin = s.admin().await;
+    let item = s.create_item(&admin, "Forgotten mug", 900, 5).await;
+    let id = item["id"].as_str().expect("id").to_owned();
+    let mut items = ItemServiceClient::connect(format!("http://{}", s.grpc))
+        .await
+        .expect("connect to the monolith's gRPC listener");
+    let rid = format!("abandoned-{}", suffix());
+    items
+        .reserve_stock(ReserveStockRequest {
+            reservation_id: rid.clone(),
+            lines: vec![ItemLine {
+                item_id: id.clone(),
+                quantity: 3,
+            }],
+        })
+        .await
+        .expect("reserve");
+    assert_eq!(s.stock_of(&id).await, 2, "the reservation holds stock");
+
+    // Generous bound: only there so a missing sweeper fails instead of hanging.
+    let mut status = ReservationStatus::Reserved;
+    for _ in 0..300 {
+        status = items
+            .get_reservation(GetReservationRequest {
+                reservation_id: rid.clone(),
+            })
+            .await
+            .expect("get reservation")
+            .into_inner()
+            .reservation
+            .expect("reservation")
+            .status();
+        if status != ReservationStatus::Reserved {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status,
+        ReservationStatus::Released,
+        "expired reservation swept"
+    );
+    assert_eq!(s.stock_of(&id).await, 5, "its stock is back");
+}
