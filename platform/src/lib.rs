@@ -1,9 +1,10 @@
 //! What every Shop service shares, so each service holds only its own domain:
 //! tracing setup, the gRPC server bootstrap (health, reflection, timeouts, request
 //! context, metrics, graceful shutdown), the Prometheus endpoint, field errors, and the
-//! domain types more than one service parses (money, pages).
+//! domain types more than one service parses (money, pages, cart lines).
 
 pub mod breaker;
+pub mod cart;
 pub mod config;
 pub mod context;
 pub mod error;

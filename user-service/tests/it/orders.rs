@@ -1,11 +1,9 @@
 //! Order history: RecordOrder idempotency, GetOrder ownership, ListOrders paging, and the
 //! chained checkout's failure modes that need no other service.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{spawn, unique_email};
+use crate::harness::{self, spawn, unique_email};
 use shop_proto::{
     common::v1::{Money, PageRequest, PricedLine},
     user::v1 as pb,
@@ -41,7 +39,7 @@ fn order(user_id: &str, qty: i32, unit: i64) -> pb::Order {
 }
 
 async fn record(
-    app: &common::TestApp,
+    app: &harness::TestApp,
     o: pb::Order,
 ) -> Result<pb::RecordOrderResponse, tonic::Status> {
     app.client

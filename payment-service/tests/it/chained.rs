@@ -1,9 +1,7 @@
 //! ChainedCharge against a real item-service (in-process, on the local stack's SecantusDB
 //! and Redis) and the mock card gateway.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use shop_proto::{
     common::v1::ItemLine,
     item::v1::{self as item_pb, ReservationStatus, item_service_client::ItemServiceClient},
@@ -14,27 +12,17 @@ use tonic::{Code, transport::Channel};
 struct Items {
     client: ItemServiceClient<Channel>,
     addr: std::net::SocketAddr,
+    /// Stops item-service when the test drops it.
+    _server: test_support::Running,
 }
 
 async fn spawn_items() -> Items {
-    let mut config = item_service::Config::for_stores(
-        &env("ITEM_MONGODB_URL"),
-        &format!("payment_chained_{}", uuid::Uuid::new_v4().simple()),
-        &env("ITEM_REDIS_URL"),
-    );
-    config.grpc_addr = "127.0.0.1:0".into();
-    config.metrics_addr = "127.0.0.1:0".into();
-    config.seed = false;
-    config.faults = String::new();
-    let app = item_service::Application::build(config)
-        .await
-        .expect("item-service builds against the local stack");
-    let addr = app.grpc_addr();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let client = ItemServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to item-service");
-    Items { client, addr }
+    let items = test_support::item::spawn().await;
+    Items {
+        client: ItemServiceClient::new(test_support::connect(items.grpc_addr).await),
+        addr: items.grpc_addr,
+        _server: items.server,
+    }
 }
 
 impl Items {
