@@ -9,7 +9,7 @@ use crate::{database_name, env};
 pub struct FreshDatabase {
     /// Its URL: the stack's URL with the database path replaced.
     pub url: String,
-    /// Its name (`t_<service>_<12 hex>`).
+    /// Its name (`shop_<service>_t<12 hex>`).
     pub name: String,
 }
 
@@ -89,16 +89,16 @@ mod tests {
     #[test]
     fn replaces_only_the_database_path() {
         assert_eq!(
-            with_database("postgres://u:p@127.0.0.1:5432/shop_user", "t_user_0"),
-            "postgres://u:p@127.0.0.1:5432/t_user_0"
+            with_database("postgres://u:p@127.0.0.1:5432/shop_user", "shop_user_t0"),
+            "postgres://u:p@127.0.0.1:5432/shop_user_t0"
         );
         assert_eq!(
-            with_database("mysql://u@h:3306/shop?ssl-mode=disabled", "t_payment_0"),
-            "mysql://u@h:3306/t_payment_0?ssl-mode=disabled"
+            with_database("mysql://u@h:3306/shop?ssl-mode=disabled", "shop_payment_t0"),
+            "mysql://u@h:3306/shop_payment_t0?ssl-mode=disabled"
         );
         assert_eq!(
-            with_database("mysql://u@h:3306", "t_payment_0"),
-            "mysql://u@h:3306/t_payment_0"
+            with_database("mysql://u@h:3306", "shop_payment_t0"),
+            "mysql://u@h:3306/shop_payment_t0"
         );
     }
 }

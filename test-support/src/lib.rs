@@ -1,12 +1,9 @@
 //! What the services' integration tests share: the local stack's settings, throw-away
-//! databases (one naming scheme, `t_<service>_<12 hex>`, in every store), servers running
+//! databases (one naming scheme, `shop_<service>_t<12 hex>`, in every store), servers running
 //! in the test's runtime on 127.0.0.1:0, and small helpers (metrics, polling).
 //!
 //! Each service's spawn helper sits behind a feature of the same name (`user`, `item`,
 //! `payment`) so a test binary links only the services it starts.
-
-// Test plumbing: a failed setup step should stop the test loudly, with what failed.
-#![allow(clippy::unwrap_used)]
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod db;
@@ -35,10 +32,11 @@ pub fn env(name: &str) -> String {
     }
 }
 
-/// A fresh name for a throw-away database of `service`: `t_<service>_<12 hex digits>`,
-/// valid unquoted in PostgreSQL, MariaDB and MongoDB.
+/// A fresh name for a throw-away database of `service`: `shop_<service>_t<12 hex digits>`,
+/// valid unquoted in PostgreSQL, MariaDB and MongoDB. The `shop_<service>` prefix matters:
+/// the stack's MariaDB user may only create databases named `shop_payment*`.
 pub fn database_name(service: &str) -> String {
-    format!("t_{service}_{}", unique_suffix())
+    format!("shop_{service}_t{}", unique_suffix())
 }
 
 /// 12 random hex digits, for names that must not collide between tests.
@@ -113,12 +111,13 @@ mod tests {
 
     #[test]
     fn database_names_follow_one_scheme_and_differ() {
-        let a = database_name("user");
-        let b = database_name("user");
+        let a = database_name("payment");
+        let b = database_name("payment");
         assert_ne!(a, b);
-        assert_eq!(a.len(), "t_user_".len() + 12);
-        assert!(a.starts_with("t_user_"));
-        assert!(a["t_user_".len()..].bytes().all(|b| b.is_ascii_hexdigit()));
+        let prefix = "shop_payment_t";
+        assert_eq!(a.len(), prefix.len() + 12);
+        assert!(a.starts_with(prefix));
+        assert!(a[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit()));
     }
 
     #[test]
