@@ -246,3 +246,34 @@ async fn a_lost_gateway_answer_keeps_the_reservation_until_reconcile_settles_bot
     assert_eq!(app.stats().await.charges_created, 0);
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_cart_is_invalid_argument_naming_the_field_and_charges_nothing() {
+    // No item-service runs: the cart is checked before any call to it.
+    let app = spawn_app().await;
+    let a = "0123456789abcdef01234567";
+    let upper = a.to_uppercase();
+    let ids: Vec<String> = (0..51).map(|i| format!("{i:024x}")).collect();
+    let many: Vec<(&str, i32)> = ids.iter().map(|id| (id.as_str(), 1)).collect();
+    let cases: Vec<(Vec<(&str, i32)>, &str)> = vec![
+        (vec![], "lines"),
+        (many, "lines"),
+        (vec![("nope", 1)], "lines[0].item_id"),
+        (vec![(a, 0)], "lines[0].quantity"),
+        (vec![(a, 1001)], "lines[0].quantity"),
+        (vec![(a, 1), (&upper, 2)], "lines[1].item_id"),
+    ];
+    for (lines, field) in cases {
+        let err = chained(&app, chained_request("chk-bad-cart", &lines, VISA_OK))
+            .await
+            .expect_err("bad cart");
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert_eq!(
+            platform::error::field_of(&err).as_deref(),
+            Some(field),
+            "{err:?}"
+        );
+    }
+    assert_eq!(app.stats().await.charges_created, 0);
+    app.finish().await;
+}
