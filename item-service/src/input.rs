@@ -8,8 +8,6 @@ use shop_proto::common::v1 as common;
 
 pub const MAX_STOCK: i64 = 1_000_000_000;
 pub const MAX_BATCH_IDS: usize = 100;
-pub const MAX_LINES: usize = 50;
-pub const MAX_QUANTITY: i32 = 1000;
 
 /// A MongoDB ObjectId given as 24 hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -262,39 +260,18 @@ pub struct Line {
     pub quantity: i32,
 }
 
-/// 1..=50 lines, each item at most once, quantity 1..=1000.
+/// The shared cart rules ([`platform::cart`]), with the ids parsed as ObjectIds.
 pub fn lines(lines: &[common::ItemLine]) -> Result<Vec<Line>, FieldError> {
-    if lines.is_empty() {
-        return Err(FieldError::new("lines", "at least one line is required"));
-    }
-    if lines.len() > MAX_LINES {
-        return Err(FieldError::new(
-            "lines",
-            format!("at most {MAX_LINES} lines"),
-        ));
-    }
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(lines.len());
-    for (i, l) in lines.iter().enumerate() {
-        let item = ItemId::parse(&l.item_id, &format!("lines[{i}].item_id"))?;
-        if !seen.insert(item) {
-            return Err(FieldError::new(
-                format!("lines[{i}].item_id"),
-                "each item may appear only once",
-            ));
-        }
-        if !(1..=MAX_QUANTITY).contains(&l.quantity) {
-            return Err(FieldError::new(
-                format!("lines[{i}].quantity"),
-                format!("must be between 1 and {MAX_QUANTITY}"),
-            ));
-        }
-        out.push(Line {
-            item,
-            quantity: l.quantity,
-        });
-    }
-    Ok(out)
+    platform::cart::validate(lines.iter().map(|l| (l.item_id.as_str(), l.quantity)))?
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            Ok(Line {
+                item: ItemId::parse(&l.item_id, &format!("lines[{i}].item_id"))?,
+                quantity: l.quantity,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

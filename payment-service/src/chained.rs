@@ -4,8 +4,6 @@
 //! the caller's remaining deadline and trace. Every step is idempotent per key, so a caller
 //! may retry the whole hop after any failure.
 
-use std::collections::HashSet;
-
 use platform::{CallContext, FieldError, money::Money};
 use shop_proto::{
     common::v1::{ItemLine, PricedLine},
@@ -24,8 +22,6 @@ use crate::{
     service::{ChargeCommand, Payments, RefundCommand},
 };
 
-const MAX_LINES: usize = 50;
-
 /// Item-service failures as this hop reports them: transport trouble is UNAVAILABLE (the
 /// caller may retry), anything else keeps its code.
 fn upstream(what: &str, s: Status) -> Status {
@@ -37,33 +33,10 @@ fn upstream(what: &str, s: Status) -> Status {
     }
 }
 
+/// The shared cart rules ([`platform::cart`]); ids come back lower-cased.
 fn parse_lines(lines: &[ItemLine]) -> Result<Vec<(String, i32)>, FieldError> {
-    if lines.is_empty() || lines.len() > MAX_LINES {
-        return Err(FieldError::new("lines", "must have 1 to 50 lines"));
-    }
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(lines.len());
-    for (i, l) in lines.iter().enumerate() {
-        let field = |f: &str| format!("lines[{i}].{f}");
-        if l.item_id.len() != 24 || !l.item_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(FieldError::new(
-                field("item_id"),
-                "must be a 24-hex-digit item id",
-            ));
-        }
-        if !(1..=1000).contains(&l.quantity) {
-            return Err(FieldError::new(
-                field("quantity"),
-                "must be between 1 and 1000",
-            ));
-        }
-        let id = l.item_id.to_ascii_lowercase();
-        if !seen.insert(id.clone()) {
-            return Err(FieldError::new(field("item_id"), "appears more than once"));
-        }
-        out.push((id, l.quantity));
-    }
-    Ok(out)
+    let lines = platform::cart::validate(lines.iter().map(|l| (l.item_id.as_str(), l.quantity)))?;
+    Ok(lines.into_iter().map(|l| (l.item_id, l.quantity)).collect())
 }
 
 pub async fn chained_charge(

@@ -2,9 +2,10 @@
 //! tracing setup, the gRPC server bootstrap (health, reflection, timeouts, request
 //! context, metrics, graceful shutdown), how a process hosts services and their background
 //! tasks, the Prometheus endpoint, field errors, and the domain types more than one
-//! service parses (money, pages).
+//! service parses (money, pages, cart lines).
 
 pub mod breaker;
+pub mod cart;
 pub mod config;
 pub mod context;
 pub mod error;

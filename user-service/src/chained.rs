@@ -24,9 +24,9 @@ pub async fn checkout(
 ) -> Result<pb::ChainedCheckoutResponse, Error> {
     let (user, _role) = svc.authenticate(&req.access_token)?;
     ids::validate_idempotency_key(&req.idempotency_key, "idempotency_key")?;
-    if req.lines.is_empty() || req.lines.len() > crate::orders::MAX_LINES {
-        return Err(FieldError::new("lines", "must have 1 to 50 lines").into());
-    }
+    // The shared cart rules, checked here too so a bad cart costs no payment hop.
+    let lines =
+        platform::cart::validate(req.lines.iter().map(|l| (l.item_id.as_str(), l.quantity)))?;
     if req.card.is_none() {
         return Err(FieldError::new("card", "is required").into());
     }
@@ -41,7 +41,7 @@ pub async fn checkout(
                 idempotency_key: scoped.clone(),
                 user_id: user.to_string(),
                 order_id: order_id.to_string(),
-                lines: req.lines,
+                lines,
                 card: req.card,
             },
             Some(PAYMENT_HOP_CAP),

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{domain::UserId, store::OrderRow};
 
-pub const MAX_LINES: usize = 50;
+pub const MAX_LINES: usize = platform::cart::MAX_LINES;
 
 /// A priced line as stored (prices as they were at checkout).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,6 @@ mod chained;
 mod compensate;
 mod saga;
 
-use std::collections::HashSet;
-
 use http::StatusCode;
 pub use platform::ids::{order_id_for, scoped_key};
 pub use saga::{Priced, price};
@@ -26,9 +24,6 @@ use crate::{
     error::ApiError,
     state::AppState,
 };
-
-pub const MAX_LINES: usize = 50;
-pub const MAX_QUANTITY: i32 = 1000;
 
 /// A checkout parsed at the edge.
 #[derive(Debug, Clone)]
@@ -71,48 +66,13 @@ impl Checkout {
     }
 }
 
-/// Cart lines: 1..=50, quantity 1..=1000, each item once, ids well-formed.
+/// Cart lines: the shared cart rules ([`platform::cart`]), reported like every other bad
+/// field (the message without the field prefix the services' statuses carry).
 pub fn parse_lines(
     lines: &[crate::api::model::CartLine],
 ) -> Result<Vec<common::ItemLine>, ApiError> {
-    if lines.is_empty() {
-        return Err(ApiError::bad_request("lines", "the cart is empty"));
-    }
-    if lines.len() > MAX_LINES {
-        return Err(ApiError::bad_request(
-            "lines",
-            format!("at most {MAX_LINES} lines per order"),
-        ));
-    }
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(lines.len());
-    for (i, l) in lines.iter().enumerate() {
-        let id = l.item_id.trim();
-        if id.len() != 24 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ApiError::bad_request(
-                format!("lines[{i}].item_id"),
-                "is not a valid item id",
-            ));
-        }
-        if !(1..=MAX_QUANTITY).contains(&l.quantity) {
-            return Err(ApiError::bad_request(
-                format!("lines[{i}].quantity"),
-                format!("must be between 1 and {MAX_QUANTITY}"),
-            ));
-        }
-        let id = id.to_ascii_lowercase();
-        if !seen.insert(id.clone()) {
-            return Err(ApiError::bad_request(
-                format!("lines[{i}].item_id"),
-                "appears twice; put the total quantity on one line",
-            ));
-        }
-        out.push(common::ItemLine {
-            item_id: id,
-            quantity: l.quantity,
-        });
-    }
-    Ok(out)
+    platform::cart::validate(lines.iter().map(|l| (l.item_id.as_str(), l.quantity)))
+        .map_err(|e| ApiError::bad_request(e.field, e.message))
 }
 
 /// What a successful checkout returns.

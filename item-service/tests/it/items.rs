@@ -1,11 +1,9 @@
 //! Catalog RPCs through the gRPC API: CRUD, optimistic concurrency, batch reads, listing
 //! and paging, every kind of bad input, and grpcurl via reflection.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::*;
+use crate::harness::*;
 use shop_proto::{
     common::v1::{Money, PageRequest},
     item::v1::{self as pb, ItemSort},

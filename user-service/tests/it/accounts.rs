@@ -1,11 +1,9 @@
 //! Register, login, users and tokens through the real gRPC API.
 
-mod common;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::harness::{ADMIN_EMAIL, SECRET, spawn, unique_email};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{ADMIN_EMAIL, SECRET, spawn, unique_email};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use shop_proto::user::v1 as pb;
 use tonic::Code;

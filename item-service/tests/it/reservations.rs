@@ -1,11 +1,9 @@
 //! Stock reservations through the gRPC API: all-or-nothing, idempotency, the oversell
 //! race, expiry by the sweeper.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use shop_proto::item::v1::{self as pb, ReservationStatus};
 use tonic::Code;
 

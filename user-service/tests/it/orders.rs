@@ -1,11 +1,9 @@
 //! Order history: RecordOrder idempotency, GetOrder ownership, ListOrders paging, and the
 //! chained checkout's failure modes that need no other service.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{spawn, unique_email};
+use crate::harness::{self, spawn, unique_email};
 use shop_proto::{
     common::v1::{Money, PageRequest, PricedLine},
     user::v1 as pb,
@@ -41,7 +39,7 @@ fn order(user_id: &str, qty: i32, unit: i64) -> pb::Order {
 }
 
 async fn record(
-    app: &common::TestApp,
+    app: &harness::TestApp,
     o: pb::Order,
 ) -> Result<pb::RecordOrderResponse, tonic::Status> {
     app.client
@@ -332,4 +330,60 @@ async fn chained_checkout_checks_the_token_first_and_fails_fast_without_payment_
         matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn chained_checkout_rejects_a_bad_cart_naming_the_field_without_calling_payment() {
+    let app = spawn().await;
+    let email = unique_email();
+    app.register(&email, "password-123", "Jo").await.expect("r");
+    let token = app
+        .login(&email, "password-123")
+        .await
+        .expect("login")
+        .access_token;
+    let a = "65f0c0ffee0000000000abcd";
+    let cases: Vec<(Vec<(String, i32)>, &str)> = vec![
+        (vec![], "lines"),
+        ((0..51).map(|i| (format!("{i:024x}"), 1)).collect(), "lines"),
+        (vec![("nope".into(), 1)], "lines[0].item_id"),
+        (vec![(a.into(), 0)], "lines[0].quantity"),
+        (vec![(a.into(), 1001)], "lines[0].quantity"),
+        (
+            vec![(a.into(), 1), (a.to_uppercase(), 2)],
+            "lines[1].item_id",
+        ),
+    ];
+    for (lines, field) in cases {
+        let err = app
+            .client
+            .clone()
+            .chained_checkout(pb::ChainedCheckoutRequest {
+                access_token: token.clone(),
+                idempotency_key: "key-bad-cart".into(),
+                lines: lines
+                    .into_iter()
+                    .map(|(item_id, quantity)| shop_proto::common::v1::ItemLine {
+                        item_id,
+                        quantity,
+                    })
+                    .collect(),
+                card: Some(shop_proto::payment::v1::Card {
+                    number: "4242424242424242".into(),
+                    exp_month: 12,
+                    exp_year: 2040,
+                    cvc: "123".into(),
+                }),
+            })
+            .await
+            .expect_err("bad cart");
+        // INVALID_ARGUMENT (not the UNAVAILABLE of the absent payment-service): the cart is
+        // checked before the payment hop.
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert_eq!(
+            platform::error::field_of(&err).as_deref(),
+            Some(field),
+            "{err:?}"
+        );
+    }
 }

@@ -1,9 +1,7 @@
 //! ChainedCharge against a real item-service (in-process, on the local stack's SecantusDB
 //! and Redis) and the mock card gateway.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use shop_proto::{
     common::v1::ItemLine,
     item::v1::{self as item_pb, ReservationStatus, item_service_client::ItemServiceClient},
@@ -14,27 +12,17 @@ use tonic::{Code, transport::Channel};
 struct Items {
     client: ItemServiceClient<Channel>,
     addr: std::net::SocketAddr,
+    /// Stops item-service when the test drops it.
+    _server: test_support::Running,
 }
 
 async fn spawn_items() -> Items {
-    let mut config = item_service::Config::for_stores(
-        &env("ITEM_MONGODB_URL"),
-        &format!("payment_chained_{}", uuid::Uuid::new_v4().simple()),
-        &env("ITEM_REDIS_URL"),
-    );
-    config.grpc_addr = "127.0.0.1:0".into();
-    config.metrics_addr = "127.0.0.1:0".into();
-    config.seed = false;
-    config.faults = String::new();
-    let app = item_service::Application::build(config)
-        .await
-        .expect("item-service builds against the local stack");
-    let addr = app.grpc_addr();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let client = ItemServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to item-service");
-    Items { client, addr }
+    let items = test_support::item::spawn().await;
+    Items {
+        client: ItemServiceClient::new(test_support::connect(items.grpc_addr).await),
+        addr: items.grpc_addr,
+        _server: items.server,
+    }
 }
 
 impl Items {
@@ -255,6 +243,37 @@ async fn a_lost_gateway_answer_keeps_the_reservation_until_reconcile_settles_bot
         ReservationStatus::Released
     );
     assert_eq!(items.stock(&a).await, 4);
+    assert_eq!(app.stats().await.charges_created, 0);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_cart_is_invalid_argument_naming_the_field_and_charges_nothing() {
+    // No item-service runs: the cart is checked before any call to it.
+    let app = spawn_app().await;
+    let a = "0123456789abcdef01234567";
+    let upper = a.to_uppercase();
+    let ids: Vec<String> = (0..51).map(|i| format!("{i:024x}")).collect();
+    let many: Vec<(&str, i32)> = ids.iter().map(|id| (id.as_str(), 1)).collect();
+    let cases: Vec<(Vec<(&str, i32)>, &str)> = vec![
+        (vec![], "lines"),
+        (many, "lines"),
+        (vec![("nope", 1)], "lines[0].item_id"),
+        (vec![(a, 0)], "lines[0].quantity"),
+        (vec![(a, 1001)], "lines[0].quantity"),
+        (vec![(a, 1), (&upper, 2)], "lines[1].item_id"),
+    ];
+    for (lines, field) in cases {
+        let err = chained(&app, chained_request("chk-bad-cart", &lines, VISA_OK))
+            .await
+            .expect_err("bad cart");
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert_eq!(
+            platform::error::field_of(&err).as_deref(),
+            Some(field),
+            "{err:?}"
+        );
+    }
     assert_eq!(app.stats().await.charges_created, 0);
     app.finish().await;
 }

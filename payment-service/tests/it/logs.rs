@@ -1,13 +1,11 @@
 //! Card numbers and CVCs never reach the logs, even at debug level, whatever the outcome.
 
-mod common;
-
 use std::{
     io::Write,
     sync::{Arc, Mutex},
 };
 
-use common::*;
+use crate::harness::*;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

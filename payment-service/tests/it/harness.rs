@@ -1,19 +1,15 @@
-//! Test harness: a real card gateway on 127.0.0.1:0, a throw-away MariaDB database per
-//! test, and payment-service on 127.0.0.1:0 in front of both.
-#![allow(dead_code)]
+//! A payment-service under test (test_support::payment: its own card gateway and MariaDB
+//! database) with a client, the test cards, and the calls and checks most tests make.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
-use payment_service::{
-    Application, Config,
-    card_gateway::{self, CardGateway, api::Stats},
-};
-use rand::Rng;
+use payment_service::{Config, card_gateway::api::Stats};
 use shop_proto::{
     common::v1::Money,
     payment::v1::{self as pb, payment_service_client::PaymentServiceClient},
 };
-use sqlx::{Connection, Executor, MySqlConnection, Row};
+use sqlx::{Connection, MySqlConnection, Row};
+pub use test_support::{env, eventually, payment::CardGatewayServer as TestGateway};
 use tonic::transport::Channel;
 
 pub const VISA_OK: &str = "4242424242424242";
@@ -25,65 +21,8 @@ pub const CVC: &str = "7319";
 /// Card numbers the suite sends; none may ever reach a payment table.
 pub const ALL_TEST_NUMBERS: &[&str] = &[VISA_OK, VISA_DECLINED, VISA_NO_FUNDS, "5555555555554444"];
 
-pub fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: start the local stack (scripts/stack up) and load /tmp/stackenv")
-    })
-}
-
-/// `base` with its database path replaced by `db`.
-fn with_database(base: &str, db: &str) -> String {
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (base, None),
-    };
-    let scheme_end = head.find("://").map_or(0, |i| i + 3);
-    let path_start = head[scheme_end..]
-        .find('/')
-        .map_or(head.len(), |i| scheme_end + i);
-    let mut url = format!("{}/{db}", &head[..path_start]);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
-}
-
-/// Creates `shop_payment_t<random>` and returns (its URL, its name).
-pub async fn create_database() -> (String, String) {
-    let base = env("PAYMENT_DATABASE_URL");
-    let suffix: String = (0..12)
-        .map(|_| char::from(b'a' + rand::rng().random_range(0..26u8)))
-        .collect();
-    let name = format!("shop_payment_t{suffix}");
-    let mut conn = MySqlConnection::connect(&base)
-        .await
-        .expect("connecting to PAYMENT_DATABASE_URL");
-    conn.execute(format!("CREATE DATABASE `{name}`").as_str())
-        .await
-        .expect("creating the test database");
-    conn.close().await.ok();
-    (with_database(&base, &name), name)
-}
-
-pub struct TestGateway {
-    pub addr: SocketAddr,
-    pub url: String,
-    pub handle: card_gateway::Gateway,
-}
-
 pub async fn spawn_gateway() -> TestGateway {
-    let gw = CardGateway::build(card_gateway::Config::on("127.0.0.1:0"))
-        .await
-        .expect("card gateway binds");
-    let addr = gw.addr();
-    let handle = gw.handle();
-    tokio::spawn(gw.run_until_stopped(std::future::pending()));
-    TestGateway {
-        addr,
-        url: format!("http://{addr}"),
-        handle,
-    }
+    test_support::payment::card_gateway().await
 }
 
 pub struct TestApp {
@@ -94,6 +33,8 @@ pub struct TestApp {
     pub db_url: String,
     pub db_name: String,
     pub http: reqwest::Client,
+    /// Stops payment-service when the test drops the app.
+    _server: test_support::Running,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -101,35 +42,17 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    platform::telemetry::init(false);
-    let gateway = spawn_gateway().await;
-    let (db_url, db_name) = create_database().await;
-    let mut config = Config::with_database(db_url.clone());
-    config.grpc_addr = "127.0.0.1:0".into();
-    config.metrics_addr = "127.0.0.1:0".into();
-    config.card_gateway_url = gateway.url.clone();
-    config.reconcile_interval_ms = 0;
-    config.database_max_connections = 30;
-    // Nothing listens here: ChainedCharge tests start their own item-service.
-    config.item_service_url = "http://127.0.0.1:9".into();
-    tweak(&mut config);
-    let app = Application::build(config)
-        .await
-        .expect("payment-service builds");
-    let addr = app.grpc_addr();
-    let metrics_addr = app.metrics_addr();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let client = PaymentServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to payment-service");
+    let app = test_support::payment::spawn_with(tweak).await;
+    let client = PaymentServiceClient::new(test_support::connect(app.grpc_addr).await);
     TestApp {
-        addr,
-        metrics_addr,
+        addr: app.grpc_addr,
+        metrics_addr: app.metrics_addr,
         client,
-        gateway,
-        db_url,
-        db_name,
+        gateway: app.card_gateway,
+        db_url: app.database.url,
+        db_name: app.database.name,
         http: reqwest::Client::new(),
+        _server: app.server,
     }
 }
 
@@ -305,31 +228,6 @@ impl TestApp {
     /// The scan, then the throw-away database goes.
     pub async fn finish(self) {
         self.assert_no_card_data().await;
-        let mut conn = MySqlConnection::connect(&env("PAYMENT_DATABASE_URL"))
-            .await
-            .expect("connect to drop");
-        conn.execute(format!("DROP DATABASE `{}`", self.db_name).as_str())
-            .await
-            .expect("drop test database");
-    }
-}
-
-/// Polls `check` until it returns Some, for at most `limit` (a safety net against a hung
-/// test, not a performance assertion).
-pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "condition not reached in {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        test_support::db::drop_mysql(&self.db_name).await;
     }
 }

@@ -1,14 +1,12 @@
 //! The Redis cache through the gRPC API: freshness after writes, hits, negative entries,
 //! single-flight, ITEM_CACHE=off, and Redis dying mid-test (on a private redis-server).
 
-mod common;
-
 use std::{
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use common::*;
+use crate::harness::*;
 use item_service::CacheMode;
 use shop_proto::item::v1 as pb;
 use tonic::Code;

@@ -1,17 +1,14 @@
 //! What a grpcurl user and an operator see: reflection, health, metrics.
 
-mod common;
-
 use std::process::Command;
 
-use common::{spawn, unique_email};
+use crate::harness::{self, spawn, unique_email};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
 fn grpcurl() -> String {
-    std::env::var("GRPCURL")
-        .expect("GRPCURL is not set: run the tests through scripts/test (it installs grpcurl)")
+    test_support::env("GRPCURL")
 }
 
 fn run_grpcurl(args: &[&str]) -> (bool, String, String) {
@@ -125,7 +122,7 @@ async fn grpcurl_lists_services_and_round_trips_register_and_get_user() {
 async fn metrics_count_rpcs_by_method_and_code() {
     let app = spawn().await;
     let _ = app.login("nobody@example.com", "whatever-pass").await;
-    let body = reqwest_get(&format!("http://{}/metrics", app.metrics_addr)).await;
+    let body = test_support::metrics(app.metrics_addr).await;
     assert!(
         body.lines()
             .any(|l| l.starts_with("grpc_server_requests_total")
@@ -136,27 +133,11 @@ async fn metrics_count_rpcs_by_method_and_code() {
     assert!(body.contains("grpc_server_request_duration_seconds_bucket"));
 }
 
-/// A minimal HTTP GET over a raw socket (keeps the test free of an HTTP client crate).
-async fn reqwest_get(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    s.write_all(
-        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    out
-}
-
 #[tokio::test]
 async fn slow_calls_end_with_deadline_exceeded_and_faults_can_be_cleared() {
     use shop_proto::admin::v1::{SetFaultsRequest, fault_admin_client::FaultAdminClient};
     // Every call made 1 s slower by fault injection; the server caps requests at 200 ms.
-    let app = common::spawn_with(|c| {
+    let app = harness::spawn_with(|c| {
         c.request_timeout_ms = 200;
         c.faults = r#"[{"method":"*","latency":{"kind":"fixed","ms":1000}}]"#.into();
     })

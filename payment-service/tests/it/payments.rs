@@ -1,10 +1,8 @@
 //! payment-service over gRPC against MariaDB and a real (in-process) card gateway.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 use shop_proto::{
     common::v1::{Money, PageRequest},

@@ -1,42 +1,14 @@
-//! Test harness: a real item-service (Application::build on 127.0.0.1:0) against the local
-//! stack's SecantusDB and Redis, each test with its own throw-away database.
-#![allow(dead_code)]
+//! An item-service under test with a client, a handle on its service (database, sweeper)
+//! and the calls most tests make. Its config is test_support::item's.
 
-use item_service::{Application, CacheMode, Config, ItemGrpc};
+use item_service::{Application, Config, ItemGrpc};
 use shop_proto::{
     common::v1::{ItemLine, Money},
     item::v1::{self as pb, item_service_client::ItemServiceClient},
 };
-use tokio::sync::oneshot;
+use test_support::Running;
+pub use test_support::{counter, env};
 use tonic::transport::Channel;
-
-/// A stack setting, or a clear failure (never a silent skip).
-pub fn env(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: start the local stack (scripts/stack up) and load its env \
-             (set -a; . /tmp/stackenv; set +a) before running item-service tests"
-        ),
-    }
-}
-
-pub fn db_name() -> String {
-    format!("item_test_{}", uuid::Uuid::new_v4().simple())
-}
-
-pub fn config() -> Config {
-    let mut c = Config::for_stores(&env("ITEM_MONGODB_URL"), &db_name(), &env("ITEM_REDIS_URL"));
-    c.grpc_addr = "127.0.0.1:0".into();
-    c.metrics_addr = "127.0.0.1:0".into();
-    c.cache = CacheMode::On;
-    c.seed = false;
-    c.faults = String::new();
-    // The shared SecantusDB is slow when every test hammers it at once; these tests are
-    // about outcomes, not speed, so the server-side cap must not decide them.
-    c.request_timeout_ms = 60_000;
-    c
-}
 
 pub struct TestApp {
     pub client: ItemServiceClient<Channel>,
@@ -44,16 +16,17 @@ pub struct TestApp {
     pub metrics_addr: std::net::SocketAddr,
     pub service: ItemGrpc,
     pub config: Config,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    server: Running,
 }
 
 pub async fn spawn() -> TestApp {
     spawn_with(|_| {}).await
 }
 
+// Builds the Application here rather than through test_support::item::spawn_with: these
+// tests also drive the service directly (its database, one sweep).
 pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let mut config = config();
+    let mut config = test_support::item::config();
     tweak(&mut config);
     let app = Application::build(config.clone())
         .await
@@ -61,56 +34,28 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let grpc_addr = app.grpc_addr();
     let metrics_addr = app.metrics_addr();
     let service = app.service();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until_stopped(async move {
-        let _ = rx.await;
-    }));
-    let client = connect(grpc_addr).await;
+    let server = Running::spawn(grpc_addr, |stop| app.run_until_stopped(stop));
+    let client = ItemServiceClient::new(test_support::connect(grpc_addr).await);
     TestApp {
         client,
         grpc_addr,
         metrics_addr,
         service,
         config,
-        stop: Some(tx),
-        task: Some(task),
+        server,
     }
-}
-
-pub async fn connect(addr: std::net::SocketAddr) -> ItemServiceClient<Channel> {
-    for _ in 0..50 {
-        if let Ok(c) = ItemServiceClient::connect(format!("http://{addr}")).await {
-            return c;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("cannot connect to item-service at {addr}");
 }
 
 impl TestApp {
     /// Stops the server and drops the test database.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+        self.server.stop().await;
         let _ = self.service.database().drop().await;
         self.service.database().client().clone().shutdown().await;
     }
 
     pub async fn metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
-            .await
-            .expect("metrics endpoint");
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
-        out
+        test_support::metrics(self.metrics_addr).await
     }
 
     pub async fn create(
@@ -224,13 +169,4 @@ pub fn assert_field(
         Some(field),
         "field of {status:?}"
     );
-}
-
-/// The value of a Prometheus counter line starting with `prefix` (0 when absent).
-pub fn counter(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }

@@ -1,22 +1,23 @@
 //! The mock card gateway over HTTP: test cards, validation, idempotency, faults, stats.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use payment_service::card_gateway::api::{Charge, ErrorBody, List, Refund, Stats};
 use serde_json::{Value, json};
 
 struct Http {
     base: String,
     http: reqwest::Client,
+    /// Keeps the gateway serving for as long as the test uses it.
+    _gateway: TestGateway,
 }
 
 impl Http {
     async fn new() -> Self {
         let gw = spawn_gateway().await;
         Self {
-            base: gw.url,
+            base: gw.url.clone(),
             http: reqwest::Client::new(),
+            _gateway: gw,
         }
     }
 

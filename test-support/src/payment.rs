@@ -1,0 +1,88 @@
+//! payment-service on 127.0.0.1:0 with its own fresh MariaDB database and its own mock
+//! card gateway.
+
+use std::net::SocketAddr;
+
+use payment_service::{
+    Application, Config,
+    card_gateway::{self, CardGateway, Gateway},
+};
+
+use crate::{
+    Running,
+    db::{self, FreshDatabase},
+};
+
+/// A running mock card gateway.
+pub struct CardGatewayServer {
+    pub server: Running,
+    pub addr: SocketAddr,
+    /// `http://{addr}`.
+    pub url: String,
+    /// In-process access to its state (stats, faults).
+    pub handle: Gateway,
+}
+
+/// Spawns the mock card gateway on 127.0.0.1:0.
+pub async fn card_gateway() -> CardGatewayServer {
+    let gw = CardGateway::build(card_gateway::Config::on("127.0.0.1:0"))
+        .await
+        .expect("the card gateway binds");
+    let addr = gw.addr();
+    let handle = gw.handle();
+    CardGatewayServer {
+        server: Running::spawn(addr, |stop| gw.run_until_stopped(stop)),
+        addr,
+        url: format!("http://{addr}"),
+        handle,
+    }
+}
+
+/// A running payment-service and the card gateway it charges through.
+pub struct PaymentServer {
+    pub server: Running,
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub card_gateway: CardGatewayServer,
+    pub database: FreshDatabase,
+}
+
+/// The test config: ephemeral ports, `database_url`, the card gateway at
+/// `card_gateway_url`, no reconcile timer, and an item-service address nothing listens on
+/// (ChainedCharge tests start their own item-service and set it).
+pub fn config(database_url: &str, card_gateway_url: &str) -> Config {
+    let mut config = Config::with_database(database_url);
+    config.grpc_addr = "127.0.0.1:0".into();
+    config.metrics_addr = "127.0.0.1:0".into();
+    config.card_gateway_url = card_gateway_url.into();
+    config.reconcile_interval_ms = 0;
+    config.database_max_connections = 30;
+    config.item_service_url = "http://127.0.0.1:9".into();
+    config
+}
+
+pub async fn spawn() -> PaymentServer {
+    spawn_with(|_| {}).await
+}
+
+/// Spawns a card gateway, then payment-service on a fresh database in front of it, with
+/// `tweak` applied to the test config.
+pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> PaymentServer {
+    platform::telemetry::init(false);
+    let card_gateway = card_gateway().await;
+    let database = db::fresh_mysql("payment").await;
+    let mut config = config(&database.url, &card_gateway.url);
+    tweak(&mut config);
+    let app = Application::build(config)
+        .await
+        .expect("payment-service builds against the local stack");
+    let grpc_addr = app.grpc_addr();
+    let metrics_addr = app.metrics_addr();
+    PaymentServer {
+        server: Running::spawn(grpc_addr, |stop| app.run_until_stopped(stop)),
+        grpc_addr,
+        metrics_addr,
+        card_gateway,
+        database,
+    }
+}
