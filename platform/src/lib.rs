@@ -1,7 +1,7 @@
 //! What every Shop service shares, so each service holds only its own domain:
 //! tracing setup, the gRPC server bootstrap (health, reflection, timeouts, request
-//! context, metrics, graceful shutdown), the Prometheus endpoint, field errors, and the
-//! domain types more than one service parses (money, pages).
+//! context, metrics, graceful shutdown), the Prometheus endpoint, field errors and failure
+//! reasons, and the domain types more than one service parses (money, pages).
 
 pub mod breaker;
 pub mod config;
@@ -13,9 +13,11 @@ pub mod ids;
 pub mod metrics;
 pub mod money;
 pub mod paging;
+pub mod reason;
 pub mod shutdown;
 pub mod telemetry;
 pub mod transport;
 
 pub use context::CallContext;
 pub use error::{FieldError, internal_error};
+pub use reason::{ErrorReason, reason_of, with_reason};
