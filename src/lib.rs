@@ -2,7 +2,7 @@
 //!
 //! Module paths follow the protobuf packages: `shop_proto::user::v1` is `shop.user.v1`.
 
-/// `shop.common.v1`: money, pagination, cart lines.
+/// `shop.common.v1`: money, pagination, cart lines, error reasons.
 pub mod common {
     pub mod v1 {
         tonic::include_proto!("shop.common.v1");

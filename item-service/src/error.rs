@@ -1,6 +1,6 @@
 //! The service's one error type and how it maps to gRPC status codes.
 
-use platform::FieldError;
+use platform::{ErrorReason, FieldError, with_reason};
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +25,11 @@ pub enum Error {
     },
 
     /// A well-formed request the current state does not allow (not enough stock,
-    /// committing a released reservation). `field` names the offending request field.
+    /// committing a released reservation). `field` names the offending request field;
+    /// `reason` is what callers decide on.
     #[error("{message}")]
     Precondition {
+        reason: ErrorReason,
         field: Option<String>,
         message: String,
     },
@@ -39,9 +41,10 @@ pub enum Error {
         message: String,
     },
 
-    /// A concurrent operation is in the way; the caller may retry.
-    #[error("{0}")]
-    Aborted(String),
+    /// A concurrent operation is in the way (or, with RESERVATION_RELEASED, undid the
+    /// request); `reason` tells which.
+    #[error("{1}")]
+    Aborted(ErrorReason, String),
 
     #[error("reservation {0:?} was already made with different lines")]
     ReservationMismatch(String),
@@ -73,29 +76,49 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
+        use platform::error::with_field;
         match e {
             Error::Field(f) => f.into(),
-            Error::ItemNotFound(_) | Error::ReservationNotFound(_) => {
-                Status::not_found(e.to_string())
+            Error::ItemNotFound(_) => {
+                with_reason(Status::not_found(e.to_string()), ErrorReason::ItemNotFound)
             }
-            Error::DuplicateSku(_) => {
-                platform::error::with_field(Status::already_exists(e.to_string()), "sku")
-            }
-            Error::ReservationMismatch(_) => {
-                platform::error::with_field(Status::already_exists(e.to_string()), "reservation_id")
-            }
-            Error::VersionConflict { .. } => {
-                platform::error::with_field(Status::aborted(e.to_string()), "expected_version")
-            }
-            Error::Precondition { field, message } => match field {
-                Some(f) => FieldError::new(f, message).into_status_with(Code::FailedPrecondition),
-                None => Status::failed_precondition(message),
-            },
-            Error::LineNotFound { field, message } => match field {
-                Some(f) => FieldError::new(f, message).into_status_with(Code::NotFound),
-                None => Status::not_found(message),
-            },
-            Error::Aborted(m) => Status::aborted(m),
+            Error::ReservationNotFound(_) => with_reason(
+                Status::not_found(e.to_string()),
+                ErrorReason::ReservationNotFound,
+            ),
+            Error::DuplicateSku(_) => with_reason(
+                with_field(Status::already_exists(e.to_string()), "sku"),
+                ErrorReason::SkuTaken,
+            ),
+            Error::ReservationMismatch(_) => with_reason(
+                with_field(Status::already_exists(e.to_string()), "reservation_id"),
+                ErrorReason::IdempotencyKeyReused,
+            ),
+            Error::VersionConflict { .. } => with_reason(
+                with_field(Status::aborted(e.to_string()), "expected_version"),
+                ErrorReason::ConcurrentChange,
+            ),
+            Error::Precondition {
+                reason,
+                field,
+                message,
+            } => with_reason(
+                match field {
+                    Some(f) => {
+                        FieldError::new(f, message).into_status_with(Code::FailedPrecondition)
+                    }
+                    None => Status::failed_precondition(message),
+                },
+                reason,
+            ),
+            Error::LineNotFound { field, message } => with_reason(
+                match field {
+                    Some(f) => FieldError::new(f, message).into_status_with(Code::NotFound),
+                    None => Status::not_found(message),
+                },
+                ErrorReason::ItemNotFound,
+            ),
+            Error::Aborted(reason, m) => with_reason(Status::aborted(m), reason),
             Error::Mongo { what, ref source } if Error::is_unavailable(source) => {
                 platform::error::unavailable(what, &e)
             }

@@ -26,6 +26,7 @@ use mongodb::{
     bson::{DateTime, Document, doc},
     options::{IndexOptions, ReturnDocument},
 };
+use platform::ErrorReason;
 use serde::{Deserialize, Serialize};
 use shop_proto::{common::v1 as common, item::v1 as pb};
 
@@ -138,6 +139,7 @@ impl ReservationDoc {
             }
         } else {
             Error::Precondition {
+                reason: ErrorReason::OutOfStock,
                 field,
                 message: self.reason.clone(),
             }
@@ -158,6 +160,9 @@ pub struct Reservations {
     cache: Cache,
     ttl: Duration,
 }
+
+/// The stored reason of a reservation the sweeper released because it expired.
+const EXPIRED: &str = "expired";
 
 /// Reservations by what happened to them: reserved, rejected, committed, released
 /// (by a caller), expired (released by the sweeper).
@@ -269,10 +274,13 @@ impl Reservations {
                 return Ok(Some(Shortfall::Left(left)));
             }
         }
-        Err(Error::Aborted(format!(
-            "stock of item {} is changing too fast; retry",
-            line.item.hex()
-        )))
+        Err(Error::Aborted(
+            ErrorReason::ConcurrentChange,
+            format!(
+                "stock of item {} is changing too fast; retry",
+                line.item.hex()
+            ),
+        ))
     }
 
     /// Puts one line back if (and only if) this reservation still holds it.
@@ -406,10 +414,10 @@ impl Reservations {
                 }
                 return match existing.status {
                     State::Rejected => Err(existing.rejection()),
-                    State::Pending => Err(Error::Aborted(format!(
-                        "reservation {:?} is still being made; retry",
-                        rid.0
-                    ))),
+                    State::Pending => Err(Error::Aborted(
+                        ErrorReason::InProgress,
+                        format!("reservation {:?} is still being made; retry", rid.0),
+                    )),
                     _ => Ok(existing),
                 };
             }
@@ -479,9 +487,10 @@ impl Reservations {
                 .await?;
             return Err(match rejected {
                 Some(doc) => doc.rejection(),
-                None => Error::Aborted(format!(
-                    "reservation {id:?} was released while it was being made"
-                )),
+                None => Error::Aborted(
+                    ErrorReason::ReservationReleased,
+                    format!("reservation {id:?} was released while it was being made"),
+                ),
             });
         }
         match self
@@ -493,9 +502,10 @@ impl Reservations {
                 // Released (by the caller or the sweeper) while we were taking lines: the
                 // releaser put back what it saw; put back the rest.
                 self.put_back_all(id, line_docs).await?;
-                Err(Error::Aborted(format!(
-                    "reservation {id:?} was released while it was being made"
-                )))
+                Err(Error::Aborted(
+                    ErrorReason::ReservationReleased,
+                    format!("reservation {id:?} was released while it was being made"),
+                ))
             }
         }
     }
@@ -522,6 +532,11 @@ impl Reservations {
                 }
                 State::Released => {
                     return Err(Error::Precondition {
+                        reason: if doc.reason == EXPIRED {
+                            ErrorReason::ReservationExpired
+                        } else {
+                            ErrorReason::ReservationReleased
+                        },
                         field: Some("reservation_id".to_owned()),
                         message: format!(
                             "reservation {:?} was released ({}); its stock is no longer held",
@@ -531,22 +546,23 @@ impl Reservations {
                 }
                 State::Rejected => {
                     return Err(Error::Precondition {
+                        reason: ErrorReason::ReservationRejected,
                         field: Some("reservation_id".to_owned()),
                         message: format!("reservation {:?} was rejected: {}", rid.0, doc.reason),
                     });
                 }
                 State::Pending => {
-                    return Err(Error::Aborted(format!(
-                        "reservation {:?} is still being made; retry",
-                        rid.0
-                    )));
+                    return Err(Error::Aborted(
+                        ErrorReason::InProgress,
+                        format!("reservation {:?} is still being made; retry", rid.0),
+                    ));
                 }
             }
         }
-        Err(Error::Aborted(format!(
-            "reservation {:?} is changing concurrently; retry",
-            rid.0
-        )))
+        Err(Error::Aborted(
+            ErrorReason::ConcurrentChange,
+            format!("reservation {:?} is changing concurrently; retry", rid.0),
+        ))
     }
 
     pub async fn release(&self, rid: &ReservationId) -> Result<ReservationDoc, Error> {
@@ -571,6 +587,7 @@ impl Reservations {
                 }
                 State::Committed => {
                     return Err(Error::Precondition {
+                        reason: ErrorReason::ReservationCommitted,
                         field: Some("reservation_id".to_owned()),
                         message: format!(
                             "reservation {:?} is already committed and cannot be released",
@@ -580,10 +597,10 @@ impl Reservations {
                 }
             }
         }
-        Err(Error::Aborted(format!(
-            "reservation {:?} is changing concurrently; retry",
-            rid.0
-        )))
+        Err(Error::Aborted(
+            ErrorReason::ConcurrentChange,
+            format!("reservation {:?} is changing concurrently; retry", rid.0),
+        ))
     }
 
     /// One sweep: releases expired reservations and finishes settlements that a dead
@@ -601,7 +618,7 @@ impl Reservations {
                     },
                     doc! { "$set": {
                         "status": State::Released.as_str(),
-                        "reason": "expired",
+                        "reason": EXPIRED,
                         "settled": false,
                         "updated_at": DateTime::now(),
                     } },

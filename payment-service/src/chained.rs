@@ -4,7 +4,11 @@
 //! the caller's remaining deadline and trace. Every step is idempotent per key, so a caller
 //! may retry the whole hop after any failure.
 
-use platform::{CallContext, FieldError, money::Money};
+use platform::{
+    CallContext, ErrorReason, FieldError,
+    money::Money,
+    reason::{self, reason_of, with_reason},
+};
 use shop_proto::{
     common::v1::{ItemLine, PricedLine},
     item::v1::{BatchGetItemsRequest, ReservationStatus, ReserveStockRequest},
@@ -23,13 +27,15 @@ use crate::{
 };
 
 /// Item-service failures as this hop reports them: transport trouble is UNAVAILABLE (the
-/// caller may retry), anything else keeps its code.
+/// caller may retry), anything else keeps its code. The message says which call failed;
+/// the metadata (reason, field) is item-service's, so callers decide on it unchanged.
 fn upstream(what: &str, s: Status) -> Status {
+    let message = format!("item-service {what}: {}", s.message());
     match s.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            Status::unavailable(format!("item-service {what}: {}", s.message()))
+            reason::restate(&s, Code::Unavailable, message)
         }
-        code => Status::new(code, format!("item-service {what}: {}", s.message())),
+        code => reason::restate(&s, code, message),
     }
 }
 
@@ -68,9 +74,12 @@ pub async fn chained_charge(
         .map_err(|s| upstream("BatchGetItems", s))?
         .into_inner();
     if !batch.missing_ids.is_empty() {
-        return Err(platform::error::with_field(
-            Status::not_found(format!("unknown items: {}", batch.missing_ids.join(", "))),
-            "lines",
+        return Err(with_reason(
+            platform::error::with_field(
+                Status::not_found(format!("unknown items: {}", batch.missing_ids.join(", "))),
+                "lines",
+            ),
+            ErrorReason::ItemNotFound,
         ));
     }
 
@@ -81,7 +90,13 @@ pub async fn chained_charge(
             .items
             .iter()
             .find(|it| it.id.eq_ignore_ascii_case(id))
-            .ok_or_else(|| Status::not_found(format!("unknown item: {id}")))?;
+            .ok_or_else(|| {
+                reason::status(
+                    Code::NotFound,
+                    format!("unknown item: {id}"),
+                    ErrorReason::ItemNotFound,
+                )
+            })?;
         let unit = Money::parse(item.price.as_ref(), "price").map_err(|e| {
             Status::internal(format!("item-service sent a bad price for {id}: {e}"))
         })?;
@@ -91,8 +106,10 @@ pub async fn chained_charge(
         total = Some(match total {
             None => line_total,
             Some(t) => t.plus(line_total).ok_or_else(|| {
-                Status::failed_precondition(
+                reason::status(
+                    Code::FailedPrecondition,
                     "the items are priced in different currencies (or the total overflows)",
+                    ErrorReason::MixedCurrencies,
                 )
             })?,
         });
@@ -146,10 +163,11 @@ pub async fn chained_charge(
     match ReservationStatus::try_from(reservation.status) {
         Ok(ReservationStatus::Reserved | ReservationStatus::Committed) => {}
         Ok(ReservationStatus::Rejected) => {
-            return Err(Status::failed_precondition(format!(
-                "not enough stock: {}",
-                reservation.reason
-            )));
+            return Err(reason::status(
+                Code::FailedPrecondition,
+                format!("not enough stock: {}", reservation.reason),
+                ErrorReason::OutOfStock,
+            ));
         }
         // Released: only a retry of a checkout that already finished gets here; the charge
         // below replays that checkout's payment (or, with no payment, refuses to charge).
@@ -160,8 +178,10 @@ pub async fn chained_charge(
                 .await
                 .map_err(crate::error::Error::from)?
             {
-                return Err(Status::failed_precondition(
+                return Err(reason::status(
+                    Code::FailedPrecondition,
                     "the stock reservation for this key was released; start a new checkout with a new key",
+                    ErrorReason::ReservationReleased,
                 ));
             }
         }
@@ -189,12 +209,14 @@ pub async fn chained_charge(
     match payment.status() {
         PaymentStatus::Succeeded => {
             if let Some(s) = payments.finish_reservation(&payment, &ctx).await {
-                if s.code() == Code::FailedPrecondition || s.code() == Code::NotFound {
+                if reservation_lost(&s) {
                     // The reservation expired before the charge finished: the stock is gone,
                     // so give the money back (compensation) instead of selling it.
                     compensate(payments, &payment.id, &ctx).await?;
-                    return Err(Status::aborted(
+                    return Err(reason::status(
+                        Code::Aborted,
                         "the stock reservation expired before the payment completed; the payment was refunded",
+                        ErrorReason::ReservationExpired,
                     ));
                 }
                 return Err(upstream("CommitReservation", s));
@@ -205,13 +227,17 @@ pub async fn chained_charge(
             let _ = payments.finish_reservation(&payment, &ctx).await;
         }
         PaymentStatus::Refunded => {
-            return Err(Status::aborted(
+            return Err(reason::status(
+                Code::Aborted,
                 "this checkout's payment was refunded (the stock reservation had expired)",
+                ErrorReason::PaymentRefunded,
             ));
         }
         PaymentStatus::Pending => {
-            return Err(Status::unavailable(
+            return Err(reason::status(
+                Code::Unavailable,
                 "payment is still pending; retry with the same key",
+                ErrorReason::PaymentPending,
             ));
         }
     }
@@ -222,6 +248,22 @@ pub async fn chained_charge(
         total: Some(total.into()),
         reservation_id: key.as_str().to_owned(),
     })
+}
+
+/// Whether a failed CommitReservation says the stock is no longer held for this payment
+/// (expired and released, or never there), so the money must go back.
+fn reservation_lost(s: &Status) -> bool {
+    matches!(
+        (s.code(), reason_of(s)),
+        (
+            Code::FailedPrecondition,
+            Some(
+                ErrorReason::ReservationExpired
+                    | ErrorReason::ReservationReleased
+                    | ErrorReason::ReservationRejected
+            )
+        ) | (Code::NotFound, Some(ErrorReason::ReservationNotFound))
+    )
 }
 
 async fn compensate(

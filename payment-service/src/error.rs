@@ -1,7 +1,7 @@
 //! The service's errors and how they reach callers. Internal failures are logged with their
 //! cause chain and returned as an opaque INTERNAL; nothing here ever holds card data.
 
-use platform::{FieldError, error::with_field, internal_error};
+use platform::{ErrorReason, FieldError, error::with_field, internal_error, with_reason};
 use tonic::Status;
 
 use crate::gateway_client::GatewayError;
@@ -56,22 +56,41 @@ impl From<Error> for Status {
         let msg = e.to_string();
         match e {
             Error::Invalid(f) => f.into(),
-            Error::KeyReused { .. } => {
-                with_field(Status::failed_precondition(msg), "idempotency_key")
+            Error::KeyReused { .. } => with_reason(
+                with_field(Status::failed_precondition(msg), "idempotency_key"),
+                ErrorReason::IdempotencyKeyReused,
+            ),
+            Error::PaymentNotFound(_) => with_reason(
+                with_field(Status::not_found(msg), "payment_id"),
+                ErrorReason::PaymentNotFound,
+            ),
+            Error::InProgress { .. } => with_reason(Status::aborted(msg), ErrorReason::InProgress),
+            Error::ChargePending { .. } => {
+                with_reason(Status::unavailable(msg), ErrorReason::PaymentPending)
             }
-            Error::PaymentNotFound(_) => with_field(Status::not_found(msg), "payment_id"),
-            Error::InProgress { .. } => Status::aborted(msg),
-            Error::ChargePending { .. }
-            | Error::RefundPending { .. }
-            | Error::CardGatewayFailing => Status::unavailable(msg),
-            Error::NotRefundable { .. } => {
-                with_field(Status::failed_precondition(msg), "payment_id")
+            Error::RefundPending { .. } => {
+                with_reason(Status::unavailable(msg), ErrorReason::RefundPending)
             }
-            Error::CurrencyMismatch { .. } => {
-                with_field(Status::failed_precondition(msg), "amount.currency")
+            Error::CardGatewayFailing => {
+                with_reason(Status::unavailable(msg), ErrorReason::CardGatewayFailing)
             }
-            Error::RefundTooLarge { .. } => with_field(Status::failed_precondition(msg), "amount"),
-            Error::RefundRejected { .. } => Status::failed_precondition(msg),
+            Error::NotRefundable { .. } => with_reason(
+                with_field(Status::failed_precondition(msg), "payment_id"),
+                ErrorReason::PaymentNotRefundable,
+            ),
+            Error::CurrencyMismatch { .. } => with_reason(
+                with_field(Status::failed_precondition(msg), "amount.currency"),
+                ErrorReason::CurrencyMismatch,
+            ),
+            Error::RefundTooLarge { .. } => with_reason(
+                with_field(Status::failed_precondition(msg), "amount"),
+                ErrorReason::RefundTooLarge,
+            ),
+            Error::RefundRejected { .. } => with_reason(
+                Status::failed_precondition(msg),
+                ErrorReason::RefundRejected,
+            ),
+            // Passed on whole: its reason and field metadata stay.
             Error::Upstream(s) => s,
             Error::Database(e) => internal_error("database", &e),
             Error::Task(e) => internal_error("background task", &e),

@@ -3,6 +3,8 @@
 
 use tonic::{Code, Status, metadata::MetadataValue};
 
+use crate::reason::ErrorReason;
+
 /// Metadata key carrying the name of the offending field on INVALID_ARGUMENT, so the
 /// gateway can put it in its JSON error without parsing messages.
 pub const FIELD_METADATA_KEY: &str = "x-shop-field";
@@ -32,9 +34,13 @@ impl FieldError {
     }
 
     /// As a status with another code (FAILED_PRECONDITION for a field that is well-formed
-    /// but not acceptable in the current state).
+    /// but not acceptable in the current state). Its reason is INVALID_FIELD; a caller with
+    /// a more telling one replaces it ([`crate::reason::with_reason`]).
     pub fn into_status_with(self, code: Code) -> Status {
-        with_field(Status::new(code, self.to_string()), &self.field)
+        crate::reason::with_reason(
+            with_field(Status::new(code, self.to_string()), &self.field),
+            ErrorReason::InvalidField,
+        )
     }
 }
 
@@ -71,4 +77,20 @@ pub fn internal_error(what: &str, err: &(dyn std::error::Error + 'static)) -> St
 pub fn unavailable(what: &str, err: &(dyn std::error::Error + 'static)) -> Status {
     tracing::warn!(error = %crate::telemetry::chain(err), "{what}");
     Status::unavailable(format!("{what}: temporarily unavailable"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_errors_name_the_field_and_the_invalid_field_reason() {
+        let s: Status = FieldError::new("lines[0].quantity", "must be 1 to 1000").into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(field_of(&s).as_deref(), Some("lines[0].quantity"));
+        assert_eq!(
+            crate::reason::reason_of(&s),
+            Some(ErrorReason::InvalidField)
+        );
+    }
 }

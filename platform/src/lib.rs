@@ -1,8 +1,8 @@
 //! What every Shop service shares, so each service holds only its own domain:
 //! tracing setup, the gRPC server bootstrap (health, reflection, timeouts, request
 //! context, metrics, graceful shutdown), how a process hosts services and their background
-//! tasks, the Prometheus endpoint, field errors, and the domain types more than one
-//! service parses (money, pages, cart lines).
+//! tasks, the Prometheus endpoint, field errors and failure reasons, and the domain types
+//! more than one service parses (money, pages, cart lines).
 
 pub mod breaker;
 pub mod cart;
@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod money;
 pub mod net;
 pub mod paging;
+pub mod reason;
 pub mod shutdown;
 pub mod telemetry;
 pub mod timing;
@@ -24,3 +25,4 @@ pub mod transport;
 
 pub use context::CallContext;
 pub use error::{FieldError, internal_error};
+pub use reason::{ErrorReason, reason_of, with_reason};

@@ -1,6 +1,6 @@
 //! user-service's one error type and how it becomes a gRPC status.
 
-use platform::FieldError;
+use platform::{ErrorReason, FieldError, with_reason};
 use tonic::Status;
 
 use crate::{password::HashError, store::StoreError, token::TokenError};
@@ -16,17 +16,20 @@ pub enum Error {
     BadCredentials,
     #[error("invalid or expired token")]
     BadToken,
-    #[error("{0} not found")]
-    NotFound(&'static str),
-    #[error("{0}")]
-    Precondition(String),
+    #[error("user not found")]
+    UserNotFound,
+    #[error("order not found")]
+    OrderNotFound,
+    #[error("order_id is already used by another order")]
+    OrderIdTaken,
     #[error("database error")]
     Store(#[source] StoreError),
     #[error("password hashing failed")]
     Hash(#[from] HashError),
     #[error("token signing failed")]
     Token(#[source] TokenError),
-    /// A downstream service's answer, passed on as it came.
+    /// A downstream service's answer, passed on as it came (metadata included: callers
+    /// decide on its reason and field).
     #[error("downstream: {}", .0.message())]
     Downstream(Status),
 }
@@ -35,7 +38,7 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::DuplicateEmail => Self::EmailTaken,
-            StoreError::UnknownUser => Self::NotFound("user"),
+            StoreError::UnknownUser => Self::UserNotFound,
             other => Self::Store(other),
         }
     }
@@ -45,10 +48,21 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         match e {
             Error::Field(f) => f.into(),
-            Error::EmailTaken => Status::already_exists(e.to_string()),
+            Error::EmailTaken => with_reason(
+                Status::already_exists(e.to_string()),
+                ErrorReason::EmailTaken,
+            ),
             Error::BadCredentials | Error::BadToken => Status::unauthenticated(e.to_string()),
-            Error::NotFound(_) => Status::not_found(e.to_string()),
-            Error::Precondition(m) => Status::failed_precondition(m),
+            Error::UserNotFound => {
+                with_reason(Status::not_found(e.to_string()), ErrorReason::UserNotFound)
+            }
+            Error::OrderNotFound => {
+                with_reason(Status::not_found(e.to_string()), ErrorReason::OrderNotFound)
+            }
+            Error::OrderIdTaken => with_reason(
+                Status::failed_precondition(e.to_string()),
+                ErrorReason::OrderIdTaken,
+            ),
             Error::Store(StoreError::Db(ref db)) if is_unavailable(db) => {
                 platform::error::unavailable("user database", db)
             }

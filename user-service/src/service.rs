@@ -153,7 +153,7 @@ impl pb::user_service_server::UserService for UserApi {
             .user(id)
             .await
             .map_err(Error::from)?
-            .ok_or(Error::NotFound("user"))?;
+            .ok_or(Error::UserNotFound)?;
         Ok(Response::new(pb::GetUserResponse {
             user: Some(user_pb(user)),
         }))
@@ -201,7 +201,7 @@ impl pb::user_service_server::UserService for UserApi {
             .order(order_id, user)
             .await
             .map_err(Error::from)?
-            .ok_or(Error::NotFound("order"))?;
+            .ok_or(Error::OrderNotFound)?;
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(row.into()),
         }))
@@ -258,9 +258,7 @@ impl UserGrpc {
     ) -> Result<(crate::store::OrderRow, bool), Error> {
         let (row, created) = self.store.insert_order(order).await?;
         if row.user_id != order.user_id.0 {
-            return Err(Error::Precondition(
-                "order_id is already used by another order".into(),
-            ));
+            return Err(Error::OrderIdTaken);
         }
         if created {
             tracing::info!(order_id = %row.order_id, "order recorded");

@@ -15,6 +15,7 @@ mod saga;
 
 use http::StatusCode;
 pub use platform::ids::{order_id_for, scoped_key};
+use platform::{ErrorReason, reason_of};
 pub use saga::{Priced, price};
 use shop_proto::{common::v1 as common, payment::v1 as pay, user::v1 as user};
 
@@ -116,12 +117,46 @@ pub async fn run(
     }
 }
 
-/// Another attempt with the same key is being processed right now (payment-service:
-/// ABORTED "still in progress"; item-service: ABORTED "still being made").
+/// Another attempt with the same key is being processed right now: ABORTED with the
+/// IN_PROGRESS reason (payment-service's charge, item-service's reservation).
 pub fn is_in_progress(s: &tonic::Status) -> bool {
-    let m = s.message().to_ascii_lowercase();
-    s.code() == tonic::Code::Aborted
-        && (m.contains("in progress") || m.contains("still being made"))
+    s.code() == tonic::Code::Aborted && reason_of(s) == Some(ErrorReason::InProgress)
+}
+
+/// The checkout answer a downstream failure stands for, decided on its code and reason
+/// (never its message, which is for people and may be reworded), the same whichever
+/// strategy met it; None for a failure that is no checkout outcome (the caller maps it
+/// generically).
+pub fn outcome_of(s: &tonic::Status) -> Option<ApiError> {
+    use ErrorReason as R;
+    use tonic::Code as C;
+    let e = match (s.code(), reason_of(s)?) {
+        (C::Aborted, R::InProgress) => in_progress(),
+        (C::FailedPrecondition | C::ResourceExhausted, R::OutOfStock) => {
+            let mut e = out_of_stock(relayed_message(s));
+            e.field = platform::error::field_of(s);
+            e
+        }
+        // Released by a concurrent caller or by this key's earlier, failed attempt.
+        (C::FailedPrecondition | C::Aborted, R::ReservationReleased) => rolled_back(),
+        (C::FailedPrecondition | C::Aborted, R::ReservationExpired) => reservation_expired(),
+        (C::Aborted, R::PaymentRefunded) => rolled_back(),
+        (C::Unavailable, R::PaymentPending) => payment_pending(),
+        (C::AlreadyExists | C::FailedPrecondition, R::IdempotencyKeyReused) => saga::key_reused(),
+        _ => return None,
+    };
+    Some(e)
+}
+
+/// The message of a failure as its source worded it, without the "item-service <Method>: "
+/// a relaying hop put in front and without "not enough stock: ". For display only.
+fn relayed_message(s: &tonic::Status) -> &str {
+    let inner = s
+        .message()
+        .split_once(": ")
+        .filter(|(prefix, _)| prefix.starts_with("item-service "))
+        .map_or(s.message(), |(_, rest)| rest);
+    inner.strip_prefix("not enough stock: ").unwrap_or(inner)
 }
 
 const DUPLICATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
@@ -200,10 +235,172 @@ pub fn rolled_back() -> ApiError {
     )
 }
 
+/// The stock hold ran out before the payment completed; the payment was given back.
+pub fn reservation_expired() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "reservation_expired",
+        "The stock hold expired before payment completed; your payment was refunded. Try again.",
+    )
+}
+
+/// The card processor has not confirmed the charge; it is settled in the background.
+pub fn payment_pending() -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "payment_pending",
+        "The card processor did not confirm the payment in time. If it goes through it will be refunded automatically; try again.",
+    )
+}
+
 pub fn payment_failed() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "payment_failed",
         "The card processor failed; no money was taken. Try again.",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use platform::{ErrorReason as R, error::with_field, reason};
+    use tonic::{Code as C, Status};
+
+    use super::*;
+
+    /// Every way a downstream failure reaches a checkout decision.
+    fn decisions(s: &Status) -> [(&'static str, ApiError); 2] {
+        [
+            ("chained", chained::map_status(s)),
+            (
+                "orchestrated",
+                outcome_of(s).unwrap_or_else(|| ApiError::from_status(s)),
+            ),
+        ]
+    }
+
+    /// Messages that say nothing, or say the wrong thing: only code and reason may count.
+    const MESSAGES: [&str; 3] = [
+        "",
+        "zq-17 wibble",
+        "still in progress: not enough stock, released, expired, refunded, pending, idempotency reservation",
+    ];
+
+    #[test]
+    fn outcomes_follow_code_and_reason_whatever_the_message() {
+        let cases = [
+            (C::Aborted, R::InProgress, IN_PROGRESS),
+            (C::FailedPrecondition, R::OutOfStock, "out_of_stock"),
+            (
+                C::FailedPrecondition,
+                R::ReservationReleased,
+                "checkout_rolled_back",
+            ),
+            (C::Aborted, R::ReservationReleased, "checkout_rolled_back"),
+            (C::Aborted, R::ReservationExpired, "reservation_expired"),
+            (
+                C::FailedPrecondition,
+                R::ReservationExpired,
+                "reservation_expired",
+            ),
+            (C::Aborted, R::PaymentRefunded, "checkout_rolled_back"),
+            (C::Unavailable, R::PaymentPending, "payment_pending"),
+            (
+                C::AlreadyExists,
+                R::IdempotencyKeyReused,
+                "idempotency_key_reused",
+            ),
+            (
+                C::FailedPrecondition,
+                R::IdempotencyKeyReused,
+                "idempotency_key_reused",
+            ),
+        ];
+        for (code, why, want) in cases {
+            for msg in MESSAGES {
+                let s = reason::status(code, msg, why);
+                for (path, e) in decisions(&s) {
+                    assert_eq!(e.code, want, "{path}: {code:?} {why:?} {msg:?}");
+                }
+                assert_eq!(is_in_progress(&s), want == IN_PROGRESS, "{code:?} {why:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_stock_keeps_the_line_it_names() {
+        let s = with_field(
+            reason::status(
+                C::FailedPrecondition,
+                "item-service ReserveStock: lines[1].quantity: item abc has 1 left, 2 wanted",
+                R::OutOfStock,
+            ),
+            "lines[1].quantity",
+        );
+        for (path, e) in decisions(&s) {
+            assert_eq!(e.code, "out_of_stock", "{path}");
+            assert_eq!(e.field.as_deref(), Some("lines[1].quantity"), "{path}");
+            assert!(
+                e.message.contains("item abc has 1 left"),
+                "{path}: {}",
+                e.message
+            );
+        }
+        assert_eq!(saga::reserve_error(&s).code, "out_of_stock");
+    }
+
+    #[test]
+    fn the_old_wordings_without_a_reason_decide_nothing() {
+        let cases = [
+            (
+                C::Aborted,
+                "a request with idempotency key \"k\" is still in progress; retry later",
+            ),
+            (C::Aborted, "reservation \"k\" is still being made; retry"),
+            (
+                C::FailedPrecondition,
+                "item-service ReserveStock: not enough stock: item x has 0 left",
+            ),
+            (
+                C::FailedPrecondition,
+                "the stock reservation for this key was released",
+            ),
+            (
+                C::Aborted,
+                "the stock reservation expired before the payment completed; the payment was refunded",
+            ),
+            (C::Aborted, "this checkout's payment was refunded"),
+            (
+                C::Unavailable,
+                "payment is still pending; retry with the same key",
+            ),
+            (
+                C::AlreadyExists,
+                "reservation \"k\" was already made with different lines",
+            ),
+            (
+                C::FailedPrecondition,
+                "idempotency key \"k\" was already used with different parameters",
+            ),
+        ];
+        for (code, msg) in cases {
+            let s = Status::new(code, msg);
+            assert!(!is_in_progress(&s), "{msg}");
+            assert!(outcome_of(&s).is_none(), "{msg}");
+            let generic = ApiError::from_status(&s).code;
+            for (path, e) in decisions(&s) {
+                assert_eq!(e.code, generic, "{path}: {msg}");
+            }
+            assert_eq!(saga::reserve_error(&s).code, generic, "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_reason_under_an_unrelated_code_decides_nothing() {
+        let s = reason::status(C::Internal, "boom", R::OutOfStock);
+        assert!(outcome_of(&s).is_none());
+        assert_eq!(chained::map_status(&s).code, "internal");
+        let s = reason::status(C::Unavailable, "down", R::InProgress);
+        assert!(!is_in_progress(&s));
+    }
 }

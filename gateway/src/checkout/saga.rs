@@ -4,7 +4,10 @@ use http::StatusCode;
 use platform::{CallContext, money::Money};
 use shop_proto::{common::v1 as common, item::v1 as item, payment::v1 as pay, user::v1 as user};
 
-use super::{Checkout, Outcome, compensate, declined, out_of_stock, payment_failed, rolled_back};
+use super::{
+    Checkout, Outcome, compensate, declined, out_of_stock, outcome_of, payment_failed,
+    payment_pending, reservation_expired, rolled_back,
+};
 use crate::{downstream::Safety, error::ApiError, state::AppState};
 
 /// Priced lines and their total.
@@ -72,14 +75,10 @@ pub async fn run(
             Some(item::ReservationStatus::Committed) => None,
             other => {
                 tracing::warn!(?other, "commit did not commit the reservation");
-                Some(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "reservation_expired",
-                    "The stock hold expired before payment completed; your payment was refunded. Try again.",
-                ))
+                Some(reservation_expired())
             }
         },
-        Err(s) => Some(ApiError::from_status(&s)),
+        Err(s) => Some(outcome_of(&s).unwrap_or_else(|| ApiError::from_status(&s))),
     };
     if let Some(e) = commit_err {
         compensate::refund_and_release(state, ctx, &scoped, &payment).await;
@@ -292,21 +291,10 @@ async fn earlier_outcome(state: &AppState, ctx: &CallContext, c: &Checkout) -> A
     }
 }
 
-/// item-service answers a shortfall with FAILED_PRECONDITION naming the line, and a key
-/// reused for other lines with ALREADY_EXISTS naming `reservation_id`.
+/// item-service answers a shortfall with FAILED_PRECONDITION + OUT_OF_STOCK naming the
+/// line, and a key reused for other lines with ALREADY_EXISTS + IDEMPOTENCY_KEY_REUSED.
 pub fn reserve_error(s: &tonic::Status) -> ApiError {
-    if super::is_in_progress(s) {
-        return super::in_progress();
-    }
-    match s.code() {
-        tonic::Code::FailedPrecondition => {
-            let mut e = out_of_stock(s.message());
-            e.field = platform::error::field_of(s);
-            e
-        }
-        tonic::Code::AlreadyExists => key_reused(),
-        _ => ApiError::from_status(s),
-    }
+    outcome_of(s).unwrap_or_else(|| ApiError::from_status(s))
 }
 
 pub fn key_reused() -> ApiError {
@@ -364,7 +352,6 @@ async fn charge(
     .await;
     let payment = match resp {
         Ok(r) => r.payment.ok_or_else(ApiError::internal)?,
-        Err(s) if super::is_in_progress(&s) => return Err(super::in_progress()),
         Err(s) => {
             // A call our breaker refused never left: there is nothing to settle.
             if matches!(
@@ -382,7 +369,8 @@ async fn charge(
                     scoped.to_owned(),
                 );
             }
-            return Err(ApiError::from_status(&s));
+            // In progress, key reused, pending: the same answers as the chained strategy.
+            return Err(outcome_of(&s).unwrap_or_else(|| ApiError::from_status(&s)));
         }
     };
     let payment = if payment.status() == pay::PaymentStatus::Pending {
@@ -403,11 +391,7 @@ async fn charge(
                 order_id,
                 scoped.to_owned(),
             );
-            Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "payment_pending",
-                "The card processor did not confirm the payment in time. If it goes through it will be refunded automatically; try again.",
-            ))
+            Err(payment_pending())
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::harness::*;
+use platform::{ErrorReason, reason_of};
 use shop_proto::item::v1::{self as pb, ReservationStatus};
 use tonic::Code;
 
@@ -38,6 +39,7 @@ async fn fifty_concurrent_reservations_of_ten_units_sell_exactly_ten() {
             }
             Err(s) => {
                 assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+                assert_eq!(reason_of(&s), Some(ErrorReason::OutOfStock), "{s:?}");
                 assert!(s.message().contains(&item.id), "names the item: {s:?}");
                 assert!(s.message().contains("0 left"), "says what is left: {s:?}");
             }
@@ -45,6 +47,38 @@ async fn fifty_concurrent_reservations_of_ten_units_sell_exactly_ten() {
     }
     assert_eq!(ok, 10);
     assert_eq!(app.stock(&item.id).await, 0);
+    app.stop().await;
+}
+
+/// Callers decide on `x-shop-reason`, so it must reach them over the wire, by the proto
+/// name grpcurl users see in the trailers, next to the field.
+#[tokio::test]
+async fn reserving_more_than_the_stock_says_out_of_stock_in_the_metadata() {
+    let app = spawn().await;
+    let item = app.create("WHY-1", "Why", "c", 100, 2).await;
+    let err = app
+        .reserve("why-1", &[(&item.id, 3)])
+        .await
+        .expect_err("only 2 left");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.metadata()
+            .get(platform::reason::REASON_METADATA_KEY)
+            .and_then(|v| v.to_str().ok()),
+        Some("ERROR_REASON_OUT_OF_STOCK"),
+        "{err:?}"
+    );
+    assert_eq!(
+        platform::error::field_of(&err).as_deref(),
+        Some("lines[0].quantity")
+    );
+    // Bad input says so too.
+    let bad = app
+        .reserve("why-2", &[(&item.id, 0)])
+        .await
+        .expect_err("quantity 0");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(reason_of(&bad), Some(ErrorReason::InvalidField), "{bad:?}");
     app.stop().await;
 }
 
@@ -102,6 +136,7 @@ async fn multi_line_reservation_failing_on_its_last_line_changes_nothing() {
         platform::error::field_of(&err).as_deref(),
         Some("lines[1].item_id")
     );
+    assert_eq!(reason_of(&err), Some(ErrorReason::ItemNotFound), "{err:?}");
     assert_eq!(app.stock(&a.id).await, 5);
 
     // The same lines that fit do succeed.
@@ -143,6 +178,15 @@ async fn reserve_commit_release_are_idempotent() {
     // Same id, other lines: refused.
     let other = app.reserve("idem-a", &[(&item.id, 4)]).await;
     assert_field(other, Code::AlreadyExists, "reservation_id");
+    let other = app
+        .reserve("idem-a", &[(&item.id, 4)])
+        .await
+        .expect_err("other lines");
+    assert_eq!(
+        reason_of(&other),
+        Some(ErrorReason::IdempotencyKeyReused),
+        "{other:?}"
+    );
 
     // Commit twice: stock stays sold.
     let c1 = app.commit("idem-a").await.expect("commit");
@@ -151,9 +195,11 @@ async fn reserve_commit_release_are_idempotent() {
     assert_eq!(c2.status, ReservationStatus::Committed as i32);
     assert_eq!(app.stock(&item.id).await, 7);
     // A committed reservation cannot be released; a reserve retry reports it committed.
+    let committed = app.release("idem-a").await.expect_err("committed");
+    assert_eq!(committed.code(), Code::FailedPrecondition);
     assert_eq!(
-        app.release("idem-a").await.expect_err("committed").code(),
-        Code::FailedPrecondition
+        reason_of(&committed),
+        Some(ErrorReason::ReservationCommitted)
     );
     assert_eq!(
         app.reserve("idem-a", &[(&item.id, 3)])
@@ -175,9 +221,12 @@ async fn reserve_commit_release_are_idempotent() {
     assert_eq!(l2.status, ReservationStatus::Released as i32);
     assert_eq!(app.stock(&item.id).await, 7);
     // Released: commit refused, reserve retry reports released, nothing re-taken.
+    let released = app.commit("idem-b").await.expect_err("released");
+    assert_eq!(released.code(), Code::FailedPrecondition);
     assert_eq!(
-        app.commit("idem-b").await.expect_err("released").code(),
-        Code::FailedPrecondition
+        reason_of(&released),
+        Some(ErrorReason::ReservationReleased),
+        "released by its caller, not expired: {released:?}"
     );
     assert_eq!(
         app.reserve("idem-b", &[(&item.id, 5)])
@@ -212,6 +261,7 @@ async fn reserve_commit_release_are_idempotent() {
                 Code::Aborted,
                 "only 'still being made' may fail: {s:?}"
             );
+            assert_eq!(reason_of(&s), Some(ErrorReason::InProgress), "{s:?}");
         }
     }
     assert_eq!(app.stock(&item.id).await, 5);
@@ -289,9 +339,12 @@ async fn expired_reservations_are_released_by_the_sweeper() {
     }
     assert_eq!(stocks, (3, 4));
     // Committing an expired reservation is refused; releasing it again changes nothing.
+    let expired = app.commit("exp-1").await.expect_err("expired");
+    assert_eq!(expired.code(), Code::FailedPrecondition);
     assert_eq!(
-        app.commit("exp-1").await.expect_err("expired").code(),
-        Code::FailedPrecondition
+        reason_of(&expired),
+        Some(ErrorReason::ReservationExpired),
+        "{expired:?}"
     );
     app.release("exp-1").await.expect("idempotent release");
     assert_eq!(app.stock(&a.id).await, 3);

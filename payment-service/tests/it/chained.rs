@@ -2,6 +2,7 @@
 //! and Redis) and the mock card gateway.
 
 use crate::harness::*;
+use platform::{ErrorReason, error::field_of, reason_of};
 use shop_proto::{
     common::v1::ItemLine,
     item::v1::{self as item_pb, ReservationStatus, item_service_client::ItemServiceClient},
@@ -134,6 +135,20 @@ async fn chained_charge_prices_reserves_charges_and_commits_once() {
     assert_eq!(again.payment, resp.payment);
     assert_eq!(app.stats().await.charges_created, 1);
     assert_eq!((items.stock(&a).await, items.stock(&b).await), (3, 9));
+
+    // The same key for another cart: item-service's refusal is relayed with its reason
+    // and field, so the caller knows the key was reused whatever the message says.
+    let err = chained(&app, chained_request("chk-1", &[(&a, 1)], VISA_OK))
+        .await
+        .expect_err("key reused");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert_eq!(
+        reason_of(&err),
+        Some(ErrorReason::IdempotencyKeyReused),
+        "{err:?}"
+    );
+    assert_eq!(field_of(&err).as_deref(), Some("reservation_id"));
+    assert_eq!(app.stats().await.charges_created, 1);
     app.finish().await;
 }
 
@@ -167,6 +182,15 @@ async fn a_declined_card_releases_the_stock_and_out_of_stock_never_charges() {
         .await
         .expect_err("not enough stock");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // Relayed from item-service: its reason and field arrive intact over this hop.
+    assert_eq!(
+        err.metadata()
+            .get(platform::reason::REASON_METADATA_KEY)
+            .and_then(|v| v.to_str().ok()),
+        Some("ERROR_REASON_OUT_OF_STOCK"),
+        "{err:?}"
+    );
+    assert_eq!(field_of(&err).as_deref(), Some("lines[0].quantity"), "{err:?}");
     let err = chained(
         &app,
         chained_request("chk-unknown", &[("0123456789abcdef01234567", 1)], VISA_OK),
@@ -174,10 +198,12 @@ async fn a_declined_card_releases_the_stock_and_out_of_stock_never_charges() {
     .await
     .expect_err("unknown item");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_eq!(reason_of(&err), Some(ErrorReason::ItemNotFound), "{err:?}");
     let err = chained(&app, chained_request("chk-bad", &[("nope", 1)], VISA_OK))
         .await
         .expect_err("bad id");
     assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(reason_of(&err), Some(ErrorReason::InvalidField), "{err:?}");
     let stats = app.stats().await;
     assert_eq!((stats.charges_created, stats.charges_succeeded), (1, 0));
     assert_eq!(items.stock(&a).await, 3);
@@ -217,6 +243,7 @@ async fn a_lost_gateway_answer_keeps_the_reservation_until_reconcile_settles_bot
     let req = chained_request("chk-lost", &[(&a, 1)], VISA_OK);
     let err = chained(&app, req.clone()).await.expect_err("gateway hangs");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(reason_of(&err), Some(ErrorReason::PaymentPending), "{err:?}");
     // Outcome unknown: the stock stays held.
     assert_eq!(
         items.reservation("chk-lost").await,

@@ -224,6 +224,11 @@ async fn a_key_reused_with_other_parameters_is_failed_precondition() {
         assert_eq!(err.code(), Code::FailedPrecondition);
         assert!(err.message().contains("different parameters"), "{err:?}");
         assert_eq!(field(&err).as_deref(), Some("idempotency_key"));
+        assert_eq!(
+            platform::reason_of(&err),
+            Some(platform::ErrorReason::IdempotencyKeyReused),
+            "{err:?}"
+        );
     }
     // The original still replays, and the gateway charged once.
     assert_eq!(app.charge(first).await.expect("replay"), paid);
@@ -285,6 +290,11 @@ async fn refunds_are_limited_partial_or_full_and_idempotent() {
         .await
         .expect_err("too much");
     assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        platform::reason_of(&err),
+        Some(platform::ErrorReason::RefundTooLarge),
+        "{err:?}"
+    );
     assert!(err.message().contains("700"), "{err:?}");
     // Wrong currency, zero amount, unknown payment, bad id.
     let err = app

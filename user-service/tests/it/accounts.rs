@@ -143,6 +143,11 @@ async fn duplicate_email_is_already_exists_whatever_its_case() {
         .await
         .expect_err("duplicate");
     assert_eq!(err.code(), Code::AlreadyExists);
+    assert_eq!(
+        platform::reason_of(&err),
+        Some(platform::ErrorReason::EmailTaken),
+        "{err:?}"
+    );
     // The first account is intact.
     app.login(&email, "password-one")
         .await
@@ -350,4 +355,9 @@ async fn get_user_rejects_bad_and_unknown_ids() {
         .await
         .expect_err("unknown id");
     assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(
+        platform::reason_of(&missing),
+        Some(platform::ErrorReason::UserNotFound),
+        "{missing:?}"
+    );
 }
