@@ -8,6 +8,7 @@ pub mod deployment;
 pub mod engine;
 pub mod experiment;
 pub mod http;
+pub mod pacer;
 pub mod report;
 pub mod scenario;
 pub mod sections;
