@@ -86,6 +86,7 @@ pub async fn set_grpc_faults(url: &str, rules: &[Rule]) -> anyhow::Result<()> {
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
         .no_proxy()
         .build()
         .unwrap_or_default()

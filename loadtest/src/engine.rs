@@ -3,7 +3,9 @@
 //! Open: operations arrive at a constant rate whatever the target does; each one's latency
 //! runs from its *intended* start, so time spent queueing (for a connection, or because the
 //! generator fell behind) is counted, never hidden (coordinated omission corrected, as wrk2
-//! does). Closed: N virtual users, each sends, waits for the answer, (thinks,) sends again.
+//! does). Arrivals are dispatched by [`crate::pacer`], which keeps them within tens of
+//! microseconds of their intended time and reports how far off it was. Closed: N virtual
+//! users, each sends, waits for the answer, (thinks,) sends again.
 
 use std::{
     sync::Arc,
@@ -15,7 +17,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use crate::stats::{Latency, Outcome, Recorder, Sample, Snapshot};
+use crate::{
+    pacer::{self, Lateness, LatenessRecorder},
+    stats::{Latency, Outcome, Recorder, Sample, Snapshot},
+};
 
 /// Something the engine can drive: one call = one operation (usually one request).
 pub trait Workload: Send + Sync + 'static {
@@ -107,10 +112,20 @@ pub struct RunResult {
     /// "endpoint: kind" -> count.
     pub errors_by_endpoint: std::collections::BTreeMap<String, u64>,
     pub warmup_requests: u64,
+    /// Open model: how late the pacer started each request (actual minus intended start);
+    /// the measuring instrument's own error, already part of every latency above.
+    /// Closed model: none (a user sends when the previous answer arrives).
+    #[serde(default)]
+    pub pacer_lateness: Option<Lateness>,
 }
 
 impl RunResult {
-    fn from_snapshot(spec: &RunSpec, snap: &Snapshot, window: Duration) -> Self {
+    fn from_snapshot(
+        spec: &RunSpec,
+        snap: &Snapshot,
+        window: Duration,
+        pacer_lateness: Option<Lateness>,
+    ) -> Self {
         let requests = snap.all.len();
         let ok = snap.ok.len();
         let secs = window.as_secs_f64().max(1e-9);
@@ -143,6 +158,7 @@ impl RunResult {
                 .map(|((e, k), n)| (format!("{e}: {k}"), *n))
                 .collect(),
             warmup_requests: snap.warmup,
+            pacer_lateness,
         }
     }
 }
@@ -188,7 +204,6 @@ fn progress_bar(spec: &RunSpec) -> ProgressBar {
 /// Runs `workload` under `spec`.
 pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
     let start = Instant::now();
-    let t_start = tokio::time::Instant::from_std(start);
     let measure_from = start + spec.warmup;
     let end = start + spec.warmup + spec.duration;
     let recorder = Arc::new(Recorder::new(measure_from));
@@ -223,6 +238,7 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
 
     let mut tasks = JoinSet::new();
     let mut open_window = spec.duration;
+    let lateness = Arc::new(LatenessRecorder::new(measure_from));
     match spec.model {
         Model::Open { rate } => {
             let rate = rate.max(0.001);
@@ -231,16 +247,16 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
             open_window = Duration::from_secs_f64(total as f64 / rate)
                 .saturating_sub(spec.warmup)
                 .max(Duration::from_millis(1));
-            for n in 0..total {
-                let intended = t_start + Duration::from_secs_f64(n as f64 / rate);
-                tokio::time::sleep_until(intended).await;
+            let mut arrivals = pacer::start(start, rate, total);
+            while let Some(a) = arrivals.recv().await {
                 let workload = workload.clone();
                 let recorder = recorder.clone();
-                let deadline = intended + spec.timeout;
+                let lateness = lateness.clone();
+                let deadline = tokio::time::Instant::from_std(a.intended + spec.timeout);
                 tasks.spawn(async move {
-                    let sample = one(&workload, n, n as usize, deadline).await;
-                    let latency = tokio::time::Instant::now().duration_since(intended);
-                    recorder.record(intended.into_std(), latency, sample);
+                    lateness.record(a.intended, Instant::now());
+                    let sample = one(&workload, a.n, a.n as usize, deadline).await;
+                    recorder.record(a.intended, a.intended.elapsed(), sample);
                 });
                 // Reap finished tasks as we go so the set stays small.
                 while tasks.try_join_next().is_some() {}
@@ -285,7 +301,11 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
             .saturating_duration_since(measure_from)
             .max(Duration::from_millis(1)),
     };
-    let result = RunResult::from_snapshot(spec, &snapshot, window);
+    let pacer_lateness = match spec.model {
+        Model::Open { .. } => Some(lateness.lateness()),
+        Model::Closed { .. } => None,
+    };
+    let result = RunResult::from_snapshot(spec, &snapshot, window, pacer_lateness);
     pb.finish_and_clear();
     if spec.progress {
         eprintln!(
@@ -298,6 +318,9 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
             result.latency.p99_ms,
             result.latency.max_ms
         );
+        if let Some(l) = &result.pacer_lateness {
+            eprintln!("{:>28}  pacer lateness {}", "", l.summary());
+        }
     }
     Measured { result, snapshot }
 }

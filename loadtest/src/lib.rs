@@ -4,9 +4,11 @@
 
 pub mod admin;
 pub mod charts;
+pub mod deployment;
 pub mod engine;
 pub mod experiment;
 pub mod http;
+pub mod pacer;
 pub mod report;
 pub mod scenario;
 pub mod sections;

@@ -200,6 +200,14 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             report::f_ms(e.latency.max_ms)
         );
     }
+    match &r.pacer_lateness {
+        Some(l) => println!(
+            "\npacer lateness (actual minus intended start, {} requests): {}",
+            l.count,
+            l.summary()
+        ),
+        None => println!("\npacer lateness: none (closed model)"),
+    }
     if !r.errors_by_kind.is_empty() {
         println!("\nerrors by kind:");
         for (k, n) in &r.errors_by_kind {

@@ -166,6 +166,13 @@ async fn open_and_closed_models_feed_a_complete_report() {
     assert!(r.warmup_requests > 0, "warm-up is counted apart");
     assert_eq!(r.errors_by_kind.get("http_503").copied(), Some(r.errors));
     assert!(r.errors > 0, "every 10th checkout fails");
+    // The pacer's own error is reported for every request it dispatched after warm-up.
+    let late = r
+        .pacer_lateness
+        .as_ref()
+        .expect("open runs report the pacer's lateness");
+    assert_eq!(late.count, r.requests);
+    assert!(late.p50_us <= late.max_us);
     assert!(
         r.endpoints
             .iter()
@@ -185,6 +192,10 @@ async fn open_and_closed_models_feed_a_complete_report() {
     .await;
     assert_eq!(browse_run.result.success_rate, 1.0);
     assert!(browse_run.result.offered_rps.is_none());
+    assert!(
+        browse_run.result.pacer_lateness.is_none(),
+        "the closed model has no pacer"
+    );
     assert!(
         browse_run
             .result
@@ -365,6 +376,7 @@ async fn open_and_closed_models_feed_a_complete_report() {
         }
         assert!(!s["runs"].as_array().expect("runs").is_empty());
         assert!(s["runs"][0]["latency"]["p99_ms"].is_number());
+        assert!(s["runs"][0].get("pacer_lateness").is_some());
     }
     assert!(json["machine"]["nproc"].as_u64().expect("nproc") >= 1);
 
