@@ -14,6 +14,7 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
 use gateway::downstream::Transports;
 use item_service::ItemService;
 use payment_service::{
@@ -124,7 +125,7 @@ impl Monolith {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let shutdown = futures::FutureExt::shared(futures::FutureExt::boxed(shutdown));
+        let shutdown = shutdown.boxed().shared();
         tokio::try_join!(
             self.host.run_until_stopped(shutdown.clone()),
             self.gateway.run_until_stopped(shutdown),
