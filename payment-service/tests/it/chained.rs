@@ -190,7 +190,11 @@ async fn a_declined_card_releases_the_stock_and_out_of_stock_never_charges() {
         Some("ERROR_REASON_OUT_OF_STOCK"),
         "{err:?}"
     );
-    assert_eq!(field_of(&err).as_deref(), Some("lines[0].quantity"), "{err:?}");
+    assert_eq!(
+        field_of(&err).as_deref(),
+        Some("lines[0].quantity"),
+        "{err:?}"
+    );
     let err = chained(
         &app,
         chained_request("chk-unknown", &[("0123456789abcdef01234567", 1)], VISA_OK),
@@ -243,7 +247,11 @@ async fn a_lost_gateway_answer_keeps_the_reservation_until_reconcile_settles_bot
     let req = chained_request("chk-lost", &[(&a, 1)], VISA_OK);
     let err = chained(&app, req.clone()).await.expect_err("gateway hangs");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert_eq!(reason_of(&err), Some(ErrorReason::PaymentPending), "{err:?}");
+    assert_eq!(
+        reason_of(&err),
+        Some(ErrorReason::PaymentPending),
+        "{err:?}"
+    );
     // Outcome unknown: the stock stays held.
     assert_eq!(
         items.reservation("chk-lost").await,
