@@ -1,4 +1,4 @@
-//! Redis cache-aside in front of GetItem and BatchGetItems.
+//! Redis cache-aside in front of GetItem, BatchGetItems and ListItems.
 //!
 //! Choices, briefly:
 //! - What is cached: the whole served item, stock included, as protobuf bytes under
@@ -10,9 +10,19 @@
 //!   negative entry only guards against bursts for unknown ids).
 //! - TTLs get +-20% jitter so entries written together do not expire together.
 //! - A burst of misses on one key in this process makes one MongoDB read (single-flight).
-//! - List pages are not cached: their keys are (filter, sort, cursor, size) with few
-//!   repeats, and each stock change would have to invalidate every page that shows the item,
-//!   which needs a reverse index; the list queries are index-backed keyset reads instead.
+//! - List pages are cached briefly (`list_ttl`, default 2 s), because a page of the whole
+//!   catalog costs tens of milliseconds on a store that does not stop an index scan at the
+//!   limit, and the catalog's first pages are what every visitor asks for. Key: the
+//!   normalised request (category, search text, sort, page size, page token) under
+//!   `shop:items:list:v1:{database}:`. Value: the catalog generation it was read at plus
+//!   the response. Catalog edits (create, update, delete) bump the generation
+//!   (`shop:items:gen:v1:{database}`, no TTL) after their MongoDB write; a page stored at
+//!   an older generation is a miss, so edits show in lists at once. The generation is read *before* MongoDB, so a reader that raced a
+//!   writer stores its page under the old generation and nobody serves it. Stock changes
+//!   (reservations) do not bump it: stock shown in lists may lag by up to the TTL, which
+//!   is fine because pricing and reservations never read lists (they use GetItem,
+//!   BatchGetItems and MongoDB). A bump that cannot reach Redis leaves old pages to their
+//!   (short) TTL.
 //! - Redis is never a reason to fail: every operation has a short timeout, errors and
 //!   timeouts are logged and counted, the request continues on MongoDB, and after an error
 //!   the cache is bypassed for a moment so a dead Redis does not cost every request the
@@ -49,10 +59,50 @@ fn key(id: ItemId) -> String {
     format!("shop:item:v1:{}", id.hex())
 }
 
+const LIST_PAGE: u8 = b'L';
+
 fn count(result: &'static str, n: u64) {
     if n > 0 {
         metrics::counter!("item_cache_requests_total", "result" => result).increment(n);
     }
+}
+
+fn count_list(result: &'static str) {
+    metrics::counter!("item_list_cache_requests_total", "result" => result).increment(1);
+}
+
+/// What a ListItems response depends on, normalised (lower-cased text, the sort after
+/// defaulting, the page size after defaulting): its cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListKey(String);
+
+impl ListKey {
+    pub fn new(category: &str, query: &str, sort: &str, size: u32, token: &str) -> Self {
+        // JSON of a tuple: unambiguous whatever the texts contain.
+        Self(serde_json::json!([category, query, sort, size, token]).to_string())
+    }
+}
+
+fn encode_page(generation: i64, page: &pb::ListItemsResponse) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9 + page.encoded_len());
+    v.push(LIST_PAGE);
+    v.extend_from_slice(&generation.to_be_bytes());
+    page.encode(&mut v).map(|()| v).unwrap_or_default()
+}
+
+/// The page if it was stored at `generation`; None for another generation or bytes we
+/// cannot read.
+fn decode_page(bytes: &[u8], generation: i64) -> Option<pb::ListItemsResponse> {
+    let (&tag, rest) = bytes.split_first()?;
+    if tag != LIST_PAGE || rest.len() < 8 {
+        return None;
+    }
+    let (stored, body) = rest.split_at(8);
+    let stored = i64::from_be_bytes(stored.try_into().ok()?);
+    if stored != generation {
+        return None;
+    }
+    pb::ListItemsResponse::decode(body).ok()
 }
 
 #[derive(Debug, Clone)]
@@ -61,17 +111,29 @@ pub struct CacheSettings {
     pub ttl: Duration,
     pub negative_ttl: Duration,
     pub op_timeout: Duration,
+    /// TTL of a cached list page; zero leaves list pages uncached.
+    pub list_ttl: Duration,
+    /// Which catalog the list pages are of (the MongoDB database name): catalogs that
+    /// share a Redis keep their pages and generations apart.
+    pub catalog: String,
 }
 
 type Loaded = Result<Option<pb::Item>, Status>;
+type LoadedPage = Result<pb::ListItemsResponse, Status>;
+/// A list load in flight, by (generation, key).
+type PageFlights = HashMap<(i64, ListKey), Arc<OnceCell<LoadedPage>>>;
 
 struct Inner {
     settings: CacheSettings,
+    /// Key of the catalog generation, and prefix of list page keys.
+    generation_key: String,
+    list_prefix: String,
     /// Set by the background connector once Redis answered; the manager reconnects by
     /// itself after that.
     conn: OnceLock<ConnectionManager>,
     bypass_until: Mutex<Option<Instant>>,
     inflight: Mutex<HashMap<ItemId, Arc<OnceCell<Loaded>>>>,
+    inflight_lists: Mutex<PageFlights>,
 }
 
 /// The item cache; `Cache::off()` passes everything straight to MongoDB.
@@ -125,8 +187,13 @@ pub fn describe_metrics() {
         "item_mongo_reads_total",
         "MongoDB read operations by item-service, by operation"
     );
+    metrics::describe_counter!(
+        "item_list_cache_requests_total",
+        "ListItems page cache lookups by result: hit, miss, error (Redis failed or timed out), bypass (skipped after a recent error)"
+    );
     for result in ["hit", "miss", "error", "bypass"] {
         metrics::counter!("item_cache_requests_total", "result" => result).increment(0);
+        metrics::counter!("item_list_cache_requests_total", "result" => result).increment(0);
     }
     for op in ["get", "get_many", "list"] {
         metrics::counter!("item_mongo_reads_total", "op" => op).increment(0);
@@ -144,10 +211,13 @@ impl Cache {
     pub async fn connect(settings: CacheSettings) -> anyhow::Result<Self> {
         let client = redis::Client::open(settings.redis_url.as_str())?;
         let inner = Arc::new(Inner {
+            generation_key: format!("shop:items:gen:v1:{}", settings.catalog),
+            list_prefix: format!("shop:items:list:v1:{}:", settings.catalog),
             settings,
             conn: OnceLock::new(),
             bypass_until: Mutex::new(None),
             inflight: Mutex::new(HashMap::new()),
+            inflight_lists: Mutex::new(HashMap::new()),
         });
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_millis(500))
@@ -322,7 +392,176 @@ impl Cache {
     }
 }
 
+impl Cache {
+    /// One ListItems page through the page cache; `load` reads MongoDB.
+    pub async fn list_page<F, Fut>(&self, key: ListKey, load: F) -> LoadedPage
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = LoadedPage>,
+    {
+        let Some(inner) = self
+            .inner
+            .as_ref()
+            .filter(|i| !i.settings.list_ttl.is_zero())
+        else {
+            return load().await;
+        };
+        let generation = match inner.lookup_page(&key).await {
+            None => return load().await,
+            Some(PageLookup::Hit(page)) => {
+                count_list("hit");
+                return Ok(page);
+            }
+            Some(PageLookup::Miss(generation)) => {
+                count_list("miss");
+                generation
+            }
+        };
+        // Single-flight per (generation, key): a reader that saw a newer generation never
+        // waits for a load that may have started before the edit.
+        let flight = (generation, key);
+        let cell = {
+            let mut map = inner
+                .inflight_lists
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            map.entry(flight.clone()).or_default().clone()
+        };
+        let result = cell
+            .get_or_init(|| async {
+                let loaded = load().await;
+                if let Ok(page) = &loaded {
+                    inner.store_page(&flight.1, generation, page).await;
+                }
+                loaded
+            })
+            .await
+            .clone();
+        {
+            let mut map = inner
+                .inflight_lists
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if map.get(&flight).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                map.remove(&flight);
+            }
+        }
+        result
+    }
+
+    /// After a catalog edit (create, update, delete) has reached MongoDB: drops the edited
+    /// items' entries and makes every cached list page stale, in one round trip.
+    pub async fn catalog_changed(&self, ids: &[ItemId]) {
+        let Some(inner) = &self.inner else { return };
+        // Not skipped during a bypass, like `invalidate`.
+        let Some(mut conn) = inner.conn.get().cloned() else {
+            return;
+        };
+        let keys: Vec<String> = ids.iter().map(|id| key(*id)).collect();
+        let mut pipe = redis::pipe();
+        if !keys.is_empty() {
+            pipe.cmd("DEL").arg(&keys).ignore();
+        }
+        pipe.cmd("INCR").arg(&inner.generation_key).ignore();
+        let res = tokio::time::timeout(
+            inner.settings.op_timeout,
+            pipe.query_async::<()>(&mut conn)
+                .store_op("redis", "catalog_changed"),
+        )
+        .await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => inner.failed("catalog_changed", &e.to_string()),
+            Err(_) => inner.failed("catalog_changed", "timed out"),
+        }
+        if keys.is_empty() {
+            return;
+        }
+        // The second delete of `invalidate`, for the same race on the item entries (list
+        // pages need none: see the module comment).
+        let inner = Arc::clone(inner);
+        tokio::spawn(async move {
+            tokio::time::sleep(REDELETE_AFTER).await;
+            inner.delete(&mut conn, &keys).await;
+        });
+    }
+}
+
+enum PageLookup {
+    Hit(pb::ListItemsResponse),
+    /// Not cached at this generation (the one to store the page under).
+    Miss(i64),
+}
+
 impl Inner {
+    /// The catalog generation and the page, in one round trip; None when Redis is
+    /// unusable (counted as "error" or "bypass").
+    async fn lookup_page(&self, key: &ListKey) -> Option<PageLookup> {
+        let Some(mut conn) = self.usable() else {
+            count_list("bypass");
+            return None;
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(&self.generation_key)
+            .cmd("GET")
+            .arg(self.list_key(key));
+        let res = tokio::time::timeout(
+            self.settings.op_timeout,
+            pipe.query_async::<(Option<i64>, Option<Vec<u8>>)>(&mut conn)
+                .store_op("redis", "list_get"),
+        )
+        .await;
+        let (generation, bytes) = match res {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                self.list_failed("list_get", &e.to_string());
+                return None;
+            }
+            Err(_) => {
+                self.list_failed("list_get", "timed out");
+                return None;
+            }
+        };
+        // No generation yet (a fresh Redis): 0 until the first edit.
+        let generation = generation.unwrap_or(0);
+        Some(
+            match bytes.as_deref().and_then(|b| decode_page(b, generation)) {
+                Some(page) => PageLookup::Hit(page),
+                None => PageLookup::Miss(generation),
+            },
+        )
+    }
+
+    fn list_key(&self, key: &ListKey) -> String {
+        format!("{}{}", self.list_prefix, key.0)
+    }
+
+    async fn store_page(&self, key: &ListKey, generation: i64, page: &pb::ListItemsResponse) {
+        let Some(mut conn) = self.usable() else {
+            return;
+        };
+        let ttl = u64::try_from(self.settings.list_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let res = tokio::time::timeout(
+            self.settings.op_timeout,
+            redis::cmd("SET")
+                .arg(self.list_key(key))
+                .arg(encode_page(generation, page))
+                .arg("PX")
+                .arg(ttl)
+                .query_async::<()>(&mut conn)
+                .store_op("redis", "list_set"),
+        )
+        .await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.list_failed("list_set", &e.to_string()),
+            Err(_) => self.list_failed("list_set", "timed out"),
+        }
+    }
+
     /// The connection, unless Redis is known to be down right now.
     fn usable(&self) -> Option<ConnectionManager> {
         let bypass = *self.bypass_until.lock().unwrap_or_else(|p| p.into_inner());
@@ -332,8 +571,20 @@ impl Inner {
         self.conn.get().cloned()
     }
 
+    /// An item-cache operation failed: counted, then as `note_failure`.
     fn failed(&self, op: &str, err: &str) {
         count("error", 1);
+        self.note_failure(op, err);
+    }
+
+    /// A list-cache operation failed: counted, then as `note_failure`.
+    fn list_failed(&self, op: &str, err: &str) {
+        count_list("error");
+        self.note_failure(op, err);
+    }
+
+    /// Logs (once per back-off period) and bypasses Redis for a moment.
+    fn note_failure(&self, op: &str, err: &str) {
         let mut bypass = self.bypass_until.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         // Log once per back-off period, not once per request.

@@ -51,7 +51,7 @@ pub struct Config {
     )]
     pub redis_url: SecretString,
 
-    /// Redis cache in front of GetItem/BatchGetItems: on or off.
+    /// Redis cache in front of GetItem/BatchGetItems/ListItems: on or off.
     #[arg(long, env = "ITEM_CACHE", value_enum, default_value = "on")]
     pub cache: CacheMode,
 
@@ -66,6 +66,11 @@ pub struct Config {
     /// Upper bound on any one Redis operation; past it the request goes to MongoDB.
     #[arg(long, env = "ITEM_CACHE_TIMEOUT_MS", default_value_t = 50)]
     pub cache_timeout_ms: u64,
+
+    /// TTL of a cached ListItems page (0 = list pages are not cached). Catalog edits show
+    /// at once regardless; stock shown in lists may lag by up to this.
+    #[arg(long, env = "ITEM_LIST_CACHE_TTL_MS", default_value_t = 2000)]
+    pub list_cache_ttl_ms: u64,
 
     /// How long an uncommitted reservation holds stock before the sweeper releases it.
     #[arg(long, env = "ITEM_RESERVATION_TTL_SECS", default_value_t = 600)]

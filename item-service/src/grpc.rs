@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use pb::item_service_server::{self as rpc, ItemServiceServer};
 
 use crate::{
-    cache::{Cache, CacheSettings},
+    cache::{Cache, CacheSettings, ListKey},
     config::{CacheMode, Config},
     cursor::{self, Sort},
     error::Error,
@@ -50,6 +50,8 @@ impl ItemService {
                     ttl: Duration::from_secs(config.cache_ttl_secs.max(1)),
                     negative_ttl: Duration::from_secs(config.cache_negative_ttl_secs.max(1)),
                     op_timeout: Duration::from_millis(config.cache_timeout_ms.max(1)),
+                    list_ttl: Duration::from_millis(config.list_cache_ttl_ms),
+                    catalog: config.mongodb_database.clone(),
                 })
                 .await?
             }
@@ -105,6 +107,22 @@ impl ItemService {
         Ok(self.inner.reservations.sweep().await?)
     }
 
+    /// One ListItems page from MongoDB.
+    async fn load_page(&self, q: ListQuery) -> Result<pb::ListItemsResponse, Status> {
+        let mut docs = self.inner.store.list(&q).await?;
+        let size = q.limit as usize;
+        let more = docs.len() > size;
+        docs.truncate(size);
+        let next_page_token = match (more, docs.last()) {
+            (true, Some(last)) => cursor::encode(q.sort, &q.category, &q.query, last),
+            _ => String::new(),
+        };
+        Ok(pb::ListItemsResponse {
+            items: docs.iter().map(store::ItemDoc::to_pb).collect(),
+            page: Some(common::PageResponse { next_page_token }),
+        })
+    }
+
     async fn load_one(&self, id: ItemId) -> Result<Option<pb::Item>, Status> {
         Ok(self.inner.store.get(id).await?.map(|d| d.to_pb()))
     }
@@ -122,6 +140,7 @@ impl rpc::ItemService for ItemService {
     ) -> Result<Response<pb::CreateItemResponse>, Status> {
         let new = NewItem::parse(request.get_ref()).map_err(field)?;
         let doc = self.inner.store.insert(new).await?;
+        self.inner.cache.catalog_changed(&[]).await;
         Ok(Response::new(pb::CreateItemResponse {
             item: Some(doc.to_pb()),
         }))
@@ -135,7 +154,7 @@ impl rpc::ItemService for ItemService {
         let id = patch.id;
         let result = self.inner.store.update(patch).await;
         if result.is_ok() {
-            self.inner.cache.invalidate(&[id]).await;
+            self.inner.cache.catalog_changed(&[id]).await;
         }
         Ok(Response::new(pb::UpdateItemResponse {
             item: Some(result?.to_pb()),
@@ -148,7 +167,7 @@ impl rpc::ItemService for ItemService {
     ) -> Result<Response<pb::DeleteItemResponse>, Status> {
         let id = ItemId::parse(&request.get_ref().id, "id").map_err(field)?;
         let result = self.inner.store.delete(id).await;
-        self.inner.cache.invalidate(&[id]).await;
+        self.inner.cache.catalog_changed(&[id]).await;
         result?;
         Ok(Response::new(pb::DeleteItemResponse {}))
     }
@@ -210,27 +229,27 @@ impl rpc::ItemService for ItemService {
             .map(|t| cursor::decode(t, sort, &category, &query))
             .transpose()
             .map_err(field)?;
-        let mut docs = self
-            .inner
-            .store
-            .list(&ListQuery {
-                category: category.clone(),
-                query: query.clone(),
-                sort,
-                after,
-                limit: page.size,
-            })
-            .await?;
-        let more = docs.len() > page.size as usize;
-        docs.truncate(page.size as usize);
-        let next_page_token = match (more, docs.last()) {
-            (true, Some(last)) => cursor::encode(sort, &category, &query, last),
-            _ => String::new(),
+        // Only well-formed requests reach the cache, and only answers are stored.
+        let key = ListKey::new(
+            &category,
+            &query,
+            &format!("{sort:?}"),
+            page.size,
+            page.token.as_deref().unwrap_or_default(),
+        );
+        let q = ListQuery {
+            category,
+            query,
+            sort,
+            after,
+            limit: page.size,
         };
-        Ok(Response::new(pb::ListItemsResponse {
-            items: docs.iter().map(store::ItemDoc::to_pb).collect(),
-            page: Some(common::PageResponse { next_page_token }),
-        }))
+        let response = self
+            .inner
+            .cache
+            .list_page(key, || self.load_page(q))
+            .await?;
+        Ok(Response::new(response))
     }
 
     async fn reserve_stock(

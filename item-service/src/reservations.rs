@@ -11,7 +11,8 @@
 //! - put it back: filter `{_id, holds == rid}`, update `$inc stock +qty, $pull holds rid`,
 //!   so stock comes back exactly once, whoever (caller, failed reserve, sweeper, a second
 //!   replica) tries.
-//! - commit: `$pull holds rid` only; the stock stays sold.
+//! - commit: `$pull holds rid` only; the stock stays sold. Done after CommitReservation
+//!   has answered (COMMITTED is already durable then), so the answer costs one round trip.
 //!
 //! Every status change is a conditional `find_one_and_update` on the status it expects
 //! (PENDING->RESERVED, RESERVED->COMMITTED, PENDING|RESERVED->RELEASED), so of two racing
@@ -510,26 +511,38 @@ impl Reservations {
         }
     }
 
+    /// Commits in one round trip when the reservation is RESERVED: the conditional
+    /// RESERVED->COMMITTED change is tried first, and the document is read only when it
+    /// did not apply, to tell why. The per-line work (dropping the hold markers) runs after
+    /// the answer: COMMITTED is durable once the change is made, the stock stays taken
+    /// either way, the work is idempotent, and the sweeper finishes it after
+    /// `SETTLE_GRACE` if this process dies first.
     pub async fn commit(&self, rid: &ReservationId) -> Result<ReservationDoc, Error> {
         for _ in 0..3 {
+            if let Some(doc) = self
+                .transition(
+                    &rid.0,
+                    &[State::Reserved],
+                    State::Committed,
+                    doc! { "settled": false },
+                )
+                .await?
+            {
+                self.settle_later(doc.clone());
+                return Ok(doc);
+            }
             let doc = self.get_existing(&rid.0).await?;
             match doc.status {
-                State::Committed if doc.settled => return Ok(doc),
-                State::Committed => return self.settle(doc).await,
-                State::Reserved => {
-                    if let Some(doc) = self
-                        .transition(
-                            &rid.0,
-                            &[State::Reserved],
-                            State::Committed,
-                            doc! { "settled": false },
-                        )
-                        .await?
-                    {
-                        return self.settle(doc).await;
+                State::Committed => {
+                    // A retry: the answer is the same; finish the work if it is not done
+                    // (the first attempt's settling may still be running: idempotent).
+                    if !doc.settled {
+                        self.settle_later(doc.clone());
                     }
-                    // Lost a race; look again.
+                    return Ok(doc);
                 }
+                // Was PENDING when we tried and has been reserved since: try again.
+                State::Reserved => {}
                 State::Released => {
                     return Err(Error::Precondition {
                         reason: if doc.reason == EXPIRED {
@@ -563,6 +576,23 @@ impl Reservations {
             ErrorReason::ConcurrentChange,
             format!("reservation {:?} is changing concurrently; retry", rid.0),
         ))
+    }
+
+    /// Settles `doc` on its own task, after the caller has its answer. A plain spawn, not
+    /// `timing::carry`: its round trips are not part of the request's time. On failure the
+    /// reservation stays unsettled and the sweeper finishes it.
+    fn settle_later(&self, doc: ReservationDoc) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = doc.id.clone();
+            if let Err(e) = this.settle(doc).await {
+                tracing::warn!(
+                    reservation_id = %id,
+                    error = %platform::telemetry::chain(&e),
+                    "settling a reservation failed; the sweeper will finish it"
+                );
+            }
+        });
     }
 
     pub async fn release(&self, rid: &ReservationId) -> Result<ReservationDoc, Error> {

@@ -292,3 +292,100 @@ async fn starts_and_serves_while_redis_is_unreachable() {
     }
     app.stop().await;
 }
+
+const LIST_HITS: &str = "item_list_cache_requests_total{result=\"hit\"}";
+
+/// Names on the first page of `category`, and how many MongoDB round trips it cost.
+async fn list_names(app: &TestApp, category: &str) -> (Vec<String>, u32) {
+    let res = app
+        .client
+        .clone()
+        .list_items(pb::ListItemsRequest {
+            category: category.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    let trips = round_trips(res.metadata(), "mongodb");
+    let names = res.into_inner().items.into_iter().map(|i| i.name).collect();
+    (names, trips)
+}
+
+#[tokio::test]
+async fn list_pages_are_cached_and_show_catalog_edits_at_once() {
+    let _serial = SERIAL.lock().await;
+    // A TTL far longer than the test: only the edits themselves can make pages fresh.
+    let app = spawn_with(|c| c.list_cache_ttl_ms = 600_000).await;
+    let a = app.create("LIST-A", "Alpha lamp", "lamps", 100, 5).await;
+    assert_eq!(list_names(&app, "lamps").await.0, ["Alpha lamp"]);
+    let m0 = app.metrics().await;
+    let (names, trips) = list_names(&app, "lamps").await;
+    assert_eq!(names, ["Alpha lamp"]);
+    assert_eq!(trips, 0, "a repeated page is served from Redis");
+    assert!(counter(&app.metrics().await, LIST_HITS) > counter(&m0, LIST_HITS));
+    list_names(&app, "").await;
+
+    let b = app.create("LIST-B", "Beta lamp", "lamps", 100, 5).await;
+    assert_eq!(
+        list_names(&app, "lamps").await.0,
+        ["Alpha lamp", "Beta lamp"]
+    );
+    assert_eq!(
+        list_names(&app, "").await.0,
+        ["Alpha lamp", "Beta lamp"],
+        "every cached page, not only the edited category's"
+    );
+
+    app.client
+        .clone()
+        .update_item(pb::UpdateItemRequest {
+            id: a.id.clone(),
+            expected_version: a.version,
+            name: Some("Aardvark lamp".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("update");
+    assert_eq!(
+        list_names(&app, "lamps").await.0,
+        ["Aardvark lamp", "Beta lamp"]
+    );
+
+    app.client
+        .clone()
+        .delete_item(pb::DeleteItemRequest { id: b.id.clone() })
+        .await
+        .expect("delete");
+    assert_eq!(list_names(&app, "lamps").await.0, ["Aardvark lamp"]);
+    assert_eq!(list_names(&app, "").await.0, ["Aardvark lamp"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn listing_keeps_working_when_redis_dies() {
+    let _serial = SERIAL.lock().await;
+    let mut redis = Redis::start().await;
+    let url = redis.url.clone();
+    let app = spawn_with(|c| c.redis_url = url.as_str().into()).await;
+    app.create("LDOWN-1", "Lamp one", "lamps", 100, 10).await;
+    // Wait for the background connect: a repeated page comes from Redis.
+    let mut warmed = false;
+    for _ in 0..100 {
+        list_names(&app, "lamps").await;
+        if list_names(&app, "lamps").await.1 == 0 {
+            warmed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(warmed, "list pages are cached while redis is up");
+
+    redis.kill();
+    for _ in 0..5 {
+        assert_eq!(list_names(&app, "lamps").await.0, ["Lamp one"]);
+    }
+    // Edits made while Redis is down show too.
+    app.create("LDOWN-2", "Lamp two", "lamps", 100, 10).await;
+    assert_eq!(list_names(&app, "lamps").await.0, ["Lamp one", "Lamp two"]);
+    app.stop().await;
+}

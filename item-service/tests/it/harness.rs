@@ -170,3 +170,16 @@ pub fn assert_field(
         "field of {status:?}"
     );
 }
+
+/// How many round trips to `store` (`mongodb`, `redis`) the server reported for one call
+/// in its `x-shop-timing` header (0 when it made none).
+#[track_caller]
+pub fn round_trips(metadata: &tonic::metadata::MetadataMap, store: &str) -> u32 {
+    let header = metadata
+        .get(platform::timing::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .expect("every response carries x-shop-timing");
+    platform::timing::Ledger::decode(header)
+        .get(&format!("store.{store}"))
+        .map_or(0, |e| e.count)
+}

@@ -394,3 +394,132 @@ async fn sweepers_on_several_replicas_return_stock_once() {
     second.stop().await;
     first.stop().await;
 }
+
+/// What the reservation and its item look like in MongoDB: (item holds, settled).
+async fn stored_state(app: &TestApp, rid: &str, item_id: &str) -> (Vec<String>, bool) {
+    use mongodb::bson::{Document, doc, oid::ObjectId};
+    let db = app.service.database();
+    let oid = ObjectId::parse_str(item_id).expect("item id");
+    let item = db
+        .collection::<Document>("items")
+        .find_one(doc! { "_id": oid })
+        .await
+        .expect("read item")
+        .expect("item exists");
+    let holds = item
+        .get_array("holds")
+        .map(|h| {
+            h.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let reservation = db
+        .collection::<Document>("reservations")
+        .find_one(doc! { "_id": rid })
+        .await
+        .expect("read reservation")
+        .expect("reservation exists");
+    (holds, reservation.get_bool("settled").unwrap_or(false))
+}
+
+#[tokio::test]
+async fn commit_answers_after_one_round_trip_and_settles_afterwards() {
+    let app = spawn().await;
+    let item = app.create("ONE-1", "One", "c", 100, 5).await;
+    app.reserve("one-a", &[(&item.id, 2)])
+        .await
+        .expect("reserve");
+    assert_eq!(stored_state(&app, "one-a", &item.id).await.0, ["one-a"]);
+
+    let res = app
+        .client
+        .clone()
+        .commit_reservation(pb::CommitReservationRequest {
+            reservation_id: "one-a".into(),
+        })
+        .await
+        .expect("commit");
+    assert_eq!(
+        round_trips(res.metadata(), "mongodb"),
+        1,
+        "the happy path is one conditional update: {:?}",
+        res.metadata()
+    );
+    assert_eq!(
+        res.into_inner().reservation.expect("r").status,
+        ReservationStatus::Committed as i32
+    );
+    // Released right after the commit (settled or not yet): refused as committed.
+    let err = app.release("one-a").await.expect_err("committed");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(reason_of(&err), Some(ErrorReason::ReservationCommitted));
+    // A retried commit answers the same and takes nothing more.
+    assert_eq!(
+        app.commit("one-a").await.expect("retry").status,
+        ReservationStatus::Committed as i32
+    );
+    assert_eq!(app.stock(&item.id).await, 3);
+    // The hold marker goes once the answer is out; the stock stays sold.
+    test_support::eventually(Duration::from_secs(30), || async {
+        let (holds, settled) = stored_state(&app, "one-a", &item.id).await;
+        (holds.is_empty() && settled).then_some(())
+    })
+    .await;
+    assert_eq!(app.stock(&item.id).await, 3);
+
+    // Not reserved: the read that tells why costs a second round trip, and only then.
+    let res = app
+        .client
+        .clone()
+        .commit_reservation(pb::CommitReservationRequest {
+            reservation_id: "one-a".into(),
+        })
+        .await
+        .expect("commit again");
+    assert_eq!(round_trips(res.metadata(), "mongodb"), 2);
+    let missing = app.commit("no-such").await.expect_err("unknown");
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(reason_of(&missing), Some(ErrorReason::ReservationNotFound));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_sweeper_settles_a_commit_whose_process_died_before_settling() {
+    use mongodb::bson::{DateTime, Document, doc};
+    let app = spawn_with(|c| c.sweep_interval_ms = 3_600_000).await;
+    let item = app.create("DIED-1", "Died", "c", 100, 5).await;
+    app.reserve("died-a", &[(&item.id, 2)])
+        .await
+        .expect("reserve");
+    // What a process leaves that died right after RESERVED->COMMITTED, a while ago.
+    app.service
+        .database()
+        .collection::<Document>("reservations")
+        .update_one(
+            doc! { "_id": "died-a" },
+            doc! { "$set": {
+                "status": "committed",
+                "settled": false,
+                "updated_at": DateTime::from_millis(DateTime::now().timestamp_millis() - 120_000),
+            } },
+        )
+        .await
+        .expect("simulate the crash");
+    assert_eq!(
+        stored_state(&app, "died-a", &item.id).await,
+        (vec!["died-a".to_owned()], false)
+    );
+    assert_eq!(app.service.sweep_once().await.expect("sweep"), 1);
+    assert_eq!(
+        stored_state(&app, "died-a", &item.id).await,
+        (Vec::new(), true)
+    );
+    // Still committed, stock still sold.
+    assert_eq!(
+        app.commit("died-a").await.expect("committed").status,
+        ReservationStatus::Committed as i32
+    );
+    assert_eq!(app.stock(&item.id).await, 3);
+    app.stop().await;
+}
