@@ -1,4 +1,4 @@
-//! Settings, from flags or `ITEM_*` environment variables (names from DESIGN.md).
+//! Settings, from flags or `ITEM_*` environment variables (names the README documents).
 
 use std::time::Duration;
 

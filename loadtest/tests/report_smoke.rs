@@ -262,7 +262,12 @@ async fn open_and_closed_models_feed_a_complete_report() {
             "the toy shop",
             4,
             1.0,
-            &[("GET /healthz".into(), None, browse_run.result.clone())],
+            &[sections::calibration::Pair {
+                endpoint: "GET /healthz".into(),
+                wrk: None,
+                loadtest: browse_run.result.clone(),
+                loadtest_cpu: None,
+            }],
             Some("not run in the smoke test"),
         ),
         sections::cost_per_hop(

@@ -1,4 +1,4 @@
-//! ChainedCharge: the payment hop of the `chained` checkout (DESIGN.md). Prices the lines
+//! ChainedCharge: the payment hop of the `chained` checkout (docs/architecture.md). Prices the lines
 //! with item-service, reserves the stock under the checkout's idempotency key, charges, then
 //! commits the reservation (or releases it after a decline). Every item-service call carries
 //! the caller's remaining deadline and trace. Every step is idempotent per key, so a caller

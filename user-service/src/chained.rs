@@ -1,4 +1,4 @@
-//! The user-service hop of the `chained` checkout (DESIGN.md strategy 3): gateway ->
+//! The user-service hop of the `chained` checkout (docs/architecture.md, strategy 3): gateway ->
 //! user-service -> payment-service -> item-service, each hop waiting on the next. This hop
 //! authenticates, hands the cart to payment-service (which prices, reserves, charges and
 //! commits), then records the order. Every downstream call carries what is left of the

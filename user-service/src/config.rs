@@ -1,4 +1,4 @@
-//! user-service settings: CLI flags with environment fallbacks (DESIGN.md's names).
+//! user-service settings: CLI flags with environment fallbacks (the names the README documents).
 
 use std::{path::PathBuf, time::Duration};
 

@@ -1,6 +1,6 @@
 //! The checkout saga: authenticate -> price (item-service; client prices are ignored) ->
 //! reserve -> charge -> commit -> record the order, with compensation when a later step
-//! fails. Three strategies (DESIGN.md) give the same result for the same input:
+//! fails. Three strategies (docs/architecture.md) give the same result for the same input:
 //! `orchestrated` and `parallel` run the steps here ([`saga`]); `chained` hands the whole
 //! chain to user-service ([`chained`]).
 //!
