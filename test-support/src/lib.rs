@@ -1,12 +1,13 @@
 //! What the services' integration tests share: the local stack's settings, throw-away
 //! databases (one naming scheme, `shop_<service>_t<12 hex>`, in every store), servers running
-//! in the test's runtime on 127.0.0.1:0, and small helpers (metrics, polling).
+//! in the test's runtime on 127.0.0.1:0, and small helpers (metrics, polling, fault rules).
 //!
 //! Each service's spawn helper sits behind a feature of the same name (`user`, `item`,
 //! `payment`) so a test binary links only the services it starts.
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod db;
+pub mod faults;
 #[cfg(feature = "item")]
 pub mod item;
 #[cfg(feature = "payment")]

@@ -7,3 +7,4 @@ mod checkout;
 mod common;
 mod monolith;
 mod resilience;
+mod timing;

@@ -80,7 +80,7 @@ async fn the_monolith_runs_the_item_sweeper_too() {
     let mut items = ItemServiceClient::connect(format!("http://{}", s.grpc))
         .await
         .expect("connect to the monolith's gRPC listener");
-    let rid = format!("abandoned-{}", suffix());
+    let rid = format!("abandoned-{}", unique_suffix());
     items
         .reserve_stock(ReserveStockRequest {
             reservation_id: rid.clone(),
@@ -94,23 +94,24 @@ async fn the_monolith_runs_the_item_sweeper_too() {
     assert_eq!(s.stock_of(&id).await, 2, "the reservation holds stock");
 
     // Generous bound: only there so a missing sweeper fails instead of hanging.
-    let mut status = ReservationStatus::Reserved;
-    for _ in 0..300 {
-        status = items
-            .get_reservation(GetReservationRequest {
-                reservation_id: rid.clone(),
-            })
-            .await
-            .expect("get reservation")
-            .into_inner()
-            .reservation
-            .expect("reservation")
-            .status();
-        if status != ReservationStatus::Reserved {
-            break;
+    let status = eventually(Duration::from_secs(30), || {
+        let mut items = items.clone();
+        let rid = rid.clone();
+        async move {
+            let status = items
+                .get_reservation(GetReservationRequest {
+                    reservation_id: rid,
+                })
+                .await
+                .expect("get reservation")
+                .into_inner()
+                .reservation
+                .expect("reservation")
+                .status();
+            (status != ReservationStatus::Reserved).then_some(status)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     assert_eq!(
         status,
         ReservationStatus::Released,

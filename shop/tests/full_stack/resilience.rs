@@ -80,15 +80,7 @@ async fn payment_service_down_browsing_works_checkout_503() {
         .expect("payment-service")
         .clone();
     assert_eq!(payment["breaker"]["state"], "open", "{payment:?}");
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.gateway_metrics().await;
     // (The gauge is process-wide; other tests' gateways share this process, so only its
     // presence is checked here; /debug/downstreams above shows this gateway's state.)
     assert!(metrics.contains("gateway_circuit_state{service=\"payment-service\"}"));
@@ -173,15 +165,7 @@ async fn a_slow_service_costs_at_most_the_deadline_and_failures_are_retried() {
     .await;
     let r = s.get("/api/items", None).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.gateway_metrics().await;
     assert!(
         metrics
             .lines()

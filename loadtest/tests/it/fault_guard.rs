@@ -9,16 +9,16 @@ use loadtest::{
     http::Target,
     sections::{FaultTargets, with_faults_cleared},
 };
-use payment_service::card_gateway::{CardGateway, Config, Gateway};
 use platform::faults::{FaultAdminService, FaultInjector};
 use shop_proto::admin::v1::fault_admin_server::FaultAdminServer;
+use test_support::payment::{CardGatewayServer, card_gateway};
 
 /// Two gRPC servers (like item- and user-service) and a card gateway, with handles on
 /// their fault rules.
 struct Rig {
     targets: FaultTargets,
     injectors: Vec<FaultInjector>,
-    card: Gateway,
+    card: CardGatewayServer,
 }
 
 async fn fault_admin_server() -> (String, FaultInjector) {
@@ -41,19 +41,14 @@ async fn fault_admin_server() -> (String, FaultInjector) {
 async fn rig() -> Rig {
     let (a, fa) = fault_admin_server().await;
     let (b, fb) = fault_admin_server().await;
-    let gw = CardGateway::build(Config::on("127.0.0.1:0"))
-        .await
-        .expect("card gateway");
-    let card = Target::parse(&format!("http://{}", gw.addr())).expect("target");
-    let handle = gw.handle();
-    tokio::spawn(gw.run_until_stopped(std::future::pending()));
+    let card = card_gateway().await;
     Rig {
         targets: FaultTargets {
             grpc: vec![a, b],
-            card: Some(card),
+            card: Some(Target::parse(&card.url).expect("target")),
         },
         injectors: vec![fa, fb],
-        card: handle,
+        card,
     }
 }
 
@@ -81,8 +76,8 @@ impl Rig {
             .iter()
             .map(|f| f.rules().len())
             .sum::<usize>()
-            + self.card.faults().rules().len()
-            + self.card.hangs().rules().len()
+            + self.card.handle.faults().rules().len()
+            + self.card.handle.hangs().rules().len()
     }
 }
 

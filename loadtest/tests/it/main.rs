@@ -1,0 +1,6 @@
+//! loadtest's integration tests, one binary so the engine and its dependencies link once:
+//! the generator and report end to end against a toy target, and the fault guard against
+//! the real fault endpoints.
+
+mod fault_guard;
+mod report_smoke;
