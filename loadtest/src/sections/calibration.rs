@@ -81,13 +81,109 @@ pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Section> {
             loadtest_cpu: lt_cpu,
         });
     }
-    Ok(section(
+    let base = section(
         "the default gateway",
         p.calib_conns,
         p.calib_dur.as_secs_f64(),
         &pairs,
         (!have_wrk).then_some("`wrk` not found; apt-get install wrk"),
-    ))
+    );
+    let pacing = pacing_check(ctx).await?;
+    Ok(with_pacing(base, &pacing))
+}
+
+/// The open model's own error, measured on the cheapest call there is: Echo with one
+/// closed-model user (no pacer involved) against Echo offered at a fixed rate by the pacer.
+pub struct PacingCheck {
+    pub rate: f64,
+    pub closed: RunResult,
+    pub open: RunResult,
+}
+
+async fn pacing_check(ctx: &mut Ctx) -> anyhow::Result<PacingCheck> {
+    let dur = ctx.p.calib_dur;
+    let warmup = Duration::from_secs(1).min(dur);
+    let rate = 200.0;
+    let ch = scenario::grpc_channel(&ctx.dep.item_grpc).await?;
+    let closed_spec = ctx.spec(
+        "Echo closed, 1 user",
+        Model::Closed {
+            users: 1,
+            think_ms: 0,
+        },
+        warmup,
+        dur,
+    );
+    let closed = engine::run(
+        &closed_spec,
+        Arc::new(scenario::EchoWorkload::new(ch.clone())),
+    )
+    .await
+    .result;
+    let open_spec = ctx.spec("Echo open, 200 req/s", Model::Open { rate }, warmup, dur);
+    let open = engine::run(&open_spec, Arc::new(scenario::EchoWorkload::new(ch)))
+        .await
+        .result;
+    Ok(PacingCheck { rate, closed, open })
+}
+
+/// Adds the pacing check to the calibration section: its table, figures and a sentence.
+pub fn with_pacing(mut s: Section, check: &PacingCheck) -> Section {
+    let mut t = Table::new(
+        "The open model's instrument error: Echo (item-service) with one closed-model user vs offered by the pacer",
+        &[
+            "run",
+            "req/s",
+            "p50",
+            "p90",
+            "p99",
+            "pacer lateness p50 / p99 / max (us)",
+        ],
+    );
+    for r in [&check.closed, &check.open] {
+        t.row(vec![
+            r.name.clone(),
+            format!("{:.0}", r.throughput_rps),
+            f_ms(r.latency.p50_ms),
+            f_ms(r.latency.p90_ms),
+            f_ms(r.latency.p99_ms),
+            r.pacer_lateness.as_ref().map_or_else(
+                || "- (no pacer)".into(),
+                |l| format!("{:.0} / {:.0} / {:.0}", l.p50_us, l.p99_us, l.max_us),
+            ),
+        ]);
+    }
+    let gap = check.open.latency.p50_ms - check.closed.latency.p50_ms;
+    let lateness = check
+        .open
+        .pacer_lateness
+        .as_ref()
+        .map_or_else(|| "not recorded".into(), |l| l.summary());
+    s.measurement.push_str(&format!(
+        " Pacing: Echo p50 {} ms with one closed-model user, {} ms offered at {:.0} req/s by the open model's pacer, a gap of {:.2} ms ({} the 0.1 ms target); the pacer itself dispatched {}. Latency is timed from the intended send, so the gap is what the open model adds: the pacer's lateness plus waking idle threads on both sides, which a closed loop that never idles does not pay.",
+        f_ms(check.closed.latency.p50_ms),
+        f_ms(check.open.latency.p50_ms),
+        check.rate,
+        gap,
+        if gap <= 0.1 { "within" } else { "over" },
+        lateness,
+    ));
+    if let Some(obj) = s.figures.as_object_mut() {
+        obj.insert(
+            "pacing".into(),
+            json!({
+                "rate": check.rate,
+                "closed_p50_ms": check.closed.latency.p50_ms,
+                "open_p50_ms": check.open.latency.p50_ms,
+                "gap_ms": gap,
+                "pacer_lateness": check.open.pacer_lateness,
+            }),
+        );
+    }
+    s.tables.push(t);
+    s.runs.push(check.closed.clone());
+    s.runs.push(check.open.clone());
+    s
 }
 
 pub fn section(
