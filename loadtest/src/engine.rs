@@ -333,13 +333,8 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
         Model::Open { .. } => Some(lateness.lateness()),
         Model::Closed { .. } => None,
     };
-    let result = RunResult::from_snapshot(
-        spec,
-        &snapshot,
-        window,
-        pacer_lateness,
-        timings.waterfall(),
-    );
+    let result =
+        RunResult::from_snapshot(spec, &snapshot, window, pacer_lateness, timings.waterfall());
     pb.finish_and_clear();
     if spec.progress {
         eprintln!(

@@ -215,7 +215,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 println!("{l}");
             }
         }
-        None => println!("\nwaterfall: none (no successful checkout carried a Server-Timing header)"),
+        None => {
+            println!("\nwaterfall: none (no successful checkout carried a Server-Timing header)")
+        }
     }
     if !r.errors_by_kind.is_empty() {
         println!("\nerrors by kind:");

@@ -282,7 +282,11 @@ impl Waterfall {
     pub fn lines(&self) -> Vec<String> {
         let mut out = vec![
             format!("median checkout waterfall ({})", self.method),
-            format!("  {:<40} {:>9} ms", "client-seen latency", f3(self.client_ms)),
+            format!(
+                "  {:<40} {:>9} ms",
+                "client-seen latency",
+                f3(self.client_ms)
+            ),
         ];
         let label = |c: &Component| -> String {
             match c.name.as_str() {
@@ -349,7 +353,8 @@ fn derive(components: &[Component]) -> Vec<Derived> {
         .collect();
     let chained = |svc: &str| {
         components.iter().any(|c| {
-            service_of(&c.name, "handler.").is_some_and(|(s, m)| s == svc && m.starts_with("Chained"))
+            service_of(&c.name, "handler.")
+                .is_some_and(|(s, m)| s == svc && m.starts_with("Chained"))
         })
     };
     for (svc, stores) in STORES {
@@ -397,7 +402,8 @@ mod tests {
 
     #[test]
     fn parses_the_gateway_header_and_skips_garbage() {
-        let h = "call.item.ReserveStock;dur=11.154;n=1, store.mongodb;dur=16.888;n=8, total;dur=45.031";
+        let h =
+            "call.item.ReserveStock;dur=11.154;n=1, store.mongodb;dur=16.888;n=8, total;dur=45.031";
         assert_eq!(
             parse(h),
             vec![
