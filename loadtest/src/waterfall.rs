@@ -107,10 +107,14 @@ pub async fn capture<F: Future>(fut: F) -> (F::Output, Option<Vec<Metric>>) {
 /// band of a uniform sample is the band of the whole).
 const KEEP: usize = 50_000;
 
+/// One timed operation: client-seen milliseconds and its response's metrics.
+pub type Timed = (f64, Vec<Metric>);
+
 /// The timed successful operations of one run (warm-up excluded).
 pub struct Collector {
     measure_from: Instant,
-    inner: Mutex<(u64, Vec<(f64, Vec<Metric>)>)>,
+    /// (operations seen, the kept sample).
+    inner: Mutex<(u64, Vec<Timed>)>,
 }
 
 impl Collector {
@@ -200,7 +204,7 @@ fn service_of<'a>(name: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
 impl Waterfall {
     /// Averages every component over the samples (client-seen ms, metrics) whose latency
     /// lies between the [`BAND`] percentiles; `None` without any timed sample.
-    pub fn build(samples: &[(f64, Vec<Metric>)]) -> Option<Self> {
+    pub fn build(samples: &[Timed]) -> Option<Self> {
         if samples.is_empty() {
             return None;
         }
@@ -423,7 +427,7 @@ mod tests {
     fn band_is_the_middle_fifth_and_components_are_averaged() {
         // Latencies 1..=10 ms: the 40th-60th percentile band is the 5th and 6th (5, 6 ms),
         // after sorting (they arrive shuffled).
-        let samples: Vec<(f64, Vec<Metric>)> = [7, 2, 5, 10, 1, 6, 3, 9, 4, 8]
+        let samples: Vec<Timed> = [7, 2, 5, 10, 1, 6, 3, 9, 4, 8]
             .iter()
             .map(|&l| {
                 let l = f64::from(l);
