@@ -190,7 +190,8 @@ fn stacked(
             .unwrap_or(0.0)
     };
     let sums = (0..n).map(|ci| (0..series.len()).map(|si| value(si, ci)).sum::<f64>());
-    let xmax = finite_max(sums.chain(marks.iter().copied())).max(1e-3) * 1.1;
+    // Room on the right for the legend, so it never hides a bar.
+    let xmax = finite_max(sums.chain(marks.iter().copied())).max(1e-3) * 1.5;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
@@ -235,7 +236,7 @@ fn stacked(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()?;
     // Category names left of their bars, in pixels.
     for (ci, name) in categories.iter().enumerate() {
