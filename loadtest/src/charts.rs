@@ -1,5 +1,6 @@
-//! SVG charts (plotters): grouped bars (per strategy / configuration) and lines (latency
-//! vs offered load, success vs injected failure).
+//! SVG charts (plotters): grouped bars (per strategy / configuration), horizontal stacked
+//! bars (where a request's time goes) and lines (latency vs offered load, success vs
+//! injected failure).
 
 use std::path::Path;
 
@@ -34,6 +35,16 @@ pub enum ChartSpec {
         x_label: String,
         y_label: String,
         series: Vec<Curve>,
+    },
+    /// Horizontal bars, one per category, each made of the series' values stacked left to
+    /// right (where a request's time goes); `marks` (one per category, optional) are drawn
+    /// as a tick across the bar (e.g. the client-seen latency).
+    Stacked {
+        x_label: String,
+        categories: Vec<String>,
+        series: Vec<BarSeries>,
+        #[serde(default)]
+        marks: Vec<f64>,
     },
 }
 
@@ -81,6 +92,12 @@ pub fn render(chart: &Chart, dir: &Path) -> anyhow::Result<()> {
             y_label,
             series,
         } => lines(&path, &chart.title, x_label, y_label, series),
+        ChartSpec::Stacked {
+            x_label,
+            categories,
+            series,
+            marks,
+        } => stacked(&path, &chart.title, x_label, categories, series, marks),
     };
     r.map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))
 }
@@ -145,6 +162,92 @@ fn bars(
                 plotters::style::text_anchor::Pos::new(
                     plotters::style::text_anchor::HPos::Center,
                     plotters::style::text_anchor::VPos::Top,
+                ),
+            ),
+        ))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn stacked(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    categories: &[String],
+    series: &[BarSeries],
+    marks: &[f64],
+) -> DrawResult {
+    let n = categories.len().max(1);
+    let root = SVGBackend::new(path, (W, H.max(140 + 60 * n as u32))).into_drawing_area();
+    root.fill(&WHITE)?;
+    let value = |si: usize, ci: usize| -> f64 {
+        series[si]
+            .values
+            .get(ci)
+            .copied()
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .unwrap_or(0.0)
+    };
+    let sums = (0..n).map(|ci| (0..series.len()).map(|si| value(si, ci)).sum::<f64>());
+    // Room on the right for the legend, so it never hides a bar.
+    let xmax = finite_max(sums.chain(marks.iter().copied())).max(1e-3) * 1.5;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(190)
+        .build_cartesian_2d(0f64..xmax, 0f64..n as f64)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(0)
+        .y_label_formatter(&|_| String::new())
+        .x_desc(x_label)
+        .draw()?;
+    let mut left = vec![0.0; n];
+    for (si, s) in series.iter().enumerate() {
+        let c = color(si);
+        let bars: Vec<_> = (0..n)
+            .filter(|ci| value(si, *ci) > 0.0)
+            .map(|ci| {
+                let (x0, x1) = (left[ci], left[ci] + value(si, ci));
+                left[ci] = x1;
+                let y = (n - 1 - ci) as f64;
+                Rectangle::new([(x0, y + 0.2), (x1, y + 0.8)], c.filled())
+            })
+            .collect();
+        chart
+            .draw_series(bars)?
+            .label(s.name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+    }
+    chart.draw_series(
+        marks
+            .iter()
+            .enumerate()
+            .filter(|(ci, m)| *ci < n && m.is_finite() && **m > 0.0)
+            .map(|(ci, m)| {
+                let y = (n - 1 - ci) as f64;
+                PathElement::new(vec![(*m, y + 0.1), (*m, y + 0.9)], BLACK.stroke_width(3))
+            }),
+    )?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    // Category names left of their bars, in pixels.
+    for (ci, name) in categories.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(0.0, (n - 1 - ci) as f64 + 0.5));
+        root.draw(&Text::new(
+            name.clone(),
+            (px - 8, py),
+            ("sans-serif", 14).into_font().color(&BLACK).pos(
+                plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Right,
+                    plotters::style::text_anchor::VPos::Center,
                 ),
             ),
         ))?;

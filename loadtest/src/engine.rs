@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use crate::{
     pacer::{self, Lateness, LatenessRecorder},
     stats::{Latency, Outcome, Recorder, Sample, Snapshot},
+    waterfall::{self, Collector, Metric, Waterfall},
 };
 
 /// Something the engine can drive: one call = one operation (usually one request).
@@ -117,6 +118,10 @@ pub struct RunResult {
     /// Closed model: none (a user sends when the previous answer arrives).
     #[serde(default)]
     pub pacer_lateness: Option<Lateness>,
+    /// Where the median successful checkout's time went, from the `Server-Timing` headers
+    /// (none when the target sent none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waterfall: Option<Waterfall>,
 }
 
 impl RunResult {
@@ -125,6 +130,7 @@ impl RunResult {
         snap: &Snapshot,
         window: Duration,
         pacer_lateness: Option<Lateness>,
+        waterfall: Option<Waterfall>,
     ) -> Self {
         let requests = snap.all.len();
         let ok = snap.ok.len();
@@ -159,6 +165,7 @@ impl RunResult {
                 .collect(),
             warmup_requests: snap.warmup,
             pacer_lateness,
+            waterfall,
         }
     }
 }
@@ -169,17 +176,35 @@ pub struct Measured {
     pub snapshot: Snapshot,
 }
 
+/// Runs one operation; returns its sample and, if it succeeded and noted one, its
+/// response's Server-Timing.
 async fn one(
     workload: &Arc<dyn Workload>,
     n: u64,
     user: usize,
     deadline: tokio::time::Instant,
-) -> Sample {
+) -> (Sample, Option<Vec<Metric>>) {
     let (endpoint, op) = workload.call(n, user);
-    match tokio::time::timeout_at(deadline, op).await {
-        Ok(outcome) => Sample::new(endpoint, outcome),
-        Err(_) => Sample::new(endpoint, Outcome::error("timeout")),
+    match tokio::time::timeout_at(deadline, waterfall::capture(op)).await {
+        Ok((outcome, timing)) => {
+            let timing = timing.filter(|_| outcome.is_ok());
+            (Sample::new(endpoint, outcome), timing)
+        }
+        Err(_) => (Sample::new(endpoint, Outcome::error("timeout")), None),
     }
+}
+
+fn record(
+    recorder: &Recorder,
+    timings: &Collector,
+    started: Instant,
+    latency: Duration,
+    (sample, timing): (Sample, Option<Vec<Metric>>),
+) {
+    if let Some(t) = timing {
+        timings.record(started, latency.as_secs_f64() * 1e3, t);
+    }
+    recorder.record(started, latency, sample);
 }
 
 fn progress_bar(spec: &RunSpec) -> ProgressBar {
@@ -207,6 +232,7 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
     let measure_from = start + spec.warmup;
     let end = start + spec.warmup + spec.duration;
     let recorder = Arc::new(Recorder::new(measure_from));
+    let timings = Arc::new(Collector::new(measure_from));
     let pb = progress_bar(spec);
 
     // Live rate and p99 of the last half second.
@@ -251,12 +277,13 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
             while let Some(a) = arrivals.recv().await {
                 let workload = workload.clone();
                 let recorder = recorder.clone();
+                let timings = timings.clone();
                 let lateness = lateness.clone();
                 let deadline = tokio::time::Instant::from_std(a.intended + spec.timeout);
                 tasks.spawn(async move {
                     lateness.record(a.intended, Instant::now());
-                    let sample = one(&workload, a.n, a.n as usize, deadline).await;
-                    recorder.record(a.intended, a.intended.elapsed(), sample);
+                    let done = one(&workload, a.n, a.n as usize, deadline).await;
+                    record(&recorder, &timings, a.intended, a.intended.elapsed(), done);
                 });
                 // Reap finished tasks as we go so the set stays small.
                 while tasks.try_join_next().is_some() {}
@@ -267,6 +294,7 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
             for user in 0..users.max(1) {
                 let workload = workload.clone();
                 let recorder = recorder.clone();
+                let timings = timings.clone();
                 let issued = issued.clone();
                 let max_ops = spec.max_ops;
                 let timeout = spec.timeout;
@@ -278,8 +306,8 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
                             break;
                         }
                         let t0 = tokio::time::Instant::now();
-                        let sample = one(&workload, n, user, t0 + timeout).await;
-                        recorder.record(t0.into_std(), t0.elapsed(), sample);
+                        let done = one(&workload, n, user, t0 + timeout).await;
+                        record(&recorder, &timings, t0.into_std(), t0.elapsed(), done);
                         n += 1;
                         if think_ms > 0 {
                             tokio::time::sleep(Duration::from_millis(think_ms)).await;
@@ -305,7 +333,8 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
         Model::Open { .. } => Some(lateness.lateness()),
         Model::Closed { .. } => None,
     };
-    let result = RunResult::from_snapshot(spec, &snapshot, window, pacer_lateness);
+    let result =
+        RunResult::from_snapshot(spec, &snapshot, window, pacer_lateness, timings.waterfall());
     pb.finish_and_clear();
     if spec.progress {
         eprintln!(

@@ -65,6 +65,8 @@ pub struct HttpPool {
 pub struct Reply {
     pub status: StatusCode,
     pub body: Bytes,
+    /// The `Server-Timing` header, when the target sent one.
+    pub server_timing: Option<String>,
 }
 
 impl Reply {
@@ -178,6 +180,11 @@ impl HttpPool {
                 Err(_) => return Err(Outcome::error("io")),
             };
             let status = resp.status();
+            let server_timing = resp
+                .headers()
+                .get("server-timing")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let body = resp
                 .into_body()
                 .collect()
@@ -185,7 +192,11 @@ impl HttpPool {
                 .map_err(|_| Outcome::error("io"))?
                 .to_bytes();
             self.put_idle(conn);
-            return Ok(Reply { status, body });
+            return Ok(Reply {
+                status,
+                body,
+                server_timing,
+            });
         }
     }
 

@@ -15,4 +15,5 @@ pub mod scenario;
 pub mod sections;
 pub mod stack;
 pub mod stats;
+pub mod waterfall;
 pub mod wrk;

@@ -208,6 +208,17 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         ),
         None => println!("\npacer lateness: none (closed model)"),
     }
+    match &r.waterfall {
+        Some(w) => {
+            println!();
+            for l in w.lines() {
+                println!("{l}");
+            }
+        }
+        None => {
+            println!("\nwaterfall: none (no successful checkout carried a Server-Timing header)")
+        }
+    }
     if !r.errors_by_kind.is_empty() {
         println!("\nerrors by kind:");
         for (k, n) in &r.errors_by_kind {

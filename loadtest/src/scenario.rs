@@ -200,10 +200,17 @@ impl Workload for ShopWorkload {
                         ("authorization", token),
                         ("idempotency-key", uuid::Uuid::new_v4().to_string()),
                     ];
-                    outcome_of(
-                        pool.send(http::Method::POST, &path, &headers, Some(body))
-                            .await,
-                    )
+                    let reply = pool
+                        .send(http::Method::POST, &path, &headers, Some(body))
+                        .await;
+                    // Where the checkout's time went, for the run's waterfall.
+                    if let Ok(r) = &reply
+                        && r.status.is_success()
+                        && let Some(st) = &r.server_timing
+                    {
+                        crate::waterfall::note(st);
+                    }
+                    outcome_of(reply)
                 };
                 (self.checkout_ep.clone(), fut.boxed())
             }

@@ -1,6 +1,7 @@
 //! Section 1, cost per hop: checkouts per strategy (orchestrated, parallel, chained, and
 //! the `shop` monolith) at one offered load beside the bare Echo floor, with the gRPC calls
-//! per checkout counted from the services' own metrics. The latency-vs-load part of the
+//! per checkout counted from the services' own metrics, and the waterfall of a median
+//! checkout per strategy from the `Server-Timing` headers. The latency-vs-load part of the
 //! section is in [`super::sweep`].
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::{
     report::{Section, Table, f_ms, run_row},
     scenario,
     stats::Latency,
+    waterfall::Waterfall,
 };
 
 /// One deployment/strategy row of section 1.
@@ -115,6 +117,174 @@ pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Strategies> {
         runs,
         hops: hops_out,
     })
+}
+
+/// Stores as the header names them, with the name the report uses.
+const STORE_NAMES: [(&str, &str); 5] = [
+    ("store.postgres", "PostgreSQL"),
+    ("store.mysql", "MariaDB"),
+    ("store.mongodb", "MongoDB"),
+    ("store.redis", "Redis"),
+    ("store.card_gateway", "card gateway HTTP"),
+];
+
+/// The waterfall table: one column per strategy, one row per component (client-seen total,
+/// gateway total, gateway itself, each call as the caller saw it, each handler, each store
+/// with its round trips, then the derived rows). A component a strategy lacks shows "-".
+pub fn waterfall_table(runs: &[(String, &Waterfall)]) -> Table {
+    let mut headers = vec!["component (ms per median checkout)"];
+    headers.extend(runs.iter().map(|(l, _)| l.as_str()));
+    let mut t = Table::new(
+        "Waterfall of a median checkout per strategy (ms; mean over the checkouts between the 40th and 60th percentile of client-seen latency; stores: ms, then round trips)",
+        &headers,
+    );
+    let cell = |w: &Waterfall, name: &str| -> String {
+        match w.get(name) {
+            Some(c) if name.starts_with("store.") => format!("{} ({:.1}x)", f_ms(c.ms), c.count),
+            Some(c) if c.count > 1.0 + 1e-9 => format!("{} ({:.1}x)", f_ms(c.ms), c.count),
+            Some(c) => f_ms(c.ms),
+            None => "-".into(),
+        }
+    };
+    let mut row = |label: String, f: &dyn Fn(&Waterfall) -> String| {
+        let mut r = vec![label];
+        r.extend(runs.iter().map(|(_, w)| f(w)));
+        t.row(r);
+    };
+    row("client-seen latency".into(), &|w| f_ms(w.client_ms));
+    row("gateway total".into(), &|w| cell(w, "total"));
+    row("gateway itself".into(), &|w| cell(w, "gateway.self"));
+    let names = |prefix: &str| -> std::collections::BTreeSet<String> {
+        runs.iter()
+            .flat_map(|(_, w)| w.with_prefix(prefix).map(|c| c.name.clone()))
+            .collect()
+    };
+    for prefix in ["call.", "handler."] {
+        for n in names(prefix) {
+            let label = if prefix == "call." {
+                format!("{n} (as the caller saw it)")
+            } else {
+                n.clone()
+            };
+            row(label, &|w| cell(w, &n));
+        }
+    }
+    let stores = names("store.");
+    for (n, label) in STORE_NAMES {
+        if stores.contains(n) {
+            row(format!("{label} ({n})"), &|w| cell(w, n));
+        }
+    }
+    for n in stores
+        .iter()
+        .filter(|n| !STORE_NAMES.iter().any(|(k, _)| k == n))
+    {
+        row(n.clone(), &|w| cell(w, n));
+    }
+    row("calls per checkout".into(), &|w| {
+        format!("{:.1}", w.calls())
+    });
+    row(
+        "network + serialisation, sum of (call - handler)".into(),
+        &|w| w.derived_ms("net.all").map_or_else(|| "-".into(), f_ms),
+    );
+    row("per-call overhead (call - handler) / calls".into(), &|w| {
+        per_call(w).map_or_else(|| "-".into(), f_ms)
+    });
+    for svc in ["user", "item", "payment"] {
+        let n = format!("own.{svc}");
+        row(
+            format!("{svc}-service handlers' own time (minus stores and calls)"),
+            &|w| w.derived_ms(&n).map_or_else(|| "-".into(), f_ms),
+        );
+    }
+    t
+}
+
+fn per_call(w: &Waterfall) -> Option<f64> {
+    let calls = w.calls();
+    w.derived_ms("net.all")
+        .filter(|_| calls > 0.0)
+        .map(|n| n / calls)
+}
+
+/// Horizontal stacked bars: where a median checkout's time goes, per strategy.
+pub fn waterfall_chart(runs: &[(String, &Waterfall)]) -> Chart {
+    let own = |w: &Waterfall| -> f64 {
+        w.derived
+            .iter()
+            .filter(|d| d.name.starts_with("own."))
+            .map(|d| d.ms)
+            .sum()
+    };
+    let mut series = vec![
+        (
+            "client <-> gateway (HTTP, queueing)".to_owned(),
+            runs.iter()
+                .map(|(_, w)| (w.client_ms - w.ms("total")).max(0.0))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "gateway itself".to_owned(),
+            runs.iter().map(|(_, w)| w.ms("gateway.self")).collect(),
+        ),
+        (
+            "network + serialisation (call - handler)".to_owned(),
+            runs.iter().map(|(_, w)| w.network_ms()).collect(),
+        ),
+        (
+            "handlers' own work".to_owned(),
+            runs.iter().map(|(_, w)| own(w)).collect(),
+        ),
+    ];
+    for (n, label) in STORE_NAMES {
+        series.push((
+            label.to_owned(),
+            runs.iter().map(|(_, w)| w.ms(n)).collect(),
+        ));
+    }
+    Chart {
+        file: "checkout_waterfall.svg".into(),
+        title: "Where a median checkout's time goes (tick: client-seen latency)".into(),
+        spec: ChartSpec::Stacked {
+            x_label: "ms per checkout (overlapping calls, as in parallel, stack end to end)".into(),
+            categories: runs.iter().map(|(l, _)| l.clone()).collect(),
+            series: series
+                .into_iter()
+                .map(|(name, values)| BarSeries { name, values })
+                .collect(),
+            marks: runs.iter().map(|(_, w)| w.client_ms).collect(),
+        },
+    }
+}
+
+/// Sentence comparing each strategy's per-call overhead with the Echo floor.
+fn waterfall_prose(runs: &[(String, &Waterfall)], echo_p50: f64) -> String {
+    let parts: Vec<String> = runs
+        .iter()
+        .filter_map(|(l, w)| {
+            let per = per_call(w)?;
+            let vs = if echo_p50 > 0.0 {
+                format!(", {:.1}x the Echo p50", per / echo_p50)
+            } else {
+                String::new()
+            };
+            Some(format!(
+                "{l} {} ms over {:.1} calls = {} ms per call{vs}",
+                f_ms(w.network_ms()),
+                w.calls(),
+                f_ms(per)
+            ))
+        })
+        .collect();
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!(
+        " From the services' own Server-Timing (median checkouts, mean over the 40th-60th percentile band), network and serialisation (each call as the caller saw it minus its handler) add up to: {}; the Echo floor measured here is {} ms per round trip.",
+        parts.join("; "),
+        f_ms(echo_p50)
+    )
 }
 
 /// Builds section 1 from the Echo floor, the strategy runs and the latency-vs-load sweep.
@@ -255,10 +425,21 @@ pub fn section(echo: &RunResult, runs: &[StrategyRun], sweep: &[SweepPoint]) -> 
             f_ms(echo_p50)
         ));
     }
+    let waterfalls: Vec<(String, &Waterfall)> = runs
+        .iter()
+        .filter_map(|r| r.result.waterfall.as_ref().map(|w| (r.label.clone(), w)))
+        .collect();
+    measurement.push_str(&waterfall_prose(&waterfalls, echo_p50));
     let mut tables = vec![t];
     if !ot.rows.is_empty() {
         tables.push(ot);
     }
+    let mut charts = vec![bars];
+    if !waterfalls.is_empty() {
+        tables.push(waterfall_table(&waterfalls));
+        charts.push(waterfall_chart(&waterfalls));
+    }
+    charts.push(sweep_chart);
     if !st.rows.is_empty() {
         tables.push(st);
     }
@@ -268,17 +449,109 @@ pub fn section(echo: &RunResult, runs: &[StrategyRun], sweep: &[SweepPoint]) -> 
     Section {
         id: "cost_per_hop".into(),
         title: "Cost per hop".into(),
-        setup: "Checkouts (fresh Idempotency-Key each, one logged-in account per virtual user) through the gateway with ?strategy=orchestrated|parallel|chained, and through the `shop` monolith (same code, services called in-process), at one offered load; a bare shop.admin.v1.Echo RPC measured in the same run. The latency-vs-load sweep (one series per deployment, stopped at the first saturated step) runs last, after sections 2-5, because past saturation it leaves a backlog that would spill into them; by then their checkouts have grown the databases and SecantusDB (Python) is slower, so the sweep's latencies sit above the table's: compare points within the sweep.".into(),
+        setup: "Checkouts (fresh Idempotency-Key each, one logged-in account per virtual user) through the gateway with ?strategy=orchestrated|parallel|chained, and through the `shop` monolith (same code, services called in-process), at one offered load; a bare shop.admin.v1.Echo RPC measured in the same run. The latency-vs-load sweep (one series per deployment, stopped at the first saturated step) runs last, after sections 2-5, because past saturation it leaves a backlog that would spill into them; by then their checkouts have grown the databases and SecantusDB (Python) is slower, so the sweep's latencies sit above the table's: compare points within the sweep. The waterfall comes from the `Server-Timing` header every gateway (and monolith) response carries, built from the services' own measurements: per successful checkout, time in the gateway itself, each downstream call as the caller saw it, each handler, and each store with its round trips; a strategy's waterfall averages them over its checkouts between the 40th and 60th percentile of client-seen latency.".into(),
         prediction: "Every synchronous hop adds at least one Echo round trip (the floor: HTTP/2 framing, protobuf, two socket crossings) plus its own work. Orchestrated and chained make about the same number of calls, so they should cost about the same; parallel overlaps the user lookup with pricing and should save about one hop; the monolith removes the sockets and should be faster by roughly calls x Echo p50. Latency should stay flat with offered load until the 2 cores saturate, then climb steeply.".into(),
         measurement,
         lesson: "A network hop is cheap next to a database write but never free: its floor multiplies by the number of calls on the critical path, and parallelising independent calls is the cheapest way to win it back.".into(),
         tables,
-        charts: vec![bars, sweep_chart],
+        charts,
         figures: json!({
             "echo": echo.latency,
             "strategies": runs.iter().map(|r| json!({"label": r.label, "latency": r.result.latency, "throughput_rps": r.result.throughput_rps, "hops": r.hops})).collect::<Vec<_>>(),
             "per_hop_overhead": overhead,
+            "waterfalls": waterfalls.iter().map(|(l, w)| json!({"label": l, "per_call_overhead_ms": per_call(w), "waterfall": w})).collect::<Vec<_>>(),
         }),
         runs: runs_all,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::waterfall::{Waterfall, parse};
+
+    fn waterfall(header: &str, client_ms: f64) -> Waterfall {
+        Waterfall::build(&[(client_ms, parse(header))]).expect("one sample")
+    }
+
+    #[test]
+    fn waterfall_table_puts_strategies_side_by_side() {
+        let orch = waterfall(
+            "total;dur=15, gateway.self;dur=2, call.item.ReserveStock;dur=10, handler.item.ReserveStock;dur=8, call.user.ValidateToken;dur=3, handler.user.ValidateToken;dur=1, store.mongodb;dur=6;n=4, store.postgres;dur=0.5;n=1",
+            22.0,
+        );
+        let mono = waterfall(
+            "total;dur=9.5, gateway.self;dur=1, call.item.ReserveStock;dur=8.5, handler.item.ReserveStock;dur=8, store.mongodb;dur=6;n=4",
+            13.0,
+        );
+        let runs = vec![
+            ("orchestrated".to_owned(), &orch),
+            ("monolith (orchestrated)".to_owned(), &mono),
+        ];
+        let t = waterfall_table(&runs);
+        assert_eq!(
+            t.headers,
+            [
+                "component (ms per median checkout)",
+                "orchestrated",
+                "monolith (orchestrated)"
+            ]
+        );
+        let row = |label: &str| -> Vec<String> {
+            t.rows
+                .iter()
+                .find(|r| r[0] == label)
+                .unwrap_or_else(|| panic!("row {label:?} in {:?}", t.rows))
+                .clone()
+        };
+        assert_eq!(row("client-seen latency")[1..], ["22.0", "13.0"]);
+        assert_eq!(row("gateway itself")[1..], ["2.00", "1.00"]);
+        // A call only one strategy makes: "-" for the other.
+        assert_eq!(
+            row("call.user.ValidateToken (as the caller saw it)")[1..],
+            ["3.00", "-"]
+        );
+        assert_eq!(
+            row("MongoDB (store.mongodb)")[1..],
+            ["6.00 (4.0x)", "6.00 (4.0x)"]
+        );
+        // (10 - 8) + (3 - 1) = 4 ms over 2 calls; the monolith's in-process call 0.5 ms.
+        assert_eq!(
+            row("network + serialisation, sum of (call - handler)")[1..],
+            ["4.00", "0.50"]
+        );
+        assert_eq!(
+            row("per-call overhead (call - handler) / calls")[1..],
+            ["2.00", "0.50"]
+        );
+        assert_eq!(
+            row("item-service handlers' own time (minus stores and calls)")[1..],
+            ["2.00", "2.00"]
+        );
+        assert!(t.rows.iter().all(|r| r.len() == 3));
+
+        let chart = waterfall_chart(&runs);
+        let ChartSpec::Stacked {
+            categories,
+            series,
+            marks,
+            ..
+        } = &chart.spec
+        else {
+            panic!("stacked chart expected, got {:?}", chart.spec);
+        };
+        assert_eq!(categories.len(), 2);
+        assert_eq!(marks, &vec![22.0, 13.0]);
+        // Sequential orchestrated checkout: the segments add up to the client-seen time.
+        let sum: f64 = series.iter().map(|s| s.values[0]).sum();
+        assert!((sum - 22.0).abs() < 1e-9, "{sum}");
+
+        let prose = waterfall_prose(&runs, 1.0);
+        assert!(
+            prose.contains(
+                "orchestrated 4.00 ms over 2.0 calls = 2.00 ms per call, 2.0x the Echo p50"
+            ),
+            "{prose}"
+        );
     }
 }
