@@ -425,6 +425,7 @@ pub fn section(echo: &RunResult, runs: &[StrategyRun], sweep: &[SweepPoint]) -> 
             f_ms(echo_p50)
         ));
     }
+    measurement.push_str(&targets_prose(orch, mono, &overhead, echo_p50));
     let waterfalls: Vec<(String, &Waterfall)> = runs
         .iter()
         .filter_map(|r| r.result.waterfall.as_ref().map(|w| (r.label.clone(), w)))
@@ -463,6 +464,50 @@ pub fn section(echo: &RunResult, runs: &[StrategyRun], sweep: &[SweepPoint]) -> 
         }),
         runs: runs_all,
     }
+}
+
+/// The project's two targets for this section, stated against the figures: orchestrated
+/// p50 at most 1.5x the monolith's, and the per-call overhead over the monolith within 2x
+/// of the Echo floor. A miss is stated with its size, never hidden.
+fn targets_prose(
+    orch: Option<&StrategyRun>,
+    mono: Option<&StrategyRun>,
+    overhead: &[serde_json::Value],
+    echo_p50: f64,
+) -> String {
+    let mut out = String::new();
+    if let (Some(o), Some(m)) = (orch, mono)
+        && m.result.latency.p50_ms > 0.0
+    {
+        let ratio = o.result.latency.p50_ms / m.result.latency.p50_ms;
+        out.push_str(&format!(
+            " Target 1, orchestrated p50 at most 1.5x the monolith's: {ratio:.2}x ({}).",
+            if ratio <= 1.5 {
+                "met".to_owned()
+            } else {
+                format!("missed by {:.2}x", ratio - 1.5)
+            }
+        ));
+    }
+    let per_orch = overhead
+        .iter()
+        .find(|o| o["strategy"].as_str() == Some("orchestrated"))
+        .and_then(|o| o["per_call_ms"].as_f64());
+    if let Some(per) = per_orch
+        && echo_p50 > 0.0
+    {
+        let ratio = per / echo_p50;
+        out.push_str(&format!(
+            " Target 2, orchestrated's per-call overhead over the monolith within 2x of the Echo floor: {} ms per call = {ratio:.2}x Echo ({}).",
+            f_ms(per),
+            if ratio <= 2.0 {
+                "met".to_owned()
+            } else {
+                format!("missed by {:.2}x", ratio - 2.0)
+            }
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
