@@ -281,6 +281,7 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
                 let lateness = lateness.clone();
                 let deadline = tokio::time::Instant::from_std(a.intended + spec.timeout);
                 tasks.spawn(async move {
+                    pacer::arrive(a.intended).await;
                     lateness.record(a.intended, Instant::now());
                     let done = one(&workload, a.n, a.n as usize, deadline).await;
                     record(&recorder, &timings, a.intended, a.intended.elapsed(), done);
