@@ -115,6 +115,7 @@ pub async fn get(
                 Safety::Idempotent,
                 pay::GetPaymentRequest {
                     payment_id: order.payment_id.clone(),
+                    order_id: String::new(),
                 },
                 |mut c, r| async move { c.get_payment(r).await },
             )
