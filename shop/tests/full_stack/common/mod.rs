@@ -170,6 +170,7 @@ pub async fn stack_with(opts: Options) -> Stack {
     .await;
     let user = user::spawn_with(|c| {
         c.payment_service_url = format!("http://{}", payment.grpc_addr);
+        c.item_service_url = format!("http://{}", item.grpc_addr);
     })
     .await;
 
