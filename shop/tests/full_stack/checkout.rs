@@ -335,14 +335,18 @@ async fn an_unanswered_commit_is_completed_by_the_recovery() {
     assert_eq!(r.body["payment"]["status"], "succeeded");
     let order_id = r.body["order"]["id"].as_str().expect("order id").to_owned();
     // While item-service keeps failing the order stays pending (and is listed as such).
-    let shown = s.get(&format!("/api/orders/{order_id}"), Some(&token)).await;
+    let shown = s
+        .get(&format!("/api/orders/{order_id}"), Some(&token))
+        .await;
     assert_eq!(shown.status, StatusCode::OK, "{:?}", shown.body);
     assert_eq!(shown.body["order"]["status"], "pending");
     assert_eq!(shown.body["payment"]["status"], "succeeded");
 
     s.set_service_faults(s.item.addr, vec![]).await;
     let placed = test_support::eventually(Duration::from_secs(30), || async {
-        let o = s.get(&format!("/api/orders/{order_id}"), Some(&token)).await;
+        let o = s
+            .get(&format!("/api/orders/{order_id}"), Some(&token))
+            .await;
         (o.body["order"]["status"] == "placed").then_some(o)
     })
     .await;

@@ -152,6 +152,8 @@ pub struct Stack {
     pub item: Running,
     pub payment: Running,
     pub user: Running,
+    /// user-service's database (a second replica may run on it).
+    pub user_database_url: String,
     pub gateway: Running,
 }
 
@@ -192,6 +194,7 @@ pub async fn stack_with(opts: Options) -> Stack {
         item: item.server,
         payment: payment.server,
         user: user.server,
+        user_database_url: user.database_url,
         gateway,
     }
 }
