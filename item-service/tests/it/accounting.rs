@@ -50,7 +50,6 @@ async fn taken(app: &TestApp, id: &str) -> i64 {
     by_item.get(&oid).copied().unwrap_or(0)
 }
 
-#[track_caller]
 async fn assert_accounted(app: &TestApp, id: &str) {
     let stock = app.stock(id).await;
     let taken = taken(app, id).await;
