@@ -308,7 +308,7 @@ pub fn evaluate(s: &Snapshot, opts: &Options) -> Report {
         }
     }
 
-    v.sort_by(|a, b| a.rule.cmp(&b.rule));
+    v.sort_by_key(|v| v.rule);
     Report {
         checked: Counts {
             payments: s.payments.len(),
