@@ -128,6 +128,7 @@ impl TestApp {
             .clone()
             .get_payment(pb::GetPaymentRequest {
                 payment_id: payment_id.into(),
+                order_id: String::new(),
             })
             .await
             .expect("GetPayment")
