@@ -11,10 +11,10 @@
 //! - d: for every item, `stock_received` = stock + units held + units committed (items from
 //!   before `stock_received` existed are listed as not accounted, not as violations); and
 //!   every committed reservation belongs to a placed or refunded order;
-//! - e: no checkout record in pending/cancelling, and no PENDING payment or refund, has gone
-//!   unchanged for longer than the recovery window.
+//! - e: no checkout record is still in pending/cancelling longer than the recovery window
+//!   after it was created, and no PENDING payment or refund has gone unchanged for longer.
 //!
-//! Checkouts still in flight (records in pending/cancelling changed within the window) are
+//! Checkouts still in flight (records in pending/cancelling created within the window) are
 //! left to rule e instead of being judged half-way. Run it on a quiet system: the stores are
 //! read one after the other, so a checkout moving between the reads can look inconsistent.
 //!
@@ -148,7 +148,7 @@ pub struct Counts {
     pub payments: usize,
     pub refunds: usize,
     pub orders: usize,
-    /// Orders in pending/cancelling changed within the window (left to rule e).
+    /// Orders in pending/cancelling created within the window (left to rule e).
     pub orders_in_flight: usize,
     pub reservations: usize,
     pub items: usize,
@@ -225,8 +225,9 @@ pub struct Args {
     #[arg(long, env = "ITEM_MONGODB_DATABASE", default_value = "shop_item")]
     pub item_mongodb_database: String,
     /// How long recovery may take to finish an abandoned checkout (user-service's
-    /// USER_RECOVERY_STUCK_SECS): held reservations past expiry plus this, and checkouts or
-    /// payments unchanged for longer, are violations.
+    /// USER_RECOVERY_STUCK_SECS): held reservations past expiry plus this, checkouts
+    /// unfinished this long after they started, and payments or refunds PENDING and
+    /// unchanged for longer, are violations.
     #[arg(long, default_value_t = 60)]
     pub recovery_window_secs: u64,
     /// Print the report as JSON instead of lines.

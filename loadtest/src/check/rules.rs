@@ -270,7 +270,7 @@ pub fn evaluate(s: &Snapshot, opts: &Options) -> Report {
                 Rule::Stuck,
                 &[("order", o.order_id.as_str())],
                 format!(
-                    "checkout record {} and unchanged for {} s (window {} s)",
+                    "checkout record still {} {} s after it started (window {} s)",
                     o.status,
                     o.age.as_secs(),
                     opts.recovery_window.as_secs()

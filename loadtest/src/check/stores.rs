@@ -56,7 +56,9 @@ pub struct Order {
     pub currency: Option<String>,
     pub payment_id: Option<String>,
     pub reservation_id: String,
-    /// Time since it last changed.
+    /// Time since it was created. Not since it last changed: a recovery round that waits
+    /// hands the record back and so refreshes `updated_at`; a checkout must be finished
+    /// within the window of its start (user-service's stuck gauge counts the same way).
     pub age: Duration,
 }
 
@@ -197,7 +199,7 @@ impl Stores {
         let rows = sqlx::query(
             "SELECT order_id::text AS order_id, status, total_minor, currency, payment_id, \
                     reservation_id, \
-                    (EXTRACT(EPOCH FROM (now() - updated_at)) * 1000)::bigint AS age_ms \
+                    (EXTRACT(EPOCH FROM (now() - created_at)) * 1000)::bigint AS age_ms \
              FROM orders",
         )
         .fetch_all(&mut *c)

@@ -389,18 +389,52 @@ async fn a_reservation_held_long_past_its_expiry_is_reported() {
     assert!(wide.is_clean(), "{:#?}", wide.violations);
 }
 
+/// Inserts a checkout record in `status`, started `age_secs` ago, whose lease runs for
+/// another hour (so user-service's recovery leaves it alone); returns its order id.
+async fn insert_checkout(shop: &Shop, status: &str, age_secs: i64) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut c = PgConnection::connect(&shop.urls.user_database_url)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(
+        "INSERT INTO orders (order_id, user_id, lines, priced, reservation_id, status, \
+                             lease_token, lease_until, created_at, updated_at) \
+         SELECT $1::uuid, user_id, '[]'::jsonb, false, $2, $3, $1::uuid, \
+                now() + interval '1 hour', now() - $4 * interval '1 second', now() \
+         FROM users LIMIT 1",
+    )
+    .bind(&id)
+    .bind(format!("forged-{id}"))
+    .bind(status)
+    .bind(age_secs as f64)
+    .execute(&mut c)
+    .await
+    .expect("insert a checkout record");
+    c.close().await.ok();
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_left_pending_past_the_window_is_reported() {
+async fn work_left_unfinished_past_the_window_is_reported() {
     let shop = shop_with_checkouts(|_| {}).await;
     // payment-service's reconcile timer is off in tests: nothing settles these.
-    let (fresh, _) = insert_payment(&shop, "PENDING", 5).await;
-    let (stale, _) = insert_payment(&shop, "PENDING", 120).await;
+    let (fresh_payment, _) = insert_payment(&shop, "PENDING", 5).await;
+    let (stale_payment, _) = insert_payment(&shop, "PENDING", 120).await;
+    let fresh_order = insert_checkout(&shop, "pending", 5).await;
+    let stale_order = insert_checkout(&shop, "cancelling", 120).await;
 
     let report = check_now(&shop).await;
     let rules: Vec<Rule> = report.violations.iter().map(|v| v.rule).collect();
-    assert_eq!(rules, [Rule::Stuck], "{:#?}", report.violations);
-    assert!(report.violations[0].names("payment", &stale));
-    assert!(!report.violations[0].names("payment", &fresh));
+    assert_eq!(
+        rules,
+        [Rule::Stuck, Rule::Stuck],
+        "{:#?}",
+        report.violations
+    );
+    let named = |kind: &str, id: &str| report.violations.iter().any(|v| v.names(kind, id));
+    assert!(named("payment", &stale_payment) && named("order", &stale_order));
+    assert!(!named("payment", &fresh_payment) && !named("order", &fresh_order));
+    assert_eq!(report.checked.orders_in_flight, 1);
 }
 
 /// Everything the stores hold that the checker reads, as text, to compare.
