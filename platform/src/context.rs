@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 use tonic::metadata::MetadataValue;
 
+use crate::identity::{Caller, UserAssertion};
+
 pub const TRACEPARENT: &str = "traceparent";
 pub const REQUEST_ID: &str = "x-request-id";
 const GRPC_TIMEOUT: &str = "grpc-timeout";
@@ -127,6 +129,9 @@ impl Deadline {
 pub struct CallContext {
     pub trace: TraceContext,
     pub deadline: Option<Instant>,
+    /// The end user the call is made for, asserted to the next hop (see
+    /// [`crate::identity`]); None for calls a service makes on its own.
+    pub user: Option<UserAssertion>,
 }
 
 impl CallContext {
@@ -135,6 +140,7 @@ impl CallContext {
         Self {
             trace: TraceContext::new_root(),
             deadline: budget.map(|b| Instant::now() + b),
+            user: None,
         }
     }
 
@@ -152,7 +158,19 @@ impl CallContext {
             .copied()
             .or_else(|| Deadline::from_headers(&req.metadata().clone().into_headers()))
             .map(|d| d.0);
-        Self { trace, deadline }
+        // The user the verified caller acts for travels on to the next hop.
+        let user = Caller::of(req).and_then(|c| c.user);
+        Self {
+            trace,
+            deadline,
+            user,
+        }
+    }
+
+    /// The same context, made on behalf of `user`.
+    pub fn for_user(mut self, user: Option<UserAssertion>) -> Self {
+        self.user = user;
+        self
     }
 
     /// Time left before the caller gives up; None means no deadline was set.
@@ -178,6 +196,9 @@ impl CallContext {
             // A zero timeout would be sent as "0n"; give the hop at least a millisecond to
             // answer DEADLINE_EXCEEDED itself.
             req.set_timeout(t.max(Duration::from_millis(1)));
+        }
+        if let Some(user) = self.user {
+            req.extensions_mut().insert(user);
         }
         let md = req.metadata_mut();
         if let Ok(v) = MetadataValue::try_from(self.trace.traceparent()) {

@@ -1,7 +1,8 @@
 //! gRPC server bootstrap shared by every service: standard health service, server
-//! reflection (v1 and v1alpha, for grpcurl 1.8), fault injection and echo admin services,
-//! a server-side request timeout, the observe layer (request context, span, metrics) and
-//! graceful shutdown.
+//! reflection (v1 and v1alpha, for grpcurl 1.8), the echo service and (when switched on)
+//! the fault admin, the caller check (service identity and allow-lists, see
+//! [`crate::policy`]), a server-side request timeout, the observe layer (request context,
+//! span, metrics) and graceful shutdown.
 
 use std::{
     future::Future,
@@ -19,6 +20,8 @@ use tracing::Instrument;
 use crate::{
     context::{Deadline, TraceContext},
     faults::{EchoService, FaultAdminService, FaultInjector, FaultLayer},
+    identity::Trust,
+    policy::{AuthLayer, Guard, ServicePolicy},
 };
 
 /// Settings every gRPC server shares.
@@ -27,6 +30,12 @@ pub struct ServerOptions {
     /// Upper bound on any one request, whatever the caller's `grpc-timeout` says.
     pub request_timeout: Duration,
     pub faults: FaultInjector,
+    /// The callers' public keys this server accepts (empty: every call but health and
+    /// reflection is refused).
+    pub trust: Trust,
+    /// Serve `shop.admin.v1.FaultAdmin` (operator only). Off: it does not exist; the
+    /// startup fault rules still apply.
+    pub fault_admin: bool,
 }
 
 impl Default for ServerOptions {
@@ -34,6 +43,8 @@ impl Default for ServerOptions {
         Self {
             request_timeout: Duration::from_secs(30),
             faults: FaultInjector::default(),
+            trust: Trust::default(),
+            fault_admin: false,
         }
     }
 }
@@ -46,20 +57,25 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Adds the admin services every Shop server hosts beside its own: fault injection
-/// control and the echo floor.
-pub fn with_admin_services(routes: Routes, faults: &FaultInjector) -> Routes {
-    routes
-        .add_service(FaultAdminServer::new(FaultAdminService(faults.clone())))
-        .add_service(EchoServer::new(EchoService))
+/// Adds the admin services every Shop server hosts beside its own: the echo floor and,
+/// when `fault_admin`, fault injection control.
+pub fn with_admin_services(routes: Routes, faults: &FaultInjector, fault_admin: bool) -> Routes {
+    let routes = routes.add_service(EchoServer::new(EchoService));
+    if fault_admin {
+        routes.add_service(FaultAdminServer::new(FaultAdminService(faults.clone())))
+    } else {
+        routes
+    }
 }
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then drains in-flight calls.
-/// `served` lists the fully-qualified service names health reports as SERVING.
+/// `served` lists the fully-qualified service names health reports as SERVING; `policies`
+/// their allow-lists.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     served: &[&str],
+    policies: &[ServicePolicy],
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -82,25 +98,32 @@ pub async fn serve(
     }
     // The descriptor set holds every Shop service; advertise only what this server hosts,
     // so `grpcurl list` on user-service does not offer ItemService.
-    let advertised = served.iter().copied().chain([
-        "grpc.health.v1.Health",
-        "shop.admin.v1.FaultAdmin",
-        "shop.admin.v1.Echo",
-    ]);
+    let admin: &[&str] = if options.fault_admin {
+        &["shop.admin.v1.FaultAdmin", "shop.admin.v1.Echo"]
+    } else {
+        &["shop.admin.v1.Echo"]
+    };
+    let advertised = served
+        .iter()
+        .copied()
+        .chain(["grpc.health.v1.Health"])
+        .chain(admin.iter().copied());
     for name in advertised {
         v1 = v1.with_service_name(name);
         v1alpha = v1alpha.with_service_name(name);
     }
 
-    let routes = with_admin_services(routes, &options.faults)
+    let routes = with_admin_services(routes, &options.faults, options.fault_admin)
         .add_service(health_service)
         .add_service(v1.build_v1()?)
         .add_service(v1alpha.build_v1alpha()?);
 
     // Deadline inside observe (so a timeout is counted and logged as DEADLINE_EXCEEDED) and
-    // outside faults (so injected latency runs into the deadline like real latency).
+    // outside faults (so injected latency runs into the deadline like real latency). The
+    // caller check inside observe too, so refusals are counted and logged.
     let layers = tower::ServiceBuilder::new()
         .layer(ObserveLayer)
+        .layer(AuthLayer(Guard::new(options.trust.clone(), policies)))
         .layer(DeadlineLayer(options.request_timeout))
         .layer(FaultLayer(options.faults.clone()));
 
@@ -270,9 +293,97 @@ where
 mod tests {
     use std::time::{Duration, Instant};
 
-    use shop_proto::admin::v1::{EchoRequest, echo_client::EchoClient};
+    use shop_proto::admin::v1::{
+        EchoRequest, GetFaultsRequest, echo_client::EchoClient,
+        fault_admin_client::FaultAdminClient,
+    };
 
     use super::*;
+    use crate::identity::{GATEWAY, OPERATOR, Signer};
+
+    const PROBE: ServicePolicy = ServicePolicy {
+        service: "shop.test.v1.Probe",
+        audience: Some("probe"),
+        rules: &[],
+    };
+
+    async fn serving(
+        options: ServerOptions,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(
+            listener,
+            Routes::default(),
+            &[],
+            &[PROBE],
+            options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        (addr, stop)
+    }
+
+    #[tokio::test]
+    async fn the_fault_admin_exists_only_when_switched_on_and_only_for_the_operator() {
+        let op = Signer::ephemeral(OPERATOR).expect("key");
+        let gw = Signer::ephemeral(GATEWAY).expect("key");
+        let trust = Trust::of(&[&op, &gw]);
+        let get = |addr: std::net::SocketAddr, signer: Signer| async move {
+            let channel =
+                crate::transport::channel(&format!("http://{addr}"), Duration::from_secs(2))
+                    .expect("channel");
+            FaultAdminClient::new(crate::policy::sign(channel, &signer, "probe"))
+                .get_faults(GetFaultsRequest {})
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code())
+        };
+
+        let (closed, _stop_closed) = serving(ServerOptions {
+            trust: trust.clone(),
+            ..ServerOptions::default()
+        })
+        .await;
+        assert_eq!(
+            get(closed, op.clone()).await,
+            Err(tonic::Code::Unimplemented)
+        );
+
+        let (open, _stop_open) = serving(ServerOptions {
+            trust,
+            fault_admin: true,
+            ..ServerOptions::default()
+        })
+        .await;
+        assert_eq!(get(open, op).await, Ok(()));
+        assert_eq!(get(open, gw).await, Err(tonic::Code::PermissionDenied));
+    }
+
+    #[tokio::test]
+    async fn a_call_without_a_token_is_unauthenticated_and_health_stays_open() {
+        let op = Signer::ephemeral(OPERATOR).expect("key");
+        let (addr, _stop) = serving(ServerOptions {
+            trust: Trust::of(&[&op]),
+            ..ServerOptions::default()
+        })
+        .await;
+        let channel = crate::transport::channel(&format!("http://{addr}"), Duration::from_secs(2))
+            .expect("channel");
+        let refused = EchoClient::new(channel.clone())
+            .echo(EchoRequest { payload: vec![1] })
+            .await
+            .expect_err("no token");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let health = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        assert!(health.is_ok(), "{health:?}");
+    }
 
     /// Regression test for Nagle + delayed ACK on accepted sockets: a response of a few KB
     /// leaves as several writes, and without TCP_NODELAY the later ones wait for the
@@ -284,18 +395,24 @@ mod tests {
         let listener = bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let op = Signer::ephemeral(OPERATOR).expect("key");
+        let options = ServerOptions {
+            trust: Trust::of(&[&op]),
+            ..ServerOptions::default()
+        };
         let server = tokio::spawn(serve(
             listener,
             Routes::default(),
             &[],
-            ServerOptions::default(),
+            &[PROBE],
+            options,
             async {
                 let _ = stopped.await;
             },
         ));
         let channel = crate::transport::channel(&format!("http://{addr}"), Duration::from_secs(2))
             .expect("channel");
-        let mut client = EchoClient::new(channel);
+        let mut client = EchoClient::new(crate::policy::sign(channel, &op, "probe"));
         let payload = vec![7u8; 6 * 1024];
         let mut took = Vec::new();
         for _ in 0..21 {

@@ -19,6 +19,8 @@ use tower::{Layer as _, util::BoxCloneSyncService};
 use crate::{
     faults::{FaultInjector, FaultLayer},
     grpc::ServerOptions,
+    identity::Trust,
+    policy::{AuthLayer, Guard, ServicePolicy},
     transport::GrpcTransport,
 };
 
@@ -58,6 +60,7 @@ type LocalServer = BoxCloneSyncService<http::Request<Body>, http::Response<Body>
 /// One service, described once for whatever process hosts it.
 pub struct Hosted {
     name: &'static str,
+    policy: ServicePolicy,
     add_route: Box<dyn FnOnce(Routes) -> Routes + Send>,
     local: LocalServer,
     tasks: Vec<Task>,
@@ -66,7 +69,8 @@ pub struct Hosted {
 impl Hosted {
     /// A service served by `server` (e.g. `UserServiceServer::new(..)`); its fully
     /// qualified name is what health reports as SERVING and reflection advertises.
-    pub fn new<S>(server: S) -> Self
+    /// `policy` says who may call which of its RPCs (for `S::NAME`).
+    pub fn new<S>(server: S, policy: ServicePolicy) -> Self
     where
         S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
             + NamedService
@@ -77,8 +81,10 @@ impl Hosted {
         S::Future: Send + 'static,
     {
         let routed = server.clone();
+        debug_assert_eq!(policy.service, S::NAME, "a policy for another service");
         Self {
             name: S::NAME,
+            policy,
             add_route: Box::new(move |routes| routes.add_service(routed)),
             local: BoxCloneSyncService::new(server),
             tasks: Vec::new(),
@@ -104,10 +110,18 @@ impl Hosted {
         self.tasks.iter().map(Task::name).collect()
     }
 
-    /// The service's server as an in-process transport, with `faults` applied as a server
-    /// would apply them.
-    pub fn in_process(&self, faults: &FaultInjector) -> GrpcTransport {
-        crate::transport::in_process(FaultLayer(faults.clone()).layer(self.local.clone()))
+    pub fn policy(&self) -> ServicePolicy {
+        self.policy
+    }
+
+    /// The service's server as an in-process transport, with the caller check (trusting
+    /// `trust`) and `faults` applied as a server would apply them. Callers sign their calls
+    /// on it like on a channel ([`crate::policy::sign`]).
+    pub fn in_process(&self, faults: &FaultInjector, trust: &Trust) -> GrpcTransport {
+        let guard = Guard::new(trust.clone(), &[self.policy]);
+        crate::transport::in_process(
+            AuthLayer(guard).layer(FaultLayer(faults.clone()).layer(self.local.clone())),
+        )
     }
 }
 
@@ -181,11 +195,13 @@ impl Host {
     ) -> anyhow::Result<()> {
         let shutdown: Shutdown = shutdown.boxed().shared();
         let mut names = Vec::new();
+        let mut policies = Vec::new();
         let mut routes = Routes::default();
         let mut tasks = self.tasks;
         for service in self.services {
             tracing::debug!(service = service.name, tasks = ?service.task_names(), "hosting");
             names.push(service.name);
+            policies.push(service.policy);
             routes = (service.add_route)(routes);
             tasks.extend(service.tasks);
         }
@@ -201,11 +217,16 @@ impl Host {
             .map(|l| tokio::spawn(crate::metrics::serve(l, shutdown.clone())));
 
         let served = match self.grpc {
-            Some(listener) => {
-                crate::grpc::serve(listener, routes, &names, self.options, shutdown.clone())
-                    .await
-                    .context("serving gRPC")
-            }
+            Some(listener) => crate::grpc::serve(
+                listener,
+                routes,
+                &names,
+                &policies,
+                self.options,
+                shutdown.clone(),
+            )
+            .await
+            .context("serving gRPC"),
             None => {
                 shutdown.clone().await;
                 Ok(())
@@ -312,7 +333,12 @@ mod tests {
     fn probed() -> (Hosted, oneshot::Receiver<()>, oneshot::Receiver<()>) {
         let (started_tx, started) = oneshot::channel();
         let (stopped_tx, stopped) = oneshot::channel();
-        let service = Hosted::new(Probe).with_task("probe", |stop| async {
+        let policy = ServicePolicy {
+            service: Probe::NAME,
+            audience: Some("probe"),
+            rules: &[],
+        };
+        let service = Hosted::new(Probe, policy).with_task("probe", |stop| async {
             let _ = started_tx.send(());
             stop.await;
             let _ = stopped_tx.send(());

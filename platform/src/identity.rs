@@ -1,0 +1,661 @@
+//! Service identity: who is calling. Each service (and the operator) has its own Ed25519
+//! key pair; a caller proves its name with a short-lived compact JWS (EdDSA) in the
+//! `x-shop-caller` metadata, with the target service as audience and, optionally, the end
+//! user it acts for (`act`). Every server trusts a set of public keys by service name.
+//!
+//! Tokens rather than mutual TLS because the monolith's in-process calls go through the same
+//! tower stack: they carry the same tokens and meet the same checks, so the policy is one
+//! piece of code in both deployments.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::signature::KeyPair as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The metadata key the service token travels in (not `authorization`: that stays free
+/// for whatever an end user sends).
+pub const CALLER_HEADER: &str = "x-shop-caller";
+
+pub const GATEWAY: &str = "gateway";
+pub const USER_SERVICE: &str = "user-service";
+pub const ITEM_SERVICE: &str = "item-service";
+pub const PAYMENT_SERVICE: &str = "payment-service";
+/// A person operating the shop (grpcurl, the load test, the experiment): allowed every RPC.
+pub const OPERATOR: &str = "operator";
+
+/// Every identity `shopctl keys init` makes a key for.
+pub const IDENTITIES: [&str; 5] = [
+    GATEWAY,
+    USER_SERVICE,
+    ITEM_SERVICE,
+    PAYMENT_SERVICE,
+    OPERATOR,
+];
+
+/// How long a token minted for one call lives.
+pub const TOKEN_TTL: Duration = Duration::from_secs(60);
+/// Clock difference tolerated between caller and callee.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
+/// The longest lifetime a server accepts (an operator's token for a grpcurl session).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{0}")]
+    Key(String),
+    #[error("signing a service token")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The end user's role, as the caller asserts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserRole {
+    Customer,
+    Admin,
+}
+
+/// "I call on behalf of this user": made by the caller that authenticated the user (the
+/// gateway after verifying the user's access token; a chained hop passing on what it was
+/// told by a caller it verified).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserAssertion {
+    pub user_id: Uuid,
+    pub role: UserRole,
+}
+
+impl UserAssertion {
+    pub fn is_admin(&self) -> bool {
+        self.role == UserRole::Admin
+    }
+}
+
+/// The verified caller of a gRPC request, in its extensions for handlers to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub service: String,
+    pub user: Option<UserAssertion>,
+}
+
+impl Caller {
+    pub fn is(&self, service: &str) -> bool {
+        self.service == service
+    }
+
+    /// The caller of `req`, as the server's identity layer verified it.
+    pub fn of<T>(req: &tonic::Request<T>) -> Option<&Caller> {
+        req.extensions().get::<Caller>()
+    }
+}
+
+/// What a handler decided about the end user of a call (see [`authorize_user`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acting {
+    /// The call is for this user, and the caller asserted so.
+    Owner,
+    /// An admin user, or the operator: may see and act on anyone's data.
+    Privileged,
+    /// A service acting for itself (a recovery or reconciler), allowed by the caller list.
+    System,
+}
+
+/// May the caller of this request act on `owner`'s data? Allowed: the asserted user is the
+/// owner, or an admin; the operator; or, with no user asserted, one of `system` callers
+/// (services that act on their own, like user-service's recovery). A missing identity or a
+/// missing user is UNAUTHENTICATED, somebody else's data PERMISSION_DENIED.
+pub fn authorize_user(
+    caller: Option<&Caller>,
+    owner: Uuid,
+    system: &[&str],
+) -> Result<Acting, tonic::Status> {
+    let caller = caller.ok_or_else(|| tonic::Status::unauthenticated("no verified caller"))?;
+    if caller.is(OPERATOR) {
+        return Ok(Acting::Privileged);
+    }
+    match caller.user {
+        Some(u) if u.is_admin() => Ok(Acting::Privileged),
+        Some(u) if u.user_id == owner => Ok(Acting::Owner),
+        Some(_) => Err(tonic::Status::permission_denied(
+            "this belongs to another user",
+        )),
+        None if system.contains(&caller.service.as_str()) => Ok(Acting::System),
+        None => Err(tonic::Status::unauthenticated(
+            "this call needs the end user it is made for (act claim in x-shop-caller)",
+        )),
+    }
+}
+
+/// The caller must be the operator or act for an admin user.
+pub fn require_admin(caller: Option<&Caller>) -> Result<(), tonic::Status> {
+    let caller = caller.ok_or_else(|| tonic::Status::unauthenticated("no verified caller"))?;
+    if caller.is(OPERATOR) {
+        return Ok(());
+    }
+    match caller.user {
+        Some(u) if u.is_admin() => Ok(()),
+        Some(_) => Err(tonic::Status::permission_denied(
+            "this needs an admin account",
+        )),
+        None => Err(tonic::Status::unauthenticated(
+            "this call needs the admin user it is made for (act claim in x-shop-caller)",
+        )),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    aud: String,
+    iat: u64,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    act: Option<UserAssertion>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A new Ed25519 private key, PKCS#8 PEM (what `openssl genpkey -algorithm ed25519` writes).
+pub fn generate_key() -> Result<SecretString, IdentityError> {
+    let rng = ring::rand::SystemRandom::new();
+    let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| IdentityError::Key("generating an Ed25519 key failed".into()))?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(doc.as_ref());
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    Ok(SecretString::from(pem))
+}
+
+fn pem_der(pem: &str) -> Result<Vec<u8>, IdentityError> {
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+        .collect();
+    if !pem.contains("-----BEGIN PRIVATE KEY-----") {
+        return Err(IdentityError::Key(
+            "not a PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----)".into(),
+        ));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| IdentityError::Key("the private key PEM is not valid base64".into()))
+}
+
+/// Signs tokens as one identity.
+#[derive(Clone)]
+pub struct Signer(Arc<SignerInner>);
+
+struct SignerInner {
+    name: String,
+    key: EncodingKey,
+    public: String,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signer({}, <private key>)", self.0.name)
+    }
+}
+
+impl Signer {
+    /// `name`'s signer from its PKCS#8 PEM Ed25519 private key.
+    pub fn from_pem(name: &str, pem: &SecretString) -> Result<Self, IdentityError> {
+        let der = pem_der(pem.expose_secret())?;
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+            .map_err(|_| IdentityError::Key("not an Ed25519 private key".into()))?;
+        let public =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        Ok(Self(Arc::new(SignerInner {
+            name: name.to_owned(),
+            key: EncodingKey::from_ed_der(&der),
+            public,
+        })))
+    }
+
+    /// A signer with a fresh key that lives only in this process (the monolith's internal
+    /// identities, tests).
+    pub fn ephemeral(name: &str) -> Result<Self, IdentityError> {
+        Self::from_pem(name, &generate_key()?)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The public key, base64url (the form trust files hold).
+    pub fn public_key(&self) -> &str {
+        &self.0.public
+    }
+
+    /// A token for one call to `audience`, on behalf of `user` when given.
+    pub fn mint(
+        &self,
+        audience: &str,
+        user: Option<UserAssertion>,
+    ) -> Result<String, IdentityError> {
+        self.mint_for(audience, user, TOKEN_TTL)
+    }
+
+    /// A token that lives `ttl` (capped at [`MAX_LIFETIME`]).
+    pub fn mint_for(
+        &self,
+        audience: &str,
+        user: Option<UserAssertion>,
+        ttl: Duration,
+    ) -> Result<String, IdentityError> {
+        self.mint_at(audience, user, now(), ttl.min(MAX_LIFETIME))
+    }
+
+    fn mint_at(
+        &self,
+        audience: &str,
+        user: Option<UserAssertion>,
+        iat: u64,
+        ttl: Duration,
+    ) -> Result<String, IdentityError> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.0.name.clone());
+        let claims = Claims {
+            iss: self.0.name.clone(),
+            sub: self.0.name.clone(),
+            aud: audience.to_owned(),
+            iat,
+            exp: iat + ttl.as_secs(),
+            act: user,
+        };
+        Ok(jsonwebtoken::encode(&header, &claims, &self.0.key)?)
+    }
+}
+
+/// Why a token was refused (said to the caller as UNAUTHENTICATED).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("missing {CALLER_HEADER} service token")]
+    Missing,
+    #[error("malformed {CALLER_HEADER} service token")]
+    Malformed,
+    #[error("service token of an unknown caller {0:?}")]
+    UnknownCaller(String),
+    #[error("service token signature or claims invalid")]
+    Invalid,
+    #[error("service token expired")]
+    Expired,
+    #[error("service token is for another service")]
+    WrongAudience,
+}
+
+/// The public keys a server trusts, by service name.
+#[derive(Clone, Default)]
+pub struct Trust(Arc<HashMap<String, Vec<DecodingKey>>>);
+
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self.0.keys().collect();
+        names.sort();
+        write!(f, "Trust({names:?})")
+    }
+}
+
+impl Trust {
+    /// Parses a trust file: one `NAME PUBLIC-KEY` per line (base64url Ed25519 key), `#`
+    /// comments; a name may have several keys (rotation).
+    pub fn parse(text: &str) -> Result<Self, IdentityError> {
+        let mut keys: HashMap<String, Vec<DecodingKey>> = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (Some(name), Some(key), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(IdentityError::Key(format!(
+                    "trusted keys line {}: expected `NAME PUBLIC-KEY`",
+                    n + 1
+                )));
+            };
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(key)
+                .ok()
+                .filter(|r| r.len() == 32)
+                .ok_or_else(|| {
+                    IdentityError::Key(format!(
+                        "trusted keys line {}: not a base64url Ed25519 public key",
+                        n + 1
+                    ))
+                })?;
+            keys.entry(name.to_owned())
+                .or_default()
+                .push(DecodingKey::from_ed_der(&raw));
+        }
+        Ok(Self(Arc::new(keys)))
+    }
+
+    /// Trusts exactly these signers' public keys.
+    pub fn of(signers: &[&Signer]) -> Self {
+        Self::parse(&trust_file(signers)).unwrap_or_default()
+    }
+
+    /// Both sets of keys.
+    pub fn union(&self, other: &Trust) -> Self {
+        let mut keys = (*self.0).clone();
+        for (name, more) in other.0.iter() {
+            keys.entry(name.clone())
+                .or_default()
+                .extend(more.iter().cloned());
+        }
+        Self(Arc::new(keys))
+    }
+
+    pub fn trusts(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// Verifies `token` for a server known as any of `audiences`.
+    pub fn verify(&self, token: &str, audiences: &[&str]) -> Result<Caller, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let name = header.kid.ok_or(TokenError::Malformed)?;
+        let keys = self
+            .0
+            .get(&name)
+            .ok_or_else(|| TokenError::UnknownCaller(name.clone()))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.algorithms = vec![Algorithm::EdDSA];
+        validation.set_audience(audiences);
+        validation.set_issuer(&[&name]);
+        validation.sub = Some(name.clone());
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        validation.leeway = CLOCK_SKEW.as_secs();
+        let mut last = TokenError::Invalid;
+        for key in keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => {
+                    let c = data.claims;
+                    let skew = CLOCK_SKEW.as_secs();
+                    if c.iat > now() + skew || c.exp.saturating_sub(c.iat) > MAX_LIFETIME.as_secs()
+                    {
+                        return Err(TokenError::Invalid);
+                    }
+                    return Ok(Caller {
+                        service: name,
+                        user: c.act,
+                    });
+                }
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind;
+                    last = match e.kind() {
+                        ErrorKind::ExpiredSignature => TokenError::Expired,
+                        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+                        _ => TokenError::Invalid,
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The trust file naming these signers' public keys.
+pub fn trust_file(signers: &[&Signer]) -> String {
+    let mut out = String::from("# Shop service identities: NAME ED25519-PUBLIC-KEY (base64url)\n");
+    for s in signers {
+        out.push_str(&format!("{} {}\n", s.name(), s.public_key()));
+    }
+    out
+}
+
+/// On/off switch for an environment setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    #[default]
+    Off,
+}
+
+/// A process's identity settings: its own private key and the public keys it trusts, and
+/// whether its fault/admin APIs exist. Every service flattens this into its config.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct IdentitySettings {
+    /// This process's Ed25519 private key (PKCS#8 PEM file), to sign its calls.
+    #[arg(long, env = "SHOP_IDENTITY_KEY_FILE")]
+    pub identity_key_file: Option<PathBuf>,
+    /// The same key as a value (instead of the file).
+    #[arg(long, env = "SHOP_IDENTITY_KEY", hide_env_values = true)]
+    pub identity_key: Option<SecretString>,
+    /// The public keys this process trusts, by service name (a trust file).
+    #[arg(long, env = "SHOP_TRUSTED_KEYS_FILE")]
+    pub trusted_keys_file: Option<PathBuf>,
+    /// The same trust file as a value.
+    #[arg(long, env = "SHOP_TRUSTED_KEYS")]
+    pub trusted_keys: Option<String>,
+    /// Serve the fault-injection admin APIs (operator credential required). Off: they do
+    /// not exist.
+    #[arg(long, env = "SHOP_FAULT_ADMIN", value_enum, default_value = "off")]
+    pub fault_admin: Switch,
+}
+
+impl IdentitySettings {
+    /// Settings with a key and a trust file given as values.
+    pub fn with_values(key: Option<SecretString>, trusted: &str) -> Self {
+        Self {
+            identity_key: key,
+            trusted_keys: Some(trusted.to_owned()),
+            ..Self::default()
+        }
+    }
+
+    pub fn fault_admin(&self) -> bool {
+        self.fault_admin == Switch::On
+    }
+
+    /// The signer for `name`, from the key value or file. Required for a process that calls
+    /// other services.
+    pub fn signer(&self, name: &str) -> Result<Signer, IdentityError> {
+        let pem = match (&self.identity_key, &self.identity_key_file) {
+            (Some(k), _) => k.clone(),
+            (None, Some(path)) => {
+                SecretString::from(std::fs::read_to_string(path).map_err(|source| {
+                    IdentityError::Read {
+                        path: path.clone(),
+                        source,
+                    }
+                })?)
+            }
+            (None, None) => {
+                return Err(IdentityError::Key(format!(
+                    "SHOP_IDENTITY_KEY_FILE is not set: {name} signs its calls with its own \
+                     private key (make keys with `shopctl keys init DIR`)"
+                )));
+            }
+        };
+        Signer::from_pem(name, &pem)
+            .map_err(|e| IdentityError::Key(format!("SHOP_IDENTITY_KEY(_FILE) of {name}: {e}")))
+    }
+
+    /// The keys this process trusts; required for a process that serves calls.
+    pub fn trust(&self) -> Result<Trust, IdentityError> {
+        let text = match (&self.trusted_keys, &self.trusted_keys_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => {
+                std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            (None, None) => {
+                return Err(IdentityError::Key(
+                    "SHOP_TRUSTED_KEYS_FILE is not set: a server accepts only callers whose \
+                     public keys it trusts (make keys with `shopctl keys init DIR`)"
+                        .into(),
+                ));
+            }
+        };
+        Trust::parse(&text)
+            .map_err(|e| IdentityError::Key(format!("SHOP_TRUSTED_KEYS(_FILE): {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(role: UserRole) -> UserAssertion {
+        UserAssertion {
+            user_id: Uuid::new_v4(),
+            role,
+        }
+    }
+
+    #[test]
+    fn a_minted_token_verifies_with_its_audience_and_carries_the_user() {
+        let gw = Signer::ephemeral(GATEWAY).expect("key");
+        let trust = Trust::of(&[&gw]);
+        let u = user(UserRole::Customer);
+        let token = gw.mint(PAYMENT_SERVICE, Some(u)).expect("mint");
+        let caller = trust.verify(&token, &[PAYMENT_SERVICE]).expect("valid");
+        assert_eq!(caller.service, GATEWAY);
+        assert_eq!(caller.user, Some(u));
+        assert_eq!(
+            trust.verify(&token, &[ITEM_SERVICE]),
+            Err(TokenError::WrongAudience)
+        );
+    }
+
+    #[test]
+    fn expired_forged_and_unknown_tokens_are_refused() {
+        let gw = Signer::ephemeral(GATEWAY).expect("key");
+        let trust = Trust::of(&[&gw]);
+        let old = gw
+            .mint_at(PAYMENT_SERVICE, None, now() - 600, TOKEN_TTL)
+            .expect("mint");
+        assert_eq!(
+            trust.verify(&old, &[PAYMENT_SERVICE]),
+            Err(TokenError::Expired)
+        );
+        // Signed by another key under the gateway's name.
+        let impostor = Signer::ephemeral(GATEWAY).expect("key");
+        let forged = impostor.mint(PAYMENT_SERVICE, None).expect("mint");
+        assert_eq!(
+            trust.verify(&forged, &[PAYMENT_SERVICE]),
+            Err(TokenError::Invalid)
+        );
+        // A name nobody trusts.
+        let stranger = Signer::ephemeral("stranger").expect("key");
+        let token = stranger.mint(PAYMENT_SERVICE, None).expect("mint");
+        assert!(matches!(
+            trust.verify(&token, &[PAYMENT_SERVICE]),
+            Err(TokenError::UnknownCaller(_))
+        ));
+        // The claimed name in the header must be the issuer the claims name.
+        let mut parts = gw.mint(PAYMENT_SERVICE, None).expect("mint");
+        parts.push('x');
+        assert!(trust.verify(&parts, &[PAYMENT_SERVICE]).is_err());
+        assert_eq!(
+            trust.verify("garbage", &[PAYMENT_SERVICE]),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn tokens_living_too_long_or_from_the_future_are_refused() {
+        let op = Signer::ephemeral(OPERATOR).expect("key");
+        let trust = Trust::of(&[&op]);
+        let long = op
+            .mint_at(ITEM_SERVICE, None, now(), Duration::from_secs(86_400))
+            .expect("mint");
+        assert_eq!(
+            trust.verify(&long, &[ITEM_SERVICE]),
+            Err(TokenError::Invalid)
+        );
+        let future = op
+            .mint_at(ITEM_SERVICE, None, now() + 600, TOKEN_TTL)
+            .expect("mint");
+        assert_eq!(
+            trust.verify(&future, &[ITEM_SERVICE]),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn trust_files_round_trip_and_bad_lines_name_the_line() {
+        let a = Signer::ephemeral(GATEWAY).expect("key");
+        let b = Signer::ephemeral(OPERATOR).expect("key");
+        let trust = Trust::parse(&trust_file(&[&a, &b])).expect("parse");
+        assert!(trust.trusts(GATEWAY) && trust.trusts(OPERATOR) && !trust.trusts(ITEM_SERVICE));
+        let err = Trust::parse("gateway\n")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("line 1"), "{err}");
+        let err = Trust::parse("# c\ngateway abc\n")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn user_checks_tell_owner_admin_system_and_strangers_apart() {
+        let owner = Uuid::new_v4();
+        let as_user = |id, role| Caller {
+            service: GATEWAY.into(),
+            user: Some(UserAssertion { user_id: id, role }),
+        };
+        let c = as_user(owner, UserRole::Customer);
+        assert_eq!(
+            authorize_user(Some(&c), owner, &[]).ok(),
+            Some(Acting::Owner)
+        );
+        let c = as_user(Uuid::new_v4(), UserRole::Customer);
+        assert_eq!(
+            authorize_user(Some(&c), owner, &[]).map_err(|s| s.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+        let c = as_user(Uuid::new_v4(), UserRole::Admin);
+        assert_eq!(
+            authorize_user(Some(&c), owner, &[]).ok(),
+            Some(Acting::Privileged)
+        );
+        let c = Caller {
+            service: GATEWAY.into(),
+            user: None,
+        };
+        assert_eq!(
+            authorize_user(Some(&c), owner, &[USER_SERVICE]).map_err(|s| s.code()),
+            Err(tonic::Code::Unauthenticated)
+        );
+        let c = Caller {
+            service: USER_SERVICE.into(),
+            user: None,
+        };
+        assert_eq!(
+            authorize_user(Some(&c), owner, &[USER_SERVICE]).ok(),
+            Some(Acting::System)
+        );
+        assert!(authorize_user(None, owner, &[USER_SERVICE]).is_err());
+    }
+}
