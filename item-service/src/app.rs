@@ -20,7 +20,7 @@ impl ItemService {
     /// What a host runs: the server and the reservation sweeper.
     pub fn hosted(&self) -> Hosted {
         let sweeper = self.clone();
-        Hosted::new(self.server()).with_task("reservation sweeper", move |stop| async move {
+        Hosted::new(self.server(), crate::access::POLICY).with_task("reservation sweeper", move |stop| async move {
             sweeper.run_sweeper(stop).await;
         })
     }
@@ -43,6 +43,8 @@ impl Application {
             ServerOptions {
                 request_timeout: config.request_timeout(),
                 faults,
+                trust: config.identity.trust()?,
+                fault_admin: config.identity.fault_admin(),
             },
         )
         .await?;

@@ -95,6 +95,11 @@ pub struct Config {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+
+    /// Whom this service trusts (SHOP_TRUSTED_KEYS_FILE) and whether its fault admin
+    /// exists (SHOP_FAULT_ADMIN). It calls nobody, so it needs no key of its own.
+    #[command(flatten)]
+    pub identity: platform::identity::IdentitySettings,
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {

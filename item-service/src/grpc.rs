@@ -3,7 +3,11 @@
 use std::{sync::Arc, time::Duration};
 
 use mongodb::Database;
-use platform::{FieldError, paging::Page};
+use platform::{
+    FieldError,
+    identity::{Caller, require_admin},
+    paging::Page,
+};
 use shop_proto::{common::v1 as common, item::v1 as pb};
 use tonic::{Request, Response, Status};
 
@@ -138,6 +142,7 @@ impl rpc::ItemService for ItemService {
         &self,
         request: Request<pb::CreateItemRequest>,
     ) -> Result<Response<pb::CreateItemResponse>, Status> {
+        require_admin(Caller::of(&request))?;
         let new = NewItem::parse(request.get_ref()).map_err(field)?;
         let doc = self.inner.store.insert(new).await?;
         self.inner.cache.catalog_changed(&[]).await;
@@ -150,6 +155,7 @@ impl rpc::ItemService for ItemService {
         &self,
         request: Request<pb::UpdateItemRequest>,
     ) -> Result<Response<pb::UpdateItemResponse>, Status> {
+        require_admin(Caller::of(&request))?;
         let patch = ItemPatch::parse(request.get_ref()).map_err(field)?;
         let id = patch.id;
         let result = self.inner.store.update(patch).await;
@@ -165,6 +171,7 @@ impl rpc::ItemService for ItemService {
         &self,
         request: Request<pb::DeleteItemRequest>,
     ) -> Result<Response<pb::DeleteItemResponse>, Status> {
+        require_admin(Caller::of(&request))?;
         let id = ItemId::parse(&request.get_ref().id, "id").map_err(field)?;
         let result = self.inner.store.delete(id).await;
         self.inner.cache.catalog_changed(&[id]).await;

@@ -5,6 +5,7 @@
 //! itself, which the `shop` monolith hosts in-process; [`seed_catalog`] loads the demo
 //! catalog.
 
+pub mod access;
 mod app;
 pub mod cache;
 pub mod config;

@@ -9,6 +9,7 @@ use platform::{
     faults::FaultInjector,
     grpc::ServerOptions,
     host::{Hosted, Standalone},
+    identity::{ITEM_SERVICE, PAYMENT_SERVICE},
     transport::GrpcTransport,
 };
 use secrecy::ExposeSecret as _;
@@ -55,7 +56,7 @@ impl PaymentService {
 
     /// What a host runs: the server and, unless its interval is 0, the reconciler.
     pub fn hosted(&self) -> Hosted {
-        let hosted = Hosted::new(self.server());
+        let hosted = Hosted::new(self.server(), crate::access::POLICY);
         if self.reconcile_interval.is_zero() {
             return hosted;
         }
@@ -93,6 +94,9 @@ async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Paymen
         .await
         .context("running payment-service migrations")?;
     let gateway = GatewayClient::new(&config.card_gateway_url).context("CARD_GATEWAY_URL")?;
+    // Every call to item-service says it comes from payment-service.
+    let signer = config.identity.signer(PAYMENT_SERVICE)?;
+    let items = platform::policy::sign(items, &signer, ITEM_SERVICE);
     Ok(Payments::new(
         Store::new(pool),
         gateway,
@@ -166,6 +170,8 @@ impl Application {
             ServerOptions {
                 request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
                 faults,
+                trust: config.identity.trust()?,
+                fault_admin: config.identity.fault_admin(),
             },
         )
         .await?;

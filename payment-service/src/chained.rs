@@ -54,9 +54,11 @@ pub async fn chained_charge(
     request: Request<pb::ChainedChargeRequest>,
 ) -> Result<pb::ChainedChargeResponse, Status> {
     let ctx = CallContext::from_request(&request);
+    let caller = platform::identity::Caller::of(&request).cloned();
     let r = request.into_inner();
     let key = IdempotencyKey::parse(&r.idempotency_key, "idempotency_key")?;
     let user_id = ids::uuid(&r.user_id, "user_id")?;
+    crate::access::charge_for(caller.as_ref(), user_id)?;
     let order_id = ids::uuid(&r.order_id, "order_id")?;
     let lines = parse_lines(&r.lines)?;
     let card = Card::parse(r.card.as_ref(), "card", OffsetDateTime::now_utc())?;

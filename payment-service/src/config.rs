@@ -71,6 +71,10 @@ pub struct Config {
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// Its own key (SHOP_IDENTITY_KEY_FILE: it calls item-service), whom it trusts
+    /// (SHOP_TRUSTED_KEYS_FILE) and whether its fault admin exists (SHOP_FAULT_ADMIN).
+    #[command(flatten)]
+    pub identity: platform::identity::IdentitySettings,
 }
 
 impl Config {
@@ -94,6 +98,7 @@ impl Config {
             faults: String::new(),
             request_timeout_ms: 30_000,
             log_json: false,
+            identity: platform::identity::IdentitySettings::default(),
         }
     }
 }

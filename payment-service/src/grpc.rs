@@ -2,7 +2,7 @@
 //! them to [`Payments`].
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use platform::{CallContext, FieldError, money::Money, paging::Page};
+use platform::{CallContext, FieldError, identity::Caller, money::Money, paging::Page};
 use shop_proto::{
     common::v1::PageResponse,
     payment::v1::{self as pb, payment_service_server::PaymentService},
@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
+    access,
     card::Card,
     chained, fingerprint,
     ids::{self, IdempotencyKey},
@@ -72,9 +73,11 @@ impl PaymentService for PaymentGrpc {
         request: Request<pb::ChargeRequest>,
     ) -> Result<Response<pb::ChargeResponse>, Status> {
         let ctx = CallContext::from_request(&request);
+        let caller = Caller::of(&request).cloned();
         let r = request.into_inner();
         let key = IdempotencyKey::parse(&r.idempotency_key, "idempotency_key")?;
         let user_id = ids::uuid(&r.user_id, "user_id")?;
+        access::charge_for(caller.as_ref(), user_id)?;
         let order_id = ids::uuid(&r.order_id, "order_id")?;
         let amount = charge_amount(r.amount.as_ref(), self.payments.settings().max_amount_minor)?;
         let card = Card::parse(r.card.as_ref(), "card", OffsetDateTime::now_utc())?;
@@ -106,6 +109,7 @@ impl PaymentService for PaymentGrpc {
         &self,
         request: Request<pb::RefundRequest>,
     ) -> Result<Response<pb::RefundResponse>, Status> {
+        access::refund_by(Caller::of(&request))?;
         let ctx = CallContext::from_request(&request);
         let r = request.into_inner();
         let payment_id = ids::uuid(&r.payment_id, "payment_id")?;
@@ -154,6 +158,7 @@ impl PaymentService for PaymentGrpc {
                 );
             }
         };
+        access::read_payments_of(Caller::of(&request), &payment.user_id)?;
         Ok(Response::new(pb::GetPaymentResponse {
             payment: Some(payment.to_pb()),
         }))
@@ -163,8 +168,10 @@ impl PaymentService for PaymentGrpc {
         &self,
         request: Request<pb::ListPaymentsRequest>,
     ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let r = request.into_inner();
         let user_id = ids::uuid(&r.user_id, "user_id")?;
+        access::read_payments_of(caller.as_ref(), &user_id.to_string())?;
         let page = Page::parse(r.page.as_ref())?;
         let after = page.token.as_deref().map(decode_token).transpose()?;
         let mut rows = self

@@ -1,6 +1,7 @@
 //! payment-service: payments, refunds and idempotency records on MySQL/MariaDB in front of
 //! a card gateway, plus `card_gateway`, the mock gateway (second binary).
 
+pub mod access;
 mod app;
 pub mod card;
 pub mod card_gateway;

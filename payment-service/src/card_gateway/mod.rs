@@ -25,7 +25,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use platform::faults::{FaultInjector, FaultRule, Verdict};
+use platform::{
+    faults::{FaultInjector, FaultRule, Verdict},
+    identity::Trust,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -65,7 +68,14 @@ pub struct Config {
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// `/admin/*` exists only with SHOP_FAULT_ADMIN=on, and then needs an operator token
+    /// (audience `card-gateway`) in `x-shop-caller`, checked against SHOP_TRUSTED_KEYS_FILE.
+    #[command(flatten)]
+    pub identity: platform::identity::IdentitySettings,
 }
+
+/// The audience of operator tokens for the card gateway's admin API.
+pub const AUDIENCE: &str = "card-gateway";
 
 impl Config {
     /// Defaults with the given listen address (tests use "127.0.0.1:0").
@@ -75,6 +85,7 @@ impl Config {
             faults: String::new(),
             hangs: String::new(),
             log_json: false,
+            identity: platform::identity::IdentitySettings::default(),
         }
     }
 }
@@ -176,6 +187,7 @@ enum Processed {
 pub struct CardGateway {
     listener: TcpListener,
     gateway: Gateway,
+    admin: Option<Trust>,
 }
 
 impl CardGateway {
@@ -187,9 +199,20 @@ impl CardGateway {
         let listener = TcpListener::bind(&config.addr)
             .await
             .with_context(|| format!("binding CARD_GATEWAY_ADDR {}", config.addr))?;
+        let admin = if config.identity.fault_admin() {
+            Some(
+                config
+                    .identity
+                    .trust()
+                    .context("SHOP_FAULT_ADMIN=on: the admin API needs the operator's key")?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             listener,
             gateway: Gateway::new(faults, hangs),
+            admin,
         })
     }
 
@@ -210,7 +233,7 @@ impl CardGateway {
         let stop = self.gateway.inner.stop.clone();
         axum::serve(
             platform::net::http_listener(self.listener),
-            router(self.gateway),
+            router(self.gateway, self.admin),
         )
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -222,18 +245,56 @@ impl CardGateway {
     }
 }
 
-/// The gateway's routes over `gateway`'s state.
-pub fn router(gateway: Gateway) -> Router {
-    Router::new()
+/// The gateway's routes over `gateway`'s state; `/admin/*` only when `admin` names whom
+/// to trust for the operator's token.
+pub fn router(gateway: Gateway, admin: Option<Trust>) -> Router {
+    let mut routes = Router::new()
         .route("/v1/charges", post(create_charge).get(list_charges))
         .route("/v1/charges/{id}", get(get_charge))
         .route("/v1/refunds", post(create_refund))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/admin/stats", get(stats))
-        .route("/admin/faults", get(get_faults).put(put_faults))
-        .route("/admin/hangs", get(get_hangs).put(put_hangs))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }));
+    if let Some(trust) = admin {
+        let admin_routes = Router::new()
+            .route("/admin/stats", get(stats))
+            .route("/admin/faults", get(get_faults).put(put_faults))
+            .route("/admin/hangs", get(get_hangs).put(put_hangs))
+            .route_layer(axum::middleware::from_fn(move |req, next| {
+                operator_only(trust.clone(), req, next)
+            }));
+        routes = routes.merge(admin_routes);
+    }
+    routes
         .with_state(gateway)
         .merge(platform::metrics::router())
+}
+
+/// Lets a request through only with a valid operator token for the card gateway.
+async fn operator_only(
+    trust: Trust,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let token = req
+        .headers()
+        .get(platform::identity::CALLER_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let Some(token) = token else {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"type": "authentication_error", "message": "missing x-shop-caller operator token"}}),
+        );
+    };
+    match trust.verify(token, &[AUDIENCE]) {
+        Ok(caller) if caller.is(platform::identity::OPERATOR) => next.run(req).await,
+        Ok(caller) => json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": {"type": "permission_error", "message": format!("{} may not use the admin API", caller.service)}}),
+        ),
+        Err(e) => json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"type": "authentication_error", "message": e.to_string()}}),
+        ),
+    }
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response {
