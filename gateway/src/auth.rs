@@ -5,6 +5,7 @@
 use axum::extract::FromRequestParts;
 use http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use platform::identity::{UserAssertion, UserRole};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -44,6 +45,19 @@ pub struct AuthUser {
     pub role: Role,
     /// The bearer token as sent (the chained checkout passes it on).
     pub token: String,
+}
+
+impl AuthUser {
+    /// What the gateway asserts to the services it calls for this user.
+    pub fn assertion(&self) -> UserAssertion {
+        UserAssertion {
+            user_id: self.user_id,
+            role: match self.role {
+                Role::Admin => UserRole::Admin,
+                Role::Customer => UserRole::Customer,
+            },
+        }
+    }
 }
 
 /// The authenticated caller, known to be an admin.

@@ -94,6 +94,10 @@ pub struct Config {
     /// JSON log lines.
     #[arg(long, env = "LOG_JSON", default_value = "off", value_parser = parse_switch)]
     pub log_json: bool,
+    /// Its own key (SHOP_IDENTITY_KEY_FILE: it signs every call to the services) and
+    /// whether /api/admin/faults exists (SHOP_FAULT_ADMIN).
+    #[command(flatten)]
+    pub identity: platform::identity::IdentitySettings,
 }
 
 impl Config {

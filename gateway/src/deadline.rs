@@ -20,6 +20,7 @@ impl Budgets {
         CallContext {
             trace: TraceContext::from_headers(headers),
             deadline: Some(std::time::Instant::now() + budget),
+            user: None,
         }
     }
 
@@ -32,11 +33,12 @@ impl Budgets {
     }
 
     /// A fresh budget for compensation, which must run to the end even when the
-    /// request's own budget is spent; it keeps the trace.
+    /// request's own budget is spent; it keeps the trace and the user.
     pub fn compensation_ctx(&self, parent: &CallContext) -> CallContext {
         CallContext {
             trace: parent.trace.clone(),
             deadline: Some(std::time::Instant::now() + self.checkout),
+            user: parent.user,
         }
     }
 }

@@ -3,6 +3,10 @@
 //! monolith: no sockets, no HTTP/2). Every call goes through [`Downstream::call`], which
 //! applies the deadline, the circuit breaker and the retry policy in one place.
 
+use platform::{
+    identity::{ITEM_SERVICE, PAYMENT_SERVICE, Signer, USER_SERVICE},
+    policy::sign,
+};
 use std::{future::Future, sync::Arc, time::Instant};
 
 use platform::CallContext;
@@ -270,6 +274,16 @@ impl Transports {
                 channel(&config.payment_service_url, config)?,
             ),
         })
+    }
+
+    /// The same transports, every call signed as `signer` for the service it goes to.
+    pub fn signed(self, signer: &Signer) -> Self {
+        let sign = |(name, t): (String, Transport), aud: &str| (name, sign(t, signer, aud));
+        Self {
+            user: sign(self.user, USER_SERVICE),
+            item: sign(self.item, ITEM_SERVICE),
+            payment: sign(self.payment, PAYMENT_SERVICE),
+        }
     }
 
     /// All three served by one in-process router (the monolith).

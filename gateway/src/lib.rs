@@ -47,6 +47,10 @@ impl Application {
     pub async fn build_with(config: Config, transports: Transports) -> anyhow::Result<Self> {
         let faults = FaultInjector::from_json(&config.faults)
             .map_err(|e| anyhow::anyhow!("GATEWAY_FAULTS: {e}"))?;
+        // Every call to a service says it comes from the gateway (and, in the request's
+        // context, for which user).
+        let signer = config.identity.signer(platform::identity::GATEWAY)?;
+        let transports = transports.signed(&signer);
         let state = AppState::new(Inner {
             downstreams: Downstreams::new(transports, &config),
             verifier: TokenVerifier::new(&config.jwt_secret),
@@ -57,7 +61,11 @@ impl Application {
             },
             faults,
         });
-        let router = api::router(state.clone(), config.body_limit_bytes);
+        let router = api::router(
+            state.clone(),
+            config.body_limit_bytes,
+            config.identity.fault_admin(),
+        );
         let listener = TcpListener::bind(&config.http_addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.http_addr))?;

@@ -41,6 +41,10 @@ pub struct ServicePolicy {
     pub rules: &'static [Rule],
 }
 
+/// The audience a token for the admin services (Echo, FaultAdmin) may name instead of the
+/// server's own identity: what an operator addresses to "whichever Shop server this is".
+pub const ANY_SERVER: &str = "shop";
+
 /// Any authenticated caller.
 pub const ANY_SERVICE: &[&str] = &["*"];
 
@@ -105,7 +109,13 @@ impl Guard {
         let policy = self.0.services.get(service);
         let audiences: Vec<&str> = match policy.and_then(|p| p.audience) {
             Some(aud) => vec![aud],
-            None => self.0.audiences.clone(),
+            None => self
+                .0
+                .audiences
+                .iter()
+                .copied()
+                .chain([ANY_SERVER])
+                .collect(),
         };
         let caller = self
             .0

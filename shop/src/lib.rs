@@ -25,6 +25,7 @@ use platform::{
     faults::FaultInjector,
     grpc::ServerOptions,
     host::{Host, Task},
+    identity::{self, Trust},
 };
 use user_service::UserService;
 
@@ -44,6 +45,38 @@ pub struct MonolithConfig {
     pub card_gateway_addr: Option<String>,
 }
 
+/// Gives each part its own identity for the in-process calls: a key made now that never
+/// leaves the process. Returns what the services trust: those keys plus the configured
+/// trust file (SHOP_TRUSTED_KEYS_FILE: the operator's key, for grpcurl and the load test on
+/// the gRPC listener), if any.
+fn internal_identities(config: &mut MonolithConfig) -> anyhow::Result<Trust> {
+    let configured = [
+        &config.gateway.identity,
+        &config.user.identity,
+        &config.item.identity,
+        &config.payment.identity,
+    ]
+    .into_iter()
+    .find(|i| i.trusted_keys.is_some() || i.trusted_keys_file.is_some())
+    .map(|i| i.trust())
+    .transpose()?
+    .unwrap_or_default();
+    let mut signers = Vec::new();
+    for (name, settings) in [
+        (identity::GATEWAY, &mut config.gateway.identity),
+        (identity::USER_SERVICE, &mut config.user.identity),
+        (identity::ITEM_SERVICE, &mut config.item.identity),
+        (identity::PAYMENT_SERVICE, &mut config.payment.identity),
+    ] {
+        let key = identity::generate_key()?;
+        signers.push(identity::Signer::from_pem(name, &key)?);
+        settings.identity_key = Some(key);
+        settings.identity_key_file = None;
+    }
+    let own = Trust::of(&signers.iter().collect::<Vec<_>>());
+    Ok(own.union(&configured))
+}
+
 pub struct Monolith {
     gateway: gateway::Application,
     host: Host,
@@ -54,9 +87,12 @@ impl Monolith {
     pub async fn build(mut config: MonolithConfig) -> anyhow::Result<Self> {
         let faults = FaultInjector::from_json(&config.faults)
             .map_err(|e| anyhow::anyhow!("SHOP_FAULTS: {e}"))?;
+        let trust = internal_identities(&mut config)?;
         let mut host = Host::new(ServerOptions {
             request_timeout: Duration::from_secs(30),
             faults: faults.clone(),
+            trust: trust.clone(),
+            fault_admin: config.gateway.identity.fault_admin(),
         });
         if let Some(addr) = &config.grpc_addr {
             host = host.grpc_on(addr).await.context("SHOP_GRPC_ADDR")?;
@@ -64,7 +100,9 @@ impl Monolith {
 
         let mut card = None;
         if let Some(addr) = &config.card_gateway_addr {
-            let gateway = CardGateway::build(card_gateway::Config::on(addr)).await?;
+            let mut card_config = card_gateway::Config::on(addr);
+            card_config.identity = config.gateway.identity.clone();
+            let gateway = CardGateway::build(card_config).await?;
             config.payment.card_gateway_url = format!("http://{}", gateway.addr());
             card = Some((gateway.addr(), gateway.handle()));
             host.task(Task::new("card gateway", |stop| async move {
@@ -79,12 +117,12 @@ impl Monolith {
             .await
             .context("item-service")?
             .hosted();
-        let item_t = item.in_process(&faults);
+        let item_t = item.in_process(&faults, &trust);
         let payment = PaymentService::connect(&config.payment, item_t.clone())
             .await
             .context("payment-service")?
             .hosted();
-        let payment_t = payment.in_process(&faults);
+        let payment_t = payment.in_process(&faults, &trust);
         let user = UserService::connect(
             &config.user,
             user_service::Downstreams {
@@ -95,7 +133,7 @@ impl Monolith {
         .await
         .context("user-service")?
         .hosted();
-        let user_t = user.in_process(&faults);
+        let user_t = user.in_process(&faults, &trust);
         for service in [item, payment, user] {
             host.host(service);
         }

@@ -9,7 +9,7 @@ use shop_proto::admin::v1::{
 
 /// Replaces the fault rules of the gRPC server at `addr` (an empty list clears them).
 pub async fn set(addr: SocketAddr, rules: Vec<FaultRule>) {
-    FaultAdminClient::new(crate::connect(addr).await)
+    FaultAdminClient::new(crate::identity::operator(addr, platform::policy::ANY_SERVER))
         .set_faults(SetFaultsRequest { rules })
         .await
         .expect("set fault rules through FaultAdmin");

@@ -31,6 +31,7 @@ pub fn config() -> Config {
     // The shared SecantusDB is slow when every test hammers it at once; tests are about
     // outcomes, not speed, so the server-side cap must not decide them.
     c.request_timeout_ms = 60_000;
+    c.identity = crate::identity::settings(platform::identity::ITEM_SERVICE);
     c
 }
 

@@ -8,6 +8,7 @@
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod db;
 pub mod faults;
+pub mod identity;
 #[cfg(feature = "item")]
 pub mod item;
 #[cfg(feature = "payment")]

@@ -25,7 +25,9 @@ pub struct CardGatewayServer {
 
 /// Spawns the mock card gateway on 127.0.0.1:0.
 pub async fn card_gateway() -> CardGatewayServer {
-    let gw = CardGateway::build(card_gateway::Config::on("127.0.0.1:0"))
+    let mut config = card_gateway::Config::on("127.0.0.1:0");
+    config.identity = crate::identity::settings(card_gateway::AUDIENCE);
+    let gw = CardGateway::build(config)
         .await
         .expect("the card gateway binds");
     let addr = gw.addr();
@@ -58,6 +60,7 @@ pub fn config(database_url: &str, card_gateway_url: &str) -> Config {
     config.reconcile_interval_ms = 0;
     config.database_max_connections = 30;
     config.item_service_url = "http://127.0.0.1:9".into();
+    config.identity = crate::identity::settings(platform::identity::PAYMENT_SERVICE);
     config
 }
 

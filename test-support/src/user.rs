@@ -40,6 +40,7 @@ pub fn config(database_url: &str) -> Config {
         request_timeout_ms: 10_000,
         faults: String::new(),
         log_json: false,
+        identity: crate::identity::settings(platform::identity::USER_SERVICE),
     }
 }
 

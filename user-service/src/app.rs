@@ -7,6 +7,7 @@ use platform::{
     faults::FaultInjector,
     grpc::ServerOptions,
     host::{Hosted, Standalone},
+    identity::{ITEM_SERVICE, PAYMENT_SERVICE, USER_SERVICE},
 };
 use secrecy::ExposeSecret;
 use shop_proto::user::v1::user_service_server::UserServiceServer;
@@ -53,6 +54,12 @@ impl UserService {
             &config.jwt_secret()?,
             Duration::from_secs(config.token_ttl_secs),
         )?;
+        // Every call to the next services says it comes from user-service.
+        let signer = config.identity.signer(USER_SERVICE)?;
+        let deps = Downstreams {
+            payment: platform::policy::sign(deps.payment, &signer, PAYMENT_SERVICE),
+            item: platform::policy::sign(deps.item, &signer, ITEM_SERVICE),
+        };
         let grpc = UserGrpc::new(Store::new(pool), tokens, &config.admin_emails, deps);
         Ok(Self {
             api: UserApi(Arc::new(grpc)),
@@ -74,7 +81,7 @@ impl UserService {
     /// What a host runs: the server and the checkout recovery.
     pub fn hosted(&self) -> Hosted {
         let recovery = self.recovery();
-        Hosted::new(self.server()).with_task("checkout recovery", move |stop| async move {
+        Hosted::new(self.server(), crate::access::POLICY).with_task("checkout recovery", move |stop| async move {
             recovery.run(stop).await;
         })
     }
@@ -96,6 +103,8 @@ impl Application {
             ServerOptions {
                 request_timeout: config.request_timeout(),
                 faults,
+                trust: config.identity.trust()?,
+                fault_admin: config.identity.fault_admin(),
             },
         )
         .await?;

@@ -30,9 +30,18 @@ const LEASE: Duration = Duration::from_secs(15);
 pub async fn checkout(
     svc: &UserGrpc,
     ctx: &CallContext,
+    asserted: Option<platform::identity::UserAssertion>,
     req: pb::ChainedCheckoutRequest,
 ) -> Result<pb::ChainedCheckoutResponse, Error> {
-    let (user, _role) = svc.authenticate(&req.access_token)?;
+    let (user, role) = svc.authenticate(&req.access_token)?;
+    // The caller's word about the user must agree with the token; the next hops are told
+    // about the user this hop verified itself.
+    if asserted.is_some_and(|a| a.user_id != user.0) {
+        return Err(Error::NotYourCheckout);
+    }
+    let ctx = &ctx
+        .clone()
+        .for_user(Some(crate::access::assertion(user.0, role)));
     ids::validate_idempotency_key(&req.idempotency_key, "idempotency_key")?;
     // The shared cart rules, checked here too so a bad cart costs no payment hop.
     let lines =

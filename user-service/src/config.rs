@@ -69,6 +69,10 @@ pub struct Config {
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// Its own key (SHOP_IDENTITY_KEY_FILE: it calls payment- and item-service), whom it
+    /// trusts (SHOP_TRUSTED_KEYS_FILE) and whether its fault admin exists (SHOP_FAULT_ADMIN).
+    #[command(flatten)]
+    pub identity: platform::identity::IdentitySettings,
 }
 
 impl Config {

@@ -24,6 +24,9 @@ pub enum Error {
     OrderNotFound,
     #[error("order_id is already used by another order")]
     OrderIdTaken,
+    /// The caller asserted one user and sent another's access token.
+    #[error("the access token is not the user the call is made for")]
+    NotYourCheckout,
     #[error("database error")]
     Store(#[source] StoreError),
     #[error("password hashing failed")]
@@ -68,6 +71,7 @@ impl From<Error> for Status {
                 ErrorReason::EmailTaken,
             ),
             Error::BadCredentials | Error::BadToken => Status::unauthenticated(e.to_string()),
+            Error::NotYourCheckout => Status::permission_denied(e.to_string()),
             Error::UserNotFound => {
                 with_reason(Status::not_found(e.to_string()), ErrorReason::UserNotFound)
             }

@@ -537,8 +537,11 @@ fn context_of(row: &OrderRow) -> CallContext {
         trace.trace_id = row.trace_id.clone();
         trace.request_id = row.trace_id.clone();
     }
+    // The recovery acts for itself, not for the checkout's user: it is on the allow-lists
+    // as user-service with no end user.
     CallContext {
         trace,
         deadline: None,
+        user: None,
     }
 }

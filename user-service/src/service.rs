@@ -2,7 +2,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use platform::{paging::Page, transport::GrpcTransport};
+use platform::{identity::Caller, paging::Page, transport::GrpcTransport};
 use shop_proto::{
     common::v1::PageResponse, item::v1::item_service_client::ItemServiceClient,
     payment::v1::payment_service_client::PaymentServiceClient, user::v1 as pb,
@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
+    access,
     checkout_record::{Begun, NewCheckout, Transition},
     domain::{DisplayName, Email, Password, Role, UserId},
     error::Error,
@@ -158,7 +159,9 @@ impl pb::user_service_server::UserService for UserApi {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let id = UserId::parse(&request.into_inner().user_id, "user_id").map_err(Error::from)?;
+        access::acts_for(caller.as_ref(), id.0)?;
         let user = self
             .0
             .store
@@ -191,7 +194,9 @@ impl pb::user_service_server::UserService for UserApi {
         &self,
         request: Request<pb::RecordOrderRequest>,
     ) -> Result<Response<pb::RecordOrderResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let order = NewOrder::parse(request.into_inner().order).map_err(Error::from)?;
+        access::acts_for(caller.as_ref(), order.user_id.0)?;
         let (row, created) = self.0.record(&order).await?;
         Ok(Response::new(pb::RecordOrderResponse {
             order: Some(row.into()),
@@ -203,10 +208,12 @@ impl pb::user_service_server::UserService for UserApi {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let r = request.into_inner();
         let order_id = Uuid::parse_str(r.order_id.trim())
             .map_err(|_| Error::from(platform::FieldError::new("order_id", "must be a UUID")))?;
         let user = UserId::parse(&r.user_id, "user_id").map_err(Error::from)?;
+        access::acts_for(caller.as_ref(), user.0)?;
         let row = self
             .0
             .store
@@ -223,8 +230,10 @@ impl pb::user_service_server::UserService for UserApi {
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let r = request.into_inner();
         let user = UserId::parse(&r.user_id, "user_id").map_err(Error::from)?;
+        access::acts_for(caller.as_ref(), user.0)?;
         let page = Page::parse(r.page.as_ref()).map_err(Error::from)?;
         let after = page
             .token
@@ -256,8 +265,10 @@ impl pb::user_service_server::UserService for UserApi {
         request: Request<pb::BeginCheckoutRequest>,
     ) -> Result<Response<pb::BeginCheckoutResponse>, Status> {
         let ctx = platform::CallContext::from_request(&request);
+        let caller = Caller::of(&request).cloned();
         let new =
             NewCheckout::parse(request.into_inner(), &ctx.trace.trace_id).map_err(Error::from)?;
+        access::acts_for(caller.as_ref(), new.user_id.0)?;
         let begun = self.0.begin(&new).await?;
         let (row, token, created) = match begun {
             Begun::Created(row, token) => (row, token.to_string(), true),
@@ -275,7 +286,11 @@ impl pb::user_service_server::UserService for UserApi {
         &self,
         request: Request<pb::AdvanceCheckoutRequest>,
     ) -> Result<Response<pb::AdvanceCheckoutResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let t = Transition::parse(request.into_inner()).map_err(Error::from)?;
+        // The record must be the asserted user's (the lease token alone is not enough).
+        let owner = self.0.store.order_owner(t.order_id).await.map_err(Error::from)?;
+        access::acts_for(caller.as_ref(), owner.unwrap_or_default())?;
         let row = self.0.advance(&t).await?;
         Ok(Response::new(pb::AdvanceCheckoutResponse {
             order: Some(row.into()),
@@ -287,7 +302,8 @@ impl pb::user_service_server::UserService for UserApi {
         request: Request<pb::ChainedCheckoutRequest>,
     ) -> Result<Response<pb::ChainedCheckoutResponse>, Status> {
         let ctx = platform::CallContext::from_request(&request);
-        let out = crate::chained::checkout(&self.0, &ctx, request.into_inner()).await?;
+        let asserted = Caller::of(&request).and_then(|c| c.user);
+        let out = crate::chained::checkout(&self.0, &ctx, asserted, request.into_inner()).await?;
         Ok(Response::new(out))
     }
 }

@@ -179,6 +179,17 @@ impl Store {
             .await?)
     }
 
+    /// Whose order (or checkout record) `order_id` is.
+    pub async fn order_owner(&self, order_id: Uuid) -> Result<Option<Uuid>, StoreError> {
+        Ok(
+            sqlx::query_scalar::<_, Uuid>("SELECT user_id FROM orders WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(&self.pool)
+                .store_op("postgres", "order_owner")
+                .await?,
+        )
+    }
+
     /// A page of a user's orders, newest first, strictly after the cursor `after`: placed
     /// and refunded ones, and checkouts still being settled; not the cancelled checkouts
     /// that ended with nothing kept (GetOrder still shows those).

@@ -82,9 +82,13 @@ pub async fn checkout(
                 .map_err(|_| ApiError::bad_request("Idempotency-Key", "must be printable ASCII"))?,
         ),
     };
+    let asserted = user.assertion();
     let c = Checkout::parse(user, key, &body)?;
     let strategy = query.strategy.unwrap_or_default();
-    let ctx = state.budgets.checkout_ctx(&headers);
+    let ctx = state
+        .budgets
+        .checkout_ctx(&headers)
+        .for_user(Some(asserted));
     let out = checkout::run(state.clone(), strategy, c, ctx).await?;
     let status = if out.order.status() == shop_proto::user::v1::OrderStatus::Pending {
         StatusCode::ACCEPTED

@@ -126,11 +126,14 @@ pub async fn get(
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    _admin: AdminUser,
+    admin: AdminUser,
     body: Result<Json<CreateItemRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Item>), ApiError> {
     let Json(b) = body?;
-    let ctx = state.budgets.checkout_ctx(&headers);
+    let ctx = state
+        .budgets
+        .checkout_ctx(&headers)
+        .for_user(Some(admin.0.assertion()));
     let req = pb::CreateItemRequest {
         sku: b.sku,
         name: b.name,
@@ -174,14 +177,17 @@ pub async fn create(
 pub async fn update(
     State(state): State<AppState>,
     headers: HeaderMap,
-    _admin: AdminUser,
+    admin: AdminUser,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<UpdateItemRequest>, JsonRejection>,
 ) -> Result<Json<Item>, ApiError> {
     let Path(id) = id?;
     let id = item_id(&id)?;
     let Json(b) = body?;
-    let ctx = state.budgets.checkout_ctx(&headers);
+    let ctx = state
+        .budgets
+        .checkout_ctx(&headers)
+        .for_user(Some(admin.0.assertion()));
     let req = pb::UpdateItemRequest {
         id,
         expected_version: b.expected_version,
@@ -221,12 +227,15 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     headers: HeaderMap,
-    _admin: AdminUser,
+    admin: AdminUser,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path(id) = id?;
     let id = item_id(&id)?;
-    let ctx = state.budgets.checkout_ctx(&headers);
+    let ctx = state
+        .budgets
+        .checkout_ctx(&headers)
+        .for_user(Some(admin.0.assertion()));
     state
         .downstreams
         .item

@@ -141,8 +141,9 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     resp
 }
 
-pub fn router(state: AppState, body_limit: usize) -> Router {
-    let api = Router::new()
+/// The gateway's routes; `/api/admin/faults` only when `fault_admin` (SHOP_FAULT_ADMIN=on).
+pub fn router(state: AppState, body_limit: usize, fault_admin: bool) -> Router {
+    let mut api = Router::new()
         .route("/api/auth/register", post(users::register))
         .route("/api/auth/login", post(users::login))
         .route("/api/me", get(users::me))
@@ -155,13 +156,16 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/api/checkout", post(checkout::checkout))
         .route("/api/orders", get(orders::list))
         .route("/api/orders/{id}", get(orders::get))
-        .route(
-            "/api/admin/faults",
-            get(admin::get_faults).put(admin::put_faults),
-        )
         .route("/debug/downstreams", get(admin::downstreams))
         .route("/healthz", get(admin::healthz))
-        .route("/openapi.json", get(openapi_json))
+        .route("/openapi.json", get(openapi_json));
+    if fault_admin {
+        api = api.route(
+            "/api/admin/faults",
+            get(admin::get_faults).put(admin::put_faults),
+        );
+    }
+    let api = api
         .route("/api/{*rest}", axum::routing::any(not_found))
         .merge(crate::web::router())
         .fallback(not_found)

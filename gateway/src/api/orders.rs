@@ -33,7 +33,10 @@ pub async fn list(
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<OrderPage>, ApiError> {
     let Query(q) = q?;
-    let ctx = state.budgets.read_ctx(&headers);
+    let ctx = state
+        .budgets
+        .read_ctx(&headers)
+        .for_user(Some(user.assertion()));
     let req = pb::ListOrdersRequest {
         user_id: user.user_id.to_string(),
         page: Some(PageRequest {
@@ -86,7 +89,10 @@ pub async fn get(
     let Path(id) = id?;
     let id = uuid::Uuid::parse_str(id.trim())
         .map_err(|_| ApiError::not_found("no such order").with_field("id"))?;
-    let ctx = state.budgets.read_ctx(&headers);
+    let ctx = state
+        .budgets
+        .read_ctx(&headers)
+        .for_user(Some(user.assertion()));
     let resp = state
         .downstreams
         .user

@@ -103,7 +103,10 @@ pub async fn me(
     headers: HeaderMap,
     user: AuthUser,
 ) -> Result<Json<User>, ApiError> {
-    let ctx = state.budgets.read_ctx(&headers);
+    let ctx = state
+        .budgets
+        .read_ctx(&headers)
+        .for_user(Some(user.assertion()));
     let resp = state
         .downstreams
         .user

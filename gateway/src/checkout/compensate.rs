@@ -49,7 +49,9 @@ pub async fn refund(
         .downstreams
         .payment
         .call(
-            ctx,
+            // A compensation, made by the gateway itself: no end user (a refund for a user
+            // would need an admin).
+            &ctx.clone().for_user(None),
             "Refund",
             Safety::Idempotent,
             pay::RefundRequest {
