@@ -17,15 +17,45 @@ pub const POLICY: ServicePolicy = ServicePolicy {
     service: "shop.item.v1.ItemService",
     audience: Some(ITEM_SERVICE),
     rules: &[
-        Rule { method: "GetItem", callers: EVERY_CALLER },
-        Rule { method: "BatchGetItems", callers: EVERY_CALLER },
-        Rule { method: "ListItems", callers: EVERY_CALLER },
-        Rule { method: "GetReservation", callers: EVERY_CALLER },
-        Rule { method: "ReserveStock", callers: EVERY_CALLER },
-        Rule { method: "CommitReservation", callers: EVERY_CALLER },
-        Rule { method: "ReleaseReservation", callers: EVERY_CALLER },
-        Rule { method: "CreateItem", callers: CATALOG_ADMIN },
-        Rule { method: "UpdateItem", callers: CATALOG_ADMIN },
-        Rule { method: "DeleteItem", callers: CATALOG_ADMIN },
+        Rule {
+            method: "GetItem",
+            callers: EVERY_CALLER,
+        },
+        Rule {
+            method: "BatchGetItems",
+            callers: EVERY_CALLER,
+        },
+        Rule {
+            method: "ListItems",
+            callers: EVERY_CALLER,
+        },
+        Rule {
+            method: "GetReservation",
+            callers: EVERY_CALLER,
+        },
+        Rule {
+            method: "ReserveStock",
+            callers: EVERY_CALLER,
+        },
+        Rule {
+            method: "CommitReservation",
+            callers: EVERY_CALLER,
+        },
+        Rule {
+            method: "ReleaseReservation",
+            callers: EVERY_CALLER,
+        },
+        Rule {
+            method: "CreateItem",
+            callers: CATALOG_ADMIN,
+        },
+        Rule {
+            method: "UpdateItem",
+            callers: CATALOG_ADMIN,
+        },
+        Rule {
+            method: "DeleteItem",
+            callers: CATALOG_ADMIN,
+        },
     ],
 };

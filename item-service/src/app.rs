@@ -20,9 +20,12 @@ impl ItemService {
     /// What a host runs: the server and the reservation sweeper.
     pub fn hosted(&self) -> Hosted {
         let sweeper = self.clone();
-        Hosted::new(self.server(), crate::access::POLICY).with_task("reservation sweeper", move |stop| async move {
-            sweeper.run_sweeper(stop).await;
-        })
+        Hosted::new(self.server(), crate::access::POLICY).with_task(
+            "reservation sweeper",
+            move |stop| async move {
+                sweeper.run_sweeper(stop).await;
+            },
+        )
     }
 }
 

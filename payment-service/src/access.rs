@@ -3,9 +3,7 @@
 //! the payments live.
 
 use platform::{
-    identity::{
-        Acting, Caller, GATEWAY, OPERATOR, PAYMENT_SERVICE, USER_SERVICE, authorize_user,
-    },
+    identity::{Acting, Caller, GATEWAY, OPERATOR, PAYMENT_SERVICE, USER_SERVICE, authorize_user},
     policy::{Rule, ServicePolicy},
 };
 use tonic::Status;
@@ -16,14 +14,32 @@ pub const POLICY: ServicePolicy = ServicePolicy {
     audience: Some(PAYMENT_SERVICE),
     rules: &[
         // The orchestrated checkout, for the user it authenticated.
-        Rule { method: "Charge", callers: &[GATEWAY] },
+        Rule {
+            method: "Charge",
+            callers: &[GATEWAY],
+        },
         // The gateway's compensation (or an admin's refund); user-service's recovery.
-        Rule { method: "Refund", callers: &[GATEWAY, USER_SERVICE] },
+        Rule {
+            method: "Refund",
+            callers: &[GATEWAY, USER_SERVICE],
+        },
         // The chained checkout's middle hop.
-        Rule { method: "ChainedCharge", callers: &[USER_SERVICE] },
-        Rule { method: "GetPayment", callers: &[GATEWAY, USER_SERVICE] },
-        Rule { method: "ListPayments", callers: &[GATEWAY, USER_SERVICE] },
-        Rule { method: "Reconcile", callers: &[GATEWAY, USER_SERVICE] },
+        Rule {
+            method: "ChainedCharge",
+            callers: &[USER_SERVICE],
+        },
+        Rule {
+            method: "GetPayment",
+            callers: &[GATEWAY, USER_SERVICE],
+        },
+        Rule {
+            method: "ListPayments",
+            callers: &[GATEWAY, USER_SERVICE],
+        },
+        Rule {
+            method: "Reconcile",
+            callers: &[GATEWAY, USER_SERVICE],
+        },
     ],
 };
 

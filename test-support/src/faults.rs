@@ -9,10 +9,13 @@ use shop_proto::admin::v1::{
 
 /// Replaces the fault rules of the gRPC server at `addr` (an empty list clears them).
 pub async fn set(addr: SocketAddr, rules: Vec<FaultRule>) {
-    FaultAdminClient::new(crate::identity::operator(addr, platform::policy::ANY_SERVER))
-        .set_faults(SetFaultsRequest { rules })
-        .await
-        .expect("set fault rules through FaultAdmin");
+    FaultAdminClient::new(crate::identity::operator(
+        addr,
+        platform::policy::ANY_SERVER,
+    ))
+    .set_faults(SetFaultsRequest { rules })
+    .await
+    .expect("set fault rules through FaultAdmin");
 }
 
 /// Every call of `method` (a gRPC path, or `*`) fails.

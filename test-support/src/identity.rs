@@ -107,3 +107,11 @@ pub fn admin(user_id: uuid::Uuid) -> UserAssertion {
         role: UserRole::Admin,
     }
 }
+
+/// An operator token for `audience` that lasts as long as a test (HTTP admin APIs: the
+/// card gateway's `/admin/*` takes it in `x-shop-caller`).
+pub fn operator_token(audience: &str) -> String {
+    signer(identity::OPERATOR)
+        .mint_for(audience, None, identity::MAX_LIFETIME)
+        .expect("minting an operator token")
+}

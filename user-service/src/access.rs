@@ -17,16 +17,46 @@ pub const POLICY: ServicePolicy = ServicePolicy {
     // Only the gateway talks to user-service; user-scoped calls also carry the user it
     // authenticated, checked against the data by the handlers.
     rules: &[
-        Rule { method: "Register", callers: &[GATEWAY] },
-        Rule { method: "Login", callers: &[GATEWAY] },
-        Rule { method: "ValidateToken", callers: &[GATEWAY] },
-        Rule { method: "GetUser", callers: &[GATEWAY] },
-        Rule { method: "GetOrder", callers: &[GATEWAY] },
-        Rule { method: "ListOrders", callers: &[GATEWAY] },
-        Rule { method: "RecordOrder", callers: &[GATEWAY] },
-        Rule { method: "BeginCheckout", callers: &[GATEWAY] },
-        Rule { method: "AdvanceCheckout", callers: &[GATEWAY] },
-        Rule { method: "ChainedCheckout", callers: &[GATEWAY] },
+        Rule {
+            method: "Register",
+            callers: &[GATEWAY],
+        },
+        Rule {
+            method: "Login",
+            callers: &[GATEWAY],
+        },
+        Rule {
+            method: "ValidateToken",
+            callers: &[GATEWAY],
+        },
+        Rule {
+            method: "GetUser",
+            callers: &[GATEWAY],
+        },
+        Rule {
+            method: "GetOrder",
+            callers: &[GATEWAY],
+        },
+        Rule {
+            method: "ListOrders",
+            callers: &[GATEWAY],
+        },
+        Rule {
+            method: "RecordOrder",
+            callers: &[GATEWAY],
+        },
+        Rule {
+            method: "BeginCheckout",
+            callers: &[GATEWAY],
+        },
+        Rule {
+            method: "AdvanceCheckout",
+            callers: &[GATEWAY],
+        },
+        Rule {
+            method: "ChainedCheckout",
+            callers: &[GATEWAY],
+        },
     ],
 };
 

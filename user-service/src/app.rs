@@ -81,9 +81,12 @@ impl UserService {
     /// What a host runs: the server and the checkout recovery.
     pub fn hosted(&self) -> Hosted {
         let recovery = self.recovery();
-        Hosted::new(self.server(), crate::access::POLICY).with_task("checkout recovery", move |stop| async move {
-            recovery.run(stop).await;
-        })
+        Hosted::new(self.server(), crate::access::POLICY).with_task(
+            "checkout recovery",
+            move |stop| async move {
+                recovery.run(stop).await;
+            },
+        )
     }
 }
 

@@ -289,7 +289,12 @@ impl pb::user_service_server::UserService for UserApi {
         let caller = Caller::of(&request).cloned();
         let t = Transition::parse(request.into_inner()).map_err(Error::from)?;
         // The record must be the asserted user's (the lease token alone is not enough).
-        let owner = self.0.store.order_owner(t.order_id).await.map_err(Error::from)?;
+        let owner = self
+            .0
+            .store
+            .order_owner(t.order_id)
+            .await
+            .map_err(Error::from)?;
         access::acts_for(caller.as_ref(), owner.unwrap_or_default())?;
         let row = self.0.advance(&t).await?;
         Ok(Response::new(pb::AdvanceCheckoutResponse {

@@ -8,10 +8,9 @@ use shop_proto::{
 };
 use test_support::Running;
 pub use test_support::{counter, env};
-use tonic::transport::Channel;
 
 pub struct TestApp {
-    pub client: ItemServiceClient<Channel>,
+    pub client: ItemServiceClient<platform::transport::GrpcTransport>,
     pub grpc_addr: std::net::SocketAddr,
     pub metrics_addr: std::net::SocketAddr,
     pub service: ItemGrpc,
@@ -35,7 +34,10 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let metrics_addr = app.metrics_addr();
     let service = app.service();
     let server = Running::spawn(grpc_addr, |stop| app.run_until_stopped(stop));
-    let client = ItemServiceClient::new(test_support::connect(grpc_addr).await);
+    let client = ItemServiceClient::new(test_support::identity::operator(
+        grpc_addr,
+        platform::identity::ITEM_SERVICE,
+    ));
     TestApp {
         client,
         grpc_addr,

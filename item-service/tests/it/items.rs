@@ -664,6 +664,11 @@ async fn grpcurl_list_and_get_item_via_reflection() {
 
     let out = run(vec![
         "-plaintext".into(),
+        "-H".into(),
+        format!(
+            "x-shop-caller: {}",
+            test_support::identity::operator_token(platform::identity::ITEM_SERVICE)
+        ),
         "-d".into(),
         format!("{{\"id\":\"{}\"}}", item.id),
         addr.clone(),

@@ -110,6 +110,7 @@ async fn shop_with_checkouts(tweak_item: impl FnOnce(&mut item_service::Config))
     })
     .await;
     let mut g = gateway::Config::with_secret(user::SECRET);
+    g.identity = test_support::identity::settings(platform::identity::GATEWAY);
     g.http_addr = "127.0.0.1:0".into();
     g.user_service_url = format!("http://{}", user.grpc_addr);
     g.item_service_url = format!("http://{}", item.grpc_addr);

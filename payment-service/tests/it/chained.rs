@@ -10,10 +10,10 @@ use shop_proto::{
     item::v1::{self as item_pb, ReservationStatus, item_service_client::ItemServiceClient},
     payment::v1::{self as pb, PaymentStatus},
 };
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 struct Items {
-    client: ItemServiceClient<Channel>,
+    client: ItemServiceClient<platform::transport::GrpcTransport>,
     addr: std::net::SocketAddr,
     /// Stops item-service when the test drops it.
     _server: test_support::Running,
@@ -22,7 +22,10 @@ struct Items {
 async fn spawn_items() -> Items {
     let items = test_support::item::spawn().await;
     Items {
-        client: ItemServiceClient::new(test_support::connect(items.grpc_addr).await),
+        client: ItemServiceClient::new(test_support::identity::operator(
+            items.grpc_addr,
+            platform::identity::ITEM_SERVICE,
+        )),
         addr: items.grpc_addr,
         _server: items.server,
     }

@@ -16,7 +16,7 @@ impl Http {
         let gw = spawn_gateway().await;
         Self {
             base: gw.url.clone(),
-            http: reqwest::Client::new(),
+            http: operator_http(),
             _gateway: gw,
         }
     }
@@ -317,4 +317,18 @@ async fn injected_errors_and_admin_validation() {
             .await,
         400
     );
+}
+
+/// An HTTP client that presents the operator's token (the card gateway's `/admin/*` needs it).
+pub fn operator_http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let token = test_support::identity::operator_token(payment_service::card_gateway::AUDIENCE);
+    headers.insert(
+        platform::identity::CALLER_HEADER,
+        token.parse().expect("a token is a header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
 }

@@ -10,7 +10,6 @@ use shop_proto::{
 };
 use sqlx::{Connection, MySqlConnection, Row};
 pub use test_support::{env, eventually, payment::CardGatewayServer as TestGateway};
-use tonic::transport::Channel;
 
 pub const VISA_OK: &str = "4242424242424242";
 pub const VISA_DECLINED: &str = "4000000000000002";
@@ -28,7 +27,7 @@ pub async fn spawn_gateway() -> TestGateway {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
-    pub client: PaymentServiceClient<Channel>,
+    pub client: PaymentServiceClient<platform::transport::GrpcTransport>,
     pub gateway: TestGateway,
     pub db_url: String,
     pub db_name: String,
@@ -43,7 +42,10 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let app = test_support::payment::spawn_with(tweak).await;
-    let client = PaymentServiceClient::new(test_support::connect(app.grpc_addr).await);
+    let client = PaymentServiceClient::new(test_support::identity::operator(
+        app.grpc_addr,
+        platform::identity::PAYMENT_SERVICE,
+    ));
     TestApp {
         addr: app.grpc_addr,
         metrics_addr: app.metrics_addr,
@@ -51,7 +53,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         gateway: app.card_gateway,
         db_url: app.database.url,
         db_name: app.database.name,
-        http: reqwest::Client::new(),
+        http: operator_http(),
         _server: app.server,
     }
 }
@@ -275,4 +277,18 @@ impl TestApp {
         self.assert_no_card_data().await;
         test_support::db::drop_mysql(&self.db_name).await;
     }
+}
+
+/// An HTTP client that presents the operator's token (the card gateway's `/admin/*` needs it).
+pub fn operator_http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let token = test_support::identity::operator_token(payment_service::card_gateway::AUDIENCE);
+    headers.insert(
+        platform::identity::CALLER_HEADER,
+        token.parse().expect("a token is a header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
 }

@@ -700,9 +700,16 @@ async fn grpcurl_lists_services_and_charges_via_reflection() {
         "description": "via grpcurl"
     })
     .to_string();
+    // The operator's credential, as the README shows it.
+    let caller = format!(
+        "x-shop-caller: {}",
+        test_support::identity::operator_token(platform::identity::PAYMENT_SERVICE)
+    );
     let out = tokio::task::spawn_blocking(move || {
         grpcurl(&[
             "-plaintext",
+            "-H",
+            &caller,
             "-d",
             &body,
             &addr,

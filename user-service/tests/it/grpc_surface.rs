@@ -70,6 +70,8 @@ async fn grpcurl_lists_services_and_round_trips_register_and_get_user() {
         move || {
             run_grpcurl(&[
                 "-plaintext",
+                "-H",
+                &operator_header(),
                 "-d",
                 &body,
                 &addr,
@@ -91,6 +93,8 @@ async fn grpcurl_lists_services_and_round_trips_register_and_get_user() {
     let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
         run_grpcurl(&[
             "-plaintext",
+            "-H",
+            &operator_header(),
             "-d",
             &body,
             &addr,
@@ -154,10 +158,13 @@ async fn slow_calls_end_with_deadline_exceeded_and_faults_can_be_cleared() {
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
 
     // The admin service is never slowed down, so the faults can always be turned off.
-    FaultAdminClient::new(app.channel.clone())
-        .set_faults(SetFaultsRequest { rules: vec![] })
-        .await
-        .expect("clear faults");
+    FaultAdminClient::new(test_support::identity::operator(
+        app.addr,
+        platform::identity::USER_SERVICE,
+    ))
+    .set_faults(SetFaultsRequest { rules: vec![] })
+    .await
+    .expect("clear faults");
     let err = app
         .client
         .clone()
@@ -165,4 +172,12 @@ async fn slow_calls_end_with_deadline_exceeded_and_faults_can_be_cleared() {
         .await
         .expect_err("unknown user");
     assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+/// The operator's credential for grpcurl, as the README shows it.
+fn operator_header() -> String {
+    format!(
+        "x-shop-caller: {}",
+        test_support::identity::operator_token(platform::identity::USER_SERVICE)
+    )
 }

@@ -12,7 +12,7 @@ use user_service::Config;
 pub struct TestApp {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
-    pub client: UserServiceClient<Channel>,
+    pub client: UserServiceClient<platform::transport::GrpcTransport>,
     pub channel: Channel,
     /// Stops the server when the test drops the app.
     _server: test_support::Running,
@@ -28,7 +28,10 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     TestApp {
         addr: user.grpc_addr,
         metrics_addr: user.metrics_addr,
-        client: UserServiceClient::new(channel.clone()),
+        client: UserServiceClient::new(test_support::identity::operator(
+            user.grpc_addr,
+            platform::identity::USER_SERVICE,
+        )),
         channel,
         _server: user.server,
     }

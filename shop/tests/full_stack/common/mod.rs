@@ -16,7 +16,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shop_proto::item::v1::item_service_client::ItemServiceClient;
 use test_support::{db, item, payment, user};
-use tonic::transport::Channel;
 
 pub use test_support::{
     Running, eventually,
@@ -64,6 +63,7 @@ fn gateway_config() -> gateway::Config {
     // deadlines set their own.
     c.checkout_budget_ms = 10_000;
     c.read_budget_ms = 5_000;
+    c.identity = test_support::identity::settings(platform::identity::GATEWAY);
     c
 }
 
@@ -354,8 +354,11 @@ impl Stack {
 }
 
 /// A direct client of the stack's item-service (to look at reservations).
-pub async fn item_client(s: &Stack) -> ItemServiceClient<Channel> {
-    ItemServiceClient::new(test_support::connect(s.item.addr).await)
+pub async fn item_client(s: &Stack) -> ItemServiceClient<platform::transport::GrpcTransport> {
+    ItemServiceClient::new(test_support::identity::operator(
+        s.item.addr,
+        platform::identity::ITEM_SERVICE,
+    ))
 }
 
 pub fn key() -> String {
