@@ -76,15 +76,16 @@ pub fn client_as(
 ) -> GrpcTransport {
     let channel = platform::transport::channel(&format!("http://{addr}"), Duration::from_secs(5))
         .expect("a socket address makes a valid URL");
-    let with_user = tower::util::BoxCloneSyncService::new(channel.map_request(
+    let signed = policy::sign(channel, &signer(caller), audience);
+    // The user goes on before signing (the signer reads it from the extensions).
+    tower::util::BoxCloneSyncService::new(signed.map_request(
         move |mut req: http::Request<tonic::body::Body>| {
             if let Some(u) = user {
                 req.extensions_mut().insert(u);
             }
             req
         },
-    ));
-    policy::sign(with_user, &signer(caller), audience)
+    ))
 }
 
 /// A channel to `addr` as the operator (allowed every RPC), addressed to `audience`.

@@ -9,3 +9,4 @@ mod harness;
 mod logs;
 mod orders;
 mod payments;
+mod trust;

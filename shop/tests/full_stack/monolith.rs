@@ -77,9 +77,10 @@ async fn the_monolith_runs_the_item_sweeper_too() {
     let admin = s.admin().await;
     let item = s.create_item(&admin, "Forgotten mug", 900, 5).await;
     let id = item["id"].as_str().expect("id").to_owned();
-    let mut items = ItemServiceClient::connect(format!("http://{}", s.grpc))
-        .await
-        .expect("connect to the monolith's gRPC listener");
+    let mut items = ItemServiceClient::new(test_support::identity::operator(
+        s.grpc,
+        platform::identity::ITEM_SERVICE,
+    ));
     let rid = format!("abandoned-{}", unique_suffix());
     items
         .reserve_stock(ReserveStockRequest {
@@ -118,4 +119,34 @@ async fn the_monolith_runs_the_item_sweeper_too() {
         "expired reservation swept"
     );
     assert_eq!(s.stock_of(&id).await, 5, "its stock is back");
+}
+
+/// The monolith enforces the same policy as the separate services: its gRPC listener
+/// refuses a refund with no credentials, and a caller off the list, and the fault admin
+/// exists only because the test switched it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monolith_refuses_what_the_services_refuse() {
+    use shop_proto::payment::v1::{RefundRequest, payment_service_client::PaymentServiceClient};
+    let s = monolith().await;
+    let refund = || RefundRequest {
+        payment_id: uuid::Uuid::new_v4().to_string(),
+        amount: None,
+        idempotency_key: format!("m-{}", unique_suffix()),
+        reason: "grpcurl".into(),
+    };
+    let err = PaymentServiceClient::new(test_support::connect(s.grpc).await)
+        .refund(refund())
+        .await
+        .expect_err("no credentials");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let err = PaymentServiceClient::new(test_support::identity::client_as(
+        s.grpc,
+        platform::identity::ITEM_SERVICE,
+        platform::identity::PAYMENT_SERVICE,
+        None,
+    ))
+    .refund(refund())
+    .await
+    .expect_err("item-service may not refund");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 }

@@ -48,7 +48,10 @@ async fn abandon(s: &Stack, user_id: &str, item: &Value, qty: i32, steps: Steps)
         currency: "USD".into(),
     };
     let total = unit * i64::from(qty);
-    let mut users = UserServiceClient::new(test_support::connect(s.user.addr).await);
+    let mut users = UserServiceClient::new(test_support::identity::operator(
+        s.user.addr,
+        platform::identity::USER_SERVICE,
+    ));
     let begun = users
         .begin_checkout(BeginCheckoutRequest {
             order: Some(Order {
@@ -86,7 +89,10 @@ async fn abandon(s: &Stack, user_id: &str, item: &Value, qty: i32, steps: Steps)
         .await
         .expect("reserve");
     if steps.charge {
-        let mut payments = PaymentServiceClient::new(test_support::connect(s.payment.addr).await);
+        let mut payments = PaymentServiceClient::new(test_support::identity::operator(
+            s.payment.addr,
+            platform::identity::PAYMENT_SERVICE,
+        ));
         let p = payments
             .charge(ChargeRequest {
                 idempotency_key: scoped.clone(),
