@@ -606,14 +606,10 @@ mod tests {
         let b = Signer::ephemeral(OPERATOR).expect("key");
         let trust = Trust::parse(&trust_file(&[&a, &b])).expect("parse");
         assert!(trust.trusts(GATEWAY) && trust.trusts(OPERATOR) && !trust.trusts(ITEM_SERVICE));
-        let err = Trust::parse("gateway\n")
-            .err()
-            .expect("refused")
-            .to_string();
+        let err = Trust::parse("gateway\n").expect_err("refused").to_string();
         assert!(err.contains("line 1"), "{err}");
         let err = Trust::parse("# c\ngateway abc\n")
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(err.contains("line 2"), "{err}");
     }
