@@ -33,9 +33,6 @@ pub struct Config {
     /// Access token lifetime in seconds.
     #[arg(long, env = "USER_TOKEN_TTL_SECS", default_value_t = 3600)]
     pub token_ttl_secs: u64,
-    /// Comma-separated emails that get the admin role when they register.
-    #[arg(long, env = "USER_ADMIN_EMAILS", value_delimiter = ',')]
-    pub admin_emails: Vec<String>,
     /// payment-service, called by the `chained` checkout.
     #[arg(
         long,

@@ -1,6 +1,7 @@
 //! user-service: accounts, credentials, sessions (JWT) and order history on PostgreSQL.
 //! The gRPC implementation is a library type, so the `shop` monolith can host it too.
 
+pub mod admin;
 mod app;
 mod chained;
 pub mod checkout_record;

@@ -1,6 +1,6 @@
 //! The `shop.user.v1.UserService` implementation: parse at the edge, then domain calls.
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use platform::{paging::Page, transport::GrpcTransport};
 use shop_proto::{
@@ -32,27 +32,16 @@ pub struct Downstreams {
 pub struct UserGrpc {
     pub(crate) store: Store,
     pub(crate) tokens: TokenKeys,
-    admin_emails: HashSet<String>,
     pub(crate) payment: PaymentServiceClient<GrpcTransport>,
     /// For the checkout recovery.
     pub(crate) item: ItemServiceClient<GrpcTransport>,
 }
 
 impl UserGrpc {
-    pub fn new(
-        store: Store,
-        tokens: TokenKeys,
-        admin_emails: &[String],
-        deps: Downstreams,
-    ) -> Self {
+    pub fn new(store: Store, tokens: TokenKeys, deps: Downstreams) -> Self {
         Self {
             store,
             tokens,
-            admin_emails: admin_emails
-                .iter()
-                .filter_map(|e| Email::parse(e).ok())
-                .map(|e| e.as_str().to_owned())
-                .collect(),
             payment: PaymentServiceClient::new(deps.payment),
             item: ItemServiceClient::new(deps.item),
         }
@@ -92,11 +81,9 @@ impl pb::user_service_server::UserService for UserApi {
         let email = Email::parse(&r.email).map_err(Error::from)?;
         let password = Password::parse(r.password).map_err(Error::from)?;
         let display_name = DisplayName::parse(&r.display_name).map_err(Error::from)?;
-        let role = if self.0.admin_emails.contains(email.as_str()) {
-            Role::Admin
-        } else {
-            Role::Customer
-        };
+        // Every account starts as a customer; admins are made by the operator
+        // (`user-service admin grant`), never by registering a particular address.
+        let role = Role::Customer;
         let hash = password::hash(password).await.map_err(Error::from)?;
         let user = {
             use secrecy::ExposeSecret;

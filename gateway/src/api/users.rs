@@ -12,8 +12,8 @@ use crate::{
     state::AppState,
 };
 
-/// Creates an account. The first admin: start user-service with `USER_ADMIN_EMAILS` listing
-/// an address and register with it; that account gets the admin role.
+/// Creates an account, always a customer. Admins are made by the operator with
+/// `user-service admin grant EMAIL`; the role arrives with the account's next login.
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
     responses(
         (status = 201, description = "Account created", body = User),
