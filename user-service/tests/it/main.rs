@@ -3,6 +3,7 @@
 //! database of the local stack (`eval "$(scripts/stack up)"`).
 
 mod accounts;
+mod checkout_record;
 mod grpc_surface;
 mod harness;
 mod orders;
