@@ -261,7 +261,7 @@ impl pb::user_service_server::UserService for UserApi {
         let begun = self.0.begin(&new).await?;
         let (row, token, created) = match begun {
             Begun::Created(row, token) => (row, token.to_string(), true),
-            Begun::Resumed(row, token) => (row, token.to_string(), false),
+            Begun::Held(row, token) => (row, token.to_string(), false),
             Begun::Existing(row) => (row, String::new(), false),
         };
         Ok(Response::new(pb::BeginCheckoutResponse {
@@ -300,10 +300,7 @@ impl UserGrpc {
             Begun::Created(row, _) => {
                 tracing::info!(order_id = %row.order_id, trace_id = %row.trace_id, strategy = %row.strategy, "checkout begun");
             }
-            Begun::Resumed(row, _) => {
-                tracing::info!(order_id = %row.order_id, trace_id = %new.trace_id, attempt = row.attempts, "checkout resumed by a retry");
-            }
-            Begun::Existing(_) => {}
+            Begun::Held(_, _) | Begun::Existing(_) => {}
         }
         Ok(begun)
     }

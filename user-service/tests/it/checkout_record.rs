@@ -40,12 +40,22 @@ async fn begin(
     order: &pb::Order,
     lease_ms: u32,
 ) -> Result<pb::BeginCheckoutResponse, tonic::Status> {
+    begin_as(app, order, lease_ms, "").await
+}
+
+async fn begin_as(
+    app: &TestApp,
+    order: &pb::Order,
+    lease_ms: u32,
+    lease_token: &str,
+) -> Result<pb::BeginCheckoutResponse, tonic::Status> {
     app.client
         .clone()
         .begin_checkout(pb::BeginCheckoutRequest {
             order: Some(order.clone()),
             lease_ms,
             strategy: "orchestrated".into(),
+            lease_token: lease_token.into(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -160,36 +170,28 @@ async fn a_record_is_created_once_and_driven_only_by_its_lease_holder() {
     );
 }
 
+/// A retry never takes over an earlier attempt's checkout, even after its lease ran out: it
+/// cannot know what that attempt did. The holder keeps it until someone (the recovery)
+/// claims it; going backward is written before it ends.
 #[tokio::test]
-async fn a_record_whose_lease_ran_out_is_resumed_by_the_next_attempt() {
-    // No recovery here: this service has no item- or payment-service to ask, and its
-    // rounds only wait; the retry must take the record over itself.
+async fn a_retry_never_takes_over_and_going_backward_is_written_first() {
+    // No recovery rounds here (this service has no item- or payment-service to ask).
     let app = crate::harness::spawn_with(|c| c.recovery_interval_ms = 600_000).await;
     let user = customer(&app).await;
     let o = record(&user, ITEM, 1);
     let first = begin(&app, &o, 1000).await.expect("begin");
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    let retry = begin(&app, &o, 5000).await.expect("resume");
+    let retry = begin(&app, &o, 5000).await.expect("retry");
     assert!(!retry.created);
-    assert!(!retry.lease_token.is_empty());
-    assert_ne!(retry.lease_token, first.lease_token);
-    // The first holder has lost it.
-    let old = advance(
-        &app,
-        &o.order_id,
-        &first.lease_token,
-        pb::OrderStatus::Cancelled,
-        "",
-        "card_declined",
-    )
-    .await
-    .expect_err("lease lost");
-    assert_eq!(reason_of(&old), Some(ErrorReason::CheckoutTakenOver));
-    // Going backward: the decision first, then the end.
+    assert!(retry.lease_token.is_empty(), "a retry gets no lease");
+    assert_eq!(
+        retry.order.expect("order").status(),
+        pb::OrderStatus::Pending
+    );
     let cancelling = advance(
         &app,
         &o.order_id,
-        &retry.lease_token,
+        &first.lease_token,
         pb::OrderStatus::Cancelling,
         "",
         "card_declined",
@@ -198,10 +200,22 @@ async fn a_record_whose_lease_ran_out_is_resumed_by_the_next_attempt() {
     .expect("cancelling");
     assert_eq!(cancelling.status(), pb::OrderStatus::Cancelling);
     assert_eq!(cancelling.failure, "card_declined");
+    // A cancelling checkout cannot be placed any more.
+    let placed = advance(
+        &app,
+        &o.order_id,
+        &first.lease_token,
+        pb::OrderStatus::Placed,
+        "pay-1",
+        "",
+    )
+    .await
+    .expect_err("cancelling is not placed");
+    assert_eq!(reason_of(&placed), Some(ErrorReason::CheckoutState));
     let cancelled = advance(
         &app,
         &o.order_id,
-        &retry.lease_token,
+        &first.lease_token,
         pb::OrderStatus::Cancelled,
         "",
         "card_declined",
@@ -209,12 +223,37 @@ async fn a_record_whose_lease_ran_out_is_resumed_by_the_next_attempt() {
     .await
     .expect("cancelled");
     assert_eq!(cancelled.status(), pb::OrderStatus::Cancelled);
-    // A cancelled checkout is not resumed.
     let after = begin(&app, &o, 5000).await.expect("begin after");
     assert!(after.lease_token.is_empty());
     assert_eq!(
         after.order.expect("order").status(),
         pb::OrderStatus::Cancelled
+    );
+}
+
+/// The caller repeats BeginCheckout after losing its answer: with its own token it gets its
+/// lease back; anyone else still gets none.
+#[tokio::test]
+async fn a_repeated_begin_with_the_callers_token_keeps_its_lease() {
+    let app = spawn().await;
+    let user = customer(&app).await;
+    let o = record(&user, ITEM, 1);
+    let mine = Uuid::new_v4().to_string();
+    let first = begin_as(&app, &o, 60_000, &mine).await.expect("begin");
+    assert_eq!(first.lease_token, mine);
+    let again = begin_as(&app, &o, 60_000, &mine).await.expect("again");
+    assert!(!again.created);
+    assert_eq!(again.lease_token, mine);
+    let other = begin_as(&app, &o, 60_000, &Uuid::new_v4().to_string())
+        .await
+        .expect("other");
+    assert!(other.lease_token.is_empty());
+    let e = begin_as(&app, &o, 60_000, "not-a-uuid")
+        .await
+        .expect_err("bad token");
+    assert_eq!(
+        platform::error::field_of(&e).as_deref(),
+        Some("lease_token")
     );
 }
 
