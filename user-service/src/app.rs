@@ -52,7 +52,8 @@ impl UserService {
             &config.jwt_secret()?,
             Duration::from_secs(config.token_ttl_secs),
         )?;
-        let grpc = UserGrpc::new(Store::new(pool), tokens, &config.admin_emails, payment);
+        let grpc = UserGrpc::new(Store::new(pool), tokens, &config.admin_emails, payment)
+            .with_hash_limits(config.hash_limits());
         Ok(Self {
             api: UserApi(Arc::new(grpc)),
         })

@@ -7,7 +7,7 @@ pub mod config;
 pub mod domain;
 mod error;
 pub mod orders;
-mod password;
+pub mod password;
 mod service;
 mod store;
 pub mod token;

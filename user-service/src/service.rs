@@ -14,7 +14,7 @@ use crate::{
     domain::{DisplayName, Email, Password, Role, UserId},
     error::Error,
     orders::{self, NewOrder, timestamp},
-    password,
+    password::{HashLimits, Hasher},
     store::{Store, UserRow},
     token::TokenKeys,
 };
@@ -25,6 +25,7 @@ pub struct UserGrpc {
     pub(crate) tokens: TokenKeys,
     admin_emails: HashSet<String>,
     pub(crate) payment: PaymentServiceClient<GrpcTransport>,
+    passwords: Hasher,
 }
 
 impl UserGrpc {
@@ -43,7 +44,14 @@ impl UserGrpc {
                 .map(|e| e.as_str().to_owned())
                 .collect(),
             payment: PaymentServiceClient::new(payment),
+            passwords: Hasher::default(),
         }
+    }
+
+    /// Bounds password hashing (default: one per CPU, see [`HashLimits`]).
+    pub fn with_hash_limits(mut self, limits: HashLimits) -> Self {
+        self.passwords = Hasher::new(limits);
+        self
     }
 
     /// The user id and role in a valid token.
@@ -85,7 +93,7 @@ impl pb::user_service_server::UserService for UserApi {
         } else {
             Role::Customer
         };
-        let hash = password::hash(password).await.map_err(Error::from)?;
+        let hash = self.0.passwords.hash(password).await.map_err(Error::from)?;
         let user = {
             use secrecy::ExposeSecret;
             self.0
@@ -122,7 +130,10 @@ impl pb::user_service_server::UserService for UserApi {
             Some((u, h)) => (Some(u), Some(h)),
             None => (None, None),
         };
-        let ok = password::verify(r.password, hash)
+        let ok = self
+            .0
+            .passwords
+            .verify(r.password, hash)
             .await
             .map_err(Error::from)?;
         let user = match (ok, user) {

@@ -5,4 +5,5 @@
 mod accounts;
 mod grpc_surface;
 mod harness;
+mod hashing;
 mod orders;
