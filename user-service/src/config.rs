@@ -99,3 +99,37 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_jwt_secret_and_the_database_password() {
+        let secret = "jwt-secret-0123456789-abcdefghijklmnop";
+        let config = Config::parse_from([
+            "user-service",
+            "--database-url",
+            "postgres://shop:db-password-42@localhost/shop",
+            "--jwt-secret",
+            secret,
+        ]);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(!shown.contains("db-password-42"), "{shown}");
+    }
+
+    #[test]
+    fn hash_concurrency_defaults_to_the_cpus_and_refuses_zero() {
+        let args = ["user-service", "--database-url", "postgres://x@y/z"];
+        let config = Config::parse_from(args);
+        assert_eq!(
+            config.hash_concurrency,
+            crate::password::default_concurrency()
+        );
+        let zero = Config::try_parse_from(args.iter().copied().chain(["--hash-concurrency", "0"]));
+        assert!(zero.is_err());
+    }
+}
