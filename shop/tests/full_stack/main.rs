@@ -7,4 +7,5 @@ mod checkout;
 mod common;
 mod monolith;
 mod resilience;
+mod throttle;
 mod timing;
