@@ -56,6 +56,7 @@ impl Application {
             budgets: Budgets {
                 checkout: config.checkout_budget(),
                 read: config.read_budget(),
+                lease: config.checkout_lease(),
             },
             faults,
             login_throttle: throttle::LoginThrottle::new(config.login_throttle()),

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod charts;
+pub mod check;
 pub mod cpu;
 pub mod deployment;
 pub mod engine;

@@ -6,6 +6,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use clap::{Parser, Subcommand};
 use loadtest::{
     admin::ShopAdmin,
+    check,
     engine::{self, Model, RunSpec, Workload},
     experiment,
     http::{HttpPool, Target},
@@ -48,6 +49,8 @@ enum Command {
     Run(RunArgs),
     /// Start the stack from the built binaries, run every comparison, write the report.
     Experiment(ExperimentArgs),
+    /// Check the stores' consistency (read-only): exit 0 consistent, 1 violations, 2 error.
+    Check(check::Args),
 }
 
 #[derive(Parser)]
@@ -236,6 +239,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(a) => run(a).await,
+        Command::Check(a) => std::process::exit(check::run_cli(a).await),
         Command::Experiment(a) => {
             let report = experiment::run(experiment::Options {
                 bin_dir: a.bin_dir,

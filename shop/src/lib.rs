@@ -85,10 +85,16 @@ impl Monolith {
             .context("payment-service")?
             .hosted();
         let payment_t = payment.in_process(&faults);
-        let user = UserService::connect(&config.user, payment_t.clone())
-            .await
-            .context("user-service")?
-            .hosted();
+        let user = UserService::connect(
+            &config.user,
+            user_service::Downstreams {
+                payment: payment_t.clone(),
+                item: item_t.clone(),
+            },
+        )
+        .await
+        .context("user-service")?
+        .hosted();
         let user_t = user.in_process(&faults);
         for service in [item, payment, user] {
             host.host(service);

@@ -35,6 +35,10 @@ pub fn config(database_url: &str) -> Config {
         hash_wait_ms: 2_000,
         admin_emails: vec![ADMIN_EMAIL.into()],
         payment_service_url: "http://127.0.0.1:1".into(),
+        item_service_url: "http://127.0.0.1:1".into(),
+        recovery_interval_ms: 200,
+        recovery_call_timeout_ms: 2000,
+        recovery_stuck_secs: 60,
         request_timeout_ms: 10_000,
         faults: String::new(),
         log_json: false,
@@ -48,7 +52,12 @@ pub async fn spawn() -> UserServer {
 /// Spawns user-service on a fresh database, with `tweak` applied to the test config.
 pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> UserServer {
     let database = db::fresh_postgres("user").await;
-    let mut config = config(&database.url);
+    spawn_on(&database.url, tweak).await
+}
+
+/// Spawns user-service on an existing database: a second replica of a running one.
+pub async fn spawn_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -> UserServer {
+    let mut config = config(database_url);
     tweak(&mut config);
     let app = Application::build(config)
         .await
@@ -59,6 +68,6 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> UserServer {
         server: Running::spawn(grpc_addr, |stop| app.run_until_stopped(stop)),
         grpc_addr,
         metrics_addr,
-        database_url: database.url,
+        database_url: database_url.to_owned(),
     }
 }

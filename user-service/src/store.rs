@@ -42,21 +42,30 @@ pub struct OrderRow {
     pub order_id: Uuid,
     pub user_id: Uuid,
     pub lines: Json<Vec<StoredLine>>,
-    pub total_minor: i64,
-    pub currency: String,
-    pub payment_id: String,
+    /// False while a chained checkout's lines await payment-service's prices.
+    pub priced: bool,
+    pub total_minor: Option<i64>,
+    pub currency: Option<String>,
+    pub payment_id: Option<String>,
     pub reservation_id: String,
     pub status: String,
+    pub failure: Option<String>,
+    pub strategy: String,
+    pub trace_id: String,
+    pub lease_token: Option<Uuid>,
+    pub attempts: i32,
     pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
 }
 
 const USER_COLUMNS: &str = "user_id, email, display_name, role, created_at";
-const ORDER_COLUMNS: &str = "order_id, user_id, lines, total_minor, currency, payment_id, \
-                             reservation_id, status, created_at";
+pub(crate) const ORDER_COLUMNS: &str = "order_id, user_id, lines, priced, total_minor, currency, \
+     payment_id, reservation_id, status, failure, strategy, trace_id, lease_token, attempts, \
+     created_at, updated_at";
 
 #[derive(Clone)]
 pub struct Store {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
 }
 
 impl Store {
@@ -170,7 +179,9 @@ impl Store {
             .await?)
     }
 
-    /// A page of a user's orders, newest first, strictly after the cursor `after`.
+    /// A page of a user's orders, newest first, strictly after the cursor `after`: placed
+    /// and refunded ones, and checkouts still being settled; not the cancelled checkouts
+    /// that ended with nothing kept (GetOrder still shows those).
     pub async fn list_orders(
         &self,
         user: UserId,
@@ -181,6 +192,7 @@ impl Store {
             None => {
                 let sql = format!(
                     "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 \
+                     AND status <> 'cancelled' \
                      ORDER BY created_at DESC, order_id DESC LIMIT $2"
                 );
                 sqlx::query_as::<_, OrderRow>(&sql)
@@ -193,7 +205,7 @@ impl Store {
             Some((at, id)) => {
                 let sql = format!(
                     "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 \
-                     AND (created_at, order_id) < ($2, $3) \
+                     AND status <> 'cancelled' AND (created_at, order_id) < ($2, $3) \
                      ORDER BY created_at DESC, order_id DESC LIMIT $4"
                 );
                 sqlx::query_as::<_, OrderRow>(&sql)

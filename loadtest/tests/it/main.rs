@@ -2,5 +2,6 @@
 //! the generator and report end to end against a toy target, and the fault guard against
 //! the real fault endpoints.
 
+mod check;
 mod fault_guard;
 mod report_smoke;

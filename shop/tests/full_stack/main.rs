@@ -6,6 +6,7 @@ mod api;
 mod checkout;
 mod common;
 mod monolith;
+mod recovery;
 mod resilience;
 mod throttle;
 mod timing;
