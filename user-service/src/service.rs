@@ -15,7 +15,7 @@ use crate::{
     domain::{DisplayName, Email, Password, Role, UserId},
     error::Error,
     orders::{self, NewOrder, timestamp},
-    password,
+    password::{HashLimits, Hasher},
     store::{OrderRow, Store, UserRow},
     token::TokenKeys,
 };
@@ -36,6 +36,7 @@ pub struct UserGrpc {
     pub(crate) payment: PaymentServiceClient<GrpcTransport>,
     /// For the checkout recovery.
     pub(crate) item: ItemServiceClient<GrpcTransport>,
+    passwords: Hasher,
 }
 
 impl UserGrpc {
@@ -55,7 +56,14 @@ impl UserGrpc {
                 .collect(),
             payment: PaymentServiceClient::new(deps.payment),
             item: ItemServiceClient::new(deps.item),
+            passwords: Hasher::default(),
         }
+    }
+
+    /// Bounds password hashing (default: one per CPU, see [`HashLimits`]).
+    pub fn with_hash_limits(mut self, limits: HashLimits) -> Self {
+        self.passwords = Hasher::new(limits);
+        self
     }
 
     /// The user id and role in a valid token.
@@ -97,7 +105,7 @@ impl pb::user_service_server::UserService for UserApi {
         } else {
             Role::Customer
         };
-        let hash = password::hash(password).await.map_err(Error::from)?;
+        let hash = self.0.passwords.hash(password).await.map_err(Error::from)?;
         let user = {
             use secrecy::ExposeSecret;
             self.0
@@ -134,7 +142,10 @@ impl pb::user_service_server::UserService for UserApi {
             Some((u, h)) => (Some(u), Some(h)),
             None => (None, None),
         };
-        let ok = password::verify(r.password, hash)
+        let ok = self
+            .0
+            .passwords
+            .verify(r.password, hash)
             .await
             .map_err(Error::from)?;
         let user = match (ok, user) {

@@ -6,4 +6,5 @@ mod accounts;
 mod checkout_record;
 mod grpc_surface;
 mod harness;
+mod hashing;
 mod orders;
