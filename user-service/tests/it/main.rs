@@ -4,6 +4,8 @@
 
 mod accounts;
 mod admin;
+mod checkout_record;
 mod grpc_surface;
 mod harness;
+mod hashing;
 mod orders;
