@@ -40,7 +40,9 @@ pub fn config(database_url: &str) -> Config {
         jwt_secret_file: None,
         token_ttl_secs: 3600,
         hash_concurrency: user_service::password::default_concurrency(),
-        hash_wait_ms: 2_000,
+        // Tests run on a loaded, shared machine: wait for a slot rather than refuse (the
+        // hashing tests set their own limits).
+        hash_wait_ms: 60_000,
         payment_service_url: "http://127.0.0.1:1".into(),
         item_service_url: "http://127.0.0.1:1".into(),
         recovery_interval_ms: 200,
