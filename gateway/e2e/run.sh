@@ -32,8 +32,8 @@ if [ ! -d "$HERE/node_modules/playwright-core" ]; then
   (cd "$HERE" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2)
 fi
 
-log "building the shop monolith"
-(cd "$ROOT" && cargo build -q -p shop --bin shop)
+log "building the shop monolith and user-service (its admin command)"
+(cd "$ROOT" && cargo build -q -p shop --bin shop -p user-service --bin user-service)
 SHOP_BIN="$ROOT/target/debug/shop"
 
 RUN="$(date +%s)-$$"
@@ -43,8 +43,7 @@ LOG="$ROOT/target/e2e-shop.log"
 rm -rf "$SHOTS"; mkdir -p "$SHOTS"; rm -f "$LOG"
 
 log "starting the shop"
-env USER_ADMIN_EMAILS="$ADMIN_EMAIL" \
-    USER_JWT_SECRET="${USER_JWT_SECRET:-e2e-secret-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}" \
+env USER_JWT_SECRET="${USER_JWT_SECRET:-e2e-secret-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}" \
     ITEM_MONGODB_DATABASE="shop_item_e2e_$RUN" ITEM_SEED=true \
     GATEWAY_HTTP_ADDR=127.0.0.1:0 SHOP_GRPC_ADDR=off SHOP_CARD_GATEWAY_ADDR=127.0.0.1:0 \
     RUST_LOG="${RUST_LOG:-info}" \
@@ -61,6 +60,12 @@ for _ in $(seq 1 600); do
 done
 [ -n "$URL" ] || { cat "$LOG" >&2; die "the shop did not start"; }
 log "shop at $URL"
+
+# The admin: registered like anyone, then made an admin by the operator's command.
+curl -fsS -o /dev/null -H 'content-type: application/json' \
+  -d "{\"email\":\"$ADMIN_EMAIL\",\"password\":\"e2e password 123\",\"display_name\":\"Admin\"}" \
+  "$URL/api/auth/register" || die "could not register $ADMIN_EMAIL"
+"$ROOT/target/debug/user-service" admin grant "$ADMIN_EMAIL" >&2
 
 cd "$HERE"
 SHOP_URL="$URL" E2E_ADMIN_EMAIL="$ADMIN_EMAIL" SCREENSHOT_DIR="$SHOTS" \

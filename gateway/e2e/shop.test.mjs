@@ -34,9 +34,9 @@ async function api(method, p, body, token) {
 
 before(async () => {
   assert.ok(BASE, "SHOP_URL must point at a running shop");
-  assert.ok(ADMIN_EMAIL, "E2E_ADMIN_EMAIL must be an email listed in USER_ADMIN_EMAILS");
+  assert.ok(ADMIN_EMAIL, "E2E_ADMIN_EMAIL must be an account the operator made admin (user-service admin grant)");
   fs.mkdirSync(SHOTS, { recursive: true });
-  // Catalog setup through the REST API as the first admin.
+  // Catalog setup through the REST API as the admin run.sh registered and granted.
   let r = await api("POST", "/api/auth/register", { email: ADMIN_EMAIL, password: PASSWORD, display_name: "Admin" });
   assert.ok(r.status === 201 || r.status === 409, JSON.stringify(r.body));
   r = await api("POST", "/api/auth/login", { email: ADMIN_EMAIL, password: PASSWORD });

@@ -57,14 +57,12 @@ fn url(addr: std::net::SocketAddr) -> String {
 pub(crate) async fn start_stack(
     stack: &mut Stack,
     run_id: &str,
-    admin_email: &str,
     shop_url: Option<&str>,
 ) -> anyhow::Result<(Deployment, Vec<String>)> {
     let mut setup = Vec::new();
     let jwt = format!("loadtest-{}-{}", run_id, uuid::Uuid::new_v4().simple());
     stack.common_env = vec![
         ("USER_JWT_SECRET".into(), jwt),
-        ("USER_ADMIN_EMAILS".into(), admin_email.into()),
         // A catalog of this run's own, so other runs' stock never interferes.
         ("ITEM_MONGODB_DATABASE".into(), format!("loadtest_{run_id}")),
     ];

@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
+
 use crate::{
     admin::ShopAdmin,
     deployment::{Deployment, start_stack},
@@ -216,12 +218,20 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         "[loadtest] starting the stack (logs in {})",
         log_dir.display()
     );
-    let (dep, mut setup) =
-        start_stack(&mut stack, &run_id, &admin_email, opts.shop_url.as_deref()).await?;
+    let (dep, mut setup) = start_stack(&mut stack, &run_id, opts.shop_url.as_deref()).await?;
     let p = Params::new(opts.quick, opts.rate);
 
     eprintln!("[loadtest] creating accounts and load-test items");
     let shop_admin = ShopAdmin::new(dep.gw.clone());
+    // Registered as a customer like any account; the operator's command (on the same
+    // database, from the environment) makes it an admin; the next login carries the role.
+    shop_admin
+        .account(&admin_email, "load-test-password-1")
+        .await?;
+    stack
+        .run_once("user-service", &["admin", "grant", &admin_email], &[])
+        .await
+        .context("granting the load-test account admin")?;
     let admin_token = shop_admin
         .account(&admin_email, "load-test-password-1")
         .await?;

@@ -89,8 +89,8 @@ struct RunArgs {
     /// Accounts to create for checkouts (one per virtual user).
     #[arg(long, default_value_t = 8)]
     accounts: usize,
-    /// Admin account (an address in user-service's USER_ADMIN_EMAILS) to create items with
-    /// plenty of stock for checkouts; without it, in-stock catalog items are bought.
+    /// Admin account (made one by the operator: `user-service admin grant EMAIL`) to create
+    /// items with plenty of stock for checkouts; without it, in-stock catalog items are bought.
     #[arg(long)]
     admin_email: Option<String>,
     #[arg(long, default_value = "load-test-password-1")]
@@ -122,7 +122,7 @@ struct ExperimentArgs {
     #[arg(long)]
     rate: Option<f64>,
     /// Use this running `shop` monolith instead of starting target/release/shop. It
-    /// must use the same databases, JWT secret and admin emails as the started stack,
+    /// must use the same databases and JWT secret as the started stack,
     /// so this is mainly for debugging the experiment.
     #[arg(long)]
     shop_url: Option<String>,

@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 
 use secrecy::SecretString;
-use user_service::{Application, Config};
+use user_service::{Application, Config, admin::AdminCommand};
 
 use crate::{Running, db};
 
 /// The JWT secret test servers sign with (gateways under test must share it).
 pub const SECRET: &str = "test-secret-0123456789-abcdefghijklmnop";
-/// The address the test config makes an admin.
+/// The address tests make an admin with [`grant_admin`] (registering it alone gives a
+/// customer, as for any address).
 pub const ADMIN_EMAIL: &str = "admin@example.com";
 
 /// A running user-service.
@@ -20,7 +21,14 @@ pub struct UserServer {
     pub database_url: String,
 }
 
-/// The test config over `database_url`: ephemeral ports, [`SECRET`], [`ADMIN_EMAIL`], and
+impl UserServer {
+    /// [`grant_admin`] on this server's database.
+    pub async fn grant_admin(&self, email: &str) {
+        grant_admin(&self.database_url, email).await;
+    }
+}
+
+/// The test config over `database_url`: ephemeral ports, [`SECRET`], and
 /// a payment-service address nothing listens on (a chained checkout fails fast, not hangs).
 pub fn config(database_url: &str) -> Config {
     Config {
@@ -31,7 +39,10 @@ pub fn config(database_url: &str) -> Config {
         jwt_secret: Some(SecretString::from(SECRET.to_owned())),
         jwt_secret_file: None,
         token_ttl_secs: 3600,
-        admin_emails: vec![ADMIN_EMAIL.into()],
+        hash_concurrency: user_service::password::default_concurrency(),
+        // Tests run on a loaded, shared machine: wait for a slot rather than refuse (the
+        // hashing tests set their own limits).
+        hash_wait_ms: 60_000,
         payment_service_url: "http://127.0.0.1:1".into(),
         item_service_url: "http://127.0.0.1:1".into(),
         recovery_interval_ms: 200,
@@ -42,6 +53,28 @@ pub fn config(database_url: &str) -> Config {
         log_json: false,
         identity: crate::identity::settings(platform::identity::USER_SERVICE),
     }
+}
+
+/// Gives the registered account `email` on user-service's database `database_url` the
+/// admin role, by the operator's code path (`user-service admin grant`). Its next login
+/// gets an admin token.
+pub async fn grant_admin(database_url: &str, email: &str) {
+    let command = AdminCommand::Grant {
+        email: email.to_owned(),
+    };
+    user_service::admin::run(&config(database_url), &command)
+        .await
+        .unwrap_or_else(|e| panic!("granting admin to {email}: {e:#}"));
+}
+
+/// Makes `email` a customer again (`user-service admin revoke`), from its next login on.
+pub async fn revoke_admin(database_url: &str, email: &str) {
+    let command = AdminCommand::Revoke {
+        email: email.to_owned(),
+    };
+    user_service::admin::run(&config(database_url), &command)
+        .await
+        .unwrap_or_else(|e| panic!("revoking admin from {email}: {e:#}"));
 }
 
 pub async fn spawn() -> UserServer {

@@ -11,7 +11,10 @@ use platform::{
 };
 use secrecy::ExposeSecret;
 use shop_proto::user::v1::user_service_server::UserServiceServer;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 use tonic::server::NamedService as _;
 
 use crate::{
@@ -36,20 +39,7 @@ impl UserService {
     /// Connects to PostgreSQL, applies migrations and prepares the signing keys.
     /// `deps` is how the chained checkout and the recovery reach the other services.
     pub async fn connect(config: &Config, deps: Downstreams) -> anyhow::Result<Self> {
-        let options: PgConnectOptions =
-            config.database_url.expose_secret().parse().map_err(|e| {
-                anyhow::anyhow!("USER_DATABASE_URL is not a valid postgres URL: {e}")
-            })?;
-        let pool = PgPoolOptions::new()
-            .max_connections(config.database_max_connections)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_with(options)
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {e}"))?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| anyhow::anyhow!("running migrations: {e}"))?;
+        let pool = open_database(config, config.database_max_connections).await?;
         let tokens = TokenKeys::new(
             &config.jwt_secret()?,
             Duration::from_secs(config.token_ttl_secs),
@@ -60,7 +50,8 @@ impl UserService {
             payment: platform::policy::sign(deps.payment, &signer, PAYMENT_SERVICE),
             item: platform::policy::sign(deps.item, &signer, ITEM_SERVICE),
         };
-        let grpc = UserGrpc::new(Store::new(pool), tokens, &config.admin_emails, deps);
+        let grpc =
+            UserGrpc::new(Store::new(pool), tokens, deps).with_hash_limits(config.hash_limits());
         Ok(Self {
             api: UserApi(Arc::new(grpc)),
             recovery: config.recovery(),
@@ -88,6 +79,27 @@ impl UserService {
             },
         )
     }
+}
+
+/// Connects to PostgreSQL (`USER_DATABASE_URL`) with at most `max_connections` and applies
+/// the migrations it has not seen yet: the service and the operator's `admin` command.
+pub(crate) async fn open_database(config: &Config, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = config
+        .database_url
+        .expose_secret()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("USER_DATABASE_URL is not a valid postgres URL: {e}"))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_with(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {e}"))?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("running migrations: {e}"))?;
+    Ok(pool)
 }
 
 /// user-service as its own process: gRPC and metrics listeners bound, ready to run.

@@ -2,6 +2,7 @@
 //! The gRPC implementation is a library type, so the `shop` monolith can host it too.
 
 pub mod access;
+pub mod admin;
 mod app;
 mod chained;
 pub mod checkout_record;
@@ -9,7 +10,7 @@ pub mod config;
 pub mod domain;
 mod error;
 pub mod orders;
-mod password;
+pub mod password;
 pub mod recovery;
 mod service;
 mod store;

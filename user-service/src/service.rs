@@ -1,6 +1,6 @@
 //! The `shop.user.v1.UserService` implementation: parse at the edge, then domain calls.
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use platform::{identity::Caller, paging::Page, transport::GrpcTransport};
 use shop_proto::{
@@ -16,7 +16,7 @@ use crate::{
     domain::{DisplayName, Email, Password, Role, UserId},
     error::Error,
     orders::{self, NewOrder, timestamp},
-    password,
+    password::{HashLimits, Hasher},
     store::{OrderRow, Store, UserRow},
     token::TokenKeys,
 };
@@ -33,30 +33,27 @@ pub struct Downstreams {
 pub struct UserGrpc {
     pub(crate) store: Store,
     pub(crate) tokens: TokenKeys,
-    admin_emails: HashSet<String>,
     pub(crate) payment: PaymentServiceClient<GrpcTransport>,
     /// For the checkout recovery.
     pub(crate) item: ItemServiceClient<GrpcTransport>,
+    passwords: Hasher,
 }
 
 impl UserGrpc {
-    pub fn new(
-        store: Store,
-        tokens: TokenKeys,
-        admin_emails: &[String],
-        deps: Downstreams,
-    ) -> Self {
+    pub fn new(store: Store, tokens: TokenKeys, deps: Downstreams) -> Self {
         Self {
             store,
             tokens,
-            admin_emails: admin_emails
-                .iter()
-                .filter_map(|e| Email::parse(e).ok())
-                .map(|e| e.as_str().to_owned())
-                .collect(),
             payment: PaymentServiceClient::new(deps.payment),
             item: ItemServiceClient::new(deps.item),
+            passwords: Hasher::default(),
         }
+    }
+
+    /// Bounds password hashing (default: one per CPU, see [`HashLimits`]).
+    pub fn with_hash_limits(mut self, limits: HashLimits) -> Self {
+        self.passwords = Hasher::new(limits);
+        self
     }
 
     /// The user id and role in a valid token.
@@ -93,12 +90,10 @@ impl pb::user_service_server::UserService for UserApi {
         let email = Email::parse(&r.email).map_err(Error::from)?;
         let password = Password::parse(r.password).map_err(Error::from)?;
         let display_name = DisplayName::parse(&r.display_name).map_err(Error::from)?;
-        let role = if self.0.admin_emails.contains(email.as_str()) {
-            Role::Admin
-        } else {
-            Role::Customer
-        };
-        let hash = password::hash(password).await.map_err(Error::from)?;
+        // Every account starts as a customer; admins are made by the operator
+        // (`user-service admin grant`), never by registering a particular address.
+        let role = Role::Customer;
+        let hash = self.0.passwords.hash(password).await.map_err(Error::from)?;
         let user = {
             use secrecy::ExposeSecret;
             self.0
@@ -135,7 +130,10 @@ impl pb::user_service_server::UserService for UserApi {
             Some((u, h)) => (Some(u), Some(h)),
             None => (None, None),
         };
-        let ok = password::verify(r.password, hash)
+        let ok = self
+            .0
+            .passwords
+            .verify(r.password, hash)
             .await
             .map_err(Error::from)?;
         let user = match (ok, user) {
@@ -272,7 +270,7 @@ impl pb::user_service_server::UserService for UserApi {
         let begun = self.0.begin(&new).await?;
         let (row, token, created) = match begun {
             Begun::Created(row, token) => (row, token.to_string(), true),
-            Begun::Resumed(row, token) => (row, token.to_string(), false),
+            Begun::Held(row, token) => (row, token.to_string(), false),
             Begun::Existing(row) => (row, String::new(), false),
         };
         Ok(Response::new(pb::BeginCheckoutResponse {
@@ -321,10 +319,7 @@ impl UserGrpc {
             Begun::Created(row, _) => {
                 tracing::info!(order_id = %row.order_id, trace_id = %row.trace_id, strategy = %row.strategy, "checkout begun");
             }
-            Begun::Resumed(row, _) => {
-                tracing::info!(order_id = %row.order_id, trace_id = %new.trace_id, attempt = row.attempts, "checkout resumed by a retry");
-            }
-            Begun::Existing(_) => {}
+            Begun::Held(_, _) | Begun::Existing(_) => {}
         }
         Ok(begun)
     }

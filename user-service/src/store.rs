@@ -117,6 +117,27 @@ impl Store {
         Ok(row.map(|r| (r.user, SecretString::from(r.password_hash))))
     }
 
+    /// Sets the role of the account with `email` (the operator's `admin grant|revoke`).
+    /// Returns the account's id and its role before the change; None when no account has
+    /// that email. One statement, so the reported "before" is the row it replaced.
+    pub async fn set_role(
+        &self,
+        email: &Email,
+        role: Role,
+    ) -> Result<Option<(UserId, Role)>, StoreError> {
+        let row: Option<(Uuid, String)> = sqlx::query_as(
+            "WITH old AS (SELECT user_id, role FROM users WHERE email = $1 FOR UPDATE) \
+             UPDATE users SET role = $2 FROM old WHERE users.user_id = old.user_id \
+             RETURNING users.user_id, old.role",
+        )
+        .bind(email.as_str())
+        .bind(role.as_str())
+        .fetch_optional(&self.pool)
+        .store_op("postgres", "set_role")
+        .await?;
+        Ok(row.map(|(id, before)| (UserId(id), Role::from_db(&before))))
+    }
+
     pub async fn user(&self, id: UserId) -> Result<Option<UserRow>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1");
         Ok(sqlx::query_as::<_, UserRow>(&sql)

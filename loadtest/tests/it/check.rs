@@ -62,6 +62,11 @@ async fn login(shop: &Shop, email: &str) -> String {
     )
     .await;
     assert_eq!(s, 201, "register: {b}");
+    sign_in(shop, email).await
+}
+
+/// Logs in an existing account.
+async fn sign_in(shop: &Shop, email: &str) -> String {
     let (s, b) = post(
         shop,
         "/api/auth/login",
@@ -146,7 +151,10 @@ async fn shop_with_checkouts(tweak_item: impl FnOnce(&mut item_service::Config))
             item.server,
         ],
     };
-    let admin = login(&shop, user::ADMIN_EMAIL).await;
+    // Registered as a customer; the operator makes it an admin; the next login says so.
+    login(&shop, user::ADMIN_EMAIL).await;
+    user::grant_admin(&shop.urls.user_database_url, user::ADMIN_EMAIL).await;
+    let admin = sign_in(&shop, user::ADMIN_EMAIL).await;
     let (s, b) = post(
         &shop,
         "/api/items",

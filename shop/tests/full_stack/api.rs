@@ -71,10 +71,44 @@ async fn auth_endpoints() {
     assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
     assert_eq!(forged.code(), "unauthenticated");
 
-    // The first admin: an email listed in USER_ADMIN_EMAILS.
+    // An admin is made by the operator (`user-service admin grant`), not by registering.
     let admin = s.admin().await;
     let me = s.get("/api/me", Some(&admin)).await;
     assert_eq!(me.body["role"], "admin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_grants_and_revokes_admin_and_the_next_login_carries_it() {
+    let s = stack().await;
+    let new_item = || {
+        json!({
+            "sku": format!("OP-{}", unique_suffix()).to_uppercase(),
+            "name": "Operator's widget",
+            "description": "made by a granted admin",
+            "category": "testing",
+            "price": {"amount_minor": 100, "currency": "USD"},
+            "stock": 1,
+        })
+    };
+    // The address that used to become admin on registration is a customer like any.
+    let (customer, _) = s.user(ADMIN_EMAIL).await;
+    let me = s.get("/api/me", Some(&customer)).await;
+    assert_eq!(me.body["role"], "customer");
+    let r = s.post("/api/items", Some(&customer), new_item()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+
+    test_support::user::grant_admin(&s.user_database_url, ADMIN_EMAIL).await;
+    // The token from before the grant still says customer; the next login says admin.
+    let r = s.post("/api/items", Some(&customer), new_item()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    let admin = s.login(ADMIN_EMAIL).await;
+    let r = s.post("/api/items", Some(&admin), new_item()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+
+    test_support::user::revoke_admin(&s.user_database_url, ADMIN_EMAIL).await;
+    let again = s.login(ADMIN_EMAIL).await;
+    let r = s.post("/api/items", Some(&again), new_item()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

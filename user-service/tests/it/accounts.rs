@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::harness::{ADMIN_EMAIL, SECRET, spawn, unique_email};
+use crate::harness::{SECRET, spawn, unique_email};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use shop_proto::user::v1 as pb;
@@ -57,30 +57,6 @@ async fn register_login_get_user_round_trip() {
         .into_inner();
     assert_eq!(valid.user_id, user.user_id);
     assert_eq!(valid.role, pb::Role::Customer as i32);
-}
-
-#[tokio::test]
-async fn configured_admin_email_gets_admin_role() {
-    let app = spawn().await;
-    let user = app
-        .register(ADMIN_EMAIL, "administrator-pass", "Root")
-        .await
-        .expect("register");
-    assert_eq!(user.role, pb::Role::Admin as i32);
-    let login = app
-        .login(ADMIN_EMAIL, "administrator-pass")
-        .await
-        .expect("login");
-    let v = app
-        .client
-        .clone()
-        .validate_token(pb::ValidateTokenRequest {
-            access_token: login.access_token,
-        })
-        .await
-        .expect("validate")
-        .into_inner();
-    assert_eq!(v.role, pb::Role::Admin as i32);
 }
 
 #[tokio::test]

@@ -14,6 +14,8 @@ pub struct TestApp {
     pub metrics_addr: SocketAddr,
     pub client: UserServiceClient<platform::transport::GrpcTransport>,
     pub channel: Channel,
+    /// Its throw-away database (the operator's `admin` command works on it).
+    pub database_url: String,
     /// Stops the server when the test drops the app.
     _server: test_support::Running,
 }
@@ -33,6 +35,7 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
             platform::identity::USER_SERVICE,
         )),
         channel,
+        database_url: user.database_url,
         _server: user.server,
     }
 }
@@ -53,6 +56,26 @@ impl TestApp {
             })
             .await
             .map(|r| r.into_inner().user.expect("user in response"))
+    }
+
+    /// The role in a fresh login's token, as ValidateToken reads it.
+    pub async fn role_at_login(&self, email: &str, password: &str) -> pb::Role {
+        let login = self.login(email, password).await.expect("login");
+        self.role_of(&login.access_token).await
+    }
+
+    /// The role a token carries, as ValidateToken reads it.
+    pub async fn role_of(&self, token: &str) -> pb::Role {
+        let valid = self
+            .client
+            .clone()
+            .validate_token(pb::ValidateTokenRequest {
+                access_token: token.into(),
+            })
+            .await
+            .expect("validate")
+            .into_inner();
+        pb::Role::try_from(valid.role).expect("a known role")
     }
 
     pub async fn login(

@@ -73,6 +73,8 @@ pub struct Shop {
     pub api: Api,
     pub grpc: SocketAddr,
     pub card: Gateway,
+    /// user-service's database (the operator grants admin on it).
+    pub user_database_url: String,
     pub server: Running,
 }
 
@@ -88,7 +90,8 @@ pub async fn monolith_with(tweak_item: impl FnOnce(&mut item_service::Config)) -
     // The card gateway URL is the monolith's own (it hosts the mock, see below).
     let mut payment = payment::config(&payment_db.url, "http://127.0.0.1:9");
     tune_payment(&mut payment);
-    let user = user::config(&db::fresh_postgres("user").await.url);
+    let user_database_url = db::fresh_postgres("user").await.url;
+    let user = user::config(&user_database_url);
     let shop = shop::Monolith::build(shop::MonolithConfig {
         user,
         item,
@@ -108,6 +111,7 @@ pub async fn monolith_with(tweak_item: impl FnOnce(&mut item_service::Config)) -
         api: Api::new(addr),
         grpc,
         card,
+        user_database_url,
         server,
     }
 }
@@ -127,6 +131,20 @@ impl Api {
                 .build()
                 .expect("http client"),
         }
+    }
+}
+
+impl Stack {
+    /// A fresh admin token (see [`Api::admin_on`]).
+    pub async fn admin(&self) -> String {
+        self.api.admin_on(&self.user_database_url).await
+    }
+}
+
+impl Shop {
+    /// A fresh admin token (see [`Api::admin_on`]).
+    pub async fn admin(&self) -> String {
+        self.api.admin_on(&self.user_database_url).await
     }
 }
 
@@ -285,8 +303,37 @@ impl Api {
             .await
     }
 
-    pub async fn admin(&self) -> String {
-        self.user(ADMIN_EMAIL).await.0
+    /// Registers [`ADMIN_EMAIL`], has the operator grant it admin on `user_database_url`
+    /// (as `user-service admin grant` does), and logs in again: an admin token.
+    pub async fn admin_on(&self, user_database_url: &str) -> String {
+        let r = self
+            .post(
+                "/api/auth/register",
+                None,
+                json!({"email": ADMIN_EMAIL, "password": PASSWORD, "display_name": "Admin"}),
+            )
+            .await;
+        // Registered already by an earlier call in this test: fine.
+        assert!(
+            r.status == StatusCode::CREATED || r.status == StatusCode::CONFLICT,
+            "register: {:?}",
+            r.body
+        );
+        user::grant_admin(user_database_url, ADMIN_EMAIL).await;
+        self.login(ADMIN_EMAIL).await
+    }
+
+    /// Logs in an existing account; returns the token.
+    pub async fn login(&self, email: &str) -> String {
+        let r = self
+            .post(
+                "/api/auth/login",
+                None,
+                json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "login: {:?}", r.body);
+        r.body["access_token"].as_str().expect("token").to_owned()
     }
 
     /// Creates an item through the admin API; returns its JSON.
