@@ -7,55 +7,56 @@ use platform::{
     policy::{Rule, ServicePolicy},
 };
 
-/// Reads and the stock hold: the gateway (orchestrated checkout), payment-service (the
-/// chained checkout's last hop) and user-service (its checkout recovery).
-const EVERY_CALLER: &[&str] = &[GATEWAY, PAYMENT_SERVICE, USER_SERVICE];
-/// Catalog writes come through the gateway's admin API only.
-const CATALOG_ADMIN: &[&str] = &[GATEWAY];
-
+/// Each RPC lists exactly the services whose code calls it: the gateway (browsing, the
+/// orchestrated checkout), payment-service (the chained checkout's last hop) and
+/// user-service (its checkout recovery, with no end user).
 pub const POLICY: ServicePolicy = ServicePolicy {
     service: "shop.item.v1.ItemService",
     audience: Some(ITEM_SERVICE),
     rules: &[
         Rule {
             method: "GetItem",
-            callers: EVERY_CALLER,
-        },
-        Rule {
-            method: "BatchGetItems",
-            callers: EVERY_CALLER,
+            callers: &[GATEWAY],
         },
         Rule {
             method: "ListItems",
-            callers: EVERY_CALLER,
+            callers: &[GATEWAY],
         },
+        // Pricing a cart: the gateway, the chained hop, the recovery's order lines.
         Rule {
-            method: "GetReservation",
-            callers: EVERY_CALLER,
+            method: "BatchGetItems",
+            callers: &[GATEWAY, PAYMENT_SERVICE, USER_SERVICE],
         },
         Rule {
             method: "ReserveStock",
-            callers: EVERY_CALLER,
+            callers: &[GATEWAY, PAYMENT_SERVICE],
+        },
+        // Only the recovery asks what became of a hold.
+        Rule {
+            method: "GetReservation",
+            callers: &[USER_SERVICE],
         },
         Rule {
             method: "CommitReservation",
-            callers: EVERY_CALLER,
+            callers: &[GATEWAY, PAYMENT_SERVICE, USER_SERVICE],
         },
         Rule {
             method: "ReleaseReservation",
-            callers: EVERY_CALLER,
+            callers: &[GATEWAY, PAYMENT_SERVICE, USER_SERVICE],
         },
+        // Catalog writes come through the gateway's admin API only (and need an admin end
+        // user, which the handlers check).
         Rule {
             method: "CreateItem",
-            callers: CATALOG_ADMIN,
+            callers: &[GATEWAY],
         },
         Rule {
             method: "UpdateItem",
-            callers: CATALOG_ADMIN,
+            callers: &[GATEWAY],
         },
         Rule {
             method: "DeleteItem",
-            callers: CATALOG_ADMIN,
+            callers: &[GATEWAY],
         },
     ],
 };

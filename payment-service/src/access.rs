@@ -28,14 +28,18 @@ pub const POLICY: ServicePolicy = ServicePolicy {
             method: "ChainedCharge",
             callers: &[USER_SERVICE],
         },
+        // The gateway's order views and checkout record; user-service's chained checkout
+        // and its recovery (by order_id, no end user).
         Rule {
             method: "GetPayment",
             callers: &[GATEWAY, USER_SERVICE],
         },
+        // A user's payments, for the gateway on the user's behalf (nothing else lists them).
         Rule {
             method: "ListPayments",
-            callers: &[GATEWAY, USER_SERVICE],
+            callers: &[GATEWAY],
         },
+        // Settling an unknown (PENDING) charge: the gateway's checkout, the recovery.
         Rule {
             method: "Reconcile",
             callers: &[GATEWAY, USER_SERVICE],
