@@ -13,6 +13,7 @@ pub mod faults;
 pub mod grpc;
 pub mod host;
 pub mod identity;
+pub mod keys;
 pub mod ids;
 pub mod metrics;
 pub mod money;
