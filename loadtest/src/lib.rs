@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod charts;
 pub mod cpu;
+pub mod crash;
 pub mod deployment;
 pub mod engine;
 pub mod experiment;
