@@ -3,6 +3,7 @@
 //! sync-chain experiment that writes `report/` (Markdown + JSON + SVG charts).
 
 pub mod admin;
+pub mod chaos;
 pub mod charts;
 pub mod cpu;
 pub mod crash;

@@ -51,6 +51,45 @@ enum Command {
     /// Crash test: SIGKILL each process in each step of a checkout, restart it, and check
     /// every checkout ends placed, refunded or never charged (needs `scripts/stack up`).
     Crash(CrashArgs),
+    /// Chaos soak: a checkout + browse mix at half the peak while a random process gets
+    /// SIGKILL every 20-40 s, then every checkout's ending and the checker (needs
+    /// `scripts/stack up`; not for CI).
+    Soak(SoakArgs),
+}
+
+#[derive(Parser)]
+struct SoakArgs {
+    /// Directory with the built binaries.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    #[arg(long, value_parser = duration, default_value = "5m")]
+    duration: Duration,
+    /// Operations per second of the mix (default: half the peak).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// The stack's peak in operations per second of the mix (default: measured first,
+    /// 10 s closed model with 32 users).
+    #[arg(long)]
+    peak: Option<f64>,
+    /// Checkout strategy: orchestrated | parallel | chained.
+    #[arg(long, default_value = "orchestrated")]
+    strategy: String,
+    /// Shortest time between two SIGKILLs.
+    #[arg(long, value_parser = duration, default_value = "20s")]
+    kill_min: Duration,
+    /// Longest time between two SIGKILLs.
+    #[arg(long, value_parser = duration, default_value = "40s")]
+    kill_max: Duration,
+    /// After the load, how long every checkout may take to reach its ending.
+    #[arg(long, value_parser = duration, default_value = "90s")]
+    settle: Duration,
+    #[arg(long, default_value = "target/soak/logs")]
+    log_dir: PathBuf,
+    /// Writes soak.md and soak.json here.
+    #[arg(long, default_value = "target/soak")]
+    out: PathBuf,
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Parser)]
@@ -292,7 +331,33 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Crash(a) => crash(a).await,
+        Command::Soak(a) => soak(a).await,
     }
+}
+
+async fn soak(a: SoakArgs) -> anyhow::Result<()> {
+    if a.kill_min.is_zero() || a.kill_min > a.kill_max {
+        anyhow::bail!("--kill-min must be positive and at most --kill-max");
+    }
+    let report = loadtest::chaos::run(&loadtest::chaos::Options {
+        bin_dir: a.bin_dir,
+        log_dir: a.log_dir,
+        out_dir: a.out,
+        duration: a.duration,
+        rate: a.rate,
+        peak: a.peak,
+        strategy: a.strategy,
+        kill_min: a.kill_min,
+        kill_max: a.kill_max,
+        settle: a.settle,
+        progress: !a.no_progress,
+    })
+    .await?;
+    print!("{}", report.markdown());
+    if !report.violations.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn crash(a: CrashArgs) -> anyhow::Result<()> {

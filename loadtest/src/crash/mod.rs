@@ -40,6 +40,9 @@ pub struct Tuning {
     /// The gateway's checkout budget: long enough that a slowed step stays open until the
     /// kill.
     pub checkout_budget_ms: u32,
+    /// Long payment-service timeouts, so calls held open by a window do not time out
+    /// before the kill lands (the crash test); the soak keeps the defaults.
+    pub hold_calls: bool,
 }
 
 impl Tuning {
@@ -49,11 +52,22 @@ impl Tuning {
         recovery_interval_ms: 300,
         checkout_lease_ms: 3000,
         checkout_budget_ms: 20_000,
+        hold_calls: true,
+    };
+
+    /// The soak's: the services' own timeouts and budgets, recovery tightened so a crash's
+    /// checkouts settle within the run.
+    pub const SOAK: Self = Self {
+        reservation_ttl_secs: 20,
+        recovery_interval_ms: 1000,
+        checkout_lease_ms: 5000,
+        checkout_budget_ms: 2000,
+        hold_calls: false,
     };
 
     /// Settings of every process (the stores' come separately).
     pub fn env(&self) -> Vec<(String, String)> {
-        [
+        let mut env = vec![
             (
                 "ITEM_RESERVATION_TTL_SECS",
                 self.reservation_ttl_secs.to_string(),
@@ -71,14 +85,13 @@ impl Tuning {
                 "GATEWAY_CHECKOUT_BUDGET_MS",
                 self.checkout_budget_ms.to_string(),
             ),
-            // Calls held open by a window must not time out before the kill lands.
-            ("PAYMENT_GATEWAY_TIMEOUT_MS", "10000".into()),
-            ("PAYMENT_ITEM_TIMEOUT_MS", "10000".into()),
             ("PAYMENT_RECONCILE_INTERVAL_MS", "1000".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+        ];
+        if self.hold_calls {
+            env.push(("PAYMENT_GATEWAY_TIMEOUT_MS", "10000".into()));
+            env.push(("PAYMENT_ITEM_TIMEOUT_MS", "10000".into()));
+        }
+        env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
 
     /// After the restart, how long a checkout may take to reach its ending: the lease must
@@ -300,6 +313,8 @@ pub struct Rig {
     pub client: ShopClient,
     pub probe: Probe,
     pub item_id: String,
+    /// An admin (creates items).
+    pub admin: Customer,
     pub tuning: Tuning,
     run_id: String,
 }
@@ -334,17 +349,19 @@ impl Rig {
         let probe = Probe::new(addrs.user_grpc(), addrs.item_grpc(), addrs.payment_grpc());
         let setup = async {
             let admin = client.customer(&admin_email).await?;
-            client
+            let item = client
                 .create_item(&admin, &format!("CRASH-{}", run_id.to_ascii_uppercase()))
-                .await
+                .await?;
+            anyhow::Ok((admin, item))
         };
         match setup.await {
-            Ok(item_id) => Ok(Self {
+            Ok((admin, item_id)) => Ok(Self {
                 sup,
                 stores,
                 client,
                 probe,
                 item_id,
+                admin,
                 tuning,
                 run_id,
             }),
@@ -404,6 +421,16 @@ impl Rig {
         // faults.
         if let Err(e) = self.sup.check_alive() {
             res.harness_error.get_or_insert(format!("{e:#}"));
+        }
+        match self.sup.revive().await {
+            Ok(v) if v.is_empty() => {}
+            Ok(v) => eprintln!(
+                "[crash] restarted {} after it died by itself",
+                v.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+            ),
+            Err(e) => {
+                res.harness_error.get_or_insert(format!("{e:#}"));
+            }
         }
         if let Err(e) = clear_faults(&self.sup.addrs).await {
             res.harness_error.get_or_insert(format!("{e:#}"));

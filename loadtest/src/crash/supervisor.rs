@@ -350,6 +350,18 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Starts every process that is not running (one that died by itself); returns them.
+    pub async fn revive(&mut self) -> anyhow::Result<Vec<Process>> {
+        let mut started = Vec::new();
+        for p in Process::ALL {
+            if !self.procs.contains_key(&p) {
+                self.start(p).await?;
+                started.push(p);
+            }
+        }
+        Ok(started)
+    }
+
     pub async fn stop_all(&mut self) {
         for (_, mut r) in std::mem::take(&mut self.procs) {
             let _ = r.child.start_kill();
