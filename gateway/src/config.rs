@@ -42,6 +42,12 @@ pub struct Config {
     /// Deadline budget of one checkout, all hops included (ms).
     #[arg(long, env = "GATEWAY_CHECKOUT_BUDGET_MS", default_value_t = 2000)]
     pub checkout_budget_ms: u64,
+    /// How long a checkout request owns its durable record before user-service's recovery
+    /// may take the checkout over (ms). At least the checkout budget plus the compensation
+    /// budget (twice the checkout budget) plus 1 s: a live request must never race the
+    /// recovery.
+    #[arg(long, env = "GATEWAY_CHECKOUT_LEASE_MS", default_value_t = 10_000)]
+    pub checkout_lease_ms: u64,
     /// Deadline budget of every other request (ms).
     #[arg(long, env = "GATEWAY_READ_BUDGET_MS", default_value_t = 500)]
     pub read_budget_ms: u64,
@@ -93,6 +99,11 @@ pub struct Config {
 impl Config {
     pub fn checkout_budget(&self) -> Duration {
         Duration::from_millis(self.checkout_budget_ms)
+    }
+    /// The checkout record's lease, never shorter than what a request may still spend on it.
+    pub fn checkout_lease(&self) -> Duration {
+        let floor = self.checkout_budget() * 2 + Duration::from_secs(1);
+        Duration::from_millis(self.checkout_lease_ms).max(floor)
     }
     pub fn read_budget(&self) -> Duration {
         Duration::from_millis(self.read_budget_ms)

@@ -10,6 +10,8 @@ use platform::{CallContext, context::TraceContext};
 pub struct Budgets {
     pub checkout: Duration,
     pub read: Duration,
+    /// How long a checkout owns its durable record (GATEWAY_CHECKOUT_LEASE_MS).
+    pub lease: Duration,
 }
 
 impl Budgets {

@@ -25,6 +25,10 @@ pub struct ErrorDetail {
     pub message: String,
     /// The offending request field, when one is to blame (`lines[0].quantity`).
     pub field: Option<String>,
+    /// The checkout's order, when a checkout failed in a way that is still being settled
+    /// (GET /api/orders/{order_id} shows how it ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +37,7 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    pub order_id: Option<String>,
 }
 
 impl ApiError {
@@ -42,11 +47,17 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            order_id: None,
         }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
+        self
+    }
+
+    pub fn with_order(mut self, order_id: impl Into<String>) -> Self {
+        self.order_id = Some(order_id.into());
         self
     }
 
@@ -121,6 +132,7 @@ impl ApiError {
             code,
             message,
             field,
+            order_id: None,
         }
     }
 }
@@ -157,6 +169,7 @@ impl IntoResponse for ApiError {
                 code: self.code.to_owned(),
                 message: self.message,
                 field: self.field,
+                order_id: self.order_id,
             },
         };
         (self.status, Json(body)).into_response()

@@ -53,6 +53,7 @@ impl Application {
             budgets: Budgets {
                 checkout: config.checkout_budget(),
                 read: config.read_budget(),
+                lease: config.checkout_lease(),
             },
             faults,
         });

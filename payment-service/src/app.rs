@@ -113,7 +113,8 @@ async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Paymen
 }
 
 /// Reconciles PENDING payments and refunds and purges old idempotency keys every
-/// `interval` until `shutdown` resolves.
+/// `interval` until `shutdown` resolves. It settles money only: a chained checkout's
+/// reservation is committed or released by user-service's checkout recovery.
 async fn reconcile_loop(
     payments: Payments,
     interval: Duration,

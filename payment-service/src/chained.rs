@@ -2,7 +2,8 @@
 //! with item-service, reserves the stock under the checkout's idempotency key, charges, then
 //! commits the reservation (or releases it after a decline). Every item-service call carries
 //! the caller's remaining deadline and trace. Every step is idempotent per key, so a caller
-//! may retry the whole hop after any failure.
+//! may retry the whole hop after any failure; an order that already has a payment (its key
+//! purged) gets that payment back without reserving or charging again.
 
 use platform::{
     CallContext, ErrorReason, FieldError,
@@ -11,7 +12,9 @@ use platform::{
 };
 use shop_proto::{
     common::v1::{ItemLine, PricedLine},
-    item::v1::{BatchGetItemsRequest, ReservationStatus, ReserveStockRequest},
+    item::v1::{
+        BatchGetItemsRequest, ReleaseReservationRequest, ReservationStatus, ReserveStockRequest,
+    },
     payment::v1 as pb,
 };
 use time::OffsetDateTime;
@@ -20,9 +23,10 @@ use uuid::Uuid;
 
 use crate::{
     card::Card,
+    error::Error,
     fingerprint,
     ids::{self, IdempotencyKey},
-    payment::Status as PaymentStatus,
+    payment::{PaymentRow, Status as PaymentStatus},
     service::{ChargeCommand, Payments, RefundCommand},
 };
 
@@ -134,77 +138,47 @@ pub async fn chained_charge(
         .into());
     }
 
-    // Reserving stock that cannot be paid for would only hold it up.
-    payments.refuse_while_gateway_fails(&key).await?;
-
-    let reservation = items
-        .reserve_stock(
-            ctx.request(
-                ReserveStockRequest {
-                    reservation_id: key.as_str().to_owned(),
-                    lines: lines
-                        .iter()
-                        .map(|(id, q)| ItemLine {
-                            item_id: id.clone(),
-                            quantity: *q,
-                        })
-                        .collect(),
-                },
-                cap,
-            ),
-        )
+    // An order that already has a payment (made under a key since purged, or under another
+    // key) is answered with that payment before anything is reserved or charged: a replay
+    // never takes stock or money twice.
+    let order = order_id.to_string();
+    let prior = if payments
+        .store()
+        .key_exists(key.as_str())
         .await
-        .map_err(|s| upstream("ReserveStock", s))?
-        .into_inner()
-        .reservation
-        .ok_or_else(|| {
-            Status::internal("item-service ReserveStock answered without a reservation")
-        })?;
-    match ReservationStatus::try_from(reservation.status) {
-        Ok(ReservationStatus::Reserved | ReservationStatus::Committed) => {}
-        Ok(ReservationStatus::Rejected) => {
-            return Err(reason::status(
-                Code::FailedPrecondition,
-                format!("not enough stock: {}", reservation.reason),
-                ErrorReason::OutOfStock,
-            ));
-        }
-        // Released: only a retry of a checkout that already finished gets here; the charge
-        // below replays that checkout's payment (or, with no payment, refuses to charge).
-        Ok(ReservationStatus::Released) => {
-            if !payments
-                .store()
-                .key_exists(key.as_str())
-                .await
-                .map_err(crate::error::Error::from)?
-            {
-                return Err(reason::status(
-                    Code::FailedPrecondition,
-                    "the stock reservation for this key was released; start a new checkout with a new key",
-                    ErrorReason::ReservationReleased,
-                ));
-            }
-        }
-        _ => {
-            return Err(Status::internal(
-                "item-service sent an unknown reservation status",
-            ));
-        }
-    }
-
-    let cmd = ChargeCommand {
-        fingerprint: fingerprint::chained(key.as_str(), user_id, order_id, &lines, &card),
-        reservation_id: Some(key.as_str().to_owned()),
-        key: key.clone(),
-        user_id,
-        order_id,
-        amount: total,
-        card,
-        description: format!("order {order_id}"),
+        .map_err(Error::from)?
+    {
+        None
+    } else {
+        payments
+            .store()
+            .payment_by_order(&order)
+            .await
+            .map_err(Error::from)?
     };
-    // An unknown outcome (gateway timeout) keeps the reservation: reconciling the payment
-    // commits or releases it.
-    let payment = payments.charge(cmd, &ctx).await?;
+    let (payment, total) = match prior {
+        Some(existing) => {
+            let same = existing.user_id == user_id.to_string();
+            let payment = payments.replay_order(existing, same, &key, &ctx).await?;
+            // What was charged, whatever the items cost today.
+            let charged = payment.to_pb().amount;
+            (payment, charged)
+        }
+        None => {
+            let cmd = ChargeCommand {
+                fingerprint: fingerprint::chained(key.as_str(), user_id, order_id, &lines, &card),
+                reservation_id: Some(key.as_str().to_owned()),
+                key: key.clone(),
+                user_id,
+                order_id,
+                amount: total,
+                card,
+                description: format!("order {order_id}"),
+            };
+            let payment = reserve_and_charge(payments, &ctx, &lines, cmd).await?;
+            (payment, Some(total.into()))
+        }
+    };
 
     match payment.status() {
         PaymentStatus::Succeeded => {
@@ -245,9 +219,105 @@ pub async fn chained_charge(
     Ok(pb::ChainedChargeResponse {
         payment: Some(payment.to_pb()),
         lines: priced,
-        total: Some(total.into()),
-        reservation_id: key.as_str().to_owned(),
+        total,
+        reservation_id: payment
+            .reservation_id
+            .clone()
+            .unwrap_or_else(|| key.as_str().to_owned()),
     })
+}
+
+/// Reserves the stock under the checkout's key, then charges (once per key and per order).
+async fn reserve_and_charge(
+    payments: &Payments,
+    ctx: &CallContext,
+    lines: &[(String, i32)],
+    cmd: ChargeCommand,
+) -> Result<PaymentRow, Status> {
+    let key = &cmd.key;
+    let order_id = cmd.order_id.to_string();
+    let cap = Some(payments.settings().item_timeout);
+    let mut items = payments.items();
+    // Reserving stock that cannot be paid for would only hold it up.
+    payments.refuse_while_gateway_fails(key, &order_id).await?;
+
+    let reservation = items
+        .reserve_stock(
+            ctx.request(
+                ReserveStockRequest {
+                    reservation_id: key.as_str().to_owned(),
+                    lines: lines
+                        .iter()
+                        .map(|(id, q)| ItemLine {
+                            item_id: id.clone(),
+                            quantity: *q,
+                        })
+                        .collect(),
+                },
+                cap,
+            ),
+        )
+        .await
+        .map_err(|s| upstream("ReserveStock", s))?
+        .into_inner()
+        .reservation
+        .ok_or_else(|| {
+            Status::internal("item-service ReserveStock answered without a reservation")
+        })?;
+    match ReservationStatus::try_from(reservation.status) {
+        Ok(ReservationStatus::Reserved | ReservationStatus::Committed) => {}
+        Ok(ReservationStatus::Rejected) => {
+            return Err(reason::status(
+                Code::FailedPrecondition,
+                format!("not enough stock: {}", reservation.reason),
+                ErrorReason::OutOfStock,
+            ));
+        }
+        // Released: only a retry of a checkout that already finished gets here; the charge
+        // below replays that checkout's payment (or, with no payment, refuses to charge).
+        Ok(ReservationStatus::Released) => {
+            if !payments
+                .store()
+                .key_exists(key.as_str())
+                .await
+                .map_err(Error::from)?
+            {
+                return Err(reason::status(
+                    Code::FailedPrecondition,
+                    "the stock reservation for this key was released; start a new checkout with a new key",
+                    ErrorReason::ReservationReleased,
+                ));
+            }
+        }
+        _ => {
+            return Err(Status::internal(
+                "item-service sent an unknown reservation status",
+            ));
+        }
+    }
+
+    // An unknown outcome (gateway timeout) keeps the reservation: user-service's checkout
+    // recovery commits or releases it once the payment is reconciled.
+    let key = key.as_str().to_owned();
+    let charged = payments.charge(cmd, ctx).await;
+    let paid_by_another = match &charged {
+        Ok(p) => p.reservation_id.as_deref() != Some(key.as_str()),
+        Err(e) => matches!(e, Error::OrderTaken { .. }),
+    };
+    if paid_by_another {
+        // A concurrent request for the order under another key paid it first: this request
+        // charged nothing, so the stock it reserved goes back (best effort; it expires anyway).
+        let _ = payments
+            .items()
+            .release_reservation(ctx.request(
+                ReleaseReservationRequest {
+                    reservation_id: key,
+                },
+                cap,
+            ))
+            .await;
+    }
+    Ok(charged?)
 }
 
 /// Whether a failed CommitReservation says the stock is no longer held for this payment

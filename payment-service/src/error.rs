@@ -14,6 +14,12 @@ pub enum Error {
     KeyReused { key: String },
     #[error("payment {0} not found")]
     PaymentNotFound(String),
+    #[error("order {0} has no payment")]
+    OrderPaymentNotFound(String),
+    #[error(
+        "order {order_id} already has a payment for another user or amount; an order is paid once"
+    )]
+    OrderTaken { order_id: String },
     #[error("a request with idempotency key {key:?} is still in progress; retry later")]
     InProgress { key: String },
     #[error(
@@ -63,6 +69,14 @@ impl From<Error> for Status {
             Error::PaymentNotFound(_) => with_reason(
                 with_field(Status::not_found(msg), "payment_id"),
                 ErrorReason::PaymentNotFound,
+            ),
+            Error::OrderPaymentNotFound(_) => with_reason(
+                with_field(Status::not_found(msg), "order_id"),
+                ErrorReason::PaymentNotFound,
+            ),
+            Error::OrderTaken { .. } => with_reason(
+                with_field(Status::already_exists(msg), "order_id"),
+                ErrorReason::IdempotencyKeyReused,
             ),
             Error::InProgress { .. } => with_reason(Status::aborted(msg), ErrorReason::InProgress),
             Error::ChargePending { .. } => {

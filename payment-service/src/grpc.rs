@@ -132,8 +132,28 @@ impl PaymentService for PaymentGrpc {
         &self,
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
-        let id = ids::uuid(&request.get_ref().payment_id, "payment_id")?;
-        let payment = self.payments.payment(&id.to_string()).await?;
+        let r = request.get_ref();
+        // Exactly one of the two: a lookup that could mean two things means none.
+        let payment = match (r.payment_id.is_empty(), r.order_id.is_empty()) {
+            (false, true) => {
+                let id = ids::uuid(&r.payment_id, "payment_id")?;
+                self.payments.payment(&id.to_string()).await?
+            }
+            (true, false) => {
+                let id = ids::uuid(&r.order_id, "order_id")?;
+                self.payments.payment_of_order(&id.to_string()).await?
+            }
+            (true, true) => {
+                return Err(
+                    FieldError::new("payment_id", "payment_id or order_id is required").into(),
+                );
+            }
+            (false, false) => {
+                return Err(
+                    FieldError::new("order_id", "must be empty when payment_id is set").into(),
+                );
+            }
+        };
         Ok(Response::new(pb::GetPaymentResponse {
             payment: Some(payment.to_pb()),
         }))

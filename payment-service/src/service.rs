@@ -30,7 +30,7 @@ use crate::{
     gateway_client::{ChargeOutcome, ChargeParams, GatewayClient, GatewayError, RefundOutcome},
     ids::IdempotencyKey,
     payment::{PaymentRow, RefundRow, RefundStatus, Status},
-    store::{self, Claim, NewPayment, NewRefund, RefundStart, Store},
+    store::{self, ChargeStart, Claim, NewPayment, NewRefund, RefundStart, Store},
 };
 
 /// Code recorded when the gateway never executed a charge whose answer was lost.
@@ -164,8 +164,15 @@ impl Payments {
     /// While the card gateway is failing (its breaker is open), a new charge is refused
     /// before anything is written or reserved: the caller learns at once, and there is
     /// nothing to reconcile. A retry of a known key still gets its stored answer.
-    pub async fn refuse_while_gateway_fails(&self, key: &IdempotencyKey) -> Result<(), Error> {
-        if !self.inner.charge_breaker.admits() && !self.inner.store.key_exists(key.as_str()).await?
+    /// The same holds for an order that already has a payment: its answer is stored too.
+    pub async fn refuse_while_gateway_fails(
+        &self,
+        key: &IdempotencyKey,
+        order_id: &str,
+    ) -> Result<(), Error> {
+        if !self.inner.charge_breaker.admits()
+            && !self.inner.store.key_exists(key.as_str()).await?
+            && self.inner.store.payment_by_order(order_id).await?.is_none()
         {
             metrics::counter!("payment_charges_refused_total").increment(1);
             return Err(Error::CardGatewayFailing);
@@ -173,13 +180,61 @@ impl Payments {
         Ok(())
     }
 
+    /// The order's payment, if it has one.
+    pub async fn payment_of_order(&self, order_id: &str) -> Result<PaymentRow, Error> {
+        self.inner
+            .store
+            .payment_by_order(order_id)
+            .await?
+            .ok_or_else(|| Error::OrderPaymentNotFound(order_id.to_owned()))
+    }
+
+    /// A charge whose key is unknown (purged after the retention time, or new) for an order
+    /// that already has a payment: that payment is the answer when `same` says the request
+    /// is the order's own (same user; for Charge also the same amount), never a second
+    /// charge. Like a replay it waits while another request is talking to the gateway about
+    /// it; it never drives it itself (the card may differ), so a PENDING payment nobody is
+    /// working on comes back as it is, for Reconcile.
+    pub async fn replay_order(
+        &self,
+        existing: PaymentRow,
+        same: bool,
+        key: &IdempotencyKey,
+        ctx: &CallContext,
+    ) -> Result<PaymentRow, Error> {
+        if !same {
+            return Err(Error::OrderTaken {
+                order_id: existing.order_id,
+            });
+        }
+        metrics::counter!("payment_idempotent_replays_total", "kind" => "order").increment(1);
+        tracing::info!(payment = %existing.id, order = %existing.order_id, "order already paid; returning its payment");
+        let give_up = self.give_up_at(ctx);
+        let mut poll = Duration::from_millis(10);
+        let mut row = existing;
+        loop {
+            let leased = row.locked_until.is_some_and(|l| l >= store::now());
+            if row.status() != Status::Pending || !leased {
+                return Ok(row);
+            }
+            if Instant::now() + poll >= give_up {
+                return Err(Error::InProgress {
+                    key: key.as_str().to_owned(),
+                });
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_millis(100));
+            row = self.payment(&row.id).await?;
+        }
+    }
+
     /// Charges once per idempotency key; see the module docs.
     pub async fn charge(&self, cmd: ChargeCommand, ctx: &CallContext) -> Result<PaymentRow, Error> {
-        self.refuse_while_gateway_fails(&cmd.key).await?;
+        let order_id = cmd.order_id.to_string();
+        self.refuse_while_gateway_fails(&cmd.key, &order_id).await?;
         let now = store::now();
         let id = Uuid::now_v7().to_string();
         let user_id = cmd.user_id.to_string();
-        let order_id = cmd.order_id.to_string();
         let new = NewPayment {
             id: &id,
             key: cmd.key.as_str(),
@@ -195,11 +250,19 @@ impl Payments {
             lease_until: store::later(now, self.lease()),
         };
         match self.inner.store.begin_charge(&new).await? {
-            Claim::New(row) => self.drive_charge(row, cmd).await,
-            Claim::Existing {
+            ChargeStart::Claimed(Claim::New(row)) => self.drive_charge(row, cmd).await,
+            ChargeStart::OrderPaid(existing) => {
+                // ChainedCharge prices the lines itself, so only the user must match there.
+                let same = existing.user_id == user_id
+                    && (cmd.reservation_id.is_some()
+                        || (existing.amount_minor == cmd.amount.amount_minor()
+                            && existing.currency == cmd.amount.currency().code()));
+                self.replay_order(existing, same, &cmd.key, ctx).await
+            }
+            ChargeStart::Claimed(Claim::Existing {
                 fingerprint,
                 resource_id,
-            } => {
+            }) => {
                 if fingerprint[..] != cmd.fingerprint[..] {
                     return Err(Error::KeyReused {
                         key: cmd.key.as_str().to_owned(),
@@ -354,12 +417,13 @@ impl Payments {
         };
         metrics::counter!("payment_reconciled_total", "status" => settled.status().as_str())
             .increment(1);
-        self.finish_reservation(&settled, &CallContext::root(None))
-            .await;
+        // A chained checkout's reservation is left as it is: user-service's checkout recovery
+        // commits or releases it from this outcome, together with the order record.
         Ok(settled)
     }
 
-    /// Commits (SUCCEEDED) or releases (DECLINED, FAILED) a chained checkout's reservation.
+    /// Commits (SUCCEEDED) or releases (DECLINED, FAILED) a chained checkout's reservation,
+    /// on ChainedCharge's own path only (reconciling never does).
     /// Best effort: both are idempotent, and an uncommitted reservation expires by itself.
     pub async fn finish_reservation(
         &self,

@@ -78,6 +78,15 @@ pub enum Claim<T> {
     },
 }
 
+/// Outcome of trying to start a charge.
+#[derive(Debug)]
+pub enum ChargeStart {
+    Claimed(Claim<PaymentRow>),
+    /// The key was new but the order already has a payment (made under another key, or under
+    /// this one before it was purged): that payment. Nothing was written.
+    OrderPaid(PaymentRow),
+}
+
 pub struct NewPayment<'a> {
     pub id: &'a str,
     pub key: &'a str,
@@ -173,7 +182,7 @@ impl Store {
     }
 
     /// Records a new PENDING payment under its idempotency key, or reports the key's owner.
-    pub async fn begin_charge(&self, p: &NewPayment<'_>) -> Result<Claim<PaymentRow>, sqlx::Error> {
+    pub async fn begin_charge(&self, p: &NewPayment<'_>) -> Result<ChargeStart, sqlx::Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -184,13 +193,15 @@ impl Store {
         }
     }
 
-    async fn try_begin_charge(&self, p: &NewPayment<'_>) -> Result<Claim<PaymentRow>, sqlx::Error> {
+    async fn try_begin_charge(&self, p: &NewPayment<'_>) -> Result<ChargeStart, sqlx::Error> {
         let mut tx = self.pool.begin().store_op("mysql", "begin").await?;
         if !Self::insert_key(&mut tx, SCOPE_CHARGE, p.key, &p.fingerprint, p.id, p.now).await? {
             tx.rollback().await?;
-            return self.existing_key(SCOPE_CHARGE, p.key).await;
+            return Ok(ChargeStart::Claimed(
+                self.existing_key(SCOPE_CHARGE, p.key).await?,
+            ));
         }
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO payments (id, idempotency_key, user_id, order_id, amount_minor, currency, \
              amount_refunded_minor, status, decline_code, card_brand, card_last4, \
              gateway_charge_id, reservation_id, locked_until, created_at, updated_at) \
@@ -210,11 +221,25 @@ impl Store {
         .bind(p.now)
         .execute(&mut *tx)
         .store_op("mysql", "try_begin_charge")
-        .await?;
+        .await;
+        match inserted {
+            Ok(_) => {}
+            // The id is a fresh UUIDv7, so the duplicate is the order (payments_order_unique).
+            // A concurrent insert for the order waited on the index until its owner committed.
+            // Rolling back drops this request's key too: the key names no payment of its own.
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await?;
+                return match self.payment_by_order(p.order_id).await? {
+                    Some(row) => Ok(ChargeStart::OrderPaid(row)),
+                    None => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        }
         let row = fetch_payment(&mut *tx, p.id).await?;
         tx.commit().store_op("mysql", "commit").await?;
         match row {
-            Some(r) => Ok(Claim::New(r)),
+            Some(r) => Ok(ChargeStart::Claimed(Claim::New(r))),
             None => Err(sqlx::Error::RowNotFound),
         }
     }
@@ -233,6 +258,19 @@ impl Store {
 
     pub async fn payment(&self, id: &str) -> Result<Option<PaymentRow>, sqlx::Error> {
         fetch_payment(&self.pool, id).await
+    }
+
+    /// The order's payment (at most one: payments_order_unique).
+    pub async fn payment_by_order(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<PaymentRow>, sqlx::Error> {
+        let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = ?");
+        sqlx::query_as(&sql)
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .store_op("mysql", "payment_by_order")
+            .await
     }
 
     /// Takes the lease on a PENDING payment or refund nobody is working on.

@@ -12,6 +12,13 @@ pub fn scoped_key(user_id: Uuid, idempotency_key: &str) -> String {
     format!("{user_id}:{idempotency_key}")
 }
 
+/// The idempotency key of the refund that compensates the checkout with this scoped key:
+/// the same whoever issues it (the request, or the checkout recovery after a crash), so
+/// the money is given back once.
+pub fn refund_key(scoped: &str) -> String {
+    format!("{scoped}:refund")
+}
+
 /// The order id a checkout produces: the same for every retry of the same key.
 pub fn order_id_for(user_id: Uuid, idempotency_key: &str) -> Uuid {
     Uuid::new_v5(

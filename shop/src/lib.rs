@@ -85,7 +85,13 @@ impl Monolith {
             .context("payment-service")?
             .hosted();
         let payment_t = payment.in_process(&faults);
-        let user = UserService::connect(&config.user, payment_t.clone())
+        let user = UserService::connect(
+            &config.user,
+            user_service::Downstreams {
+                payment: payment_t.clone(),
+                item: item_t.clone(),
+            },
+        )
             .await
             .context("user-service")?
             .hosted();

@@ -7,7 +7,6 @@ use platform::{
     faults::FaultInjector,
     grpc::ServerOptions,
     host::{Hosted, Standalone},
-    transport::GrpcTransport,
 };
 use secrecy::ExposeSecret;
 use shop_proto::user::v1::user_service_server::UserServiceServer;
@@ -16,7 +15,8 @@ use tonic::server::NamedService as _;
 
 use crate::{
     config::Config,
-    service::{UserApi, UserGrpc},
+    recovery::{Recovery, RecoverySettings},
+    service::{Downstreams, UserApi, UserGrpc},
     store::Store,
     token::TokenKeys,
 };
@@ -28,12 +28,13 @@ pub const SERVICE_NAME: &str = UserServiceServer::<UserApi>::NAME;
 #[derive(Clone)]
 pub struct UserService {
     api: UserApi,
+    recovery: RecoverySettings,
 }
 
 impl UserService {
     /// Connects to PostgreSQL, applies migrations and prepares the signing keys.
-    /// `payment` is how the chained checkout reaches payment-service.
-    pub async fn connect(config: &Config, payment: GrpcTransport) -> anyhow::Result<Self> {
+    /// `deps` is how the chained checkout and the recovery reach the other services.
+    pub async fn connect(config: &Config, deps: Downstreams) -> anyhow::Result<Self> {
         let options: PgConnectOptions =
             config.database_url.expose_secret().parse().map_err(|e| {
                 anyhow::anyhow!("USER_DATABASE_URL is not a valid postgres URL: {e}")
@@ -52,10 +53,17 @@ impl UserService {
             &config.jwt_secret()?,
             Duration::from_secs(config.token_ttl_secs),
         )?;
-        let grpc = UserGrpc::new(Store::new(pool), tokens, &config.admin_emails, payment);
+        let grpc = UserGrpc::new(Store::new(pool), tokens, &config.admin_emails, deps);
         Ok(Self {
             api: UserApi(Arc::new(grpc)),
+            recovery: config.recovery(),
         })
+    }
+
+    /// The checkout recovery over this service's state (its hosted task runs it; tests
+    /// run single rounds).
+    pub fn recovery(&self) -> Recovery {
+        Recovery::new(self.api.0.clone(), self.recovery.clone())
     }
 
     /// The tonic server, to serve or to call in-process.
@@ -63,9 +71,12 @@ impl UserService {
         UserServiceServer::new(self.api.clone())
     }
 
-    /// What a host runs: the server (user-service has no background tasks).
+    /// What a host runs: the server and the checkout recovery.
     pub fn hosted(&self) -> Hosted {
-        Hosted::new(self.server())
+        let recovery = self.recovery();
+        Hosted::new(self.server()).with_task("checkout recovery", move |stop| async move {
+            recovery.run(stop).await;
+        })
     }
 }
 
@@ -91,7 +102,10 @@ impl Application {
         let payment =
             platform::transport::channel(&config.payment_service_url, Duration::from_millis(500))
                 .map_err(|e| anyhow::anyhow!("PAYMENT_SERVICE_URL: {e}"))?;
-        let service = UserService::connect(&config, payment).await?;
+        let item =
+            platform::transport::channel(&config.item_service_url, Duration::from_millis(500))
+                .map_err(|e| anyhow::anyhow!("ITEM_SERVICE_URL: {e}"))?;
+        let service = UserService::connect(&config, Downstreams { payment, item }).await?;
         Ok(Self { service, process })
     }
 

@@ -1,21 +1,31 @@
 //! The user-service hop of the `chained` checkout (docs/architecture.md, strategy 3): gateway ->
 //! user-service -> payment-service -> item-service, each hop waiting on the next. This hop
-//! authenticates, hands the cart to payment-service (which prices, reserves, charges and
-//! commits), then records the order. Every downstream call carries what is left of the
+//! authenticates, writes the checkout record, hands the cart to payment-service (which
+//! prices, reserves, charges and commits), then places the order. If this process dies in
+//! between, the checkout recovery finishes it from the record. Every downstream call carries what is left of the
 //! caller's deadline.
 
 use std::time::Duration;
 
-use platform::{CallContext, FieldError, ids};
+use platform::{CallContext, FieldError, ids, reason_of};
 use shop_proto::{
-    payment::v1::{ChainedChargeRequest, PaymentStatus},
+    payment::v1::{ChainedChargeRequest, GetPaymentRequest, PaymentStatus},
     user::v1 as pb,
 };
 
-use crate::{error::Error, orders::NewOrder, service::UserGrpc};
+use crate::{
+    checkout_record::{Begun, Failure, NewCheckout, RecordError, Target, Transition},
+    error::Error,
+    orders::{StoredLine, parse_priced},
+    service::UserGrpc,
+    store::OrderRow,
+};
 
 /// Cap on the payment hop, so a stuck downstream cannot eat a caller's longer budget.
 const PAYMENT_HOP_CAP: Duration = Duration::from_secs(10);
+/// How long this hop drives its checkout record before the recovery may take it: longer
+/// than any call it makes for it.
+const LEASE: Duration = Duration::from_secs(15);
 
 pub async fn checkout(
     svc: &UserGrpc,
@@ -33,7 +43,31 @@ pub async fn checkout(
     let order_id = ids::order_id_for(user.0, &req.idempotency_key);
     let scoped = ids::scoped_key(user.0, &req.idempotency_key);
 
-    let charge = svc
+    // The durable record first: payment-service prices the lines later, so it starts unpriced.
+    let new = NewCheckout {
+        order_id,
+        user_id: user,
+        reservation_id: scoped.clone(),
+        lines: lines
+            .iter()
+            .map(|l| StoredLine::unpriced(&l.item_id, l.quantity))
+            .collect(),
+        total: None,
+        lease: LEASE,
+        strategy: "chained".into(),
+        trace_id: ctx.trace.trace_id.clone(),
+    };
+    let token = match svc.begin(&new).await? {
+        Begun::Created(_, token) | Begun::Resumed(_, token) => token,
+        Begun::Existing(row) => return settled(svc, ctx, row).await,
+    };
+    let moved = |to| Transition {
+        order_id,
+        token,
+        to,
+    };
+
+    let charged = svc
         .payment
         .clone()
         .chained_charge(ctx.request(
@@ -46,48 +80,130 @@ pub async fn checkout(
             },
             Some(PAYMENT_HOP_CAP),
         ))
-        .await
-        .map_err(Error::Downstream)?
-        .into_inner();
+        .await;
+    let charge = match charged {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            match ended_with_nothing_kept(&s) {
+                // The chain gave everything back itself: the checkout is over.
+                Some(failure) => {
+                    svc.advance(&moved(Target::Cancelled(Failure::of(failure))))
+                        .await?;
+                }
+                // Unknown what the chain did (a timeout, a crash behind us): the recovery
+                // asks payment-service and item-service and finishes it.
+                None => hand_over(svc, &moved(Target::Handover)).await,
+            }
+            return Err(Error::Downstream(s));
+        }
+    };
 
     let payment = charge.payment.ok_or_else(|| {
         Error::Downstream(tonic::Status::internal(
             "payment-service returned no payment",
         ))
     })?;
-    // A declined or failed card is an answer, not an error: payment-service has already
-    // released the reservation; no order is recorded.
-    if payment.status != PaymentStatus::Succeeded as i32 {
-        return Ok(pb::ChainedCheckoutResponse {
-            order: None,
-            payment: Some(payment),
-        });
-    }
-
-    let order = NewOrder::parse(Some(pb::Order {
-        order_id: order_id.to_string(),
-        user_id: user.to_string(),
-        lines: charge.lines,
-        total: charge.total,
-        payment_id: payment.payment_id.clone(),
-        reservation_id: if charge.reservation_id.is_empty() {
-            scoped
-        } else {
-            charge.reservation_id
+    let to = match payment.status() {
+        PaymentStatus::Succeeded => {
+            let priced = parse_priced(charge.lines, charge.total.as_ref(), "").map_err(|e| {
+                // payment-service gave us lines we cannot record: a contract bug, not user
+                // input. The recovery settles the checkout from what the services hold.
+                tracing::error!(error = %e, "chained checkout: unrecordable order from payment-service");
+                Error::Downstream(tonic::Status::internal("inconsistent checkout result"))
+            });
+            match priced {
+                Ok(priced) => Target::Placed {
+                    payment_id: payment.payment_id.clone(),
+                    priced: Some(priced),
+                },
+                Err(e) => {
+                    hand_over(svc, &moved(Target::Handover)).await;
+                    return Err(e);
+                }
+            }
+        }
+        // payment-service released the reservation after a decline or failure, and refunded
+        // a charge whose stock hold expired.
+        PaymentStatus::Declined => Target::Cancelled(Failure::of("card_declined")),
+        PaymentStatus::Failed => Target::Cancelled(Failure::of("payment_failed")),
+        PaymentStatus::Refunded => Target::Cancelled(Failure::of("reservation_expired")),
+        // The card processor has not answered: the recovery settles it.
+        PaymentStatus::Pending | PaymentStatus::Unspecified => Target::Handover,
+    };
+    let row = match &to {
+        Target::Handover => {
+            hand_over(svc, &moved(to)).await;
+            svc.store.checkout(order_id).await.map_err(Error::from)?
+        }
+        _ => match svc.advance(&moved(to)).await {
+            Ok(row) => Some(row),
+            // The recovery took over meanwhile: it finishes; show where it stands.
+            Err(Error::Record(RecordError::TakenOver)) => {
+                svc.store.checkout(order_id).await.map_err(Error::from)?
+            }
+            Err(e) => return Err(e),
         },
-        status: pb::OrderStatus::Placed as i32,
-        created_at: None,
-    }))
-    .map_err(|e| {
-        // payment-service gave us lines we cannot record: a contract bug, not user input.
-        tracing::error!(error = %e, "chained checkout: unrecordable order from payment-service");
-        Error::Downstream(tonic::Status::internal("inconsistent checkout result"))
-    })?;
-    // Recording is local and idempotent: if it fails, the client's retry with the same key
-    // gets the same payment back from payment-service and records it then.
-    let (row, _) = svc.record(&order).await?;
+    };
     Ok(pb::ChainedCheckoutResponse {
-        order: Some(row.into()),
+        order: row.map(Into::into),
         payment: Some(payment),
     })
+}
+
+/// A retry of a checkout another attempt drives or has finished: its record, and its
+/// payment when it has one.
+async fn settled(
+    svc: &UserGrpc,
+    ctx: &CallContext,
+    row: OrderRow,
+) -> Result<pb::ChainedCheckoutResponse, Error> {
+    if row.status == "pending" {
+        return Err(Error::Downstream(platform::reason::status(
+            tonic::Code::Aborted,
+            "a checkout with this idempotency key is still in progress; retry in a moment",
+            platform::ErrorReason::InProgress,
+        )));
+    }
+    let payment = svc
+        .payment
+        .clone()
+        .get_payment(ctx.request(
+            GetPaymentRequest {
+                payment_id: String::new(),
+                order_id: row.order_id.to_string(),
+            },
+            Some(PAYMENT_HOP_CAP),
+        ))
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().payment);
+    Ok(pb::ChainedCheckoutResponse {
+        order: Some(row.into()),
+        payment,
+    })
+}
+
+/// The chain's answers that mean "over, nothing kept" (stock short, key reused, already
+/// rolled back), decided on code and reason; None when what happened is unknown.
+fn ended_with_nothing_kept(s: &tonic::Status) -> Option<&'static str> {
+    use platform::ErrorReason as R;
+    use tonic::Code as C;
+    match (s.code(), reason_of(s)?) {
+        (C::FailedPrecondition | C::ResourceExhausted, R::OutOfStock) => Some("out_of_stock"),
+        (C::FailedPrecondition | C::Aborted, R::ReservationReleased) => Some("checkout_rolled_back"),
+        (C::FailedPrecondition | C::Aborted, R::ReservationExpired) => Some("reservation_expired"),
+        (C::Aborted, R::PaymentRefunded) => Some("checkout_rolled_back"),
+        (C::NotFound, R::ItemNotFound) => Some("item_not_found"),
+        (C::AlreadyExists | C::FailedPrecondition, R::IdempotencyKeyReused) => {
+            Some("idempotency_key_reused")
+        }
+        _ => None,
+    }
+}
+
+/// Gives the checkout to the recovery; if even that fails, its lease runs out by itself.
+async fn hand_over(svc: &UserGrpc, t: &Transition) {
+    if let Err(e) = svc.advance(t).await {
+        tracing::warn!(order_id = %t.order_id, error = %e, "chained checkout: could not hand over; the lease runs out by itself");
+    }
 }

@@ -43,6 +43,19 @@ pub struct Config {
         default_value = "http://127.0.0.1:50053"
     )]
     pub payment_service_url: String,
+    /// item-service, called by the checkout recovery (commit, release, reservation status).
+    #[arg(long, env = "ITEM_SERVICE_URL", default_value = "http://127.0.0.1:50052")]
+    pub item_service_url: String,
+    /// Pause between checkout-recovery rounds (ms). A checkout whose driver died is
+    /// finished within its lease (GATEWAY_CHECKOUT_LEASE_MS) plus about one round.
+    #[arg(long, env = "USER_RECOVERY_INTERVAL_MS", default_value_t = 2000)]
+    pub recovery_interval_ms: u64,
+    /// Cap on each call the recovery makes to another service (ms).
+    #[arg(long, env = "USER_RECOVERY_CALL_TIMEOUT_MS", default_value_t = 5000)]
+    pub recovery_call_timeout_ms: u64,
+    /// An unfinished checkout older than this counts as stuck (metric checkout_recovery_stuck).
+    #[arg(long, env = "USER_RECOVERY_STUCK_SECS", default_value_t = 60)]
+    pub recovery_stuck_secs: u64,
     /// Upper bound for any one request, in milliseconds.
     #[arg(long, env = "USER_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
@@ -57,6 +70,15 @@ pub struct Config {
 impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn recovery(&self) -> crate::recovery::RecoverySettings {
+        crate::recovery::RecoverySettings {
+            interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
+            call_timeout: Duration::from_millis(self.recovery_call_timeout_ms.max(10)),
+            stuck_after: Duration::from_secs(self.recovery_stuck_secs),
+            batch: 50,
+        }
     }
 
     /// The signing secret, from the flag/env or the key file.

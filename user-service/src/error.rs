@@ -3,7 +3,9 @@
 use platform::{ErrorReason, FieldError, with_reason};
 use tonic::Status;
 
-use crate::{password::HashError, store::StoreError, token::TokenError};
+use crate::{
+    checkout_record::RecordError, password::HashError, store::StoreError, token::TokenError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -28,6 +30,8 @@ pub enum Error {
     Hash(#[from] HashError),
     #[error("token signing failed")]
     Token(#[source] TokenError),
+    #[error(transparent)]
+    Record(RecordError),
     /// A downstream service's answer, passed on as it came (metadata included: callers
     /// decide on its reason and field).
     #[error("downstream: {}", .0.message())]
@@ -40,6 +44,17 @@ impl From<StoreError> for Error {
             StoreError::DuplicateEmail => Self::EmailTaken,
             StoreError::UnknownUser => Self::UserNotFound,
             other => Self::Store(other),
+        }
+    }
+}
+
+impl From<RecordError> for Error {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::NotFound => Self::OrderNotFound,
+            RecordError::OtherUser => Self::OrderIdTaken,
+            RecordError::Store(s) => Self::from(s),
+            other => Self::Record(other),
         }
     }
 }
@@ -69,6 +84,22 @@ impl From<Error> for Status {
             Error::Store(ref inner) => platform::internal_error("user database", inner),
             Error::Hash(ref inner) => platform::internal_error("password hashing", inner),
             Error::Token(ref inner) => platform::internal_error("token signing", inner),
+            Error::Record(RecordError::OtherCart) => platform::error::with_field(
+                with_reason(
+                    Status::already_exists(e.to_string()),
+                    ErrorReason::IdempotencyKeyReused,
+                ),
+                "order.lines",
+            ),
+            Error::Record(RecordError::TakenOver) => with_reason(
+                Status::aborted(e.to_string()),
+                ErrorReason::CheckoutTakenOver,
+            ),
+            Error::Record(ref inner @ RecordError::State(_)) => with_reason(
+                Status::failed_precondition(inner.to_string()),
+                ErrorReason::CheckoutState,
+            ),
+            Error::Record(ref inner) => platform::internal_error("checkout record", inner),
             Error::Downstream(s) => s,
         }
     }

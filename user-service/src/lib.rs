@@ -3,15 +3,17 @@
 
 mod app;
 mod chained;
+pub mod checkout_record;
 pub mod config;
 pub mod domain;
 mod error;
 pub mod orders;
 mod password;
+pub mod recovery;
 mod service;
 mod store;
 pub mod token;
 
 pub use app::{Application, SERVICE_NAME, UserService};
 pub use config::Config;
-pub use service::UserApi;
+pub use service::{Downstreams, UserApi};

@@ -15,15 +15,34 @@ use crate::{domain::UserId, store::OrderRow};
 
 pub const MAX_LINES: usize = platform::cart::MAX_LINES;
 
-/// A priced line as stored (prices as they were at checkout).
+/// A priced line as stored (prices as they were at checkout). A chained checkout's record
+/// stores item_id and quantity only until payment-service has priced them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredLine {
     pub item_id: String,
+    #[serde(default)]
     pub sku: String,
+    #[serde(default)]
     pub name: String,
     pub quantity: i32,
+    #[serde(default)]
     pub unit_price_minor: i64,
+    #[serde(default)]
     pub line_total_minor: i64,
+}
+
+impl StoredLine {
+    /// A line before pricing.
+    pub fn unpriced(item_id: &str, quantity: i32) -> Self {
+        Self {
+            item_id: item_id.to_owned(),
+            sku: String::new(),
+            name: String::new(),
+            quantity,
+            unit_price_minor: 0,
+            line_total_minor: 0,
+        }
+    }
 }
 
 /// A validated order to record.
@@ -54,38 +73,9 @@ impl NewOrder {
     /// unit price x quantity, one currency, and the order total equal to the sum.
     pub fn parse(order: Option<pb::Order>) -> Result<Self, FieldError> {
         let o = order.ok_or_else(|| FieldError::new("order", "is required"))?;
-        let order_id = Uuid::parse_str(o.order_id.trim())
-            .map_err(|_| FieldError::new("order.order_id", "must be a UUID"))?;
+        let order_id = parse_order_id(&o.order_id, "order.order_id")?;
         let user_id = UserId::parse(&o.user_id, "order.user_id")?;
-        if o.lines.is_empty() || o.lines.len() > MAX_LINES {
-            return Err(FieldError::new(
-                "order.lines",
-                format!("must have 1 to {MAX_LINES} lines"),
-            ));
-        }
-        let total = Money::parse(o.total.as_ref(), "order.total")?;
-        let mut sum = Money::zero(total.currency());
-        let mut lines = Vec::with_capacity(o.lines.len());
-        for (i, l) in o.lines.into_iter().enumerate() {
-            let field = |f: &str| format!("order.lines[{i}].{f}");
-            let line = parse_line(l, total.currency())
-                .map_err(|e| FieldError::new(field(e.field.as_str()), e.message))?;
-            sum = Money::new(line.line_total_minor, total.currency())
-                .ok()
-                .and_then(|t| sum.plus(t))
-                .ok_or_else(|| FieldError::new(field("line_total"), "overflows"))?;
-            lines.push(line);
-        }
-        if sum != total {
-            return Err(FieldError::new(
-                "order.total",
-                format!(
-                    "must equal the sum of the lines ({} {})",
-                    sum.amount_minor(),
-                    sum.currency()
-                ),
-            ));
-        }
+        let (lines, total) = parse_priced(o.lines, o.total.as_ref(), "order.")?;
         let status = match pb::OrderStatus::try_from(o.status) {
             Ok(pb::OrderStatus::Refunded) => "refunded",
             _ => "placed",
@@ -100,6 +90,57 @@ impl NewOrder {
             status,
         })
     }
+}
+
+pub fn parse_order_id(value: &str, field: &str) -> Result<Uuid, FieldError> {
+    Uuid::parse_str(value.trim()).map_err(|_| FieldError::new(field, "must be a UUID"))
+}
+
+pub fn parse_reservation_id(value: &str, field: &str) -> Result<String, FieldError> {
+    bounded(value, field, 255)
+}
+
+pub fn parse_payment_id(value: &str, field: &str) -> Result<String, FieldError> {
+    bounded(value, field, 64)
+}
+
+/// 1..=50 priced lines, each total = unit price x quantity, one currency, and `total` the
+/// sum. `prefix` goes before the field names ("order." or "").
+pub fn parse_priced(
+    lines: Vec<common::PricedLine>,
+    total: Option<&common::Money>,
+    prefix: &str,
+) -> Result<(Vec<StoredLine>, Money), FieldError> {
+    if lines.is_empty() || lines.len() > MAX_LINES {
+        return Err(FieldError::new(
+            format!("{prefix}lines"),
+            format!("must have 1 to {MAX_LINES} lines"),
+        ));
+    }
+    let total = Money::parse(total, &format!("{prefix}total"))?;
+    let mut sum = Money::zero(total.currency());
+    let mut stored = Vec::with_capacity(lines.len());
+    for (i, l) in lines.into_iter().enumerate() {
+        let field = |f: &str| format!("{prefix}lines[{i}].{f}");
+        let line = parse_line(l, total.currency())
+            .map_err(|e| FieldError::new(field(e.field.as_str()), e.message))?;
+        sum = Money::new(line.line_total_minor, total.currency())
+            .ok()
+            .and_then(|t| sum.plus(t))
+            .ok_or_else(|| FieldError::new(field("line_total"), "overflows"))?;
+        stored.push(line);
+    }
+    if sum != total {
+        return Err(FieldError::new(
+            format!("{prefix}total"),
+            format!(
+                "must equal the sum of the lines ({} {})",
+                sum.amount_minor(),
+                sum.currency()
+            ),
+        ));
+    }
+    Ok((stored, total))
 }
 
 fn parse_line(l: common::PricedLine, currency: Currency) -> Result<StoredLine, FieldError> {
@@ -137,12 +178,38 @@ pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
     }
 }
 
+impl OrderRow {
+    pub fn status(&self) -> pb::OrderStatus {
+        match self.status.as_str() {
+            "pending" => pb::OrderStatus::Pending,
+            "cancelling" => pb::OrderStatus::Cancelling,
+            "cancelled" => pb::OrderStatus::Cancelled,
+            "refunded" => pb::OrderStatus::Refunded,
+            _ => pb::OrderStatus::Placed,
+        }
+    }
+
+    /// The (item, quantity) pairs, sorted: what a retry with the same key must ask for again.
+    pub fn cart(&self) -> Vec<(String, i32)> {
+        let mut cart: Vec<_> = self
+            .lines
+            .0
+            .iter()
+            .map(|l| (l.item_id.to_ascii_lowercase(), l.quantity))
+            .collect();
+        cart.sort();
+        cart
+    }
+}
+
 impl From<OrderRow> for pb::Order {
     fn from(r: OrderRow) -> Self {
+        let currency = r.currency.clone().unwrap_or_default();
         let money = |amount_minor| common::Money {
             amount_minor,
-            currency: r.currency.clone(),
+            currency: currency.clone(),
         };
+        let priced = r.priced;
         pb::Order {
             order_id: r.order_id.to_string(),
             user_id: r.user_id.to_string(),
@@ -155,19 +222,18 @@ impl From<OrderRow> for pb::Order {
                     sku: l.sku.clone(),
                     name: l.name.clone(),
                     quantity: l.quantity,
-                    unit_price: Some(money(l.unit_price_minor)),
-                    line_total: Some(money(l.line_total_minor)),
+                    unit_price: priced.then(|| money(l.unit_price_minor)),
+                    line_total: priced.then(|| money(l.line_total_minor)),
                 })
                 .collect(),
-            total: Some(money(r.total_minor)),
-            payment_id: r.payment_id.clone(),
+            total: r.total_minor.filter(|_| priced).map(money),
+            payment_id: r.payment_id.clone().unwrap_or_default(),
             reservation_id: r.reservation_id.clone(),
-            status: if r.status == "refunded" {
-                pb::OrderStatus::Refunded
-            } else {
-                pb::OrderStatus::Placed
-            } as i32,
+            status: r.status() as i32,
             created_at: Some(timestamp(r.created_at)),
+            failure: r.failure.clone().unwrap_or_default(),
+            updated_at: Some(timestamp(r.updated_at)),
+            priced,
         }
     }
 }

@@ -4,20 +4,29 @@ use std::{collections::HashSet, sync::Arc};
 
 use platform::{paging::Page, transport::GrpcTransport};
 use shop_proto::{
-    common::v1::PageResponse, payment::v1::payment_service_client::PaymentServiceClient,
-    user::v1 as pb,
+    common::v1::PageResponse, item::v1::item_service_client::ItemServiceClient,
+    payment::v1::payment_service_client::PaymentServiceClient, user::v1 as pb,
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
+    checkout_record::{Begun, NewCheckout, Transition},
     domain::{DisplayName, Email, Password, Role, UserId},
     error::Error,
     orders::{self, NewOrder, timestamp},
     password,
-    store::{Store, UserRow},
+    store::{OrderRow, Store, UserRow},
     token::TokenKeys,
 };
+
+/// The services user-service calls: payment-service (the chained checkout, the recovery)
+/// and item-service (the recovery).
+#[derive(Clone)]
+pub struct Downstreams {
+    pub payment: GrpcTransport,
+    pub item: GrpcTransport,
+}
 
 /// State shared by every request.
 pub struct UserGrpc {
@@ -25,6 +34,8 @@ pub struct UserGrpc {
     pub(crate) tokens: TokenKeys,
     admin_emails: HashSet<String>,
     pub(crate) payment: PaymentServiceClient<GrpcTransport>,
+    /// For the checkout recovery.
+    pub(crate) item: ItemServiceClient<GrpcTransport>,
 }
 
 impl UserGrpc {
@@ -32,7 +43,7 @@ impl UserGrpc {
         store: Store,
         tokens: TokenKeys,
         admin_emails: &[String],
-        payment: GrpcTransport,
+        deps: Downstreams,
     ) -> Self {
         Self {
             store,
@@ -42,7 +53,8 @@ impl UserGrpc {
                 .filter_map(|e| Email::parse(e).ok())
                 .map(|e| e.as_str().to_owned())
                 .collect(),
-            payment: PaymentServiceClient::new(payment),
+            payment: PaymentServiceClient::new(deps.payment),
+            item: ItemServiceClient::new(deps.item),
         }
     }
 
@@ -239,6 +251,37 @@ impl pb::user_service_server::UserService for UserApi {
         }))
     }
 
+    async fn begin_checkout(
+        &self,
+        request: Request<pb::BeginCheckoutRequest>,
+    ) -> Result<Response<pb::BeginCheckoutResponse>, Status> {
+        let ctx = platform::CallContext::from_request(&request);
+        let new = NewCheckout::parse(request.into_inner(), &ctx.trace.trace_id)
+            .map_err(Error::from)?;
+        let begun = self.0.begin(&new).await?;
+        let (row, token, created) = match begun {
+            Begun::Created(row, token) => (row, token.to_string(), true),
+            Begun::Resumed(row, token) => (row, token.to_string(), false),
+            Begun::Existing(row) => (row, String::new(), false),
+        };
+        Ok(Response::new(pb::BeginCheckoutResponse {
+            order: Some(row.into()),
+            lease_token: token,
+            created,
+        }))
+    }
+
+    async fn advance_checkout(
+        &self,
+        request: Request<pb::AdvanceCheckoutRequest>,
+    ) -> Result<Response<pb::AdvanceCheckoutResponse>, Status> {
+        let t = Transition::parse(request.into_inner()).map_err(Error::from)?;
+        let row = self.0.advance(&t).await?;
+        Ok(Response::new(pb::AdvanceCheckoutResponse {
+            order: Some(row.into()),
+        }))
+    }
+
     async fn chained_checkout(
         &self,
         request: Request<pb::ChainedCheckoutRequest>,
@@ -250,6 +293,28 @@ impl pb::user_service_server::UserService for UserApi {
 }
 
 impl UserGrpc {
+    /// Creates or resumes a checkout record (BeginCheckout, and the chained hop).
+    pub(crate) async fn begin(&self, new: &NewCheckout) -> Result<Begun, Error> {
+        let begun = self.store.begin_checkout(new).await?;
+        match &begun {
+            Begun::Created(row, _) => {
+                tracing::info!(order_id = %row.order_id, trace_id = %row.trace_id, strategy = %row.strategy, "checkout begun");
+            }
+            Begun::Resumed(row, _) => {
+                tracing::info!(order_id = %row.order_id, trace_id = %new.trace_id, attempt = row.attempts, "checkout resumed by a retry");
+            }
+            Begun::Existing(_) => {}
+        }
+        Ok(begun)
+    }
+
+    /// Moves a checkout record on (AdvanceCheckout, the chained hop, the recovery).
+    pub(crate) async fn advance(&self, t: &Transition) -> Result<OrderRow, Error> {
+        let row = self.store.advance_checkout(t).await?;
+        tracing::info!(order_id = %row.order_id, trace_id = %row.trace_id, status = %row.status, failure = row.failure.as_deref().unwrap_or(""), "checkout moved on");
+        Ok(row)
+    }
+
     /// Records an order idempotently; a retry returns the stored order unchanged, but an
     /// order id already used by another user is refused.
     pub(crate) async fn record(

@@ -42,21 +42,30 @@ pub struct OrderRow {
     pub order_id: Uuid,
     pub user_id: Uuid,
     pub lines: Json<Vec<StoredLine>>,
-    pub total_minor: i64,
-    pub currency: String,
-    pub payment_id: String,
+    /// False while a chained checkout's lines await payment-service's prices.
+    pub priced: bool,
+    pub total_minor: Option<i64>,
+    pub currency: Option<String>,
+    pub payment_id: Option<String>,
     pub reservation_id: String,
     pub status: String,
+    pub failure: Option<String>,
+    pub strategy: String,
+    pub trace_id: String,
+    pub lease_token: Option<Uuid>,
+    pub attempts: i32,
     pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
 }
 
 const USER_COLUMNS: &str = "user_id, email, display_name, role, created_at";
-const ORDER_COLUMNS: &str = "order_id, user_id, lines, total_minor, currency, payment_id, \
-                             reservation_id, status, created_at";
+pub(crate) const ORDER_COLUMNS: &str = "order_id, user_id, lines, priced, total_minor, currency, \
+     payment_id, reservation_id, status, failure, strategy, trace_id, lease_token, attempts, \
+     created_at, updated_at";
 
 #[derive(Clone)]
 pub struct Store {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
 }
 
 impl Store {

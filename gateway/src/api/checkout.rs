@@ -56,6 +56,7 @@ pub async fn price(
     ),
     responses(
         (status = 201, description = "Order placed and paid", body = CheckoutResponse),
+        (status = 202, description = "Paid; the order is being completed in the background (status pending)", body = CheckoutResponse),
         (status = 400, description = "Invalid cart, card or key (error.field)", body = ErrorBody),
         (status = 401, description = "Not logged in", body = ErrorBody),
         (status = 402, description = "Card declined (code card_declined); nothing charged, stock released", body = ErrorBody),
@@ -85,11 +86,16 @@ pub async fn checkout(
     let strategy = query.strategy.unwrap_or_default();
     let ctx = state.budgets.checkout_ctx(&headers);
     let out = checkout::run(state.clone(), strategy, c, ctx).await?;
+    let status = if out.order.status() == shop_proto::user::v1::OrderStatus::Pending {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
     Ok((
-        StatusCode::CREATED,
+        status,
         Json(CheckoutResponse {
             order: Order::from(&out.order),
-            payment: Payment::from(&out.payment),
+            payment: out.payment.as_ref().map(Payment::from),
         }),
     ))
 }

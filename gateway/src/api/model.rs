@@ -328,8 +328,14 @@ pub struct Order {
     pub total: Money,
     pub payment_id: String,
     pub reservation_id: String,
-    /// "placed" or "refunded".
+    /// "placed" or "refunded"; for a checkout still being settled "pending" (being
+    /// completed) or "cancelling" (refund and stock release under way); "cancelled" when it
+    /// ended with nothing kept.
     pub status: String,
+    /// Why a cancelling/cancelled checkout went backward (e.g. "out_of_stock",
+    /// "card_declined", "reservation_expired", "abandoned"); null otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
     pub created_at: String,
 }
 
@@ -337,6 +343,9 @@ impl From<&user::Order> for Order {
     fn from(o: &user::Order) -> Self {
         let status = match user::OrderStatus::try_from(o.status) {
             Ok(user::OrderStatus::Refunded) => "refunded",
+            Ok(user::OrderStatus::Pending) => "pending",
+            Ok(user::OrderStatus::Cancelling) => "cancelling",
+            Ok(user::OrderStatus::Cancelled) => "cancelled",
             _ => "placed",
         };
         Self {
@@ -347,6 +356,7 @@ impl From<&user::Order> for Order {
             payment_id: o.payment_id.clone(),
             reservation_id: o.reservation_id.clone(),
             status: status.to_owned(),
+            failure: (!o.failure.is_empty()).then(|| o.failure.clone()),
             created_at: timestamp(o.created_at.as_ref()),
         }
     }
@@ -396,8 +406,10 @@ impl From<&pay::Payment> for Payment {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CheckoutResponse {
+    /// status "placed" (201), or "pending" (202) while the checkout recovery completes a
+    /// paid order: GET /api/orders/{id} shows it placed shortly.
     pub order: Order,
-    pub payment: Payment,
+    pub payment: Option<Payment>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

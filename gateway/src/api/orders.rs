@@ -102,8 +102,13 @@ pub async fn get(
         )
         .await?;
     let order = resp.order.ok_or_else(ApiError::internal)?;
-    // The payment is a detail: without payment-service the order still shows.
-    let payment = if order.payment_id.is_empty() {
+    // The payment is a detail: without payment-service the order still shows. A checkout
+    // still being settled may have a payment before its order records it.
+    let payment = if order.payment_id.is_empty()
+        && !matches!(
+            order.status(),
+            pb::OrderStatus::Pending | pb::OrderStatus::Cancelling | pb::OrderStatus::Cancelled
+        ) {
         None
     } else {
         state
@@ -115,6 +120,11 @@ pub async fn get(
                 Safety::Idempotent,
                 pay::GetPaymentRequest {
                     payment_id: order.payment_id.clone(),
+                    order_id: if order.payment_id.is_empty() {
+                        order.order_id.clone()
+                    } else {
+                        String::new()
+                    },
                 },
                 |mut c, r| async move { c.get_payment(r).await },
             )

@@ -5,7 +5,7 @@
 use platform::CallContext;
 use shop_proto::{payment::v1 as pay, user::v1 as user};
 
-use super::{Checkout, Outcome, declined, payment_failed, payment_pending, rolled_back};
+use super::{Checkout, Outcome, payment_pending, record};
 use crate::{downstream::Safety, error::ApiError, state::AppState};
 
 pub async fn run(state: &AppState, ctx: &CallContext, c: &Checkout) -> Result<Outcome, ApiError> {
@@ -24,16 +24,32 @@ pub async fn run(state: &AppState, ctx: &CallContext, c: &Checkout) -> Result<Ou
         )
     })
     .await
-    .map_err(|s| map_status(&s))?;
-    let payment = resp.payment.ok_or_else(ApiError::internal)?;
-    match (resp.order, payment.status()) {
-        (Some(order), pay::PaymentStatus::Succeeded) => Ok(Outcome { order, payment }),
-        (_, pay::PaymentStatus::Declined) => Err(declined(&payment)),
-        (_, pay::PaymentStatus::Failed) => Err(payment_failed()),
-        (_, pay::PaymentStatus::Refunded) => Err(rolled_back()),
-        (_, pay::PaymentStatus::Pending) => Err(payment_pending()),
-        _ => Err(ApiError::internal()),
+    .map_err(|s| {
+        let e = map_status(&s);
+        // No answer from the chain: user-service's record lets the recovery finish it.
+        if matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ) && !crate::downstream::is_circuit_open(&s)
+        {
+            e.with_order(c.order_id().to_string())
+        } else {
+            e
+        }
+    })?;
+    let Some(order) = resp.order else {
+        return Err(ApiError::internal());
+    };
+    // A pending payment: the record was handed to the recovery.
+    if order.status() == user::OrderStatus::Pending
+        && resp
+            .payment
+            .as_ref()
+            .is_none_or(|p| p.status() != pay::PaymentStatus::Succeeded)
+    {
+        return Err(payment_pending().with_order(order.order_id));
     }
+    record::settled(state, ctx, order, resp.payment).await
 }
 
 /// The chain reports the inner hops' business outcomes as statuses whose reason (and

@@ -11,6 +11,7 @@
 
 mod chained;
 mod compensate;
+pub mod record;
 mod saga;
 
 use http::StatusCode;
@@ -76,11 +77,12 @@ pub fn parse_lines(
         .map_err(|e| ApiError::bad_request(e.field, e.message))
 }
 
-/// What a successful checkout returns.
+/// What a checkout that took the money returns: the order PLACED (201), or still PENDING
+/// while the recovery completes it (202).
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub order: user::Order,
-    pub payment: pay::Payment,
+    pub payment: Option<pay::Payment>,
 }
 
 /// Runs a checkout to the end in its own task: a browser that disconnects mid-way must not
@@ -95,12 +97,14 @@ pub async fn run(
     let handle = tokio::spawn(platform::timing::carry(async move {
         let started = std::time::Instant::now();
         let result = match strategy {
-            Strategy::Orchestrated => saga::run(&state, &ctx, &checkout, false).await,
-            Strategy::Parallel => saga::run(&state, &ctx, &checkout, true).await,
+            Strategy::Orchestrated | Strategy::Parallel => {
+                saga::run(&state, &ctx, &checkout, strategy).await
+            }
             Strategy::Chained => chained::run(&state, &ctx, &checkout).await,
         };
         let outcome = match &result {
-            Ok(_) => "ok",
+            Ok(o) if o.order.status() == user::OrderStatus::Placed => "ok",
+            Ok(_) => "completing",
             Err(e) => e.code,
         };
         metrics::counter!("gateway_checkouts_total", "strategy" => strategy.name(), "outcome" => outcome).increment(1);
@@ -159,7 +163,7 @@ fn relayed_message(s: &tonic::Status) -> &str {
     inner.strip_prefix("not enough stock: ").unwrap_or(inner)
 }
 
-const DUPLICATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const DUPLICATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Calls `f` again while a concurrent attempt with the same key holds it (a client retry
 /// that overtook its first attempt), until that attempt is done or the deadline comes:
@@ -227,15 +231,18 @@ pub fn out_of_stock(reason: &str) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "out_of_stock", msg)
 }
 
+pub const ROLLED_BACK: &str = "checkout_rolled_back";
+
 pub fn rolled_back() -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
-        "checkout_rolled_back",
+        ROLLED_BACK,
         "An earlier checkout with this Idempotency-Key failed and was rolled back (stock released, nothing kept charged). Start a new checkout with a new key.",
     )
 }
 
-/// The stock hold ran out before the payment completed; the payment was given back.
+/// The stock hold ran out before the payment completed; the payment was given back (only
+/// said once the refund went through: see `record::refund_pending` otherwise).
 pub fn reservation_expired() -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
@@ -244,12 +251,13 @@ pub fn reservation_expired() -> ApiError {
     )
 }
 
-/// The card processor has not confirmed the charge; it is settled in the background.
+/// The charge's outcome is unknown; the checkout recovery settles it with the card
+/// processor and then completes the order (stock still held) or gives everything back.
 pub fn payment_pending() -> ApiError {
     ApiError::new(
         StatusCode::GATEWAY_TIMEOUT,
         "payment_pending",
-        "The card processor did not confirm the payment in time. If it goes through it will be refunded automatically; try again.",
+        "The card processor did not confirm the payment in time. Within a minute the order is either completed or cancelled with any charge refunded; retry with the same Idempotency-Key, or see the order, to learn which.",
     )
 }
 

@@ -6,9 +6,9 @@ use shop_proto::{common::v1 as common, item::v1 as item, payment::v1 as pay, use
 
 use super::{
     Checkout, Outcome, compensate, declined, out_of_stock, outcome_of, payment_failed,
-    payment_pending, reservation_expired, rolled_back,
+    payment_pending, record::{self, Begun}, reservation_expired, rolled_back,
 };
-use crate::{downstream::Safety, error::ApiError, state::AppState};
+use crate::{api::model::Strategy, downstream::Safety, error::ApiError, state::AppState};
 
 /// Priced lines and their total.
 pub struct Priced {
@@ -20,10 +20,10 @@ pub async fn run(
     state: &AppState,
     ctx: &CallContext,
     c: &Checkout,
-    parallel: bool,
+    strategy: Strategy,
 ) -> Result<Outcome, ApiError> {
     // 1 + 2: the user lookup and the pricing do not depend on each other.
-    let priced = if parallel {
+    let priced = if strategy == Strategy::Parallel {
         let (valid, priced) =
             tokio::join!(validate_user(state, ctx, c), price(state, ctx, &c.lines));
         valid?;
@@ -42,21 +42,36 @@ pub async fn run(
         )));
     }
 
-    // 3: reserve.
-    reserve(state, ctx, c, &scoped).await?;
+    // 3: the durable record, before anything is reserved or charged.
+    let lease = match record::begin(state, ctx, c, &priced, strategy).await? {
+        Begun::Drive(lease) => lease,
+        Begun::Settled(answer) => return *answer,
+    };
 
-    // 4: charge; compensation = release.
-    let payment = match charge(state, ctx, c, &scoped, &priced).await {
-        Ok(p) => p,
-        // A concurrent attempt with this key owns the reservation: leave it alone.
-        Err(e) if e.code == super::IN_PROGRESS => return Err(e),
-        Err(e) => {
-            compensate::release(state, ctx, &scoped).await;
-            return Err(e);
+    // 4: reserve, then 5: charge.
+    let (reserved, charged) = match reserve(state, ctx, c, &scoped).await {
+        Ok(()) => (Ok(()), charge(state, ctx, c, &scoped, &priced).await),
+        Err(e) => (Err(e), Err(Failed::NotCharged(ApiError::internal()))),
+    };
+    let payment = match (reserved, charged) {
+        (Ok(()), Ok(p)) => p,
+        (_, Err(Failed::Unknown(e))) => {
+            // Whether the card was charged is unknown: never guess. The recovery asks
+            // payment-service (which settles with the card processor) and then either
+            // completes the order or gives everything back.
+            lease.hand_over(state, ctx).await;
+            return Err(e.with_order(&lease.order_id));
+        }
+        (Err(e), Ok(p)) => {
+            // Charged, but the stock could not be held.
+            return Err(undo(state, ctx, &lease, &scoped, Some(&p), e).await);
+        }
+        (Err(e), Err(Failed::NotCharged(_))) | (Ok(()), Err(Failed::NotCharged(e))) => {
+            return Err(undo(state, ctx, &lease, &scoped, None, e).await);
         }
     };
 
-    // 5: commit; compensation = refund + release.
+    // 6: commit.
     let committed = state
         .downstreams
         .item
@@ -70,61 +85,115 @@ pub async fn run(
             |mut cl, r| async move { cl.commit_reservation(r).await },
         )
         .await;
-    let commit_err = match committed {
+    match committed {
         Ok(resp) => match resp.reservation.map(|r| r.status()) {
-            Some(item::ReservationStatus::Committed) => None,
+            Some(item::ReservationStatus::Committed) => {}
             other => {
                 tracing::warn!(?other, "commit did not commit the reservation");
-                Some(reservation_expired())
+                let e = reservation_expired();
+                return Err(undo(state, ctx, &lease, &scoped, Some(&payment), e).await);
             }
         },
-        Err(s) => Some(outcome_of(&s).unwrap_or_else(|| ApiError::from_status(&s))),
-    };
-    if let Some(e) = commit_err {
-        compensate::refund_and_release(state, ctx, &scoped, &payment).await;
-        return Err(refunded(e));
+        Err(s) => match outcome_of(&s) {
+            // The stock hold is gone: give the money back.
+            Some(e) => return Err(undo(state, ctx, &lease, &scoped, Some(&payment), e).await),
+            // Unknown whether it committed: the recovery finds out and completes the order
+            // (the money was taken and the stock may still be held).
+            None => {
+                lease.hand_over(state, ctx).await;
+                return Ok(being_completed(c, &priced, &scoped, payment));
+            }
+        },
     }
 
-    // 6: record the order; compensation = refund + release.
-    let order = user::Order {
-        order_id: c.order_id().to_string(),
-        user_id: c.user.user_id.to_string(),
-        lines: priced.lines,
-        total: Some(priced.total.into()),
-        payment_id: payment.payment_id.clone(),
-        reservation_id: scoped.clone(),
-        status: user::OrderStatus::Placed as i32,
-        created_at: None,
-    };
-    let recorded = state
-        .downstreams
-        .user
-        .call(
-            ctx,
-            "RecordOrder",
-            Safety::Idempotent,
-            user::RecordOrderRequest { order: Some(order) },
-            |mut cl, r| async move { cl.record_order(r).await },
-        )
-        .await;
-    match recorded {
-        Ok(resp) => match resp.order {
-            Some(order) => Ok(Outcome { order, payment }),
-            None => {
-                compensate::refund_and_release(state, ctx, &scoped, &payment).await;
-                Err(ApiError::internal())
-            }
-        },
+    // 7: the order exists. If this write fails the recovery places it (paid and committed).
+    let comp = state.budgets.compensation_ctx(ctx);
+    match lease.place(state, &comp, &payment.payment_id).await {
+        Ok(order) => Ok(Outcome {
+            order,
+            payment: Some(payment),
+        }),
         Err(s) => {
-            compensate::refund_and_release(state, ctx, &scoped, &payment).await;
-            Err(refunded(ApiError::from_status(&s)))
+            tracing::warn!(order_id = %lease.order_id, code = ?s.code(), message = s.message(), "placing the order failed; the recovery places it");
+            Ok(being_completed(c, &priced, &scoped, payment))
         }
     }
 }
 
-/// A failure after the charge: the refund has been issued, say so.
-fn refunded(mut e: ApiError) -> ApiError {
-    e.message = format!("{} Your payment has been refunded.", e.message);
+/// Why a charge did not give a SUCCEEDED payment.
+enum Failed {
+    /// Definitely nothing charged (declined, failed, refused before sending, rolled back).
+    NotCharged(ApiError),
+    /// Maybe charged: no answer, or the card processor has not confirmed.
+    Unknown(ApiError),
+}
+
+/// Goes backward: records the decision, gives back the money (if charged) and the stock,
+/// then records the end, and says truthfully what happened to the money. A step whose
+/// record cannot be written is left to the recovery, and the answer says so.
+async fn undo(
+    state: &AppState,
+    ctx: &CallContext,
+    lease: &record::Lease,
+    scoped: &str,
+    payment: Option<&pay::Payment>,
+    e: ApiError,
+) -> ApiError {
+    // One fresh budget for the whole way back: the request's may be spent.
+    let comp = state.budgets.compensation_ctx(ctx);
+    let charged = payment.is_some();
+    if !lease.cancelling(state, &comp, e.code).await {
+        return if charged {
+            record::refund_pending(&lease.order_id)
+        } else {
+            e.with_order(&lease.order_id)
+        };
+    }
+    let refunded = match payment {
+        Some(p) => compensate::refund(state, &comp, scoped, p).await,
+        None => true,
+    };
+    let released = compensate::release(state, &comp, scoped).await;
+    if !refunded {
+        return record::refund_pending(&lease.order_id);
+    }
+    if released {
+        lease.cancelled(state, &comp, e.code).await;
+    } else {
+        // The recovery retries the release (the stock also comes back when the hold expires).
+        lease.hand_over(state, &comp).await;
+    }
+    if charged {
+        refunded_answer(e)
+    } else {
+        e
+    }
+}
+
+/// The answer while the recovery completes a paid order: 202 with the order as recorded
+/// so far (PENDING); GET /api/orders/{id} shows it placed shortly.
+fn being_completed(c: &Checkout, priced: &Priced, scoped: &str, payment: pay::Payment) -> Outcome {
+    Outcome {
+        order: user::Order {
+            order_id: c.order_id().to_string(),
+            user_id: c.user.user_id.to_string(),
+            lines: priced.lines.clone(),
+            total: Some(priced.total.into()),
+            payment_id: payment.payment_id.clone(),
+            reservation_id: scoped.to_owned(),
+            status: user::OrderStatus::Pending as i32,
+            priced: true,
+            ..Default::default()
+        },
+        payment: Some(payment),
+    }
+}
+
+/// A failure after the charge whose refund went through: say so.
+fn refunded_answer(mut e: ApiError) -> ApiError {
+    if e.code != "reservation_expired" {
+        e.message = format!("{} Your payment has been refunded.", e.message);
+    }
     e
 }
 
@@ -232,18 +301,10 @@ async fn reserve(
         )
     })
     .await;
+    // On failure the reservation may exist with the answer lost: the caller releases it.
     let reservation = match resp {
         Ok(r) => r.reservation,
-        Err(s) => {
-            // The reservation may have been made with the answer lost: let it go.
-            if matches!(
-                s.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
-            ) {
-                compensate::release(state, ctx, scoped).await;
-            }
-            return Err(reserve_error(&s));
-        }
+        Err(s) => return Err(reserve_error(&s)),
     };
     let Some(reservation) = reservation else {
         return Err(ApiError::internal());
@@ -254,40 +315,9 @@ async fn reserve(
     match reservation.status() {
         item::ReservationStatus::Reserved | item::ReservationStatus::Committed => Ok(()),
         item::ReservationStatus::Rejected => Err(out_of_stock(&reservation.reason)),
-        item::ReservationStatus::Released => Err(earlier_outcome(state, ctx, c).await),
+        // This key's earlier attempt was rolled back (or its hold expired): never sold again.
+        item::ReservationStatus::Released => Err(rolled_back()),
         item::ReservationStatus::Unspecified => Err(ApiError::internal()),
-    }
-}
-
-/// A retry of a checkout that failed and was rolled back: answer what the first attempt
-/// answered when its payment tells (a declined card stays declined), else say it was
-/// rolled back. Never charges: a released reservation cannot be sold.
-async fn earlier_outcome(state: &AppState, ctx: &CallContext, c: &Checkout) -> ApiError {
-    let order_id = c.order_id().to_string();
-    let listed = state
-        .downstreams
-        .payment
-        .call(
-            ctx,
-            "ListPayments",
-            Safety::Idempotent,
-            pay::ListPaymentsRequest {
-                user_id: c.user.user_id.to_string(),
-                page: Some(common::PageRequest {
-                    page_size: 100,
-                    page_token: String::new(),
-                }),
-            },
-            |mut cl, r| async move { cl.list_payments(r).await },
-        )
-        .await;
-    let first = listed
-        .ok()
-        .and_then(|l| l.payments.into_iter().find(|p| p.order_id == order_id));
-    match first.as_ref().map(|p| (p, p.status())) {
-        Some((p, pay::PaymentStatus::Declined)) => declined(p),
-        Some((_, pay::PaymentStatus::Failed)) => payment_failed(),
-        _ => rolled_back(),
     }
 }
 
@@ -331,7 +361,7 @@ async fn charge(
     c: &Checkout,
     scoped: &str,
     priced: &Priced,
-) -> Result<pay::Payment, ApiError> {
+) -> Result<pay::Payment, Failed> {
     let order_id = c.order_id().to_string();
     let resp = super::waiting_out_duplicates(ctx, || {
         state.downstreams.payment.call(
@@ -351,26 +381,28 @@ async fn charge(
     })
     .await;
     let payment = match resp {
-        Ok(r) => r.payment.ok_or_else(ApiError::internal)?,
+        Ok(r) => r
+            .payment
+            .ok_or_else(|| Failed::Unknown(ApiError::internal()))?,
         Err(s) => {
-            // A call our breaker refused never left: there is nothing to settle.
-            if matches!(
+            let e = outcome_of(&s).unwrap_or_else(|| ApiError::from_status(&s));
+            // A call our breaker refused never left; the others may have charged with the
+            // answer lost.
+            let maybe_charged = matches!(
                 s.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unknown
+                    | tonic::Code::Internal
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Aborted
             ) && !crate::downstream::is_circuit_open(&s)
-            {
-                // The charge may have gone through with the answer lost: find it later and
-                // refund it, so no money is kept for an order that does not exist.
-                compensate::settle_unknown_charge(
-                    state,
-                    ctx,
-                    c.user.user_id,
-                    order_id,
-                    scoped.to_owned(),
-                );
-            }
-            // In progress, key reused, pending: the same answers as the chained strategy.
-            return Err(outcome_of(&s).unwrap_or_else(|| ApiError::from_status(&s)));
+                && e.code != super::ROLLED_BACK;
+            return Err(if maybe_charged {
+                Failed::Unknown(unknown_charge(e))
+            } else {
+                Failed::NotCharged(e)
+            });
         }
     };
     let payment = if payment.status() == pay::PaymentStatus::Pending {
@@ -380,18 +412,19 @@ async fn charge(
     };
     match payment.status() {
         pay::PaymentStatus::Succeeded => Ok(payment),
-        pay::PaymentStatus::Declined => Err(declined(&payment)),
-        pay::PaymentStatus::Failed => Err(payment_failed()),
-        pay::PaymentStatus::Refunded => Err(rolled_back()),
+        pay::PaymentStatus::Declined => Err(Failed::NotCharged(declined(&payment))),
+        pay::PaymentStatus::Failed => Err(Failed::NotCharged(payment_failed())),
+        pay::PaymentStatus::Refunded => Err(Failed::NotCharged(rolled_back())),
         pay::PaymentStatus::Pending | pay::PaymentStatus::Unspecified => {
-            compensate::settle_unknown_charge(
-                state,
-                ctx,
-                c.user.user_id,
-                order_id,
-                scoped.to_owned(),
-            );
-            Err(payment_pending())
+            Err(Failed::Unknown(payment_pending()))
         }
     }
+}
+
+/// The answer when the charge's outcome is unknown: the checkout is settled in the background.
+fn unknown_charge(e: ApiError) -> ApiError {
+    if e.code == super::IN_PROGRESS {
+        return e;
+    }
+    payment_pending()
 }

@@ -1,6 +1,8 @@
 //! ChainedCharge against a real item-service (in-process, on the local stack's SecantusDB
 //! and Redis) and the mock card gateway.
 
+use std::time::Duration;
+
 use crate::harness::*;
 use platform::{ErrorReason, error::field_of, reason_of};
 use shop_proto::{
@@ -230,7 +232,7 @@ async fn item_service_down_fails_fast_with_unavailable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_gateway_answer_keeps_the_reservation_until_reconcile_settles_both() {
+async fn reconciling_a_lost_gateway_answer_settles_the_payment_and_leaves_the_reservation_alone() {
     let items = spawn_items().await;
     let app = spawn_app_with(|c| {
         c.item_service_url = format!("http://{}", items.addr);
@@ -259,26 +261,133 @@ async fn a_lost_gateway_answer_keeps_the_reservation_until_reconcile_settles_bot
     );
     assert_eq!(items.stock(&a).await, 3);
 
-    let list = app
-        .client
-        .clone()
-        .list_payments(pb::ListPaymentsRequest {
-            user_id: req.user_id.clone(),
-            page: None,
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .payments;
-    let settled = app.reconcile(&list[0].payment_id).await;
+    let pending = app.get_by("", &req.order_id).await.expect("by order");
+    assert_eq!(pending.status(), PaymentStatus::Pending);
+    let settled = app.reconcile(&pending.payment_id).await;
     assert_eq!(settled.status(), PaymentStatus::Failed);
-    // Never charged, so reconciling released the stock too.
+    // Never charged, but the reservation is user-service's checkout recovery's to release:
+    // reconciling only settles the payment.
     assert_eq!(
         items.reservation("chk-lost").await,
-        ReservationStatus::Released
+        ReservationStatus::Reserved
     );
-    assert_eq!(items.stock(&a).await, 4);
+    assert_eq!(items.stock(&a).await, 3);
     assert_eq!(app.stats().await.charges_created, 0);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_settles_a_chained_charge_as_succeeded_and_leaves_the_reservation_held() {
+    let items = spawn_items().await;
+    let app = spawn_app_with(|c| {
+        c.item_service_url = format!("http://{}", items.addr);
+        c.item_timeout_ms = 20_000;
+        c.gateway_timeout_ms = 300;
+        // The background "payment reconciler" task, as deployed.
+        c.reconcile_interval_ms = 200;
+    })
+    .await;
+    let a = items.create(700, 5).await;
+    // The gateway charges, but answers long after the service stopped waiting.
+    app.put_admin(
+        "/admin/faults",
+        serde_json::json!([{"method": "POST /v1/charges", "latency": {"kind": "fixed", "ms": 2000}}]),
+    )
+    .await;
+    let req = chained_request("chk-slow", &[(&a, 2)], VISA_OK);
+    let err = chained(&app, req.clone()).await.expect_err("answer lost");
+    assert_eq!(
+        reason_of(&err),
+        Some(ErrorReason::PaymentPending),
+        "{err:?}"
+    );
+
+    let settled = eventually(Duration::from_secs(60), || async {
+        let p = app.get_by("", &req.order_id).await.expect("by order");
+        (p.status() != PaymentStatus::Pending).then_some(p)
+    })
+    .await;
+    assert_eq!(settled.status(), PaymentStatus::Succeeded);
+    assert_eq!(settled.amount, Some(usd(1400)));
+    // The reservation is left as it was: still holding the two units.
+    assert_eq!(
+        items.reservation("chk-slow").await,
+        ReservationStatus::Reserved
+    );
+    assert_eq!(items.stock(&a).await, 3);
+
+    // The in-request path is unchanged: a retry of the hop with its key commits it.
+    app.put_admin("/admin/faults", serde_json::json!([])).await;
+    let resp = chained(&app, req).await.expect("retry");
+    assert_eq!(resp.payment, Some(settled));
+    assert_eq!(
+        items.reservation("chk-slow").await,
+        ReservationStatus::Committed
+    );
+    assert_eq!(items.stock(&a).await, 3);
+    assert_eq!(app.stats().await.charges_created, 1);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_replay_after_the_key_was_purged_returns_the_payment_and_reserves_nothing() {
+    let items = spawn_items().await;
+    let app = spawn_app_with(|c| {
+        c.item_service_url = format!("http://{}", items.addr);
+        c.item_timeout_ms = 20_000;
+    })
+    .await;
+    let a = items.create(1200, 5).await;
+    let first = chained_request("chk-purged-1", &[(&a, 2)], VISA_OK);
+    let paid = chained(&app, first.clone()).await.expect("first checkout");
+    assert_eq!(
+        paid.payment.as_ref().map(|p| p.status()),
+        Some(PaymentStatus::Succeeded)
+    );
+    assert_eq!(items.stock(&a).await, 3);
+
+    // The retention time passed: the keys are gone (as the purge leaves them).
+    assert!(app.sql("DELETE FROM idempotency_keys").await >= 1);
+
+    // The same order under a new key: its payment, the original reservation, nothing new.
+    let mut again = first.clone();
+    again.idempotency_key = "chk-purged-2".into();
+    let replay = chained(&app, again).await.expect("replay");
+    assert_eq!(replay.payment, paid.payment);
+    assert_eq!(replay.total, Some(usd(2400)));
+    assert_eq!(replay.reservation_id, "chk-purged-1");
+    assert_eq!(items.stock(&a).await, 3);
+    assert_eq!(app.stats().await.charges_created, 1);
+
+    // Another user's checkout cannot take this order.
+    let mut other = first.clone();
+    other.idempotency_key = "chk-purged-3".into();
+    other.user_id = new_id();
+    let err = chained(&app, other)
+        .await
+        .expect_err("order paid by someone else");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert_eq!(
+        reason_of(&err),
+        Some(ErrorReason::IdempotencyKeyReused),
+        "{err:?}"
+    );
+    assert_eq!(field_of(&err).as_deref(), Some("order_id"), "{err:?}");
+
+    // Neither request reserved stock under its own key.
+    for key in ["chk-purged-2", "chk-purged-3"] {
+        let err = items
+            .client
+            .clone()
+            .get_reservation(item_pb::GetReservationRequest {
+                reservation_id: key.into(),
+            })
+            .await
+            .expect_err("no reservation");
+        assert_eq!(err.code(), Code::NotFound, "{key}: {err:?}");
+    }
+    assert_eq!(items.stock(&a).await, 3);
+    assert_eq!(app.stats().await.charges_created, 1);
     app.finish().await;
 }
 

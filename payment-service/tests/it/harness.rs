@@ -128,6 +128,7 @@ impl TestApp {
             .clone()
             .get_payment(pb::GetPaymentRequest {
                 payment_id: payment_id.into(),
+                order_id: String::new(),
             })
             .await
             .expect("GetPayment")
@@ -149,6 +150,50 @@ impl TestApp {
             .into_iter()
             .next()
             .expect("one payment")
+    }
+
+    /// Runs one statement on this test's database (to age or drop rows as time would);
+    /// returns the rows it affected.
+    pub async fn sql(&self, statement: &str) -> u64 {
+        let mut conn = MySqlConnection::connect(&self.db_url)
+            .await
+            .expect("connect to the test database");
+        let n = sqlx::query(statement)
+            .execute(&mut conn)
+            .await
+            .expect("statement runs")
+            .rows_affected();
+        conn.close().await.ok();
+        n
+    }
+
+    /// `SELECT COUNT(*) FROM {from}` on this test's database.
+    pub async fn count(&self, from: &str) -> i64 {
+        let mut conn = MySqlConnection::connect(&self.db_url)
+            .await
+            .expect("connect to the test database");
+        let n = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {from}"))
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        conn.close().await.ok();
+        n
+    }
+
+    /// GetPayment with these two fields.
+    pub async fn get_by(
+        &self,
+        payment_id: &str,
+        order_id: &str,
+    ) -> Result<pb::Payment, tonic::Status> {
+        self.client
+            .clone()
+            .get_payment(pb::GetPaymentRequest {
+                payment_id: payment_id.into(),
+                order_id: order_id.into(),
+            })
+            .await
+            .map(|r| r.into_inner().payment.expect("payment"))
     }
 
     /// Scans every table of this test's database: none of the test card numbers (in any

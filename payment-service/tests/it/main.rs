@@ -7,4 +7,5 @@ mod chained;
 mod gateway;
 mod harness;
 mod logs;
+mod orders;
 mod payments;

@@ -448,6 +448,7 @@ async fn list_payments_pages_newest_first() {
         .clone()
         .get_payment(pb::GetPaymentRequest {
             payment_id: new_id(),
+            order_id: String::new(),
         })
         .await
         .expect_err("unknown");

@@ -34,7 +34,7 @@ fn order(user_id: &str, qty: i32, unit: i64) -> pb::Order {
         payment_id: Uuid::new_v4().to_string(),
         reservation_id: "res-1".into(),
         status: pb::OrderStatus::Placed as i32,
-        created_at: None,
+        ..Default::default()
     }
 }
 
