@@ -46,12 +46,14 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    /// The crash test's: short TTL, lease and recovery interval; long checkout budget.
+    /// The crash test's: short TTL, lease and recovery interval; a checkout budget that
+    /// outlasts the slowest window (the gateway's lease is at least twice the budget plus
+    /// a second, so the budget is what bounds how soon the recovery may step in).
     pub const CRASH: Self = Self {
         reservation_ttl_secs: 8,
         recovery_interval_ms: 300,
         checkout_lease_ms: 3000,
-        checkout_budget_ms: 20_000,
+        checkout_budget_ms: 6000,
         hold_calls: true,
     };
 
@@ -94,11 +96,17 @@ impl Tuning {
         env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
 
+    /// The lease the gateway actually grants: never shorter than twice its checkout budget
+    /// plus a second (gateway/src/config.rs).
+    pub fn effective_lease_ms(&self) -> u64 {
+        u64::from(self.checkout_lease_ms).max(2 * u64::from(self.checkout_budget_ms) + 1000)
+    }
+
     /// After the restart, how long a checkout may take to reach its ending: the lease must
     /// expire, the reservation may have to expire, and recovery runs every interval.
     pub fn recovery_window(&self) -> Duration {
         Duration::from_millis(
-            u64::from(self.checkout_lease_ms)
+            self.effective_lease_ms()
                 + u64::from(self.reservation_ttl_secs) * 1000
                 + 10 * u64::from(self.recovery_interval_ms)
                 + 15_000,
@@ -235,7 +243,7 @@ impl MatrixReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
             "# Crash test ({})\n\nStarted {}; strategy `{}`; {} combinations, {} failed; {} SIGKILLs; {:.0} s.\n\n\
-             Tuning: reservation TTL {} s, recovery every {} ms, gateway checkout lease {} ms, checkout budget {} ms; each checkout must end within {:.0} s of the restart.\n\n\
+             Tuning: reservation TTL {} s, recovery every {} ms, gateway checkout lease {} ms (granted: {} ms), checkout budget {} ms; each checkout must end within {:.0} s of the restart.\n\n\
              Stores: {}.\n\nConsistency checker: {}.\n\n",
             if self.failures() == 0 { "pass" } else { "FAIL" },
             self.started_at,
@@ -247,6 +255,7 @@ impl MatrixReport {
             self.tuning.reservation_ttl_secs,
             self.tuning.recovery_interval_ms,
             self.tuning.checkout_lease_ms,
+            self.tuning.effective_lease_ms(),
             self.tuning.checkout_budget_ms,
             self.recovery_window_s,
             self.stores,
@@ -472,6 +481,10 @@ impl Rig {
             }
         };
         ev(res, format!("in the window: {seen}"));
+        if let Some(plan::Action::ReleaseReservation) = w.at_trigger {
+            let now = self.probe.release_reservation(&co).await?;
+            ev(res, format!("reservation released by the test (now {now})"));
+        }
         tokio::time::sleep(w.then).await;
         if answer.is_finished() {
             ev(res, "the checkout answered before the kill".into());

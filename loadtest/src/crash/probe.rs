@@ -235,6 +235,21 @@ impl Probe {
             .flatten()
     }
 
+    /// Releases the checkout's reservation (what item-service's sweeper does on expiry).
+    pub async fn release_reservation(&self, c: &CheckoutRef) -> anyhow::Result<String> {
+        let mut cl = ItemServiceClient::new(grpc_channel(&self.item_url).await?);
+        let r = cl
+            .release_reservation(item::ReleaseReservationRequest {
+                reservation_id: c.scoped(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.reservation.map_or_else(
+            || "none".into(),
+            |r| strip(r.status().as_str_name(), "RESERVATION_STATUS_"),
+        ))
+    }
+
     /// Polls until the checkout reached an acceptable ending or `limit` passed; returns the
     /// ending (or the last state seen) and how long it took.
     pub async fn settle(

@@ -201,7 +201,7 @@ impl Supervisor {
                 ("USER_GRPC_ADDR", a.user.to_string()),
                 ("USER_METRICS_ADDR", a.user_metrics.to_string()),
                 ("PAYMENT_SERVICE_URL", url(a.payment)),
-                ("USER_ITEM_SERVICE_URL", url(a.item)),
+                ("ITEM_SERVICE_URL", url(a.item)),
             ],
             Process::Gateway => vec![
                 ("GATEWAY_HTTP_ADDR", a.gateway.to_string()),
