@@ -36,6 +36,8 @@ class ApiError extends Error {
     const e = (body && body.error) || {};
     super(e.message || `request failed (${status})`);
     this.status = status; this.code = e.code || "error"; this.field = e.field || null;
+    // A checkout that is still being settled names its order (GET /api/orders/{id}).
+    this.orderId = e.order_id || null;
   }
 }
 async function api(method, path, body, headers = {}) {
@@ -227,7 +229,9 @@ async function checkoutPage() {
       }, { "Idempotency-Key": key });
       sessionStorage.removeItem("shop.pending_key");
       cart.clear();
-      flash("Thank you! Order placed.", "ok");
+      flash(out.order.status === "pending"
+        ? "Payment taken. Your order is being completed; this page updates when it is."
+        : "Thank you! Order placed.", "ok");
       location.hash = "#/order/" + out.order.id;
     } catch (err) {
       if (err.status !== 0 && err.status !== 504) sessionStorage.removeItem("shop.pending_key");
@@ -238,10 +242,25 @@ async function checkoutPage() {
         err.message = "Out of stock: " + msg;
       }
       flash(explain(err));
+      if (err.orderId) {
+        // The outcome is being settled in the background: show where it stands.
+        cart.clear();
+        location.hash = "#/order/" + err.orderId;
+        return;
+      }
       $("#pay").disabled = false;
     }
   };
 }
+
+// What each state of a checkout means for the customer.
+const ORDER_STATES = {
+  placed: "Placed and paid.",
+  refunded: "Refunded.",
+  pending: "Being completed: the shop is confirming your payment and stock. This page updates by itself.",
+  cancelling: "Cancelled: any payment is being refunded and the stock released. This page updates by itself.",
+  cancelled: "Cancelled: nothing was kept (no charge, or the charge was refunded).",
+};
 
 async function ordersPage(params) {
   if (!session.token) { sessionStorage.setItem("shop.after_login", "#/orders"); location.hash = "#/login"; return; }
@@ -259,13 +278,18 @@ async function ordersPage(params) {
 async function orderPage(id) {
   const d = await api("GET", "/api/orders/" + encodeURIComponent(id));
   const o = d.order, p = d.payment;
+  const settling = o.status === "pending" || o.status === "cancelling";
   view().innerHTML = `<h2>Order <span id="order-id">${esc(o.id.slice(0, 8))}</span></h2>
     <p>Status: <strong id="order-status">${esc(o.status)}</strong> · ${esc(new Date(o.created_at).toLocaleString())}</p>
+    <p id="order-explained" class="muted">${esc(ORDER_STATES[o.status] || "")}${o.failure ? ` (${esc(o.failure.replaceAll("_", " "))})` : ""}</p>
     <table><tr><th>Item</th><th>Price</th><th>Qty</th><th>Total</th></tr>
     ${o.lines.map((l) => `<tr><td>${esc(l.name)}</td><td>${money(l.unit_price)}</td><td>${l.quantity}</td><td>${money(l.line_total)}</td></tr>`).join("")}
     <tr><th colspan="3">Total</th><th>${money(o.total)}</th></tr></table>
     <p class="muted">${p ? `Paid with ${esc(p.card_brand)} •••• ${esc(p.card_last4)} (${esc(p.status)})` : "Payment details are unavailable right now."}</p>
     <p><a href="#/orders">All orders</a></p>`;
+  if (settling) {
+    setTimeout(() => { if (location.hash === "#/order/" + id) orderPage(id).catch(() => {}); }, 2000);
+  }
 }
 
 function showError(err) {

@@ -44,6 +44,12 @@ pub struct ItemDoc {
     pub category: String,
     pub price: PriceDoc,
     pub stock: i64,
+    /// Every unit ever put into stock: the initial stock plus every restock (an admin stock
+    /// change adds its delta). Reservations move `stock` but never this, so for every item
+    /// `stock_received = stock + units held + units committed` (what `loadtest check`
+    /// verifies). None on items created before the field existed: those are not accounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock_received: Option<i64>,
     pub image_url: String,
     pub created_at: DateTime,
     pub updated_at: DateTime,
@@ -76,6 +82,7 @@ impl ItemDoc {
                 currency: item.price.currency().code().to_owned(),
             },
             stock: item.stock,
+            stock_received: Some(item.stock),
             image_url: item.image_url,
             created_at: now,
             updated_at: now,
@@ -244,23 +251,81 @@ impl ItemStore {
         if let Some(p) = patch.price {
             set.insert("price", money_doc(p));
         }
-        if let Some(s) = patch.stock {
-            set.insert("stock", s);
-        }
         if let Some(u) = &patch.image_url {
             set.insert("image_url", u);
         }
-        let updated = self
-            .items
-            .find_one_and_update(
-                doc! { "_id": patch.id.0, "version": patch.expected_version },
-                doc! { "$set": set, "$inc": { "version": 1_i64 } },
-            )
+        let Some(stock) = patch.stock else {
+            let filter = doc! { "_id": patch.id.0, "version": patch.expected_version };
+            let update = doc! { "$set": set, "$inc": { "version": 1_i64 } };
+            return self.apply_update(&patch, filter, update).await;
+        };
+        // A stock change is a restock (or a write-off): `stock_received` moves by the same
+        // delta in the same single-document update. The delta needs the current stock, so
+        // the update is conditional on the stock read (compare-and-set): a reservation
+        // moving the stock in between makes it miss instead of being counted twice.
+        set.insert("stock", stock);
+        for _ in 0..3 {
+            let Some(current) = self.get(patch.id).await? else {
+                return Err(Error::ItemNotFound(patch.id.hex()));
+            };
+            if current.version != patch.expected_version {
+                return Err(Error::VersionConflict {
+                    id: patch.id.hex(),
+                    expected: patch.expected_version,
+                    current: current.version,
+                });
+            }
+            let mut inc = doc! { "version": 1_i64 };
+            let mut filter = doc! {
+                "_id": patch.id.0,
+                "version": patch.expected_version,
+                "stock": current.stock,
+            };
+            // Items from before the field existed stay unaccounted rather than get a
+            // count that would start from a delta.
+            if current.stock_received.is_some() {
+                inc.insert("stock_received", stock - current.stock);
+                filter.insert("stock_received", doc! { "$exists": true });
+            } else {
+                filter.insert("stock_received", doc! { "$exists": false });
+            }
+            let update = doc! { "$set": set.clone(), "$inc": inc };
+            match self.try_update(filter, update).await? {
+                Some(doc) => return Ok(doc),
+                // Moved under us (the stock, or the version: reported by the next read).
+                None => continue,
+            }
+        }
+        Err(Error::Aborted(
+            platform::ErrorReason::ConcurrentChange,
+            format!(
+                "stock of item {} is changing too fast; retry",
+                patch.id.hex()
+            ),
+        ))
+    }
+
+    async fn try_update(
+        &self,
+        filter: Document,
+        update: Document,
+    ) -> Result<Option<ItemDoc>, Error> {
+        self.items
+            .find_one_and_update(filter, update)
             .return_document(ReturnDocument::After)
             .projection(public())
             .await
-            .map_err(Error::mongo("updating an item"))?;
-        if let Some(doc) = updated {
+            .map_err(Error::mongo("updating an item"))
+    }
+
+    /// One conditional update; when it did not apply, says why (gone or another version).
+    async fn apply_update(
+        &self,
+        patch: &ItemPatch,
+        filter: Document,
+        update: Document,
+    ) -> Result<ItemDoc, Error> {
+        if let Some(doc) = self.try_update(filter, update).await? {
             return Ok(doc);
         }
         match self.get(patch.id).await? {

@@ -179,6 +179,7 @@ pub struct SoakReport {
     /// user-service's checkout_recovery_total by action, summed over its restarts.
     pub recovery_metrics: BTreeMap<String, f64>,
     pub checker_available: bool,
+    pub checker_summary: String,
     pub violations: Vec<String>,
     pub errors_by_kind: BTreeMap<String, u64>,
     pub elapsed_s: f64,
@@ -238,7 +239,7 @@ impl SoakReport {
                     .collect::<Vec<_>>()
                     .join(", ")
             },
-            if self.checker_available { "run" } else { "NOT AVAILABLE (stub boundary)" },
+            if self.checker_available { self.checker_summary.as_str() } else { "not run" },
             self.violations.len(),
         ));
         s.push_str(&format!(
@@ -551,6 +552,7 @@ async fn soak(
         endings_after_error: after_err,
         recovery_metrics: recovery.total(),
         checker_available: check.available,
+        checker_summary: check.summary.clone(),
         violations,
         errors_by_kind: r.errors_by_kind.clone(),
         elapsed_s: started.elapsed().as_secs_f64(),

@@ -144,6 +144,8 @@ pub(crate) async fn start_stack(
                 ("USER_GRPC_ADDR", user.to_string()),
                 ("USER_METRICS_ADDR", user_m.to_string()),
                 ("PAYMENT_SERVICE_URL", url(pay)),
+                // The checkout recovery commits and releases reservations.
+                ("ITEM_SERVICE_URL", url(item)),
             ],
             user,
         )

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod chaos;
 pub mod charts;
+pub mod check;
 pub mod cpu;
 pub mod crash;
 pub mod deployment;

@@ -92,9 +92,9 @@ impl Monolith {
                 item: item_t.clone(),
             },
         )
-            .await
-            .context("user-service")?
-            .hosted();
+        .await
+        .context("user-service")?
+        .hosted();
         let user_t = user.in_process(&faults);
         for service in [item, payment, user] {
             host.host(service);

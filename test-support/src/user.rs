@@ -50,7 +50,12 @@ pub async fn spawn() -> UserServer {
 /// Spawns user-service on a fresh database, with `tweak` applied to the test config.
 pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> UserServer {
     let database = db::fresh_postgres("user").await;
-    let mut config = config(&database.url);
+    spawn_on(&database.url, tweak).await
+}
+
+/// Spawns user-service on an existing database: a second replica of a running one.
+pub async fn spawn_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -> UserServer {
+    let mut config = config(database_url);
     tweak(&mut config);
     let app = Application::build(config)
         .await
@@ -61,6 +66,6 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> UserServer {
         server: Running::spawn(grpc_addr, |stop| app.run_until_stopped(stop)),
         grpc_addr,
         metrics_addr,
-        database_url: database.url,
+        database_url: database_url.to_owned(),
     }
 }

@@ -190,7 +190,9 @@ fn ended_with_nothing_kept(s: &tonic::Status) -> Option<&'static str> {
     use tonic::Code as C;
     match (s.code(), reason_of(s)?) {
         (C::FailedPrecondition | C::ResourceExhausted, R::OutOfStock) => Some("out_of_stock"),
-        (C::FailedPrecondition | C::Aborted, R::ReservationReleased) => Some("checkout_rolled_back"),
+        (C::FailedPrecondition | C::Aborted, R::ReservationReleased) => {
+            Some("checkout_rolled_back")
+        }
         (C::FailedPrecondition | C::Aborted, R::ReservationExpired) => Some("reservation_expired"),
         (C::Aborted, R::PaymentRefunded) => Some("checkout_rolled_back"),
         (C::NotFound, R::ItemNotFound) => Some("item_not_found"),

@@ -72,7 +72,8 @@ impl NewCheckout {
             .ok_or_else(|| FieldError::new("order", "is required"))?;
         let order_id = orders::parse_order_id(&o.order_id, "order.order_id")?;
         let user_id = UserId::parse(&o.user_id, "order.user_id")?;
-        let reservation_id = orders::parse_reservation_id(&o.reservation_id, "order.reservation_id")?;
+        let reservation_id =
+            orders::parse_reservation_id(&o.reservation_id, "order.reservation_id")?;
         let (lines, total) = if o.total.is_none() && o.lines.iter().all(|l| l.unit_price.is_none())
         {
             (unpriced(&o.lines, "order.lines")?, None)
@@ -129,7 +130,12 @@ pub fn unpriced(
     field: &str,
 ) -> Result<Vec<StoredLine>, FieldError> {
     let valid = platform::cart::validate(lines.iter().map(|l| (l.item_id.as_str(), l.quantity)))
-        .map_err(|e| FieldError::new(format!("{field}{}", e.field.trim_start_matches("lines")), e.message))?;
+        .map_err(|e| {
+            FieldError::new(
+                format!("{field}{}", e.field.trim_start_matches("lines")),
+                e.message,
+            )
+        })?;
     Ok(valid
         .iter()
         .map(|l| StoredLine::unpriced(&l.item_id, l.quantity))
@@ -329,7 +335,9 @@ impl Store {
     pub async fn advance_checkout(&self, t: &Transition) -> Result<OrderRow, RecordError> {
         use platform::timing::StoreOp as _;
         let (payment_id, failure, priced) = match &t.to {
-            Target::Placed { payment_id, priced } => (Some(payment_id.as_str()), None, priced.as_ref()),
+            Target::Placed { payment_id, priced } => {
+                (Some(payment_id.as_str()), None, priced.as_ref())
+            }
             Target::Cancelling(f) | Target::Cancelled(f) => (None, Some(f.as_str()), None),
             Target::Handover => (None, None, None),
         };

@@ -44,7 +44,11 @@ pub struct Config {
     )]
     pub payment_service_url: String,
     /// item-service, called by the checkout recovery (commit, release, reservation status).
-    #[arg(long, env = "ITEM_SERVICE_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "ITEM_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub item_service_url: String,
     /// Pause between checkout-recovery rounds (ms). A checkout whose driver died is
     /// finished within its lease (GATEWAY_CHECKOUT_LEASE_MS) plus about one round.

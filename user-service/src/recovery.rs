@@ -167,7 +167,10 @@ impl Recovery {
         token: Uuid,
     ) -> Result<Action, Wait> {
         let mut payment = self.payment_of(ctx, row).await?;
-        if let Some(p) = payment.as_ref().filter(|p| p.status() == PaymentStatus::Pending) {
+        if let Some(p) = payment
+            .as_ref()
+            .filter(|p| p.status() == PaymentStatus::Pending)
+        {
             // The charge's outcome is unknown: payment-service asks the card gateway.
             payment = Some(self.reconcile(ctx, p).await?);
         }
@@ -188,7 +191,9 @@ impl Recovery {
             return self.backward(ctx, row, token, None, "abandoned").await;
         };
         match p.status() {
-            PaymentStatus::Succeeded if refunded(&p) == 0 => self.forward(ctx, row, token, &p).await,
+            PaymentStatus::Succeeded if refunded(&p) == 0 => {
+                self.forward(ctx, row, token, &p).await
+            }
             PaymentStatus::Succeeded | PaymentStatus::Refunded => {
                 self.backward(ctx, row, token, Some(&p), "refunded").await
             }
@@ -429,7 +434,12 @@ impl Recovery {
 
     /// The checkout's own refund key (the one its driver would have used), so a refund the
     /// driver already made is not made twice.
-    async fn refund(&self, ctx: &CallContext, row: &OrderRow, p: &pay::Payment) -> Result<(), Wait> {
+    async fn refund(
+        &self,
+        ctx: &CallContext,
+        row: &OrderRow,
+        p: &pay::Payment,
+    ) -> Result<(), Wait> {
         let r = self
             .svc
             .payment

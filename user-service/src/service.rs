@@ -256,8 +256,8 @@ impl pb::user_service_server::UserService for UserApi {
         request: Request<pb::BeginCheckoutRequest>,
     ) -> Result<Response<pb::BeginCheckoutResponse>, Status> {
         let ctx = platform::CallContext::from_request(&request);
-        let new = NewCheckout::parse(request.into_inner(), &ctx.trace.trace_id)
-            .map_err(Error::from)?;
+        let new =
+            NewCheckout::parse(request.into_inner(), &ctx.trace.trace_id).map_err(Error::from)?;
         let begun = self.0.begin(&new).await?;
         let (row, token, created) = match begun {
             Begun::Created(row, token) => (row, token.to_string(), true),

@@ -179,7 +179,9 @@ impl Store {
             .await?)
     }
 
-    /// A page of a user's orders, newest first, strictly after the cursor `after`.
+    /// A page of a user's orders, newest first, strictly after the cursor `after`: placed
+    /// and refunded ones, and checkouts still being settled; not the cancelled checkouts
+    /// that ended with nothing kept (GetOrder still shows those).
     pub async fn list_orders(
         &self,
         user: UserId,
@@ -190,6 +192,7 @@ impl Store {
             None => {
                 let sql = format!(
                     "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 \
+                     AND status <> 'cancelled' \
                      ORDER BY created_at DESC, order_id DESC LIMIT $2"
                 );
                 sqlx::query_as::<_, OrderRow>(&sql)
@@ -202,7 +205,7 @@ impl Store {
             Some((at, id)) => {
                 let sql = format!(
                     "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 \
-                     AND (created_at, order_id) < ($2, $3) \
+                     AND status <> 'cancelled' AND (created_at, order_id) < ($2, $3) \
                      ORDER BY created_at DESC, order_id DESC LIMIT $4"
                 );
                 sqlx::query_as::<_, OrderRow>(&sql)

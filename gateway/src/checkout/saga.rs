@@ -6,7 +6,9 @@ use shop_proto::{common::v1 as common, item::v1 as item, payment::v1 as pay, use
 
 use super::{
     Checkout, Outcome, compensate, declined, out_of_stock, outcome_of, payment_failed,
-    payment_pending, record::{self, Begun}, reservation_expired, rolled_back,
+    payment_pending,
+    record::{self, Begun},
+    reservation_expired, rolled_back,
 };
 use crate::{api::model::Strategy, downstream::Safety, error::ApiError, state::AppState};
 
@@ -163,11 +165,7 @@ async fn undo(
         // The recovery retries the release (the stock also comes back when the hold expires).
         lease.hand_over(state, &comp).await;
     }
-    if charged {
-        refunded_answer(e)
-    } else {
-        e
-    }
+    if charged { refunded_answer(e) } else { e }
 }
 
 /// The answer while the recovery completes a paid order: 202 with the order as recorded

@@ -2,6 +2,7 @@
 //! Each test runs a real item-service on 127.0.0.1:0 over its own throw-away database on
 //! the local stack's SecantusDB and Redis (`eval "$(scripts/stack up)"`).
 
+mod accounting;
 mod cache;
 mod harness;
 mod items;

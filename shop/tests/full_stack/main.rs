@@ -6,5 +6,6 @@ mod api;
 mod checkout;
 mod common;
 mod monolith;
+mod recovery;
 mod resilience;
 mod timing;

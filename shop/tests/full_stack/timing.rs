@@ -105,7 +105,8 @@ fn assert_orchestrated(ledger: &BTreeMap<String, Entry>) {
         "item.ReserveStock",
         "payment.Charge",
         "item.CommitReservation",
-        "user.RecordOrder",
+        "user.BeginCheckout",
+        "user.AdvanceCheckout",
     ] {
         assert!(
             count(ledger, &format!("call.{method}")) >= 1,

@@ -152,6 +152,8 @@ pub struct Stack {
     pub item: Running,
     pub payment: Running,
     pub user: Running,
+    /// user-service's database (a second replica may run on it).
+    pub user_database_url: String,
     pub gateway: Running,
 }
 
@@ -170,6 +172,7 @@ pub async fn stack_with(opts: Options) -> Stack {
     .await;
     let user = user::spawn_with(|c| {
         c.payment_service_url = format!("http://{}", payment.grpc_addr);
+        c.item_service_url = format!("http://{}", item.grpc_addr);
     })
     .await;
 
@@ -191,6 +194,7 @@ pub async fn stack_with(opts: Options) -> Stack {
         item: item.server,
         payment: payment.server,
         user: user.server,
+        user_database_url: user.database_url,
         gateway,
     }
 }
