@@ -3,15 +3,18 @@
 //! local stack. Each checkout is held inside a step with fault injection, the process gets
 //! SIGKILL and is restarted, and with no client retry the checkout must end placed,
 //! refunded and released, or never charged, with nothing for the checker to report.
-//! `loadtest crash` runs the full matrix.
+//! `loadtest crash` runs the full matrix. Needs the services' binaries built (scripts/test
+//! does).
 
 use std::path::PathBuf;
 
 use loadtest::crash::{self, plan, probe::Ending};
 
-/// The directory of the workspace's binaries in this test's profile, built if needed
-/// (a no-op after `scripts/test`'s `cargo build --workspace --all-targets`), so the test
-/// never runs stale services.
+/// The directory of the workspace's binaries in this test's profile. They are built by
+/// `scripts/test` (`cargo build --workspace --all-targets`) or `cargo build --workspace
+/// --bins`; the test fails clearly when one is missing or older than the sources it is
+/// built from, so it never runs stale services. (Building them from here would build them
+/// with another feature set than the test build and rebuild half the workspace each time.)
 fn built_binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     // target/<profile>/deps/it-<hash>
@@ -20,18 +23,69 @@ fn built_binaries() -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("the test binary lives in target/<profile>/deps")
         .to_owned();
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let mut cmd = std::process::Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet", "--manifest-path"])
-        .arg(&manifest)
-        .args(["-p", "gateway", "-p", "user-service", "-p", "item-service"])
-        .args(["-p", "payment-service", "--bins"]);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest_source = [
+        "gateway",
+        "user-service",
+        "item-service",
+        "payment-service",
+        "platform",
+        "proto",
+    ]
+    .iter()
+    .filter_map(|d| newest_file(&root.join(d)))
+    .max();
+    for bin in [
+        "gateway",
+        "user-service",
+        "item-service",
+        "payment-service",
+        "card-gateway",
+    ] {
+        let path = dir.join(bin);
+        let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: build the services first (cargo build --workspace --bins, or run scripts/test)",
+                path.display()
+            )
+        });
+        if let Some(src) = newest_source {
+            assert!(
+                built >= src,
+                "{} is older than its sources: rebuild the services first (cargo build --workspace --bins, or run scripts/test)",
+                path.display()
+            );
+        }
     }
-    let status = cmd.status().expect("run cargo build for the services");
-    assert!(status.success(), "building the services failed");
     dir
+}
+
+/// The modification time of the newest source file (what cargo rebuilds on: Rust, protobuf,
+/// SQL migrations, manifests) under `dir`, skipping `target` and `node_modules`.
+fn newest_file(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                if !path.ends_with("target") && !path.ends_with("node_modules") {
+                    stack.push(path);
+                }
+            } else if path
+                .extension()
+                .is_some_and(|x| x == "rs" || x == "proto" || x == "sql" || x == "toml")
+                && let Ok(m) = meta.modified()
+            {
+                newest = newest.max(Some(m));
+            }
+        }
+    }
+    newest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,9 +98,7 @@ async fn representative_crashes_end_placed_refunded_or_never_charged() {
     ] {
         test_support::env(v);
     }
-    let bin_dir = tokio::task::spawn_blocking(built_binaries)
-        .await
-        .expect("build task");
+    let bin_dir = built_binaries();
     let logs = tempfile::tempdir().expect("log dir");
     let combos = plan::parse_list(&[
         // The reproduction: the gateway dies while CommitReservation is slow,
