@@ -170,10 +170,13 @@ pub struct SoakReport {
     pub checkouts_attempted: u64,
     /// The client got 201.
     pub checkouts_placed: u64,
+    /// The client got 202: paid, the order being completed by the recovery.
+    pub checkouts_accepted: u64,
     /// The client got an error status or no answer.
     pub checkouts_failed: u64,
     pub checkouts_no_answer: u64,
-    /// Endings of the checkouts whose client was told 201 / something else.
+    /// Endings of every checkout the run sent (peak measurement included) whose client
+    /// was told 201 / something else.
     pub endings_after_201: Endings,
     pub endings_after_error: Endings,
     /// user-service's checkout_recovery_total by action, summed over its restarts.
@@ -215,7 +218,7 @@ impl SoakReport {
             Mix::SHOP.checkout,
         );
         s.push_str(&format!(
-            "| figure | value |\n|---|---|\n| crashes (SIGKILL + restart) | {} ({}) |\n| requests (ok) | {} ({}) |\n| checkouts attempted | {} |\n| checkouts placed (client got 201) | {} |\n| checkouts failed (client got an error or no answer) | {} ({} no answer) |\n| endings after a 201 | {} |\n| endings after an error | {} |\n| recovery (checkout_recovery_total) | {} |\n| consistency checker | {} |\n| violations | {} |\n\n",
+            "| figure | value |\n|---|---|\n| crashes (SIGKILL + restart) | {} ({}) |\n| requests (ok) | {} ({}) |\n| checkouts attempted | {} |\n| checkouts placed (client got 201) | {} |\n| checkouts accepted (client got 202: paid, order being completed) | {} |\n| checkouts failed (client got an error or no answer) | {} ({} no answer) |\n| endings after a 201 (every checkout of the run, peak measurement included) | {} |\n| endings after anything else | {} |\n| recovery (checkout_recovery_total) | {} |\n| consistency checker | {} |\n| violations | {} |\n\n",
             self.crashes.len(),
             self.crashes_by_process
                 .iter()
@@ -226,6 +229,7 @@ impl SoakReport {
             self.requests_ok,
             self.checkouts_attempted,
             self.checkouts_placed,
+            self.checkouts_accepted,
             self.checkouts_failed,
             self.checkouts_no_answer,
             e(&self.endings_after_201),
@@ -546,7 +550,11 @@ async fn soak(
         requests_ok: r.ok,
         checkouts_attempted: soak_sent.len() as u64,
         checkouts_placed: soak_sent.iter().filter(|s| s.1 == Some(201)).count() as u64,
-        checkouts_failed: soak_sent.iter().filter(|s| s.1 != Some(201)).count() as u64,
+        checkouts_accepted: soak_sent.iter().filter(|s| s.1 == Some(202)).count() as u64,
+        checkouts_failed: soak_sent
+            .iter()
+            .filter(|s| !matches!(s.1, Some(201 | 202)))
+            .count() as u64,
         checkouts_no_answer: soak_sent.iter().filter(|s| s.1.is_none()).count() as u64,
         endings_after_201: after_201,
         endings_after_error: after_err,
