@@ -37,6 +37,8 @@ pub mod admin {
     }
 }
 
+mod redacted;
+
 // The generated code refers to sibling packages as `super::super::super::common::v1`,
 // so the modules above must sit at the crate root under a common parent. They do: the
 // crate root stands in for `shop`.

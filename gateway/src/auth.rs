@@ -37,13 +37,23 @@ impl std::fmt::Debug for TokenVerifier {
     }
 }
 
-/// The authenticated caller.
-#[derive(Debug, Clone)]
+/// The authenticated caller. `Debug` leaves the token out.
+#[derive(Clone)]
 pub struct AuthUser {
     pub user_id: Uuid,
     pub role: Role,
     /// The bearer token as sent (the chained checkout passes it on).
     pub token: String,
+}
+
+impl std::fmt::Debug for AuthUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthUser")
+            .field("user_id", &self.user_id)
+            .field("role", &self.role)
+            .field("token", &"[redacted]")
+            .finish()
+    }
 }
 
 /// The authenticated caller, known to be an admin.
@@ -180,5 +190,27 @@ mod tests {
         let mut expired = good;
         expired["exp"] = json!(now() - 3600);
         assert!(v.verify(&token(expired, Algorithm::HS256, SECRET)).is_err());
+    }
+
+    #[test]
+    fn debug_of_the_caller_and_the_verifier_hides_token_and_secret() {
+        let t = token(
+            json!({"sub": uuid::Uuid::new_v4(), "role": "customer"}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        let user = AuthUser {
+            user_id: uuid::Uuid::new_v4(),
+            role: Role::Customer,
+            token: t.clone(),
+        };
+        let shown = format!("{:?}", AdminUser(user));
+        assert!(!shown.contains(&t), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+        let verifier = TokenVerifier::new(&SecretString::from(SECRET));
+        assert!(!format!("{verifier:?}").contains(SECRET));
+        let config = crate::Config::with_secret(SECRET);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(SECRET), "{shown}");
     }
 }

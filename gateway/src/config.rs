@@ -91,6 +91,33 @@ pub struct Config {
     /// Largest accepted request body (bytes); larger is 413.
     #[arg(long, env = "GATEWAY_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub body_limit_bytes: usize,
+    /// A connection that has not sent a request's complete headers within this long is
+    /// closed (ms): slow-header (slowloris) clients cannot hold sockets.
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// HTTP connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Login throttling per account and per client address (on/off).
+    #[arg(long, env = "GATEWAY_LOGIN_THROTTLE", default_value = "on", value_parser = parse_switch)]
+    pub login_throttle: bool,
+    /// Failed logins for one account within the window before its logins get 429.
+    #[arg(long, env = "GATEWAY_LOGIN_ACCOUNT_FAILURES", default_value_t = 5)]
+    pub login_account_failures: u32,
+    /// Failed logins from one client address (IPv6: its /64) within the window before its
+    /// logins get 429.
+    #[arg(long, env = "GATEWAY_LOGIN_ADDRESS_FAILURES", default_value_t = 50)]
+    pub login_address_failures: u32,
+    /// The throttle's window, counted from the first failure (seconds).
+    #[arg(long, env = "GATEWAY_LOGIN_WINDOW_SECS", default_value_t = 300)]
+    pub login_window_secs: u64,
+    /// Accounts and addresses the throttle tracks at most (bounds its memory).
+    #[arg(long, env = "GATEWAY_LOGIN_TRACKED_KEYS", default_value_t = 100_000)]
+    pub login_tracked_keys: usize,
+    /// Comma-separated proxy IPs whose X-Forwarded-For names the client; from any other
+    /// peer the header is ignored and the client is the socket peer.
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// JSON log lines.
     #[arg(long, env = "LOG_JSON", default_value = "off", value_parser = parse_switch)]
     pub log_json: bool,
@@ -110,6 +137,24 @@ impl Config {
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn serve_limits(&self) -> crate::serve::ServeLimits {
+        crate::serve::ServeLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            max_connections: self.max_connections,
+        }
+    }
+
+    pub fn login_throttle(&self) -> crate::throttle::ThrottleConfig {
+        crate::throttle::ThrottleConfig {
+            enabled: self.login_throttle,
+            account_failures: self.login_account_failures,
+            address_failures: self.login_address_failures,
+            window: Duration::from_secs(self.login_window_secs),
+            max_keys: self.login_tracked_keys,
+            trusted_proxies: self.trusted_proxies.clone(),
+        }
     }
 
     /// Defaults for tests and the monolith: every setting at its default, this secret.

@@ -11,7 +11,9 @@ pub mod deadline;
 pub mod downstream;
 pub mod error;
 pub mod retry;
+pub mod serve;
 pub mod state;
+pub mod throttle;
 pub mod web;
 
 use std::{future::Future, net::SocketAddr};
@@ -33,6 +35,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     state: AppState,
+    limits: serve::ServeLimits,
 }
 
 impl Application {
@@ -56,6 +59,7 @@ impl Application {
                 lease: config.checkout_lease(),
             },
             faults,
+            login_throttle: throttle::LoginThrottle::new(config.login_throttle()),
         });
         let router = api::router(state.clone(), config.body_limit_bytes);
         let listener = TcpListener::bind(&config.http_addr)
@@ -65,6 +69,7 @@ impl Application {
             listener,
             router,
             state,
+            limits: config.serve_limits(),
         })
     }
 
@@ -82,9 +87,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(platform::net::http_listener(self.listener), self.router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        serve::serve(self.listener, self.router, self.limits, shutdown).await?;
         Ok(())
     }
 }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use platform::faults::FaultInjector;
 
-use crate::{auth::TokenVerifier, deadline::Budgets, downstream::Downstreams};
+use crate::{
+    auth::TokenVerifier, deadline::Budgets, downstream::Downstreams, throttle::LoginThrottle,
+};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -15,6 +17,8 @@ pub struct Inner {
     pub budgets: Budgets,
     /// The gateway's own fault rules (its HTTP routes), changeable at run time.
     pub faults: FaultInjector,
+    /// Failed-login counts per account and client address.
+    pub login_throttle: LoginThrottle,
 }
 
 impl std::ops::Deref for AppState {

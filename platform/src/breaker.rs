@@ -6,7 +6,7 @@
 //! UNAVAILABLE at once instead of holding every caller up the chain.
 
 use std::{
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -54,11 +54,25 @@ struct Inner {
 
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    /// Shared with the probe permits, which must reach the state when they are dropped.
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     /// Metric names start with it: `{prefix}_circuit_state`, `{prefix}_circuit_rejected_total`.
     metric_prefix: &'static str,
     service: &'static str,
     config: BreakerConfig,
     inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Success,
+    Failure,
+    /// A probe dropped without an answer (see `Permit`'s Drop).
+    Abandoned,
 }
 
 enum Admission {
@@ -69,11 +83,34 @@ enum Admission {
     Refuse,
 }
 
-/// Admission to call; hand it back with the outcome.
+/// Admission to call; hand it back with the outcome. A probe permit dropped without an
+/// outcome (its caller went away, e.g. a client disconnect dropped the future) counts as a
+/// failed probe: otherwise its half-open slot would stay taken and the breaker would refuse
+/// every call until restart.
 #[derive(Debug)]
 #[must_use]
 pub struct Permit {
-    probe: bool,
+    /// Set for a half-open probe until its outcome is recorded.
+    probe: Option<Arc<Shared>>,
+}
+
+impl Permit {
+    /// Whether this call is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(shared) = self.probe.take() {
+            tracing::warn!(
+                service = shared.service,
+                "circuit probe abandoned before it answered: counted as failed"
+            );
+            shared.record(true, Outcome::Abandoned);
+        }
+    }
 }
 
 /// A view of one breaker (the gateway's /debug/downstreams).
@@ -92,7 +129,7 @@ pub struct BreakerSnapshot {
 
 impl CircuitBreaker {
     pub fn new(metric_prefix: &'static str, service: &'static str, config: BreakerConfig) -> Self {
-        let b = Self {
+        let shared = Shared {
             metric_prefix,
             service,
             config,
@@ -105,10 +142,92 @@ impl CircuitBreaker {
                 rejected: 0,
             }),
         };
-        b.publish(BreakerState::Closed);
-        b
+        shared.publish(BreakerState::Closed);
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 
+    /// Whether a call made now would be admitted, without taking a permit: lets a caller
+    /// skip work that is pointless while the breaker refuses (a checkout need not reserve
+    /// stock it cannot pay for). A cooled-down open breaker admits (its probe).
+    pub fn admits(&self) -> bool {
+        let s = &self.shared;
+        !s.config.enabled || !matches!(s.admission(&s.lock()), Admission::Refuse)
+    }
+
+    /// Asks to make a call. None: the breaker is open, fail fast.
+    pub fn try_acquire(&self) -> Option<Permit> {
+        let s = &self.shared;
+        let call = Some(Permit { probe: None });
+        let probe = || {
+            Some(Permit {
+                probe: Some(Arc::clone(s)),
+            })
+        };
+        if !s.config.enabled {
+            return call;
+        }
+        let mut g = s.lock();
+        match s.admission(&g) {
+            Admission::Call => call,
+            Admission::FirstProbe => {
+                g.state = BreakerState::HalfOpen;
+                g.probes_in_flight = 1;
+                g.probe_successes = 0;
+                drop(g);
+                s.publish(BreakerState::HalfOpen);
+                tracing::info!(service = s.service, "circuit half-open: probing");
+                probe()
+            }
+            Admission::Probe => {
+                g.probes_in_flight += 1;
+                probe()
+            }
+            Admission::Refuse => {
+                g.rejected += 1;
+                drop(g);
+                ::metrics::counter!(format!("{}_circuit_rejected_total", s.metric_prefix), "service" => s.service)
+                    .increment(1);
+                None
+            }
+        }
+    }
+
+    /// Reports the outcome of a call admitted by `permit`. `failure` means the service
+    /// looked unhealthy (unavailable, timed out), not that it answered with a business error.
+    pub fn record(&self, mut permit: Permit, failure: bool) {
+        // Taken out so that dropping the permit does not report it a second time.
+        let probe = permit.probe.take().is_some();
+        let outcome = if failure {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        self.shared.record(probe, outcome);
+    }
+
+    pub fn snapshot(&self) -> BreakerSnapshot {
+        let s = &self.shared;
+        let g = s.lock();
+        let retry_in_ms = match (g.state, g.opened_at) {
+            (BreakerState::Open, Some(t)) => {
+                s.config.open_for.saturating_sub(t.elapsed()).as_millis() as u64
+            }
+            _ => 0,
+        };
+        BreakerSnapshot {
+            enabled: s.config.enabled,
+            state: g.state,
+            consecutive_failures: g.consecutive_failures,
+            failure_threshold: s.config.failure_threshold,
+            retry_in_ms,
+            rejected: g.rejected,
+        }
+    }
+}
+
+impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         match self.inner.lock() {
             Ok(g) => g,
@@ -136,65 +255,25 @@ impl CircuitBreaker {
         }
     }
 
-    /// Whether a call made now would be admitted, without taking a permit: lets a caller
-    /// skip work that is pointless while the breaker refuses (a checkout need not reserve
-    /// stock it cannot pay for). A cooled-down open breaker admits (its probe).
-    pub fn admits(&self) -> bool {
-        !self.config.enabled || !matches!(self.admission(&self.lock()), Admission::Refuse)
-    }
-
-    /// Asks to make a call. None: the breaker is open, fail fast.
-    pub fn try_acquire(&self) -> Option<Permit> {
-        if !self.config.enabled {
-            return Some(Permit { probe: false });
-        }
-        let mut g = self.lock();
-        match self.admission(&g) {
-            Admission::Call => Some(Permit { probe: false }),
-            Admission::FirstProbe => {
-                g.state = BreakerState::HalfOpen;
-                g.probes_in_flight = 1;
-                g.probe_successes = 0;
-                drop(g);
-                self.publish(BreakerState::HalfOpen);
-                tracing::info!(service = self.service, "circuit half-open: probing");
-                Some(Permit { probe: true })
-            }
-            Admission::Probe => {
-                g.probes_in_flight += 1;
-                Some(Permit { probe: true })
-            }
-            Admission::Refuse => {
-                g.rejected += 1;
-                drop(g);
-                ::metrics::counter!(format!("{}_circuit_rejected_total", self.metric_prefix), "service" => self.service)
-                    .increment(1);
-                None
-            }
-        }
-    }
-
-    /// Reports the outcome of a call admitted by `permit`. `failure` means the service
-    /// looked unhealthy (unavailable, timed out), not that it answered with a business error.
-    pub fn record(&self, permit: Permit, failure: bool) {
+    fn record(&self, probe: bool, outcome: Outcome) {
         if !self.config.enabled {
             return;
         }
         let mut g = self.lock();
-        if permit.probe {
+        if probe {
             g.probes_in_flight = g.probes_in_flight.saturating_sub(1);
         }
         let before = g.state;
-        match (g.state, failure) {
-            (BreakerState::Closed, false) => g.consecutive_failures = 0,
-            (BreakerState::Closed, true) => {
+        match (g.state, outcome) {
+            (BreakerState::Closed, Outcome::Success) => g.consecutive_failures = 0,
+            (BreakerState::Closed, Outcome::Failure) => {
                 g.consecutive_failures += 1;
                 if g.consecutive_failures >= self.config.failure_threshold.max(1) {
                     g.state = BreakerState::Open;
                     g.opened_at = Some(Instant::now());
                 }
             }
-            (BreakerState::HalfOpen, false) if permit.probe => {
+            (BreakerState::HalfOpen, Outcome::Success) if probe => {
                 g.probe_successes += 1;
                 if g.probe_successes >= self.config.half_open_probes.max(1) {
                     g.state = BreakerState::Closed;
@@ -202,12 +281,15 @@ impl CircuitBreaker {
                     g.opened_at = None;
                 }
             }
-            (BreakerState::HalfOpen, true) => {
+            // A probe whose caller went away proved nothing: assume the worst and cool
+            // down again rather than keep its slot forever.
+            (BreakerState::HalfOpen, Outcome::Failure | Outcome::Abandoned) => {
                 g.state = BreakerState::Open;
                 g.opened_at = Some(Instant::now());
                 g.consecutive_failures += 1;
             }
-            // Late answers of calls admitted before the breaker opened change nothing.
+            // Late answers of calls admitted before the breaker opened, and probes abandoned
+            // after another probe settled the state, change nothing.
             _ => {}
         }
         let after = g.state;
@@ -216,24 +298,6 @@ impl CircuitBreaker {
             self.publish(after);
             ::metrics::counter!(format!("{}_circuit_transitions_total", self.metric_prefix), "service" => self.service, "to" => format!("{after:?}")).increment(1);
             tracing::warn!(service = self.service, from = ?before, to = ?after, "circuit state changed");
-        }
-    }
-
-    pub fn snapshot(&self) -> BreakerSnapshot {
-        let g = self.lock();
-        let retry_in_ms = match (g.state, g.opened_at) {
-            (BreakerState::Open, Some(t)) => {
-                self.config.open_for.saturating_sub(t.elapsed()).as_millis() as u64
-            }
-            _ => 0,
-        };
-        BreakerSnapshot {
-            enabled: self.config.enabled,
-            state: g.state,
-            consecutive_failures: g.consecutive_failures,
-            failure_threshold: self.config.failure_threshold,
-            retry_in_ms,
-            rejected: g.rejected,
         }
     }
 }
@@ -335,5 +399,64 @@ mod tests {
             off.record(p, true);
         }
         assert_eq!(off.snapshot().state, BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_dropped_probe_frees_its_slot() {
+        let b = breaker(0);
+        trip(&b);
+        let p = b.try_acquire().expect("probe");
+        assert!(p.is_probe());
+        assert!(b.try_acquire().is_none(), "the one probe is in flight");
+        drop(p);
+        assert_eq!(
+            b.snapshot().state,
+            BreakerState::Open,
+            "an abandoned probe counts as failed"
+        );
+        let p = b.try_acquire().expect("a new probe after the cool-down");
+        assert!(p.is_probe());
+        b.record(p, false);
+        assert_eq!(b.snapshot().state, BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_recorded_probe_is_not_counted_again_when_dropped() {
+        let b = breaker(0);
+        trip(&b);
+        let p = b.try_acquire().expect("probe");
+        b.record(p, false);
+        let p = b.try_acquire().expect("closed");
+        assert!(!p.is_probe());
+        drop(p);
+        assert_eq!(b.snapshot().state, BreakerState::Closed);
+        assert_eq!(b.snapshot().consecutive_failures, 0);
+    }
+
+    #[tokio::test]
+    async fn a_probe_whose_caller_goes_away_lets_the_next_probe_through() {
+        let b = Arc::new(breaker(0));
+        trip(&b);
+        let (taken_tx, taken_rx) = tokio::sync::oneshot::channel();
+        let caller = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move {
+                let permit = b.try_acquire().expect("probe");
+                let _ = taken_tx.send(());
+                // The dependency never answers; the caller is dropped while waiting.
+                std::future::pending::<()>().await;
+                b.record(permit, false);
+            }
+        });
+        taken_rx.await.expect("the caller took the probe");
+        assert!(b.try_acquire().is_none(), "the probe is in flight");
+        caller.abort();
+        assert!(caller.await.expect_err("aborted").is_cancelled());
+        let p = b
+            .try_acquire()
+            .expect("the slot of the abandoned probe is free again");
+        assert!(p.is_probe());
+        b.record(p, false);
+        assert_eq!(b.snapshot().state, BreakerState::Closed);
     }
 }

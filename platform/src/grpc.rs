@@ -4,7 +4,9 @@
 //! graceful shutdown.
 
 use std::{
+    collections::HashSet,
     future::Future,
+    sync::OnceLock,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -179,6 +181,38 @@ impl<S> tower::Layer<S> for ObserveLayer {
     }
 }
 
+/// The `method` label of every call to a method no Shop service defines.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// The metrics label of a call to `path`: the path itself when it names a method of the
+/// Shop contracts, else [`UNKNOWN_METHOD`], so a client calling made-up methods cannot
+/// grow /metrics without bound.
+pub fn metric_method(path: &str) -> String {
+    static KNOWN: OnceLock<HashSet<String>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(shop_proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
+        set.file
+            .iter()
+            .flat_map(|file| {
+                let package = file.package();
+                file.service.iter().flat_map(move |service| {
+                    service
+                        .method
+                        .iter()
+                        .map(move |m| format!("/{package}.{}/{}", service.name(), m.name()))
+                })
+            })
+            .collect()
+    });
+    if known.contains(path) {
+        path.to_owned()
+    } else {
+        UNKNOWN_METHOD.to_owned()
+    }
+}
+
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
@@ -247,6 +281,7 @@ where
                     tracing::info!(elapsed_ms = elapsed.as_secs_f64() * 1e3, code = %code_name, "failed");
                 }
                 if !method.starts_with("/grpc.") {
+                    let method = metric_method(&method);
                     metrics::counter!(
                         "grpc_server_requests_total",
                         "method" => method.clone(),
@@ -317,6 +352,100 @@ mod tests {
             median < Duration::from_millis(20),
             "median echo of {} bytes took {median:?}: TCP_NODELAY is missing on the server socket ({took:?})",
             payload.len()
+        );
+    }
+
+    #[test]
+    fn shop_methods_keep_their_label_and_others_collapse() {
+        assert_eq!(
+            metric_method("/shop.user.v1.UserService/Login"),
+            "/shop.user.v1.UserService/Login"
+        );
+        assert_eq!(
+            metric_method("/shop.admin.v1.Echo/Echo"),
+            "/shop.admin.v1.Echo/Echo"
+        );
+        assert_eq!(
+            metric_method("/shop.user.v1.UserService/Nope"),
+            UNKNOWN_METHOD
+        );
+        assert_eq!(metric_method("/x/y"), UNKNOWN_METHOD);
+    }
+
+    #[tokio::test]
+    async fn calls_to_made_up_methods_share_one_metrics_label() {
+        use tower::ServiceExt as _;
+
+        let metrics = crate::metrics::handle();
+        let listener = bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Routes::default(),
+            &[],
+            ServerOptions::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let channel = crate::transport::channel(&format!("http://{addr}"), Duration::from_secs(2))
+            .expect("channel");
+        let made_up: Vec<String> = (0..40)
+            .map(|i| {
+                let tag = uuid::Uuid::new_v4().simple().to_string();
+                if i % 2 == 0 {
+                    format!("/shop.user.v1.UserService/Made{tag}")
+                } else {
+                    format!("/made{tag}.Service/Call")
+                }
+            })
+            .collect();
+        for path in &made_up {
+            let path: http::uri::PathAndQuery = path.parse().expect("a path");
+            // The generated Echo client, sending to a made-up path instead of Echo/Echo.
+            let rerouted = channel
+                .clone()
+                .map_request(move |mut req: http::Request<_>| {
+                    let mut parts = req.uri().clone().into_parts();
+                    parts.path_and_query = Some(path.clone());
+                    if let Ok(uri) = http::Uri::from_parts(parts) {
+                        *req.uri_mut() = uri;
+                    }
+                    req
+                });
+            let err = EchoClient::new(rerouted)
+                .echo(EchoRequest { payload: vec![] })
+                .await
+                .expect_err("no such method");
+            assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+        }
+        EchoClient::new(channel)
+            .echo(EchoRequest { payload: vec![1] })
+            .await
+            .expect("a real method");
+        let _ = stop.send(());
+        let _ = server.await;
+
+        let text = metrics.render();
+        for path in &made_up {
+            assert!(
+                !text.contains(path.as_str()),
+                "{path} became a label:\n{text}"
+            );
+        }
+        let unknown = text
+            .lines()
+            .find(|l| {
+                l.starts_with("grpc_server_requests_total")
+                    && l.contains(r#"method="unknown""#)
+                    && l.contains("Unimplemented")
+            })
+            .unwrap_or_else(|| panic!("no unknown-method series:\n{text}"));
+        assert!(unknown.ends_with(" 40"), "{unknown}");
+        assert!(
+            text.contains(r#"method="/shop.admin.v1.Echo/Echo""#),
+            "{text}"
         );
     }
 }

@@ -31,6 +31,8 @@ pub fn config(database_url: &str) -> Config {
         jwt_secret: Some(SecretString::from(SECRET.to_owned())),
         jwt_secret_file: None,
         token_ttl_secs: 3600,
+        hash_concurrency: user_service::password::default_concurrency(),
+        hash_wait_ms: 2_000,
         admin_emails: vec![ADMIN_EMAIL.into()],
         payment_service_url: "http://127.0.0.1:1".into(),
         item_service_url: "http://127.0.0.1:1".into(),

@@ -53,7 +53,8 @@ impl UserService {
             &config.jwt_secret()?,
             Duration::from_secs(config.token_ttl_secs),
         )?;
-        let grpc = UserGrpc::new(Store::new(pool), tokens, &config.admin_emails, deps);
+        let grpc = UserGrpc::new(Store::new(pool), tokens, &config.admin_emails, deps)
+            .with_hash_limits(config.hash_limits());
         Ok(Self {
             api: UserApi(Arc::new(grpc)),
             recovery: config.recovery(),

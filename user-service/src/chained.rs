@@ -54,11 +54,12 @@ pub async fn checkout(
             .collect(),
         total: None,
         lease: LEASE,
+        token: None,
         strategy: "chained".into(),
         trace_id: ctx.trace.trace_id.clone(),
     };
     let token = match svc.begin(&new).await? {
-        Begun::Created(_, token) | Begun::Resumed(_, token) => token,
+        Begun::Created(_, token) | Begun::Held(_, token) => token,
         Begun::Existing(row) => return settled(svc, ctx, row).await,
     };
     let moved = |to| Transition {

@@ -61,6 +61,8 @@ pub struct NewCheckout {
     /// None until priced (a chained checkout's record).
     pub total: Option<Money>,
     pub lease: Duration,
+    /// The caller's own token, if it chose one (so a repeated call finds its lease).
+    pub token: Option<Uuid>,
     pub strategy: String,
     pub trace_id: String,
 }
@@ -101,6 +103,12 @@ impl NewCheckout {
                 ));
             }
         };
+        let token = match req.lease_token.trim() {
+            "" => None,
+            t => Some(
+                Uuid::parse_str(t).map_err(|_| FieldError::new("lease_token", "must be a UUID"))?,
+            ),
+        };
         Ok(Self {
             order_id,
             user_id,
@@ -108,6 +116,7 @@ impl NewCheckout {
             lines,
             total,
             lease,
+            token,
             strategy,
             trace_id: trace_id.to_owned(),
         })
@@ -227,9 +236,10 @@ impl Transition {
 pub enum Begun {
     /// A new record; the caller drives it.
     Created(OrderRow, Uuid),
-    /// An earlier attempt's PENDING record whose lease had run out; the caller drives it now.
-    Resumed(OrderRow, Uuid),
-    /// An earlier attempt's record that someone else drives, or that is settled.
+    /// The caller's own record (a repeated call after a lost answer): it still drives it.
+    Held(OrderRow, Uuid),
+    /// An earlier attempt's record: driven by someone else (that attempt, or the recovery
+    /// once its lease ran out), or settled.
     Existing(OrderRow),
 }
 
@@ -260,11 +270,10 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl Store {
-    /// Creates the record, or finds the one an earlier attempt with the same key made
-    /// (resuming it when it is PENDING and nobody holds it).
+    /// Creates the record, or finds the one an earlier attempt with the same key made.
     pub async fn begin_checkout(&self, c: &NewCheckout) -> Result<Begun, RecordError> {
         use platform::timing::StoreOp as _;
-        let token = Uuid::new_v4();
+        let token = c.token.unwrap_or_else(Uuid::new_v4);
         let sql = format!(
             "INSERT INTO orders (order_id, user_id, lines, priced, total_minor, currency, \
              payment_id, reservation_id, status, strategy, trace_id, lease_token, lease_ms, \
@@ -308,26 +317,12 @@ impl Store {
         if existing.cart() != c.cart() {
             return Err(RecordError::OtherCart);
         }
-        if existing.status != "pending" {
-            return Ok(Begun::Existing(existing));
+        if existing.status == "pending" && existing.lease_token == Some(token) {
+            return Ok(Begun::Held(existing, token));
         }
-        let sql = format!(
-            "UPDATE orders SET lease_token = $2, lease_ms = $3, \
-             lease_until = now() + $3 * interval '1 millisecond', attempts = attempts + 1 \
-             WHERE order_id = $1 AND status = 'pending' AND lease_until < now() \
-             RETURNING {ORDER_COLUMNS}"
-        );
-        let resumed = sqlx::query_as::<_, OrderRow>(&sql)
-            .bind(c.order_id)
-            .bind(token)
-            .bind(lease_ms)
-            .fetch_optional(&self.pool)
-            .store_op("postgres", "begin_checkout")
-            .await?;
-        Ok(match resumed {
-            Some(row) => Begun::Resumed(row, token),
-            None => Begun::Existing(existing),
-        })
+        // Never taken over here, even when its lease ran out: a retry does not know what
+        // the dead attempt did (it may have charged), the recovery asks the services.
+        Ok(Begun::Existing(existing))
     }
 
     /// Moves a checkout on, if `t.token` still holds it. Repeating a transition that

@@ -8,6 +8,14 @@ fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(s.to_owned()))
 }
 
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
+}
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "user-service",
@@ -33,6 +41,14 @@ pub struct Config {
     /// Access token lifetime in seconds.
     #[arg(long, env = "USER_TOKEN_TTL_SECS", default_value_t = 3600)]
     pub token_ttl_secs: u64,
+    /// At most this many password hashes/verifications at once (each takes ~19 MiB and a
+    /// core for tens of milliseconds); default: the number of CPUs.
+    #[arg(long, env = "USER_HASH_CONCURRENCY", default_value_t = crate::password::default_concurrency(), value_parser = at_least_one)]
+    pub hash_concurrency: usize,
+    /// How long a login or registration waits for a hashing slot before it is refused
+    /// with RESOURCE_EXHAUSTED, in milliseconds.
+    #[arg(long, env = "USER_HASH_WAIT_MS", default_value_t = 2_000)]
+    pub hash_wait_ms: u64,
     /// Comma-separated emails that get the admin role when they register.
     #[arg(long, env = "USER_ADMIN_EMAILS", value_delimiter = ',')]
     pub admin_emails: Vec<String>,
@@ -76,6 +92,13 @@ impl Config {
         Duration::from_millis(self.request_timeout_ms)
     }
 
+    pub fn hash_limits(&self) -> crate::password::HashLimits {
+        crate::password::HashLimits {
+            concurrency: self.hash_concurrency,
+            wait: Duration::from_millis(self.hash_wait_ms),
+        }
+    }
+
     pub fn recovery(&self) -> crate::recovery::RecoverySettings {
         crate::recovery::RecoverySettings {
             interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
@@ -100,5 +123,39 @@ impl Config {
             }
             (None, None) => anyhow::bail!("USER_JWT_SECRET or USER_JWT_SECRET_FILE is required"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_jwt_secret_and_the_database_password() {
+        let secret = "jwt-secret-0123456789-abcdefghijklmnop";
+        let config = Config::parse_from([
+            "user-service",
+            "--database-url",
+            "postgres://shop:db-password-42@localhost/shop",
+            "--jwt-secret",
+            secret,
+        ]);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(!shown.contains("db-password-42"), "{shown}");
+    }
+
+    #[test]
+    fn hash_concurrency_defaults_to_the_cpus_and_refuses_zero() {
+        let args = ["user-service", "--database-url", "postgres://x@y/z"];
+        let config = Config::parse_from(args);
+        assert_eq!(
+            config.hash_concurrency,
+            crate::password::default_concurrency()
+        );
+        let zero = Config::try_parse_from(args.iter().copied().chain(["--hash-concurrency", "0"]));
+        assert!(zero.is_err());
     }
 }

@@ -82,6 +82,7 @@ impl From<Error> for Status {
                 platform::error::unavailable("user database", db)
             }
             Error::Store(ref inner) => platform::internal_error("user database", inner),
+            Error::Hash(HashError::Busy) => Status::resource_exhausted(HashError::Busy.to_string()),
             Error::Hash(ref inner) => platform::internal_error("password hashing", inner),
             Error::Token(ref inner) => platform::internal_error("token signing", inner),
             Error::Record(RecordError::OtherCart) => platform::error::with_field(

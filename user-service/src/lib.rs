@@ -8,7 +8,7 @@ pub mod config;
 pub mod domain;
 mod error;
 pub mod orders;
-mod password;
+pub mod password;
 pub mod recovery;
 mod service;
 mod store;

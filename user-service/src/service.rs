@@ -15,7 +15,7 @@ use crate::{
     domain::{DisplayName, Email, Password, Role, UserId},
     error::Error,
     orders::{self, NewOrder, timestamp},
-    password,
+    password::{HashLimits, Hasher},
     store::{OrderRow, Store, UserRow},
     token::TokenKeys,
 };
@@ -36,6 +36,7 @@ pub struct UserGrpc {
     pub(crate) payment: PaymentServiceClient<GrpcTransport>,
     /// For the checkout recovery.
     pub(crate) item: ItemServiceClient<GrpcTransport>,
+    passwords: Hasher,
 }
 
 impl UserGrpc {
@@ -55,7 +56,14 @@ impl UserGrpc {
                 .collect(),
             payment: PaymentServiceClient::new(deps.payment),
             item: ItemServiceClient::new(deps.item),
+            passwords: Hasher::default(),
         }
+    }
+
+    /// Bounds password hashing (default: one per CPU, see [`HashLimits`]).
+    pub fn with_hash_limits(mut self, limits: HashLimits) -> Self {
+        self.passwords = Hasher::new(limits);
+        self
     }
 
     /// The user id and role in a valid token.
@@ -97,7 +105,7 @@ impl pb::user_service_server::UserService for UserApi {
         } else {
             Role::Customer
         };
-        let hash = password::hash(password).await.map_err(Error::from)?;
+        let hash = self.0.passwords.hash(password).await.map_err(Error::from)?;
         let user = {
             use secrecy::ExposeSecret;
             self.0
@@ -134,7 +142,10 @@ impl pb::user_service_server::UserService for UserApi {
             Some((u, h)) => (Some(u), Some(h)),
             None => (None, None),
         };
-        let ok = password::verify(r.password, hash)
+        let ok = self
+            .0
+            .passwords
+            .verify(r.password, hash)
             .await
             .map_err(Error::from)?;
         let user = match (ok, user) {
@@ -261,7 +272,7 @@ impl pb::user_service_server::UserService for UserApi {
         let begun = self.0.begin(&new).await?;
         let (row, token, created) = match begun {
             Begun::Created(row, token) => (row, token.to_string(), true),
-            Begun::Resumed(row, token) => (row, token.to_string(), false),
+            Begun::Held(row, token) => (row, token.to_string(), false),
             Begun::Existing(row) => (row, String::new(), false),
         };
         Ok(Response::new(pb::BeginCheckoutResponse {
@@ -300,10 +311,7 @@ impl UserGrpc {
             Begun::Created(row, _) => {
                 tracing::info!(order_id = %row.order_id, trace_id = %row.trace_id, strategy = %row.strategy, "checkout begun");
             }
-            Begun::Resumed(row, _) => {
-                tracing::info!(order_id = %row.order_id, trace_id = %new.trace_id, attempt = row.attempts, "checkout resumed by a retry");
-            }
-            Begun::Existing(_) => {}
+            Begun::Held(_, _) | Begun::Existing(_) => {}
         }
         Ok(begun)
     }

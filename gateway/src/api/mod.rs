@@ -77,13 +77,31 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
+/// The route label of every request no route matched (the fallback and the `/api/` catch-all).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+/// The route pattern that answers 404 for unknown `/api/` paths.
+const API_CATCH_ALL: &str = "/api/{*rest}";
+
 /// Routes whose key the fault injector sees and metrics label, e.g. "GET /api/items/{id}".
+/// Only route patterns and standard methods become labels: any path no route matches is
+/// [`UNMATCHED_ROUTE`] and any other method "OTHER", so a client requesting random paths
+/// or inventing methods cannot grow /metrics without bound.
 fn route_key(req: &Request) -> String {
-    let path = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    format!("{} {}", req.method(), path)
+    let path = match req.extensions().get::<MatchedPath>() {
+        Some(p) if p.as_str() != API_CATCH_ALL => p.as_str(),
+        _ => return UNMATCHED_ROUTE.to_owned(),
+    };
+    let method = match *req.method() {
+        http::Method::GET
+        | http::Method::POST
+        | http::Method::PUT
+        | http::Method::PATCH
+        | http::Method::DELETE
+        | http::Method::HEAD
+        | http::Method::OPTIONS => req.method().as_str(),
+        _ => "OTHER",
+    };
+    format!("{method} {path}")
 }
 
 /// Metrics per route, a trace for every request (continued from the browser's
@@ -162,7 +180,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/debug/downstreams", get(admin::downstreams))
         .route("/healthz", get(admin::healthz))
         .route("/openapi.json", get(openapi_json))
-        .route("/api/{*rest}", axum::routing::any(not_found))
+        .route(API_CATCH_ALL, axum::routing::any(not_found))
         .merge(crate::web::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), edge))

@@ -80,7 +80,10 @@ impl From<&user::User> for User {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// What a redacted field shows in `Debug` (passwords, tokens, card number and CVC).
+const REDACTED: &str = "[redacted]";
+
+#[derive(Clone, Deserialize, ToSchema)]
 pub struct RegisterRequest {
     /// An email address; trimmed and lower-cased by the service.
     #[schema(format = "email", max_length = 254)]
@@ -93,13 +96,32 @@ pub struct RegisterRequest {
     pub display_name: String,
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+impl std::fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("email", &self.email)
+            .field("password", &REDACTED)
+            .field("display_name", &self.display_name)
+            .finish()
+    }
+}
+
+#[derive(Clone, Deserialize, ToSchema)]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("email", &self.email)
+            .field("password", &REDACTED)
+            .finish()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginResponse {
     /// Send as `Authorization: Bearer <access_token>`.
     pub access_token: String,
@@ -107,6 +129,17 @@ pub struct LoginResponse {
     pub token_type: String,
     pub expires_in_seconds: i64,
     pub user: User,
+}
+
+impl std::fmt::Debug for LoginResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginResponse")
+            .field("access_token", &REDACTED)
+            .field("token_type", &self.token_type)
+            .field("expires_in_seconds", &self.expires_in_seconds)
+            .field("user", &self.user)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -263,7 +296,7 @@ pub struct PricedCart {
     pub total: Money,
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Clone, Deserialize, ToSchema)]
 pub struct Card {
     /// Test cards: 4242 4242 4242 4242 succeeds, 4000 0000 0000 0002 is declined,
     /// 4000 0000 0000 9995 has insufficient funds.
@@ -271,6 +304,17 @@ pub struct Card {
     pub exp_month: i32,
     pub exp_year: i32,
     pub cvc: String,
+}
+
+impl std::fmt::Debug for Card {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Card")
+            .field("number", &REDACTED)
+            .field("exp_month", &self.exp_month)
+            .field("exp_year", &self.exp_year)
+            .field("cvc", &REDACTED)
+            .finish()
+    }
 }
 
 impl From<&Card> for pay::Card {
@@ -424,4 +468,72 @@ pub struct OrderDetail {
     pub order: Order,
     /// null when payment-service could not be asked in time (the order itself is certain).
     pub payment: Option<Payment>,
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    const PAN: &str = "4242424242424242";
+    const CVC: &str = "987";
+    const PASSWORD: &str = "correct horse battery";
+    const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+
+    fn card() -> Card {
+        Card {
+            number: PAN.into(),
+            exp_month: 12,
+            exp_year: 2031,
+            cvc: CVC.into(),
+        }
+    }
+
+    fn assert_hidden(shown: &str) {
+        for secret in [PAN, CVC, PASSWORD, TOKEN] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains(REDACTED), "{shown}");
+    }
+
+    #[test]
+    fn debug_of_cards_passwords_and_tokens_hides_them() {
+        assert_hidden(&format!("{:?}", card()));
+        assert_hidden(&format!(
+            "{:#?}",
+            CheckoutRequest {
+                lines: Vec::new(),
+                card: card(),
+            }
+        ));
+        assert_hidden(&format!(
+            "{:?}",
+            RegisterRequest {
+                email: "a@b.co".into(),
+                password: PASSWORD.into(),
+                display_name: "Ada".into(),
+            }
+        ));
+        assert_hidden(&format!(
+            "{:?}",
+            LoginRequest {
+                email: "a@b.co".into(),
+                password: PASSWORD.into(),
+            }
+        ));
+        let response = LoginResponse {
+            access_token: TOKEN.into(),
+            token_type: "Bearer".into(),
+            expires_in_seconds: 3600,
+            user: User {
+                id: "u".into(),
+                email: "a@b.co".into(),
+                display_name: "Ada".into(),
+                role: "customer".into(),
+                created_at: "2026-01-01T00:00:00Z".into(),
+            },
+        };
+        let shown = format!("{response:?}");
+        assert_hidden(&shown);
+        assert!(shown.contains("a@b.co"), "non-secret fields still show");
+    }
 }

@@ -1,7 +1,13 @@
 //! Register, log in, who am I.
 
-use axum::{Json, extract::State, extract::rejection::JsonRejection};
-use http::{HeaderMap, StatusCode};
+use std::net::SocketAddr;
+
+use axum::{
+    Extension, Json,
+    extract::{ConnectInfo, State, rejection::JsonRejection},
+    response::{IntoResponse, Response},
+};
+use http::{HeaderMap, HeaderValue, StatusCode, header::RETRY_AFTER};
 use shop_proto::user::v1 as pb;
 
 use super::model::{LoginRequest, LoginResponse, RegisterRequest, User};
@@ -10,6 +16,7 @@ use crate::{
     downstream::Safety,
     error::{ApiError, ErrorBody},
     state::AppState,
+    throttle::Throttled,
 };
 
 /// Creates an account. The first admin: start user-service with `USER_ADMIN_EMAILS` listing
@@ -55,14 +62,23 @@ pub async fn register(
     responses(
         (status = 200, description = "Logged in", body = LoginResponse),
         (status = 401, description = "Wrong email or password", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for this account or from this address; see Retry-After", body = ErrorBody),
         (status = "default", description = "Error", body = ErrorBody),
     ))]
 pub async fn login(
     State(state): State<AppState>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Json<LoginRequest>, JsonRejection>,
-) -> Result<Json<LoginResponse>, ApiError> {
-    let Json(body) = body?;
+) -> Result<Json<LoginResponse>, Response> {
+    let Json(body) = body.map_err(|e| ApiError::from(e).into_response())?;
+    let throttle = &state.login_throttle;
+    let peer = connect.map_or_else(crate::serve::unknown_peer, |Extension(ConnectInfo(a))| a);
+    let client = throttle.client_address(peer, &headers);
+    throttle
+        .check(&body.email, client)
+        .map_err(throttled_response)?;
+    let email = body.email.clone();
     let ctx = state.budgets.checkout_ctx(&headers);
     let resp = state
         .downstreams
@@ -78,18 +94,51 @@ pub async fn login(
             },
             |mut c, r| async move { c.login(r).await },
         )
-        .await?;
+        .await
+        .map_err(|s| {
+            // Wrong email or password; other failures say nothing about the caller.
+            if s.code() == tonic::Code::Unauthenticated {
+                throttle.failed(&email, client);
+            }
+            ApiError::from_status(&s).into_response()
+        })?;
+    throttle.succeeded(&email);
     let user = resp
         .user
         .as_ref()
         .map(User::from)
-        .ok_or_else(ApiError::internal)?;
+        .ok_or_else(|| ApiError::internal().into_response())?;
     Ok(Json(LoginResponse {
         access_token: resp.access_token,
         token_type: "Bearer".into(),
         expires_in_seconds: resp.expires_in_seconds,
         user,
     }))
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up) and the reason in the body: the
+/// account (field `email`) or the client address.
+fn throttled_response(t: Throttled) -> Response {
+    let secs = t.retry_after().as_secs() + u64::from(t.retry_after().subsec_nanos() > 0);
+    let (error, what) = match t {
+        Throttled::Account { .. } => (
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_failed_logins", "")
+                .with_field("email"),
+            "for this account",
+        ),
+        Throttled::Address { .. } => (
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_failed_logins", ""),
+            "from this address",
+        ),
+    };
+    let error = ApiError {
+        message: format!("too many failed logins {what}; try again in {secs} s"),
+        ..error
+    };
+    let mut resp = error.into_response();
+    resp.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    resp
 }
 
 #[utoipa::path(get, path = "/api/me", tag = "auth", security(("bearer" = [])),

@@ -13,7 +13,9 @@ pub async fn run(state: &AppState, ctx: &CallContext, c: &Checkout) -> Result<Ou
         state.downstreams.user.call(
             ctx,
             "ChainedCheckout",
-            Safety::Idempotent,
+            // Not retried: the hop writes its checkout record first, and a repeat would only
+            // find that record (driven by the first call, or handed to the recovery).
+            Safety::Once,
             user::ChainedCheckoutRequest {
                 access_token: c.user.token.clone(),
                 idempotency_key: c.key.clone(),

@@ -48,6 +48,8 @@ pub async fn begin(
         ..Default::default()
     };
     let lease_ms = u32::try_from(state.budgets.lease.as_millis()).unwrap_or(u32::MAX);
+    // Ours, so a retried BeginCheckout whose first answer was lost still gets the lease.
+    let own_token = uuid::Uuid::new_v4().to_string();
     loop {
         let resp = state
             .downstreams
@@ -60,6 +62,7 @@ pub async fn begin(
                     order: Some(order.clone()),
                     lease_ms,
                     strategy: strategy.name().into(),
+                    lease_token: own_token.clone(),
                 },
                 |mut cl, r| async move { cl.begin_checkout(r).await },
             )

@@ -2,7 +2,7 @@
 //! Everything here runs under one mutex, in short synchronous sections.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -76,13 +76,22 @@ pub struct Executed {
     pub charge_id: Option<String>,
 }
 
-#[derive(Default)]
+/// The books are bounded: at most `max_entries` charges, as many refunds and as many
+/// idempotency records are kept. Past that the oldest go first (charges and refunds are
+/// final as soon as they are made; a record still in flight is never dropped), so a long
+/// run or a flood of requests cannot grow the process without end.
 pub struct Ledger {
+    max_entries: usize,
     charges: HashMap<String, Charge>,
-    /// Charge ids in creation order, for listing.
-    order: Vec<String>,
+    /// Charge ids in creation order, for listing and eviction.
+    order: VecDeque<String>,
     refunds: HashMap<String, Refund>,
+    /// Refund ids in creation order, for eviction.
+    refund_order: VecDeque<String>,
     keys: HashMap<String, KeyEntry>,
+    /// Keys with their creation time in insertion order, for eviction. An entry whose key
+    /// is gone or was created again since is stale and skipped.
+    key_order: VecDeque<(String, Instant)>,
     pub stats: Stats,
     inserts_since_prune: u32,
 }
@@ -162,6 +171,66 @@ fn issuer_answer(digits: &str) -> Option<(&'static str, &'static str, &'static s
 }
 
 impl Ledger {
+    pub fn new(max_entries: usize) -> Self {
+        Self {
+            max_entries: max_entries.max(1),
+            charges: HashMap::new(),
+            order: VecDeque::new(),
+            refunds: HashMap::new(),
+            refund_order: VecDeque::new(),
+            keys: HashMap::new(),
+            key_order: VecDeque::new(),
+            stats: Stats::default(),
+            inserts_since_prune: 0,
+        }
+    }
+
+    /// How many charges, refunds and idempotency records are held now.
+    #[cfg(test)]
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.charges.len(), self.refunds.len(), self.keys.len())
+    }
+
+    /// Drops the oldest charges, refunds and finished idempotency records beyond the cap.
+    fn evict(&mut self) {
+        let mut evicted = 0u64;
+        while self.order.len() > self.max_entries {
+            if let Some(id) = self.order.pop_front() {
+                self.charges.remove(&id);
+                evicted += 1;
+            }
+        }
+        while self.refund_order.len() > self.max_entries {
+            if let Some(id) = self.refund_order.pop_front() {
+                self.refunds.remove(&id);
+                evicted += 1;
+            }
+        }
+        // In-flight records go to the back; at most one pass over the queue.
+        let mut budget = self.key_order.len();
+        while self.key_order.len() > self.max_entries && budget > 0 {
+            budget -= 1;
+            let Some((key, created)) = self.key_order.pop_front() else {
+                break;
+            };
+            match self.keys.get(&key) {
+                Some(e) if e.created == created => {
+                    if matches!(e.state, KeyState::InFlight) {
+                        self.key_order.push_back((key, created));
+                    } else {
+                        self.keys.remove(&key);
+                        evicted += 1;
+                    }
+                }
+                // Stale: the key was abandoned, pruned or created again.
+                _ => {}
+            }
+        }
+        if evicted > 0 {
+            metrics::counter!("card_gateway_evicted_total").increment(evicted);
+        }
+    }
+
     /// Claims `key` for a request with `fingerprint`, or says why not.
     pub fn begin(&mut self, key: &str, fingerprint: [u8; 32]) -> Begin {
         self.prune();
@@ -182,16 +251,19 @@ impl Ledger {
                 }
             };
         }
+        let created = Instant::now();
         self.keys.insert(
             key.to_owned(),
             KeyEntry {
                 fingerprint,
                 state: KeyState::InFlight,
                 charge_id: None,
-                created: Instant::now(),
+                created,
             },
         );
+        self.key_order.push_back((key.to_owned(), created));
         self.inserts_since_prune += 1;
+        self.evict();
         Begin::Started
     }
 
@@ -313,7 +385,8 @@ impl Ledger {
         self.stats.charges_created += 1;
         metrics::counter!("card_gateway_charges_total", "status" => status).increment(1);
         self.charges.insert(id.clone(), charge.clone());
-        self.order.push(id.clone());
+        self.order.push_back(id.clone());
+        self.evict();
         tracing::info!(
             charge = %id,
             amount = c.amount,
@@ -403,10 +476,96 @@ impl Ledger {
         metrics::counter!("card_gateway_refunds_total").increment(1);
         tracing::info!(refund = %refund.id, charge = %r.charge, amount, "refund created");
         self.refunds.insert(refund.id.clone(), refund.clone());
+        self.refund_order.push_back(refund.id.clone());
+        self.evict();
         Executed {
             status: StatusCode::OK,
             body: serde_json::to_value(&refund).unwrap_or(Value::Null),
             charge_id: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn visa(amount: i64) -> ValidCharge {
+        ValidCharge {
+            amount,
+            currency: "usd".into(),
+            description: None,
+            digits: "4242424242424242".into(),
+            exp_month: 12,
+            exp_year: 2034,
+            brand: "visa",
+        }
+    }
+
+    /// A charge made the way the API makes one: key claimed, executed, answer stored.
+    fn keyed_charge(ledger: &mut Ledger, key: &str, amount: i64) -> Executed {
+        assert!(matches!(
+            ledger.begin(key, [amount as u8; 32]),
+            Begin::Started
+        ));
+        let executed = ledger.execute_charge(&visa(amount));
+        ledger.finish(key, &executed);
+        executed
+    }
+
+    #[test]
+    fn charges_refunds_and_keys_stay_under_the_cap_oldest_dropped_first() {
+        let mut ledger = Ledger::new(10);
+        let mut ids = Vec::new();
+        for i in 0..1000 {
+            let executed = keyed_charge(&mut ledger, &format!("k{i}"), 100 + i);
+            let id = executed.charge_id.expect("a charge");
+            let refund = ledger.execute_refund(&ValidRefund {
+                charge: id.clone(),
+                amount: Some(1),
+                reason: None,
+            });
+            assert_eq!(refund.status, StatusCode::OK);
+            ids.push(id);
+            let (charges, refunds, keys) = ledger.sizes();
+            assert!(
+                charges <= 10 && refunds <= 10 && keys <= 10,
+                "{:?}",
+                ledger.sizes()
+            );
+        }
+        assert!(ledger.charge(&ids[0]).is_none(), "the oldest went");
+        assert!(ledger.charge(&ids[999]).is_some(), "the newest stays");
+        let recent: Vec<_> = ledger
+            .recent_charges(100)
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(recent.len(), 10);
+        assert_eq!(recent[0], ids[999]);
+        assert!(matches!(ledger.lookup_key("k999"), KeyLookup::Charge(_)));
+        assert!(matches!(ledger.lookup_key("k0"), KeyLookup::Unknown));
+        // A recent key still replays.
+        assert!(matches!(
+            ledger.begin("k999", [(100 + 999) as u8; 32]),
+            Begin::Replay(..)
+        ));
+    }
+
+    #[test]
+    fn keys_in_flight_are_never_dropped() {
+        let mut ledger = Ledger::new(2);
+        for key in ["a", "b", "c"] {
+            assert!(matches!(ledger.begin(key, [1; 32]), Begin::Started));
+        }
+        assert_eq!(ledger.sizes().2, 3, "all three still executing");
+        assert!(matches!(ledger.begin("b", [1; 32]), Begin::InFlight));
+        let executed = ledger.execute_charge(&visa(5));
+        for key in ["a", "b", "c"] {
+            ledger.finish(key, &executed);
+        }
+        keyed_charge(&mut ledger, "d", 7);
+        assert!(ledger.sizes().2 <= 2, "{:?}", ledger.sizes());
+        assert!(matches!(ledger.lookup_key("d"), KeyLookup::Charge(_)));
     }
 }

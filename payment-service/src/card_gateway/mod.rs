@@ -62,10 +62,17 @@ pub struct Config {
     /// answered (and never executed).
     #[arg(long, env = "CARD_GATEWAY_HANGS", default_value = "")]
     pub hangs: String,
+    /// Charges, refunds and idempotency records kept in memory, each; past that the
+    /// oldest finished ones are dropped.
+    #[arg(long, env = "CARD_GATEWAY_MAX_ENTRIES", default_value_t = DEFAULT_MAX_ENTRIES)]
+    pub max_entries: usize,
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
 }
+
+/// Default of [`Config::max_entries`].
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
 impl Config {
     /// Defaults with the given listen address (tests use "127.0.0.1:0").
@@ -74,6 +81,7 @@ impl Config {
             addr: addr.to_owned(),
             faults: String::new(),
             hangs: String::new(),
+            max_entries: DEFAULT_MAX_ENTRIES,
             log_json: false,
         }
     }
@@ -94,10 +102,10 @@ struct Shared {
 }
 
 impl Gateway {
-    fn new(faults: FaultInjector, hangs: FaultInjector) -> Self {
+    fn new(faults: FaultInjector, hangs: FaultInjector, max_entries: usize) -> Self {
         Self {
             inner: Arc::new(Shared {
-                ledger: Mutex::new(Ledger::default()),
+                ledger: Mutex::new(Ledger::new(max_entries)),
                 faults,
                 hangs,
                 stop: watch::channel(false).0,
@@ -189,7 +197,7 @@ impl CardGateway {
             .with_context(|| format!("binding CARD_GATEWAY_ADDR {}", config.addr))?;
         Ok(Self {
             listener,
-            gateway: Gateway::new(faults, hangs),
+            gateway: Gateway::new(faults, hangs, config.max_entries),
         })
     }
 

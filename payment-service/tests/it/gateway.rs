@@ -318,3 +318,52 @@ async fn injected_errors_and_admin_validation() {
         400
     );
 }
+
+#[tokio::test]
+async fn the_ledger_keeps_only_the_newest_entries_up_to_its_cap() {
+    use payment_service::card_gateway::{self, CardGateway};
+
+    let mut config = card_gateway::Config::on("127.0.0.1:0");
+    config.max_entries = 3;
+    let gw = CardGateway::build(config).await.expect("binds");
+    let addr = gw.addr();
+    let handle = gw.handle();
+    let http = Http {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        _gateway: TestGateway {
+            server: test_support::Running::spawn(addr, |stop| gw.run_until_stopped(stop)),
+            addr,
+            url: format!("http://{addr}"),
+            handle,
+        },
+    };
+
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (status, body, _) = http
+            .post(
+                "/v1/charges",
+                Some(&format!("cap-{i}")),
+                charge_body(VISA_OK, 100 + i),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let charge: Charge = serde_json::from_value(body).expect("charge");
+        ids.push(charge.id);
+    }
+    let (status, body) = http.get(&format!("/v1/charges/{}", ids[0])).await;
+    assert_eq!(status, 404, "the oldest charge was dropped: {body}");
+    let (status, _) = http.get(&format!("/v1/charges/{}", ids[4])).await;
+    assert_eq!(status, 200);
+    let (_, list) = http.get("/v1/charges?limit=100").await;
+    let list: List<Charge> = serde_json::from_value(list).expect("list");
+    let listed: Vec<_> = list.data.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(listed, [ids[4].as_str(), ids[3].as_str(), ids[2].as_str()]);
+    // The newest idempotency records still replay.
+    let (status, body, replayed) = http
+        .post("/v1/charges", Some("cap-4"), charge_body(VISA_OK, 104))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(replayed);
+}

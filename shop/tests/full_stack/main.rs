@@ -8,4 +8,5 @@ mod common;
 mod monolith;
 mod recovery;
 mod resilience;
+mod throttle;
 mod timing;

@@ -68,6 +68,7 @@ async fn abandon(s: &Stack, user_id: &str, item: &Value, qty: i32, steps: Steps)
             }),
             lease_ms: 1000,
             strategy: "orchestrated".into(),
+            lease_token: String::new(),
         })
         .await
         .expect("begin checkout")

@@ -3,6 +3,8 @@
 //! database of the local stack (`eval "$(scripts/stack up)"`).
 
 mod accounts;
+mod checkout_record;
 mod grpc_surface;
 mod harness;
+mod hashing;
 mod orders;
