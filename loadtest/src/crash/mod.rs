@@ -175,14 +175,20 @@ pub struct MatrixReport {
     pub recovery_window_s: f64,
     pub stores: String,
     pub checker_available: bool,
+    /// The checker's violations before any kill (the fresh stores must be consistent).
+    pub baseline_violations: Vec<String>,
+    /// The checker's summary after the last combination.
+    pub checker_summary: String,
     pub results: Vec<ComboResult>,
     pub kills: u32,
     pub elapsed_s: f64,
 }
 
 impl MatrixReport {
+    /// Failed combinations (plus one if the stores were inconsistent before any kill).
     pub fn failures(&self) -> usize {
         self.results.iter().filter(|r| !r.ok()).count()
+            + usize::from(!self.baseline_violations.is_empty())
     }
 
     /// The process x step table (markdown).
@@ -260,9 +266,12 @@ impl MatrixReport {
             self.recovery_window_s,
             self.stores,
             if self.checker_available {
-                "run after every combination"
+                format!(
+                    "run after every combination; last: {}",
+                    self.checker_summary
+                )
             } else {
-                "not run"
+                "not run".to_owned()
             }
         );
         s.push_str(&self.table());
@@ -655,7 +664,16 @@ pub async fn run_matrix(opts: &Options) -> anyhow::Result<MatrixReport> {
     eprintln!("[crash] stores: {}", rig.stores.describe());
     let mut results = Vec::new();
     // Before any kill: the starting state must already be consistent.
-    let baseline = rig.check().await;
+    let baseline = match rig.check().await {
+        Ok(b) => b,
+        Err(e) => {
+            rig.shutdown(true).await;
+            return Err(e.context("the consistency checker cannot read the stores"));
+        }
+    };
+    for v in &baseline.violations {
+        eprintln!("[crash] before any kill: {v}");
+    }
     for (i, c) in opts.combos.iter().enumerate() {
         eprintln!(
             "[crash] {}/{} {c}: {}",
@@ -677,14 +695,19 @@ pub async fn run_matrix(opts: &Options) -> anyhow::Result<MatrixReport> {
         }
         results.push(r);
     }
-    let checker_available = baseline.as_ref().is_ok_and(|b| b.available);
+    let last = rig.check().await;
     let report = MatrixReport {
         started_at,
         strategy: opts.strategy.clone(),
         recovery_window_s: tuning.recovery_window().as_secs_f64(),
         tuning,
         stores: rig.stores.describe(),
-        checker_available,
+        checker_available: baseline.available,
+        baseline_violations: baseline.violations,
+        checker_summary: match last {
+            Ok(c) => c.summary,
+            Err(e) => format!("the checker failed: {e:#}"),
+        },
         results,
         kills: rig.sup.kills,
         elapsed_s: started.elapsed().as_secs_f64(),
