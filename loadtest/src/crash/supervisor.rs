@@ -186,7 +186,18 @@ impl Supervisor {
     fn env_of(&self, p: Process) -> Vec<(&'static str, String)> {
         let a = &self.addrs;
         match p {
-            Process::CardGateway => vec![("CARD_GATEWAY_ADDR", a.card.to_string())],
+            // Its books on disk, as a real card processor keeps them: a kill must not make
+            // it forget the charges the recovery then refunds.
+            Process::CardGateway => vec![
+                ("CARD_GATEWAY_ADDR", a.card.to_string()),
+                (
+                    "CARD_GATEWAY_JOURNAL",
+                    self.log_dir
+                        .join("card-gateway.journal")
+                        .display()
+                        .to_string(),
+                ),
+            ],
             Process::ItemService => vec![
                 ("ITEM_GRPC_ADDR", a.item.to_string()),
                 ("ITEM_METRICS_ADDR", a.item_metrics.to_string()),

@@ -7,6 +7,7 @@
 //! `GET|PUT /admin/hangs`, `GET /metrics` (Prometheus).
 
 pub mod api;
+mod journal;
 mod ledger;
 
 use std::{
@@ -66,6 +67,11 @@ pub struct Config {
     /// oldest finished ones are dropped.
     #[arg(long, env = "CARD_GATEWAY_MAX_ENTRIES", default_value_t = DEFAULT_MAX_ENTRIES)]
     pub max_entries: usize,
+    /// Keep the books in this file too (JSON lines, synced per change) and load it at
+    /// start, so a killed and restarted gateway still knows its charges, as a real card
+    /// processor would. Unset: memory only.
+    #[arg(long, env = "CARD_GATEWAY_JOURNAL")]
+    pub journal: Option<std::path::PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -82,6 +88,7 @@ impl Config {
             faults: String::new(),
             hangs: String::new(),
             max_entries: DEFAULT_MAX_ENTRIES,
+            journal: None,
             log_json: false,
         }
     }
@@ -102,10 +109,10 @@ struct Shared {
 }
 
 impl Gateway {
-    fn new(faults: FaultInjector, hangs: FaultInjector, max_entries: usize) -> Self {
+    fn new(faults: FaultInjector, hangs: FaultInjector, ledger: Ledger) -> Self {
         Self {
             inner: Arc::new(Shared {
-                ledger: Mutex::new(Ledger::new(max_entries)),
+                ledger: Mutex::new(ledger),
                 faults,
                 hangs,
                 stop: watch::channel(false).0,
@@ -195,9 +202,14 @@ impl CardGateway {
         let listener = TcpListener::bind(&config.addr)
             .await
             .with_context(|| format!("binding CARD_GATEWAY_ADDR {}", config.addr))?;
+        let ledger = match &config.journal {
+            Some(path) => Ledger::with_journal(config.max_entries, path)
+                .with_context(|| format!("CARD_GATEWAY_JOURNAL {}", path.display()))?,
+            None => Ledger::new(config.max_entries),
+        };
         Ok(Self {
             listener,
-            gateway: Gateway::new(faults, hangs, config.max_entries),
+            gateway: Gateway::new(faults, hangs, ledger),
         })
     }
 
