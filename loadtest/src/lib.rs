@@ -3,9 +3,11 @@
 //! sync-chain experiment that writes `report/` (Markdown + JSON + SVG charts).
 
 pub mod admin;
+pub mod chaos;
 pub mod charts;
 pub mod check;
 pub mod cpu;
+pub mod crash;
 pub mod deployment;
 pub mod engine;
 pub mod experiment;

@@ -49,8 +49,76 @@ enum Command {
     Run(RunArgs),
     /// Start the stack from the built binaries, run every comparison, write the report.
     Experiment(ExperimentArgs),
+    /// Crash test: SIGKILL each process in each step of a checkout, restart it, and check
+    /// every checkout ends placed, refunded or never charged (needs `scripts/stack up`).
+    Crash(CrashArgs),
+    /// Chaos soak: a checkout + browse mix at half the peak while a random process gets
+    /// SIGKILL every 20-40 s, then every checkout's ending and the checker (needs
+    /// `scripts/stack up`; not for CI).
+    Soak(SoakArgs),
     /// Check the stores' consistency (read-only): exit 0 consistent, 1 violations, 2 error.
     Check(check::Args),
+}
+
+#[derive(Parser)]
+struct SoakArgs {
+    /// Directory with the built binaries.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    #[arg(long, value_parser = duration, default_value = "5m")]
+    duration: Duration,
+    /// Operations per second of the mix (default: half the peak).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// The stack's peak in operations per second of the mix (default: measured first,
+    /// 10 s closed model with 32 users).
+    #[arg(long)]
+    peak: Option<f64>,
+    /// Checkout strategy: orchestrated | parallel | chained.
+    #[arg(long, default_value = "orchestrated")]
+    strategy: String,
+    /// Shortest time between two SIGKILLs.
+    #[arg(long, value_parser = duration, default_value = "20s")]
+    kill_min: Duration,
+    /// Longest time between two SIGKILLs.
+    #[arg(long, value_parser = duration, default_value = "40s")]
+    kill_max: Duration,
+    /// After the load, how long every checkout may take to reach its ending.
+    #[arg(long, value_parser = duration, default_value = "90s")]
+    settle: Duration,
+    #[arg(long, default_value = "target/soak/logs")]
+    log_dir: PathBuf,
+    /// Writes soak.md and soak.json here.
+    #[arg(long, default_value = "target/soak")]
+    out: PathBuf,
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Parser)]
+struct CrashArgs {
+    /// Directory with the built binaries (gateway, user-service, item-service,
+    /// payment-service, card-gateway).
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Only these combinations, process:step, comma-separated; `*` for all of one side
+    /// (e.g. gateway:during-commit,item-service:*). Processes: gateway, user-service,
+    /// item-service, payment-service, card-gateway. Steps: after-reserve, after-charge,
+    /// during-commit, during-order-recording, during-compensation.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Checkout strategy: orchestrated | parallel | chained.
+    #[arg(long, default_value = "orchestrated")]
+    strategy: String,
+    /// Where the processes' logs go (appended across restarts).
+    #[arg(long, default_value = "target/crash/logs")]
+    log_dir: PathBuf,
+    /// Writes crash.md and crash.json here.
+    #[arg(long, default_value = "target/crash")]
+    out: PathBuf,
+    /// Keep the throw-away databases (kept anyway when a combination fails).
+    #[arg(long)]
+    keep_databases: bool,
 }
 
 #[derive(Parser)]
@@ -266,5 +334,67 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Crash(a) => crash(a).await,
+        Command::Soak(a) => soak(a).await,
     }
+}
+
+async fn soak(a: SoakArgs) -> anyhow::Result<()> {
+    if a.kill_min.is_zero() || a.kill_min > a.kill_max {
+        anyhow::bail!("--kill-min must be positive and at most --kill-max");
+    }
+    let report = loadtest::chaos::run(&loadtest::chaos::Options {
+        bin_dir: a.bin_dir,
+        log_dir: a.log_dir,
+        out_dir: a.out,
+        duration: a.duration,
+        rate: a.rate,
+        peak: a.peak,
+        strategy: a.strategy,
+        kill_min: a.kill_min,
+        kill_max: a.kill_max,
+        settle: a.settle,
+        progress: !a.no_progress,
+    })
+    .await?;
+    print!("{}", report.markdown());
+    if !report.violations.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn crash(a: CrashArgs) -> anyhow::Result<()> {
+    use loadtest::crash::{self, plan};
+    let combos = if a.only.is_empty() {
+        plan::Combo::all()
+    } else {
+        plan::parse_list(&a.only).map_err(|e| anyhow::anyhow!("--only: {e}"))?
+    };
+    if combos.is_empty() {
+        anyhow::bail!("--only: no combination given");
+    }
+    let report = crash::run_matrix(&crash::Options {
+        bin_dir: a.bin_dir,
+        log_dir: a.log_dir,
+        combos,
+        strategy: a.strategy,
+        out_dir: Some(a.out),
+        keep_databases: a.keep_databases,
+    })
+    .await?;
+    println!("{}", report.table());
+    print!("{}", report.details());
+    let failed = report.failures();
+    println!(
+        "\n{} of {} combinations failed; {} SIGKILLs; {:.0} s",
+        failed,
+        report.results.len(),
+        report.kills,
+        report.elapsed_s
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -12,7 +12,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::api::{self, CardSummary, Charge, Outcome, PaymentMethodDetails, Refund, Stats};
+use super::{
+    api::{self, CardSummary, Charge, Outcome, PaymentMethodDetails, Refund, Stats},
+    journal::{self, Entry, Journal},
+};
 
 /// How long an idempotency record is kept (Stripe: at least 24 hours).
 const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -94,6 +97,8 @@ pub struct Ledger {
     key_order: VecDeque<(String, Instant)>,
     pub stats: Stats,
     inserts_since_prune: u32,
+    /// Where the books survive a crash, when configured.
+    journal: Option<Journal>,
 }
 
 pub fn fingerprint(route: &str, params: &impl serde::Serialize) -> [u8; 32] {
@@ -182,6 +187,78 @@ impl Ledger {
             key_order: VecDeque::new(),
             stats: Stats::default(),
             inserts_since_prune: 0,
+            journal: None,
+        }
+    }
+
+    /// Books kept in the journal at `path` too: what it holds is loaded first.
+    pub fn with_journal(max_entries: usize, path: &std::path::Path) -> std::io::Result<Self> {
+        let (journal, entries) = Journal::open(path)?;
+        let mut ledger = Self::new(max_entries);
+        let replayed = entries.len();
+        for e in entries {
+            ledger.replay(e);
+        }
+        ledger.evict();
+        ledger.journal = Some(journal);
+        tracing::info!(path = %path.display(), entries = replayed, "card gateway journal loaded");
+        Ok(ledger)
+    }
+
+    fn replay(&mut self, e: Entry) {
+        match e {
+            Entry::Charge { charge } => {
+                if self
+                    .charges
+                    .insert(charge.id.clone(), (*charge).clone())
+                    .is_none()
+                {
+                    self.order.push_back(charge.id);
+                }
+            }
+            Entry::Refund { refund } => {
+                if self
+                    .refunds
+                    .insert(refund.id.clone(), refund.clone())
+                    .is_none()
+                {
+                    self.refund_order.push_back(refund.id);
+                }
+            }
+            Entry::Key {
+                key,
+                fingerprint,
+                status,
+                body,
+                charge_id,
+            } => {
+                let (Some(fingerprint), Ok(status)) =
+                    (journal::unhex(&fingerprint), StatusCode::from_u16(status))
+                else {
+                    return;
+                };
+                let created = Instant::now();
+                self.keys.insert(
+                    key.clone(),
+                    KeyEntry {
+                        fingerprint,
+                        state: KeyState::Done { status, body },
+                        charge_id,
+                        created,
+                    },
+                );
+                self.key_order.push_back((key, created));
+            }
+        }
+    }
+
+    /// Writes a change through to the journal (if any) before the answer leaves.
+    fn record(&mut self, entry: Entry) {
+        if let Some(j) = self.journal.as_mut()
+            && let Err(e) = j.append(&entry)
+        {
+            metrics::counter!("card_gateway_journal_errors_total").increment(1);
+            tracing::error!(error = %e, "card gateway journal: write failed; this change is lost on a crash");
         }
     }
 
@@ -269,13 +346,22 @@ impl Ledger {
 
     /// Stores the answer for `key` so retries replay it.
     pub fn finish(&mut self, key: &str, executed: &Executed) {
-        if let Some(e) = self.keys.get_mut(key) {
-            e.state = KeyState::Done {
-                status: executed.status,
-                body: executed.body.clone(),
-            };
-            e.charge_id.clone_from(&executed.charge_id);
-        }
+        let Some(e) = self.keys.get_mut(key) else {
+            return;
+        };
+        e.state = KeyState::Done {
+            status: executed.status,
+            body: executed.body.clone(),
+        };
+        e.charge_id.clone_from(&executed.charge_id);
+        let entry = Entry::Key {
+            key: key.to_owned(),
+            fingerprint: journal::hex(&e.fingerprint),
+            status: executed.status.as_u16(),
+            body: executed.body.clone(),
+            charge_id: executed.charge_id.clone(),
+        };
+        self.record(entry);
     }
 
     /// Forgets an in-flight key whose request never executed (injected error or hang), so a
@@ -386,6 +472,9 @@ impl Ledger {
         metrics::counter!("card_gateway_charges_total", "status" => status).increment(1);
         self.charges.insert(id.clone(), charge.clone());
         self.order.push_back(id.clone());
+        self.record(Entry::Charge {
+            charge: Box::new(charge.clone()),
+        });
         self.evict();
         tracing::info!(
             charge = %id,
@@ -472,11 +561,18 @@ impl Ledger {
             status: "succeeded".into(),
             created: unix_now(),
         };
+        let charge_now = charge.clone();
         self.stats.refunds_created += 1;
         metrics::counter!("card_gateway_refunds_total").increment(1);
         tracing::info!(refund = %refund.id, charge = %r.charge, amount, "refund created");
         self.refunds.insert(refund.id.clone(), refund.clone());
         self.refund_order.push_back(refund.id.clone());
+        self.record(Entry::Charge {
+            charge: Box::new(charge_now),
+        });
+        self.record(Entry::Refund {
+            refund: refund.clone(),
+        });
         self.evict();
         Executed {
             status: StatusCode::OK,
@@ -511,6 +607,39 @@ mod tests {
         let executed = ledger.execute_charge(&visa(amount));
         ledger.finish(key, &executed);
         executed
+    }
+
+    /// A gateway killed and started again on its journal still knows its charges, replays
+    /// its keys and refunds what it charged (what the crash test's card-gateway kills need).
+    #[test]
+    fn a_journal_brings_the_books_back_after_a_restart() {
+        let path = std::env::temp_dir().join(format!("card-journal-{}.jsonl", random_id("t")));
+        let charge_id = {
+            let mut ledger = Ledger::with_journal(100, &path).expect("journal");
+            let executed = keyed_charge(&mut ledger, "k1", 700);
+            executed.charge_id.expect("a charge")
+            // Dropped without any shutdown: what SIGKILL leaves is what was synced.
+        };
+        let mut ledger = Ledger::with_journal(100, &path).expect("reopen");
+        assert_eq!(ledger.charge(&charge_id).map(|c| c.amount), Some(700));
+        assert!(matches!(
+            ledger.begin("k1", [700u16 as u8; 32]),
+            Begin::Replay(StatusCode::OK, _)
+        ));
+        assert!(matches!(ledger.lookup_key("k1"), KeyLookup::Charge(_)));
+        let refund = ledger.execute_refund(&ValidRefund {
+            charge: charge_id.clone(),
+            amount: None,
+            reason: None,
+        });
+        assert_eq!(refund.status, StatusCode::OK);
+        drop(ledger);
+        let ledger = Ledger::with_journal(100, &path).expect("reopen again");
+        let charge = ledger.charge(&charge_id).expect("charge");
+        assert!(charge.refunded);
+        assert_eq!(charge.amount_refunded, 700);
+        assert_eq!(ledger.sizes().1, 1, "the refund came back too");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `GET|PUT /admin/hangs`, `GET /metrics` (Prometheus).
 
 pub mod api;
+mod journal;
 mod ledger;
 
 use std::{
@@ -69,6 +70,11 @@ pub struct Config {
     /// oldest finished ones are dropped.
     #[arg(long, env = "CARD_GATEWAY_MAX_ENTRIES", default_value_t = DEFAULT_MAX_ENTRIES)]
     pub max_entries: usize,
+    /// Keep the books in this file too (JSON lines, synced per change) and load it at
+    /// start, so a killed and restarted gateway still knows its charges, as a real card
+    /// processor would. Unset: memory only.
+    #[arg(long, env = "CARD_GATEWAY_JOURNAL")]
+    pub journal: Option<std::path::PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -92,6 +98,7 @@ impl Config {
             faults: String::new(),
             hangs: String::new(),
             max_entries: DEFAULT_MAX_ENTRIES,
+            journal: None,
             log_json: false,
             identity: platform::identity::IdentitySettings::default(),
         }
@@ -113,10 +120,10 @@ struct Shared {
 }
 
 impl Gateway {
-    fn new(faults: FaultInjector, hangs: FaultInjector, max_entries: usize) -> Self {
+    fn new(faults: FaultInjector, hangs: FaultInjector, ledger: Ledger) -> Self {
         Self {
             inner: Arc::new(Shared {
-                ledger: Mutex::new(Ledger::new(max_entries)),
+                ledger: Mutex::new(ledger),
                 faults,
                 hangs,
                 stop: watch::channel(false).0,
@@ -217,9 +224,14 @@ impl CardGateway {
         } else {
             None
         };
+        let ledger = match &config.journal {
+            Some(path) => Ledger::with_journal(config.max_entries, path)
+                .with_context(|| format!("CARD_GATEWAY_JOURNAL {}", path.display()))?,
+            None => Ledger::new(config.max_entries),
+        };
         Ok(Self {
             listener,
-            gateway: Gateway::new(faults, hangs, config.max_entries),
+            gateway: Gateway::new(faults, hangs, ledger),
             admin,
         })
     }

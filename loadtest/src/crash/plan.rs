@@ -1,0 +1,257 @@
+//! The crash matrix: which process dies in which step of a checkout, and how the existing
+//! fault injection holds the checkout inside that step long enough to kill it there.
+
+use std::{fmt, time::Duration};
+
+use crate::admin::Rule;
+
+pub use super::supervisor::Process;
+
+/// A step of the checkout the kill lands in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Step {
+    /// Stock reserved, the card charge in flight (its outcome unknown to the caller).
+    AfterReserve,
+    /// The charge succeeded, the reservation is not committed yet.
+    AfterCharge,
+    /// The CommitReservation call is inside item-service.
+    DuringCommit,
+    /// Committed; the order is being recorded (user-service's AdvanceCheckout).
+    DuringOrderRecording,
+    /// The commit failed; the refund is in flight.
+    DuringCompensation,
+}
+
+impl Step {
+    pub const ALL: [Self; 5] = [
+        Self::AfterReserve,
+        Self::AfterCharge,
+        Self::DuringCommit,
+        Self::DuringOrderRecording,
+        Self::DuringCompensation,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AfterReserve => "after-reserve",
+            Self::AfterCharge => "after-charge",
+            Self::DuringCommit => "during-commit",
+            Self::DuringOrderRecording => "during-order-recording",
+            Self::DuringCompensation => "during-compensation",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Combo {
+    pub process: Process,
+    pub step: Step,
+}
+
+impl fmt::Display for Combo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.process.name(), self.step.name())
+    }
+}
+
+impl Combo {
+    /// Every combination, process-major.
+    pub fn all() -> Vec<Self> {
+        Process::ALL
+            .into_iter()
+            .flat_map(|process| {
+                Step::ALL
+                    .into_iter()
+                    .map(move |step| Self { process, step })
+            })
+            .collect()
+    }
+
+    /// `process:step`, where either side may be `*`; comma-separated lists are parsed by
+    /// [`parse_list`].
+    pub fn parse_pattern(s: &str) -> Result<Vec<Self>, String> {
+        let (p, st) = s
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected process:step, e.g. gateway:during-commit"))?;
+        let procs: Vec<Process> = if p == "*" {
+            Process::ALL.to_vec()
+        } else {
+            vec![Process::parse(p).ok_or_else(|| {
+                format!(
+                    "{p:?} is no process (one of: {})",
+                    Process::ALL.map(Process::name).join(", ")
+                )
+            })?]
+        };
+        let steps: Vec<Step> = if st == "*" {
+            Step::ALL.to_vec()
+        } else {
+            vec![Step::parse(st).ok_or_else(|| {
+                format!(
+                    "{st:?} is no step (one of: {})",
+                    Step::ALL.map(Step::name).join(", ")
+                )
+            })?]
+        };
+        Ok(procs
+            .iter()
+            .flat_map(|&process| steps.iter().map(move |&step| Self { process, step }))
+            .collect())
+    }
+}
+
+/// `gateway:during-commit,item-service:*` -> the combinations, in matrix order, once each.
+pub fn parse_list(items: &[String]) -> Result<Vec<Combo>, String> {
+    let mut out = Vec::new();
+    for item in items.iter().flat_map(|s| s.split(',')) {
+        if item.trim().is_empty() {
+            continue;
+        }
+        out.extend(Combo::parse_pattern(item)?);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// gRPC methods the windows slow down or fail.
+pub mod method {
+    pub const CHARGE: &str = "/shop.payment.v1.PaymentService/Charge";
+    pub const REFUND: &str = "/shop.payment.v1.PaymentService/Refund";
+    pub const COMMIT: &str = "/shop.item.v1.ItemService/CommitReservation";
+    pub const ADVANCE_CHECKOUT: &str = "/shop.user.v1.UserService/AdvanceCheckout";
+    /// The order write of the saga before the checkout record existed; slowed as well so
+    /// the window opens with either version of user-service.
+    pub const RECORD_ORDER: &str = "/shop.user.v1.UserService/RecordOrder";
+    /// The card gateway's routes (its HTTP fault keys).
+    pub const CARD_CHARGE: &str = "POST /v1/charges";
+    pub const CARD_REFUND: &str = "POST /v1/refunds";
+}
+
+/// Which server a fault rule goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultSite {
+    User,
+    Item,
+    Payment,
+    Card,
+}
+
+/// What must be visible before the kill, then how long to wait on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// item-service shows the checkout's reservation RESERVED.
+    Reserved,
+    /// payment-service shows the checkout's payment SUCCEEDED.
+    Charged,
+    /// item-service shows the reservation COMMITTED.
+    Committed,
+}
+
+/// Something the test does itself when the trigger fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Releases the checkout's reservation through item-service, as its sweeper does when
+    /// a hold expires: the commit then fails for certain, and the checkout must go back.
+    ReleaseReservation,
+}
+
+/// How a combination opens its window.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub faults: Vec<(FaultSite, Rule)>,
+    pub trigger: Trigger,
+    pub at_trigger: Option<Action>,
+    /// From the trigger to the SIGKILL: lands the kill inside the slowed call.
+    pub then: Duration,
+    pub what: &'static str,
+}
+
+/// The window of `c`. The slowed call takes long enough that the kill (and, for the killed
+/// process, its restart) happens while the checkout is inside it.
+pub fn window(c: Combo) -> Window {
+    use FaultSite::*;
+    use method::*;
+    let card = c.process == Process::CardGateway;
+    match c.step {
+        Step::AfterReserve => Window {
+            // The card gateway's charge is slowed (payment PENDING, outcome unknown to
+            // every caller); the kill lands a second into it.
+            faults: vec![(Card, Rule::fixed(CARD_CHARGE, 4000))],
+            trigger: Trigger::Reserved,
+            at_trigger: None,
+            then: Duration::from_millis(1000),
+            what: "card charge slowed 4 s; kill 1 s after the reservation appears",
+        },
+        // The reproduction: the commit takes 4 s, the kill lands 1 s into it.
+        Step::AfterCharge => Window {
+            faults: vec![(Item, Rule::fixed(COMMIT, 4000))],
+            trigger: Trigger::Charged,
+            at_trigger: None,
+            then: Duration::from_millis(1000),
+            what: "CommitReservation slowed 4 s; kill 1 s after the payment is SUCCEEDED",
+        },
+        Step::DuringCommit => Window {
+            // Late in the slowed commit: the commit may be running when the kill lands.
+            faults: vec![(Item, Rule::fixed(COMMIT, 2500))],
+            trigger: Trigger::Charged,
+            at_trigger: None,
+            then: Duration::from_millis(2300),
+            what: "CommitReservation slowed 2.5 s; kill 2.3 s after the payment is SUCCEEDED",
+        },
+        Step::DuringOrderRecording => Window {
+            faults: vec![
+                (User, Rule::fixed(ADVANCE_CHECKOUT, 4000)),
+                (User, Rule::fixed(RECORD_ORDER, 4000)),
+            ],
+            trigger: Trigger::Committed,
+            at_trigger: None,
+            then: Duration::from_millis(500),
+            what: "AdvanceCheckout (and RecordOrder) slowed 4 s; kill 0.5 s after the commit",
+        },
+        // A commit that fails for certain (the hold is gone; an unknown failure would
+        // rightly be handed to the recovery to go forward), then the refund in flight.
+        Step::DuringCompensation => Window {
+            faults: vec![
+                (Item, Rule::fixed(COMMIT, 1000)),
+                if card {
+                    (Card, Rule::fixed(CARD_REFUND, 4000))
+                } else {
+                    (Payment, Rule::fixed(REFUND, 4000))
+                },
+            ],
+            trigger: Trigger::Charged,
+            at_trigger: Some(Action::ReleaseReservation),
+            then: Duration::from_millis(2000),
+            what: "the reservation released under the checkout, CommitReservation slowed 1 s, the refund slowed 4 s; kill 2 s after the payment is SUCCEEDED",
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_expand_and_dedup() {
+        let all = parse_list(&["*:*".into()]).expect("ok");
+        assert_eq!(all.len(), 25);
+        let some = parse_list(&[
+            "gateway:during-commit,item-service:after-charge".into(),
+            "gateway:during-commit".into(),
+        ])
+        .expect("ok");
+        assert_eq!(some.len(), 2);
+        assert_eq!(some[0].to_string(), "gateway:during-commit");
+        assert_eq!(parse_list(&["gateway:*".into()]).expect("ok").len(), 5);
+        assert!(parse_list(&["gateway".into()]).is_err());
+        assert!(parse_list(&["gw:after-charge".into()]).is_err());
+        assert!(parse_list(&["gateway:before".into()]).is_err());
+    }
+}
