@@ -93,7 +93,7 @@ fn client() -> reqwest::Client {
 }
 
 /// Replaces an HTTP admin endpoint's fault rules: the card gateway's `PUT /admin/faults`
-/// (no token) or the gateway's `PUT /api/admin/faults` (admin token).
+/// (the operator's token goes along) or the gateway's `PUT /api/admin/faults` (admin token).
 pub async fn set_http_faults(
     base: &Target,
     path: &str,
@@ -101,6 +101,11 @@ pub async fn set_http_faults(
     rules: &[Rule],
 ) -> anyhow::Result<()> {
     let mut req = client().put(format!("{}{path}", base.url())).json(rules);
+    if path.starts_with("/admin/")
+        && let Some(t) = crate::identity::operator_token(crate::identity::CARD_GATEWAY)
+    {
+        req = req.header(platform::identity::CALLER_HEADER, t);
+    }
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }

@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod engine;
 pub mod experiment;
 pub mod http;
+pub mod identity;
 pub mod pacer;
 pub mod report;
 pub mod scenario;

@@ -126,6 +126,10 @@ struct RunArgs {
     /// Gateway (or shop monolith) base URL; gRPC URL for --scenario echo.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     target: String,
+    /// The shop's key directory (`shopctl keys init`; scripts/run uses target/shop-keys):
+    /// gRPC calls (--scenario echo) go out as its operator.
+    #[arg(long, env = "SHOP_KEYS_DIR")]
+    keys: Option<PathBuf>,
     /// browse | checkout | mix | echo | list=N,get=N,checkout=N
     #[arg(long, default_value = "browse")]
     scenario: String,
@@ -199,6 +203,9 @@ struct ExperimentArgs {
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &a.keys {
+        loadtest::identity::use_key_dir(dir)?;
+    }
     let model = match a.rate {
         Some(rate) if rate > 0.0 => Model::Open { rate },
         Some(_) => anyhow::bail!("--rate must be positive"),

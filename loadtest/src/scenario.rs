@@ -6,6 +6,7 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::{FutureExt, future::BoxFuture};
+use platform::transport::GrpcTransport;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -13,7 +14,6 @@ use shop_proto::{
     admin::v1::{EchoRequest, echo_client::EchoClient},
     item::v1::{GetItemRequest, item_service_client::ItemServiceClient},
 };
-use tonic::transport::Channel;
 
 use crate::{
     engine::Workload,
@@ -239,8 +239,8 @@ fn grpc_kind(s: &tonic::Status) -> Outcome {
     Outcome::error(format!("grpc_{:?}", s.code()).to_lowercase())
 }
 
-/// A tonic channel to a loopback gRPC server.
-pub async fn grpc_channel(url: &str) -> anyhow::Result<Channel> {
+/// A channel to a loopback gRPC server, calling as the operator (see [`crate::identity`]).
+pub async fn grpc_channel(url: &str) -> anyhow::Result<GrpcTransport> {
     let target = Target::parse(url)?;
     let ch = tonic::transport::Endpoint::from_shared(target.url())?
         .tcp_nodelay(true)
@@ -248,17 +248,17 @@ pub async fn grpc_channel(url: &str) -> anyhow::Result<Channel> {
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("connecting to {url}: {e}"))?;
-    Ok(ch)
+    Ok(crate::identity::signed(ch))
 }
 
 /// `shop.admin.v1.Echo/Echo`: one bare tonic hop, the floor under every service call.
 pub struct EchoWorkload {
-    client: EchoClient<Channel>,
+    client: EchoClient<GrpcTransport>,
     payload: Bytes,
 }
 
 impl EchoWorkload {
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: GrpcTransport) -> Self {
         Self {
             client: EchoClient::new(channel),
             payload: Bytes::from(vec![b'x'; 64]),
@@ -285,12 +285,12 @@ impl Workload for EchoWorkload {
 
 /// GetItem straight at item-service (the cache comparison).
 pub struct GrpcGetItem {
-    client: ItemServiceClient<Channel>,
+    client: ItemServiceClient<GrpcTransport>,
     ids: Arc<Vec<String>>,
 }
 
 impl GrpcGetItem {
-    pub fn new(channel: Channel, ids: Arc<Vec<String>>) -> Self {
+    pub fn new(channel: GrpcTransport, ids: Arc<Vec<String>>) -> Self {
         Self {
             client: ItemServiceClient::new(channel),
             ids,

@@ -11,6 +11,8 @@ use std::{
 use anyhow::Context as _;
 use tokio::process::{Child, Command};
 
+use crate::identity::StackKeys;
+
 /// A free loopback port (bound and released; the child binds it a moment later).
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
@@ -26,6 +28,8 @@ pub struct Stack {
     bin_dir: PathBuf,
     log_dir: PathBuf,
     procs: Vec<Proc>,
+    /// Every process's key and the trust file (in the log directory's `keys/`).
+    keys: StackKeys,
     /// Environment every child gets on top of ours.
     pub common_env: Vec<(String, String)>,
 }
@@ -38,6 +42,7 @@ impl Stack {
             bin_dir: bin_dir.to_owned(),
             log_dir: log_dir.to_owned(),
             procs: Vec::new(),
+            keys: StackKeys::init(&log_dir.join("keys"))?,
             common_env: Vec::new(),
         })
     }
@@ -62,6 +67,9 @@ impl Stack {
             "RUST_LOG",
             std::env::var("LOADTEST_CHILD_RUST_LOG").unwrap_or_else(|_| "warn".into()),
         );
+        for (k, v) in self.keys.env_for(bin) {
+            cmd.env(k, v);
+        }
         for (k, v) in &self.common_env {
             cmd.env(k, v);
         }

@@ -26,7 +26,10 @@ const AUDIENCES: [&str; 5] = [
 ];
 
 #[derive(Parser)]
-#[command(name = "shopctl", about = "Service identity keys and tokens for the Shop")]
+#[command(
+    name = "shopctl",
+    about = "Service identity keys and tokens for the Shop"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use tokio::process::{Child, Command};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
-use crate::{http::Target, scenario::grpc_channel, stack::free_addr};
+use crate::{http::Target, identity::StackKeys, scenario::grpc_channel, stack::free_addr};
 
 /// A process of the shop the crash test may kill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -144,6 +144,8 @@ pub struct Supervisor {
     pub addrs: Addresses,
     /// Environment of every process (stores, secrets, the short recovery settings).
     common_env: Vec<(String, String)>,
+    /// Every process's key and the trust file (in the log directory's `keys/`).
+    keys: StackKeys,
     procs: BTreeMap<Process, Running>,
     /// SIGKILLs delivered so far.
     pub kills: u32,
@@ -173,6 +175,7 @@ impl Supervisor {
             log_dir: log_dir.to_owned(),
             addrs,
             common_env,
+            keys: StackKeys::init(&log_dir.join("keys"))?,
             procs: BTreeMap::new(),
             kills: 0,
         })
@@ -229,6 +232,9 @@ impl Supervisor {
             "RUST_LOG",
             std::env::var("LOADTEST_CHILD_RUST_LOG").unwrap_or_else(|_| "info".into()),
         );
+        for (k, v) in self.keys.env_for(p.name()) {
+            cmd.env(k, v);
+        }
         for (k, v) in &self.common_env {
             cmd.env(k, v);
         }
@@ -240,6 +246,32 @@ impl Supervisor {
             .stderr(log)
             .kill_on_drop(true);
         Ok(cmd)
+    }
+
+    /// Runs `bin args` to completion with the shop's settings (e.g. `user-service admin
+    /// grant EMAIL`).
+    pub async fn run_once(&self, bin: &str, args: &[&str]) -> anyhow::Result<()> {
+        let mut cmd = Command::new(self.bin_dir.join(bin));
+        cmd.args(args).stdin(Stdio::null());
+        for (k, v) in self.keys.env_for(bin) {
+            cmd.env(k, v);
+        }
+        for (k, v) in &self.common_env {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .output()
+            .await
+            .with_context(|| format!("running {}", self.bin_dir.join(bin).display()))?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "{bin} {}: {}\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     fn log_path(&self, p: Process) -> PathBuf {

@@ -359,16 +359,19 @@ async fn a_reservation_held_long_past_its_expiry_is_reported() {
     // No sweeper round during the test: it would release the reservation.
     let shop = shop_with_checkouts(|c| c.sweep_interval_ms = 3_600_000).await;
     let rid = format!("held-{}", unique_suffix());
-    ItemServiceClient::new(test_support::connect(shop.item_grpc).await)
-        .reserve_stock(ReserveStockRequest {
-            reservation_id: rid.clone(),
-            lines: vec![ItemLine {
-                item_id: shop.item_id.clone(),
-                quantity: 1,
-            }],
-        })
-        .await
-        .expect("reserve");
+    ItemServiceClient::new(test_support::identity::operator(
+        shop.item_grpc,
+        platform::identity::ITEM_SERVICE,
+    ))
+    .reserve_stock(ReserveStockRequest {
+        reservation_id: rid.clone(),
+        lines: vec![ItemLine {
+            item_id: shop.item_id.clone(),
+            quantity: 1,
+        }],
+    })
+    .await
+    .expect("reserve");
     assert_clean(&shop).await;
 
     let two_minutes_ago = DateTime::from_millis(DateTime::now().timestamp_millis() - 120_000);

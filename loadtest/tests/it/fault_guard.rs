@@ -39,6 +39,8 @@ async fn fault_admin_server() -> (String, FaultInjector) {
 }
 
 async fn rig() -> Rig {
+    // The card gateway's admin API takes the operator's token; the load test sends it.
+    loadtest::identity::use_operator(test_support::identity::signer(platform::identity::OPERATOR));
     let (a, fa) = fault_admin_server().await;
     let (b, fb) = fault_admin_server().await;
     let card = card_gateway().await;
