@@ -3,6 +3,7 @@
 //! One test binary, so the services are linked once.
 
 mod api;
+mod attacker;
 mod checkout;
 mod common;
 mod monolith;

@@ -1,0 +1,627 @@
+//! The attacker's suite (issue 12): every door of the shop tried from outside, as somebody
+//! who can reach the ports but holds no key, and as a service or user that is not the one
+//! allowed. Each attempt must be refused and change nothing.
+//!
+//! Covered elsewhere, not repeated here:
+//! - per-RPC owner and admin checks of payment-service (charge for another user, list
+//!   another user's payments, a customer refunding their own payment):
+//!   `payment-service/tests/it/trust.rs`;
+//! - the monolith's gRPC listener enforcing the same policy: `monolith.rs`;
+//! - token checks unit by unit (expired, forged, unknown signer, too long-lived, from the
+//!   future, allow-list decisions): `platform/src/identity.rs`, `platform/src/policy.rs`;
+//! - the edge: login throttling per account and address (`throttle.rs`), the gateway's
+//!   slow-header and connection caps and bounded metrics labels (`gateway/src/serve.rs`),
+//!   bounded password hashing (user-service's tests), the card gateway's bounded ledger
+//!   (`payment-service/tests/it/gateway.rs`), redacted `Debug` (the services' unit tests),
+//!   forged, expired, `alg: none` and wrong-audience user tokens at the gateway (`api.rs`
+//!   and the gateway's tests), admin bootstrap by the operator only (user-service's
+//!   `admin` tests).
+
+use std::{
+    net::SocketAddr,
+    str::FromStr as _,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use base64::Engine as _;
+use platform::identity::{
+    self, GATEWAY, ITEM_SERVICE, OPERATOR, PAYMENT_SERVICE, Switch, USER_SERVICE, UserAssertion,
+};
+use prost::Message as _;
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret as _;
+use serde_json::json;
+use shop_proto::{
+    item::v1::{self as item_pb, item_service_client::ItemServiceClient},
+    payment::v1::{self as pay_pb, payment_service_client::PaymentServiceClient},
+    user::v1::{self as user_pb, user_service_client::UserServiceClient},
+};
+use test_support::identity::{admin, client_as, customer};
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::common::*;
+
+/// One gRPC call to `path` with an empty message and, when given, `token` as the caller's
+/// credential: what grpcurl does with `-H "x-shop-caller: ..."` (or without `-H`).
+async fn raw_call(addr: SocketAddr, path: &str, token: Option<&str>) -> Code {
+    let mut grpc = tonic::client::Grpc::new(test_support::connect(addr).await);
+    grpc.ready().await.expect("the server accepts connections");
+    let mut req = tonic::Request::new(());
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            identity::CALLER_HEADER,
+            t.parse().expect("a token is a header value"),
+        );
+    }
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let path = http::uri::PathAndQuery::from_str(path).expect("a method path");
+    match grpc.unary(req, path, codec).await {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+/// Every method path of `service` ("shop.item.v1.ItemService") in the contracts.
+fn methods_of(service: &str) -> Vec<String> {
+    let set = prost_types::FileDescriptorSet::decode(shop_proto::FILE_DESCRIPTOR_SET)
+        .expect("the contracts' descriptor set decodes");
+    let (package, name) = service.rsplit_once('.').expect("a qualified name");
+    let paths: Vec<String> = set
+        .file
+        .iter()
+        .filter(|f| f.package() == package)
+        .flat_map(|f| f.service.iter())
+        .filter(|s| s.name() == name)
+        .flat_map(|s| s.method.iter())
+        .map(|m| format!("/{service}/{}", m.name()))
+        .collect();
+    assert!(!paths.is_empty(), "no methods found for {service}");
+    paths
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A token signed with the operator's real key, but expired an hour ago.
+fn expired_operator_token(audience: &str) -> String {
+    let pem = test_support::identity::settings(OPERATOR)
+        .identity_key
+        .expect("the operator's test key");
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(pem.expose_secret().as_bytes())
+        .expect("an Ed25519 PEM");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(OPERATOR.into());
+    let claims = json!({"iss": OPERATOR, "sub": OPERATOR, "aud": audience,
+        "iat": now() - 7200, "exp": now() - 3600});
+    jsonwebtoken::encode(&header, &claims, &key).expect("signs")
+}
+
+/// An unsigned token (`alg: none`) claiming to be the operator.
+fn alg_none_token(audience: &str) -> String {
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT", "kid": OPERATOR})),
+        b64(json!({"iss": OPERATOR, "sub": OPERATOR, "aud": audience,
+            "iat": now(), "exp": now() + 60}))
+    )
+}
+
+/// A well-formed operator token signed by a key nobody trusts.
+fn forged_operator_token(audience: &str) -> String {
+    identity::Signer::ephemeral(OPERATOR)
+        .expect("a key")
+        .mint(audience, None)
+        .expect("mint")
+}
+
+/// The stack's gRPC servers with the audience each answers to and the services it hosts.
+fn servers(s: &Stack) -> [(SocketAddr, &'static str, &'static str); 3] {
+    [
+        (s.user.addr, USER_SERVICE, "shop.user.v1.UserService"),
+        (s.item.addr, ITEM_SERVICE, "shop.item.v1.ItemService"),
+        (
+            s.payment.addr,
+            PAYMENT_SERVICE,
+            "shop.payment.v1.PaymentService",
+        ),
+    ]
+}
+
+/// A customer's paid checkout through the gateway: (access token, user id, order JSON,
+/// payment JSON).
+async fn bought(s: &Stack) -> (String, String, serde_json::Value, serde_json::Value) {
+    let admin_token = s.admin().await;
+    let item = s
+        .create_item(&admin_token, "Attacker's target", 2_500, 10)
+        .await;
+    let (token, user_id) = s.customer().await;
+    let r = s
+        .checkout(
+            &token,
+            "orchestrated",
+            &key(),
+            json!([{"item_id": item["id"], "quantity": 1}]),
+            GOOD_CARD,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "checkout: {:?}", r.body);
+    (
+        token,
+        user_id,
+        r.body["order"].clone(),
+        r.body["payment"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn the_refund_by_grpcurl_without_credentials_is_refused_and_the_order_stays() {
+    let s = stack().await;
+    let (token, _, order, payment) = bought(&s).await;
+    let payment_id = payment["id"].as_str().expect("payment id").to_owned();
+
+    // The issue's attack: Refund on payment-service's port, the payment id from the
+    // checkout response, no credentials.
+    let err = PaymentServiceClient::new(test_support::connect(s.payment.addr).await)
+        .refund(pay_pb::RefundRequest {
+            payment_id: payment_id.clone(),
+            amount: None,
+            idempotency_key: "grpcurl-refund-1".into(),
+            reason: "I want my money back".into(),
+        })
+        .await
+        .expect_err("no credentials");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    // Nothing changed: the order stands, the payment is still taken.
+    let r = s
+        .get(
+            &format!("/api/orders/{}", order["id"].as_str().expect("id")),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["order"]["status"], "placed", "{:?}", r.body);
+    assert_eq!(r.body["payment"]["status"], "succeeded", "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn every_internal_rpc_without_credentials_is_unauthenticated() {
+    let s = stack().await;
+    for (addr, _, service) in servers(&s) {
+        let admin_services = [
+            methods_of("shop.admin.v1.FaultAdmin"),
+            methods_of("shop.admin.v1.Echo"),
+        ];
+        for path in methods_of(service)
+            .into_iter()
+            .chain(admin_services.into_iter().flatten())
+        {
+            assert_eq!(
+                raw_call(addr, &path, None).await,
+                Code::Unauthenticated,
+                "{path} on {addr} without credentials"
+            );
+        }
+        // Health stays open (and so does reflection, for `grpcurl list`).
+        assert_eq!(
+            raw_call(addr, "/grpc.health.v1.Health/Check", None).await,
+            Code::Ok,
+            "health on {addr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn forged_expired_unsigned_and_misaddressed_tokens_are_unauthenticated() {
+    let s = stack().await;
+    for (addr, audience, service) in servers(&s) {
+        // A method the operator may call, so only the token can be what is refused.
+        let path = methods_of(service).remove(0);
+        let other = if audience == ITEM_SERVICE {
+            PAYMENT_SERVICE
+        } else {
+            ITEM_SERVICE
+        };
+        let bad = [
+            ("garbage", "not-a-token".to_owned()),
+            ("forged", forged_operator_token(audience)),
+            ("expired", expired_operator_token(audience)),
+            ("alg none", alg_none_token(audience)),
+            (
+                "another service's audience",
+                test_support::identity::operator_token(other),
+            ),
+        ];
+        for (what, token) in bad {
+            assert_eq!(
+                raw_call(addr, &path, Some(&token)).await,
+                Code::Unauthenticated,
+                "{what} token for {path}"
+            );
+        }
+        // The same call with a proper operator token gets past the door (whatever the
+        // empty request then earns).
+        let good = test_support::identity::operator_token(audience);
+        let code = raw_call(addr, &path, Some(&good)).await;
+        assert!(
+            code != Code::Unauthenticated && code != Code::PermissionDenied,
+            "a valid operator token for {path}: {code:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn user_scoped_user_service_rpcs_refuse_the_wrong_and_the_missing_user() {
+    let s = stack().await;
+    let (token, owner, order, _) = bought(&s).await;
+    let owner: Uuid = owner.parse().expect("uuid");
+    let order_id = order["id"].as_str().expect("id").to_owned();
+    let stranger = Uuid::new_v4();
+    let client = |user: Option<UserAssertion>| {
+        UserServiceClient::new(client_as(s.user.addr, GATEWAY, USER_SERVICE, user))
+    };
+    // The stored order, as the operator reads it: a well-formed body for the writes below.
+    let stored =
+        UserServiceClient::new(test_support::identity::operator(s.user.addr, USER_SERVICE))
+            .get_order(user_pb::GetOrderRequest {
+                order_id: order_id.clone(),
+                user_id: owner.to_string(),
+            })
+            .await
+            .expect("the operator reads any order")
+            .into_inner()
+            .order
+            .expect("order");
+
+    for (who, user, expected) in [
+        (
+            "wrong user",
+            Some(customer(stranger)),
+            Code::PermissionDenied,
+        ),
+        ("missing user", None, Code::Unauthenticated),
+    ] {
+        let code = |r: Result<(), tonic::Status>| r.map_err(|s| s.code());
+        let get_user = client(user)
+            .get_user(user_pb::GetUserRequest {
+                user_id: owner.to_string(),
+            })
+            .await
+            .map(|_| ());
+        assert_eq!(code(get_user), Err(expected), "GetUser, {who}");
+        let get_order = client(user)
+            .get_order(user_pb::GetOrderRequest {
+                order_id: order_id.clone(),
+                user_id: owner.to_string(),
+            })
+            .await
+            .map(|_| ());
+        assert_eq!(code(get_order), Err(expected), "GetOrder, {who}");
+        let list = client(user)
+            .list_orders(user_pb::ListOrdersRequest {
+                user_id: owner.to_string(),
+                page: None,
+            })
+            .await
+            .map(|_| ());
+        assert_eq!(code(list), Err(expected), "ListOrders, {who}");
+        let mut fresh = stored.clone();
+        fresh.order_id = Uuid::new_v4().to_string();
+        let record = client(user)
+            .record_order(user_pb::RecordOrderRequest {
+                order: Some(fresh.clone()),
+            })
+            .await
+            .map(|_| ());
+        assert_eq!(code(record), Err(expected), "RecordOrder, {who}");
+        let begin = client(user)
+            .begin_checkout(user_pb::BeginCheckoutRequest {
+                order: Some(fresh),
+                lease_ms: 10_000,
+                strategy: "orchestrated".into(),
+                lease_token: Uuid::new_v4().to_string(),
+            })
+            .await
+            .map(|_| ());
+        assert_eq!(code(begin), Err(expected), "BeginCheckout, {who}");
+        let advance = client(user)
+            .advance_checkout(user_pb::AdvanceCheckoutRequest {
+                order_id: order_id.clone(),
+                lease_token: Uuid::new_v4().to_string(),
+                to: user_pb::OrderStatus::Cancelled as i32,
+                failure: "attacker".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ());
+        assert_eq!(code(advance), Err(expected), "AdvanceCheckout, {who}");
+    }
+
+    // ChainedCheckout authenticates the user by their own access token; the caller's
+    // word must agree with it.
+    let err = client(Some(customer(stranger)))
+        .chained_checkout(user_pb::ChainedCheckoutRequest {
+            access_token: token.clone(),
+            idempotency_key: key(),
+            lines: vec![],
+            card: None,
+        })
+        .await
+        .expect_err("somebody else's token");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // Nothing changed: the owner still has exactly the one placed order.
+    let r = s.get("/api/orders", Some(&token)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let orders = r.body["orders"].as_array().expect("orders");
+    assert_eq!(orders.len(), 1, "{:?}", r.body);
+    assert_eq!(orders[0]["status"], "placed");
+}
+
+#[tokio::test]
+async fn catalog_writes_need_the_gateway_and_an_admin_end_user() {
+    let s = stack().await;
+    let admin_token = s.admin().await;
+    let item = s.create_item(&admin_token, "Price target", 1_000, 5).await;
+    let id = item["id"].as_str().expect("id").to_owned();
+    let writes = |caller: &'static str, user: Option<UserAssertion>| {
+        let mut c = ItemServiceClient::new(client_as(s.item.addr, caller, ITEM_SERVICE, user));
+        let id = id.clone();
+        async move {
+            let create = c
+                .create_item(item_pb::CreateItemRequest {
+                    sku: format!("EVIL-{}", unique_suffix()).to_uppercase(),
+                    name: "Injected".into(),
+                    description: "x".into(),
+                    category: "testing".into(),
+                    price: Some(shop_proto::common::v1::Money {
+                        amount_minor: 1,
+                        currency: "USD".into(),
+                    }),
+                    stock: 1,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code());
+            let update = c
+                .update_item(item_pb::UpdateItemRequest {
+                    id: id.clone(),
+                    price: Some(shop_proto::common::v1::Money {
+                        amount_minor: 1,
+                        currency: "USD".into(),
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code());
+            let delete = c
+                .delete_item(item_pb::DeleteItemRequest { id })
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code());
+            [create, update, delete]
+        }
+    };
+    let cases = [
+        (
+            "a customer through the gateway",
+            GATEWAY,
+            Some(customer(Uuid::new_v4())),
+            Code::PermissionDenied,
+        ),
+        (
+            "the gateway with no user",
+            GATEWAY,
+            None,
+            Code::Unauthenticated,
+        ),
+        (
+            "payment-service, even for an admin",
+            PAYMENT_SERVICE,
+            Some(admin(Uuid::new_v4())),
+            Code::PermissionDenied,
+        ),
+        (
+            "user-service, even for an admin",
+            USER_SERVICE,
+            Some(admin(Uuid::new_v4())),
+            Code::PermissionDenied,
+        ),
+    ];
+    for (who, caller, user, expected) in cases {
+        for result in writes(caller, user).await {
+            assert_eq!(result, Err(expected), "{who}");
+        }
+    }
+    // The price and the item are as the admin left them.
+    let r = s.get(&format!("/api/items/{id}"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["price"]["amount_minor"], 1_000);
+    // And through the gateway, a customer gets 403.
+    let (customer_token, _) = s.customer().await;
+    let r = s
+        .send(
+            Method::PATCH,
+            &format!("/api/items/{id}"),
+            Some(&customer_token),
+            Some(json!({"price": {"amount_minor": 1, "currency": "USD"}})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn the_card_gateway_admin_api_wants_the_operator_and_is_absent_when_off() {
+    use payment_service::card_gateway::{AUDIENCE, CardGateway, Config};
+
+    let start = |fault_admin: Switch| async move {
+        let mut config = Config::on("127.0.0.1:0");
+        config.identity = platform::identity::IdentitySettings {
+            fault_admin,
+            ..test_support::identity::settings(AUDIENCE)
+        };
+        let gw = CardGateway::build(config).await.expect("binds");
+        let addr = gw.addr();
+        Running::spawn(addr, |stop| gw.run_until_stopped(stop))
+    };
+    let http = reqwest::Client::new();
+    let paths = ["/admin/stats", "/admin/faults", "/admin/hangs"];
+
+    let on = start(Switch::On).await;
+    let gateway_token = test_support::identity::signer(GATEWAY)
+        .mint(AUDIENCE, None)
+        .expect("mint");
+    for path in paths {
+        let url = format!("http://{}{path}", on.addr);
+        let r = http.get(&url).send().await.expect("request");
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "{path} without a token"
+        );
+        for (what, token) in [
+            ("forged", forged_operator_token(AUDIENCE)),
+            ("expired", expired_operator_token(AUDIENCE)),
+            ("alg none", alg_none_token(AUDIENCE)),
+            (
+                "another audience",
+                test_support::identity::operator_token(PAYMENT_SERVICE),
+            ),
+        ] {
+            let r = http
+                .get(&url)
+                .header(identity::CALLER_HEADER, token)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}, {what} token");
+        }
+        let r = http
+            .get(&url)
+            .header(identity::CALLER_HEADER, &gateway_token)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path} as the gateway");
+        let r = http
+            .get(&url)
+            .header(
+                identity::CALLER_HEADER,
+                test_support::identity::operator_token(AUDIENCE),
+            )
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::OK, "{path} as the operator");
+    }
+    // A hang injected without credentials did not take.
+    let r = http
+        .put(format!("http://{}/admin/hangs", on.addr))
+        .json(&json!([{"method": "*", "error_rate": 1.0}]))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = http
+        .get(format!("http://{}/health", on.addr))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::OK, "the card gateway still answers");
+
+    let off = start(Switch::Off).await;
+    for path in paths {
+        let r = http
+            .get(format!("http://{}{path}", off.addr))
+            .header(
+                identity::CALLER_HEADER,
+                test_support::identity::operator_token(AUDIENCE),
+            )
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            r.status(),
+            StatusCode::NOT_FOUND,
+            "{path} exists with the switch off"
+        );
+    }
+}
+
+#[tokio::test]
+async fn fault_admins_are_absent_when_off_and_admin_only_when_on() {
+    // Off: the gateway's /api/admin/faults and every server's FaultAdmin do not exist, even
+    // for an admin or the operator.
+    let s = stack_with(Options {
+        gateway: Box::new(|c| c.identity.fault_admin = Switch::Off),
+        item: Box::new(|c| c.identity.fault_admin = Switch::Off),
+    })
+    .await;
+    let admin_token = s.admin().await;
+    let r = s.get("/api/admin/faults", Some(&admin_token)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+    let r = s
+        .send(
+            Method::PUT,
+            "/api/admin/faults",
+            Some(&admin_token),
+            Some(json!([{"method": "*", "error_rate": 1.0}])),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+    let operator = test_support::identity::operator_token(ITEM_SERVICE);
+    assert_eq!(
+        raw_call(
+            s.item.addr,
+            "/shop.admin.v1.FaultAdmin/SetFaults",
+            Some(&operator)
+        )
+        .await,
+        Code::Unimplemented
+    );
+
+    // On (the tests' default): the gateway's wants an admin user, FaultAdmin the operator.
+    let s = stack().await;
+    let r = s.get("/api/admin/faults", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
+    let (customer_token, _) = s.customer().await;
+    let r = s
+        .send(
+            Method::PUT,
+            "/api/admin/faults",
+            Some(&customer_token),
+            Some(json!([{"method": "*", "error_rate": 1.0}])),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    for caller in [GATEWAY, USER_SERVICE, PAYMENT_SERVICE] {
+        let token = test_support::identity::signer(caller)
+            .mint(ITEM_SERVICE, None)
+            .expect("mint");
+        assert_eq!(
+            raw_call(
+                s.item.addr,
+                "/shop.admin.v1.FaultAdmin/SetFaults",
+                Some(&token)
+            )
+            .await,
+            Code::PermissionDenied,
+            "{caller} setting faults"
+        );
+    }
+    // Browsing still works: no fault was set by any of the above.
+    let r = s.get("/api/items", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
