@@ -2,7 +2,8 @@
 # End-to-end test of the web shop: installs what it needs (Debian's chromium, playwright-core
 # from npm into gateway/e2e/node_modules), starts the `shop` monolith against the local
 # stack (USER_DATABASE_URL, PAYMENT_DATABASE_URL, ITEM_MONGODB_URL, ITEM_REDIS_URL must be
-# set: `eval "$(scripts/stack up)"`), and drives the shop in headless Chromium.
+# set: `eval "$(scripts/stack up)"`) with SHOP_FAULT_ADMIN=on (a test injects a checkout
+# failure through /api/admin/faults), and drives the shop in headless Chromium.
 # Screenshots: target/e2e-screenshots. Shop log: target/e2e-shop.log.
 set -euo pipefail
 
@@ -46,7 +47,7 @@ log "starting the shop"
 env USER_JWT_SECRET="${USER_JWT_SECRET:-e2e-secret-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}" \
     ITEM_MONGODB_DATABASE="shop_item_e2e_$RUN" ITEM_SEED=true \
     GATEWAY_HTTP_ADDR=127.0.0.1:0 SHOP_GRPC_ADDR=off SHOP_CARD_GATEWAY_ADDR=127.0.0.1:0 \
-    RUST_LOG="${RUST_LOG:-info}" \
+    SHOP_FAULT_ADMIN=on RUST_LOG="${RUST_LOG:-info}" \
     "$SHOP_BIN" >"$LOG" 2>&1 &
 SHOP_PID=$!
 trap 'kill "$SHOP_PID" 2>/dev/null || true; wait "$SHOP_PID" 2>/dev/null || true' EXIT
