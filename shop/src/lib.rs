@@ -102,6 +102,19 @@ impl Monolith {
         if let Some(addr) = &config.card_gateway_addr {
             let mut card_config = card_gateway::Config::on(addr);
             card_config.identity = config.gateway.identity.clone();
+            // Its /admin/* takes only the operator's token: with no trust file configured
+            // nobody could use it, so it is left out instead of refusing to start.
+            let identity = &card_config.identity;
+            if identity.fault_admin()
+                && identity.trusted_keys.is_none()
+                && identity.trusted_keys_file.is_none()
+            {
+                tracing::info!(
+                    "hosted card gateway without /admin/*: SHOP_FAULT_ADMIN=on needs \
+                     SHOP_TRUSTED_KEYS_FILE (the operator's key) for it"
+                );
+                card_config.identity.fault_admin = identity::Switch::Off;
+            }
             let gateway = CardGateway::build(card_config).await?;
             config.payment.card_gateway_url = format!("http://{}", gateway.addr());
             card = Some((gateway.addr(), gateway.handle()));
