@@ -354,7 +354,6 @@ impl Rig {
             "USER_JWT_SECRET".into(),
             format!("crash-{run_id}-{}", uuid::Uuid::new_v4().simple()),
         ));
-        env.push(("USER_ADMIN_EMAILS".into(), admin_email.clone()));
         env.extend(extra_env);
         let addrs = Addresses::pick()?;
         let mut sup = Supervisor::new(bin_dir, log_dir, addrs.clone(), env)?;
@@ -366,6 +365,11 @@ impl Rig {
         let client = ShopClient::new(addrs.gateway_target()?)?;
         let probe = Probe::new(addrs.user_grpc(), addrs.item_grpc(), addrs.payment_grpc());
         let setup = async {
+            // Registered like any account, made an admin by the operator's command on the
+            // same database; the next login carries the role.
+            client.customer(&admin_email).await?;
+            sup.run_once(Process::UserService, &["admin", "grant", &admin_email])
+                .await?;
             let admin = client.customer(&admin_email).await?;
             let item = client
                 .create_item(&admin, &format!("CRASH-{}", run_id.to_ascii_uppercase()))

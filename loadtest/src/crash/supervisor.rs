@@ -242,6 +242,33 @@ impl Supervisor {
         Ok(cmd)
     }
 
+    /// Runs `p`'s binary once with `args` and its settings (an operator command such as
+    /// `user-service admin grant EMAIL`), its output appended to its log; fails unless it
+    /// exits 0.
+    pub async fn run_once(&self, p: Process, args: &[&str]) -> anyhow::Result<()> {
+        let path = self.log_path(p);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut cmd = self.command(p, log)?;
+        let status = cmd
+            .args(args)
+            .status()
+            .await
+            .with_context(|| format!("running {} {}", p.name(), args.join(" ")))?;
+        if !status.success() {
+            anyhow::bail!(
+                "{} {}: {status} (see {})",
+                p.name(),
+                args.join(" "),
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
     fn log_path(&self, p: Process) -> PathBuf {
         self.log_dir.join(format!("{}.log", p.name()))
     }
