@@ -437,7 +437,15 @@ async fn soak(
             );
             spec.progress = opts.progress;
             let m = engine::run(&spec, workload.clone()).await;
-            (m.result.throughput_rps, true)
+            // Goodput, not throughput: an overloaded stack that answers 503 fast (its
+            // breakers open) would otherwise report a "peak" of refusals.
+            if m.result.success_rate < 0.95 {
+                eprintln!(
+                    "[soak] warning: only {:.1}% of the peak run succeeded; the peak is its goodput",
+                    m.result.success_rate * 100.0
+                );
+            }
+            (m.result.goodput_rps, true)
         }
     };
     let rate = opts.rate.unwrap_or(peak / 2.0).max(1.0);

@@ -167,6 +167,12 @@ pub fn markdown(r: &Report) -> String {
     for (i, s) in r.sections.iter().enumerate() {
         let _ = writeln!(md, "{}. [{}](#{})", i, s.title, anchor(i, &s.title));
     }
+    let recovery = r.sections.len();
+    let _ = writeln!(
+        md,
+        "{recovery}. [{CRASH_RECOVERY}](#{})",
+        anchor(recovery, CRASH_RECOVERY)
+    );
     md.push('\n');
     for (i, s) in r.sections.iter().enumerate() {
         let _ = writeln!(md, "## {i}. {}\n", s.title);
@@ -207,6 +213,15 @@ pub fn markdown(r: &Report) -> String {
         }
         let _ = writeln!(md, "**What it teaches.** {}\n", s.lesson);
     }
+    let _ = writeln!(
+        md,
+        "## {recovery}. {CRASH_RECOVERY}\n\n\
+         Measured by runs of their own, not by this experiment: `loadtest crash` (every process \
+         killed in every step of a checkout) and `loadtest soak` (five minutes of load with a \
+         random process killed every 20-40 s), each followed by the consistency checker. \
+         Their figures, the timeline of one recovered checkout and how to repeat them are in \
+         [crash-recovery.md](crash-recovery.md); the raw outputs in `crash/` and `soak/`.\n"
+    );
     if !r.notes.is_empty() {
         let _ = writeln!(md, "## Notes\n");
         for n in &r.notes {
@@ -215,6 +230,9 @@ pub fn markdown(r: &Report) -> String {
     }
     md
 }
+
+/// The section the crash test and the soak report on (see `report/crash-recovery.md`).
+const CRASH_RECOVERY: &str = "Crash recovery";
 
 fn anchor(i: usize, title: &str) -> String {
     let mut a = format!("{i}-");

@@ -384,22 +384,10 @@ async fn charge(
             .ok_or_else(|| Failed::Unknown(ApiError::internal()))?,
         Err(s) => {
             let e = outcome_of(&s).unwrap_or_else(|| ApiError::from_status(&s));
-            // A call our breaker refused never left; the others may have charged with the
-            // answer lost.
-            let maybe_charged = matches!(
-                s.code(),
-                tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Unknown
-                    | tonic::Code::Internal
-                    | tonic::Code::Cancelled
-                    | tonic::Code::Aborted
-            ) && !crate::downstream::is_circuit_open(&s)
-                && e.code != super::ROLLED_BACK;
-            return Err(if maybe_charged {
-                Failed::Unknown(unknown_charge(e))
-            } else {
+            return Err(if definitely_not_charged(&s, &e) {
                 Failed::NotCharged(e)
+            } else {
+                Failed::Unknown(unknown_charge(e))
             });
         }
     };
@@ -417,6 +405,24 @@ async fn charge(
             Err(Failed::Unknown(payment_pending()))
         }
     }
+}
+
+/// A failed Charge that certainly took no money: refused by our breaker (never sent),
+/// refused before anything was written (bad input, credentials, payment-service's own
+/// card-gateway breaker), or an answer whose reason says so (the key's earlier attempt was rolled back, the
+/// key belongs to another cart). Anything else (no answer, an unexpected code) may have
+/// charged: never guess; the recovery asks payment-service.
+fn definitely_not_charged(s: &tonic::Status, e: &ApiError) -> bool {
+    use tonic::Code;
+    crate::downstream::is_circuit_open(s)
+        // Refused before anything was written.
+        || matches!(
+            s.code(),
+            Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
+        )
+        || platform::reason_of(s) == Some(platform::ErrorReason::CardGatewayFailing)
+        || e.code == super::ROLLED_BACK
+        || e.code == "idempotency_key_reused"
 }
 
 /// The answer when the charge's outcome is unknown: the checkout is settled in the background.

@@ -365,10 +365,10 @@ impl Rig {
         let client = ShopClient::new(addrs.gateway_target()?)?;
         let probe = Probe::new(addrs.user_grpc(), addrs.item_grpc(), addrs.payment_grpc());
         let setup = async {
-            // Registered like anyone, made an admin by the operator's command; the next
-            // login carries the role.
+            // Registered like any account, made an admin by the operator's command on the
+            // same database; the next login carries the role.
             client.customer(&admin_email).await?;
-            sup.run_once("user-service", &["admin", "grant", &admin_email])
+            sup.run_once(Process::UserService, &["admin", "grant", &admin_email])
                 .await?;
             let admin = client.customer(&admin_email).await?;
             let item = client

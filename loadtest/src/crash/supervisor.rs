@@ -248,27 +248,28 @@ impl Supervisor {
         Ok(cmd)
     }
 
-    /// Runs `bin args` to completion with the shop's settings (e.g. `user-service admin
-    /// grant EMAIL`).
-    pub async fn run_once(&self, bin: &str, args: &[&str]) -> anyhow::Result<()> {
-        let mut cmd = Command::new(self.bin_dir.join(bin));
-        cmd.args(args).stdin(Stdio::null());
-        for (k, v) in self.keys.env_for(bin) {
-            cmd.env(k, v);
-        }
-        for (k, v) in &self.common_env {
-            cmd.env(k, v);
-        }
-        let out = cmd
-            .output()
+    /// Runs `p`'s binary once with `args` and its settings (an operator command such as
+    /// `user-service admin grant EMAIL`), its output appended to its log; fails unless it
+    /// exits 0.
+    pub async fn run_once(&self, p: Process, args: &[&str]) -> anyhow::Result<()> {
+        let path = self.log_path(p);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut cmd = self.command(p, log)?;
+        let status = cmd
+            .args(args)
+            .status()
             .await
-            .with_context(|| format!("running {}", self.bin_dir.join(bin).display()))?;
-        if !out.status.success() {
+            .with_context(|| format!("running {} {}", p.name(), args.join(" ")))?;
+        if !status.success() {
             anyhow::bail!(
-                "{bin} {}: {}\n{}",
+                "{} {}: {status} (see {})",
+                p.name(),
                 args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
+                path.display()
             );
         }
         Ok(())
