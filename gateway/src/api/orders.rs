@@ -8,7 +8,7 @@ use axum::{
     },
 };
 use http::HeaderMap;
-use shop_proto::{common::v1::PageRequest, payment::v1 as pay, user::v1 as pb};
+use shop_proto::{common::v1::PageRequest, user::v1 as pb};
 
 use super::model::{Order, OrderDetail, OrderPage, PageQuery, Payment};
 use crate::{
@@ -117,26 +117,8 @@ pub async fn get(
         ) {
         None
     } else {
-        state
-            .downstreams
-            .payment
-            .call(
-                &ctx,
-                "GetPayment",
-                Safety::Idempotent,
-                pay::GetPaymentRequest {
-                    payment_id: order.payment_id.clone(),
-                    order_id: if order.payment_id.is_empty() {
-                        order.order_id.clone()
-                    } else {
-                        String::new()
-                    },
-                },
-                |mut c, r| async move { c.get_payment(r).await },
-            )
+        crate::checkout::record::payment_of(&state, &ctx, &order)
             .await
-            .ok()
-            .and_then(|r| r.payment)
             .filter(|p| p.user_id.is_empty() || p.user_id == user.user_id.to_string())
     };
     Ok(Json(OrderDetail {

@@ -197,8 +197,9 @@ pub async fn settled(
     }
 }
 
-/// The checkout's payment, if payment-service has one and can say so now.
-async fn payment_of(
+/// The checkout's payment, if payment-service has one and can say so now (by its id once
+/// the order names it, else by the order's id).
+pub async fn payment_of(
     state: &AppState,
     ctx: &CallContext,
     order: &user::Order,
