@@ -9,6 +9,8 @@ pub mod cart;
 pub mod config;
 pub mod context;
 pub mod error;
+#[cfg(feature = "events")]
+pub mod events;
 pub mod faults;
 pub mod grpc;
 pub mod host;

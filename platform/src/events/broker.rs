@@ -1,0 +1,241 @@
+//! The connection to NATS JetStream, the streams, and publishing with de-duplication.
+//!
+//! Two streams: the events (`<prefix>.<kind>`) and the parked messages that consumers gave
+//! up on (`<prefix>_parked.<consumer>.<kind>`), kept apart so no consumer of events ever
+//! sees a parked one. Both are created idempotently by whoever starts first, and again
+//! after a broker restart lost them.
+
+use std::time::Duration;
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, stream},
+};
+
+use super::envelope::Envelope;
+
+/// Where the events live. Tests give each run its own stream and prefix so they never see
+/// each other's events on a shared server.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// `nats://127.0.0.1:4222`
+    pub url: String,
+    /// The JetStream stream holding every event (`SHOP_EVENTS`).
+    pub stream: String,
+    /// Subjects are `<prefix>.<kind>` (`shop.checkout.requested`).
+    pub subject_prefix: String,
+    /// How long JetStream remembers an event id to drop a re-publication of it. A relay that
+    /// died after publishing and before marking the row republishes within seconds.
+    pub duplicate_window: Duration,
+    /// How long events are kept: long enough for a consumer that was down to catch up.
+    pub max_age: Duration,
+}
+
+impl EventsConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            stream: "SHOP_EVENTS".to_owned(),
+            subject_prefix: "shop".to_owned(),
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+
+    /// The same server, a stream and subjects of its own (`name` must be a valid token:
+    /// letters, digits, `_`).
+    pub fn isolated(url: impl Into<String>, name: &str) -> Self {
+        Self {
+            stream: format!("SHOP_EVENTS_{}", name.to_ascii_uppercase()),
+            subject_prefix: format!("shop_{name}"),
+            ..Self::new(url)
+        }
+    }
+
+    pub fn parked_stream(&self) -> String {
+        format!("{}_PARKED", self.stream)
+    }
+
+    pub fn subject(&self, kind: &str) -> String {
+        format!("{}.{kind}", self.subject_prefix)
+    }
+
+    pub fn parked_subject(&self, consumer: &str, kind: &str) -> String {
+        format!("{}_parked.{consumer}.{kind}", self.subject_prefix)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error("cannot reach NATS at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot create or find stream {stream}")]
+    Stream {
+        stream: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("publishing {subject} was not acknowledged by JetStream")]
+    Publish {
+        subject: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("consumer {consumer}")]
+    Consumer {
+        consumer: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// What JetStream answered to a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub sequence: u64,
+    /// JetStream already had an event with this id (inside the duplicate window) and did not
+    /// store it again.
+    pub duplicate: bool,
+}
+
+#[derive(Clone)]
+pub struct Broker {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: EventsConfig,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("url", &self.config.url)
+            .field("stream", &self.config.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Connects as `client_name`. A broker that is down does not stop the caller: the client
+    /// keeps reconnecting in the background, the outbox keeps the events meanwhile, and
+    /// publications fail (and are retried) until it is back.
+    pub async fn connect(config: EventsConfig, client_name: &str) -> Result<Self, EventsError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(client_name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(config.url.as_str())
+            .await
+            .map_err(|source| EventsError::Connect {
+                url: config.url.clone(),
+                source,
+            })?;
+        let js = jetstream::new(client.clone());
+        Ok(Self { client, js, config })
+    }
+
+    pub fn config(&self) -> &EventsConfig {
+        &self.config
+    }
+
+    pub(crate) fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Creates both streams if they are missing; leaves existing ones as they are.
+    pub async fn ensure_streams(&self) -> Result<(), EventsError> {
+        let c = &self.config;
+        for (name, subjects) in [
+            (c.stream.clone(), format!("{}.>", c.subject_prefix)),
+            (c.parked_stream(), format!("{}_parked.>", c.subject_prefix)),
+        ] {
+            self.js
+                .get_or_create_stream(stream::Config {
+                    name: name.clone(),
+                    subjects: vec![subjects],
+                    storage: stream::StorageType::File,
+                    duplicate_window: c.duplicate_window,
+                    max_age: c.max_age,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| EventsError::Stream {
+                    stream: name,
+                    source: Box::new(e),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `event` and waits until JetStream has stored it (or recognised its id).
+    pub async fn publish(&self, event: &Envelope) -> Result<Published, EventsError> {
+        let subject = self.config.subject(&event.kind);
+        let ack = self
+            .publish_raw(&subject, headers_of(event), event.encode())
+            .await?;
+        metrics::counter!(
+            "events_published_total",
+            "kind" => event.kind.clone(),
+            "duplicate" => if ack.duplicate { "true" } else { "false" },
+        )
+        .increment(1);
+        Ok(ack)
+    }
+
+    pub(crate) async fn publish_raw(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<Published, EventsError> {
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| EventsError::Publish {
+            subject: subject.to_owned(),
+            source,
+        };
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_owned(), headers, body.into())
+            .await
+            .map_err(|e| failed(Box::new(e)))?
+            .await
+            .map_err(|e| failed(Box::new(e)))?;
+        Ok(Published {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Flushes what the client buffered (before a graceful stop).
+    pub async fn flush(&self) {
+        let _ = self.client.flush().await;
+    }
+
+    /// How many events the stream holds (for tests and the report).
+    pub async fn stored_events(&self) -> Result<u64, EventsError> {
+        let mut stream =
+            self.js
+                .get_stream(&self.config.stream)
+                .await
+                .map_err(|e| EventsError::Stream {
+                    stream: self.config.stream.clone(),
+                    source: Box::new(e),
+                })?;
+        let info = stream.info().await.map_err(|e| EventsError::Stream {
+            stream: self.config.stream.clone(),
+            source: Box::new(e),
+        })?;
+        Ok(info.state.messages)
+    }
+}
+
+fn headers_of(event: &Envelope) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.to_string());
+    if let Some(tp) = &event.traceparent {
+        headers.insert("traceparent", tp.as_str());
+    }
+    headers
+}
