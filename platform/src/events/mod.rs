@@ -14,6 +14,7 @@
 //!   with the reason, a metric and a log line, and the consumer moves on.
 
 pub mod broker;
+pub mod checkout;
 pub mod consumer;
 mod envelope;
 pub mod relay;
