@@ -36,6 +36,14 @@ pub struct Config {
         default_value = "http://127.0.0.1:50053"
     )]
     pub payment_service_url: String,
+    /// The card processor, whose public token endpoint the asynchronous checkout uses to
+    /// swap the card for a token at the edge.
+    #[arg(
+        long,
+        env = "CARD_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub card_gateway_url: String,
     /// HS256 secret shared with user-service; tokens are verified here.
     #[arg(long, env = "USER_JWT_SECRET", value_parser = parse_secret, hide_env_values = true)]
     pub jwt_secret: SecretString,

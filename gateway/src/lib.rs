@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod card_tokens;
 pub mod checkout;
 pub mod config;
 pub mod deadline;
@@ -64,6 +65,10 @@ impl Application {
             },
             faults,
             login_throttle: throttle::LoginThrottle::new(config.login_throttle()),
+            card_tokens: card_tokens::CardTokens::new(
+                &config.card_gateway_url,
+                config.checkout_budget(),
+            )?,
         });
         let router = api::router(
             state.clone(),

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use platform::faults::FaultInjector;
 
 use crate::{
-    auth::TokenVerifier, deadline::Budgets, downstream::Downstreams, throttle::LoginThrottle,
+    auth::TokenVerifier, card_tokens::CardTokens, deadline::Budgets, downstream::Downstreams,
+    throttle::LoginThrottle,
 };
 
 #[derive(Clone)]
@@ -19,6 +20,8 @@ pub struct Inner {
     pub faults: FaultInjector,
     /// Failed-login counts per account and client address.
     pub login_throttle: LoginThrottle,
+    /// The card processor's token endpoint (asynchronous checkout).
+    pub card_tokens: CardTokens,
 }
 
 impl std::ops::Deref for AppState {

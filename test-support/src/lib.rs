@@ -7,6 +7,7 @@
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod db;
+pub mod events;
 pub mod faults;
 pub mod identity;
 #[cfg(feature = "item")]

@@ -52,6 +52,8 @@ pub fn config(database_url: &str) -> Config {
         faults: String::new(),
         log_json: false,
         identity: crate::identity::settings(platform::identity::USER_SERVICE),
+        // No event stream unless a test asks for one (crate::events::settings).
+        events: Default::default(),
     }
 }
 

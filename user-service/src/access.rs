@@ -57,6 +57,10 @@ pub const POLICY: ServicePolicy = ServicePolicy {
             method: "ChainedCheckout",
             callers: &[GATEWAY],
         },
+        Rule {
+            method: "RequestCheckout",
+            callers: &[GATEWAY],
+        },
     ],
 };
 

@@ -4,6 +4,10 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use platform::{
+    events::{
+        Broker, ConsumerSpec, Envelope, HandlerError, Outcome, Relay, RelayWaker, checkout,
+        consumer,
+    },
     faults::FaultInjector,
     grpc::ServerOptions,
     host::{Hosted, Standalone},
@@ -19,6 +23,7 @@ use tonic::server::NamedService as _;
 
 use crate::{
     config::Config,
+    outbox::PgOutbox,
     recovery::{Recovery, RecoverySettings},
     service::{Downstreams, UserApi, UserGrpc},
     store::Store,
@@ -33,6 +38,17 @@ pub const SERVICE_NAME: &str = UserServiceServer::<UserApi>::NAME;
 pub struct UserService {
     api: UserApi,
     recovery: RecoverySettings,
+    /// The asynchronous checkout's relay and consumers, when an event stream is configured.
+    events: Option<AsyncTasks>,
+}
+
+/// What the asynchronous checkout runs in the background: the outbox relay and one
+/// consumer per event kind this service follows.
+#[derive(Clone)]
+struct AsyncTasks {
+    broker: Broker,
+    outbox: PgOutbox,
+    waker: RelayWaker,
 }
 
 impl UserService {
@@ -50,11 +66,25 @@ impl UserService {
             payment: platform::policy::sign(deps.payment, &signer, PAYMENT_SERVICE),
             item: platform::policy::sign(deps.item, &signer, ITEM_SERVICE),
         };
-        let grpc =
-            UserGrpc::new(Store::new(pool), tokens, deps).with_hash_limits(config.hash_limits());
+        let mut grpc = UserGrpc::new(Store::new(pool.clone()), tokens, deps)
+            .with_hash_limits(config.hash_limits());
+        let events = match config.events.config() {
+            Some(events) => {
+                let broker = Broker::connect(events, USER_SERVICE).await?;
+                let waker = RelayWaker::default();
+                grpc = grpc.with_relay(waker.clone());
+                Some(AsyncTasks {
+                    broker,
+                    outbox: PgOutbox { pool },
+                    waker,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             api: UserApi(Arc::new(grpc)),
             recovery: config.recovery(),
+            events,
         })
     }
 
@@ -69,15 +99,95 @@ impl UserService {
         UserServiceServer::new(self.api.clone())
     }
 
-    /// What a host runs: the server and the checkout recovery.
+    /// What a host runs: the server, the checkout recovery, and with an event stream the
+    /// outbox relay and the asynchronous checkout's consumers.
     pub fn hosted(&self) -> Hosted {
         let recovery = self.recovery();
-        Hosted::new(self.server(), crate::access::POLICY).with_task(
+        let hosted = Hosted::new(self.server(), crate::access::POLICY).with_task(
             "checkout recovery",
             move |stop| async move {
                 recovery.run(stop).await;
             },
-        )
+        );
+        match &self.events {
+            Some(tasks) => tasks.host(hosted, self.api.0.store.clone()),
+            None => hosted,
+        }
+    }
+}
+
+impl AsyncTasks {
+    fn host(&self, hosted: Hosted, store: Store) -> Hosted {
+        let relay = Relay::with_waker(
+            "user-service",
+            self.outbox.clone(),
+            self.broker.clone(),
+            self.waker.clone(),
+        );
+        let mut hosted = hosted.with_task("event relay", move |stop| relay.run(stop));
+        // One durable consumer per kind; the handlers are the store's conditional moves.
+        let follows: [(&'static str, &'static str, Handler); 4] = [
+            (
+                "stock.reserved consumer",
+                checkout::STOCK_RESERVED,
+                Handler::StockReserved,
+            ),
+            (
+                "stock.refused consumer",
+                checkout::STOCK_REFUSED,
+                Handler::Refusal,
+            ),
+            (
+                "payment.succeeded consumer",
+                checkout::PAYMENT_SUCCEEDED,
+                Handler::PaymentSucceeded,
+            ),
+            (
+                "payment.declined consumer",
+                checkout::PAYMENT_DECLINED,
+                Handler::Refusal,
+            ),
+        ];
+        for (name, kind, handler) in follows {
+            let (broker, store, waker) = (self.broker.clone(), store.clone(), self.waker.clone());
+            hosted = hosted.with_task(name, move |stop| async move {
+                let spec = ConsumerSpec::new(USER_SERVICE, kind);
+                consumer::run(
+                    broker,
+                    spec,
+                    move |event| {
+                        let (store, waker) = (store.clone(), waker.clone());
+                        async move {
+                            let outcome = handler.apply(&store, &event).await;
+                            if matches!(outcome, Ok(Outcome::Applied)) {
+                                waker.wake();
+                            }
+                            outcome
+                        }
+                    },
+                    stop,
+                )
+                .await;
+            });
+        }
+        hosted
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Handler {
+    StockReserved,
+    PaymentSucceeded,
+    Refusal,
+}
+
+impl Handler {
+    async fn apply(self, store: &Store, event: &Envelope) -> Result<Outcome, HandlerError> {
+        match self {
+            Self::StockReserved => store.on_stock_reserved(event).await,
+            Self::PaymentSucceeded => store.on_payment_succeeded(event).await,
+            Self::Refusal => store.on_refusal(event).await,
+        }
     }
 }
 

@@ -406,6 +406,8 @@ impl Store {
 
     /// Claims up to `limit` unfinished checkouts whose lease ran out, for the recovery:
     /// `SKIP LOCKED` and the lease condition keep several replicas off the same rows.
+    /// Asynchronous checkouts have no lease and no driver to outlive: the event stream
+    /// moves them on.
     pub async fn claim_abandoned(
         &self,
         token: Uuid,
@@ -418,6 +420,7 @@ impl Store {
              lease_until = now() + $2 * interval '1 millisecond', attempts = attempts + 1 \
              WHERE order_id IN (SELECT order_id FROM orders \
                  WHERE status IN ('pending', 'cancelling') AND lease_until < now() \
+                 AND strategy <> 'async' \
                  ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED) \
              AND status IN ('pending', 'cancelling') AND lease_until < now() \
              RETURNING {ORDER_COLUMNS}"

@@ -86,6 +86,10 @@ pub struct Config {
     /// trusts (SHOP_TRUSTED_KEYS_FILE) and whether its fault admin exists (SHOP_FAULT_ADMIN).
     #[command(flatten)]
     pub identity: platform::identity::IdentitySettings,
+    /// The event stream of the asynchronous checkout (NATS_URL); without it RequestCheckout
+    /// answers UNAVAILABLE.
+    #[command(flatten)]
+    pub events: platform::events::EventsSettings,
 }
 
 impl Config {

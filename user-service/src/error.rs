@@ -39,6 +39,10 @@ pub enum Error {
     /// decide on its reason and field).
     #[error("downstream: {}", .0.message())]
     Downstream(Status),
+    #[error(
+        "the asynchronous checkout is not available: this user-service has no event stream (NATS_URL)"
+    )]
+    NoEventStream,
 }
 
 impl From<StoreError> for Error {
@@ -106,6 +110,7 @@ impl From<Error> for Status {
             ),
             Error::Record(ref inner) => platform::internal_error("checkout record", inner),
             Error::Downstream(s) => s,
+            Error::NoEventStream => Status::unavailable(e.to_string()),
         }
     }
 }

@@ -4,12 +4,14 @@
 pub mod access;
 pub mod admin;
 mod app;
+pub mod async_checkout;
 mod chained;
 pub mod checkout_record;
 pub mod config;
 pub mod domain;
 mod error;
 pub mod orders;
+mod outbox;
 pub mod password;
 pub mod recovery;
 mod service;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use platform::{identity::Caller, paging::Page, transport::GrpcTransport};
+use platform::{events::RelayWaker, identity::Caller, paging::Page, transport::GrpcTransport};
 use shop_proto::{
     common::v1::PageResponse, item::v1::item_service_client::ItemServiceClient,
     payment::v1::payment_service_client::PaymentServiceClient, user::v1 as pb,
@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     access,
+    async_checkout::AsyncCheckout,
     checkout_record::{Begun, NewCheckout, Transition},
     domain::{DisplayName, Email, Password, Role, UserId},
     error::Error,
@@ -37,6 +38,9 @@ pub struct UserGrpc {
     /// For the checkout recovery.
     pub(crate) item: ItemServiceClient<GrpcTransport>,
     passwords: Hasher,
+    /// Wakes the event relay after a commit that stored an event; None when no event
+    /// stream is configured (the asynchronous checkout is then refused).
+    pub(crate) relay: Option<RelayWaker>,
 }
 
 impl UserGrpc {
@@ -47,7 +51,14 @@ impl UserGrpc {
             payment: PaymentServiceClient::new(deps.payment),
             item: ItemServiceClient::new(deps.item),
             passwords: Hasher::default(),
+            relay: None,
         }
+    }
+
+    /// Enables the asynchronous checkout: its events are relayed by the task `relay` wakes.
+    pub fn with_relay(mut self, relay: RelayWaker) -> Self {
+        self.relay = Some(relay);
+        self
     }
 
     /// Bounds password hashing (default: one per CPU, see [`HashLimits`]).
@@ -276,6 +287,37 @@ impl pb::user_service_server::UserService for UserApi {
         Ok(Response::new(pb::BeginCheckoutResponse {
             order: Some(row.into()),
             lease_token: token,
+            created,
+        }))
+    }
+
+    async fn request_checkout(
+        &self,
+        request: Request<pb::RequestCheckoutRequest>,
+    ) -> Result<Response<pb::RequestCheckoutResponse>, Status> {
+        let ctx = platform::CallContext::from_request(&request);
+        let caller = Caller::of(&request).cloned();
+        let checkout = AsyncCheckout::parse(request.into_inner()).map_err(Error::from)?;
+        access::acts_for(caller.as_ref(), checkout.user_id.0)?;
+        let Some(relay) = &self.0.relay else {
+            return Err(Error::NoEventStream.into());
+        };
+        let (row, created) = self
+            .0
+            .store
+            .request_checkout(
+                &checkout,
+                &ctx.trace.trace_id,
+                Some(ctx.trace.traceparent()),
+            )
+            .await
+            .map_err(Error::from)?;
+        if created {
+            relay.wake();
+            tracing::info!(order_id = %row.order_id, trace_id = %row.trace_id, strategy = "async", "checkout requested");
+        }
+        Ok(Response::new(pb::RequestCheckoutResponse {
+            order: Some(row.into()),
             created,
         }))
     }

@@ -19,6 +19,9 @@ pub enum StoreError {
     UnknownUser,
     #[error("database error")]
     Db(#[from] sqlx::Error),
+    /// An event this service failed to build (a bug: its transaction is not committed).
+    #[error("building an event: {0}")]
+    Event(String),
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -345,6 +345,8 @@ pub enum Strategy {
     Parallel,
     /// gateway -> user-service -> payment-service -> item-service and back.
     Chained,
+    /// Accepted at once (202, order pending), completed through the event stream.
+    Async,
 }
 
 impl Strategy {
@@ -353,6 +355,7 @@ impl Strategy {
             Self::Orchestrated => "orchestrated",
             Self::Parallel => "parallel",
             Self::Chained => "chained",
+            Self::Async => "async",
         }
     }
 }
@@ -360,7 +363,7 @@ impl Strategy {
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CheckoutQuery {
-    /// orchestrated (default), parallel or chained.
+    /// orchestrated (default), parallel, chained or async.
     pub strategy: Option<Strategy>,
 }
 

@@ -2,13 +2,15 @@
 //! reserve -> charge -> commit -> record the order, with compensation when a later step
 //! fails. Three strategies (docs/architecture.md) give the same result for the same input:
 //! `orchestrated` and `parallel` run the steps here ([`saga`]); `chained` hands the whole
-//! chain to user-service ([`chained`]).
+//! chain to user-service ([`chained`]); `async` records the request and lets the services
+//! complete it through the event stream ([`asynchronous`]), answering 202 at once.
 //!
 //! Every step is keyed by the checkout's idempotency key scoped to the user
 //! (`{user_id}:{key}`: the reservation id and the charge's key; the order id is
 //! [`order_id_for`]), so a client that retries after a timeout converges on the first
 //! outcome and is never charged or reserved twice, whichever strategy each attempt used.
 
+mod asynchronous;
 mod chained;
 mod compensate;
 pub mod record;
@@ -101,6 +103,7 @@ pub async fn run(
                 saga::run(&state, &ctx, &checkout, strategy).await
             }
             Strategy::Chained => chained::run(&state, &ctx, &checkout).await,
+            Strategy::Async => asynchronous::run(&state, &ctx, &checkout).await,
         };
         let outcome = match &result {
             Ok(o) if o.order.status() == user::OrderStatus::Placed => "ok",

@@ -78,6 +78,11 @@ pub struct CheckoutRequested {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PricedLine {
     pub item_id: String,
+    /// As the catalog showed them when the stock was reserved (the order keeps them).
+    #[serde(default)]
+    pub sku: String,
+    #[serde(default)]
+    pub name: String,
     pub quantity: u32,
     pub unit_price_cents: i64,
 }

@@ -18,11 +18,13 @@ pub mod checkout;
 pub mod consumer;
 mod envelope;
 pub mod relay;
+mod settings;
 
 pub use broker::{Broker, EventsConfig, EventsError};
 pub use consumer::{ConsumerSpec, HandlerError, Outcome};
 pub use envelope::{Envelope, EnvelopeError};
 pub use relay::{Outbox, Relay, RelayWaker};
+pub use settings::EventsSettings;
 
 #[cfg(test)]
 mod tests;

@@ -60,10 +60,15 @@ pub struct Relay<O> {
 
 impl<O: Outbox> Relay<O> {
     pub fn new(name: &'static str, outbox: O, broker: Broker) -> Self {
+        Self::with_waker(name, outbox, broker, RelayWaker::default())
+    }
+
+    /// A relay woken through `waker` (made before the relay, for the code that writes).
+    pub fn with_waker(name: &'static str, outbox: O, broker: Broker, waker: RelayWaker) -> Self {
         Self {
             outbox,
             broker,
-            waker: RelayWaker::default(),
+            waker,
             name,
             poll_every: Duration::from_millis(500),
             batch: 100,

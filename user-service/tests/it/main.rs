@@ -4,6 +4,7 @@
 
 mod accounts;
 mod admin;
+mod async_checkout;
 mod checkout_record;
 mod grpc_surface;
 mod harness;
