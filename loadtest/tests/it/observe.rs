@@ -13,11 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::FutureExt as _;
 use loadtest::{
     crash::{Rig, Tuning, supervisor::Addresses},
     stack::free_addr,
 };
-use futures::FutureExt as _;
 use serde_json::Value;
 
 use crate::crash::built_binaries;
