@@ -15,7 +15,7 @@ pub fn namespace() -> String {
 /// The settings that put a service on the stack's NATS in `namespace`.
 pub fn settings(namespace: &str) -> EventsSettings {
     EventsSettings {
-        nats_url: Some(crate::env("NATS_URL")),
+        nats_url: Some(crate::env("NATS_URL").into()),
         namespace: Some(namespace.to_owned()),
     }
 }

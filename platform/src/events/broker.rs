@@ -16,7 +16,7 @@ use super::envelope::Envelope;
 
 /// Where the events live. Tests give each run its own stream and prefix so they never see
 /// each other's events on a shared server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EventsConfig {
     /// `nats://127.0.0.1:4222`
     pub url: String,
@@ -31,7 +31,28 @@ pub struct EventsConfig {
     pub max_age: Duration,
 }
 
+impl std::fmt::Debug for EventsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventsConfig")
+            .field("url", &self.display_url())
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
 impl EventsConfig {
+    /// The URL without its credentials, for logs and errors.
+    pub fn display_url(&self) -> String {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => self.url.clone(),
+            },
+            None => self.url.clone(),
+        }
+    }
+
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -112,7 +133,7 @@ pub struct Broker {
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
-            .field("url", &self.config.url)
+            .field("url", &self.config.display_url())
             .field("stream", &self.config.stream)
             .finish_non_exhaustive()
     }
@@ -130,7 +151,7 @@ impl Broker {
             .connect(config.url.as_str())
             .await
             .map_err(|source| EventsError::Connect {
-                url: config.url.clone(),
+                url: config.display_url(),
                 source,
             })?;
         let js = jetstream::new(client.clone());

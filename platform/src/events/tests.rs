@@ -43,6 +43,23 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+#[test]
+fn credentials_in_the_url_stay_out_of_debug_output() {
+    let config = EventsConfig::new("nats://shop:s3cret-pass@nats:4222");
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("s3cret-pass"), "{shown}");
+    assert!(shown.contains("nats:4222"), "{shown}");
+    let settings = EventsSettings {
+        nats_url: Some("nats://shop:s3cret-pass@nats:4222".into()),
+        namespace: None,
+    };
+    assert!(!format!("{settings:?}").contains("s3cret-pass"));
+    assert_eq!(
+        settings.config().map(|c| c.url),
+        Some("nats://shop:s3cret-pass@nats:4222".to_owned())
+    );
+}
+
 #[tokio::test]
 async fn streams_are_created_idempotently_and_a_republished_event_is_stored_once() {
     let broker = broker().await;
