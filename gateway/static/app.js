@@ -205,6 +205,11 @@ async function checkoutPage() {
         <label>Year <input id="exp-year" name="exp_year" type="number" value="${year}" style="width:6rem"></label>
         <label>CVC <input id="cvc" name="cvc" value="123" style="width:5rem"></label>
       </div>
+      <fieldset class="stack" id="strategy-choice">
+        <legend>How to place it</legend>
+        <label><input type="radio" name="strategy" value="orchestrated" checked> Wait for the payment (synchronous: the answer says paid or declined)</label>
+        <label><input type="radio" name="strategy" value="async" id="strategy-async"> Accept now, complete in the background (asynchronous: follow it on the order page)</label>
+      </fieldset>
       <button type="submit" id="pay">Pay ${money(priced.total)}</button>
     </form>
     <p class="muted">Test cards (click to use):</p>
@@ -224,14 +229,15 @@ async function checkoutPage() {
     $("#pay").disabled = true;
     flash("");
     try {
-      const out = await api("POST", "/api/checkout", {
+      const strategy = f.strategy === "async" ? "?strategy=async" : "";
+      const out = await api("POST", "/api/checkout" + strategy, {
         lines, card: { number: f.number, exp_month: parseInt(f.exp_month, 10) || 0, exp_year: parseInt(f.exp_year, 10) || 0, cvc: f.cvc },
       }, { "Idempotency-Key": key });
       sessionStorage.removeItem("shop.pending_key");
       cart.clear();
-      flash(out.order.status === "pending"
-        ? "Payment taken. Your order is being completed; this page updates when it is."
-        : "Thank you! Order placed.", "ok");
+      flash(out.order.status !== "pending" ? "Thank you! Order placed."
+        : f.strategy === "async" ? "Order accepted. It is being reserved and paid; this page follows it."
+        : "Payment taken. Your order is being completed; this page updates when it is.", "ok");
       location.hash = "#/order/" + out.order.id;
     } catch (err) {
       if (err.status !== 0 && err.status !== 504) sessionStorage.removeItem("shop.pending_key");
@@ -279,16 +285,19 @@ async function orderPage(id) {
   const d = await api("GET", "/api/orders/" + encodeURIComponent(id));
   const o = d.order, p = d.payment;
   const settling = o.status === "pending" || o.status === "cancelling";
+  // An accepted checkout moves on without us: accepted -> stock reserved (priced) -> paid.
+  const step = o.status !== "pending" ? "" : o.priced ? "Stock reserved; taking the payment." : "Accepted; reserving the stock.";
   view().innerHTML = `<h2>Order <span id="order-id">${esc(o.id.slice(0, 8))}</span></h2>
     <p>Status: <strong id="order-status">${esc(o.status)}</strong> · ${esc(new Date(o.created_at).toLocaleString())}</p>
     <p id="order-explained" class="muted">${esc(ORDER_STATES[o.status] || "")}${o.failure ? ` (${esc(o.failure.replaceAll("_", " "))})` : ""}</p>
+    ${step ? `<p id="order-step">${esc(step)}</p>` : ""}
     <table><tr><th>Item</th><th>Price</th><th>Qty</th><th>Total</th></tr>
     ${o.lines.map((l) => `<tr><td>${esc(l.name)}</td><td>${money(l.unit_price)}</td><td>${l.quantity}</td><td>${money(l.line_total)}</td></tr>`).join("")}
     <tr><th colspan="3">Total</th><th>${money(o.total)}</th></tr></table>
     <p class="muted">${p ? `Paid with ${esc(p.card_brand)} •••• ${esc(p.card_last4)} (${esc(p.status)})` : "Payment details are unavailable right now."}</p>
     <p><a href="#/orders">All orders</a></p>`;
   if (settling) {
-    setTimeout(() => { if (location.hash === "#/order/" + id) orderPage(id).catch(() => {}); }, 2000);
+    setTimeout(() => { if (location.hash === "#/order/" + id) orderPage(id).catch(() => {}); }, o.status === "pending" ? 1000 : 2000);
   }
 }
 

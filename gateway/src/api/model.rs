@@ -383,7 +383,15 @@ pub struct Order {
     /// "card_declined", "reservation_expired", "abandoned"); null otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// False while the lines have no prices yet (a chained or asynchronous checkout before
+    /// the stock was reserved): lines then carry item and quantity only, total is empty.
+    #[serde(default = "priced_default")]
+    pub priced: bool,
     pub created_at: String,
+}
+
+fn priced_default() -> bool {
+    true
 }
 
 impl From<&user::Order> for Order {
@@ -404,6 +412,7 @@ impl From<&user::Order> for Order {
             reservation_id: o.reservation_id.clone(),
             status: status.to_owned(),
             failure: (!o.failure.is_empty()).then(|| o.failure.clone()),
+            priced: o.priced,
             created_at: timestamp(o.created_at.as_ref()),
         }
     }
