@@ -797,6 +797,57 @@ mod tests {
         ));
     }
 
+    fn token_of(executed: &Executed) -> String {
+        assert_eq!(executed.status, StatusCode::OK, "{}", executed.body);
+        executed.body["id"].as_str().expect("token id").to_owned()
+    }
+
+    fn token_charge(token: &str) -> TokenCharge {
+        TokenCharge {
+            token: token.to_owned(),
+            amount: 500,
+            currency: "usd".into(),
+            description: None,
+        }
+    }
+
+    /// A token charges like its card (decline numbers decline), outlives a restart on the
+    /// journal, and the oldest go past the cap; an unknown token is a 400, not a decline.
+    #[test]
+    fn tokens_charge_like_their_card_survive_a_restart_and_stay_under_the_cap() {
+        let path = std::env::temp_dir().join(format!("card-journal-{}.jsonl", random_id("t")));
+        let card = |digits: &str| VaultCard {
+            digits: digits.into(),
+            exp_month: 12,
+            exp_year: 2034,
+        };
+        let (ok, declined) = {
+            let mut ledger = Ledger::with_journal(2, &path).expect("journal");
+            let ok = token_of(&ledger.execute_token(&card("4242424242424242")));
+            let declined = token_of(&ledger.execute_token(&card("4000000000000002")));
+            (ok, declined)
+        };
+        assert!(ok.starts_with("tok_") && ok != declined);
+        let mut ledger = Ledger::with_journal(2, &path).expect("reopen");
+        let paid = ledger.execute_token_charge(&token_charge(&ok));
+        assert_eq!(paid.status, StatusCode::OK);
+        assert_eq!(paid.body["payment_method_details"]["card"]["last4"], "4242");
+        let refused = ledger.execute_token_charge(&token_charge(&declined));
+        assert_eq!(refused.status, StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(refused.body["error"]["code"], "card_declined");
+        let unknown = ledger.execute_token_charge(&token_charge("tok_nope"));
+        assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+        assert_eq!(unknown.body["error"]["code"], "resource_missing");
+        assert_eq!(unknown.body["error"]["param"], "token");
+        assert!(unknown.charge_id.is_none());
+
+        token_of(&ledger.execute_token(&card("5555555555554444")));
+        assert_eq!(ledger.token_count(), 2);
+        let forgotten = ledger.execute_token_charge(&token_charge(&ok));
+        assert_eq!(forgotten.status, StatusCode::BAD_REQUEST, "the oldest went");
+        let _ = std::fs::remove_file(&path);
+    }
+
     #[test]
     fn keys_in_flight_are_never_dropped() {
         let mut ledger = Ledger::new(2);
