@@ -123,7 +123,9 @@ impl Events {
         match relay {
             Some(relay) => hosted = hosted.with_task("event relay", move |stop| relay.run(stop)),
             // The relay's waker is the payments': a second host would need a second relay.
-            None => tracing::warn!("payment-service hosted twice: the second host has no event relay"),
+            None => {
+                tracing::warn!("payment-service hosted twice: the second host has no event relay")
+            }
         }
         let (broker, payments) = (self.broker.clone(), payments.clone());
         hosted.with_task("stock.reserved consumer", move |stop| {

@@ -197,8 +197,8 @@ impl Payments {
     }
 
     fn check(&self, data: &checkout::StockReserved, order_id: Uuid) -> Result<Request, Invalid> {
-        let user_id = Uuid::parse_str(&data.user_id)
-            .map_err(|_| ("user_id", "must be a UUID".to_owned()))?;
+        let user_id =
+            Uuid::parse_str(&data.user_id).map_err(|_| ("user_id", "must be a UUID".to_owned()))?;
         let currency = Currency::parse(&data.currency)
             .ok_or_else(|| ("currency", format!("unknown currency {:?}", data.currency)))?;
         let max = self.settings().max_amount_minor;
@@ -208,8 +208,8 @@ impl Payments {
                 format!("must be between 1 and {max} minor units"),
             ));
         }
-        let amount = Money::new(data.amount_cents, currency)
-            .map_err(|e| ("amount_cents", e.to_string()))?;
+        let amount =
+            Money::new(data.amount_cents, currency).map_err(|e| ("amount_cents", e.to_string()))?;
         let token = &data.card_token;
         if token.is_empty() || token.len() > 255 || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err((

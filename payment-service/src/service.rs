@@ -482,13 +482,11 @@ impl Payments {
             // An asynchronous checkout's charge that never reached the card processor (it was
             // down, or the answer was an injected failure): charge the token now, under the
             // same key, instead of failing a checkout that is still waiting for its payment.
-            (Ok(None), Some(charge)) => {
-                match self.drive_charge(row, charge).await {
-                    Ok(settled) => settled,
-                    Err(Error::ChargePending { .. }) => return self.payment(id).await,
-                    Err(e) => return Err(e),
-                }
-            }
+            (Ok(None), Some(charge)) => match self.drive_charge(row, charge).await {
+                Ok(settled) => settled,
+                Err(Error::ChargePending { .. }) => return self.payment(id).await,
+                Err(e) => return Err(e),
+            },
             // No request with this key ever executed: no money moved.
             (Ok(None), None) => {
                 self.settle(

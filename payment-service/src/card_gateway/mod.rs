@@ -653,7 +653,10 @@ async fn create_token(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes
         Err(r) => return r.into_response(),
     };
     let fp = ledger::fingerprint(ROUTE_CREATE_TOKEN, &params);
-    create(gw, ROUTE_CREATE_TOKEN, key, fp, move |l| l.execute_token(&card)).await
+    create(gw, ROUTE_CREATE_TOKEN, key, fp, move |l| {
+        l.execute_token(&card)
+    })
+    .await
 }
 
 async fn create_refund(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {

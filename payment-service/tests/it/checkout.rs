@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use platform::events::{
-    Broker, Envelope, EventsConfig, consumer,
-    checkout::{self, PAYMENT_DECLINED, PAYMENT_SUCCEEDED, PaymentSucceeded, Refusal, StockReserved},
+    Broker, Envelope, EventsConfig,
+    checkout::{
+        self, PAYMENT_DECLINED, PAYMENT_SUCCEEDED, PaymentSucceeded, Refusal, StockReserved,
+    },
+    consumer,
 };
 use shop_proto::payment::v1 as pb;
 
@@ -225,7 +228,11 @@ async fn an_unknown_token_declines_the_order_without_a_charge() {
     let refusal: Refusal =
         checkout::data(&t.event(PAYMENT_DECLINED, &order).await).expect("payment.declined");
     assert_eq!(refusal.reason, "CARD_DECLINED");
-    assert!(refusal.message.contains("resource_missing"), "{}", refusal.message);
+    assert!(
+        refusal.message.contains("resource_missing"),
+        "{}",
+        refusal.message
+    );
     assert_eq!(t.card.stats().charges_created, 0);
     t.finish().await;
 }

@@ -310,7 +310,10 @@ pub struct RestartableGateway {
     pub addr: SocketAddr,
     pub url: String,
     journal: std::path::PathBuf,
-    running: Option<(test_support::Running, payment_service::card_gateway::Gateway)>,
+    running: Option<(
+        test_support::Running,
+        payment_service::card_gateway::Gateway,
+    )>,
 }
 
 impl RestartableGateway {

@@ -68,7 +68,10 @@ async fn a_token_is_charged_like_its_card_and_an_unknown_one_is_refused() {
     let mut both = by_token(id);
     both["card"] = card(VISA_OK);
     let (status, body) = post(&charges, both).await;
-    assert_eq!((status, body["error"]["param"].clone()), (400, json!("token")));
+    assert_eq!(
+        (status, body["error"]["param"].clone()),
+        (400, json!("token"))
+    );
     let (status, body) = post(&charges, json!({"amount": 1250, "currency": "usd"})).await;
     assert_eq!(
         (status, body["error"]["code"].clone()),
@@ -83,14 +86,24 @@ async fn a_token_is_charged_like_its_card_and_an_unknown_one_is_refused() {
     let mut expired = card(VISA_OK);
     expired["exp_year"] = json!(2020);
     let (status, body) = post(&tokens, json!({"card": expired})).await;
-    assert_eq!((status, body["error"]["code"].clone()), (402, json!("invalid_expiry_year")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (402, json!("invalid_expiry_year"))
+    );
     let (status, body) = post(&tokens, json!({})).await;
-    assert_eq!((status, body["error"]["param"].clone()), (400, json!("card")));
+    assert_eq!(
+        (status, body["error"]["param"].clone()),
+        (400, json!("card"))
+    );
 
     let stats = gw.stats();
     assert_eq!(stats.tokens_created, 2);
     assert_eq!(
-        (stats.charges_created, stats.charges_succeeded, stats.charges_failed),
+        (
+            stats.charges_created,
+            stats.charges_succeeded,
+            stats.charges_failed
+        ),
         (3, 2, 1),
         "refused requests charged nothing"
     );
