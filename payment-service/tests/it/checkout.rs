@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
+use payment_service::{Application, Config};
 use platform::events::{
     Broker, Envelope, EventsConfig,
     checkout::{
@@ -141,6 +142,17 @@ impl Checkout {
             (consumer::lag(&self.broker, &spec).await.ok()? == 0).then_some(())
         })
         .await;
+    }
+
+    /// Another payment-service process on this test's database and card gateway.
+    async fn instance(&self, tweak: impl FnOnce(&mut Config)) -> test_support::Running {
+        let mut config = test_support::payment::config(&self.app.db_url, &self.card.url);
+        tweak(&mut config);
+        let app = Application::build(config)
+            .await
+            .expect("payment-service builds");
+        let addr = app.grpc_addr();
+        test_support::Running::spawn(addr, |stop| app.run_until_stopped(stop))
     }
 
     async fn payment_of(&self, order_id: &str) -> Option<pb::Payment> {
@@ -299,5 +311,60 @@ async fn no_card_number_reaches_the_database_or_the_event_stream() {
     assert_eq!(t.app.count("outbox").await, 2);
     // The scan reads every table (payments with its tokens, the outbox's event bodies) and
     // every message on the stream.
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_finishes_a_payment_left_behind_and_the_relay_publishes_it_later() {
+    let mut t = Checkout::start().await;
+    let token = t.card.tokenize(VISA_OK).await;
+    t.card.stop().await;
+    let order = new_id();
+    t.broker
+        .publish(&t.reserved(&order, &token, 900))
+        .await
+        .expect("published");
+    let pending = eventually(WAIT, || async { t.payment_of(&order).await }).await;
+    assert_eq!(pending.status(), pb::PaymentStatus::Pending);
+    // payment-service goes away: the payment PENDING, the event not acknowledged. (In this
+    // test process its last charge attempt may still be running: it fails, the card gateway
+    // being down, and lets go of the payment.)
+    t.app.stop().await;
+    eventually(WAIT, || async {
+        let free = "payments WHERE status = 'PENDING' \
+                    AND (locked_until IS NULL OR locked_until < UTC_TIMESTAMP(6))";
+        (t.app.count(free).await == 1).then_some(())
+    })
+    .await;
+    t.card.restart().await;
+
+    // A process without the event stream, only its reconciler: the charge never reached the
+    // processor, so it charges the token (same key) and stores the event with the result.
+    let reconciler = t
+        .instance(|c| {
+            c.reconcile_interval_ms = 200;
+        })
+        .await;
+    eventually(WAIT, || async {
+        (t.app.count("payments WHERE status = 'SUCCEEDED'").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        t.app.count("outbox WHERE published_at IS NULL").await,
+        1,
+        "settled and stored together, not published yet"
+    );
+    assert!(t.events(PAYMENT_SUCCEEDED, &order).await.is_empty());
+    drop(reconciler);
+
+    // Back with the stream: the relay publishes the stored event. (The stock.reserved the
+    // first process held comes back after the consumer's ack wait and finds the payment
+    // settled, as the redelivery test shows; not waited for here.)
+    let events = t.events.clone();
+    let _back = t.instance(move |c| c.events = Some(events)).await;
+    t.event(PAYMENT_SUCCEEDED, &order).await;
+    assert_eq!(t.card.stats().charges_created, 1);
+    assert_eq!(t.events(PAYMENT_SUCCEEDED, &order).await.len(), 1);
+    assert_eq!(t.app.count("outbox WHERE published_at IS NULL").await, 0);
     t.finish().await;
 }

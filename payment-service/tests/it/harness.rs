@@ -283,6 +283,11 @@ impl TestApp {
         conn.close().await.ok();
     }
 
+    /// Stops payment-service (its database stays, for another instance or the checks).
+    pub async fn stop(&mut self) {
+        self._server.stop().await;
+    }
+
     /// The scan, then the throw-away database goes.
     pub async fn finish(self) {
         self.assert_no_card_data().await;
