@@ -12,7 +12,9 @@
 //! the outbox and answers Duplicate (no second card call); PENDING, it asks the card gateway
 //! again under the same key if nobody else is (the gateway replays or executes once), else
 //! it is delivered again later. While the card gateway is down the events wait in the
-//! stream (Retry), and the checkouts complete when it is back.
+//! stream (Retry), and the checkouts complete when it is back: through a redelivery, or
+//! the reconciler, which charges the stored token of an asynchronous payment whose charge
+//! never reached the card gateway (so even an event parked after its many attempts is paid).
 
 use std::time::Duration;
 
@@ -145,12 +147,9 @@ impl Payments {
         {
             return self.follow_up(existing).await;
         }
-        if !self.gateway_admits() {
-            // Nothing written: the event waits in the stream until the breaker lets a probe by.
-            return Err(HandlerError::Retry(
-                "the card gateway is failing (circuit open)".into(),
-            ));
-        }
+        // Recorded even while the card-gateway breaker is open (the charge then waits): once
+        // the PENDING payment exists with its token, the reconciler completes it whatever
+        // becomes of this event.
         let key = idempotency_key(&data.order_id);
         let id = Uuid::now_v7().to_string();
         let (user_id, order) = (request.user_id.to_string(), request.order_id.to_string());

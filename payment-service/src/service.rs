@@ -160,11 +160,6 @@ impl Payments {
         }
     }
 
-    /// Whether a new charge may be sent now (the card-gateway breaker admits it).
-    pub(crate) fn gateway_admits(&self) -> bool {
-        self.inner.charge_breaker.admits()
-    }
-
     /// The work lease on `row` if nobody holds it (see [`Self::try_lease`]).
     pub(crate) async fn lease_payment(&self, row: &PaymentRow) -> Result<bool, sqlx::Error> {
         self.try_lease(store::Leased::Payment, &row.id, row.locked_until)
