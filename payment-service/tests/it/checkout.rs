@@ -368,3 +368,60 @@ async fn the_reconciler_finishes_a_payment_left_behind_and_the_relay_publishes_i
     assert_eq!(t.app.count("outbox WHERE published_at IS NULL").await, 0);
     t.finish().await;
 }
+
+/// Two relays (two replicas) claim different rows; a claim lapses after its lease, so the
+/// rows of a relay that died are published by another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_claim_different_events_and_a_lapsed_claim_is_taken_over() {
+    use platform::events::Outbox as _;
+    use sqlx::mysql::MySqlPoolOptions;
+
+    let app = spawn_app().await;
+    let pool = MySqlPoolOptions::new()
+        .connect(&app.db_url)
+        .await
+        .expect("the test database");
+    let outbox = payment_service::outbox::MySqlOutbox::new(pool);
+    let other = outbox.clone();
+    let orders = [new_id(), new_id(), new_id()];
+    for order in &orders {
+        let event = checkout::envelope(
+            PAYMENT_SUCCEEDED,
+            order,
+            &PaymentSucceeded {
+                order_id: order.clone(),
+                payment_id: new_id(),
+                amount_cents: 100,
+                currency: "USD".into(),
+            },
+            None,
+        )
+        .expect("an envelope");
+        assert!(outbox.ensure(&event).await.expect("stored"));
+        assert!(
+            !outbox.ensure(&event).await.expect("stored"),
+            "the same event again changes nothing"
+        );
+    }
+    assert_eq!(outbox.backlog().await.expect("backlog"), 3);
+
+    let lease = Duration::from_millis(300);
+    let (a, b) = tokio::join!(outbox.claim(2, lease), other.claim(2, lease));
+    let (a, b) = (a.expect("claim"), b.expect("claim"));
+    let mut keys: Vec<_> = a.iter().chain(&b).map(|e| e.key.clone()).collect();
+    keys.sort();
+    let mut expected = orders.to_vec();
+    expected.sort();
+    assert_eq!(keys, expected, "every event claimed once between the two");
+    assert!(outbox.claim(10, lease).await.expect("claim").is_empty());
+
+    // `a`'s relay published; `b`'s died before it could.
+    let published: Vec<_> = a.iter().map(|e| e.id).collect();
+    outbox.mark_published(&published).await.expect("marked");
+    assert_eq!(outbox.backlog().await.expect("backlog"), b.len() as u64);
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let again = other.claim(10, lease).await.expect("claim");
+    let ids = |events: &[Envelope]| events.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&b), "the lapsed claims, and only those");
+    app.finish().await;
+}
