@@ -168,7 +168,8 @@ impl Payments {
             order_id: &order,
             amount_minor: request.amount.amount_minor(),
             currency: request.amount.currency().code(),
-            // Not known before the processor answers; the token stands for the card.
+            // Not known before the processor answers (settling fills them in from the
+            // charge); the token stands for the card.
             card_brand: "unknown",
             card_last4: "",
             // item-service settles the reservation on order.completed / order.cancelled.

@@ -59,15 +59,17 @@ impl GatewayError {
 pub enum ChargeOutcome {
     Succeeded {
         charge_id: String,
+        /// The card as the charge shows it (brand, last four), when the answer had it: what
+        /// a payment by token learns of its card.
+        card: Option<api::CardSummary>,
     },
     Declined {
         charge_id: String,
         code: String,
+        card: Option<api::CardSummary>,
     },
     /// Refused before any money moved (bad request).
-    Rejected {
-        code: String,
-    },
+    Rejected { code: String },
 }
 
 impl ChargeOutcome {
@@ -75,12 +77,21 @@ impl ChargeOutcome {
         if c.status == "succeeded" {
             Self::Succeeded {
                 charge_id: c.id.clone(),
+                card: Some(c.payment_method_details.card.clone()),
             }
         } else {
             Self::Declined {
                 charge_id: c.id.clone(),
                 code: c.decline_code(),
+                card: Some(c.payment_method_details.card.clone()),
             }
+        }
+    }
+
+    pub fn card(&self) -> Option<&api::CardSummary> {
+        match self {
+            Self::Succeeded { card, .. } | Self::Declined { card, .. } => card.as_ref(),
+            Self::Rejected { .. } => None,
         }
     }
 }
@@ -322,6 +333,7 @@ fn charge_answer(status: StatusCode, body: &[u8]) -> Result<ChargeOutcome, Gatew
             Ok(match err.charge.clone() {
                 Some(charge_id) => ChargeOutcome::Declined {
                     charge_id,
+                    card: None,
                     code: err.best_code(),
                 },
                 // Card errors without a charge never reached the issuer.

@@ -115,8 +115,10 @@ pub struct RefundCommand {
 
 fn outcome_fields(o: &ChargeOutcome) -> (Status, &str, &str) {
     match o {
-        ChargeOutcome::Succeeded { charge_id } => (Status::Succeeded, "", charge_id),
-        ChargeOutcome::Declined { charge_id, code } => (Status::Declined, code, charge_id),
+        ChargeOutcome::Succeeded { charge_id, .. } => (Status::Succeeded, "", charge_id),
+        ChargeOutcome::Declined {
+            charge_id, code, ..
+        } => (Status::Declined, code, charge_id),
         ChargeOutcome::Rejected { code } => (Status::Failed, code, ""),
     }
 }
@@ -423,7 +425,14 @@ impl Payments {
         if let Some(row) = self
             .inner
             .store
-            .settle_payment(id, status, code, charge_id, store::now())
+            .settle_payment(
+                id,
+                status,
+                code,
+                charge_id,
+                outcome.card().map(|c| (c.brand.as_str(), c.last4.as_str())),
+                store::now(),
+            )
             .await?
         {
             metrics::counter!("payment_charges_total", "status" => status.as_str()).increment(1);

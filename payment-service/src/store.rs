@@ -362,16 +362,25 @@ impl Store {
         status: Status,
         decline_code: &str,
         gateway_charge_id: &str,
+        // (brand, last four) from the processor: fills them in for a payment by token,
+        // which did not know them.
+        card: Option<(&str, &str)>,
         now: PrimitiveDateTime,
     ) -> Result<Option<PaymentRow>, sqlx::Error> {
         let mut tx = self.pool.begin().store_op("mysql", "begin").await?;
         let res = sqlx::query(
             "UPDATE payments SET status = ?, decline_code = ?, gateway_charge_id = ?, \
+             card_brand = IF(card_token IS NOT NULL AND ? IS NOT NULL, ?, card_brand), \
+             card_last4 = IF(card_token IS NOT NULL AND ? IS NOT NULL, ?, card_last4), \
              locked_until = NULL, updated_at = ? WHERE id = ? AND status = 'PENDING'",
         )
         .bind(status.as_str())
         .bind(decline_code)
         .bind(gateway_charge_id)
+        .bind(card.map(|c| c.0))
+        .bind(card.map(|c| c.0))
+        .bind(card.map(|c| c.1))
+        .bind(card.map(|c| c.1))
         .bind(now)
         .bind(id)
         .execute(&mut *tx)

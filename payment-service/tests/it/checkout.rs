@@ -188,6 +188,11 @@ async fn a_reserved_order_is_charged_once_and_announced_once_however_often_it_co
     let payment = t.payment_of(&order).await.expect("the order's payment");
     assert_eq!(payment.status(), pb::PaymentStatus::Succeeded);
     assert_eq!(payment.payment_id, paid.payment_id);
+    assert_eq!(
+        (payment.card_brand.as_str(), payment.card_last4.as_str()),
+        ("visa", "4242"),
+        "learnt from the charge"
+    );
     assert_eq!(t.card.stats().charges_created, 1);
 
     // Delivered again (twice): the payment is found, nothing is charged or announced again.
