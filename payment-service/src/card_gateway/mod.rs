@@ -86,8 +86,8 @@ pub struct Config {
     #[arg(long, env = "CARD_GATEWAY_ADDR", default_value = "127.0.0.1:8081")]
     pub addr: String,
     /// Injected latency and HTTP 500s: JSON list of platform fault rules whose `method` is a
-    /// route key ("POST /v1/charges", "POST /v1/refunds", "GET /v1/charges/{id}",
-    /// "GET /v1/charges") or "*". Example:
+    /// route key ("POST /v1/charges", "POST /v1/refunds", "POST /v1/tokens",
+    /// "GET /v1/charges/{id}", "GET /v1/charges") or "*". Example:
     /// [{"method":"POST /v1/charges","latency":{"kind":"fixed","ms":200},"error_rate":0.1}]
     #[arg(long, env = "CARD_GATEWAY_FAULTS", default_value = "")]
     pub faults: String,
@@ -95,7 +95,7 @@ pub struct Config {
     /// answered (and never executed).
     #[arg(long, env = "CARD_GATEWAY_HANGS", default_value = "")]
     pub hangs: String,
-    /// Charges, refunds and idempotency records kept in memory, each; past that the
+    /// Charges, refunds, tokens and idempotency records kept in memory, each; past that the
     /// oldest finished ones are dropped.
     #[arg(long, env = "CARD_GATEWAY_MAX_ENTRIES", default_value_t = DEFAULT_MAX_ENTRIES)]
     pub max_entries: usize,
