@@ -1,11 +1,19 @@
 //! Start-up: database, migrations, clients; what any host runs of payment-service (the
-//! server and the background reconciler), and the standalone process.
+//! server, the background reconciler and, with an event stream, the asynchronous checkout's
+//! consumer and outbox relay), and the standalone process.
 
-use std::{future::Future, net::SocketAddr, str::FromStr, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use platform::{
     breaker::BreakerConfig,
+    events::{Broker, Relay, consumer},
     faults::FaultInjector,
     grpc::ServerOptions,
     host::{Hosted, Standalone},
@@ -24,6 +32,7 @@ use crate::{
     config::Config,
     gateway_client::GatewayClient,
     grpc::PaymentGrpc,
+    outbox::MySqlOutbox,
     service::{Payments, Settings},
     store::Store,
 };
@@ -36,16 +45,45 @@ pub const SERVICE_NAME: &str = PaymentServiceServer::<PaymentGrpc>::NAME;
 pub struct PaymentService {
     payments: Payments,
     reconcile_interval: Duration,
+    events: Option<Events>,
+}
+
+/// The asynchronous checkout's background work: the `stock.reserved` consumer and the
+/// outbox relay (made at connect time, so the payments can wake it; hosted once).
+#[derive(Clone)]
+struct Events {
+    broker: Broker,
+    relay: Arc<Mutex<Option<Relay<MySqlOutbox>>>>,
 }
 
 impl PaymentService {
-    /// Connects to the database, runs the migrations and builds the gateway client.
-    /// `items` is how ChainedCharge reaches item-service: a lazy channel (so this service
-    /// starts without item-service) or, in the monolith, an in-process transport.
+    /// Connects to the database, runs the migrations and builds the gateway client, and
+    /// with an event stream configured the broker connection (which keeps retrying in the
+    /// background while NATS is down). `items` is how ChainedCharge reaches item-service:
+    /// a lazy channel (so this service starts without item-service) or, in the monolith,
+    /// an in-process transport.
     pub async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Self> {
+        let mut payments = connect(config, items).await?;
+        let events = match config.events_config() {
+            Some(events) => {
+                let broker = Broker::connect(events, PAYMENT_SERVICE).await?;
+                let relay = Relay::new(
+                    crate::checkout::OUTBOX,
+                    payments.outbox().clone(),
+                    broker.clone(),
+                );
+                payments = payments.with_relay(relay.waker());
+                Some(Events {
+                    broker,
+                    relay: Arc::new(Mutex::new(Some(relay))),
+                })
+            }
+            None => None,
+        };
         Ok(Self {
-            payments: connect(config, items).await?,
+            payments,
             reconcile_interval: Duration::from_millis(config.reconcile_interval_ms),
+            events,
         })
     }
 
@@ -54,20 +92,53 @@ impl PaymentService {
         PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone()))
     }
 
-    /// What a host runs: the server and, unless its interval is 0, the reconciler.
+    /// What a host runs: the server, unless its interval is 0 the reconciler, and with an
+    /// event stream the `stock.reserved` consumer and the outbox relay.
     pub fn hosted(&self) -> Hosted {
-        let hosted = Hosted::new(self.server(), crate::access::POLICY);
-        if self.reconcile_interval.is_zero() {
-            return hosted;
+        let mut hosted = Hosted::new(self.server(), crate::access::POLICY);
+        if !self.reconcile_interval.is_zero() {
+            let (payments, interval) = (self.payments.clone(), self.reconcile_interval);
+            hosted = hosted.with_task("payment reconciler", move |stop| {
+                reconcile_loop(payments, interval, stop)
+            });
         }
-        let (payments, interval) = (self.payments.clone(), self.reconcile_interval);
-        hosted.with_task("payment reconciler", move |stop| {
-            reconcile_loop(payments, interval, stop)
-        })
+        if let Some(events) = &self.events {
+            hosted = events.host(hosted, &self.payments);
+        }
+        hosted
     }
 
     pub fn payments(&self) -> &Payments {
         &self.payments
+    }
+}
+
+impl Events {
+    fn host(&self, mut hosted: Hosted, payments: &Payments) -> Hosted {
+        let relay = self
+            .relay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        match relay {
+            Some(relay) => hosted = hosted.with_task("event relay", move |stop| relay.run(stop)),
+            // The relay's waker is the payments': a second host would need a second relay.
+            None => {
+                tracing::warn!("payment-service hosted twice: the second host has no event relay")
+            }
+        }
+        let (broker, payments) = (self.broker.clone(), payments.clone());
+        hosted.with_task("stock.reserved consumer", move |stop| {
+            consumer::run(
+                broker,
+                crate::checkout::consumer_spec(),
+                move |event| {
+                    let payments = payments.clone();
+                    async move { payments.on_stock_reserved(&event).await }
+                },
+                stop,
+            )
+        })
     }
 }
 

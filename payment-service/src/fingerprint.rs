@@ -61,6 +61,23 @@ pub fn charge(
     f.finish()
 }
 
+/// An asynchronous checkout's charge: the card token stands for the card.
+pub fn token_charge(
+    key: &str,
+    user_id: Uuid,
+    order_id: Uuid,
+    amount: Money,
+    token: &str,
+) -> Fingerprint {
+    let mut f = Fields::new("token-charge/v1");
+    f.add(key.as_bytes())
+        .add(user_id.as_bytes())
+        .add(order_id.as_bytes())
+        .money(amount)
+        .add(token.as_bytes());
+    f.finish()
+}
+
 /// A chained checkout: the lines (sorted) stand for the amount, which item-service prices.
 pub fn chained(
     key: &str,

@@ -1,5 +1,6 @@
 //! HTTP client for the card gateway. Every create carries an Idempotency-Key (the payment's
-//! or refund's own id), which makes retrying a failed attempt safe.
+//! or refund's own id), which makes retrying a failed attempt safe. A charge is of a card
+//! (the synchronous checkouts) or of a token the shop's edge made (the asynchronous one).
 
 use platform::timing::StoreOp as _;
 use std::time::{Duration, Instant};
@@ -58,15 +59,17 @@ impl GatewayError {
 pub enum ChargeOutcome {
     Succeeded {
         charge_id: String,
+        /// The card as the charge shows it (brand, last four), when the answer had it: what
+        /// a payment by token learns of its card.
+        card: Option<api::CardSummary>,
     },
     Declined {
         charge_id: String,
         code: String,
+        card: Option<api::CardSummary>,
     },
     /// Refused before any money moved (bad request).
-    Rejected {
-        code: String,
-    },
+    Rejected { code: String },
 }
 
 impl ChargeOutcome {
@@ -74,12 +77,21 @@ impl ChargeOutcome {
         if c.status == "succeeded" {
             Self::Succeeded {
                 charge_id: c.id.clone(),
+                card: Some(c.payment_method_details.card.clone()),
             }
         } else {
             Self::Declined {
                 charge_id: c.id.clone(),
                 code: c.decline_code(),
+                card: Some(c.payment_method_details.card.clone()),
             }
+        }
+    }
+
+    pub fn card(&self) -> Option<&api::CardSummary> {
+        match self {
+            Self::Succeeded { card, .. } | Self::Declined { card, .. } => card.as_ref(),
+            Self::Rejected { .. } => None,
         }
     }
 }
@@ -90,11 +102,26 @@ pub enum RefundOutcome {
     Rejected { code: String },
 }
 
+/// What is charged: the card itself, or a token standing for it (`tok_...`).
+#[derive(Debug, Clone, Copy)]
+pub enum ChargeSource<'a> {
+    Card(&'a Card),
+    Token(&'a str),
+}
+
 pub struct ChargeParams<'a> {
     pub amount_minor: i64,
     pub currency: Currency,
     pub description: &'a str,
-    pub card: &'a Card,
+    pub source: ChargeSource<'a>,
+}
+
+/// The processor's answer to `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenAnswer {
+    Token(api::Token),
+    /// The card was refused (invalid number, expiry or CVC; a missing card): why.
+    Refused(api::ApiError),
 }
 
 #[derive(Clone)]
@@ -194,21 +221,56 @@ impl GatewayClient {
         p: &ChargeParams<'_>,
         budget: Duration,
     ) -> Result<ChargeOutcome, GatewayError> {
+        let (card, token) = match p.source {
+            ChargeSource::Card(card) => (
+                Some(CardDetails {
+                    number: card.number().to_owned(),
+                    exp_month: i64::from(card.exp_month()),
+                    exp_year: i64::from(card.exp_year()),
+                    cvc: card.cvc().to_owned(),
+                }),
+                None,
+            ),
+            ChargeSource::Token(token) => (None, Some(token.to_owned())),
+        };
         let body = CreateCharge {
             amount: Some(p.amount_minor),
             currency: Some(p.currency.code().to_ascii_lowercase()),
             description: (!p.description.is_empty()).then(|| p.description.to_owned()),
-            card: Some(CardDetails {
-                number: p.card.number().to_owned(),
-                exp_month: i64::from(p.card.exp_month()),
-                exp_year: i64::from(p.card.exp_year()),
-                cvc: p.card.cvc().to_owned(),
-            }),
+            card,
+            token,
         };
         let body = &body;
         self.with_retries(budget, |left| async move {
             let (status, body) = self.post("/v1/charges", key, body, left).await?;
             charge_answer(status, &body)
+        })
+        .await
+    }
+
+    /// Tokenises `card` (`POST /v1/tokens`, the processor's public API): what the shop's
+    /// edge does with the card the customer typed. Retried like a create, under `key`.
+    pub async fn create_token(
+        &self,
+        key: &str,
+        card: &CardDetails,
+        budget: Duration,
+    ) -> Result<TokenAnswer, GatewayError> {
+        let body = &api::CreateToken {
+            card: Some(card.clone()),
+        };
+        self.with_retries(budget, |left| async move {
+            let (status, body) = self.post("/v1/tokens", key, body, left).await?;
+            match status {
+                StatusCode::OK => serde_json::from_slice::<api::Token>(&body)
+                    .map(TokenAnswer::Token)
+                    .map_err(|e| GatewayError::Protocol(e.to_string())),
+                s if s.is_client_error() && s != StatusCode::CONFLICT => error_body(&body)
+                    .filter(|e| e.kind != "idempotency_error")
+                    .map(TokenAnswer::Refused)
+                    .ok_or_else(|| other_answer(s, &body)),
+                s => Err(other_answer(s, &body)),
+            }
         })
         .await
     }
@@ -271,6 +333,7 @@ fn charge_answer(status: StatusCode, body: &[u8]) -> Result<ChargeOutcome, Gatew
             Ok(match err.charge.clone() {
                 Some(charge_id) => ChargeOutcome::Declined {
                     charge_id,
+                    card: None,
                     code: err.best_code(),
                 },
                 // Card errors without a charge never reached the issuer.

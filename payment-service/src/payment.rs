@@ -62,6 +62,12 @@ pub struct PaymentRow {
     pub card_last4: String,
     pub gateway_charge_id: String,
     pub reservation_id: Option<String>,
+    /// A payment of the asynchronous checkout (its settlement writes its event).
+    pub async_checkout: bool,
+    /// The asynchronous checkout's card token (never a card number).
+    pub card_token: Option<String>,
+    /// W3C trace context of the event that asked for the payment.
+    pub traceparent: Option<String>,
     pub locked_until: Option<PrimitiveDateTime>,
     pub created_at: PrimitiveDateTime,
     pub updated_at: PrimitiveDateTime,

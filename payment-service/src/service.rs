@@ -15,7 +15,8 @@ use std::{
 use platform::{
     CallContext,
     breaker::{BreakerConfig, CircuitBreaker},
-    money::Money,
+    events::RelayWaker,
+    money::{Currency, Money},
     transport::GrpcTransport,
 };
 use shop_proto::item::v1::{
@@ -27,8 +28,11 @@ use crate::{
     card::Card,
     error::Error,
     fingerprint::Fingerprint,
-    gateway_client::{ChargeOutcome, ChargeParams, GatewayClient, GatewayError, RefundOutcome},
+    gateway_client::{
+        ChargeOutcome, ChargeParams, ChargeSource, GatewayClient, GatewayError, RefundOutcome,
+    },
     ids::IdempotencyKey,
+    outbox::MySqlOutbox,
     payment::{PaymentRow, RefundRow, RefundStatus, Status},
     store::{self, ChargeStart, Claim, NewPayment, NewRefund, RefundStart, Store},
 };
@@ -54,6 +58,9 @@ pub struct Payments {
 
 struct Inner {
     store: Store,
+    /// Wakes the outbox relay after a commit that stored an event (asynchronous checkout).
+    relay: Option<RelayWaker>,
+    outbox: MySqlOutbox,
     gateway: GatewayClient,
     /// Guards charges only: the path a checkout waits on. Lookups and refunds are the
     /// reconciler's and compensation's background work, bounded by their own timeouts, and
@@ -75,6 +82,29 @@ pub struct ChargeCommand {
     pub reservation_id: Option<String>,
 }
 
+/// What a charge sends the card gateway besides the payment row's amount.
+pub struct GatewayCharge {
+    pub currency: Currency,
+    pub description: String,
+    pub source: Source,
+}
+
+/// The card, or the token the shop's edge got for it (the asynchronous checkout).
+pub enum Source {
+    Card(Card),
+    Token(String),
+}
+
+impl ChargeCommand {
+    fn gateway_charge(&self) -> GatewayCharge {
+        GatewayCharge {
+            currency: self.amount.currency(),
+            description: self.description.clone(),
+            source: Source::Card(self.card.clone()),
+        }
+    }
+}
+
 pub struct RefundCommand {
     pub key: IdempotencyKey,
     pub fingerprint: Fingerprint,
@@ -85,8 +115,10 @@ pub struct RefundCommand {
 
 fn outcome_fields(o: &ChargeOutcome) -> (Status, &str, &str) {
     match o {
-        ChargeOutcome::Succeeded { charge_id } => (Status::Succeeded, "", charge_id),
-        ChargeOutcome::Declined { charge_id, code } => (Status::Declined, code, charge_id),
+        ChargeOutcome::Succeeded { charge_id, .. } => (Status::Succeeded, "", charge_id),
+        ChargeOutcome::Declined {
+            charge_id, code, ..
+        } => (Status::Declined, code, charge_id),
         ChargeOutcome::Rejected { code } => (Status::Failed, code, ""),
     }
 }
@@ -100,7 +132,9 @@ impl Payments {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                outbox: MySqlOutbox::new(store.pool().clone()),
                 store,
+                relay: None,
                 gateway,
                 charge_breaker: CircuitBreaker::new(
                     "payment",
@@ -113,8 +147,34 @@ impl Payments {
         }
     }
 
+    /// The same payments, waking `relay` after commits that store events. Call before the
+    /// value is cloned (it is shared by its clones).
+    pub fn with_relay(mut self, relay: RelayWaker) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.relay = Some(relay);
+        }
+        self
+    }
+
+    pub(crate) fn wake_relay(&self) {
+        if let Some(relay) = &self.inner.relay {
+            relay.wake();
+        }
+    }
+
+    /// The work lease on `row` if nobody holds it (see [`Self::try_lease`]).
+    pub(crate) async fn lease_payment(&self, row: &PaymentRow) -> Result<bool, sqlx::Error> {
+        self.try_lease(store::Leased::Payment, &row.id, row.locked_until)
+            .await
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// The outbox of the asynchronous checkout's events.
+    pub fn outbox(&self) -> &MySqlOutbox {
+        &self.inner.outbox
     }
 
     pub fn store(&self) -> &Store {
@@ -126,7 +186,7 @@ impl Payments {
     }
 
     /// How long one attempt may hold a row: the gateway budget plus room for the writes.
-    fn lease(&self) -> Duration {
+    pub(crate) fn lease(&self) -> Duration {
         self.inner.settings.gateway_timeout + Duration::from_secs(5)
     }
 
@@ -246,11 +306,14 @@ impl Payments {
             card_brand: cmd.card.brand().as_str(),
             card_last4: cmd.card.last4(),
             reservation_id: cmd.reservation_id.as_deref(),
+            checkout: None,
             now,
             lease_until: store::later(now, self.lease()),
         };
         match self.inner.store.begin_charge(&new).await? {
-            ChargeStart::Claimed(Claim::New(row)) => self.drive_charge(row, cmd).await,
+            ChargeStart::Claimed(Claim::New(row)) => {
+                self.drive_charge(row, cmd.gateway_charge()).await
+            }
             ChargeStart::OrderPaid(existing) => {
                 // ChainedCharge prices the lines itself, so only the user must match there.
                 let same = existing.user_id == user_id
@@ -293,7 +356,7 @@ impl Payments {
                 .try_lease(store::Leased::Payment, id, row.locked_until)
                 .await?
             {
-                return self.drive_charge(row, cmd).await;
+                return self.drive_charge(row, cmd.gateway_charge()).await;
             }
             if Instant::now() + poll >= give_up {
                 return Err(Error::InProgress {
@@ -307,14 +370,21 @@ impl Payments {
 
     /// Asks the gateway and records the answer, in a task of its own: a caller that hangs
     /// up must not cut the work off between the gateway's answer and the database write.
-    async fn drive_charge(&self, row: PaymentRow, cmd: ChargeCommand) -> Result<PaymentRow, Error> {
+    pub(crate) async fn drive_charge(
+        &self,
+        row: PaymentRow,
+        charge: GatewayCharge,
+    ) -> Result<PaymentRow, Error> {
         let this = self.clone();
         tokio::spawn(platform::timing::carry(async move {
             let params = ChargeParams {
                 amount_minor: row.amount_minor,
-                currency: cmd.amount.currency(),
-                description: &cmd.description,
-                card: &cmd.card,
+                currency: charge.currency,
+                description: &charge.description,
+                source: match &charge.source {
+                    Source::Card(card) => ChargeSource::Card(card),
+                    Source::Token(token) => ChargeSource::Token(token),
+                },
             };
             let answer = match this.inner.charge_breaker.try_acquire() {
                 Some(permit) => {
@@ -352,14 +422,26 @@ impl Payments {
 
     async fn settle(&self, id: &str, outcome: &ChargeOutcome) -> Result<PaymentRow, Error> {
         let (status, code, charge_id) = outcome_fields(outcome);
-        if self
+        if let Some(row) = self
             .inner
             .store
-            .settle_payment(id, status, code, charge_id, store::now())
+            .settle_payment(
+                id,
+                status,
+                code,
+                charge_id,
+                outcome.card().map(|c| (c.brand.as_str(), c.last4.as_str())),
+                store::now(),
+            )
             .await?
         {
             metrics::counter!("payment_charges_total", "status" => status.as_str()).increment(1);
             tracing::info!(payment = %id, status = status.as_str(), code, "payment settled");
+            if row.async_checkout {
+                // Its event was committed with it: publish it now rather than at the next poll.
+                self.wake_relay();
+            }
+            return Ok(row);
         }
         self.payment(id).await
     }
@@ -391,13 +473,26 @@ impl Payments {
             .gateway
             .find_charge(id, self.inner.settings.gateway_timeout)
             .await;
-        let settled = match found {
-            Ok(Some(charge)) => {
+        let by_token = if row.async_checkout {
+            crate::checkout::token_charge(&row)
+        } else {
+            None
+        };
+        let settled = match (found, by_token) {
+            (Ok(Some(charge)), _) => {
                 self.settle(id, &ChargeOutcome::from_charge(&charge))
                     .await?
             }
+            // An asynchronous checkout's charge that never reached the card processor (it was
+            // down, or the answer was an injected failure): charge the token now, under the
+            // same key, instead of failing a checkout that is still waiting for its payment.
+            (Ok(None), Some(charge)) => match self.drive_charge(row, charge).await {
+                Ok(settled) => settled,
+                Err(Error::ChargePending { .. }) => return self.payment(id).await,
+                Err(e) => return Err(e),
+            },
             // No request with this key ever executed: no money moved.
-            Ok(None) => {
+            (Ok(None), None) => {
                 self.settle(
                     id,
                     &ChargeOutcome::Rejected {
@@ -406,7 +501,7 @@ impl Payments {
                 )
                 .await?
             }
-            Err(e) => {
+            (Err(e), _) => {
                 tracing::info!(payment = %id, error = %e, "reconcile: gateway has no answer yet");
                 self.inner
                     .store
@@ -488,10 +583,12 @@ impl Payments {
         Ok(out)
     }
 
-    /// Drops idempotency keys older than the retention time.
+    /// Drops idempotency keys older than the retention time, and outbox events published
+    /// that long ago.
     pub async fn purge_keys(&self) -> Result<u64, Error> {
         let before = store::earlier(store::now(), self.inner.settings.idempotency_ttl);
-        Ok(self.inner.store.purge_keys(before).await?)
+        let keys = self.inner.store.purge_keys(before).await?;
+        Ok(keys + self.inner.outbox.purge_published(before).await?)
     }
 
     /// Refunds once per idempotency key, never more than is left.

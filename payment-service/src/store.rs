@@ -30,7 +30,8 @@ impl Leased {
 
 const PAYMENT_COLUMNS: &str = "id, idempotency_key, user_id, order_id, amount_minor, currency, \
      amount_refunded_minor, status, decline_code, card_brand, card_last4, gateway_charge_id, \
-     reservation_id, locked_until, created_at, updated_at";
+     reservation_id, async_checkout, card_token, traceparent, locked_until, created_at, \
+     updated_at";
 const REFUND_COLUMNS: &str = "id, payment_id, amount_minor, currency, status, failure_code, \
      gateway_refund_id, locked_until, created_at, updated_at";
 
@@ -98,8 +99,17 @@ pub struct NewPayment<'a> {
     pub card_brand: &'a str,
     pub card_last4: &'a str,
     pub reservation_id: Option<&'a str>,
+    /// The asynchronous checkout's payment: its token and trace context.
+    pub checkout: Option<AsyncCheckout<'a>>,
     pub now: PrimitiveDateTime,
     pub lease_until: PrimitiveDateTime,
+}
+
+/// What a payment of the asynchronous checkout keeps besides a card payment's fields.
+#[derive(Debug, Clone, Copy)]
+pub struct AsyncCheckout<'a> {
+    pub card_token: &'a str,
+    pub traceparent: Option<&'a str>,
 }
 
 pub struct NewRefund<'a> {
@@ -204,8 +214,9 @@ impl Store {
         let inserted = sqlx::query(
             "INSERT INTO payments (id, idempotency_key, user_id, order_id, amount_minor, currency, \
              amount_refunded_minor, status, decline_code, card_brand, card_last4, \
-             gateway_charge_id, reservation_id, locked_until, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, 0, 'PENDING', '', ?, ?, '', ?, ?, ?, ?)",
+             gateway_charge_id, reservation_id, async_checkout, card_token, traceparent, \
+             locked_until, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, 0, 'PENDING', '', ?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(p.id)
         .bind(p.key)
@@ -216,6 +227,9 @@ impl Store {
         .bind(p.card_brand)
         .bind(p.card_last4)
         .bind(p.reservation_id)
+        .bind(p.checkout.is_some())
+        .bind(p.checkout.map(|c| c.card_token))
+        .bind(p.checkout.and_then(|c| c.traceparent))
         .bind(p.lease_until)
         .bind(p.now)
         .bind(p.now)
@@ -339,28 +353,53 @@ impl Store {
         Ok(())
     }
 
-    /// PENDING -> final status. False if it was no longer PENDING (someone settled it first).
+    /// PENDING -> final status, and for a payment of the asynchronous checkout its event
+    /// into the outbox, in one transaction (neither exists without the other). None if it
+    /// was no longer PENDING (someone settled it first); else the settled row.
     pub async fn settle_payment(
         &self,
         id: &str,
         status: Status,
         decline_code: &str,
         gateway_charge_id: &str,
+        // (brand, last four) from the processor: fills them in for a payment by token,
+        // which did not know them.
+        card: Option<(&str, &str)>,
         now: PrimitiveDateTime,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Option<PaymentRow>, sqlx::Error> {
+        let mut tx = self.pool.begin().store_op("mysql", "begin").await?;
         let res = sqlx::query(
             "UPDATE payments SET status = ?, decline_code = ?, gateway_charge_id = ?, \
+             card_brand = IF(card_token IS NOT NULL AND ? IS NOT NULL, ?, card_brand), \
+             card_last4 = IF(card_token IS NOT NULL AND ? IS NOT NULL, ?, card_last4), \
              locked_until = NULL, updated_at = ? WHERE id = ? AND status = 'PENDING'",
         )
         .bind(status.as_str())
         .bind(decline_code)
         .bind(gateway_charge_id)
+        .bind(card.map(|c| c.0))
+        .bind(card.map(|c| c.0))
+        .bind(card.map(|c| c.1))
+        .bind(card.map(|c| c.1))
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .store_op("mysql", "settle_payment")
         .await?;
-        Ok(res.rows_affected() == 1)
+        if res.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let row = fetch_payment(&mut *tx, id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        if row.async_checkout
+            && let Some(event) = crate::checkout::event_of(&row)
+        {
+            crate::outbox::write(&mut tx, &event).await?;
+        }
+        tx.commit().store_op("mysql", "commit").await?;
+        Ok(Some(row))
     }
 
     /// A user's payments, newest first (UUIDv7 ids sort by creation time), after `after`.

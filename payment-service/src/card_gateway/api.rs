@@ -1,6 +1,6 @@
-//! Wire types of the mock card gateway, shaped after the public Stripe charges and refunds
-//! API (JSON bodies instead of form encoding, raw card fields instead of a token). Shared
-//! by the mock and by payment-service's client so the two cannot drift apart.
+//! Wire types of the mock card gateway, shaped after the public Stripe charges, refunds and
+//! tokens API (JSON bodies instead of form encoding). Shared by the mock and by
+//! payment-service's client so the two cannot drift apart.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +9,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Set on a response that replays a stored result.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
-/// `POST /v1/charges` body.
+/// `POST /v1/charges` body: exactly one of `card` and `token`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateCharge {
     /// Minor units, >= 1.
@@ -18,10 +18,36 @@ pub struct CreateCharge {
     pub currency: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
+    #[serde(default)]
+    pub card: Option<CardDetails>,
+    /// A token from `POST /v1/tokens` (`tok_...`) instead of the card. Left out of the JSON
+    /// when absent, so card charges fingerprint as they always did (journaled keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// `POST /v1/tokens` body: the card as the customer typed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateToken {
     pub card: Option<CardDetails>,
 }
 
-/// Raw card fields (Stripe would take a token or PaymentMethod here).
+/// A card token (`POST /v1/tokens` answer): stands for the card in charges
+/// (`"token": "tok_..."`), so whoever holds it never holds the card number. Reusable until
+/// the processor forgets it (its books are bounded: the oldest tokens go first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// `tok_...`
+    pub id: String,
+    pub object: String,
+    /// What may be shown of the card.
+    pub card: CardSummary,
+    /// Unix seconds.
+    pub created: i64,
+    pub livemode: bool,
+}
+
+/// Raw card fields (in a charge, or once in `POST /v1/tokens` to get a token for them).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardDetails {
     pub number: String,
@@ -168,6 +194,9 @@ impl ApiError {
 pub struct Stats {
     /// Charge objects created (succeeded + failed): each is one executed charge attempt.
     pub charges_created: u64,
+    /// Tokens made by `POST /v1/tokens`.
+    #[serde(default)]
+    pub tokens_created: u64,
     /// Charges that moved money.
     pub charges_succeeded: u64,
     /// Charges the "issuer" declined.

@@ -2,6 +2,8 @@
 //! does not forget a charge when one of its servers dies, so neither may the mock that the
 //! crash test and the chaos soak kill: every charge, refund and finished idempotency record
 //! is appended as one JSON line and synced before the answer leaves; a restart replays them.
+//! Tokens are kept with the card they stand for (the processor's vault: the only place a
+//! card number is stored, which is the point of tokens).
 
 use std::{
     fs::{File, OpenOptions},
@@ -12,7 +14,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::api::{Charge, Refund};
+use super::{
+    api::{Charge, Refund, Token},
+    ledger::VaultCard,
+};
 
 /// One change to the books.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,6 +29,10 @@ pub enum Entry {
     },
     Refund {
         refund: Refund,
+    },
+    Token {
+        token: Token,
+        card: VaultCard,
     },
     /// A finished idempotency record: retries with this key replay its answer.
     Key {

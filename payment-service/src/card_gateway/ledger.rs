@@ -1,24 +1,61 @@
-//! The mock gateway's in-memory books: charges, refunds, idempotency records and counters.
+//! The mock gateway's in-memory books: charges, refunds, tokens (with the cards they stand
+//! for: the processor's vault), idempotency records and counters.
 //! Everything here runs under one mutex, in short synchronous sections.
 
 use std::{
     collections::{HashMap, VecDeque},
+    fmt,
     time::{Duration, Instant},
 };
 
 use http::StatusCode;
 use rand::{Rng, distr::Alphanumeric};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::{
-    api::{self, CardSummary, Charge, Outcome, PaymentMethodDetails, Refund, Stats},
+    api::{self, CardSummary, Charge, Outcome, PaymentMethodDetails, Refund, Stats, Token},
     journal::{self, Entry, Journal},
 };
 
 /// How long an idempotency record is kept (Stripe: at least 24 hours).
 const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A card that passed validation: what the processor charges, and keeps for a token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultCard {
+    pub digits: String,
+    pub exp_month: i64,
+    pub exp_year: i64,
+}
+
+impl fmt::Debug for VaultCard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VaultCard { .. }")
+    }
+}
+
+impl VaultCard {
+    fn summary(&self) -> CardSummary {
+        CardSummary {
+            brand: crate::card::Brand::of(&self.digits).as_str().into(),
+            last4: self.digits[self.digits.len().saturating_sub(4)..].to_owned(),
+            exp_month: self.exp_month,
+            exp_year: self.exp_year,
+        }
+    }
+}
+
+/// What a charge by token needs besides the token.
+#[derive(Debug, Clone)]
+pub struct TokenCharge {
+    pub token: String,
+    pub amount: i64,
+    pub currency: String,
+    pub description: Option<String>,
+}
 
 /// A create request that passed parameter validation.
 #[derive(Clone)]
@@ -95,6 +132,10 @@ pub struct Ledger {
     /// Keys with their creation time in insertion order, for eviction. An entry whose key
     /// is gone or was created again since is stale and skipped.
     key_order: VecDeque<(String, Instant)>,
+    /// Tokens and the cards they stand for.
+    tokens: HashMap<String, (Token, VaultCard)>,
+    /// Token ids in creation order, for eviction.
+    token_order: VecDeque<String>,
     pub stats: Stats,
     inserts_since_prune: u32,
     /// Where the books survive a crash, when configured.
@@ -185,6 +226,8 @@ impl Ledger {
             refund_order: VecDeque::new(),
             keys: HashMap::new(),
             key_order: VecDeque::new(),
+            tokens: HashMap::new(),
+            token_order: VecDeque::new(),
             stats: Stats::default(),
             inserts_since_prune: 0,
             journal: None,
@@ -223,6 +266,12 @@ impl Ledger {
                     .is_none()
                 {
                     self.refund_order.push_back(refund.id);
+                }
+            }
+            Entry::Token { token, card } => {
+                let id = token.id.clone();
+                if self.tokens.insert(id.clone(), (token, card)).is_none() {
+                    self.token_order.push_back(id);
                 }
             }
             Entry::Key {
@@ -280,6 +329,12 @@ impl Ledger {
         while self.refund_order.len() > self.max_entries {
             if let Some(id) = self.refund_order.pop_front() {
                 self.refunds.remove(&id);
+                evicted += 1;
+            }
+        }
+        while self.token_order.len() > self.max_entries {
+            if let Some(id) = self.token_order.pop_front() {
+                self.tokens.remove(&id);
                 evicted += 1;
             }
         }
@@ -410,6 +465,67 @@ impl Ledger {
             .take(limit)
             .filter_map(|id| self.charges.get(id).cloned())
             .collect()
+    }
+
+    /// Makes a token for `card` (kept, and journaled, like a charge).
+    pub fn execute_token(&mut self, card: &VaultCard) -> Executed {
+        let token = Token {
+            id: random_id("tok"),
+            object: "token".into(),
+            card: card.summary(),
+            created: unix_now(),
+            livemode: false,
+        };
+        self.stats.tokens_created += 1;
+        metrics::counter!("card_gateway_tokens_total").increment(1);
+        self.tokens
+            .insert(token.id.clone(), (token.clone(), card.clone()));
+        self.token_order.push_back(token.id.clone());
+        self.record(Entry::Token {
+            token: token.clone(),
+            card: card.clone(),
+        });
+        self.evict();
+        tracing::info!(token = %token.id, brand = %token.card.brand, "token created");
+        Executed {
+            status: StatusCode::OK,
+            body: serde_json::to_value(&token).unwrap_or(Value::Null),
+            charge_id: None,
+        }
+    }
+
+    /// Charges the card behind a token exactly as a charge of that card; an unknown (or
+    /// forgotten) token is a 400 `resource_missing` on `token`, never a decline.
+    pub fn execute_token_charge(&mut self, t: &TokenCharge) -> Executed {
+        let Some((_, card)) = self.tokens.get(&t.token) else {
+            return Executed {
+                status: StatusCode::BAD_REQUEST,
+                body: error_body(
+                    "invalid_request_error",
+                    Some("resource_missing"),
+                    None,
+                    &format!("No such token: '{}'", t.token),
+                    Some("token"),
+                    None,
+                ),
+                charge_id: None,
+            };
+        };
+        let charge = ValidCharge {
+            amount: t.amount,
+            currency: t.currency.clone(),
+            description: t.description.clone(),
+            brand: crate::card::Brand::of(&card.digits).as_str(),
+            digits: card.digits.clone(),
+            exp_month: card.exp_month,
+            exp_year: card.exp_year,
+        };
+        self.execute_charge(&charge)
+    }
+
+    #[cfg(test)]
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
     }
 
     pub fn execute_charge(&mut self, c: &ValidCharge) -> Executed {
@@ -679,6 +795,57 @@ mod tests {
             ledger.begin("k999", [(100 + 999) as u8; 32]),
             Begin::Replay(..)
         ));
+    }
+
+    fn token_of(executed: &Executed) -> String {
+        assert_eq!(executed.status, StatusCode::OK, "{}", executed.body);
+        executed.body["id"].as_str().expect("token id").to_owned()
+    }
+
+    fn token_charge(token: &str) -> TokenCharge {
+        TokenCharge {
+            token: token.to_owned(),
+            amount: 500,
+            currency: "usd".into(),
+            description: None,
+        }
+    }
+
+    /// A token charges like its card (decline numbers decline), outlives a restart on the
+    /// journal, and the oldest go past the cap; an unknown token is a 400, not a decline.
+    #[test]
+    fn tokens_charge_like_their_card_survive_a_restart_and_stay_under_the_cap() {
+        let path = std::env::temp_dir().join(format!("card-journal-{}.jsonl", random_id("t")));
+        let card = |digits: &str| VaultCard {
+            digits: digits.into(),
+            exp_month: 12,
+            exp_year: 2034,
+        };
+        let (ok, declined) = {
+            let mut ledger = Ledger::with_journal(2, &path).expect("journal");
+            let ok = token_of(&ledger.execute_token(&card("4242424242424242")));
+            let declined = token_of(&ledger.execute_token(&card("4000000000000002")));
+            (ok, declined)
+        };
+        assert!(ok.starts_with("tok_") && ok != declined);
+        let mut ledger = Ledger::with_journal(2, &path).expect("reopen");
+        let paid = ledger.execute_token_charge(&token_charge(&ok));
+        assert_eq!(paid.status, StatusCode::OK);
+        assert_eq!(paid.body["payment_method_details"]["card"]["last4"], "4242");
+        let refused = ledger.execute_token_charge(&token_charge(&declined));
+        assert_eq!(refused.status, StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(refused.body["error"]["code"], "card_declined");
+        let unknown = ledger.execute_token_charge(&token_charge("tok_nope"));
+        assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+        assert_eq!(unknown.body["error"]["code"], "resource_missing");
+        assert_eq!(unknown.body["error"]["param"], "token");
+        assert!(unknown.charge_id.is_none());
+
+        token_of(&ledger.execute_token(&card("5555555555554444")));
+        assert_eq!(ledger.token_count(), 2);
+        let forgotten = ledger.execute_token_charge(&token_charge(&ok));
+        assert_eq!(forgotten.status, StatusCode::BAD_REQUEST, "the oldest went");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -1,10 +1,35 @@
-//! `card-gateway`: a mock card processor with an HTTP JSON API shaped like Stripe's charges
-//! and refunds, Stripe's test cards, Stripe's idempotency rules, and injectable latency,
-//! HTTP 500s and hangs. In memory; tests run it in-process on port 0.
+//! `card-gateway`: a mock card processor with an HTTP JSON API shaped like Stripe's charges,
+//! refunds and tokens, Stripe's test cards, Stripe's idempotency rules, and injectable
+//! latency, HTTP 500s and hangs. In memory; tests run it in-process on port 0.
 //!
-//! Routes: `POST /v1/charges`, `GET /v1/charges/{id}`, `GET /v1/charges?idempotency_key=`,
-//! `POST /v1/refunds`, `GET /health`, `GET /admin/stats`, `GET|PUT /admin/faults`,
-//! `GET|PUT /admin/hangs`, `GET /metrics` (Prometheus).
+//! Routes: `POST /v1/tokens`, `POST /v1/charges`, `GET /v1/charges/{id}`,
+//! `GET /v1/charges?idempotency_key=`, `POST /v1/refunds`, `GET /health`, `GET /admin/stats`,
+//! `GET|PUT /admin/faults`, `GET|PUT /admin/hangs`, `GET /metrics` (Prometheus).
+//!
+//! **Tokens** (the asynchronous checkout's card handling): the shop's edge (the gateway)
+//! sends the card the customer typed to `POST /v1/tokens` and gets `{"id": "tok_...", ..}`
+//! back; from then on only the token travels (the checkout request, the event stream, the
+//! payment row), and payment-service charges it with `POST /v1/charges` and
+//! `{"token": "tok_..."}` in place of `card`. Like Stripe's token endpoint (called with the
+//! publishable key, straight from the customer's browser) it is the processor's *public*
+//! API: no operator token, no shop identity, only the card validation. HTTP contract:
+//!
+//! ```text
+//! POST /v1/tokens   {"card": {"number": "4242424242424242", "exp_month": 12,
+//!                             "exp_year": 2034, "cvc": "123"}}
+//!   200 {"id": "tok_...", "object": "token", "card": {"brand", "last4", "exp_month",
+//!        "exp_year"}, "created": <unix s>, "livemode": false}
+//!   402 {"error": {"type": "card_error", "code": "incorrect_number", "param": "card[number]", ..}}
+//!       (invalid number, expiry or CVC: the same answers as a charge's card)
+//!   400 {"error": {"type": "invalid_request_error", "code": "parameter_missing", "param": "card"}}
+//!   500 injected fault (route key "POST /v1/tokens"); an Idempotency-Key header is honoured.
+//! POST /v1/charges  {"amount": 1999, "currency": "usd", "token": "tok_..."}
+//!   as a charge of the token's card (the decline test numbers decline); an unknown token:
+//!   400 {"error": {"type": "invalid_request_error", "code": "resource_missing", "param": "token"}}
+//! ```
+//!
+//! Tokens are reusable, kept (and journaled, with their card) like charges, and dropped
+//! oldest first past `max_entries`.
 
 pub mod api;
 mod journal;
@@ -36,13 +61,17 @@ use time::OffsetDateTime;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::card::{self, Brand, CardProblem};
-use ledger::{Begin, Executed, KeyLookup, Ledger, ValidCharge, ValidRefund, error_body};
+use ledger::{
+    Begin, Executed, KeyLookup, Ledger, TokenCharge, ValidCharge, ValidRefund, VaultCard,
+    error_body,
+};
 
 /// Fault-rule keys (`method` in a rule) of the routes faults apply to.
 pub const ROUTE_CREATE_CHARGE: &str = "POST /v1/charges";
 pub const ROUTE_GET_CHARGE: &str = "GET /v1/charges/{id}";
 pub const ROUTE_LIST_CHARGES: &str = "GET /v1/charges";
 pub const ROUTE_CREATE_REFUND: &str = "POST /v1/refunds";
+pub const ROUTE_CREATE_TOKEN: &str = "POST /v1/tokens";
 
 /// A hang lasts this long at most (or until shutdown): far past any sane caller timeout.
 const HANG: Duration = Duration::from_secs(600);
@@ -57,8 +86,8 @@ pub struct Config {
     #[arg(long, env = "CARD_GATEWAY_ADDR", default_value = "127.0.0.1:8081")]
     pub addr: String,
     /// Injected latency and HTTP 500s: JSON list of platform fault rules whose `method` is a
-    /// route key ("POST /v1/charges", "POST /v1/refunds", "GET /v1/charges/{id}",
-    /// "GET /v1/charges") or "*". Example:
+    /// route key ("POST /v1/charges", "POST /v1/refunds", "POST /v1/tokens",
+    /// "GET /v1/charges/{id}", "GET /v1/charges") or "*". Example:
     /// [{"method":"POST /v1/charges","latency":{"kind":"fixed","ms":200},"error_rate":0.1}]
     #[arg(long, env = "CARD_GATEWAY_FAULTS", default_value = "")]
     pub faults: String,
@@ -66,7 +95,7 @@ pub struct Config {
     /// answered (and never executed).
     #[arg(long, env = "CARD_GATEWAY_HANGS", default_value = "")]
     pub hangs: String,
-    /// Charges, refunds and idempotency records kept in memory, each; past that the
+    /// Charges, refunds, tokens and idempotency records kept in memory, each; past that the
     /// oldest finished ones are dropped.
     #[arg(long, env = "CARD_GATEWAY_MAX_ENTRIES", default_value_t = DEFAULT_MAX_ENTRIES)]
     pub max_entries: usize,
@@ -269,6 +298,7 @@ impl CardGateway {
 /// to trust for the operator's token.
 pub fn router(gateway: Gateway, admin: Option<Trust>) -> Router {
     let mut routes = Router::new()
+        .route("/v1/tokens", post(create_token))
         .route("/v1/charges", post(create_charge).get(list_charges))
         .route("/v1/charges/{id}", get(get_charge))
         .route("/v1/refunds", post(create_refund))
@@ -421,7 +451,31 @@ fn card_error(problem: CardProblem) -> Reject {
 
 /// Parameter checks; failures here are not stored under the idempotency key (Stripe does not
 /// store requests that fail validation).
-fn validate_charge(p: &api::CreateCharge, now: OffsetDateTime) -> Result<ValidCharge, Reject> {
+/// A charge's card or token, validated.
+enum Validated {
+    Card(ValidCharge),
+    Token(TokenCharge),
+}
+
+/// The card checks of a charge and of a token: number (Luhn), expiry, CVC.
+fn validate_card(c: Option<&api::CardDetails>, now: OffsetDateTime) -> Result<VaultCard, Reject> {
+    let c = c.ok_or_else(|| {
+        invalid_request(
+            "parameter_missing",
+            "Missing required param: card.",
+            Some("card"),
+        )
+    })?;
+    let digits =
+        card::check(&c.number, c.exp_month, c.exp_year, &c.cvc, now).map_err(card_error)?;
+    Ok(VaultCard {
+        digits,
+        exp_month: c.exp_month,
+        exp_year: c.exp_year,
+    })
+}
+
+fn validate_charge(p: &api::CreateCharge, now: OffsetDateTime) -> Result<Validated, Reject> {
     let amount = p.amount.ok_or_else(|| {
         invalid_request(
             "parameter_missing",
@@ -453,15 +507,24 @@ fn validate_charge(p: &api::CreateCharge, now: OffsetDateTime) -> Result<ValidCh
     let currency = platform::money::Currency::parse(currency).ok_or_else(|| {
         invalid_request("parameter_invalid", "Invalid currency.", Some("currency"))
     })?;
-    let c = p.card.as_ref().ok_or_else(|| {
-        invalid_request(
-            "parameter_missing",
-            "Missing required param: card.",
-            Some("card"),
-        )
-    })?;
-    let digits =
-        card::check(&c.number, c.exp_month, c.exp_year, &c.cvc, now).map_err(card_error)?;
+    let card = match (&p.card, &p.token) {
+        (Some(_), Some(_)) => {
+            return Err(invalid_request(
+                "parameter_invalid",
+                "Provide either card or token, not both.",
+                Some("token"),
+            ));
+        }
+        (None, Some(t)) if t.is_empty() || t.len() > 255 => {
+            return Err(invalid_request(
+                "parameter_invalid",
+                "token must be 1 to 255 characters.",
+                Some("token"),
+            ));
+        }
+        (None, Some(_)) => None,
+        (card, None) => Some(validate_card(card.as_ref(), now)?),
+    };
     if p.description
         .as_ref()
         .is_some_and(|d| d.chars().count() > 1000)
@@ -472,18 +535,27 @@ fn validate_charge(p: &api::CreateCharge, now: OffsetDateTime) -> Result<ValidCh
             Some("description"),
         ));
     }
-    Ok(ValidCharge {
-        amount,
-        currency: currency.code().to_ascii_lowercase(),
-        description: p.description.clone(),
-        brand: Brand::of(&digits).as_str(),
-        digits,
-        exp_month: c.exp_month,
-        exp_year: c.exp_year,
+    let currency = currency.code().to_ascii_lowercase();
+    Ok(match (card, &p.token) {
+        (Some(card), _) => Validated::Card(ValidCharge {
+            amount,
+            currency,
+            description: p.description.clone(),
+            brand: Brand::of(&card.digits).as_str(),
+            digits: card.digits,
+            exp_month: card.exp_month,
+            exp_year: card.exp_year,
+        }),
+        (None, token) => Validated::Token(TokenCharge {
+            token: token.clone().unwrap_or_default(),
+            amount,
+            currency,
+            description: p.description.clone(),
+        }),
     })
 }
 
-/// Shared tail of the two create endpoints: idempotency, then the work in a task of its own,
+/// Shared tail of the create endpoints: idempotency, then the work in a task of its own,
 /// so a caller that gives up (timeout, disconnect) does not cancel a charge half-way; the
 /// gateway finishes it, as a real processor would.
 async fn create(
@@ -556,8 +628,33 @@ async fn create_charge(State(gw): State<Gateway>, headers: HeaderMap, body: Byte
         Err(r) => return r.into_response(),
     };
     let fp = ledger::fingerprint(ROUTE_CREATE_CHARGE, &params);
-    create(gw, ROUTE_CREATE_CHARGE, key, fp, move |l| {
-        l.execute_charge(&valid)
+    // The token is looked up when the charge executes (after the idempotency check), so a
+    // retry of an executed charge replays even if its token was forgotten since.
+    create(gw, ROUTE_CREATE_CHARGE, key, fp, move |l| match &valid {
+        Validated::Card(c) => l.execute_charge(c),
+        Validated::Token(t) => l.execute_token_charge(t),
+    })
+    .await
+}
+
+/// `POST /v1/tokens`: the processor's public API (see the module docs); the card is
+/// checked like a charge's.
+async fn create_token(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+    let params: api::CreateToken = match parse_json(&body) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let card = match validate_card(params.card.as_ref(), OffsetDateTime::now_utc()) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(r) => return r.into_response(),
+    };
+    let fp = ledger::fingerprint(ROUTE_CREATE_TOKEN, &params);
+    create(gw, ROUTE_CREATE_TOKEN, key, fp, move |l| {
+        l.execute_token(&card)
     })
     .await
 }

@@ -4,9 +4,11 @@
 //! ChainedCharge tests add a real item-service.
 
 mod chained;
+mod checkout;
 mod gateway;
 mod harness;
 mod logs;
 mod orders;
 mod payments;
+mod tokens;
 mod trust;
