@@ -2,18 +2,12 @@
 //! server, the background reconciler and, with an event stream, the asynchronous checkout's
 //! consumer and outbox relay), and the standalone process.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    str::FromStr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, str::FromStr, time::Duration};
 
 use anyhow::Context as _;
 use platform::{
     breaker::BreakerConfig,
-    events::{Broker, Relay, consumer},
+    events::{Broker, Relay, RelayWaker, consumer},
     faults::FaultInjector,
     grpc::ServerOptions,
     host::{Hosted, Standalone},
@@ -49,11 +43,12 @@ pub struct PaymentService {
 }
 
 /// The asynchronous checkout's background work: the `stock.reserved` consumer and the
-/// outbox relay (made at connect time, so the payments can wake it; hosted once).
+/// outbox relay (woken by the payments after a commit that stored an event).
 #[derive(Clone)]
 struct Events {
     broker: Broker,
-    relay: Arc<Mutex<Option<Relay<MySqlOutbox>>>>,
+    outbox: MySqlOutbox,
+    waker: RelayWaker,
 }
 
 impl PaymentService {
@@ -67,15 +62,12 @@ impl PaymentService {
         let events = match config.events_config() {
             Some(events) => {
                 let broker = Broker::connect(events, PAYMENT_SERVICE).await?;
-                let relay = Relay::new(
-                    crate::checkout::OUTBOX,
-                    payments.outbox().clone(),
-                    broker.clone(),
-                );
-                payments = payments.with_relay(relay.waker());
+                let waker = RelayWaker::default();
+                payments = payments.with_relay(waker.clone());
                 Some(Events {
                     broker,
-                    relay: Arc::new(Mutex::new(Some(relay))),
+                    outbox: payments.outbox().clone(),
+                    waker,
                 })
             }
             None => None,
@@ -115,18 +107,13 @@ impl PaymentService {
 
 impl Events {
     fn host(&self, mut hosted: Hosted, payments: &Payments) -> Hosted {
-        let relay = self
-            .relay
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        match relay {
-            Some(relay) => hosted = hosted.with_task("event relay", move |stop| relay.run(stop)),
-            // The relay's waker is the payments': a second host would need a second relay.
-            None => {
-                tracing::warn!("payment-service hosted twice: the second host has no event relay")
-            }
-        }
+        let relay = Relay::with_waker(
+            crate::checkout::OUTBOX,
+            self.outbox.clone(),
+            self.broker.clone(),
+            self.waker.clone(),
+        );
+        hosted = hosted.with_task("event relay", move |stop| relay.run(stop));
         let (broker, payments) = (self.broker.clone(), payments.clone());
         hosted.with_task("stock.reserved consumer", move |stop| {
             consumer::run(

@@ -71,15 +71,11 @@ pub struct Config {
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
-    /// NATS server with JetStream (nats://host:4222) for the asynchronous checkout: with it
-    /// the service consumes `stock.reserved` and relays its outbox; unset, it runs without
+    /// The event stream of the asynchronous checkout (NATS_URL, SHOP_EVENTS_NAMESPACE): with
+    /// it the service consumes `stock.reserved` and relays its outbox; unset, it runs without
     /// them (the synchronous checkouts do not need it).
-    #[arg(long = "nats-url", env = "NATS_URL")]
-    pub nats_url: Option<String>,
-    /// Where the events live, overriding `nats_url` (tests: a stream of their own,
-    /// `EventsConfig::isolated`).
-    #[arg(skip)]
-    pub events: Option<platform::events::EventsConfig>,
+    #[command(flatten)]
+    pub events: platform::events::EventsSettings,
     /// Its own key (SHOP_IDENTITY_KEY_FILE: it calls item-service), whom it trusts
     /// (SHOP_TRUSTED_KEYS_FILE) and whether its fault admin exists (SHOP_FAULT_ADMIN).
     #[command(flatten)]
@@ -107,20 +103,13 @@ impl Config {
             faults: String::new(),
             request_timeout_ms: 30_000,
             log_json: false,
-            nats_url: None,
-            events: None,
+            events: Default::default(),
             identity: platform::identity::IdentitySettings::default(),
         }
     }
 
     /// The event stream, if one is configured.
     pub fn events_config(&self) -> Option<platform::events::EventsConfig> {
-        self.events.clone().or_else(|| {
-            self.nats_url
-                .as_deref()
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .map(platform::events::EventsConfig::new)
-        })
+        self.events.config()
     }
 }

@@ -25,6 +25,8 @@ struct Checkout {
     app: TestApp,
     card: RestartableGateway,
     events: EventsConfig,
+    /// The namespace of `events` (the services' SHOP_EVENTS_NAMESPACE).
+    ns: String,
     broker: Broker,
     js: jetstream::Context,
 }
@@ -34,10 +36,10 @@ impl Checkout {
         let card = RestartableGateway::start().await;
         let name = format!("pay{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let events = EventsConfig::isolated(env("NATS_URL"), &name);
-        let (url, config) = (card.url.clone(), events.clone());
+        let (url, settings) = (card.url.clone(), test_support::events::settings(&name));
         let app = spawn_app_with(move |c| {
             c.card_gateway_url = url;
-            c.events = Some(config);
+            c.events = settings;
             c.gateway_timeout_ms = 1000;
             c.card_breaker_open_ms = 500;
         })
@@ -55,6 +57,7 @@ impl Checkout {
             app,
             card,
             events,
+            ns: name,
             broker,
             js,
         }
@@ -365,8 +368,8 @@ async fn the_reconciler_finishes_a_payment_left_behind_and_the_relay_publishes_i
     // Back with the stream: the relay publishes the stored event. (The stock.reserved the
     // first process held comes back after the consumer's ack wait and finds the payment
     // settled, as the redelivery test shows; not waited for here.)
-    let events = t.events.clone();
-    let _back = t.instance(move |c| c.events = Some(events)).await;
+    let settings = test_support::events::settings(&t.ns);
+    let _back = t.instance(move |c| c.events = settings).await;
     t.event(PAYMENT_SUCCEEDED, &order).await;
     assert_eq!(t.card.stats().charges_created, 1);
     assert_eq!(t.events(PAYMENT_SUCCEEDED, &order).await.len(), 1);

@@ -135,6 +135,7 @@ pub struct OrderCancelled {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -242,7 +242,7 @@ async fn park(
         .as_str()
         .strip_prefix(&format!("{}.", broker.config().subject_prefix))
         .unwrap_or("unknown");
-    let mut headers = message.headers.clone().unwrap_or_else(HeaderMap::new);
+    let mut headers: HeaderMap = message.headers.clone().unwrap_or_default();
     // A parked copy must not be dropped as a duplicate of the original id in its own stream.
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,

@@ -1,4 +1,5 @@
 //! Against the stack's real NATS server (NATS_URL), each test on a stream of its own.
+#![allow(clippy::unwrap_used)]
 
 use std::{
     collections::HashMap,
