@@ -17,15 +17,20 @@ use crate::{config::Config, grpc::ItemService};
 pub const SERVICE_NAME: &str = ItemServiceServer::<ItemService>::NAME;
 
 impl ItemService {
-    /// What a host runs: the server and the reservation sweeper.
+    /// What a host runs: the server and the reservation sweeper, and with NATS configured
+    /// the event relay and the checkout events' consumers.
     pub fn hosted(&self) -> Hosted {
         let sweeper = self.clone();
-        Hosted::new(self.server(), crate::access::POLICY).with_task(
+        let hosted = Hosted::new(self.server(), crate::access::POLICY).with_task(
             "reservation sweeper",
             move |stop| async move {
                 sweeper.run_sweeper(stop).await;
             },
-        )
+        );
+        match self.events() {
+            Some(events) => events.host(hosted),
+            None => hosted,
+        }
     }
 }
 

@@ -49,6 +49,13 @@ pub enum Error {
     #[error("reservation {0:?} was already made with different lines")]
     ReservationMismatch(String),
 
+    #[error("encoding {what}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: mongodb::bson::ser::Error,
+    },
+
     #[error("mongodb: {what}")]
     Mongo {
         what: &'static str,
@@ -122,7 +129,9 @@ impl From<Error> for Status {
             Error::Mongo { what, ref source } if Error::is_unavailable(source) => {
                 platform::error::unavailable(what, &e)
             }
-            Error::Mongo { .. } => platform::internal_error("item store", &e),
+            Error::Mongo { .. } | Error::Encode { .. } => {
+                platform::internal_error("item store", &e)
+            }
         }
     }
 }

@@ -15,10 +15,13 @@ use pb::item_service_server::{self as rpc, ItemServiceServer};
 
 use crate::{
     cache::{Cache, CacheSettings, ListKey},
+    checkout::Checkout,
     config::{CacheMode, Config},
     cursor::{self, Sort},
     error::Error,
+    events::Events,
     input::{self, ItemId, ItemPatch, NewItem, ReservationId},
+    outbox::ReservationOutbox,
     reservations::Reservations,
     store::{self, ItemStore, ListQuery},
 };
@@ -36,6 +39,8 @@ struct Inner {
     reservations: Reservations,
     cache: Cache,
     sweep_interval: Duration,
+    /// The asynchronous checkout's relay and consumers, when NATS is configured.
+    events: Option<Events>,
 }
 
 impl ItemService {
@@ -64,6 +69,22 @@ impl ItemService {
         let reservations = Reservations::new(&db, cache.clone(), config.reservation_ttl());
         store.ensure_indexes().await?;
         reservations.ensure_indexes().await?;
+        let events = match config.events_config() {
+            Some(events) => {
+                let outbox = ReservationOutbox::new(&db);
+                outbox.ensure_indexes().await?;
+                let (reservations, items) = (reservations.clone(), store.clone());
+                let ttl = config.async_reservation_ttl();
+                tracing::info!(nats = %events.url, stream = %events.stream, "taking part in the asynchronous checkout");
+                Some(
+                    Events::connect(events, outbox, move |waker| {
+                        Checkout::new(reservations, items, ttl, waker)
+                    })
+                    .await?,
+                )
+            }
+            None => None,
+        };
         if config.seed {
             let report = crate::seed::seed_catalog(&db).await?;
             tracing::info!(
@@ -85,12 +106,18 @@ impl ItemService {
                 reservations,
                 cache,
                 sweep_interval: config.sweep_interval(),
+                events,
             }),
         })
     }
 
     pub fn database(&self) -> &Database {
         &self.inner.db
+    }
+
+    /// The event stream it is connected to, when NATS is configured.
+    pub fn events(&self) -> Option<&Events> {
+        self.inner.events.as_ref()
     }
 
     pub fn server(&self) -> ItemServiceServer<ItemService> {

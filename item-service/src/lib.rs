@@ -8,11 +8,14 @@
 pub mod access;
 mod app;
 pub mod cache;
+pub mod checkout;
 pub mod config;
 pub mod cursor;
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod input;
+pub mod outbox;
 pub mod reservations;
 pub mod seed;
 pub mod store;

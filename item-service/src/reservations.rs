@@ -19,6 +19,11 @@
 //! actors exactly one wins and only the winner goes on to touch stock. `settled` records
 //! that the per-line work after a status change is done; the sweeper finishes it when a
 //! process died in between.
+//!
+//! The asynchronous checkout ([`crate::checkout`]) uses the same documents and per-line
+//! operations in smaller steps ([`Reservations::begin`], [`Reservations::take_lines`],
+//! [`Reservations::decide`]); its deciding status change also stores the event that
+//! announces the decision ([`crate::outbox`]), in the same single-document write.
 
 use std::time::Duration;
 
@@ -35,6 +40,7 @@ use crate::{
     cache::Cache,
     error::{Error, is_duplicate_key},
     input::{ItemId, Line, ReservationId},
+    outbox::OutboxEvent,
     store::{self, count_read},
 };
 
@@ -56,7 +62,7 @@ pub enum State {
 }
 
 impl State {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Reserved => "reserved",
@@ -90,6 +96,11 @@ pub struct ReservationDoc {
     pub settled: bool,
     pub created_at: DateTime,
     pub updated_at: DateTime,
+    /// The event announcing how an asynchronous checkout's reservation was decided
+    /// (`stock.reserved` / `stock.refused`), written by the deciding status change itself.
+    /// None on reservations of the synchronous checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<OutboxEvent>,
 }
 
 impl ReservationDoc {
@@ -154,6 +165,58 @@ enum Shortfall {
     Left(i64),
 }
 
+/// A line that could not be taken, said as a rejection says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortage {
+    /// `lines[i].quantity`, or `lines[i].item_id` when the item does not exist.
+    pub field: String,
+    pub not_found: bool,
+    /// "item 65.. has 1 left, 3 wanted"
+    pub message: String,
+}
+
+impl Shortage {
+    fn of(i: usize, line: &Line, shortfall: Shortfall) -> Self {
+        match shortfall {
+            Shortfall::NotFound => Self {
+                field: format!("lines[{i}].item_id"),
+                not_found: true,
+                message: format!("item {} not found", line.item.hex()),
+            },
+            Shortfall::Left(left) => Self {
+                field: format!("lines[{i}].quantity"),
+                not_found: false,
+                message: format!(
+                    "item {} has {left} left, {} wanted",
+                    line.item.hex(),
+                    line.quantity
+                ),
+            },
+        }
+    }
+}
+
+/// An asynchronous reservation on arrival of its request.
+#[derive(Debug)]
+pub enum Begun {
+    /// Created now, PENDING.
+    Fresh,
+    /// It existed: a redelivered request (or the same id reused).
+    Exists(Box<ReservationDoc>),
+}
+
+/// What deciding an asynchronous reservation came to.
+#[derive(Debug)]
+pub enum Decided {
+    /// This call decided it and stored the event with the decision.
+    Now(ReservationDoc),
+    /// It had been decided (with its event) before: a redelivery or a twin delivery.
+    Earlier(ReservationDoc),
+    /// It was released (order cancelled, or expired) before it could be decided; whatever
+    /// this call had taken is back.
+    Released(ReservationDoc),
+}
+
 #[derive(Clone, Debug)]
 pub struct Reservations {
     items: Collection<Document>,
@@ -163,12 +226,22 @@ pub struct Reservations {
 }
 
 /// The stored reason of a reservation the sweeper released because it expired.
-const EXPIRED: &str = "expired";
+pub const EXPIRED: &str = "expired";
 
 /// Reservations by what happened to them: reserved, rejected, committed, released
 /// (by a caller), expired (released by the sweeper).
 fn count_outcome(outcome: &'static str) {
     metrics::counter!("item_reservations_total", "outcome" => outcome).increment(1);
+}
+
+fn line_docs(lines: &[Line]) -> Vec<LineDoc> {
+    lines
+        .iter()
+        .map(|l| LineDoc {
+            item_id: l.item.0,
+            quantity: l.quantity,
+        })
+        .collect()
 }
 
 fn now_plus(d: Duration) -> DateTime {
@@ -385,13 +458,7 @@ impl Reservations {
         rid: &ReservationId,
         lines: &[Line],
     ) -> Result<ReservationDoc, Error> {
-        let line_docs: Vec<LineDoc> = lines
-            .iter()
-            .map(|l| LineDoc {
-                item_id: l.item.0,
-                quantity: l.quantity,
-            })
-            .collect();
+        let line_docs = line_docs(lines);
         let now = DateTime::now();
         let doc = ReservationDoc {
             id: rid.0.clone(),
@@ -404,6 +471,7 @@ impl Reservations {
             settled: false,
             created_at: now,
             updated_at: now,
+            outbox: None,
         };
         match self.reservations.insert_one(&doc).await {
             Ok(_) => {}
@@ -456,23 +524,11 @@ impl Reservations {
             let Some(shortfall) = shortfall else { continue };
             // All or nothing: put back the lines taken so far before answering.
             self.put_back_all(id, &line_docs[..i]).await?;
-            let field = format!("lines[{i}].quantity");
-            let (reason, not_found) = match shortfall {
-                Shortfall::NotFound => (format!("item {} not found", line.item.hex()), true),
-                Shortfall::Left(left) => (
-                    format!(
-                        "item {} has {left} left, {} wanted",
-                        line.item.hex(),
-                        line.quantity
-                    ),
-                    false,
-                ),
-            };
-            let field = if not_found {
-                format!("lines[{i}].item_id")
-            } else {
-                field
-            };
+            let Shortage {
+                field,
+                not_found,
+                message: reason,
+            } = Shortage::of(i, line, shortfall);
             let rejected = self
                 .transition(
                     id,
@@ -518,6 +574,15 @@ impl Reservations {
     /// either way, the work is idempotent, and the sweeper finishes it after
     /// `SETTLE_GRACE` if this process dies first.
     pub async fn commit(&self, rid: &ReservationId) -> Result<ReservationDoc, Error> {
+        self.commit_applied(rid).await.map(|(doc, _)| doc)
+    }
+
+    /// [`Self::commit`], also telling whether this call committed it (false: it had been
+    /// committed before, a retry or a redelivery).
+    pub async fn commit_applied(
+        &self,
+        rid: &ReservationId,
+    ) -> Result<(ReservationDoc, bool), Error> {
         for _ in 0..3 {
             if let Some(doc) = self
                 .transition(
@@ -529,7 +594,7 @@ impl Reservations {
                 .await?
             {
                 self.settle_later(doc.clone());
-                return Ok(doc);
+                return Ok((doc, true));
             }
             let doc = self.get_existing(&rid.0).await?;
             match doc.status {
@@ -539,7 +604,7 @@ impl Reservations {
                     if !doc.settled {
                         self.settle_later(doc.clone());
                     }
-                    return Ok(doc);
+                    return Ok((doc, false));
                 }
                 // Was PENDING when we tried and has been reserved since: try again.
                 State::Reserved => {}
@@ -596,23 +661,35 @@ impl Reservations {
     }
 
     pub async fn release(&self, rid: &ReservationId) -> Result<ReservationDoc, Error> {
+        self.release_applied(rid, "released by caller")
+            .await
+            .map(|(doc, _)| doc)
+    }
+
+    /// [`Self::release`] giving `reason` as the stored reason, and telling whether this
+    /// call released it (false: released before, or rejected, so nothing was held).
+    pub async fn release_applied(
+        &self,
+        rid: &ReservationId,
+        reason: &str,
+    ) -> Result<(ReservationDoc, bool), Error> {
         for _ in 0..3 {
             let doc = self.get_existing(&rid.0).await?;
             match doc.status {
-                State::Released if doc.settled => return Ok(doc),
-                State::Released => return self.settle(doc).await,
-                State::Rejected => return Ok(doc),
+                State::Released if doc.settled => return Ok((doc, false)),
+                State::Released => return Ok((self.settle(doc).await?, false)),
+                State::Rejected => return Ok((doc, false)),
                 State::Reserved | State::Pending => {
                     if let Some(doc) = self
                         .transition(
                             &rid.0,
                             &[State::Reserved, State::Pending],
                             State::Released,
-                            doc! { "settled": false, "reason": "released by caller" },
+                            doc! { "settled": false, "reason": reason },
                         )
                         .await?
                     {
-                        return self.settle(doc).await;
+                        return Ok((self.settle(doc).await?, true));
                     }
                 }
                 State::Committed => {
@@ -631,6 +708,153 @@ impl Reservations {
             ErrorReason::ConcurrentChange,
             format!("reservation {:?} is changing concurrently; retry", rid.0),
         ))
+    }
+
+    // ----- the asynchronous checkout, step by step -----
+
+    /// Creates the PENDING reservation of an asynchronous checkout, holding for `ttl`, or
+    /// finds the one a previous delivery of the same request created.
+    pub async fn begin(
+        &self,
+        rid: &ReservationId,
+        lines: &[Line],
+        ttl: Duration,
+    ) -> Result<Begun, Error> {
+        let now = DateTime::now();
+        let doc = ReservationDoc {
+            id: rid.0.clone(),
+            lines: line_docs(lines),
+            status: State::Pending,
+            expires_at: now_plus(ttl),
+            reason: String::new(),
+            reject_field: String::new(),
+            reject_not_found: false,
+            settled: false,
+            created_at: now,
+            updated_at: now,
+            outbox: None,
+        };
+        match self.reservations.insert_one(&doc).await {
+            Ok(_) => Ok(Begun::Fresh),
+            Err(e) if is_duplicate_key(&e) => {
+                Ok(Begun::Exists(Box::new(self.get_existing(&rid.0).await?)))
+            }
+            Err(e) => Err(Error::mongo("creating a reservation")(e)),
+        }
+    }
+
+    /// Takes every line for `rid` (lines it holds already count as taken). On a shortage
+    /// every line is put back and the shortage returned. A storage error leaves what was
+    /// taken held: the caller's retry takes the rest, or the sweeper returns it at expiry.
+    pub async fn take_lines(
+        &self,
+        rid: &ReservationId,
+        lines: &[Line],
+    ) -> Result<Option<Shortage>, Error> {
+        let mut outcome = Ok(None);
+        for (i, line) in lines.iter().enumerate() {
+            match self.take(&rid.0, line).await {
+                Ok(None) => {}
+                Ok(Some(shortfall)) => {
+                    // All lines, not only those before i: an earlier delivery that died may
+                    // have taken later ones (put_back is a no-op where nothing is held).
+                    outcome = self
+                        .put_back_all(&rid.0, &line_docs(lines))
+                        .await
+                        .map(|()| Some(Shortage::of(i, line, shortfall)));
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        self.cache
+            .invalidate(&lines.iter().map(|l| l.item).collect::<Vec<_>>())
+            .await;
+        outcome
+    }
+
+    /// Puts back whatever `rid` holds of `lines` (nothing where it holds nothing).
+    pub async fn put_back_lines(&self, rid: &ReservationId, lines: &[Line]) -> Result<(), Error> {
+        let res = self.put_back_all(&rid.0, &line_docs(lines)).await;
+        self.cache
+            .invalidate(&lines.iter().map(|l| l.item).collect::<Vec<_>>())
+            .await;
+        res
+    }
+
+    /// Decides `rid`: moves it from `from` to `to` (with `extra` fields) and stores `event`
+    /// in the same single-document update, if it is still in `from` and has no event yet.
+    /// Otherwise says why not; a call that had taken `lines` (`to` RESERVED) and lost to a
+    /// rejection or a release puts them back.
+    pub async fn decide(
+        &self,
+        rid: &ReservationId,
+        lines: &[Line],
+        (from, to): (State, State),
+        extra: Document,
+        event: OutboxEvent,
+    ) -> Result<Decided, Error> {
+        let event = mongodb::bson::to_bson(&event).map_err(|e| Error::Encode {
+            what: "an outbox event",
+            source: e,
+        })?;
+        let mut set =
+            doc! { "status": to.as_str(), "updated_at": DateTime::now(), "outbox": event };
+        set.extend(extra);
+        let decided = self
+            .reservations
+            .find_one_and_update(
+                doc! { "_id": &rid.0, "status": from.as_str(), "outbox": { "$exists": false } },
+                doc! { "$set": set },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(Error::mongo("deciding a reservation"))?;
+        if let Some(doc) = decided {
+            if from != to {
+                count_outcome(to.as_str());
+            }
+            return Ok(Decided::Now(doc));
+        }
+        let doc = self.get_existing(&rid.0).await?;
+        let holds_ours = matches!(doc.status, State::Reserved | State::Committed);
+        if to == State::Reserved && !holds_ours {
+            self.put_back_all(&rid.0, &line_docs(lines)).await?;
+            self.cache
+                .invalidate(&lines.iter().map(|l| l.item).collect::<Vec<_>>())
+                .await;
+        }
+        Ok(match doc.status {
+            State::Released if doc.outbox.is_none() => Decided::Released(doc),
+            _ => Decided::Earlier(doc),
+        })
+    }
+
+    /// Records that an order was cancelled before its reservation was made (so a late
+    /// request for it reserves nothing). False when the reservation exists after all.
+    pub async fn tombstone(&self, rid: &ReservationId, reason: &str) -> Result<bool, Error> {
+        let now = DateTime::now();
+        let doc = ReservationDoc {
+            id: rid.0.clone(),
+            lines: Vec::new(),
+            status: State::Released,
+            expires_at: now,
+            reason: reason.to_owned(),
+            reject_field: String::new(),
+            reject_not_found: false,
+            settled: true,
+            created_at: now,
+            updated_at: now,
+            outbox: None,
+        };
+        match self.reservations.insert_one(&doc).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(Error::mongo("recording a cancelled order")(e)),
+        }
     }
 
     /// One sweep: releases expired reservations and finishes settlements that a dead

@@ -1,0 +1,97 @@
+//! item-service on the event stream (when NATS is configured): the outbox relay and the
+//! consumers of the checkout events, run as named tasks of whatever host runs the service.
+
+use std::sync::{Arc, Mutex};
+
+use platform::{
+    events::{
+        Broker, ConsumerSpec, EventsConfig, HandlerError, Relay,
+        checkout::{CHECKOUT_REQUESTED, ORDER_CANCELLED, ORDER_COMPLETED},
+        consumer,
+    },
+    host::Hosted,
+};
+
+use crate::{checkout::Checkout, outbox::ReservationOutbox};
+
+/// The consumer and outbox name of this service on the stream.
+pub const SERVICE: &str = "item-service";
+
+pub struct Events {
+    broker: Broker,
+    checkout: Arc<Checkout>,
+    /// Taken by the (one) host that runs the service.
+    relay: Mutex<Option<Relay<ReservationOutbox>>>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("broker", &self.broker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    /// Connects to NATS (in the background if it is down: the outbox keeps the events and
+    /// the consumers start when it is back). `checkout` is given the relay's waker.
+    pub async fn connect(
+        config: EventsConfig,
+        outbox: ReservationOutbox,
+        checkout: impl FnOnce(platform::events::RelayWaker) -> Checkout,
+    ) -> anyhow::Result<Self> {
+        let broker = Broker::connect(config, SERVICE).await?;
+        let relay = Relay::new(SERVICE, outbox, broker.clone());
+        let checkout = Arc::new(checkout(relay.waker()));
+        Ok(Self {
+            broker,
+            checkout,
+            relay: Mutex::new(Some(relay)),
+        })
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// `hosted` with the relay and one consumer per kind item-service reads.
+    pub fn host(&self, hosted: Hosted) -> Hosted {
+        let relay = self.relay.lock().ok().and_then(|mut r| r.take());
+        let hosted = match relay {
+            Some(relay) => hosted.with_task("event relay", move |stop| relay.run(stop)),
+            None => {
+                tracing::warn!(
+                    "item-service is hosted twice; its event relay runs in the first host"
+                );
+                hosted
+            }
+        };
+        let consume = |hosted: Hosted, name: &'static str, kind: &'static str| {
+            let broker = self.broker.clone();
+            let checkout = self.checkout.clone();
+            hosted.with_task(name, move |stop| {
+                consumer::run(
+                    broker,
+                    ConsumerSpec::new(SERVICE, kind),
+                    move |event| {
+                        let checkout = checkout.clone();
+                        async move {
+                            match kind {
+                                CHECKOUT_REQUESTED => checkout.on_checkout_requested(event).await,
+                                ORDER_COMPLETED => checkout.on_order_completed(event).await,
+                                ORDER_CANCELLED => checkout.on_order_cancelled(event).await,
+                                other => Err(HandlerError::Reject(format!(
+                                    "item-service does not read {other}"
+                                ))),
+                            }
+                        }
+                    },
+                    stop,
+                )
+            })
+        };
+        let hosted = consume(hosted, "checkout.requested consumer", CHECKOUT_REQUESTED);
+        let hosted = consume(hosted, "order.completed consumer", ORDER_COMPLETED);
+        consume(hosted, "order.cancelled consumer", ORDER_CANCELLED)
+    }
+}
