@@ -32,6 +32,10 @@ pub fn config() -> Config {
     // outcomes, not speed, so the server-side cap must not decide them.
     c.request_timeout_ms = 60_000;
     c.identity = crate::identity::settings(platform::identity::ITEM_SERVICE);
+    // Off the event stream unless a test opts in (`events`, on a stream of its own): the
+    // stack's NATS_URL would otherwise make every test consume the shared default stream.
+    c.nats_url = None;
+    c.events = None;
     c
 }
 
