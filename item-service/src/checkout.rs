@@ -384,6 +384,8 @@ impl Checkout {
             amount_cents = total;
             priced.push(PricedLine {
                 item_id: line.item.hex(),
+                sku: item.sku.clone(),
+                name: item.name.clone(),
                 quantity: u32::try_from(line.quantity).unwrap_or_default(),
                 unit_price_cents: item.price.amount_minor,
             });

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use platform::events::EventsConfig;
 use secrecy::SecretString;
 
 /// Whether the Redis cache sits in front of MongoDB reads.
@@ -85,17 +84,6 @@ pub struct Config {
     #[arg(long, env = "ITEM_ASYNC_RESERVATION_TTL_SECS", default_value_t = 900)]
     pub async_reservation_ttl_secs: u64,
 
-    /// NATS server with JetStream (`nats://host:4222`). When set, item-service takes part
-    /// in the asynchronous checkout: it consumes `checkout.requested`, `order.completed` and
-    /// `order.cancelled` and relays its outbox; unset, it serves only the synchronous calls.
-    #[arg(long, env = "NATS_URL")]
-    pub nats_url: Option<String>,
-
-    /// The event stream to use instead of the default one at `nats_url` (tests isolate
-    /// themselves with `EventsConfig::isolated`). Not a command-line setting.
-    #[arg(skip)]
-    pub events: Option<EventsConfig>,
-
     /// How often the sweeper looks for expired reservations.
     #[arg(long, env = "ITEM_SWEEP_INTERVAL_MS", default_value_t = 5000)]
     pub sweep_interval_ms: u64,
@@ -120,6 +108,12 @@ pub struct Config {
     /// exists (SHOP_FAULT_ADMIN). It calls nobody, so it needs no key of its own.
     #[command(flatten)]
     pub identity: platform::identity::IdentitySettings,
+
+    /// The event stream of the asynchronous checkout (NATS_URL). With it, item-service
+    /// consumes `checkout.requested`, `order.completed` and `order.cancelled` and relays its
+    /// outbox; without it, it serves only the synchronous calls.
+    #[command(flatten)]
+    pub events: platform::events::EventsSettings,
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -151,18 +145,6 @@ impl Config {
 
     pub fn async_reservation_ttl(&self) -> Duration {
         Duration::from_secs(self.async_reservation_ttl_secs)
-    }
-
-    /// Where the checkout's events are, if item-service takes part in the asynchronous
-    /// checkout at all.
-    pub fn events_config(&self) -> Option<EventsConfig> {
-        self.events.clone().or_else(|| {
-            self.nats_url
-                .as_deref()
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .map(EventsConfig::new)
-        })
     }
 
     pub fn sweep_interval(&self) -> Duration {

@@ -1,11 +1,11 @@
 //! item-service on the event stream (when NATS is configured): the outbox relay and the
 //! consumers of the checkout events, run as named tasks of whatever host runs the service.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use platform::{
     events::{
-        Broker, ConsumerSpec, EventsConfig, HandlerError, Relay,
+        Broker, ConsumerSpec, EventsConfig, HandlerError, Relay, RelayWaker,
         checkout::{CHECKOUT_REQUESTED, ORDER_CANCELLED, ORDER_COMPLETED},
         consumer,
     },
@@ -17,19 +17,13 @@ use crate::{checkout::Checkout, outbox::ReservationOutbox};
 /// The consumer and outbox name of this service on the stream.
 pub const SERVICE: &str = "item-service";
 
+#[derive(Debug)]
 pub struct Events {
     broker: Broker,
+    outbox: ReservationOutbox,
+    /// Wakes the relay after a handler stored an event.
+    waker: RelayWaker,
     checkout: Arc<Checkout>,
-    /// Taken by the (one) host that runs the service.
-    relay: Mutex<Option<Relay<ReservationOutbox>>>,
-}
-
-impl std::fmt::Debug for Events {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Events")
-            .field("broker", &self.broker)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Events {
@@ -38,15 +32,16 @@ impl Events {
     pub async fn connect(
         config: EventsConfig,
         outbox: ReservationOutbox,
-        checkout: impl FnOnce(platform::events::RelayWaker) -> Checkout,
+        checkout: impl FnOnce(RelayWaker) -> Checkout,
     ) -> anyhow::Result<Self> {
         let broker = Broker::connect(config, SERVICE).await?;
-        let relay = Relay::new(SERVICE, outbox, broker.clone());
-        let checkout = Arc::new(checkout(relay.waker()));
+        let waker = RelayWaker::default();
+        let checkout = Arc::new(checkout(waker.clone()));
         Ok(Self {
             broker,
+            outbox,
+            waker,
             checkout,
-            relay: Mutex::new(Some(relay)),
         })
     }
 
@@ -56,16 +51,13 @@ impl Events {
 
     /// `hosted` with the relay and one consumer per kind item-service reads.
     pub fn host(&self, hosted: Hosted) -> Hosted {
-        let relay = self.relay.lock().ok().and_then(|mut r| r.take());
-        let hosted = match relay {
-            Some(relay) => hosted.with_task("event relay", move |stop| relay.run(stop)),
-            None => {
-                tracing::warn!(
-                    "item-service is hosted twice; its event relay runs in the first host"
-                );
-                hosted
-            }
-        };
+        let relay = Relay::with_waker(
+            SERVICE,
+            self.outbox.clone(),
+            self.broker.clone(),
+            self.waker.clone(),
+        );
+        let hosted = hosted.with_task("event relay", move |stop| relay.run(stop));
         let consume = |hosted: Hosted, name: &'static str, kind: &'static str| {
             let broker = self.broker.clone();
             let checkout = self.checkout.clone();

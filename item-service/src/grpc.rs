@@ -69,7 +69,7 @@ impl ItemService {
         let reservations = Reservations::new(&db, cache.clone(), config.reservation_ttl());
         store.ensure_indexes().await?;
         reservations.ensure_indexes().await?;
-        let events = match config.events_config() {
+        let events = match config.events.config() {
             Some(events) => {
                 let outbox = ReservationOutbox::new(&db);
                 outbox.ensure_indexes().await?;

@@ -32,10 +32,9 @@ pub fn config() -> Config {
     // outcomes, not speed, so the server-side cap must not decide them.
     c.request_timeout_ms = 60_000;
     c.identity = crate::identity::settings(platform::identity::ITEM_SERVICE);
-    // Off the event stream unless a test opts in (`events`, on a stream of its own): the
-    // stack's NATS_URL would otherwise make every test consume the shared default stream.
-    c.nats_url = None;
-    c.events = None;
+    // No event stream unless a test asks for one (crate::events::settings): the stack's
+    // NATS_URL would otherwise make every test consume the shared default stream.
+    c.events = Default::default();
     c
 }
 

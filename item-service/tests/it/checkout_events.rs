@@ -7,7 +7,13 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
-use item_service::{Config, events::SERVICE};
+use item_service::{
+    Config,
+    cache::Cache,
+    events::SERVICE,
+    input::{ItemId, Line as ItemLine, ReservationId},
+    reservations::{Begun, Reservations},
+};
 use platform::events::{
     Broker, ConsumerSpec, Envelope, EventsConfig,
     checkout::{
@@ -23,6 +29,8 @@ use crate::harness::{self, TestApp};
 /// The test's side of the stream: publishes as the other services do, reads what
 /// item-service published.
 struct Stream {
+    /// The test's streams and subjects on the stack's NATS.
+    namespace: String,
     config: EventsConfig,
     broker: Broker,
     js: jetstream::Context,
@@ -30,25 +38,27 @@ struct Stream {
 
 impl Stream {
     async fn new() -> Self {
-        let url = harness::env("NATS_URL");
-        let config = EventsConfig::isolated(url, &format!("t{}", test_support::unique_suffix()));
-        let broker = Broker::connect(config.clone(), "item-service-test")
-            .await
-            .expect("connect to NATS");
-        broker.ensure_streams().await.expect("streams");
+        let namespace = test_support::events::namespace();
+        let broker = test_support::events::broker(&namespace).await;
+        let config = broker.config().clone();
         let js = jetstream::new(
             async_nats::connect(config.url.as_str())
                 .await
                 .expect("connect to NATS"),
         );
-        Self { config, broker, js }
+        Self {
+            namespace,
+            config,
+            broker,
+            js,
+        }
     }
 
     /// item-service on this stream, its config tweaked.
     async fn spawn_with(&self, tweak: impl FnOnce(&mut Config)) -> TestApp {
-        let events = self.config.clone();
+        let events = test_support::events::settings(&self.namespace);
         harness::spawn_with(|c| {
-            c.events = Some(events);
+            c.events = events;
             tweak(c);
         })
         .await
@@ -239,11 +249,22 @@ async fn a_checkout_request_holds_the_stock_and_announces_it_priced_once() {
     let priced: Vec<_> = data
         .lines
         .iter()
-        .map(|l| (l.item_id.as_str(), l.quantity, l.unit_price_cents))
+        .map(|l| {
+            (
+                l.item_id.as_str(),
+                l.sku.as_str(),
+                l.name.as_str(),
+                l.quantity,
+                l.unit_price_cents,
+            )
+        })
         .collect();
     assert_eq!(
         priced,
-        [(pen.id.as_str(), 2, 250), (pad.id.as_str(), 1, 1000)]
+        [
+            (pen.id.as_str(), "ASYNC-PEN", "Pen", 2, 250),
+            (pad.id.as_str(), "ASYNC-PAD", "Pad", 1, 1000)
+        ]
     );
     assert_eq!(app.stock(&pen.id).await, 3);
     assert_eq!(app.stock(&pad.id).await, 2);
@@ -280,6 +301,48 @@ async fn a_checkout_request_holds_the_stock_and_announces_it_priced_once() {
     );
     assert_eq!(stream.events(STOCK_RESERVED).await.len(), 1);
     assert!(stream.events(STOCK_REFUSED).await.is_empty());
+    app.stop().await;
+}
+
+/// The process that got the first delivery created the reservation and took a line, then
+/// died before deciding: the redelivery finishes the work, taking nothing twice.
+#[tokio::test]
+async fn a_request_whose_first_delivery_died_half_way_is_finished_by_the_redelivery() {
+    let stream = Stream::new().await;
+    let app = stream.spawn_with(|_| {}).await;
+    let a = app.create("ASYNC-HALF-A", "A", "c", 100, 5).await;
+    let b = app.create("ASYNC-HALF-B", "B", "c", 300, 5).await;
+    let line = |id: &str, quantity| ItemLine {
+        item: ItemId::parse(id, "item").expect("an item id"),
+        quantity,
+    };
+    let lines = [line(&a.id, 2), line(&b.id, 1)];
+    let rid = ReservationId::parse("order-h").expect("an id");
+    let dead = Reservations::new(
+        app.service.database(),
+        Cache::off(),
+        Duration::from_secs(900),
+    );
+    let begun = dead
+        .begin(&rid, &lines, Duration::from_secs(900))
+        .await
+        .expect("begin");
+    assert!(matches!(begun, Begun::Fresh));
+    assert_eq!(
+        dead.take_lines(&rid, &lines[..1]).await.expect("take"),
+        None
+    );
+
+    stream.request("order-h", &[(&a.id, 2), (&b.id, 1)]).await;
+    let reserved = stream.until_events(STOCK_RESERVED, 1).await;
+    let data: StockReserved = checkout::data(&reserved[0]).expect("a StockReserved");
+    assert_eq!(data.amount_cents, 2 * 100 + 300);
+    assert_eq!(app.stock(&a.id).await, 3, "taken once");
+    assert_eq!(app.stock(&b.id).await, 4);
+    assert_eq!(
+        reservation(&app, "order-h").await.status,
+        ReservationStatus::Reserved as i32
+    );
     app.stop().await;
 }
 
