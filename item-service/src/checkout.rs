@@ -136,14 +136,11 @@ impl Checkout {
     pub async fn on_checkout_requested(&self, event: Envelope) -> Result<Outcome, HandlerError> {
         let req: CheckoutRequested = checkout::data(&event).map_err(unreadable)?;
         let rid = reservation_id(&req.order_id, &event.key)?;
-        let (lines, verdict) = match parse_lines(&req.lines) {
-            Ok(lines) => {
-                let verdict = self.price(&req.order_id, &lines).await;
-                (lines, verdict.map_err(handler_error)?)
-            }
+        let (lines, invalid) = match parse_lines(&req.lines) {
+            Ok(lines) => (lines, None),
             Err(e) => (
                 Vec::new(),
-                Verdict::Refused(refusal(
+                Some(refusal(
                     &req.order_id,
                     ErrorReason::InvalidField,
                     e.field,
@@ -165,6 +162,13 @@ impl Checkout {
                 true
             }
         };
+        let verdict = match invalid {
+            Some(refused) => Verdict::Refused(refused),
+            None => self
+                .price(&req.order_id, &lines)
+                .await
+                .map_err(handler_error)?,
+        };
         let decided = match verdict {
             Verdict::Refused(refused) => {
                 if resumed {
@@ -174,7 +178,7 @@ impl Checkout {
                         .await
                         .map_err(handler_error)?;
                 }
-                self.refuse(&event, &rid, &lines, State::Pending, refused, false)
+                self.refuse(&event, &rid, &lines, State::Pending, refused)
                     .await?
             }
             Verdict::Priced(priced) => match self
@@ -190,15 +194,8 @@ impl Checkout {
                         ErrorReason::OutOfStock
                     };
                     let refused = refusal(&req.order_id, reason, short.field, short.message);
-                    self.refuse(
-                        &event,
-                        &rid,
-                        &lines,
-                        State::Pending,
-                        refused,
-                        short.not_found,
-                    )
-                    .await?
+                    self.refuse(&event, &rid, &lines, State::Pending, refused)
+                        .await?
                 }
                 None => {
                     let reserved = StockReserved {
@@ -268,7 +265,7 @@ impl Checkout {
                     message: "the stock could not be reserved before the hold expired".into(),
                 };
                 let decided = self
-                    .refuse(event, rid, lines, State::Released, refused, false)
+                    .refuse(event, rid, lines, State::Released, refused)
                     .await?;
                 Ok(Some(self.outcome(decided)))
             }
@@ -288,8 +285,8 @@ impl Checkout {
         lines: &[Line],
         from: State,
         refused: Refusal,
-        not_found: bool,
     ) -> Result<Decided, HandlerError> {
+        let not_found = refused.reason == reason_name(ErrorReason::ItemNotFound);
         let to = if from == State::Pending {
             State::Rejected
         } else {
