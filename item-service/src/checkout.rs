@@ -444,3 +444,39 @@ impl Checkout {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_reasons_as_the_contract_does() {
+        assert_eq!(reason_name(ErrorReason::OutOfStock), "OUT_OF_STOCK");
+        assert_eq!(reason_name(ErrorReason::ItemNotFound), "ITEM_NOT_FOUND");
+        assert_eq!(
+            reason_name(ErrorReason::ReservationExpired),
+            "RESERVATION_EXPIRED"
+        );
+    }
+
+    #[test]
+    fn event_lines_follow_the_cart_rules() {
+        let line = |item_id: &str, quantity| checkout::Line {
+            item_id: item_id.into(),
+            quantity,
+        };
+        let id = "0123456789abcdef01234567";
+        assert_eq!(parse_lines(&[line(id, 2)]).map(|l| l.len()), Ok(1));
+        let field = |lines: &[checkout::Line]| parse_lines(lines).map_err(|e| e.field);
+        assert_eq!(field(&[line(id, 0)]), Err("lines[0].quantity".into()));
+        assert_eq!(
+            field(&[line(id, u32::MAX)]),
+            Err("lines[0].quantity".into())
+        );
+        assert_eq!(
+            field(&[line(id, 1), line("nope", 1)]),
+            Err("lines[1].item_id".into())
+        );
+        assert_eq!(field(&[]), Err("lines".into()));
+    }
+}
