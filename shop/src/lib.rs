@@ -117,6 +117,8 @@ impl Monolith {
             }
             let gateway = CardGateway::build(card_config).await?;
             config.payment.card_gateway_url = format!("http://{}", gateway.addr());
+            // The asynchronous checkout tokenises cards at the same processor.
+            config.gateway.card_gateway_url = config.payment.card_gateway_url.clone();
             card = Some((gateway.addr(), gateway.handle()));
             host.task(Task::new("card gateway", |stop| async move {
                 if let Err(e) = gateway.run_until_stopped(stop).await {

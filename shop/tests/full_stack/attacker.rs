@@ -565,6 +565,7 @@ async fn fault_admins_are_absent_when_off_and_admin_only_when_on() {
     let s = stack_with(Options {
         gateway: Box::new(|c| c.identity.fault_admin = Switch::Off),
         item: Box::new(|c| c.identity.fault_admin = Switch::Off),
+        ..Options::default()
     })
     .await;
     let admin_token = s.admin().await;

@@ -3,6 +3,7 @@
 //! One test binary, so the services are linked once.
 
 mod api;
+mod async_checkout;
 mod attacker;
 mod checkout;
 mod common;

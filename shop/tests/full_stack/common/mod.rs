@@ -33,6 +33,9 @@ pub const NO_FUNDS_CARD: &str = "4000 0000 0000 9995";
 pub struct Options {
     pub gateway: Box<dyn FnOnce(&mut gateway::Config) + Send>,
     pub item: Box<dyn FnOnce(&mut item_service::Config) + Send>,
+    /// Puts user-, item- and payment-service on the stack's NATS, in a namespace of this
+    /// stack's own (the asynchronous checkout); off, they run without an event stream.
+    pub events: bool,
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
         Self {
             gateway: Box::new(|_| {}),
             item: Box::new(|_| {}),
+            events: false,
         }
     }
 }
@@ -83,15 +87,31 @@ pub async fn monolith() -> Shop {
 }
 
 pub async fn monolith_with(tweak_item: impl FnOnce(&mut item_service::Config)) -> Shop {
+    monolith_on(tweak_item, Default::default()).await
+}
+
+/// The monolith with its three services on the stack's NATS (a namespace of its own).
+pub async fn monolith_with_events() -> Shop {
+    let events = test_support::events::settings(&test_support::events::namespace());
+    monolith_on(|_| {}, events).await
+}
+
+async fn monolith_on(
+    tweak_item: impl FnOnce(&mut item_service::Config),
+    events: platform::events::EventsSettings,
+) -> Shop {
     platform::telemetry::init(false);
     let mut item = item::config();
+    item.events = events.clone();
     tweak_item(&mut item);
     let payment_db = db::fresh_mysql("payment").await;
     // The card gateway URL is the monolith's own (it hosts the mock, see below).
     let mut payment = payment::config(&payment_db.url, "http://127.0.0.1:9");
+    payment.events = events.clone();
     tune_payment(&mut payment);
     let user_database_url = db::fresh_postgres("user").await.url;
-    let user = user::config(&user_database_url);
+    let mut user = user::config(&user_database_url);
+    user.events = events;
     let shop = shop::Monolith::build(shop::MonolithConfig {
         user,
         item,
@@ -173,6 +193,12 @@ pub struct Stack {
     /// user-service's database (a second replica may run on it).
     pub user_database_url: String,
     pub gateway: Running,
+    /// What a payment-service restarted in place needs: its database, the card gateway,
+    /// item-service and the event stream the stack's services share.
+    pub payment_database_url: String,
+    pub card_url: String,
+    pub item_url: String,
+    pub events: platform::events::EventsSettings,
 }
 
 pub async fn stack() -> Stack {
@@ -181,16 +207,30 @@ pub async fn stack() -> Stack {
 
 pub async fn stack_with(opts: Options) -> Stack {
     platform::telemetry::init(false);
-    let item = item::spawn_with(opts.item).await;
+    let events = opts
+        .events
+        .then(|| test_support::events::settings(&test_support::events::namespace()))
+        .unwrap_or_default();
+    let tweak_item = opts.item;
+    let item_events = events.clone();
+    let item = item::spawn_with(move |c| {
+        c.events = item_events;
+        tweak_item(c);
+    })
+    .await;
     // payment-service with its own card gateway, calling this item-service (chained).
+    let payment_events = events.clone();
+    let stack_events = events.clone();
     let payment = payment::spawn_with(|c| {
         c.item_service_url = format!("http://{}", item.grpc_addr);
+        c.events = payment_events;
         tune_payment(c);
     })
     .await;
     let user = user::spawn_with(|c| {
         c.payment_service_url = format!("http://{}", payment.grpc_addr);
         c.item_service_url = format!("http://{}", item.grpc_addr);
+        c.events = events;
     })
     .await;
 
@@ -198,6 +238,7 @@ pub async fn stack_with(opts: Options) -> Stack {
     gcfg.user_service_url = format!("http://{}", user.grpc_addr);
     gcfg.item_service_url = format!("http://{}", item.grpc_addr);
     gcfg.payment_service_url = format!("http://{}", payment.grpc_addr);
+    gcfg.card_gateway_url = payment.card_gateway.url.clone();
     (opts.gateway)(&mut gcfg);
     let gw = gateway::Application::build(gcfg)
         .await
@@ -207,6 +248,10 @@ pub async fn stack_with(opts: Options) -> Stack {
 
     Stack {
         api: Api::new(gw_addr),
+        payment_database_url: payment.database.url.clone(),
+        card_url: payment.card_gateway.url.clone(),
+        item_url: format!("http://{}", item.grpc_addr),
+        events: stack_events,
         card: payment.card_gateway.handle,
         card_server: payment.card_gateway.server,
         item: item.server,
@@ -392,6 +437,21 @@ impl Stack {
         rules: Vec<shop_proto::admin::v1::FaultRule>,
     ) {
         test_support::faults::set(addr, rules).await;
+    }
+
+    /// A new payment-service process on the stack's payment database, card gateway and event
+    /// stream (after the first was stopped): the one the gateway does not call, the one the
+    /// asynchronous checkout's events reach.
+    pub async fn restart_payment(&self) -> Running {
+        let mut c = payment::config(&self.payment_database_url, &self.card_url);
+        c.item_service_url = self.item_url.clone();
+        c.events = self.events.clone();
+        tune_payment(&mut c);
+        let app = payment_service::Application::build(c)
+            .await
+            .expect("payment-service builds again");
+        let addr = app.grpc_addr();
+        Running::spawn(addr, |stop| app.run_until_stopped(stop))
     }
 
     /// The text of the gateway's /metrics.
