@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use platform::config::parse_switch;
+use platform::{balance::BalanceSettings, config::parse_switch, endpoints::ServiceUrls};
 use secrecy::SecretString;
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {
@@ -18,24 +18,30 @@ pub struct Config {
     /// HTTP listen address (REST API, web shop, /metrics, /openapi.json). Port 0 picks one.
     #[arg(long, env = "GATEWAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
+    /// Where each service is reached: one URL, several separated by commas (replicas), or
+    /// a DNS name standing for several addresses (a Kubernetes headless Service); calls are
+    /// balanced over all of them.
     #[arg(
         long,
         env = "USER_SERVICE_URL",
+        value_parser = ServiceUrls::parse,
         default_value = "http://127.0.0.1:50051"
     )]
-    pub user_service_url: String,
+    pub user_service_url: ServiceUrls,
     #[arg(
         long,
         env = "ITEM_SERVICE_URL",
+        value_parser = ServiceUrls::parse,
         default_value = "http://127.0.0.1:50052"
     )]
-    pub item_service_url: String,
+    pub item_service_url: ServiceUrls,
     #[arg(
         long,
         env = "PAYMENT_SERVICE_URL",
+        value_parser = ServiceUrls::parse,
         default_value = "http://127.0.0.1:50053"
     )]
-    pub payment_service_url: String,
+    pub payment_service_url: ServiceUrls,
     /// HS256 secret shared with user-service; tokens are verified here.
     #[arg(long, env = "USER_JWT_SECRET", value_parser = parse_secret, hide_env_values = true)]
     pub jwt_secret: SecretString,
@@ -125,6 +131,10 @@ pub struct Config {
     /// whether /api/admin/faults exists (SHOP_FAULT_ADMIN).
     #[command(flatten)]
     pub identity: platform::identity::IdentitySettings,
+    /// DNS re-resolution and ejection of failed replicas (SHOP_RESOLVE_INTERVAL_MS,
+    /// SHOP_EJECT_MS).
+    #[command(flatten)]
+    pub balance: BalanceSettings,
 }
 
 impl Config {

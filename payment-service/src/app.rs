@@ -175,9 +175,13 @@ impl Application {
             },
         )
         .await?;
-        let items =
-            platform::transport::channel(&config.item_service_url, Duration::from_millis(500))
-                .context("ITEM_SERVICE_URL is not a valid URL")?;
+        let items = platform::transport::balanced(
+            platform::identity::ITEM_SERVICE,
+            &config.item_service_url,
+            Duration::from_millis(500),
+            &config.balance,
+        )
+        .context("ITEM_SERVICE_URL is not a valid URL")?;
         let service = PaymentService::connect(&config, items).await?;
         Ok(Self { service, process })
     }

@@ -86,6 +86,12 @@ impl ServiceUrls {
     }
 }
 
+impl From<std::net::SocketAddr> for ServiceUrls {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        Self::of_addrs(&[addr])
+    }
+}
+
 impl FromStr for ServiceUrls {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

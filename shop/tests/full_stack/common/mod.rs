@@ -184,20 +184,20 @@ pub async fn stack_with(opts: Options) -> Stack {
     let item = item::spawn_with(opts.item).await;
     // payment-service with its own card gateway, calling this item-service (chained).
     let payment = payment::spawn_with(|c| {
-        c.item_service_url = format!("http://{}", item.grpc_addr);
+        c.item_service_url = item.grpc_addr.into();
         tune_payment(c);
     })
     .await;
     let user = user::spawn_with(|c| {
-        c.payment_service_url = format!("http://{}", payment.grpc_addr);
-        c.item_service_url = format!("http://{}", item.grpc_addr);
+        c.payment_service_url = payment.grpc_addr.into();
+        c.item_service_url = item.grpc_addr.into();
     })
     .await;
 
     let mut gcfg = gateway_config();
-    gcfg.user_service_url = format!("http://{}", user.grpc_addr);
-    gcfg.item_service_url = format!("http://{}", item.grpc_addr);
-    gcfg.payment_service_url = format!("http://{}", payment.grpc_addr);
+    gcfg.user_service_url = user.grpc_addr.into();
+    gcfg.item_service_url = item.grpc_addr.into();
+    gcfg.payment_service_url = payment.grpc_addr.into();
     (opts.gateway)(&mut gcfg);
     let gw = gateway::Application::build(gcfg)
         .await
