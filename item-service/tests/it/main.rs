@@ -6,4 +6,5 @@ mod accounting;
 mod cache;
 mod harness;
 mod items;
+mod replicas;
 mod reservations;

@@ -648,7 +648,11 @@ async fn list_charges(State(gw): State<Gateway>, Query(q): Query<ListQuery>) -> 
     }
     let data = match q.idempotency_key.as_deref() {
         Some(key) => {
-            let found = gw.ledger().lookup_key(key);
+            let found = {
+                let mut ledger = gw.ledger();
+                ledger.stats.key_lookups += 1;
+                ledger.lookup_key(key)
+            };
             match found {
                 KeyLookup::Unknown | KeyLookup::NoCharge => vec![],
                 KeyLookup::Charge(c) => vec![*c],

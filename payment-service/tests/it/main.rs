@@ -9,4 +9,5 @@ mod harness;
 mod logs;
 mod orders;
 mod payments;
+mod replicas;
 mod trust;
