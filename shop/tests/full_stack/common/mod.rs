@@ -55,7 +55,7 @@ fn tune_payment(c: &mut payment_service::Config) {
 }
 
 /// The gateway's test config: [`SECRET`], the given downstream URLs, generous budgets.
-fn gateway_config() -> gateway::Config {
+pub fn gateway_config() -> gateway::Config {
     let mut c = gateway::Config::with_secret(SECRET);
     c.http_addr = "127.0.0.1:0".into();
     c.faults = String::new();
