@@ -390,10 +390,17 @@ async fn resolve_loop(
                 all.extend(a);
             }
         }
+        let none = all.is_empty();
         s.replace(&all);
         s.resolved.send_modify(|n| *n += 1);
         drop(s);
-        tokio::time::sleep(every).await;
+        // Nothing resolved yet (the callee's name not in DNS yet): look again soon.
+        let pause = if none {
+            every.min(Duration::from_secs(1))
+        } else {
+            every
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
