@@ -179,3 +179,47 @@ impl Config {
         c
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    const SECRET: [&str; 2] = ["--jwt-secret", "0123456789abcdef0123"];
+
+    #[test]
+    fn a_service_url_may_list_several_replicas() {
+        let c = Config::parse_from(
+            [
+                "gateway",
+                "--item-service-url",
+                "http://127.0.0.1:1, http://127.0.0.1:2",
+            ]
+            .into_iter()
+            .chain(SECRET),
+        );
+        assert_eq!(c.item_service_url.targets().len(), 2);
+        assert_eq!(
+            c.item_service_url.to_string(),
+            "http://127.0.0.1:1,http://127.0.0.1:2"
+        );
+    }
+
+    #[test]
+    fn a_bad_service_url_names_the_setting_and_the_problem() {
+        let err = Config::try_parse_from(
+            [
+                "gateway",
+                "--payment-service-url",
+                "http://127.0.0.1:1,127.0.0.1:2",
+            ]
+            .into_iter()
+            .chain(SECRET),
+        )
+        .expect_err("the second URL has no scheme")
+        .to_string();
+        assert!(err.contains("PAYMENT_SERVICE_URL"), "{err}");
+        assert!(err.contains("\"127.0.0.1:2\" has no scheme"), "{err}");
+    }
+}
