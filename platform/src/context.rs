@@ -62,26 +62,63 @@ impl TraceContext {
         }
     }
 
+    /// The context of this hop as an edge put it in the request's own `traceparent` (the
+    /// gateway's edge names its HTTP span there, see `gateway::api::edge`): the same trace
+    /// and span id, where [`TraceContext::from_headers`] would start a new span.
+    pub fn of_this_hop(headers: &HeaderMap) -> Self {
+        let mut trace = Self::from_headers(headers);
+        if let Some(tp) = Traceparent::from_headers(headers) {
+            trace.span_id = tp.span_id;
+        }
+        trace
+    }
+
     /// The `traceparent` value to send to the next hop (this hop's span is the parent).
     pub fn traceparent(&self) -> String {
         format!("00-{}-{}-01", self.trace_id, self.span_id)
     }
 }
 
+/// A parsed W3C `traceparent`: the caller's trace and span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Traceparent {
+    /// 32 lower-case hex digits, not all zero.
+    pub trace_id: String,
+    /// 16 lower-case hex digits, not all zero: the caller's span.
+    pub span_id: String,
+}
+
+impl Traceparent {
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::parse)
+    }
+
+    pub fn parse(v: &str) -> Option<Self> {
+        let mut parts = v.trim().split('-');
+        let version = parts.next()?;
+        let trace_id = parts.next()?;
+        let parent = parts.next()?;
+        let _flags = parts.next()?;
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(version, 2) || !hex(trace_id, 32) || !hex(parent, 16) {
+            return None;
+        }
+        let zero = |s: &str| s.bytes().all(|b| b == b'0');
+        if zero(trace_id) || zero(parent) {
+            return None;
+        }
+        Some(Self {
+            trace_id: trace_id.to_ascii_lowercase(),
+            span_id: parent.to_ascii_lowercase(),
+        })
+    }
+}
+
 fn parse_traceparent(v: &str) -> Option<String> {
-    let mut parts = v.trim().split('-');
-    let version = parts.next()?;
-    let trace_id = parts.next()?;
-    let parent = parts.next()?;
-    let _flags = parts.next()?;
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if !hex(version, 2) || !hex(trace_id, 32) || !hex(parent, 16) {
-        return None;
-    }
-    if trace_id.bytes().all(|b| b == b'0') {
-        return None;
-    }
-    Some(trace_id.to_ascii_lowercase())
+    Traceparent::parse(v).map(|t| t.trace_id)
 }
 
 fn random_hex(bytes: usize) -> String {

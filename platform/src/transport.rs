@@ -11,7 +11,7 @@ use tower::{BoxError, ServiceExt, util::BoxCloneSyncService};
 
 use tower::Layer as _;
 
-use crate::{grpc::ObserveLayer, timing::TimingLayer};
+use crate::{grpc::ObserveLayer, telemetry::ClientSpanLayer, timing::TimingLayer};
 
 pub type GrpcTransport =
     BoxCloneSyncService<http::Request<Body>, http::Response<Body>, TransportError>;
@@ -33,7 +33,7 @@ pub fn channel(
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .connect_lazy();
-    let timed = TimingLayer.layer(channel);
+    let timed = ClientSpanLayer.layer(TimingLayer.layer(channel));
     Ok(BoxCloneSyncService::new(
         timed.map_err(|e| TransportError(BoxError::from(e))),
     ))
@@ -51,6 +51,7 @@ where
     S::Future: Send + 'static,
 {
     let observed = tower::ServiceBuilder::new()
+        .layer(ClientSpanLayer)
         .layer(TimingLayer)
         .layer(ObserveLayer)
         .service(server);

@@ -272,6 +272,8 @@ pub fn router(gateway: Gateway, admin: Option<Trust>) -> Router {
         .route("/v1/charges", post(create_charge).get(list_charges))
         .route("/v1/charges/{id}", get(get_charge))
         .route("/v1/refunds", post(create_refund))
+        // A server span per API call, child of the payment service's client span.
+        .route_layer(axum::middleware::from_fn(platform::telemetry::trace_http))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }));
     if let Some(trust) = admin {
         let admin_routes = Router::new()
