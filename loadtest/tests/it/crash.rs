@@ -15,7 +15,7 @@ use loadtest::crash::{self, plan, probe::Ending};
 /// --bins`; the test fails clearly when one is missing or older than the sources it is
 /// built from, so it never runs stale services. (Building them from here would build them
 /// with another feature set than the test build and rebuild half the workspace each time.)
-fn built_binaries() -> PathBuf {
+pub(crate) fn built_binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     // target/<profile>/deps/it-<hash>
     let dir = exe
