@@ -281,6 +281,29 @@ mod tests {
     }
 
     #[test]
+    fn this_hop_keeps_the_span_its_edge_named_and_a_zero_parent_is_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01"
+                .parse()
+                .expect("header"),
+        );
+        let hop = TraceContext::of_this_hop(&h);
+        assert_eq!(hop.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hop.span_id, "00f067aa0ba902b7");
+        assert_eq!(hop.request_id, hop.trace_id);
+        assert_eq!(
+            hop.traceparent(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(
+            Traceparent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
+            None
+        );
+    }
+
+    #[test]
     fn downstream_request_carries_remaining_budget() {
         let ctx = CallContext::root(Some(Duration::from_millis(500)));
         let req = ctx.request((), Some(Duration::from_millis(100)));

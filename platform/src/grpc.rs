@@ -273,9 +273,17 @@ where
                 Traceparent::from_headers(req.headers()).as_ref(),
                 &mut trace,
             );
-            span.record("trace_id", trace.trace_id.as_str());
-            span.record("request_id", trace.request_id.as_str());
+            span.record("trace_id", tracing::field::display(&trace.trace_id));
+            span.record("request_id", tracing::field::display(&trace.request_id));
             span
+        } else if crate::telemetry::enabled() {
+            // A health or reflection call: below the level spans are exported at.
+            tracing::debug_span!(
+                "grpc",
+                method = %method,
+                trace_id = %trace.trace_id,
+                request_id = %trace.request_id,
+            )
         } else {
             tracing::info_span!(
                 "grpc",

@@ -5,10 +5,12 @@
 //! nothing is installed and the spans made only for traces are not even created
 //! ([`enabled`] is false). `service.name` is the process's name, or `OTEL_SERVICE_NAME`.
 //!
-//! Only spans that declare an `otel.kind` field are exported (the request, call and store
-//! spans of this crate, the gateway and the card gateway), so a health probe's span or a
-//! library's span never becomes a trace of its own. Events of level WARN and above become
-//! span events. The ids of an exported span are also the [`TraceContext`] of its hop: the
+//! The spans made for traces (request, call and store spans of this crate, the gateway and
+//! the card gateway) have the target [`TARGET`], enabled at INFO whatever `RUST_LOG` says;
+//! a health probe's span is a DEBUG span then, so it never becomes a trace of its own. The
+//! events logged inside a span become its span events. (One global filter and no per-layer
+//! filters: with a per-layer filter on the OpenTelemetry layer, some spans were randomly
+//! never seen by it.) The ids of an exported span are also the [`TraceContext`] of its hop: the
 //! trace id in log lines is the OTel trace id, and the `traceparent` sent on names the
 //! client span of the call, so the callee's server span is its child.
 
@@ -30,9 +32,12 @@ use opentelemetry::{
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing::{Instrument as _, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::{EnvFilter, Layer as _, filter::filter_fn, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, Layer as _, fmt, prelude::*};
 
 use crate::context::{TRACEPARENT, TraceContext, Traceparent};
+
+/// The target of the spans made for traces.
+pub const TARGET: &str = "otel";
 
 /// The tracer of the process, when traces are exported.
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
@@ -128,30 +133,20 @@ fn provider(service: &str) -> Result<SdkTracerProvider, opentelemetry_otlp::Expo
 
 /// Builds and installs the subscriber; false when one was installed already.
 fn try_init(json: bool, tracer: Option<SdkTracer>) -> bool {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if tracer.is_some()
+        && let Ok(spans) = format!("{TARGET}=info").parse()
+    {
+        filter = filter.add_directive(spans);
+    }
     let logs = if json {
-        fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_filter(filter)
-            .boxed()
+        fmt::layer().json().with_current_span(true).boxed()
     } else {
-        fmt::layer().with_target(false).with_filter(filter).boxed()
+        fmt::layer().with_target(false).boxed()
     };
-    // Exported: the spans made for traces (they declare `otel.kind`), whatever RUST_LOG
-    // says, and WARN/ERROR events as span events.
-    let traces = tracer.map(|tracer| {
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_filter(filter_fn(|meta| {
-                if meta.is_span() {
-                    meta.fields().field("otel.kind").is_some()
-                } else {
-                    *meta.level() <= tracing::Level::WARN
-                }
-            }))
-    });
+    let traces = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer));
     tracing_subscriber::registry()
+        .with(filter)
         .with(logs)
         .with(traces)
         .try_init()
@@ -230,8 +225,16 @@ fn db_system(store: &str) -> Option<&'static str> {
     })
 }
 
+/// The current span's context, when it is an exported span: store operations outside any
+/// request (a background loop's idle polling) are not traced, or each would be a trace.
+fn exported_parent() -> Option<Context> {
+    let cx = Span::current().context();
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
 /// The span of one store operation (`store` as in [`crate::timing::store`]), a child of the
-/// current span; disabled when traces are off or `store` is no database.
+/// current span; disabled when traces are off, outside a traced request, or when `store`
+/// is no database.
 pub fn store_span(store: &'static str, op: &str) -> Span {
     if !enabled() {
         return Span::none();
@@ -239,7 +242,11 @@ pub fn store_span(store: &'static str, op: &str) -> Span {
     let Some(system) = db_system(store) else {
         return Span::none();
     };
+    if exported_parent().is_none() {
+        return Span::none();
+    }
     tracing::info_span!(
+        target: TARGET,
         "store",
         otel.name = %format!("{store} {op}"),
         otel.kind = "client",
@@ -250,12 +257,14 @@ pub fn store_span(store: &'static str, op: &str) -> Span {
 }
 
 /// Exports one store round trip that already happened (timed by the driver, as MongoDB's
-/// command monitoring does), as a child of the current span.
+/// command monitoring does), as a child of the current span (none outside a traced request).
 pub fn record_store_span(store: &'static str, op: &str, took: Duration, failed: bool) {
     let (Some(tracer), Some(system)) = (TRACER.get(), db_system(store)) else {
         return;
     };
-    let parent = Span::current().context();
+    let Some(parent) = exported_parent() else {
+        return;
+    };
     let end = SystemTime::now();
     let mut span = tracer
         .span_builder(format!("{store} {op}"))
@@ -304,6 +313,7 @@ pub fn grpc_span(kind: &'static str, path: &str) -> Span {
     let name = path.trim_start_matches('/');
     match kind {
         "server" => tracing::info_span!(
+            target: TARGET,
             "grpc",
             otel.name = %name,
             otel.kind = "server",
@@ -317,6 +327,7 @@ pub fn grpc_span(kind: &'static str, path: &str) -> Span {
             otel.status_code = Empty,
         ),
         _ => tracing::info_span!(
+            target: TARGET,
             "grpc.client",
             otel.name = %name,
             otel.kind = "client",
@@ -409,6 +420,7 @@ pub fn http_client_span(method: &str, url: &str, route: &str) -> (Span, Option<S
         return (Span::none(), None);
     }
     let span = tracing::info_span!(
+        target: TARGET,
         "http.client",
         otel.name = %format!("{method} {route}"),
         otel.kind = "client",
@@ -424,6 +436,7 @@ pub fn http_client_span(method: &str, url: &str, route: &str) -> (Span, Option<S
 /// An HTTP server span for `method route`, continuing the caller's `traceparent`.
 pub fn http_server_span(method: &str, route: &str, headers: &http::HeaderMap) -> Span {
     let span = tracing::info_span!(
+        target: TARGET,
         "http",
         otel.name = %format!("{method} {route}"),
         otel.kind = "server",
@@ -437,8 +450,8 @@ pub fn http_server_span(method: &str, route: &str, headers: &http::HeaderMap) ->
     );
     let mut trace = TraceContext::from_headers(headers);
     adopt(&span, Traceparent::from_headers(headers).as_ref(), &mut trace);
-    span.record("trace_id", trace.trace_id.as_str());
-    span.record("request_id", trace.request_id.as_str());
+    span.record("trace_id", tracing::field::display(&trace.trace_id));
+    span.record("request_id", tracing::field::display(&trace.request_id));
     span
 }
 

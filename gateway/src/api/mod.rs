@@ -123,6 +123,7 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
         && !key.ends_with("/healthz");
     let span = if exported {
         let span = tracing::info_span!(
+            target: platform::telemetry::TARGET,
             "http",
             otel.name = %key,
             otel.kind = "server",
@@ -139,9 +140,12 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
             context::Traceparent::from_headers(req.headers()).as_ref(),
             &mut trace,
         );
-        span.record("trace_id", trace.trace_id.as_str());
-        span.record("request_id", trace.request_id.as_str());
+        span.record("trace_id", tracing::field::display(&trace.trace_id));
+        span.record("request_id", tracing::field::display(&trace.request_id));
         span
+    } else if platform::telemetry::enabled() {
+        // A probe or a scrape: below the level spans are exported at.
+        tracing::debug_span!("http", route = %key, trace_id = %trace.trace_id, request_id = %trace.request_id)
     } else {
         tracing::info_span!("http", route = %key, trace_id = %trace.trace_id, request_id = %trace.request_id)
     };

@@ -384,6 +384,12 @@ async fn each_checkout_is_one_trace_across_every_service_it_touched() {
         }
     }
     if !bad.is_empty() {
+        // What arrived outside the checkouts' traces, to tell a lost span from a stray one.
+        let mut strays: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for s in all.iter().filter(|s| !ids.contains(s.trace_id.as_str())) {
+            *strays.entry((s.service.clone(), s.name.clone())).or_default() += 1;
+        }
+        bad.push(format!("spans in other traces: {strays:?}"));
         let kept = logs.keep();
         panic!(
             "{} (process logs: {})",

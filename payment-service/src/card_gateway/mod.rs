@@ -34,6 +34,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::{net::TcpListener, sync::watch};
+use tracing::Instrument as _;
 
 use crate::card::{self, Brand, CardProblem};
 use ledger::{Begin, Executed, KeyLookup, Ledger, ValidCharge, ValidRefund, error_body};
@@ -533,7 +534,9 @@ async fn create(
         }
     }
     let worker = gw.clone();
-    let task = tokio::spawn(async move { worker.process(route, key, exec).await });
+    let task = tokio::spawn(
+        async move { worker.process(route, key, exec).await }.in_current_span(),
+    );
     match task.await {
         Ok(Processed::Done(e)) => json_response(e.status, e.body),
         Ok(Processed::Error) | Err(_) => api_error(),
