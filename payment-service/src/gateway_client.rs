@@ -2,8 +2,8 @@
 //! or refund's own id), which makes retrying a failed attempt safe.
 
 use platform::timing::StoreOp as _;
-use tracing::Instrument as _;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use http::StatusCode;
 use platform::money::Currency;

@@ -62,10 +62,13 @@ pub struct Telemetry {
 
 /// The OTLP endpoint the environment names, if any.
 fn otlp_endpoint() -> Option<String> {
-    ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
-        .into_iter()
-        .filter_map(|v| std::env::var(v).ok())
-        .find(|v| !v.trim().is_empty())
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .into_iter()
+    .filter_map(|v| std::env::var(v).ok())
+    .find(|v| !v.trim().is_empty())
 }
 
 /// Sets up logging for the process `service` and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
@@ -117,11 +120,12 @@ fn provider(service: &str) -> Result<SdkTracerProvider, opentelemetry_otlp::Expo
         .build()?;
     // Batches are exported from a task on the process's Tokio runtime: the tonic client
     // needs its reactor, which the SDK's default batch thread does not have.
-    let batches = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-        exporter,
-        opentelemetry_sdk::runtime::Tokio,
-    )
-    .build();
+    let batches =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service.to_owned())
         .build();
@@ -449,7 +453,11 @@ pub fn http_server_span(method: &str, route: &str, headers: &http::HeaderMap) ->
         otel.status_code = Empty,
     );
     let mut trace = TraceContext::from_headers(headers);
-    adopt(&span, Traceparent::from_headers(headers).as_ref(), &mut trace);
+    adopt(
+        &span,
+        Traceparent::from_headers(headers).as_ref(),
+        &mut trace,
+    );
     span.record("trace_id", tracing::field::display(&trace.trace_id));
     span.record("request_id", tracing::field::display(&trace.request_id));
     span

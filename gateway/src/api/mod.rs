@@ -118,9 +118,8 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     let mut trace = TraceContext::from_headers(req.headers());
     // Exported when traces are on (not probes and scrapes): the span continues the
     // browser's trace if it sent one, and its ids are this request's context.
-    let exported = platform::telemetry::enabled()
-        && !key.ends_with("/metrics")
-        && !key.ends_with("/healthz");
+    let exported =
+        platform::telemetry::enabled() && !key.ends_with("/metrics") && !key.ends_with("/healthz");
     let span = if exported {
         let span = tracing::info_span!(
             target: platform::telemetry::TARGET,

@@ -59,7 +59,9 @@ fn text(v: &Option<AnyValue>) -> String {
 }
 
 fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
-    kvs.iter().map(|kv| (kv.key.clone(), text(&kv.value))).collect()
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), text(&kv.value)))
+        .collect()
 }
 
 /// The OTLP/gRPC receiver: keeps every span it is sent.
@@ -164,7 +166,10 @@ fn problems(all: &[Got], id: &str, strategy: &str) -> Vec<String> {
     }
     for s in &spans {
         if !s.parent.is_empty() && !by_id.contains_key(s.parent.as_str()) {
-            bad.push(format!("{} ({}) has a parent outside the trace", s.name, s.service));
+            bad.push(format!(
+                "{} ({}) has a parent outside the trace",
+                s.name, s.service
+            ));
         }
         let parent = by_id.get(s.parent.as_str());
         // A call's server span is the child of the caller's client span for that call.
@@ -234,7 +239,12 @@ fn problems(all: &[Got], id: &str, strategy: &str) -> Vec<String> {
 fn waterfall(spans: &[&Got]) -> String {
     const WIDTH: u64 = 48;
     let start = spans.iter().map(|s| s.start_ns).min().unwrap_or(0);
-    let end = spans.iter().map(|s| s.end_ns).max().unwrap_or(start).max(start + 1);
+    let end = spans
+        .iter()
+        .map(|s| s.end_ns)
+        .max()
+        .unwrap_or(start)
+        .max(start + 1);
     let scale = |t: u64| ((t.saturating_sub(start)) * WIDTH / (end - start)).min(WIDTH) as usize;
     let mut rows = Vec::new();
     fn walk<'a>(rows: &mut Vec<(usize, &'a Got)>, spans: &[&'a Got], parent: &str, depth: usize) {
@@ -254,7 +264,11 @@ fn waterfall(spans: &[&Got]) -> String {
         };
         format!("{}{} [{} {kind}]", "  ".repeat(depth), s.name, s.service)
     };
-    let width = rows.iter().map(|(d, s)| label(*d, s).len()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .map(|(d, s)| label(*d, s).len())
+        .max()
+        .unwrap_or(0);
     let mut out = format!(
         "{:width$}  {:>9} {:>9}  timeline ({:.1} ms)\n",
         "span",
@@ -263,7 +277,10 @@ fn waterfall(spans: &[&Got]) -> String {
         (end - start) as f64 / 1e6
     );
     for (depth, s) in rows {
-        let (a, b) = (scale(s.start_ns), scale(s.end_ns).max(scale(s.start_ns) + 1));
+        let (a, b) = (
+            scale(s.start_ns),
+            scale(s.end_ns).max(scale(s.start_ns) + 1),
+        );
         out.push_str(&format!(
             "{:width$}  {:>9.2} {:>9.2}  |{}{}{}|\n",
             label(depth, s),
@@ -387,14 +404,12 @@ async fn each_checkout_is_one_trace_across_every_service_it_touched() {
         // What arrived outside the checkouts' traces, to tell a lost span from a stray one.
         let mut strays: BTreeMap<(String, String), usize> = BTreeMap::new();
         for s in all.iter().filter(|s| !ids.contains(s.trace_id.as_str())) {
-            *strays.entry((s.service.clone(), s.name.clone())).or_default() += 1;
+            *strays
+                .entry((s.service.clone(), s.name.clone()))
+                .or_default() += 1;
         }
         bad.push(format!("spans in other traces: {strays:?}"));
         let kept = logs.keep();
-        panic!(
-            "{} (process logs: {})",
-            bad.join("\n"),
-            kept.display()
-        );
+        panic!("{} (process logs: {})", bad.join("\n"), kept.display());
     }
 }

@@ -534,9 +534,8 @@ async fn create(
         }
     }
     let worker = gw.clone();
-    let task = tokio::spawn(
-        async move { worker.process(route, key, exec).await }.in_current_span(),
-    );
+    let task =
+        tokio::spawn(async move { worker.process(route, key, exec).await }.in_current_span());
     match task.await {
         Ok(Processed::Done(e)) => json_response(e.status, e.body),
         Ok(Processed::Error) | Err(_) => api_error(),
