@@ -111,23 +111,20 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// One checkout through the gateway; returns the trace id the gateway answered with.
-async fn checkout(rig: &Rig, token: &str, strategy: &str) -> String {
+/// One checkout through the gateway at `base`; returns the trace id it answered with.
+async fn checkout(base: &str, item_id: &str, token: &str, strategy: &str) -> String {
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()
         .expect("client");
-    let url = format!(
-        "{}/api/checkout?strategy={strategy}",
-        rig.sup.addrs.gateway_target().expect("gateway").url()
-    );
+    let url = format!("{base}/api/checkout?strategy={strategy}");
     let r = http
         .post(url)
         .bearer_auth(token)
         .header("Idempotency-Key", format!("trace-{}", uuid::Uuid::new_v4()))
         .json(&json!({
-            "lines": [{"item_id": rig.item_id, "quantity": 1}],
+            "lines": [{"item_id": item_id, "quantity": 1}],
             "card": {"number": loadtest::scenario::CARD_OK, "exp_month": 12, "exp_year": 2035, "cvc": "123"},
         }))
         .send()
@@ -147,15 +144,27 @@ async fn checkout(rig: &Rig, token: &str, strategy: &str) -> String {
     trace
 }
 
+/// Where the services of a checkout ran.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deployment {
+    /// Each in its own process, with its own `service.name`.
+    Distributed,
+    /// All in the `shop` monolith (service.name `shop`), calling each other in-process.
+    Monolith,
+}
+
 /// What is wrong with the trace `id` of a `strategy` checkout (empty: nothing).
-fn problems(all: &[Got], id: &str, strategy: &str) -> Vec<String> {
+fn problems(all: &[Got], id: &str, strategy: &str, deployment: Deployment) -> Vec<String> {
+    let distributed = deployment == Deployment::Distributed;
+    // The process each part runs in.
+    let of = |service: &'static str| if distributed { service } else { "shop" };
     let spans: Vec<&Got> = all.iter().filter(|s| s.trace_id == id).collect();
     let by_id: BTreeMap<&str, &Got> = spans.iter().map(|s| (s.span_id.as_str(), *s)).collect();
     let mut bad = Vec::new();
     let roots: Vec<&&Got> = spans.iter().filter(|s| s.parent.is_empty()).collect();
     match roots.as_slice() {
         [root] => {
-            if !(root.service == "gateway"
+            if !(root.service == of("gateway")
                 && root.kind == SpanKind::Server
                 && root.name == "POST /api/checkout")
             {
@@ -173,10 +182,10 @@ fn problems(all: &[Got], id: &str, strategy: &str) -> Vec<String> {
         }
         let parent = by_id.get(s.parent.as_str());
         // A call's server span is the child of the caller's client span for that call.
-        if s.kind == SpanKind::Server && s.service != "gateway" {
+        if s.kind == SpanKind::Server && s.span_id != roots.first().map_or("", |r| &r.span_id) {
             let ok = parent.is_some_and(|p| {
                 p.kind == SpanKind::Client
-                    && p.service != s.service
+                    && (p.service != s.service || !distributed)
                     && (p.attr("rpc.method").is_some() == s.attr("rpc.method").is_some())
                     && p.attr("rpc.method") == s.attr("rpc.method")
             });
@@ -203,9 +212,29 @@ fn problems(all: &[Got], id: &str, strategy: &str) -> Vec<String> {
         "payment-service",
         "card-gateway",
     ] {
-        if !services.contains(want) {
+        if !services.contains(of(want)) {
             bad.push(format!("no span of {want}"));
         }
+    }
+    // Every service took part: its gRPC server spans (the card gateway's HTTP one).
+    for (service, rpc) in [
+        ("user-service", "shop.user.v1.UserService"),
+        ("item-service", "shop.item.v1.ItemService"),
+        ("payment-service", "shop.payment.v1.PaymentService"),
+    ] {
+        if !spans.iter().any(|s| {
+            s.service == of(service)
+                && s.kind == SpanKind::Server
+                && s.attr("rpc.service") == Some(rpc)
+        }) {
+            bad.push(format!("no server span of {rpc}"));
+        }
+    }
+    if !spans
+        .iter()
+        .any(|s| s.kind == SpanKind::Server && s.name == "POST /v1/charges")
+    {
+        bad.push("no server span of the card gateway's POST /v1/charges".into());
     }
     // Each store the checkout used shows, under the service that owns it.
     for (service, system) in [
@@ -215,13 +244,13 @@ fn problems(all: &[Got], id: &str, strategy: &str) -> Vec<String> {
     ] {
         if !spans
             .iter()
-            .any(|s| s.service == service && s.attr("db.system") == Some(system))
+            .any(|s| s.service == of(service) && s.attr("db.system") == Some(system))
         {
             bad.push(format!("no {system} span of {service}"));
         }
     }
     if !spans.iter().any(|s| {
-        s.service == "payment-service"
+        s.service == of("payment-service")
             && s.kind == SpanKind::Client
             && s.attr("http.request.method") == Some("POST")
     }) {
@@ -313,18 +342,15 @@ fn tree(spans: &[&Got]) -> String {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_checkout_is_one_trace_across_every_service_it_touched() {
-    for v in [
-        "USER_DATABASE_URL",
-        "PAYMENT_DATABASE_URL",
-        "ITEM_MONGODB_URL",
-    ] {
-        test_support::env(v);
-    }
-    let bin_dir = super::crash::built_binaries();
-    let logs = tempfile::tempdir().expect("log dir");
+type Served = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 
+/// Serves the OTLP receiver on a free loopback port.
+async fn receive() -> (
+    Receiver,
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    Served,
+) {
     let receiver = Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -341,6 +367,138 @@ async fn each_checkout_is_one_trace_across_every_service_it_touched() {
                 },
             ),
     );
+    (receiver, otlp, stop, server)
+}
+
+/// The monolith: the same checkouts through in-process calls must give traces of the same
+/// shape (one per checkout, the gateway's HTTP span its root, each server span the child of
+/// its caller's client span), all under `service.name` `shop`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monolith_checkout_is_one_trace_of_the_same_shape() {
+    for v in [
+        "USER_DATABASE_URL",
+        "PAYMENT_DATABASE_URL",
+        "ITEM_MONGODB_URL",
+    ] {
+        test_support::env(v);
+    }
+    let bin = super::crash::built_binaries().join("shop");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace's binaries",
+        bin.display()
+    );
+    let logs = tempfile::tempdir().expect("log dir");
+    let (receiver, otlp, stop, server) = receive().await;
+    let stores = loadtest::crash::stores::Stores::fresh()
+        .await
+        .expect("throw-away databases");
+    let keys = loadtest::identity::StackKeys::init(&logs.path().join("keys")).expect("keys");
+    let http_addr = loadtest::stack::free_addr().expect("port");
+    let card_addr = loadtest::stack::free_addr().expect("port");
+    let log = std::fs::File::create(logs.path().join("shop.log")).expect("log");
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.envs(stores.env())
+        .envs(keys.env_for("shop"))
+        .env("RUST_LOG", "info")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+        .env(
+            "USER_JWT_SECRET",
+            format!("trace-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .env("GATEWAY_HTTP_ADDR", http_addr.to_string())
+        .env("SHOP_GRPC_ADDR", "off")
+        .env("SHOP_CARD_GATEWAY_ADDR", card_addr.to_string())
+        .env("CARD_GATEWAY_URL", format!("http://{card_addr}"))
+        .env("ITEM_SEED", "true")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .kill_on_drop(true);
+    let mut shop = cmd.spawn().expect("the shop starts");
+    let base = format!("http://{http_addr}");
+    let run = async {
+        let client = loadtest::crash::shop::ShopClient::new(loadtest::http::Target::parse(&base)?)?;
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        // Up, and the seeded catalog there.
+        let mut item = None;
+        for _ in 0..600 {
+            if let Ok(r) = http
+                .get(format!("{base}/api/items?page_size=1"))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                let v: serde_json::Value = r.json().await?;
+                item = v["items"][0]["id"].as_str().map(str::to_owned);
+                if item.is_some() {
+                    break;
+                }
+            }
+            if let Some(status) = shop.try_wait()? {
+                anyhow::bail!("the shop exited: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let item = item.ok_or_else(|| anyhow::anyhow!("the shop did not serve its catalog"))?;
+        let who = client
+            .customer(&format!(
+                "trace-{}@example.com",
+                uuid::Uuid::new_v4().simple()
+            ))
+            .await?;
+        let mut traces = Vec::new();
+        for strategy in ["orchestrated", "parallel", "chained"] {
+            traces.push((strategy, checkout(&base, &item, &who.token, strategy).await));
+        }
+        anyhow::Ok(traces)
+    }
+    .await;
+    if let Some(pid) = shop.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(Duration::from_secs(30), shop.wait())
+        .await
+        .is_err()
+    {
+        let _ = shop.start_kill();
+    }
+    stores.drop_all().await;
+    let _ = stop.send(());
+    let _ = server.await;
+    let traces = match run {
+        Ok(t) => t,
+        Err(e) => panic!("the checkouts ran: {e:#} (log: {})", logs.keep().display()),
+    };
+    let all = receiver.0.lock().expect("spans").clone();
+    let ids: BTreeSet<&str> = traces.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(ids.len(), 3, "one trace per checkout: {traces:?}");
+    let mut bad = Vec::new();
+    for (strategy, id) in &traces {
+        bad.extend(problems(&all, id, strategy, Deployment::Monolith));
+    }
+    if !bad.is_empty() {
+        let kept = logs.keep();
+        panic!("{} (log: {})", bad.join("\n"), kept.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_checkout_is_one_trace_across_every_service_it_touched() {
+    for v in [
+        "USER_DATABASE_URL",
+        "PAYMENT_DATABASE_URL",
+        "ITEM_MONGODB_URL",
+    ] {
+        test_support::env(v);
+    }
+    let bin_dir = super::crash::built_binaries();
+    let logs = tempfile::tempdir().expect("log dir");
+
+    let (receiver, otlp, stop, server) = receive().await;
 
     let env = vec![(
         "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
@@ -351,9 +509,13 @@ async fn each_checkout_is_one_trace_across_every_service_it_touched() {
         .expect("the shop starts");
     let run = async {
         let who = rig.customer(0).await?;
+        let base = rig.sup.addrs.gateway_target()?.url();
         let mut traces = Vec::new();
         for strategy in ["orchestrated", "parallel", "chained"] {
-            traces.push((strategy, checkout(&rig, &who.token, strategy).await));
+            traces.push((
+                strategy,
+                checkout(&base, &rig.item_id, &who.token, strategy).await,
+            ));
         }
         anyhow::Ok(traces)
     }
@@ -370,7 +532,7 @@ async fn each_checkout_is_one_trace_across_every_service_it_touched() {
     assert_eq!(ids.len(), 3, "one trace per checkout: {traces:?}");
     let mut bad = Vec::new();
     for (strategy, id) in &traces {
-        bad.extend(problems(&all, id, strategy));
+        bad.extend(problems(&all, id, strategy, Deployment::Distributed));
     }
     // The trace id in the services' log lines is the exported one.
     let user_log =
