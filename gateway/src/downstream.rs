@@ -98,7 +98,7 @@ fn is_health_failure(code: Code) -> bool {
 
 impl<C: Clone> Downstream<C> {
     fn new(name: &'static str, target: String, client: C, config: &Config) -> Self {
-        Self {
+        let this = Self {
             name,
             target,
             client,
@@ -122,7 +122,16 @@ impl<C: Clone> Downstream<C> {
                 base_backoff: std::time::Duration::from_millis(config.retry_base_ms),
                 max_backoff: std::time::Duration::from_millis(config.retry_max_backoff_ms),
             },
-        }
+        };
+        this.publish_budget();
+        this
+    }
+
+    /// The retry budget's tokens as a gauge, so a dashboard sees retries being throttled
+    /// (at or below half the bucket) before the service's errors reach the customers.
+    fn publish_budget(&self) {
+        metrics::gauge!("gateway_retry_budget_tokens", "service" => self.name)
+            .set(self.budget.tokens());
     }
 
     /// Calls `method` with `msg`: builds each attempt's request from `ctx` (trace + what is
@@ -188,6 +197,7 @@ impl<C: Clone> Downstream<C> {
             match result {
                 Ok(resp) => {
                     self.budget.on_success();
+                    self.publish_budget();
                     return Ok(resp.into_inner());
                 }
                 Err(status) => {
@@ -195,6 +205,7 @@ impl<C: Clone> Downstream<C> {
                         return Err(status);
                     }
                     self.budget.on_failure();
+                    self.publish_budget();
                     let may_retry = self.policy.enabled
                         && safety == Safety::Idempotent
                         && attempt < self.policy.max_attempts

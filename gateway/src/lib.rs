@@ -48,6 +48,9 @@ impl Application {
     /// As [`build`](Self::build), with the services reached through `transports` (the
     /// monolith passes in-process ones).
     pub async fn build_with(config: Config, transports: Transports) -> anyhow::Result<Self> {
+        // The metrics recorder before the downstreams: their breakers and retry budgets
+        // publish their starting values when created, which a later recorder would miss.
+        platform::metrics::handle();
         let faults = FaultInjector::from_json(&config.faults)
             .map_err(|e| anyhow::anyhow!("GATEWAY_FAULTS: {e}"))?;
         // Every call to a service says it comes from the gateway (and, in the request's

@@ -685,6 +685,27 @@ impl Reservations {
         Ok(done)
     }
 
+    /// Reservations holding stock now (pending or reserved), counted in the store so every
+    /// replica reports the same number: a dashboard takes the `max` across replicas. Left
+    /// unchanged when the store cannot answer (the sweep's warning says why).
+    pub async fn held(&self) -> Result<u64, Error> {
+        self.reservations
+            .count_documents(doc! {
+                "status": { "$in": [State::Reserved.as_str(), State::Pending.as_str()] },
+            })
+            .await
+            .map_err(Error::mongo("counting held reservations"))
+    }
+
+    async fn publish_held(&self) {
+        match self.held().await {
+            Ok(n) => metrics::gauge!("item_reservations_held").set(n as f64),
+            Err(e) => {
+                tracing::debug!(error = %platform::telemetry::chain(&e), "counting held reservations failed");
+            }
+        }
+    }
+
     /// Sweeps every `interval` until `shutdown` resolves.
     pub async fn run_sweeper(
         &self,
@@ -702,6 +723,7 @@ impl Reservations {
             if let Err(e) = self.sweep().await {
                 tracing::warn!(error = %platform::telemetry::chain(&e), "reservation sweep failed");
             }
+            self.publish_held().await;
         }
     }
 }

@@ -99,6 +99,11 @@ impl Recovery {
 
     /// Rounds until `shutdown` resolves.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        // Every action at zero from the start, so a dashboard shows "none yet" rather than
+        // no data.
+        for action in ["claimed", "forward", "compensated", "waiting", "lost"] {
+            metrics::counter!("checkout_recovery_total", "action" => action).increment(0);
+        }
         let mut shutdown = std::pin::pin!(shutdown);
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
