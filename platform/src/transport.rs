@@ -18,6 +18,7 @@ use crate::{
     balance::{BalanceSettings, Balancer},
     endpoints::ServiceUrls,
     grpc::ObserveLayer,
+    telemetry::ClientSpanLayer,
     timing::TimingLayer,
 };
 
@@ -36,7 +37,7 @@ pub fn channel(
     url: &str,
     connect_timeout: Duration,
 ) -> Result<GrpcTransport, tonic::transport::Error> {
-    let timed = TimingLayer.layer(lazy_channel(url, connect_timeout)?);
+    let timed = ClientSpanLayer.layer(TimingLayer.layer(lazy_channel(url, connect_timeout)?));
     Ok(BoxCloneSyncService::new(
         timed.map_err(|e| TransportError(BoxError::from(e))),
     ))
@@ -54,7 +55,11 @@ pub fn balanced(
         return channel(&url, connect_timeout);
     }
     let balancer = Balancer::new(service, urls, connect_timeout, settings);
-    Ok(BoxCloneSyncService::new(TimingLayer.layer(balancer)))
+    // One client span per call, outside the balancer: a call moved to another replica is
+    // still one call to the service.
+    Ok(BoxCloneSyncService::new(
+        ClientSpanLayer.layer(TimingLayer.layer(balancer)),
+    ))
 }
 
 /// The tonic channel itself, connected on first use.
@@ -81,6 +86,7 @@ where
     S::Future: Send + 'static,
 {
     let observed = tower::ServiceBuilder::new()
+        .layer(ClientSpanLayer)
         .layer(TimingLayer)
         .layer(ObserveLayer)
         .service(server);

@@ -34,6 +34,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::{net::TcpListener, sync::watch};
+use tracing::Instrument as _;
 
 use crate::card::{self, Brand, CardProblem};
 use ledger::{Begin, Executed, KeyLookup, Ledger, ValidCharge, ValidRefund, error_body};
@@ -272,6 +273,8 @@ pub fn router(gateway: Gateway, admin: Option<Trust>) -> Router {
         .route("/v1/charges", post(create_charge).get(list_charges))
         .route("/v1/charges/{id}", get(get_charge))
         .route("/v1/refunds", post(create_refund))
+        // A server span per API call, child of the payment service's client span.
+        .route_layer(axum::middleware::from_fn(platform::telemetry::trace_http))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }));
     if let Some(trust) = admin {
         let admin_routes = Router::new()
@@ -531,7 +534,8 @@ async fn create(
         }
     }
     let worker = gw.clone();
-    let task = tokio::spawn(async move { worker.process(route, key, exec).await });
+    let task =
+        tokio::spawn(async move { worker.process(route, key, exec).await }.in_current_span());
     match task.await {
         Ok(Processed::Done(e)) => json_response(e.status, e.body),
         Ok(Processed::Error) | Err(_) => api_error(),
