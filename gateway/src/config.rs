@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use platform::config::parse_switch;
+use platform::{balance::BalanceSettings, config::parse_switch, endpoints::ServiceUrls};
 use secrecy::SecretString;
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {
@@ -18,24 +18,30 @@ pub struct Config {
     /// HTTP listen address (REST API, web shop, /metrics, /openapi.json). Port 0 picks one.
     #[arg(long, env = "GATEWAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
+    /// Where each service is reached: one URL, several separated by commas (replicas), or
+    /// a DNS name standing for several addresses (a Kubernetes headless Service); calls are
+    /// balanced over all of them.
     #[arg(
         long,
         env = "USER_SERVICE_URL",
+        value_parser = ServiceUrls::parse,
         default_value = "http://127.0.0.1:50051"
     )]
-    pub user_service_url: String,
+    pub user_service_url: ServiceUrls,
     #[arg(
         long,
         env = "ITEM_SERVICE_URL",
+        value_parser = ServiceUrls::parse,
         default_value = "http://127.0.0.1:50052"
     )]
-    pub item_service_url: String,
+    pub item_service_url: ServiceUrls,
     #[arg(
         long,
         env = "PAYMENT_SERVICE_URL",
+        value_parser = ServiceUrls::parse,
         default_value = "http://127.0.0.1:50053"
     )]
-    pub payment_service_url: String,
+    pub payment_service_url: ServiceUrls,
     /// The card processor, whose public token endpoint the asynchronous checkout uses to
     /// swap the card for a token at the edge.
     #[arg(
@@ -133,6 +139,10 @@ pub struct Config {
     /// whether /api/admin/faults exists (SHOP_FAULT_ADMIN).
     #[command(flatten)]
     pub identity: platform::identity::IdentitySettings,
+    /// DNS re-resolution and ejection of failed replicas (SHOP_RESOLVE_INTERVAL_MS,
+    /// SHOP_EJECT_MS).
+    #[command(flatten)]
+    pub balance: BalanceSettings,
 }
 
 impl Config {
@@ -175,5 +185,49 @@ impl Config {
         let mut c = Self::parse_from(["gateway", "--jwt-secret", "0123456789abcdef0123"]);
         c.jwt_secret = SecretString::from(secret);
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    const SECRET: [&str; 2] = ["--jwt-secret", "0123456789abcdef0123"];
+
+    #[test]
+    fn a_service_url_may_list_several_replicas() {
+        let c = Config::parse_from(
+            [
+                "gateway",
+                "--item-service-url",
+                "http://127.0.0.1:1, http://127.0.0.1:2",
+            ]
+            .into_iter()
+            .chain(SECRET),
+        );
+        assert_eq!(c.item_service_url.targets().len(), 2);
+        assert_eq!(
+            c.item_service_url.to_string(),
+            "http://127.0.0.1:1,http://127.0.0.1:2"
+        );
+    }
+
+    #[test]
+    fn a_bad_service_url_names_the_setting_and_the_problem() {
+        let err = Config::try_parse_from(
+            [
+                "gateway",
+                "--payment-service-url",
+                "http://127.0.0.1:1,127.0.0.1:2",
+            ]
+            .into_iter()
+            .chain(SECRET),
+        )
+        .expect_err("the second URL has no scheme")
+        .to_string();
+        assert!(err.contains("PAYMENT_SERVICE_URL"), "{err}");
+        assert!(err.contains("\"127.0.0.1:2\" has no scheme"), "{err}");
     }
 }

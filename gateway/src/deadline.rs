@@ -18,7 +18,8 @@ impl Budgets {
     /// A root context for a request, continuing the caller's trace if it sent one.
     pub fn context(budget: Duration, headers: &http::HeaderMap) -> CallContext {
         CallContext {
-            trace: TraceContext::from_headers(headers),
+            // The edge put this request's own span in `traceparent`.
+            trace: TraceContext::of_this_hop(headers),
             deadline: Some(std::time::Instant::now() + budget),
             user: None,
         }

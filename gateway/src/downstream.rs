@@ -9,7 +9,7 @@ use platform::{
 };
 use std::{future::Future, sync::Arc, time::Instant};
 
-use platform::CallContext;
+use platform::{CallContext, endpoints::ServiceUrls};
 use serde::Serialize;
 use shop_proto::{
     item::v1::item_service_client::ItemServiceClient,
@@ -33,11 +33,16 @@ pub type UserClient = UserServiceClient<Transport>;
 pub type ItemClient = ItemServiceClient<Transport>;
 pub type PaymentClient = PaymentServiceClient<Transport>;
 
-/// A lazily connecting channel to `url`: the gateway starts (and serves whatever does not
-/// need a missing service) even when a service is down.
-pub fn channel(url: &str, config: &Config) -> anyhow::Result<Transport> {
-    platform::transport::channel(url, config.connect_timeout())
-        .map_err(|e| anyhow::anyhow!("invalid service URL {url:?}: {e}"))
+/// Lazily connecting channels to every replica `urls` names, balanced per call: the
+/// gateway starts (and serves whatever does not need a missing service) even when a
+/// service is down.
+pub fn channel(
+    service: &'static str,
+    urls: &ServiceUrls,
+    config: &Config,
+) -> anyhow::Result<Transport> {
+    platform::transport::balanced(service, urls, config.connect_timeout(), &config.balance)
+        .map_err(|e| anyhow::anyhow!("invalid service URL {urls}: {e}"))
 }
 
 /// One downstream service: its client, breaker and retry budget.
@@ -273,16 +278,16 @@ impl Transports {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         Ok(Self {
             user: (
-                config.user_service_url.clone(),
-                channel(&config.user_service_url, config)?,
+                config.user_service_url.to_string(),
+                channel(USER_SERVICE, &config.user_service_url, config)?,
             ),
             item: (
-                config.item_service_url.clone(),
-                channel(&config.item_service_url, config)?,
+                config.item_service_url.to_string(),
+                channel(ITEM_SERVICE, &config.item_service_url, config)?,
             ),
             payment: (
-                config.payment_service_url.clone(),
-                channel(&config.payment_service_url, config)?,
+                config.payment_service_url.to_string(),
+                channel(PAYMENT_SERVICE, &config.payment_service_url, config)?,
             ),
         })
     }

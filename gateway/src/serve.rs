@@ -123,9 +123,10 @@ mod tests {
     ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let mut config = Config::with_secret("test-secret-0123456789-abcdefghij");
         config.http_addr = "127.0.0.1:0".into();
-        config.user_service_url = "http://127.0.0.1:1".into();
-        config.item_service_url = "http://127.0.0.1:1".into();
-        config.payment_service_url = "http://127.0.0.1:1".into();
+        let nowhere = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        config.user_service_url = nowhere.into();
+        config.item_service_url = nowhere.into();
+        config.payment_service_url = nowhere.into();
         config.identity.identity_key = Some(platform::identity::generate_key().expect("a key"));
         tweak(&mut config);
         let app = Application::build(config).await.expect("gateway builds");

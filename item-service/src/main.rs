@@ -27,7 +27,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    platform::telemetry::init(cli.config.log_json);
+    let telemetry = platform::telemetry::install("item-service", cli.config.log_json);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Seed => {
             use secrecy::ExposeSecret;
@@ -56,8 +56,11 @@ async fn main() -> anyhow::Result<()> {
             let client = app.service().database().client().clone();
             let served = app.run_until_stopped(platform::shutdown::signal()).await;
             client.shutdown().await;
+            telemetry.shutdown().await;
             served?;
+            return Ok(());
         }
     }
+    telemetry.shutdown().await;
     Ok(())
 }

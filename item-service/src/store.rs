@@ -144,12 +144,15 @@ pub async fn connect(url: &str, database: &str) -> anyhow::Result<Database> {
     opts.connect_timeout.get_or_insert(Duration::from_secs(5));
     // Every command is one round trip to MongoDB: the driver reports each (in the calling
     // task), so the request's Server-Timing and the store histogram count them all,
-    // cursor batches included.
+    // cursor batches included; and, when traces are on, each is a span of the request
+    // (the driver makes none itself).
     opts.command_event_handler = Some(EventHandler::callback(|event| match event {
         CommandEvent::Succeeded(e) => {
+            platform::telemetry::record_store_span("mongodb", &e.command_name, e.duration, false);
             platform::timing::record_store("mongodb", e.command_name, e.duration)
         }
         CommandEvent::Failed(e) => {
+            platform::telemetry::record_store_span("mongodb", &e.command_name, e.duration, true);
             platform::timing::record_store("mongodb", e.command_name, e.duration)
         }
         _ => {}

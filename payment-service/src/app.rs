@@ -147,10 +147,7 @@ async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Paymen
         .connect_with(options)
         .await
         .context("connecting to PAYMENT_DATABASE_URL")?;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .context("running payment-service migrations")?;
+    migrate(&pool).await?;
     let gateway = GatewayClient::new(&config.card_gateway_url).context("CARD_GATEWAY_URL")?;
     // Every call to item-service says it comes from payment-service.
     let signer = config.identity.signer(PAYMENT_SERVICE)?;
@@ -233,9 +230,13 @@ impl Application {
             },
         )
         .await?;
-        let items =
-            platform::transport::channel(&config.item_service_url, Duration::from_millis(500))
-                .context("ITEM_SERVICE_URL is not a valid URL")?;
+        let items = platform::transport::balanced(
+            platform::identity::ITEM_SERVICE,
+            &config.item_service_url,
+            Duration::from_millis(500),
+            &config.balance,
+        )
+        .context("ITEM_SERVICE_URL is not a valid URL")?;
         let service = PaymentService::connect(&config, items).await?;
         Ok(Self { service, process })
     }
@@ -265,4 +266,33 @@ impl Application {
             .run_until_stopped(self.service.hosted(), shutdown)
             .await
     }
+}
+
+/// Runs the migrations, one replica at a time: replicas starting together would otherwise
+/// race on MariaDB, whose DDL is not transactional, and the loser would find a migration
+/// "partially applied" and refuse to start. sqlx's own lock (`GET_LOCK(name, -1)`) is not
+/// checked and does not wait on MariaDB; this one waits up to a minute and is checked.
+async fn migrate(pool: &sqlx::MySqlPool) -> anyhow::Result<()> {
+    const LOCK: &str = "shop_payment_migrations";
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("connecting to PAYMENT_DATABASE_URL for the migrations")?;
+    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 60)")
+        .bind(LOCK)
+        .fetch_one(&mut *conn)
+        .await
+        .context("taking the migration lock")?;
+    if got != Some(1) {
+        anyhow::bail!("another payment-service replica held the migration lock for a minute");
+    }
+    let result = sqlx::migrate!("./migrations")
+        .run(&mut *conn)
+        .await
+        .context("running payment-service migrations");
+    let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(LOCK)
+        .execute(&mut *conn)
+        .await;
+    result
 }

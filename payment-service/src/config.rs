@@ -1,5 +1,6 @@
 //! payment-service settings (env or the CLI flag of the same meaning).
 
+use platform::{balance::BalanceSettings, endpoints::ServiceUrls};
 use secrecy::SecretString;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -45,13 +46,15 @@ pub struct Config {
     /// Largest accepted charge, in minor units.
     #[arg(long, env = "PAYMENT_MAX_AMOUNT_MINOR", default_value_t = 1_000_000)]
     pub max_amount_minor: i64,
-    /// item-service gRPC URL (ChainedCharge only; connected lazily).
+    /// item-service gRPC URL (ChainedCharge only; connected lazily): one URL, several
+    /// separated by commas, or a DNS name with several addresses.
     #[arg(
         long,
         env = "ITEM_SERVICE_URL",
+        value_parser = ServiceUrls::parse,
         default_value = "http://127.0.0.1:50052"
     )]
-    pub item_service_url: String,
+    pub item_service_url: ServiceUrls,
     /// Cap on each item-service call (the caller's remaining deadline applies too).
     #[arg(long, env = "PAYMENT_ITEM_TIMEOUT_MS", default_value_t = 2000)]
     pub item_timeout_ms: u64,
@@ -80,6 +83,10 @@ pub struct Config {
     /// (SHOP_TRUSTED_KEYS_FILE) and whether its fault admin exists (SHOP_FAULT_ADMIN).
     #[command(flatten)]
     pub identity: platform::identity::IdentitySettings,
+    /// DNS re-resolution and ejection of failed replicas (SHOP_RESOLVE_INTERVAL_MS,
+    /// SHOP_EJECT_MS).
+    #[command(flatten)]
+    pub balance: BalanceSettings,
 }
 
 impl Config {
@@ -96,7 +103,7 @@ impl Config {
             card_breaker_failures: 5,
             card_breaker_open_ms: 5000,
             max_amount_minor: 1_000_000,
-            item_service_url: "http://127.0.0.1:50052".into(),
+            item_service_url: std::net::SocketAddr::from(([127, 0, 0, 1], 50052)).into(),
             item_timeout_ms: 2000,
             reconcile_interval_ms: 10_000,
             idempotency_ttl_hours: 24,
@@ -105,6 +112,7 @@ impl Config {
             log_json: false,
             events: Default::default(),
             identity: platform::identity::IdentitySettings::default(),
+            balance: BalanceSettings::default(),
         }
     }
 

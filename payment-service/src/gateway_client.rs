@@ -4,6 +4,7 @@
 
 use platform::timing::StoreOp as _;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use http::StatusCode;
 use platform::money::Currency;
@@ -138,6 +139,32 @@ fn classify(e: reqwest::Error) -> GatewayError {
     }
 }
 
+/// Sends one request to the card gateway's `route`: timed as a card-gateway round trip, in
+/// an HTTP client span (when traces are on) whose id goes out in `traceparent`, so the card
+/// gateway's own span is its child.
+async fn traced(
+    req: reqwest::RequestBuilder,
+    method: &str,
+    route: &str,
+    url: &str,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let (span, traceparent) = platform::telemetry::http_client_span(method, url, route);
+    let req = match traceparent {
+        Some(tp) => req.header(platform::context::TRACEPARENT, tp),
+        None => req,
+    };
+    let res = req
+        .send()
+        .store_op("card_gateway", "http")
+        .instrument(span.clone())
+        .await;
+    match &res {
+        Ok(r) => platform::telemetry::record_http_status(&span, r.status()),
+        Err(_) => platform::telemetry::fail(&span, "transport error"),
+    }
+    res
+}
+
 fn error_body(body: &[u8]) -> Option<api::ApiError> {
     serde_json::from_slice::<ErrorBody>(body)
         .ok()
@@ -165,16 +192,14 @@ impl GatewayClient {
         body: &impl serde::Serialize,
         timeout: Duration,
     ) -> Result<(StatusCode, Vec<u8>), GatewayError> {
-        let resp = self
+        let url = format!("{}{path}", self.base);
+        let req = self
             .http
-            .post(format!("{}{path}", self.base))
+            .post(&url)
             .header(api::IDEMPOTENCY_KEY, key)
             .json(body)
-            .timeout(timeout)
-            .send()
-            .store_op("card_gateway", "http")
-            .await
-            .map_err(classify)?;
+            .timeout(timeout);
+        let resp = traced(req, "POST", path, &url).await.map_err(classify)?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(classify)?;
         Ok((status, body.to_vec()))
@@ -281,13 +306,13 @@ impl GatewayClient {
         key: &str,
         timeout: Duration,
     ) -> Result<Option<api::Charge>, GatewayError> {
-        let resp = self
+        let url = format!("{}/v1/charges", self.base);
+        let req = self
             .http
-            .get(format!("{}/v1/charges", self.base))
+            .get(&url)
             .query(&[("idempotency_key", key)])
-            .timeout(timeout)
-            .send()
-            .store_op("card_gateway", "http")
+            .timeout(timeout);
+        let resp = traced(req, "GET", "/v1/charges", &url)
             .await
             .map_err(classify)?;
         let status = resp.status();

@@ -6,12 +6,14 @@ use payment_service::{Application, Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    platform::telemetry::init(config.log_json);
+    let telemetry = platform::telemetry::install("payment-service", config.log_json);
     let app = Application::build(config).await?;
     tracing::info!(
         grpc = %app.grpc_addr(),
         metrics = %app.metrics_addr(),
         "payment-service listening"
     );
-    app.run_until_stopped(platform::shutdown::signal()).await
+    let served = app.run_until_stopped(platform::shutdown::signal()).await;
+    telemetry.shutdown().await;
+    served
 }

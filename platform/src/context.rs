@@ -62,26 +62,63 @@ impl TraceContext {
         }
     }
 
+    /// The context of this hop as an edge put it in the request's own `traceparent` (the
+    /// gateway's edge names its HTTP span there, see `gateway::api::edge`): the same trace
+    /// and span id, where [`TraceContext::from_headers`] would start a new span.
+    pub fn of_this_hop(headers: &HeaderMap) -> Self {
+        let mut trace = Self::from_headers(headers);
+        if let Some(tp) = Traceparent::from_headers(headers) {
+            trace.span_id = tp.span_id;
+        }
+        trace
+    }
+
     /// The `traceparent` value to send to the next hop (this hop's span is the parent).
     pub fn traceparent(&self) -> String {
         format!("00-{}-{}-01", self.trace_id, self.span_id)
     }
 }
 
+/// A parsed W3C `traceparent`: the caller's trace and span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Traceparent {
+    /// 32 lower-case hex digits, not all zero.
+    pub trace_id: String,
+    /// 16 lower-case hex digits, not all zero: the caller's span.
+    pub span_id: String,
+}
+
+impl Traceparent {
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::parse)
+    }
+
+    pub fn parse(v: &str) -> Option<Self> {
+        let mut parts = v.trim().split('-');
+        let version = parts.next()?;
+        let trace_id = parts.next()?;
+        let parent = parts.next()?;
+        let _flags = parts.next()?;
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(version, 2) || !hex(trace_id, 32) || !hex(parent, 16) {
+            return None;
+        }
+        let zero = |s: &str| s.bytes().all(|b| b == b'0');
+        if zero(trace_id) || zero(parent) {
+            return None;
+        }
+        Some(Self {
+            trace_id: trace_id.to_ascii_lowercase(),
+            span_id: parent.to_ascii_lowercase(),
+        })
+    }
+}
+
 fn parse_traceparent(v: &str) -> Option<String> {
-    let mut parts = v.trim().split('-');
-    let version = parts.next()?;
-    let trace_id = parts.next()?;
-    let parent = parts.next()?;
-    let _flags = parts.next()?;
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if !hex(version, 2) || !hex(trace_id, 32) || !hex(parent, 16) {
-        return None;
-    }
-    if trace_id.bytes().all(|b| b == b'0') {
-        return None;
-    }
-    Some(trace_id.to_ascii_lowercase())
+    Traceparent::parse(v).map(|t| t.trace_id)
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -241,6 +278,29 @@ mod tests {
         let t2 = TraceContext::from_headers(&h);
         assert_eq!(t2.trace_id.len(), 32);
         assert_ne!(t2.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn this_hop_keeps_the_span_its_edge_named_and_a_zero_parent_is_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01"
+                .parse()
+                .expect("header"),
+        );
+        let hop = TraceContext::of_this_hop(&h);
+        assert_eq!(hop.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hop.span_id, "00f067aa0ba902b7");
+        assert_eq!(hop.request_id, hop.trace_id);
+        assert_eq!(
+            hop.traceparent(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(
+            Traceparent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
+            None
+        );
     }
 
     #[test]

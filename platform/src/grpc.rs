@@ -20,7 +20,7 @@ use tonic_health::ServingStatus;
 use tracing::Instrument;
 
 use crate::{
-    context::{Deadline, TraceContext},
+    context::{Deadline, TraceContext, Traceparent},
     faults::{EchoService, FaultAdminService, FaultInjector, FaultLayer},
     identity::Trust,
     policy::{AuthLayer, Guard, ServicePolicy},
@@ -258,16 +258,40 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().to_owned();
-        let trace = TraceContext::from_headers(req.headers());
+        let mut trace = TraceContext::from_headers(req.headers());
         if let Some(deadline) = Deadline::from_headers(req.headers()) {
             req.extensions_mut().insert(deadline);
         }
-        let span = tracing::info_span!(
-            "grpc",
-            method = %method,
-            trace_id = %trace.trace_id,
-            request_id = %trace.request_id,
-        );
+        // Exported when traces are on (health and reflection calls never are): the span's
+        // ids become the call's context, so the trace id logged and the span id sent on
+        // are the exported ones.
+        let exported = crate::telemetry::enabled() && !method.starts_with("/grpc.");
+        let span = if exported {
+            let span = crate::telemetry::grpc_span("server", &method);
+            crate::telemetry::adopt(
+                &span,
+                Traceparent::from_headers(req.headers()).as_ref(),
+                &mut trace,
+            );
+            span.record("trace_id", tracing::field::display(&trace.trace_id));
+            span.record("request_id", tracing::field::display(&trace.request_id));
+            span
+        } else if crate::telemetry::enabled() {
+            // A health or reflection call: below the level spans are exported at.
+            tracing::debug_span!(
+                "grpc",
+                method = %method,
+                trace_id = %trace.trace_id,
+                request_id = %trace.request_id,
+            )
+        } else {
+            tracing::info_span!(
+                "grpc",
+                method = %method,
+                trace_id = %trace.trace_id,
+                request_id = %trace.request_id,
+            )
+        };
         req.extensions_mut().insert(trace);
         let start = Instant::now();
         // The handler's own ledger (store round trips, further calls), returned to the
@@ -297,6 +321,9 @@ where
                         .map_or(tonic::Code::Ok, tonic::Code::from_i32),
                     Err(_) => tonic::Code::Internal,
                 };
+                if exported {
+                    crate::telemetry::record_grpc_status(&tracing::Span::current(), code);
+                }
                 let code_name = format!("{code:?}");
                 if code == tonic::Code::Ok {
                     tracing::debug!(elapsed_ms = elapsed.as_secs_f64() * 1e3, "ok");

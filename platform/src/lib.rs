@@ -4,10 +4,12 @@
 //! tasks, the Prometheus endpoint, field errors and failure reasons, and the domain types
 //! more than one service parses (money, pages, cart lines).
 
+pub mod balance;
 pub mod breaker;
 pub mod cart;
 pub mod config;
 pub mod context;
+pub mod endpoints;
 pub mod error;
 #[cfg(feature = "events")]
 pub mod events;

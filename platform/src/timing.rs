@@ -170,20 +170,26 @@ pub async fn scope<F: Future>(timings: Timings, fut: F) -> F::Output {
 /// task but still does on the request's behalf.
 pub fn carry<F: Future>(fut: F) -> impl Future<Output = F::Output> {
     let timings = current();
-    async move {
-        match timings {
-            Some(t) => CURRENT.scope(t, fut).await,
-            None => fut.await,
-        }
-    }
+    // The request's span too, so the spawned work's spans stay in its trace.
+    let span = tracing::Span::current();
+    tracing::Instrument::instrument(
+        async move {
+            match timings {
+                Some(t) => CURRENT.scope(t, fut).await,
+                None => fut.await,
+            }
+        },
+        span,
+    )
 }
 
 /// Times one store round trip (`store` is `postgres`, `mysql`, `mongodb`, `redis` or
 /// `card_gateway`; `op` names the operation), into the request's ledger and the
 /// `store_operation_duration_seconds` histogram.
 pub async fn store<F: Future>(store: &'static str, op: &'static str, fut: F) -> F::Output {
+    let span = crate::telemetry::store_span(store, op);
     let start = Instant::now();
-    let out = fut.await;
+    let out = tracing::Instrument::instrument(fut, span).await;
     record_store(store, op.to_owned(), start.elapsed());
     out
 }

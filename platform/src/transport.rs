@@ -6,12 +6,21 @@
 
 use std::{convert::Infallible, time::Duration};
 
-use tonic::{body::Body, transport::Endpoint};
+use tonic::{
+    body::Body,
+    transport::{Channel, Endpoint},
+};
 use tower::{BoxError, ServiceExt, util::BoxCloneSyncService};
 
 use tower::Layer as _;
 
-use crate::{grpc::ObserveLayer, timing::TimingLayer};
+use crate::{
+    balance::{BalanceSettings, Balancer},
+    endpoints::ServiceUrls,
+    grpc::ObserveLayer,
+    telemetry::ClientSpanLayer,
+    timing::TimingLayer,
+};
 
 pub type GrpcTransport =
     BoxCloneSyncService<http::Request<Body>, http::Response<Body>, TransportError>;
@@ -28,15 +37,41 @@ pub fn channel(
     url: &str,
     connect_timeout: Duration,
 ) -> Result<GrpcTransport, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .connect_lazy();
-    let timed = TimingLayer.layer(channel);
+    let timed = ClientSpanLayer.layer(TimingLayer.layer(lazy_channel(url, connect_timeout)?));
     Ok(BoxCloneSyncService::new(
         timed.map_err(|e| TransportError(BoxError::from(e))),
     ))
+}
+
+/// The channel to every replica a `*_SERVICE_URL` names, balanced per call
+/// ([`crate::balance`]). A setting naming one IP address gets the plain channel.
+pub fn balanced(
+    service: &'static str,
+    urls: &ServiceUrls,
+    connect_timeout: Duration,
+    settings: &BalanceSettings,
+) -> Result<GrpcTransport, tonic::transport::Error> {
+    if let Some(url) = urls.single_addr() {
+        return channel(&url, connect_timeout);
+    }
+    let balancer = Balancer::new(service, urls, connect_timeout, settings);
+    // One client span per call, outside the balancer: a call moved to another replica is
+    // still one call to the service.
+    Ok(BoxCloneSyncService::new(
+        ClientSpanLayer.layer(TimingLayer.layer(balancer)),
+    ))
+}
+
+/// The tonic channel itself, connected on first use.
+pub(crate) fn lazy_channel(
+    url: &str,
+    connect_timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect_lazy())
 }
 
 /// Calls `server` (e.g. `UserServiceServer::new(impl)`) in the same process. The observe
@@ -51,6 +86,7 @@ where
     S::Future: Send + 'static,
 {
     let observed = tower::ServiceBuilder::new()
+        .layer(ClientSpanLayer)
         .layer(TimingLayer)
         .layer(ObserveLayer)
         .service(server);

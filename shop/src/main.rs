@@ -33,7 +33,7 @@ fn part<T: clap::Parser>(name: &str) -> anyhow::Result<T> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let gateway: gateway::Config = part("gateway")?;
-    platform::telemetry::init(gateway.log_json);
+    let telemetry = platform::telemetry::install("shop", gateway.log_json);
     let config = MonolithConfig {
         user: part("user-service")?,
         item: part("item-service")?,
@@ -52,5 +52,7 @@ async fn main() -> anyhow::Result<()> {
         "shop monolith listening (web shop and REST on http, all services on grpc)"
     );
     println!("shop listening on http://{}", shop.http_addr());
-    shop.run_until_stopped(platform::shutdown::signal()).await
+    let served = shop.run_until_stopped(platform::shutdown::signal()).await;
+    telemetry.shutdown().await;
+    served
 }

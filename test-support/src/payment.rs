@@ -59,7 +59,7 @@ pub fn config(database_url: &str, card_gateway_url: &str) -> Config {
     config.card_gateway_url = card_gateway_url.into();
     config.reconcile_interval_ms = 0;
     config.database_max_connections = 30;
-    config.item_service_url = "http://127.0.0.1:9".into();
+    config.item_service_url = std::net::SocketAddr::from(([127, 0, 0, 1], 9)).into();
     config.identity = crate::identity::settings(platform::identity::PAYMENT_SERVICE);
     config
 }

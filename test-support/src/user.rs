@@ -43,8 +43,8 @@ pub fn config(database_url: &str) -> Config {
         // Tests run on a loaded, shared machine: wait for a slot rather than refuse (the
         // hashing tests set their own limits).
         hash_wait_ms: 60_000,
-        payment_service_url: "http://127.0.0.1:1".into(),
-        item_service_url: "http://127.0.0.1:1".into(),
+        payment_service_url: std::net::SocketAddr::from(([127, 0, 0, 1], 1)).into(),
+        item_service_url: std::net::SocketAddr::from(([127, 0, 0, 1], 1)).into(),
         recovery_interval_ms: 200,
         recovery_call_timeout_ms: 2000,
         recovery_stuck_secs: 60,
@@ -52,6 +52,7 @@ pub fn config(database_url: &str) -> Config {
         faults: String::new(),
         log_json: false,
         identity: crate::identity::settings(platform::identity::USER_SERVICE),
+        balance: Default::default(),
         // No event stream unless a test asks for one (crate::events::settings).
         events: Default::default(),
     }

@@ -233,12 +233,21 @@ impl Application {
             },
         )
         .await?;
-        let payment =
-            platform::transport::channel(&config.payment_service_url, Duration::from_millis(500))
-                .map_err(|e| anyhow::anyhow!("PAYMENT_SERVICE_URL: {e}"))?;
-        let item =
-            platform::transport::channel(&config.item_service_url, Duration::from_millis(500))
-                .map_err(|e| anyhow::anyhow!("ITEM_SERVICE_URL: {e}"))?;
+        let connect = Duration::from_millis(500);
+        let payment = platform::transport::balanced(
+            platform::identity::PAYMENT_SERVICE,
+            &config.payment_service_url,
+            connect,
+            &config.balance,
+        )
+        .map_err(|e| anyhow::anyhow!("PAYMENT_SERVICE_URL: {e}"))?;
+        let item = platform::transport::balanced(
+            platform::identity::ITEM_SERVICE,
+            &config.item_service_url,
+            connect,
+            &config.balance,
+        )
+        .map_err(|e| anyhow::anyhow!("ITEM_SERVICE_URL: {e}"))?;
         let service = UserService::connect(&config, Downstreams { payment, item }).await?;
         Ok(Self { service, process })
     }

@@ -2,6 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use platform::{balance::BalanceSettings, endpoints::ServiceUrls};
 use secrecy::SecretString;
 
 fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -49,20 +50,23 @@ pub struct Config {
     /// with RESOURCE_EXHAUSTED, in milliseconds.
     #[arg(long, env = "USER_HASH_WAIT_MS", default_value_t = 2_000)]
     pub hash_wait_ms: u64,
-    /// payment-service, called by the `chained` checkout.
+    /// payment-service, called by the `chained` checkout. Like every *_SERVICE_URL: one
+    /// URL, several separated by commas, or a DNS name with several addresses.
     #[arg(
         long,
         env = "PAYMENT_SERVICE_URL",
+        value_parser = ServiceUrls::parse,
         default_value = "http://127.0.0.1:50053"
     )]
-    pub payment_service_url: String,
+    pub payment_service_url: ServiceUrls,
     /// item-service, called by the checkout recovery (commit, release, reservation status).
     #[arg(
         long,
         env = "ITEM_SERVICE_URL",
+        value_parser = ServiceUrls::parse,
         default_value = "http://127.0.0.1:50052"
     )]
-    pub item_service_url: String,
+    pub item_service_url: ServiceUrls,
     /// Pause between checkout-recovery rounds (ms). A checkout whose driver died is
     /// finished within its lease (GATEWAY_CHECKOUT_LEASE_MS) plus about one round.
     #[arg(long, env = "USER_RECOVERY_INTERVAL_MS", default_value_t = 2000)]
@@ -86,6 +90,10 @@ pub struct Config {
     /// trusts (SHOP_TRUSTED_KEYS_FILE) and whether its fault admin exists (SHOP_FAULT_ADMIN).
     #[command(flatten)]
     pub identity: platform::identity::IdentitySettings,
+    /// DNS re-resolution and ejection of failed replicas (SHOP_RESOLVE_INTERVAL_MS,
+    /// SHOP_EJECT_MS).
+    #[command(flatten)]
+    pub balance: BalanceSettings,
     /// The event stream of the asynchronous checkout (NATS_URL); without it RequestCheckout
     /// answers UNAVAILABLE.
     #[command(flatten)]

@@ -37,12 +37,14 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    platform::telemetry::init(config.log_json);
+    let telemetry = platform::telemetry::install("user-service", config.log_json);
     let app = Application::build(config).await?;
     tracing::info!(
         grpc = %app.grpc_addr(),
         metrics = %app.metrics_addr(),
         "user-service listening"
     );
-    app.run_until_stopped(platform::shutdown::signal()).await
+    let served = app.run_until_stopped(platform::shutdown::signal()).await;
+    telemetry.shutdown().await;
+    served
 }

@@ -111,18 +111,50 @@ fn route_key(req: &Request) -> String {
 async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let key = route_key(&req);
     let start = Instant::now();
-    if !req.headers().contains_key(context::TRACEPARENT) {
-        let root = TraceContext::new_root();
-        if let Ok(v) = http::HeaderValue::from_str(&root.traceparent()) {
-            req.headers_mut().insert(context::TRACEPARENT, v);
-        }
-    }
-    let trace = TraceContext::from_headers(req.headers());
-    let span = tracing::info_span!("http", route = %key, trace_id = %trace.trace_id, request_id = %trace.request_id);
     let exempt = key.contains("/api/admin/")
         || key.contains(" /debug/")
         || key.ends_with("/metrics")
         || key.ends_with("/healthz");
+    let mut trace = TraceContext::from_headers(req.headers());
+    // Exported when traces are on (not probes and scrapes): the span continues the
+    // browser's trace if it sent one, and its ids are this request's context.
+    let exported =
+        platform::telemetry::enabled() && !key.ends_with("/metrics") && !key.ends_with("/healthz");
+    let span = if exported {
+        let span = tracing::info_span!(
+            target: platform::telemetry::TARGET,
+            "http",
+            otel.name = %key,
+            otel.kind = "server",
+            http.request.method = %req.method(),
+            http.route = %key.split_once(' ').map_or(key.as_str(), |(_, r)| r),
+            route = %key,
+            trace_id = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        platform::telemetry::adopt(
+            &span,
+            context::Traceparent::from_headers(req.headers()).as_ref(),
+            &mut trace,
+        );
+        span.record("trace_id", tracing::field::display(&trace.trace_id));
+        span.record("request_id", tracing::field::display(&trace.request_id));
+        span
+    } else if platform::telemetry::enabled() {
+        // A probe or a scrape: below the level spans are exported at.
+        tracing::debug_span!("http", route = %key, trace_id = %trace.trace_id, request_id = %trace.request_id)
+    } else {
+        tracing::info_span!("http", route = %key, trace_id = %trace.trace_id, request_id = %trace.request_id)
+    };
+    // The request's own `traceparent` names this hop from here on: handlers build their
+    // call context from it (`TraceContext::of_this_hop`), so downstream calls are children
+    // of this request's span.
+    if let Ok(v) = http::HeaderValue::from_str(&trace.traceparent()) {
+        req.headers_mut().insert(context::TRACEPARENT, v);
+    }
+
     let mut resp = async {
         if !exempt && state.faults.inject(&key).await == Verdict::Fail {
             ApiError::unavailable("temporarily unavailable (injected fault); try again shortly")
@@ -135,6 +167,9 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     .await;
     let elapsed = start.elapsed();
     let status = resp.status();
+    if exported {
+        platform::telemetry::record_http_status(&span, status);
+    }
     span.in_scope(|| {
         if status.is_server_error() {
             tracing::warn!(

@@ -8,4 +8,5 @@ mod cache;
 mod checkout_events;
 mod harness;
 mod items;
+mod replicas;
 mod reservations;

@@ -406,6 +406,36 @@ impl Supervisor {
         Ok(started)
     }
 
+    /// SIGTERM to every process, callers first (their graceful stop: drain, flush what
+    /// they buffer), waiting for each to exit; SIGKILL for one that does not in time.
+    pub async fn stop_all_gracefully(&mut self) {
+        for p in [
+            Process::Gateway,
+            Process::UserService,
+            Process::PaymentService,
+            Process::ItemService,
+            Process::CardGateway,
+        ] {
+            let Some(mut r) = self.procs.remove(&p) else {
+                continue;
+            };
+            if let Some(pid) = r.child.id() {
+                // `kill` rather than a signal call of our own: this crate forbids unsafe.
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            if tokio::time::timeout(Duration::from_secs(20), r.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = r.child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(10), r.child.wait()).await;
+            }
+        }
+    }
+
     pub async fn stop_all(&mut self) {
         for (_, mut r) in std::mem::take(&mut self.procs) {
             let _ = r.child.start_kill();

@@ -105,21 +105,21 @@ async fn shop_with_checkouts(tweak_item: impl FnOnce(&mut item_service::Config))
     platform::telemetry::init(false);
     let item = item::spawn_with(tweak_item).await;
     let payment = payment::spawn_with(|c| {
-        c.item_service_url = format!("http://{}", item.grpc_addr);
+        c.item_service_url = item.grpc_addr.into();
         c.item_timeout_ms = 10_000;
     })
     .await;
     let user = user::spawn_with(|c| {
-        c.payment_service_url = format!("http://{}", payment.grpc_addr);
-        c.item_service_url = format!("http://{}", item.grpc_addr);
+        c.payment_service_url = payment.grpc_addr.into();
+        c.item_service_url = item.grpc_addr.into();
     })
     .await;
     let mut g = gateway::Config::with_secret(user::SECRET);
     g.identity = test_support::identity::settings(platform::identity::GATEWAY);
     g.http_addr = "127.0.0.1:0".into();
-    g.user_service_url = format!("http://{}", user.grpc_addr);
-    g.item_service_url = format!("http://{}", item.grpc_addr);
-    g.payment_service_url = format!("http://{}", payment.grpc_addr);
+    g.user_service_url = user.grpc_addr.into();
+    g.item_service_url = item.grpc_addr.into();
+    g.payment_service_url = payment.grpc_addr.into();
     g.checkout_budget_ms = 10_000;
     g.read_budget_ms = 5_000;
     let gw = gateway::Application::build(g)

@@ -1,10 +1,12 @@
 //! loadtest's integration tests, one binary so the engine and its dependencies link once:
 //! the generator and report end to end against a toy target, and the fault guard against
-//! the real fault endpoints, the short crash test against the real processes, and
-//! Prometheus scraping them (the dashboard's queries against the real metrics).
+//! the real fault endpoints, the short crash test and the trace test against the real
+//! processes, and Prometheus scraping them (the dashboard's queries against the real
+//! metrics).
 
 mod check;
 mod crash;
 mod fault_guard;
 mod observe;
 mod report_smoke;
+mod trace;

@@ -6,10 +6,12 @@ use payment_service::card_gateway::{CardGateway, Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    platform::telemetry::init(config.log_json);
+    let telemetry = platform::telemetry::install("card-gateway", config.log_json);
     let gateway = CardGateway::build(config).await?;
     tracing::info!(addr = %gateway.addr(), "card-gateway listening");
-    gateway
+    let served = gateway
         .run_until_stopped(platform::shutdown::signal())
-        .await
+        .await;
+    telemetry.shutdown().await;
+    served
 }

@@ -210,4 +210,8 @@ pub struct Stats {
     pub injected_errors: u64,
     /// Injected hangs.
     pub injected_hangs: u64,
+    /// Charges looked up by Idempotency-Key (`GET /v1/charges?idempotency_key=`): what
+    /// reconciling a PENDING payment asks.
+    #[serde(default)]
+    pub key_lookups: u64,
 }

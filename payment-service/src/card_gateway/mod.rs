@@ -59,6 +59,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::{net::TcpListener, sync::watch};
+use tracing::Instrument as _;
 
 use crate::card::{self, Brand, CardProblem};
 use ledger::{
@@ -302,6 +303,8 @@ pub fn router(gateway: Gateway, admin: Option<Trust>) -> Router {
         .route("/v1/charges", post(create_charge).get(list_charges))
         .route("/v1/charges/{id}", get(get_charge))
         .route("/v1/refunds", post(create_refund))
+        // A server span per API call, child of the payment service's client span.
+        .route_layer(axum::middleware::from_fn(platform::telemetry::trace_http))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }));
     if let Some(trust) = admin {
         let admin_routes = Router::new()
@@ -603,7 +606,8 @@ async fn create(
         }
     }
     let worker = gw.clone();
-    let task = tokio::spawn(async move { worker.process(route, key, exec).await });
+    let task =
+        tokio::spawn(async move { worker.process(route, key, exec).await }.in_current_span());
     match task.await {
         Ok(Processed::Done(e)) => json_response(e.status, e.body),
         Ok(Processed::Error) | Err(_) => api_error(),
@@ -745,7 +749,11 @@ async fn list_charges(State(gw): State<Gateway>, Query(q): Query<ListQuery>) -> 
     }
     let data = match q.idempotency_key.as_deref() {
         Some(key) => {
-            let found = gw.ledger().lookup_key(key);
+            let found = {
+                let mut ledger = gw.ledger();
+                ledger.stats.key_lookups += 1;
+                ledger.lookup_key(key)
+            };
             match found {
                 KeyLookup::Unknown | KeyLookup::NoCharge => vec![],
                 KeyLookup::Charge(c) => vec![*c],

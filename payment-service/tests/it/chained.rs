@@ -112,7 +112,7 @@ async fn chained(
 async fn chained_charge_prices_reserves_charges_and_commits_once() {
     let items = spawn_items().await;
     let app = spawn_app_with(|c| {
-        c.item_service_url = format!("http://{}", items.addr);
+        c.item_service_url = items.addr.into();
         // SecantusDB is slow under a parallel test run; this is not what the test is about.
         c.item_timeout_ms = 20_000;
     })
@@ -161,7 +161,7 @@ async fn chained_charge_prices_reserves_charges_and_commits_once() {
 async fn a_declined_card_releases_the_stock_and_out_of_stock_never_charges() {
     let items = spawn_items().await;
     let app = spawn_app_with(|c| {
-        c.item_service_url = format!("http://{}", items.addr);
+        c.item_service_url = items.addr.into();
         // SecantusDB is slow under a parallel test run; this is not what the test is about.
         c.item_timeout_ms = 20_000;
     })
@@ -238,7 +238,7 @@ async fn item_service_down_fails_fast_with_unavailable() {
 async fn reconciling_a_lost_gateway_answer_settles_the_payment_and_leaves_the_reservation_alone() {
     let items = spawn_items().await;
     let app = spawn_app_with(|c| {
-        c.item_service_url = format!("http://{}", items.addr);
+        c.item_service_url = items.addr.into();
         c.item_timeout_ms = 20_000;
         c.gateway_timeout_ms = 300;
     })
@@ -283,7 +283,7 @@ async fn reconciling_a_lost_gateway_answer_settles_the_payment_and_leaves_the_re
 async fn the_reconciler_settles_a_chained_charge_as_succeeded_and_leaves_the_reservation_held() {
     let items = spawn_items().await;
     let app = spawn_app_with(|c| {
-        c.item_service_url = format!("http://{}", items.addr);
+        c.item_service_url = items.addr.into();
         c.item_timeout_ms = 20_000;
         c.gateway_timeout_ms = 300;
         // The background "payment reconciler" task, as deployed.
@@ -336,7 +336,7 @@ async fn the_reconciler_settles_a_chained_charge_as_succeeded_and_leaves_the_res
 async fn a_chained_replay_after_the_key_was_purged_returns_the_payment_and_reserves_nothing() {
     let items = spawn_items().await;
     let app = spawn_app_with(|c| {
-        c.item_service_url = format!("http://{}", items.addr);
+        c.item_service_url = items.addr.into();
         c.item_timeout_ms = 20_000;
     })
     .await;

@@ -10,5 +10,6 @@ mod harness;
 mod logs;
 mod orders;
 mod payments;
+mod replicas;
 mod tokens;
 mod trust;

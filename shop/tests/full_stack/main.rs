@@ -9,6 +9,7 @@ mod checkout;
 mod common;
 mod monolith;
 mod recovery;
+mod replicas;
 mod resilience;
 mod throttle;
 mod timing;

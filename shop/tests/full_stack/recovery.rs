@@ -251,8 +251,8 @@ async fn a_paid_checkout_whose_hold_is_gone_is_refunded() {
 async fn two_replicas_finish_each_abandoned_checkout_once() {
     let s = stack().await;
     let replica = test_support::user::spawn_on(&s.user_database_url, |c| {
-        c.payment_service_url = format!("http://{}", s.payment.addr);
-        c.item_service_url = format!("http://{}", s.item.addr);
+        c.payment_service_url = s.payment.addr.into();
+        c.item_service_url = s.item.addr.into();
         c.recovery_interval_ms = 50;
     })
     .await;

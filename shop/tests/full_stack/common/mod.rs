@@ -59,7 +59,7 @@ fn tune_payment(c: &mut payment_service::Config) {
 }
 
 /// The gateway's test config: [`SECRET`], the given downstream URLs, generous budgets.
-fn gateway_config() -> gateway::Config {
+pub fn gateway_config() -> gateway::Config {
     let mut c = gateway::Config::with_secret(SECRET);
     c.http_addr = "127.0.0.1:0".into();
     c.faults = String::new();
@@ -197,7 +197,7 @@ pub struct Stack {
     /// item-service and the event stream the stack's services share.
     pub payment_database_url: String,
     pub card_url: String,
-    pub item_url: String,
+    pub item_addr: SocketAddr,
     pub events: platform::events::EventsSettings,
 }
 
@@ -222,22 +222,22 @@ pub async fn stack_with(opts: Options) -> Stack {
     let payment_events = events.clone();
     let stack_events = events.clone();
     let payment = payment::spawn_with(|c| {
-        c.item_service_url = format!("http://{}", item.grpc_addr);
+        c.item_service_url = item.grpc_addr.into();
         c.events = payment_events;
         tune_payment(c);
     })
     .await;
     let user = user::spawn_with(|c| {
-        c.payment_service_url = format!("http://{}", payment.grpc_addr);
-        c.item_service_url = format!("http://{}", item.grpc_addr);
+        c.payment_service_url = payment.grpc_addr.into();
+        c.item_service_url = item.grpc_addr.into();
         c.events = events;
     })
     .await;
 
     let mut gcfg = gateway_config();
-    gcfg.user_service_url = format!("http://{}", user.grpc_addr);
-    gcfg.item_service_url = format!("http://{}", item.grpc_addr);
-    gcfg.payment_service_url = format!("http://{}", payment.grpc_addr);
+    gcfg.user_service_url = user.grpc_addr.into();
+    gcfg.item_service_url = item.grpc_addr.into();
+    gcfg.payment_service_url = payment.grpc_addr.into();
     gcfg.card_gateway_url = payment.card_gateway.url.clone();
     (opts.gateway)(&mut gcfg);
     let gw = gateway::Application::build(gcfg)
@@ -250,7 +250,7 @@ pub async fn stack_with(opts: Options) -> Stack {
         api: Api::new(gw_addr),
         payment_database_url: payment.database.url.clone(),
         card_url: payment.card_gateway.url.clone(),
-        item_url: format!("http://{}", item.grpc_addr),
+        item_addr: item.grpc_addr,
         events: stack_events,
         card: payment.card_gateway.handle,
         card_server: payment.card_gateway.server,
@@ -444,7 +444,7 @@ impl Stack {
     /// asynchronous checkout's events reach.
     pub async fn restart_payment(&self) -> Running {
         let mut c = payment::config(&self.payment_database_url, &self.card_url);
-        c.item_service_url = self.item_url.clone();
+        c.item_service_url = self.item_addr.into();
         c.events = self.events.clone();
         tune_payment(&mut c);
         let app = payment_service::Application::build(c)
