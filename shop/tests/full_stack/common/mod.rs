@@ -207,10 +207,11 @@ pub async fn stack() -> Stack {
 
 pub async fn stack_with(opts: Options) -> Stack {
     platform::telemetry::init(false);
-    let events = opts
-        .events
-        .then(|| test_support::events::settings(&test_support::events::namespace()))
-        .unwrap_or_default();
+    let events = if opts.events {
+        test_support::events::settings(&test_support::events::namespace())
+    } else {
+        Default::default()
+    };
     let tweak_item = opts.item;
     let item_events = events.clone();
     let item = item::spawn_with(move |c| {
