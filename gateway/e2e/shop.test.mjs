@@ -179,3 +179,20 @@ test("out of stock and an unavailable service are explained", async () => {
     assert.equal(r.status, 200);
   }
 });
+
+test("an asynchronous checkout is accepted at once and the order page follows it to paid", async () => {
+  // The cart still holds one teapot from the attempt above.
+  await page.click("#nav-cart");
+  await page.waitForSelector("#cart-table");
+  await page.click("#go-checkout");
+  await page.waitForSelector("#pay-form");
+  await page.check("#strategy-async");
+  await page.click("#pay");
+  await page.waitForSelector("#order-status");
+  assert.match(await page.textContent("#flash"), /Order accepted/);
+  await screenshot("async-accepted");
+  // The page refreshes itself while the order is pending; the events complete it.
+  await page.waitForFunction(() => document.querySelector("#order-status")?.textContent === "placed", null, { timeout: 30000 });
+  assert.match(await page.textContent("#order-explained"), /Placed and paid/);
+  await screenshot("async-placed");
+});
