@@ -67,8 +67,11 @@ impl ConsumerSpec {
         Self {
             durable: format!("{service}-{}", kind.replace('.', "-")),
             kind: kind.to_owned(),
-            max_attempts: 5,
-            retry_delay: Duration::from_millis(500),
+            // About five minutes of transient failure (a store or service down, an event
+            // that overtook the one it depends on) before a message is parked: parking is
+            // for poison, not for outages.
+            max_attempts: 300,
+            retry_delay: Duration::from_secs(1),
             ack_wait: Duration::from_secs(30),
         }
     }
