@@ -157,26 +157,16 @@ impl Store {
             .fetch_optional(&mut *tx)
             .store_op("postgres", "request_checkout")
             .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                    RecordError::Store(StoreError::UnknownUser)
-                }
-                _ => RecordError::from(e),
-            })?;
+            .map_err(checkout_record::inserting)?;
         if let Some(row) = inserted {
             outbox::write(&mut tx, &event).await?;
             tx.commit().await?;
             return Ok((row, true));
         }
         tx.rollback().await?;
-        let existing = self
-            .checkout(c.order_id)
-            .await?
-            .ok_or(RecordError::NotFound)?;
-        if existing.user_id != c.user_id.0 {
-            return Err(RecordError::OtherUser);
-        }
-        if existing.strategy != STRATEGY || existing.cart() != c.cart() {
+        let existing = self.same_checkout(c.order_id, c.user_id, &c.cart()).await?;
+        if existing.strategy != STRATEGY {
+            // The key was used for a synchronous checkout of the same cart.
             return Err(RecordError::OtherCart);
         }
         Ok((existing, false))

@@ -265,6 +265,16 @@ impl From<sqlx::Error> for RecordError {
     }
 }
 
+/// Inserting a record for a user that does not exist is the caller's error, not the store's.
+pub(crate) fn inserting(e: sqlx::Error) -> RecordError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            RecordError::Store(StoreError::UnknownUser)
+        }
+        _ => RecordError::from(e),
+    }
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -298,31 +308,38 @@ impl Store {
             .fetch_optional(&self.pool)
             .store_op("postgres", "begin_checkout")
             .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                    RecordError::Store(StoreError::UnknownUser)
-                }
-                _ => RecordError::from(e),
-            })?;
+            .map_err(inserting)?;
         if let Some(row) = inserted {
             return Ok(Begun::Created(row, token));
         }
-        let existing = self
-            .checkout(c.order_id)
-            .await?
-            .ok_or(RecordError::NotFound)?;
-        if existing.user_id != c.user_id.0 {
-            return Err(RecordError::OtherUser);
-        }
-        if existing.cart() != c.cart() {
-            return Err(RecordError::OtherCart);
-        }
+        let existing = self.same_checkout(c.order_id, c.user_id, &c.cart()).await?;
         if existing.status == "pending" && existing.lease_token == Some(token) {
             return Ok(Begun::Held(existing, token));
         }
         // Never taken over here, even when its lease ran out: a retry does not know what
         // the dead attempt did (it may have charged), the recovery asks the services.
         Ok(Begun::Existing(existing))
+    }
+
+    /// The record an earlier call with this order id made, if it is the same user's and the
+    /// same cart (a retry); another user's order or another cart under the same key is refused.
+    pub(crate) async fn same_checkout(
+        &self,
+        order_id: Uuid,
+        user_id: UserId,
+        cart: &[(String, i32)],
+    ) -> Result<OrderRow, RecordError> {
+        let existing = self
+            .checkout(order_id)
+            .await?
+            .ok_or(RecordError::NotFound)?;
+        if existing.user_id != user_id.0 {
+            return Err(RecordError::OtherUser);
+        }
+        if existing.cart() != cart {
+            return Err(RecordError::OtherCart);
+        }
+        Ok(existing)
     }
 
     /// Moves a checkout on, if `t.token` still holds it. Repeating a transition that
