@@ -159,6 +159,8 @@ pub(crate) async fn start_stack(
             ("USER_SERVICE_URL", url(user)),
             ("ITEM_SERVICE_URL", url(item)),
             ("PAYMENT_SERVICE_URL", url(pay)),
+            // The asynchronous checkout swaps the card for the processor's token first.
+            ("CARD_GATEWAY_URL", url(card)),
         ]
     };
     let gw = free_addr()?;
