@@ -1,7 +1,7 @@
 //! Time to a completed order, next to time to the customer's answer. A synchronous checkout
 //! is complete when it answers (201 placed); an asynchronous one answers 202 with the order
 //! pending, and the order completes later through the event stream. For those the workload
-//! follows the order (`GET /api/orders/{id}` every [`POLL_EVERY`]) in a task of its own,
+//! follows the order (`GET /api/orders/{id}`, see [`poll_wait`]) in a task of its own,
 //! outside the engine's timed operation, and records here when it left `pending`, measured
 //! from the checkout's intended start like every open-model latency.
 
@@ -20,8 +20,18 @@ use crate::{
     stats::{Latency, new_histogram},
 };
 
-/// How often a pending order is polled.
+/// How often a young pending order is polled.
 pub const POLL_EVERY: Duration = Duration::from_millis(50);
+/// The longest wait between two polls of an old pending order.
+pub const POLL_MAX: Duration = Duration::from_millis(500);
+
+/// The wait before the next poll of an order `age` old: 50 ms, or a tenth of its age up to
+/// 500 ms. A backlog of pending orders (a consumer down) would otherwise turn the polling
+/// into load of its own (90 orders polled every 50 ms are 1,800 requests/s), and an order
+/// pending for seconds is still timed to within a tenth of its age.
+pub fn poll_wait(age: Duration) -> Duration {
+    (age / 10).clamp(POLL_EVERY, POLL_MAX)
+}
 
 /// How one checkout's answer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,9 +122,10 @@ impl Tracker {
                     self.following.fetch_add(1, Ordering::SeqCst);
                     let me = self.clone();
                     tokio::spawn(async move {
-                        let ended = follow_order(&pool, &order_id, &token, intended + give_up)
-                            .await
-                            .map(|e| (Instant::now(), e));
+                        let ended =
+                            follow_order(&pool, &order_id, &token, intended, intended + give_up)
+                                .await
+                                .map(|e| (Instant::now(), e));
                         me.push(Checkout {
                             intended,
                             answered,
@@ -162,7 +173,7 @@ impl Tracker {
         let cs = self.checkouts();
         let mut s = CompletionStats {
             note: if asynchronous {
-                "asynchronous: answer = 202 accepted; completion = the order left pending (GET /api/orders/{id} every 50 ms)".into()
+                "asynchronous: answer = 202 accepted; completion = the order left pending (GET /api/orders/{id} every 50 ms, backing off to a tenth of the order's age, at most 500 ms)".into()
             } else {
                 "synchronous: completion = answer (201 placed)".into()
             },
@@ -215,12 +226,13 @@ async fn follow_order(
     pool: &HttpPool,
     order_id: &str,
     token: &str,
+    intended: Instant,
     deadline: Instant,
 ) -> Option<Ending> {
     let path = format!("/api/orders/{order_id}");
     let headers = [("authorization", token.to_owned())];
     loop {
-        tokio::time::sleep(POLL_EVERY).await;
+        tokio::time::sleep(poll_wait(intended.elapsed())).await;
         if Instant::now() >= deadline {
             return Some(Ending::Unfinished);
         }
@@ -256,6 +268,16 @@ mod tests {
             Some("o1")
         );
         assert_eq!(order_id_of(b"not json"), None);
+    }
+
+    #[test]
+    fn polls_back_off_with_the_order_age() {
+        assert_eq!(poll_wait(Duration::ZERO), POLL_EVERY);
+        assert_eq!(
+            poll_wait(Duration::from_secs(2)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(poll_wait(Duration::from_secs(60)), POLL_MAX);
     }
 
     #[test]

@@ -491,7 +491,7 @@ fn buckets(s: &[Second], width: usize) -> Vec<Second> {
 pub fn section(m: &Measured) -> Section {
     let mut a = Table::new(
         &format!(
-            "(a) Checkouts at {} req/s, open model; answer = the HTTP answer, completion = the order placed (synchronous: the 201 itself; async: GET /api/orders/{{id}} every 50 ms until it is not pending), both from the intended send time. Build profile: {}.",
+            "(a) Checkouts at {} req/s, open model; answer = the HTTP answer, completion = the order placed (synchronous: the 201 itself; async: GET /api/orders/{{id}} every 50 ms, backing off to a tenth of the order's age (at most 500 ms), until it is not pending), both from the intended send time. Build profile: {}.",
             m.rate, m.profile
         ),
         &[
