@@ -28,6 +28,9 @@ pub(crate) struct Deployment {
     pub shop: Option<Target>,
     /// The monolith's own gRPC listener (its FaultAdmin), when this run started it.
     pub shop_grpc: Option<String>,
+    /// Every process's event streams and consumers live under this namespace
+    /// (`SHOP_EVENTS_NAMESPACE`), so other shops on the same NATS server never mix in.
+    pub events_namespace: String,
 }
 
 impl Deployment {
@@ -65,6 +68,8 @@ pub(crate) async fn start_stack(
         ("USER_JWT_SECRET".into(), jwt),
         // A catalog of this run's own, so other runs' stock never interferes.
         ("ITEM_MONGODB_DATABASE".into(), format!("loadtest_{run_id}")),
+        // Streams and durable consumers of the run's own (used when NATS_URL is set).
+        ("SHOP_EVENTS_NAMESPACE".into(), format!("loadtest_{run_id}")),
     ];
     let card = free_addr()?;
     stack
@@ -154,6 +159,8 @@ pub(crate) async fn start_stack(
             ("USER_SERVICE_URL", url(user)),
             ("ITEM_SERVICE_URL", url(item)),
             ("PAYMENT_SERVICE_URL", url(pay)),
+            // The asynchronous checkout swaps the card for the processor's token first.
+            ("CARD_GATEWAY_URL", url(card)),
         ]
     };
     let gw = free_addr()?;
@@ -241,6 +248,7 @@ pub(crate) async fn start_stack(
             gw_unprotected: Target::parse(&url(gw_un))?,
             shop,
             shop_grpc,
+            events_namespace: format!("loadtest_{run_id}"),
         },
         setup,
     ))

@@ -23,6 +23,16 @@ use crate::{
     waterfall::{self, Collector, Metric, Waterfall},
 };
 
+tokio::task_local! {
+    static INTENDED: Instant;
+}
+
+/// The intended start of the operation being run (open model: its arrival time; closed
+/// model: when the user sent it), for workloads that measure more than the answer.
+pub fn intended_start() -> Option<Instant> {
+    INTENDED.try_with(|t| *t).ok()
+}
+
 /// Something the engine can drive: one call = one operation (usually one request).
 pub trait Workload: Send + Sync + 'static {
     /// `n` numbers the operation (arrival number, or per-user counter); `user` is the
@@ -122,6 +132,10 @@ pub struct RunResult {
     /// (none when the target sent none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waterfall: Option<Waterfall>,
+    /// Checkouts: time to the answer and time to a completed order, and how orders ended
+    /// (set by the caller that tracked them; see [`crate::completion`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<crate::completion::CompletionStats>,
 }
 
 impl RunResult {
@@ -166,6 +180,7 @@ impl RunResult {
             warmup_requests: snap.warmup,
             pacer_lateness,
             waterfall,
+            completion: None,
         }
     }
 }
@@ -283,7 +298,9 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
                 tasks.spawn(async move {
                     pacer::arrive(a.intended).await;
                     lateness.record(a.intended, Instant::now());
-                    let done = one(&workload, a.n, a.n as usize, deadline).await;
+                    let done = INTENDED
+                        .scope(a.intended, one(&workload, a.n, a.n as usize, deadline))
+                        .await;
                     record(&recorder, &timings, a.intended, a.intended.elapsed(), done);
                 });
                 // Reap finished tasks as we go so the set stays small.
@@ -307,7 +324,9 @@ pub async fn run(spec: &RunSpec, workload: Arc<dyn Workload>) -> Measured {
                             break;
                         }
                         let t0 = tokio::time::Instant::now();
-                        let done = one(&workload, n, user, t0 + timeout).await;
+                        let done = INTENDED
+                            .scope(t0.into_std(), one(&workload, n, user, t0 + timeout))
+                            .await;
                         record(&recorder, &timings, t0.into_std(), t0.elapsed(), done);
                         n += 1;
                         if think_ms > 0 {

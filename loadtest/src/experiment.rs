@@ -329,6 +329,23 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             .map(|points| sections::cost_per_hop(&s.echo, &s.runs, &points));
         keep("cost_per_hop", r, &mut ctx.notes);
     }
+    // Last: it stops the processes other sections use (the second item- and
+    // payment-service, the monolith) so that one process per service consumes events.
+    if wanted(&opts, "sync_vs_async") {
+        eprintln!("[loadtest] 7. synchronous vs asynchronous");
+        // Only the processes still running when it ends.
+        let live = sections::FaultTargets {
+            grpc: vec![
+                ctx.dep.user_grpc.clone(),
+                ctx.dep.item_grpc.clone(),
+                ctx.dep.payment_grpc.clone(),
+            ],
+            card: Some(ctx.dep.card.clone()),
+        };
+        let r =
+            with_faults_cleared(&live, sections::sync_vs_async::run(&mut ctx, &mut stack)).await;
+        keep("sync_vs_async", r, &mut ctx.notes);
+    }
     let sections: Vec<Section> = report::SECTION_IDS
         .iter()
         .filter_map(|id| done.remove(*id))

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod chaos;
 pub mod charts;
 pub mod check;
+pub mod completion;
 pub mod cpu;
 pub mod crash;
 pub mod deployment;

@@ -133,9 +133,13 @@ struct RunArgs {
     /// browse | checkout | mix | echo | list=N,get=N,checkout=N
     #[arg(long, default_value = "browse")]
     scenario: String,
-    /// Checkout strategy: orchestrated | parallel | chained.
+    /// Checkout strategy: orchestrated | parallel | chained | async.
     #[arg(long, default_value = "orchestrated")]
     strategy: String,
+    /// Asynchronous checkouts: how long (from the intended start) an accepted order is
+    /// followed until it is no longer pending.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    completion_timeout: Duration,
     /// Open model: arrivals per second (omit for the closed model).
     #[arg(long)]
     rate: Option<f64>,
@@ -214,6 +218,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             think_ms: a.think.as_millis() as u64,
         },
     };
+    let tracker = loadtest::completion::Tracker::new();
+    let mut checkouts = false;
     let workload: Arc<dyn Workload> = if a.scenario == "echo" {
         Arc::new(scenario::EchoWorkload::new(
             scenario::grpc_channel(&a.target).await?,
@@ -243,14 +249,18 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         } else {
             (Vec::new(), Vec::new())
         };
-        Arc::new(ShopWorkload::new(
-            Arc::new(HttpPool::new(target, a.connections)),
-            Arc::new(browse),
-            Arc::new(buy),
-            Arc::new(tokens),
-            mix,
-            &a.strategy,
-        ))
+        checkouts = mix.checkout > 0;
+        Arc::new(
+            ShopWorkload::new(
+                Arc::new(HttpPool::new(target, a.connections)),
+                Arc::new(browse),
+                Arc::new(buy),
+                Arc::new(tokens),
+                mix,
+                &a.strategy,
+            )
+            .tracking(tracker.clone(), a.completion_timeout),
+        )
     };
     let mut spec = RunSpec::new(
         format!("{} ({})", a.scenario, model.describe()),
@@ -261,7 +271,19 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     spec.timeout = a.timeout;
     spec.max_ops = a.max_requests;
     spec.progress = !a.no_progress;
-    let m = engine::run(&spec, workload).await;
+    let measure_from = std::time::Instant::now() + a.warmup;
+    let mut m = engine::run(&spec, workload).await;
+    if checkouts {
+        if tracker.following() > 0 {
+            eprintln!(
+                "waiting up to {:?} for {} accepted orders to complete",
+                a.completion_timeout,
+                tracker.following()
+            );
+        }
+        tracker.settle(a.completion_timeout).await;
+        m.result.completion = Some(tracker.stats(measure_from, a.strategy == "async"));
+    }
     let r = &m.result;
     println!("{}", report::RUN_HEADERS.join(" | "));
     println!("{}", report::run_row(&r.name, r).join(" | "));
@@ -276,6 +298,31 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             report::f_ms(e.latency.p90_ms),
             report::f_ms(e.latency.p99_ms),
             report::f_ms(e.latency.max_ms)
+        );
+    }
+    if let Some(c) = &r.completion {
+        println!("\ncheckouts ({}):", c.note);
+        println!(
+            "  answers: {} placed (201), {} accepted (202), {} failed (timeouts not included)",
+            c.answered_placed, c.answered_accepted, c.answered_failed
+        );
+        for (what, l) in [
+            ("time to answer", &c.answer),
+            ("time to completed order", &c.completion),
+        ] {
+            println!(
+                "  {:<25} n={:<7} p50 {:>8} p90 {:>8} p99 {:>8} max {:>8}",
+                what,
+                l.count,
+                report::f_ms(l.p50_ms),
+                report::f_ms(l.p90_ms),
+                report::f_ms(l.p99_ms),
+                report::f_ms(l.max_ms)
+            );
+        }
+        println!(
+            "  endings: {} placed, {} cancelled, {} still pending when given up",
+            c.placed, c.cancelled, c.unfinished
         );
     }
     match &r.pacer_lateness {

@@ -98,14 +98,18 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-pub const SECTION_IDS: [&str; 6] = [
+pub const SECTION_IDS: [&str; 7] = [
     "calibration",
     "cost_per_hop",
     "tail_amplification",
     "availability",
     "cascading_failure",
     "cache",
+    "sync_vs_async",
 ];
+
+/// Sections numbered after crash recovery (which has no section of its own here).
+const AFTER_RECOVERY: [&str; 1] = ["sync_vs_async"];
 
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -164,54 +168,37 @@ pub fn markdown(r: &Report) -> String {
          with full per-endpoint histograms summaries and error kinds, is in `report.json`.\n"
     );
     let _ = writeln!(md, "## Contents\n");
-    for (i, s) in r.sections.iter().enumerate() {
+    let (before, after): (Vec<&Section>, Vec<&Section>) = r
+        .sections
+        .iter()
+        .partition(|s| !AFTER_RECOVERY.contains(&s.id.as_str()));
+    let recovery = before.len();
+    let numbered: Vec<(usize, &Section)> = before
+        .iter()
+        .copied()
+        .enumerate()
+        .chain(
+            after
+                .iter()
+                .copied()
+                .enumerate()
+                .map(|(i, s)| (recovery + 1 + i, s)),
+        )
+        .collect();
+    for &(i, s) in numbered.iter().take(recovery) {
         let _ = writeln!(md, "{}. [{}](#{})", i, s.title, anchor(i, &s.title));
     }
-    let recovery = r.sections.len();
     let _ = writeln!(
         md,
         "{recovery}. [{CRASH_RECOVERY}](#{})",
         anchor(recovery, CRASH_RECOVERY)
     );
+    for &(i, s) in numbered.iter().skip(recovery) {
+        let _ = writeln!(md, "{}. [{}](#{})", i, s.title, anchor(i, &s.title));
+    }
     md.push('\n');
-    for (i, s) in r.sections.iter().enumerate() {
-        let _ = writeln!(md, "## {i}. {}\n", s.title);
-        if !s.setup.is_empty() {
-            let _ = writeln!(md, "**Setup.** {}\n", s.setup);
-        }
-        let _ = writeln!(md, "**Prediction.** {}\n", s.prediction);
-        let _ = writeln!(md, "**Measurement.** {}\n", s.measurement);
-        for t in &s.tables {
-            if !t.caption.is_empty() {
-                let _ = writeln!(md, "*{}*\n", t.caption);
-            }
-            let _ = writeln!(
-                md,
-                "| {} |",
-                t.headers
-                    .iter()
-                    .map(|h| esc(h))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            );
-            let _ = writeln!(
-                md,
-                "|{}",
-                t.headers.iter().map(|_| " --- |").collect::<String>()
-            );
-            for row in &t.rows {
-                let _ = writeln!(
-                    md,
-                    "| {} |",
-                    row.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" | ")
-                );
-            }
-            md.push('\n');
-        }
-        for c in &s.charts {
-            let _ = writeln!(md, "![{}]({})\n", c.title, c.file);
-        }
-        let _ = writeln!(md, "**What it teaches.** {}\n", s.lesson);
+    for &(i, s) in numbered.iter().take(recovery) {
+        section_markdown(&mut md, i, s);
     }
     let _ = writeln!(
         md,
@@ -222,6 +209,9 @@ pub fn markdown(r: &Report) -> String {
          Their figures, the timeline of one recovered checkout and how to repeat them are in \
          [crash-recovery.md](crash-recovery.md); the raw outputs in `crash/` and `soak/`.\n"
     );
+    for &(i, s) in numbered.iter().skip(recovery) {
+        section_markdown(&mut md, i, s);
+    }
     if !r.notes.is_empty() {
         let _ = writeln!(md, "## Notes\n");
         for n in &r.notes {
@@ -229,6 +219,47 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     md
+}
+
+/// One section: setup, prediction, measurement, tables, charts, lesson.
+fn section_markdown(md: &mut String, i: usize, s: &Section) {
+    let _ = writeln!(md, "## {i}. {}\n", s.title);
+    if !s.setup.is_empty() {
+        let _ = writeln!(md, "**Setup.** {}\n", s.setup);
+    }
+    let _ = writeln!(md, "**Prediction.** {}\n", s.prediction);
+    let _ = writeln!(md, "**Measurement.** {}\n", s.measurement);
+    for t in &s.tables {
+        if !t.caption.is_empty() {
+            let _ = writeln!(md, "*{}*\n", t.caption);
+        }
+        let _ = writeln!(
+            md,
+            "| {} |",
+            t.headers
+                .iter()
+                .map(|h| esc(h))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let _ = writeln!(
+            md,
+            "|{}",
+            t.headers.iter().map(|_| " --- |").collect::<String>()
+        );
+        for row in &t.rows {
+            let _ = writeln!(
+                md,
+                "| {} |",
+                row.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" | ")
+            );
+        }
+        md.push('\n');
+    }
+    for c in &s.charts {
+        let _ = writeln!(md, "![{}]({})\n", c.title, c.file);
+    }
+    let _ = writeln!(md, "**What it teaches.** {}\n", s.lesson);
 }
 
 /// The section the crash test and the soak report on (see `report/crash-recovery.md`).

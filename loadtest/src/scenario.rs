@@ -2,7 +2,11 @@
 //! checkout, a token per virtual user obtained once), a browse-heavy mix; and two gRPC
 //! workloads (the Echo floor, GetItem straight at item-service).
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use futures::{FutureExt, future::BoxFuture};
@@ -16,6 +20,7 @@ use shop_proto::{
 };
 
 use crate::{
+    completion::{Answer, Tracker, order_id_of},
     engine::Workload,
     http::{HttpPool, Target},
     stats::Outcome,
@@ -123,6 +128,9 @@ pub struct ShopWorkload {
     mix: Mix,
     strategy: String,
     checkout_ep: String,
+    /// Where checkouts are recorded with their endings, and the pool that follows
+    /// asynchronous orders (see [`crate::completion`]).
+    tracker: Option<(Arc<Tracker>, Arc<HttpPool>, Duration)>,
 }
 
 impl ShopWorkload {
@@ -142,7 +150,17 @@ impl ShopWorkload {
             mix,
             strategy: strategy.to_owned(),
             checkout_ep: ep_checkout(strategy),
+            tracker: None,
         }
+    }
+
+    /// Records every checkout's answer and ending in `tracker`, following asynchronous
+    /// orders (on a pool of their own, so polls never take a checkout's connection) for up
+    /// to `give_up` from the checkout's intended start.
+    pub fn tracking(mut self, tracker: Arc<Tracker>, give_up: Duration) -> Self {
+        let pool = Arc::new(HttpPool::new(self.pool.target().clone(), 64));
+        self.tracker = Some((tracker, pool, give_up));
+        self
     }
 }
 
@@ -195,14 +213,28 @@ impl Workload for ShopWorkload {
                 let path = format!("/api/checkout?strategy={}", self.strategy);
                 let token = format!("Bearer {}", pick(&self.tokens, user));
                 let body = checkout_body(&self.buy_ids, r);
+                let tracker = self.tracker.clone();
+                let intended = crate::engine::intended_start().unwrap_or_else(Instant::now);
                 let fut = async move {
                     let headers = [
                         ("authorization", token),
                         ("idempotency-key", uuid::Uuid::new_v4().to_string()),
                     ];
+                    let token = headers[0].1.clone();
                     let reply = pool
                         .send(http::Method::POST, &path, &headers, Some(body))
                         .await;
+                    if let Some((tracker, polls, give_up)) = tracker {
+                        let (answer, follow) = match &reply {
+                            Ok(r) if r.status == http::StatusCode::ACCEPTED => (
+                                Answer::Accepted,
+                                order_id_of(&r.body).map(|id| (polls, id, token)),
+                            ),
+                            Ok(r) if r.status.is_success() => (Answer::Placed, None),
+                            _ => (Answer::Failed, None),
+                        };
+                        tracker.answered(intended, answer, follow, give_up);
+                    }
                     // Where the checkout's time went, for the run's waterfall.
                     if let Ok(r) = &reply
                         && r.status.is_success()

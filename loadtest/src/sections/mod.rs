@@ -11,6 +11,7 @@ pub mod calibration;
 pub mod cascading_failure;
 pub mod cost_per_hop;
 pub mod sweep;
+pub mod sync_vs_async;
 pub mod tail_amplification;
 
 use std::{any::Any, future::Future, panic::AssertUnwindSafe};
@@ -25,6 +26,7 @@ pub use calibration::section as calibration;
 pub use cascading_failure::{CascadeRun, GroupStats, group, section as cascading_failure};
 pub use cost_per_hop::{StrategyRun, section as cost_per_hop};
 pub use sweep::SweepPoint;
+pub use sync_vs_async::section as sync_vs_async;
 pub use tail_amplification::{TailRun, section as tail_amplification};
 
 use crate::{

@@ -9,4 +9,5 @@ mod crash;
 mod fault_guard;
 mod observe;
 mod report_smoke;
+mod sync_vs_async;
 mod trace;

@@ -25,7 +25,9 @@ use loadtest::{
     http::{HttpPool, Target},
     report::{self, Machine, Report, SECTION_IDS},
     scenario::{self, EP_GET, EP_LIST, Mix, ShopWorkload},
-    sections::{self, AvailRun, CacheRun, CascadeRun, Hops, StrategyRun, SweepPoint, TailRun},
+    sections::{
+        self, AvailRun, CacheRun, CascadeRun, Hops, StrategyRun, SweepPoint, TailRun, sync_vs_async,
+    },
 };
 use serde_json::{Value, json};
 use shop_proto::admin::v1::{
@@ -345,6 +347,7 @@ async fn open_and_closed_models_feed_a_complete_report() {
                 cache_hit_ratio: Some(1.0),
             },
         ]),
+        sections::sync_vs_async(&sync_vs_async_measured(&echo)),
     ];
     let report = Report {
         title: "smoke".into(),
@@ -400,8 +403,12 @@ async fn open_and_closed_models_feed_a_complete_report() {
     {
         assert!(md.contains(&format!("## {i}. {t}")), "missing section {t}");
     }
-    assert_eq!(md.matches("**Prediction.**").count(), 6);
-    assert_eq!(md.matches("**What it teaches.**").count(), 6);
+    // Crash recovery (measured by runs of its own) keeps number 6; the asynchronous
+    // comparison follows it.
+    assert!(md.contains("## 6. Crash recovery"));
+    assert!(md.contains("## 7. Synchronous vs asynchronous"));
+    assert_eq!(md.matches("**Prediction.**").count(), 7);
+    assert_eq!(md.matches("**What it teaches.**").count(), 7);
 
     // Charts: each one named in the JSON exists as an SVG and is linked from the Markdown.
     let mut charts = 0;
@@ -425,4 +432,67 @@ async fn open_and_closed_models_feed_a_complete_report() {
         assert!(dir.path().join(f).is_file(), "{f}");
     }
     assert!(charts >= 6);
+}
+
+/// What the synchronous-vs-asynchronous runner would have measured, from a toy run.
+fn sync_vs_async_measured(run: &engine::RunResult) -> sync_vs_async::Measured {
+    use loadtest::completion::CompletionStats;
+    let stats = |asynchronous: bool| CompletionStats {
+        note: if asynchronous {
+            "asynchronous"
+        } else {
+            "synchronous"
+        }
+        .into(),
+        checkouts: 10,
+        answered_placed: if asynchronous { 0 } else { 10 },
+        answered_accepted: if asynchronous { 10 } else { 0 },
+        answer: run.latency.clone(),
+        completion: run.latency.clone(),
+        placed: 10,
+        ..Default::default()
+    };
+    sync_vs_async::Measured {
+        rate: 3.0,
+        same_load: sync_vs_async::STYLES
+            .iter()
+            .map(|s| sync_vs_async::StyleRun {
+                strategy: (*s).into(),
+                result: run.clone(),
+                completion: stats(*s == "async"),
+            })
+            .collect(),
+        outage: [sync_vs_async::OUTAGE_SYNC, "async"]
+            .iter()
+            .map(|s| sync_vs_async::OutageRun {
+                strategy: (*s).into(),
+                down_from_s: 1.0,
+                down_for_s: 1.0,
+                seconds: (0..3)
+                    .map(|t| sync_vs_async::Second {
+                        t,
+                        accepted: 3,
+                        failed: 0,
+                        completed: 3,
+                    })
+                    .collect(),
+                completion: stats(*s == "async"),
+                drained_after_s: Some(0.5),
+                result: run.clone(),
+            })
+            .collect(),
+        consumers: vec![sync_vs_async::ConsumerCount {
+            consumer: "payment-service-stock-reserved".into(),
+            applied: 20.0,
+            ..Default::default()
+        }],
+        async_accepted: 20,
+        lag: vec![sync_vs_async::LagPoint {
+            t_s: 1.0,
+            consumer: "payment-service-stock-reserved".into(),
+            pending: 2,
+        }],
+        async_outage_window_s: Some((1.0, 2.0)),
+        profile: "debug (unoptimised)".into(),
+    }
 }
