@@ -635,7 +635,9 @@ impl Rig {
                 if let Some(p) = &page {
                     let agrees = match e {
                         Ending::Placed => p == "placed",
-                        Ending::RefundedReleased | Ending::NeverCharged => p == "cancelled",
+                        Ending::RefundedReleased => p == "cancelled",
+                        // Never accepted at all: no order to show.
+                        Ending::NeverCharged => p == "cancelled" || p == "none",
                     };
                     if !agrees {
                         res.violations.push(format!(

@@ -139,7 +139,10 @@ impl ShopClient {
             anyhow::bail!("GET /api/orders/{order_id}: {}", r.status());
         }
         let v: Value = r.json().await?;
-        Ok(v["status"].as_str().unwrap_or("(no status)").to_owned())
+        Ok(v["order"]["status"]
+            .as_str()
+            .unwrap_or("(no status)")
+            .to_owned())
     }
 
     /// One checkout of `quantity` x `item` with a fresh key; returns where to find it and

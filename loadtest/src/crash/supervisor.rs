@@ -227,6 +227,9 @@ impl Supervisor {
             ],
             Process::Gateway => vec![
                 ("GATEWAY_HTTP_ADDR", a.gateway.to_string()),
+                // The asynchronous checkout turns the card into the processor's token
+                // before the order is accepted.
+                ("CARD_GATEWAY_URL", url(a.card)),
                 ("USER_SERVICE_URL", url(a.user)),
                 ("ITEM_SERVICE_URL", url(a.item)),
                 ("PAYMENT_SERVICE_URL", url(a.payment)),
