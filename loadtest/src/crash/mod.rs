@@ -171,6 +171,10 @@ pub struct ComboResult {
     /// From the restart to the ending (or to giving up).
     pub settled_after_s: f64,
     pub violations: Vec<String>,
+    /// The checker's violations that name an earlier combination's order (already counted
+    /// there), still present after this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherited: Vec<String>,
     /// The harness could not run this combination as planned (counts as a failure).
     pub harness_error: Option<String>,
     pub timeline: Vec<Event>,
@@ -183,6 +187,9 @@ impl ComboResult {
 
     pub fn cell(&self) -> String {
         match (&self.harness_error, self.violations.len(), self.ending) {
+            (Some(e), 0, Some(end)) if e.starts_with("window missed") => {
+                format!("window missed ({})", end.name())
+            }
             (Some(_), _, _) => "HARNESS ERROR".into(),
             (None, 0, Some(e)) => format!("ok ({})", e.name()),
             (None, n, _) => format!("{n} VIOLATION{}", if n == 1 { "" } else { "S" }),
@@ -265,6 +272,11 @@ impl MatrixReport {
             }
             for v in &r.violations {
                 s.push_str(&format!("  - violation: {v}\n"));
+            }
+            for v in &r.inherited {
+                s.push_str(&format!(
+                    "  - still there from an earlier combination: {v}\n"
+                ));
             }
         }
         s
@@ -471,6 +483,7 @@ impl Rig {
             last_seen: Observed::default(),
             settled_after_s: 0.0,
             violations: Vec::new(),
+            inherited: Vec::new(),
             harness_error: None,
             timeline: Vec::new(),
         };
@@ -545,6 +558,9 @@ impl Rig {
             anyhow::bail!("the checkout answered before the kill: the window closed too early");
         }
         let state = self.probe.observe(&co).await;
+        // The asynchronous steps cannot be held open (no gRPC call to slow but the card
+        // charge): a checkout already at its ending when the kill lands did not test the step.
+        let missed = asynchronous && state.ending().is_ok();
         self.sup.kill(c.process).await?;
         ev(
             res,
@@ -556,6 +572,11 @@ impl Rig {
         clear_faults(&self.sup.addrs).await?;
         ev(res, "fault rules cleared".into());
         self.finish(&co, &who, &mut answer, t0, res).await;
+        if missed {
+            anyhow::bail!(
+                "window missed: the checkout had already ended ({state}) when the kill landed"
+            );
+        }
         Ok(())
     }
 
@@ -797,7 +818,19 @@ pub async fn run_matrix(opts: &Options) -> anyhow::Result<MatrixReport> {
             opts.combos.len(),
             window(*c).what
         );
-        let r = rig.run_combo(i, *c, &opts.strategy).await;
+        let mut r = rig.run_combo(i, *c, &opts.strategy).await;
+        // The checker reads every store: a violation an earlier combination left is that
+        // one's failure, not this one's.
+        let (inherited, own) = std::mem::take(&mut r.violations)
+            .into_iter()
+            .partition(|v| {
+                !v.contains(&r.order_id)
+                    && results
+                        .iter()
+                        .any(|e: &ComboResult| !e.order_id.is_empty() && v.contains(&e.order_id))
+            });
+        r.violations = own;
+        r.inherited = inherited;
         eprintln!(
             "[crash]   -> {} (client {}; {:.1} s after the restart)",
             r.cell(),
@@ -808,6 +841,12 @@ pub async fn run_matrix(opts: &Options) -> anyhow::Result<MatrixReport> {
         );
         for v in r.violations.iter().chain(&r.harness_error) {
             eprintln!("[crash]      {v}");
+        }
+        if !r.inherited.is_empty() {
+            eprintln!(
+                "[crash]      ({} violation(s) of earlier combinations still there)",
+                r.inherited.len()
+            );
         }
         results.push(r);
     }
