@@ -102,6 +102,7 @@ impl Workload for SoakWorkload {
                 co: CheckoutRef {
                     user_id: who.user_id,
                     key: key.clone(),
+                    asynchronous: false,
                 },
                 status: None,
             });

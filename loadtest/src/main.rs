@@ -104,10 +104,12 @@ struct CrashArgs {
     /// Only these combinations, process:step, comma-separated; `*` for all of one side
     /// (e.g. gateway:during-commit,item-service:*). Processes: gateway, user-service,
     /// item-service, payment-service, card-gateway. Steps: after-reserve, after-charge,
-    /// during-commit, during-order-recording, during-compensation.
+    /// during-commit, during-order-recording, during-compensation; for `--strategy async`:
+    /// accepted, reserving, charging, charged, completing (by default the 11 kills that
+    /// matter there; `*:*` for all 25). Async needs NATS_URL (the stack exports it).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Checkout strategy: orchestrated | parallel | chained.
+    /// Checkout strategy: orchestrated | parallel | chained | async.
     #[arg(long, default_value = "orchestrated")]
     strategy: String,
     /// Where the processes' logs go (appended across restarts).
@@ -421,9 +423,9 @@ async fn soak(a: SoakArgs) -> anyhow::Result<()> {
 async fn crash(a: CrashArgs) -> anyhow::Result<()> {
     use loadtest::crash::{self, plan};
     let combos = if a.only.is_empty() {
-        plan::Combo::all()
+        plan::Combo::all_for(&a.strategy)
     } else {
-        plan::parse_list(&a.only).map_err(|e| anyhow::anyhow!("--only: {e}"))?
+        plan::parse_list_for(&a.only, &a.strategy).map_err(|e| anyhow::anyhow!("--only: {e}"))?
     };
     if combos.is_empty() {
         anyhow::bail!("--only: no combination given");

@@ -11,8 +11,21 @@ use super::{
 const HELD: [&str; 2] = ["pending", "reserved"];
 const IN_FLIGHT: [&str; 2] = ["pending", "cancelling"];
 
+/// The asynchronous checkout's strategy name in the orders table.
+const ASYNC: &str = "async";
+
 fn in_flight(o: &Order, opts: &Options) -> bool {
     IN_FLIGHT.contains(&o.status.as_str()) && o.age <= opts.recovery_window
+}
+
+/// An asynchronous order is placed (paid) before item-service commits its stock: until
+/// `order.completed` is consumed its reservation is still reserved. That is in flight like
+/// a pending record, within the recovery window of the order's start.
+fn completing(o: &Order, reservation_status: &str, opts: &Options) -> bool {
+    o.strategy == ASYNC
+        && o.status == "placed"
+        && reservation_status == "reserved"
+        && o.age <= opts.recovery_window
 }
 
 /// Judges `s` by every rule.
@@ -68,7 +81,19 @@ pub fn evaluate(s: &Snapshot, opts: &Options) -> Report {
         let status = reservations
             .get(o.reservation_id.as_str())
             .map_or("missing", |r| r.status.as_str());
+        if completing(o, status, opts) {
+            continue;
+        }
         if status != "committed" {
+            let waiting = if o.strategy == ASYNC && status == "reserved" {
+                format!(
+                    " ({} s after the order started, window {} s: order.completed not applied)",
+                    o.age.as_secs(),
+                    opts.recovery_window.as_secs()
+                )
+            } else {
+                String::new()
+            };
             v.push(Violation::new(
                 Rule::PaidHasOrder,
                 &[
@@ -77,7 +102,7 @@ pub fn evaluate(s: &Snapshot, opts: &Options) -> Report {
                     ("reservation", o.reservation_id.as_str()),
                 ],
                 format!(
-                    "the order is placed and paid but its reservation is {status}, not committed"
+                    "the order is placed and paid but its reservation is {status}, not committed{waiting}"
                 ),
             ));
         }
@@ -314,7 +339,20 @@ pub fn evaluate(s: &Snapshot, opts: &Options) -> Report {
             payments: s.payments.len(),
             refunds: s.pending_refunds.len(),
             orders: s.orders.len(),
-            orders_in_flight: s.orders.iter().filter(|o| in_flight(o, opts)).count(),
+            orders_in_flight: s
+                .orders
+                .iter()
+                .filter(|o| {
+                    in_flight(o, opts)
+                        || completing(
+                            o,
+                            reservations
+                                .get(o.reservation_id.as_str())
+                                .map_or("missing", |r| r.status.as_str()),
+                            opts,
+                        )
+                })
+                .count(),
             reservations: s.reservations.len(),
             items: s.items.len(),
             items_accounted: s.items.len() - not_accounted.len(),
@@ -361,7 +399,16 @@ mod tests {
             currency: Some("USD".into()),
             payment_id: payment.map(Into::into),
             reservation_id: rid.into(),
+            strategy: "orchestrated".into(),
             age: Duration::from_secs(1),
+        }
+    }
+
+    /// An asynchronous order: its reservation is named by the order id.
+    fn async_order(id: &str, status: &str, payment: Option<&str>) -> Order {
+        Order {
+            strategy: ASYNC.into(),
+            ..order(id, status, payment, id)
         }
     }
 
@@ -574,5 +621,79 @@ mod tests {
         assert_eq!(rules(&s), [Rule::Stuck; 3]);
         assert!(r.violations.iter().any(|v| v.names("order", "o2")));
         assert!(r.violations.iter().any(|v| v.names("refund", "f1")));
+    }
+
+    /// A placed asynchronous order (paid; reservation id = order id) and its stock.
+    fn placed_async(held_as: &str) -> Snapshot {
+        let mut s = consistent();
+        s.orders.push(async_order("a1", "placed", Some("pa1")));
+        s.payments.push(payment("pa1", "a1", 500, "SUCCEEDED"));
+        let r = reservation("a1", held_as, 1);
+        if held_as == "reserved" {
+            s.items[0].holds.push("a1".into());
+        }
+        s.reservations.push(r);
+        s.items[0].stock_received = Some(11);
+        s
+    }
+
+    #[test]
+    fn an_async_order_placed_before_its_stock_is_committed_is_in_flight_within_the_window() {
+        let s = placed_async("committed");
+        assert!(
+            rules(&s).is_empty(),
+            "{:?}",
+            evaluate(&s, &opts()).violations
+        );
+
+        // Paid and placed, order.completed not consumed yet: the stock still held.
+        let mut s = placed_async("reserved");
+        s.orders[1].age = Duration::from_secs(59);
+        let r = evaluate(&s, &opts());
+        assert!(r.is_clean(), "{:?}", r.violations);
+        assert_eq!(r.checked.orders_in_flight, 1);
+
+        s.orders[1].age = Duration::from_secs(61);
+        let r = evaluate(&s, &opts());
+        assert_eq!(rules(&s), [Rule::PaidHasOrder]);
+        assert!(r.violations[0].names("reservation", "a1"));
+        assert!(
+            r.violations[0].detail.contains("order.completed"),
+            "{}",
+            r.violations[0]
+        );
+
+        // Only the asynchronous flow places before committing: a synchronous order in
+        // the same state is a violation at once.
+        let mut s = placed_async("reserved");
+        s.orders[1].strategy = "orchestrated".into();
+        assert_eq!(rules(&s), [Rule::PaidHasOrder]);
+
+        // A released reservation under a placed order is never in flight.
+        let mut s = placed_async("released");
+        s.items[0].stock = 9;
+        assert!(rules(&s).contains(&Rule::PaidHasOrder));
+    }
+
+    #[test]
+    fn a_pending_async_order_past_the_window_is_stuck() {
+        let mut s = consistent();
+        let mut o = async_order("a2", "pending", None);
+        o.age = Duration::from_secs(59);
+        s.orders.push(o);
+        // Its stock reserved, its charge taken, order not yet placed: in flight.
+        s.reservations.push(reservation("a2", "reserved", 1));
+        s.items[0].holds.push("a2".into());
+        s.items[0].stock = 7;
+        s.payments.push(payment("pa2", "a2", 500, "SUCCEEDED"));
+        let r = evaluate(&s, &opts());
+        assert!(r.is_clean(), "{:?}", r.violations);
+        assert_eq!(r.checked.orders_in_flight, 1);
+
+        s.orders[1].age = Duration::from_secs(61);
+        let r = evaluate(&s, &opts());
+        assert_eq!(rules(&s), [Rule::Stuck]);
+        assert!(r.violations[0].names("order", "a2"));
+        assert!(r.violations[0].detail.contains("pending"));
     }
 }

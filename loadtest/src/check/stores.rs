@@ -56,6 +56,8 @@ pub struct Order {
     pub currency: Option<String>,
     pub payment_id: Option<String>,
     pub reservation_id: String,
+    /// orchestrated, parallel, chained, async ('' on orders from before the record).
+    pub strategy: String,
     /// Time since it was created. Not since it last changed: a recovery round that waits
     /// hands the record back and so refreshes `updated_at`; a checkout must be finished
     /// within the window of its start (user-service's stuck gauge counts the same way).
@@ -198,7 +200,7 @@ impl Stores {
             .await?;
         let rows = sqlx::query(
             "SELECT order_id::text AS order_id, status, total_minor, currency, payment_id, \
-                    reservation_id, \
+                    reservation_id, strategy, \
                     (EXTRACT(EPOCH FROM (now() - created_at)) * 1000)::bigint AS age_ms \
              FROM orders",
         )
@@ -215,6 +217,7 @@ impl Stores {
                     currency: r.try_get("currency")?,
                     payment_id: r.try_get("payment_id")?,
                     reservation_id: r.try_get("reservation_id")?,
+                    strategy: r.try_get("strategy")?,
                     age: age(r.try_get("age_ms")?),
                 })
             })

@@ -43,6 +43,10 @@ pub struct Tuning {
     /// Long payment-service timeouts, so calls held open by a window do not time out
     /// before the kill lands (the crash test); the soak keeps the defaults.
     pub hold_calls: bool,
+    /// How long an event a killed consumer had not acknowledged waits before it is
+    /// delivered again (the consumers' ack wait, platform::events::ConsumerSpec: 30 s); 0
+    /// for the synchronous strategies.
+    pub event_redelivery_ms: u32,
 }
 
 impl Tuning {
@@ -55,7 +59,24 @@ impl Tuning {
         checkout_lease_ms: 3000,
         checkout_budget_ms: 6000,
         hold_calls: true,
+        event_redelivery_ms: 0,
     };
+
+    /// The crash test's for `--strategy async`: the same, plus the consumers' redelivery
+    /// wait, which bounds how soon an event a killed consumer held is handled again.
+    pub const ASYNC: Self = Self {
+        event_redelivery_ms: 30_000,
+        ..Self::CRASH
+    };
+
+    /// The crash test's tuning for `strategy`.
+    pub fn crash(strategy: &str) -> Self {
+        if strategy == plan::ASYNC {
+            Self::ASYNC
+        } else {
+            Self::CRASH
+        }
+    }
 
     /// The soak's: the services' own timeouts and budgets, recovery tightened so a crash's
     /// checkouts settle within the run.
@@ -65,6 +86,7 @@ impl Tuning {
         checkout_lease_ms: 5000,
         checkout_budget_ms: 2000,
         hold_calls: false,
+        event_redelivery_ms: 0,
     };
 
     /// Settings of every process (the stores' come separately).
@@ -109,6 +131,7 @@ impl Tuning {
             self.effective_lease_ms()
                 + u64::from(self.reservation_ttl_secs) * 1000
                 + 10 * u64::from(self.recovery_interval_ms)
+                + u64::from(self.event_redelivery_ms)
                 + 15_000,
         )
     }
@@ -120,7 +143,7 @@ pub struct Options {
     /// Process logs (appended across restarts).
     pub log_dir: PathBuf,
     pub combos: Vec<Combo>,
-    /// orchestrated | parallel | chained.
+    /// orchestrated | parallel | chained | async.
     pub strategy: String,
     /// Write crash.json and crash.md here.
     pub out_dir: Option<PathBuf>,
@@ -148,6 +171,10 @@ pub struct ComboResult {
     /// From the restart to the ending (or to giving up).
     pub settled_after_s: f64,
     pub violations: Vec<String>,
+    /// The checker's violations that name an earlier combination's order (already counted
+    /// there), still present after this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherited: Vec<String>,
     /// The harness could not run this combination as planned (counts as a failure).
     pub harness_error: Option<String>,
     pub timeline: Vec<Event>,
@@ -160,6 +187,9 @@ impl ComboResult {
 
     pub fn cell(&self) -> String {
         match (&self.harness_error, self.violations.len(), self.ending) {
+            (Some(e), 0, Some(end)) if e.starts_with("window missed") => {
+                format!("window missed ({})", end.name())
+            }
             (Some(_), _, _) => "HARNESS ERROR".into(),
             (None, 0, Some(e)) => format!("ok ({})", e.name()),
             (None, n, _) => format!("{n} VIOLATION{}", if n == 1 { "" } else { "S" }),
@@ -193,12 +223,13 @@ impl MatrixReport {
 
     /// The process x step table (markdown).
     pub fn table(&self) -> String {
+        let steps = Step::of(&self.strategy);
         let mut s = String::from("| process |");
-        for st in Step::ALL {
+        for st in steps {
             s.push_str(&format!(" {} |", st.name()));
         }
         s.push_str("\n|---|");
-        s.push_str(&"---|".repeat(Step::ALL.len()));
+        s.push_str(&"---|".repeat(steps.len()));
         s.push('\n');
         for p in Process::ALL {
             let row: Vec<&ComboResult> = self
@@ -210,7 +241,7 @@ impl MatrixReport {
                 continue;
             }
             s.push_str(&format!("| {} |", p.name()));
-            for st in Step::ALL {
+            for st in steps {
                 let cell = row
                     .iter()
                     .find(|r| r.step == st.name())
@@ -241,6 +272,11 @@ impl MatrixReport {
             }
             for v in &r.violations {
                 s.push_str(&format!("  - violation: {v}\n"));
+            }
+            for v in &r.inherited {
+                s.push_str(&format!(
+                    "  - still there from an earlier combination: {v}\n"
+                ));
             }
         }
         s
@@ -345,6 +381,18 @@ impl Rig {
         tuning: Tuning,
         extra_env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
+        Self::start_with_services_env(bin_dir, log_dir, tuning, extra_env, Vec::new()).await
+    }
+
+    /// [`Rig::start`] with settings only user-, item- and payment-service get (the event
+    /// stream's, for the asynchronous checkout).
+    pub async fn start_with_services_env(
+        bin_dir: &std::path::Path,
+        log_dir: &std::path::Path,
+        tuning: Tuning,
+        extra_env: Vec<(String, String)>,
+        services_env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let stores = Stores::fresh().await?;
         let admin_email = format!("crash-admin-{run_id}@example.com");
@@ -357,6 +405,7 @@ impl Rig {
         env.extend(extra_env);
         let addrs = Addresses::pick()?;
         let mut sup = Supervisor::new(bin_dir, log_dir, addrs.clone(), env)?;
+        sup.set_services_env(services_env);
         if let Err(e) = sup.start_all().await {
             sup.stop_all().await;
             stores.drop_all().await;
@@ -434,6 +483,7 @@ impl Rig {
             last_seen: Observed::default(),
             settled_after_s: 0.0,
             violations: Vec::new(),
+            inherited: Vec::new(),
             harness_error: None,
             timeline: Vec::new(),
         };
@@ -480,6 +530,8 @@ impl Rig {
             })
         };
         let (co, mut answer) = self.client.start_checkout(&who, &self.item_id, 1, strategy);
+        // The asynchronous checkout answers 202 at once: its steps run after the answer.
+        let asynchronous = co.asynchronous;
         res.order_id = co.order_id().to_string();
         ev(res, format!("checkout sent (order {})", res.order_id));
 
@@ -490,7 +542,7 @@ impl Rig {
             Err(e) => {
                 // Never reached the step: no kill; still check where the checkout ended.
                 ev(res, format!("window not reached: {e:#}"));
-                self.finish(&co, &mut answer, t0, res).await;
+                self.finish(&co, &who, &mut answer, t0, res).await;
                 anyhow::bail!("the window was not reached: {e:#}");
             }
         };
@@ -500,12 +552,15 @@ impl Rig {
             ev(res, format!("reservation released by the test (now {now})"));
         }
         tokio::time::sleep(w.then).await;
-        if answer.is_finished() {
+        if answer.is_finished() && !asynchronous {
             ev(res, "the checkout answered before the kill".into());
-            self.finish(&co, &mut answer, t0, res).await;
+            self.finish(&co, &who, &mut answer, t0, res).await;
             anyhow::bail!("the checkout answered before the kill: the window closed too early");
         }
         let state = self.probe.observe(&co).await;
+        // The asynchronous steps cannot be held open (no gRPC call to slow but the card
+        // charge): a checkout already at its ending when the kill lands did not test the step.
+        let missed = asynchronous && state.ending().is_ok();
         self.sup.kill(c.process).await?;
         ev(
             res,
@@ -516,7 +571,12 @@ impl Rig {
         ev(res, format!("{} restarted and healthy", c.process.name()));
         clear_faults(&self.sup.addrs).await?;
         ev(res, "fault rules cleared".into());
-        self.finish(&co, &mut answer, t0, res).await;
+        self.finish(&co, &who, &mut answer, t0, res).await;
+        if missed {
+            anyhow::bail!(
+                "window missed: the checkout had already ended ({state}) when the kill landed"
+            );
+        }
         Ok(())
     }
 
@@ -524,6 +584,7 @@ impl Rig {
     async fn finish(
         &self,
         co: &CheckoutRef,
+        who: &Customer,
         answer: &mut tokio::task::JoinHandle<ClientAnswer>,
         t0: Instant,
         res: &mut ComboResult,
@@ -538,6 +599,9 @@ impl Rig {
         // Poll the stores while the client waits, logging every change of state.
         let limit = self.tuning.recovery_window();
         let mut last: Option<Observed> = None;
+        // The asynchronous checkout's customer follows the order page until it is no longer
+        // pending (the answer was a 202): part of the ending.
+        let mut page: Option<String> = None;
         let ending = loop {
             if res.client.is_none() && answer.is_finished() {
                 let a = match (&mut *answer).await {
@@ -556,8 +620,22 @@ impl Rig {
                 last = Some(seen.clone());
             }
             let ending = seen.ending();
+            let mut page_settled = true;
+            if co.asynchronous {
+                let now = match self.client.order_status(who, co.order_id()).await {
+                    Ok(s) => s,
+                    Err(e) => format!("unreadable ({e:#})"),
+                };
+                if page.as_deref() != Some(now.as_str()) {
+                    ev(res, format!("order page: {now}"));
+                }
+                page_settled = matches!(now.as_str(), "placed" | "cancelled" | "refunded");
+                page = Some(now);
+            }
             // Done when the checkout ended and the client has its answer (or gave up).
-            if (ending.is_ok() && res.client.is_some()) || restarted.elapsed() >= limit {
+            if (ending.is_ok() && res.client.is_some() && page_settled)
+                || restarted.elapsed() >= limit
+            {
                 break ending;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -575,6 +653,21 @@ impl Rig {
             Ok(e) => {
                 ev(res, format!("ending: {}", e.name()));
                 res.ending = Some(e);
+                if let Some(p) = &page {
+                    let agrees = match e {
+                        Ending::Placed => p == "placed",
+                        Ending::RefundedReleased => p == "cancelled",
+                        // Never accepted at all: no order to show.
+                        Ending::NeverCharged => p == "cancelled" || p == "none",
+                    };
+                    if !agrees {
+                        res.violations.push(format!(
+                            "order {}: it ended {} but its page shows {p}",
+                            co.order_id(),
+                            e.name()
+                        ));
+                    }
+                }
                 if res.client.as_ref().and_then(|a| a.status) == Some(201) && e != Ending::Placed
                 {
                     res.violations.push(format!(
@@ -631,11 +724,23 @@ impl Rig {
                     .await
                     .filter(|s| s == "COMMITTED")
                     .map(|s| format!("reservation {s}")),
+                Trigger::Accepted => self
+                    .probe
+                    .order(co)
+                    .await
+                    .filter(|s| s != "none")
+                    .map(|s| format!("order {s}")),
+                Trigger::Placed => self
+                    .probe
+                    .order(co)
+                    .await
+                    .filter(|s| s == "PLACED")
+                    .map(|s| format!("order {s}")),
             };
             if let Some(h) = hit {
                 return Ok(h);
             }
-            if answer.is_finished() {
+            if answer.is_finished() && !co.asynchronous {
                 anyhow::bail!(
                     "the checkout answered first (state: {})",
                     self.probe.observe(co).await
@@ -652,19 +757,47 @@ impl Rig {
     }
 }
 
+/// The event stream's settings for the asynchronous checkout: the stack's NATS server
+/// (NATS_URL, which `scripts/stack up` exports) and streams of this run's own.
+pub fn events_env() -> anyhow::Result<Vec<(String, String)>> {
+    let url = std::env::var("NATS_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .context(
+            "NATS_URL is not set: the asynchronous checkout needs NATS JetStream (eval \"$(scripts/stack up)\" exports it)",
+        )?;
+    let namespace = format!("crash_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    eprintln!("[crash] events: {namespace} on the stack's NATS");
+    Ok(vec![
+        ("NATS_URL".into(), url),
+        ("SHOP_EVENTS_NAMESPACE".into(), namespace),
+    ])
+}
+
 /// The whole matrix (or the chosen combinations), in one stack; prints as it goes.
 pub async fn run_matrix(opts: &Options) -> anyhow::Result<MatrixReport> {
     let started = Instant::now();
     let started_at = now_rfc3339();
-    let tuning = Tuning::CRASH;
+    let tuning = Tuning::crash(&opts.strategy);
     eprintln!(
         "[crash] starting the stack from {} (logs in {})",
         opts.bin_dir.display(),
         opts.log_dir.display()
     );
-    let mut rig = Rig::start(&opts.bin_dir, &opts.log_dir, tuning.clone(), Vec::new())
-        .await
-        .context("starting the crash-test stack")?;
+    let services_env = if opts.strategy == plan::ASYNC {
+        events_env()?
+    } else {
+        Vec::new()
+    };
+    let mut rig = Rig::start_with_services_env(
+        &opts.bin_dir,
+        &opts.log_dir,
+        tuning.clone(),
+        Vec::new(),
+        services_env,
+    )
+    .await
+    .context("starting the crash-test stack")?;
     eprintln!("[crash] stores: {}", rig.stores.describe());
     let mut results = Vec::new();
     // Before any kill: the starting state must already be consistent.
@@ -685,7 +818,19 @@ pub async fn run_matrix(opts: &Options) -> anyhow::Result<MatrixReport> {
             opts.combos.len(),
             window(*c).what
         );
-        let r = rig.run_combo(i, *c, &opts.strategy).await;
+        let mut r = rig.run_combo(i, *c, &opts.strategy).await;
+        // The checker reads every store: a violation an earlier combination left is that
+        // one's failure, not this one's.
+        let (inherited, own) = std::mem::take(&mut r.violations)
+            .into_iter()
+            .partition(|v| {
+                !v.contains(&r.order_id)
+                    && results
+                        .iter()
+                        .any(|e: &ComboResult| !e.order_id.is_empty() && v.contains(&e.order_id))
+            });
+        r.violations = own;
+        r.inherited = inherited;
         eprintln!(
             "[crash]   -> {} (client {}; {:.1} s after the restart)",
             r.cell(),
@@ -696,6 +841,12 @@ pub async fn run_matrix(opts: &Options) -> anyhow::Result<MatrixReport> {
         );
         for v in r.violations.iter().chain(&r.harness_error) {
             eprintln!("[crash]      {v}");
+        }
+        if !r.inherited.is_empty() {
+            eprintln!(
+                "[crash]      ({} violation(s) of earlier combinations still there)",
+                r.inherited.len()
+            );
         }
         results.push(r);
     }

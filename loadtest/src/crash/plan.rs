@@ -20,6 +20,23 @@ pub enum Step {
     DuringOrderRecording,
     /// The commit failed; the refund is in flight.
     DuringCompensation,
+    // The asynchronous checkout's steps (`--strategy async`): the kills land on a relay or a
+    // consumer instead of a call chain.
+    /// Accepted: the order PENDING with its `checkout.requested` in user-service's outbox,
+    /// perhaps not relayed yet; item-service's consumer about to reserve.
+    Accepted,
+    /// The stock reserved: `stock.reserved` in item-service's outbox, perhaps not relayed,
+    /// and payment-service's consumer about to charge.
+    Reserving,
+    /// The card charge in flight inside payment-service's `stock.reserved` consumer
+    /// (between the card charge and its settlement), the event not acknowledged.
+    Charging,
+    /// The payment SUCCEEDED: `payment.succeeded` in payment-service's outbox and
+    /// user-service's consumer about to place the order.
+    Charged,
+    /// The order PLACED: `order.completed` in user-service's outbox and item-service's
+    /// consumer about to commit the stock.
+    Completing,
 }
 
 impl Step {
@@ -31,8 +48,31 @@ impl Step {
         Self::DuringCompensation,
     ];
 
+    /// The asynchronous checkout's steps.
+    pub const ASYNC: [Self; 5] = [
+        Self::Accepted,
+        Self::Reserving,
+        Self::Charging,
+        Self::Charged,
+        Self::Completing,
+    ];
+
+    /// The steps of `strategy`'s checkout.
+    pub fn of(strategy: &str) -> &'static [Self] {
+        if strategy == ASYNC {
+            &Self::ASYNC
+        } else {
+            &Self::ALL
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
+            Self::Accepted => "accepted",
+            Self::Reserving => "reserving",
+            Self::Charging => "charging",
+            Self::Charged => "charged",
+            Self::Completing => "completing",
             Self::AfterReserve => "after-reserve",
             Self::AfterCharge => "after-charge",
             Self::DuringCommit => "during-commit",
@@ -42,9 +82,15 @@ impl Step {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == s)
+        Self::ALL
+            .into_iter()
+            .chain(Self::ASYNC)
+            .find(|p| p.name() == s)
     }
 }
+
+/// The asynchronous strategy's name (`?strategy=async`).
+pub const ASYNC: &str = "async";
 
 /// One cell of the matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -72,9 +118,43 @@ impl Combo {
             .collect()
     }
 
+    /// The combinations `loadtest crash --strategy S` runs by default: every one for the
+    /// synchronous strategies; for `async` the kills that matter there (a process that takes
+    /// no part in a step has nothing to lose in it): the relay of each outbox, each
+    /// consumer before it acknowledged, payment-service and the card gateway between the
+    /// card charge and its settlement, and the gateway after its 202.
+    pub fn all_for(strategy: &str) -> Vec<Self> {
+        if strategy != ASYNC {
+            return Self::all();
+        }
+        use Process::*;
+        use Step::*;
+        [
+            (Gateway, Accepted),
+            (UserService, Accepted),
+            (ItemService, Accepted),
+            (ItemService, Reserving),
+            (PaymentService, Reserving),
+            (PaymentService, Charging),
+            (CardGateway, Charging),
+            (PaymentService, Charged),
+            (UserService, Charged),
+            (UserService, Completing),
+            (ItemService, Completing),
+        ]
+        .into_iter()
+        .map(|(process, step)| Self { process, step })
+        .collect()
+    }
+
     /// `process:step`, where either side may be `*`; comma-separated lists are parsed by
     /// [`parse_list`].
     pub fn parse_pattern(s: &str) -> Result<Vec<Self>, String> {
+        Self::parse_pattern_for(s, "orchestrated")
+    }
+
+    /// [`Combo::parse_pattern`] with `*` standing for `strategy`'s steps.
+    pub fn parse_pattern_for(s: &str, strategy: &str) -> Result<Vec<Self>, String> {
         let (p, st) = s
             .trim()
             .split_once(':')
@@ -89,13 +169,14 @@ impl Combo {
                 )
             })?]
         };
+        let of = Step::of(strategy);
         let steps: Vec<Step> = if st == "*" {
-            Step::ALL.to_vec()
+            of.to_vec()
         } else {
-            vec![Step::parse(st).ok_or_else(|| {
+            vec![Step::parse(st).filter(|s| of.contains(s)).ok_or_else(|| {
                 format!(
-                    "{st:?} is no step (one of: {})",
-                    Step::ALL.map(Step::name).join(", ")
+                    "{st:?} is no step of the {strategy} checkout (one of: {})",
+                    of.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
                 )
             })?]
         };
@@ -108,12 +189,17 @@ impl Combo {
 
 /// `gateway:during-commit,item-service:*` -> the combinations, in matrix order, once each.
 pub fn parse_list(items: &[String]) -> Result<Vec<Combo>, String> {
+    parse_list_for(items, "orchestrated")
+}
+
+/// [`parse_list`] for `strategy`'s steps.
+pub fn parse_list_for(items: &[String], strategy: &str) -> Result<Vec<Combo>, String> {
     let mut out = Vec::new();
     for item in items.iter().flat_map(|s| s.split(',')) {
         if item.trim().is_empty() {
             continue;
         }
-        out.extend(Combo::parse_pattern(item)?);
+        out.extend(Combo::parse_pattern_for(item, strategy)?);
     }
     out.sort();
     out.dedup();
@@ -152,6 +238,10 @@ pub enum Trigger {
     Charged,
     /// item-service shows the reservation COMMITTED.
     Committed,
+    /// user-service shows the order (PENDING: accepted).
+    Accepted,
+    /// user-service shows the order PLACED.
+    Placed,
 }
 
 /// Something the test does itself when the trigger fires.
@@ -179,7 +269,39 @@ pub fn window(c: Combo) -> Window {
     use FaultSite::*;
     use method::*;
     let card = c.process == Process::CardGateway;
+    // The asynchronous steps have no call to slow but the card charge: the kill lands as
+    // soon as the step shows, while the relay or the next consumer is at work.
+    let at_once = |trigger, what| Window {
+        faults: vec![],
+        trigger,
+        at_trigger: None,
+        then: Duration::ZERO,
+        what,
+    };
     match c.step {
+        Step::Accepted => at_once(
+            Trigger::Accepted,
+            "kill as soon as the order shows (checkout.requested in the outbox, perhaps not relayed)",
+        ),
+        Step::Reserving => at_once(
+            Trigger::Reserved,
+            "kill as soon as the reservation shows (stock.reserved in the outbox, payment-service's consumer starting)",
+        ),
+        Step::Charging => Window {
+            faults: vec![(Card, Rule::fixed(CARD_CHARGE, 4000))],
+            trigger: Trigger::Reserved,
+            at_trigger: None,
+            then: Duration::from_millis(1000),
+            what: "card charge slowed 4 s; kill 1 s after the reservation appears (stock.reserved not acknowledged)",
+        },
+        Step::Charged => at_once(
+            Trigger::Charged,
+            "kill as soon as the payment is SUCCEEDED (payment.succeeded in the outbox, user-service's consumer starting)",
+        ),
+        Step::Completing => at_once(
+            Trigger::Placed,
+            "kill as soon as the order is PLACED (order.completed in the outbox, item-service's consumer starting)",
+        ),
         Step::AfterReserve => Window {
             // The card gateway's charge is slowed (payment PENDING, outcome unknown to
             // every caller); the kill lands a second into it.
@@ -253,5 +375,15 @@ mod tests {
         assert!(parse_list(&["gateway".into()]).is_err());
         assert!(parse_list(&["gw:after-charge".into()]).is_err());
         assert!(parse_list(&["gateway:before".into()]).is_err());
+        // The asynchronous checkout has steps of its own.
+        assert!(parse_list(&["gateway:charging".into()]).is_err());
+        let a = parse_list_for(&["payment-service:*".into()], ASYNC).expect("ok");
+        assert_eq!(a.len(), 5);
+        assert!(parse_list_for(&["gateway:after-charge".into()], ASYNC).is_err());
+        assert!(
+            Combo::all_for(ASYNC)
+                .iter()
+                .all(|c| Step::ASYNC.contains(&c.step))
+        );
     }
 }

@@ -20,6 +20,8 @@ use crate::scenario::grpc_channel;
 pub struct CheckoutRef {
     pub user_id: Uuid,
     pub key: String,
+    /// An asynchronous checkout: its reservation is named by the order id.
+    pub asynchronous: bool,
 }
 
 impl CheckoutRef {
@@ -29,6 +31,14 @@ impl CheckoutRef {
     /// The reservation id and the charge's idempotency key.
     pub fn scoped(&self) -> String {
         platform::ids::scoped_key(self.user_id, &self.key)
+    }
+    /// The reservation's id: the scoped key, or for an asynchronous checkout the order id.
+    pub fn reservation_id(&self) -> String {
+        if self.asynchronous {
+            self.order_id().to_string()
+        } else {
+            self.scoped()
+        }
     }
 }
 
@@ -217,7 +227,7 @@ impl Probe {
             let mut cl = ItemServiceClient::new(grpc_channel(&self.item_url).await.ok()?);
             match cl
                 .get_reservation(item::GetReservationRequest {
-                    reservation_id: c.scoped(),
+                    reservation_id: c.reservation_id(),
                 })
                 .await
             {
@@ -240,7 +250,7 @@ impl Probe {
         let mut cl = ItemServiceClient::new(grpc_channel(&self.item_url).await?);
         let r = cl
             .release_reservation(item::ReleaseReservationRequest {
-                reservation_id: c.scoped(),
+                reservation_id: c.reservation_id(),
             })
             .await?
             .into_inner();

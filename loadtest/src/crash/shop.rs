@@ -121,6 +121,30 @@ impl ShopClient {
             .to_owned())
     }
 
+    /// The order's status as its customer sees it (`GET /api/orders/{id}`): "pending",
+    /// "placed", "cancelled", ...; "none" on 404.
+    pub async fn order_status(&self, who: &Customer, order_id: Uuid) -> anyhow::Result<String> {
+        let r = self
+            .http
+            .get(self.url(&format!("/api/orders/{order_id}")))
+            .bearer_auth(&who.token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .context("GET /api/orders/{id}")?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok("none".into());
+        }
+        if !r.status().is_success() {
+            anyhow::bail!("GET /api/orders/{order_id}: {}", r.status());
+        }
+        let v: Value = r.json().await?;
+        Ok(v["order"]["status"]
+            .as_str()
+            .unwrap_or("(no status)")
+            .to_owned())
+    }
+
     /// One checkout of `quantity` x `item` with a fresh key; returns where to find it and
     /// the answer (awaited in its own task, so the caller can kill processes meanwhile).
     pub fn start_checkout(
@@ -164,6 +188,7 @@ impl ShopClient {
             CheckoutRef {
                 user_id: who.user_id,
                 key,
+                asynchronous: strategy == super::plan::ASYNC,
             },
             answer,
         )

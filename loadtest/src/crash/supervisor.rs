@@ -144,6 +144,8 @@ pub struct Supervisor {
     pub addrs: Addresses,
     /// Environment of every process (stores, secrets, the short recovery settings).
     common_env: Vec<(String, String)>,
+    /// Settings of user-, item- and payment-service only (the event stream's).
+    services_env: Vec<(String, String)>,
     /// Every process's key and the trust file (in the log directory's `keys/`).
     keys: StackKeys,
     procs: BTreeMap<Process, Running>,
@@ -175,10 +177,16 @@ impl Supervisor {
             log_dir: log_dir.to_owned(),
             addrs,
             common_env,
+            services_env: Vec::new(),
             keys: StackKeys::init(&log_dir.join("keys"))?,
             procs: BTreeMap::new(),
             kills: 0,
         })
+    }
+
+    /// Settings only user-, item- and payment-service get (from their next start).
+    pub fn set_services_env(&mut self, env: Vec<(String, String)>) {
+        self.services_env = env;
     }
 
     pub fn log_dir(&self) -> &Path {
@@ -219,6 +227,9 @@ impl Supervisor {
             ],
             Process::Gateway => vec![
                 ("GATEWAY_HTTP_ADDR", a.gateway.to_string()),
+                // The asynchronous checkout turns the card into the processor's token
+                // before the order is accepted.
+                ("CARD_GATEWAY_URL", url(a.card)),
                 ("USER_SERVICE_URL", url(a.user)),
                 ("ITEM_SERVICE_URL", url(a.item)),
                 ("PAYMENT_SERVICE_URL", url(a.payment)),
@@ -240,6 +251,14 @@ impl Supervisor {
         }
         for (k, v) in self.env_of(p) {
             cmd.env(k, v);
+        }
+        if matches!(
+            p,
+            Process::UserService | Process::ItemService | Process::PaymentService
+        ) {
+            for (k, v) in &self.services_env {
+                cmd.env(k, v);
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
