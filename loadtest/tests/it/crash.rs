@@ -24,23 +24,28 @@ pub(crate) fn built_binaries() -> PathBuf {
         .expect("the test binary lives in target/<profile>/deps")
         .to_owned();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let newest_source = [
-        "gateway",
-        "user-service",
-        "item-service",
-        "payment-service",
-        "platform",
-        "proto",
-    ]
-    .iter()
-    .filter_map(|d| newest_file(&root.join(d)))
-    .max();
-    for bin in [
-        "gateway",
-        "user-service",
-        "item-service",
-        "payment-service",
-        "card-gateway",
+    // Each binary against what cargo would rebuild it from: its own crate's sources and
+    // migrations, the platform crate and the contracts (not other crates' edits, nor tests).
+    let newest_source = |krate: &str| {
+        [
+            format!("{krate}/src"),
+            format!("{krate}/migrations"),
+            format!("{krate}/Cargo.toml"),
+            "platform/src".to_owned(),
+            "platform/Cargo.toml".to_owned(),
+            "proto".to_owned(),
+            "src".to_owned(),
+        ]
+        .iter()
+        .filter_map(|d| newest_file(&root.join(d)))
+        .max()
+    };
+    for (bin, krate) in [
+        ("gateway", "gateway"),
+        ("user-service", "user-service"),
+        ("item-service", "item-service"),
+        ("payment-service", "payment-service"),
+        ("card-gateway", "payment-service"),
     ] {
         let path = dir.join(bin);
         let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| {
@@ -49,7 +54,7 @@ pub(crate) fn built_binaries() -> PathBuf {
                 path.display()
             )
         });
-        if let Some(src) = newest_source {
+        if let Some(src) = newest_source(krate) {
             assert!(
                 built >= src,
                 "{} is older than its sources: rebuild the services first (cargo build --workspace --bins, or run scripts/test)",
@@ -61,8 +66,12 @@ pub(crate) fn built_binaries() -> PathBuf {
 }
 
 /// The modification time of the newest source file (what cargo rebuilds on: Rust, protobuf,
-/// SQL migrations, manifests) under `dir`, skipping `target` and `node_modules`.
+/// SQL migrations, manifests) under `dir` (or of `dir` itself, a file), skipping `target`
+/// and `node_modules`.
 fn newest_file(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    if dir.is_file() {
+        return std::fs::metadata(dir).and_then(|m| m.modified()).ok();
+    }
     let mut newest = None;
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
