@@ -18,6 +18,34 @@ async fn async_stack() -> Stack {
     .await
 }
 
+/// A stack with events, one item of `stock` units at `price` minor units, and a logged-in
+/// customer: the stack, the item's id and the customer's token.
+async fn stack_with_item(name: &str, price: i64, stock: i64) -> (Stack, String, String) {
+    let s = async_stack().await;
+    let admin = s.admin().await;
+    let item = s.create_item(&admin, name, price, stock).await;
+    let id = item["id"].as_str().expect("id").to_owned();
+    let (token, _) = s.customer().await;
+    (s, id, token)
+}
+
+/// Places an asynchronous checkout of `qty` of `id` under `key`; it must be accepted (202,
+/// pending). Returns the order id.
+async fn accepted(api: &Api, token: &str, key: &str, id: &str, qty: i64, card: &str) -> String {
+    let r = api
+        .checkout(
+            token,
+            "async",
+            key,
+            json!([{"item_id": id, "quantity": qty}]),
+            card,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    assert_eq!(r.body["order"]["status"], "pending", "{:?}", r.body);
+    r.body["order"]["id"].as_str().expect("order id").to_owned()
+}
+
 /// Follows an order until it leaves PENDING (up to 60 s); returns it.
 async fn settled(api: &Api, token: &str, order_id: &str) -> Value {
     for _ in 0..600 {
@@ -35,30 +63,14 @@ async fn settled(api: &Api, token: &str, order_id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_async_checkout_is_accepted_at_once_then_paid_and_its_stock_sold() {
-    let s = async_stack().await;
-    let admin = s.admin().await;
-    let item = s.create_item(&admin, "Mug", 1250, 5).await;
-    let id = item["id"].as_str().expect("id");
-    let (token, _) = s.customer().await;
-
-    let r = s
-        .checkout(
-            &token,
-            "async",
-            &key(),
-            json!([{"item_id": id, "quantity": 2}]),
-            GOOD_CARD,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
-    assert_eq!(r.body["order"]["status"], "pending");
-    let order_id = r.body["order"]["id"].as_str().expect("order id").to_owned();
+    let (s, id, token) = stack_with_item("Mug", 1250, 5).await;
+    let order_id = accepted(&s.api, &token, &key(), &id, 2, GOOD_CARD).await;
 
     let order = settled(&s.api, &token, &order_id).await;
     assert_eq!(order["status"], "placed", "{order:?}");
     assert_eq!(order["total"]["amount_minor"], 2500);
     assert_eq!(order["lines"][0]["name"], "Mug");
-    assert_eq!(s.stock_of(id).await, 3);
+    assert_eq!(s.stock_of(&id).await, 3);
     let stats = s.card.stats();
     assert_eq!((stats.charges_created, stats.charges_succeeded), (1, 1));
     let detail = s
@@ -73,28 +85,14 @@ async fn an_async_checkout_is_accepted_at_once_then_paid_and_its_stock_sold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_card_cancels_the_async_order_and_gives_the_stock_back() {
-    let s = async_stack().await;
-    let admin = s.admin().await;
-    let item = s.create_item(&admin, "Lamp", 4000, 4).await;
-    let id = item["id"].as_str().expect("id");
-    let (token, _) = s.customer().await;
-    let r = s
-        .checkout(
-            &token,
-            "async",
-            &key(),
-            json!([{"item_id": id, "quantity": 3}]),
-            DECLINED_CARD,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
-    let order_id = r.body["order"]["id"].as_str().expect("order id").to_owned();
+    let (s, id, token) = stack_with_item("Lamp", 4000, 4).await;
+    let order_id = accepted(&s.api, &token, &key(), &id, 3, DECLINED_CARD).await;
     let order = settled(&s.api, &token, &order_id).await;
     assert_eq!(order["status"], "cancelled");
     assert_eq!(order["failure"], "card_declined");
     // Released once the cancellation reaches item-service.
     eventually(Duration::from_secs(30), || async {
-        (s.stock_of(id).await == 4).then_some(())
+        (s.stock_of(&id).await == 4).then_some(())
     })
     .await;
     assert_eq!(s.card.stats().charges_succeeded, 0);
@@ -102,29 +100,21 @@ async fn a_declined_card_cancels_the_async_order_and_gives_the_stock_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_async_checkout_is_one_order_and_one_charge() {
-    let s = async_stack().await;
-    let admin = s.admin().await;
-    let item = s.create_item(&admin, "Pen", 300, 10).await;
-    let id = item["id"].as_str().expect("id");
-    let (token, _) = s.customer().await;
+    let (s, id, token) = stack_with_item("Pen", 300, 10).await;
     let k = key();
     let lines = json!([{"item_id": id, "quantity": 1}]);
-    let first = s
-        .checkout(&token, "async", &k, lines.clone(), GOOD_CARD)
-        .await;
+    let order_id = accepted(&s.api, &token, &k, &id, 1, GOOD_CARD).await;
     let again = s
         .checkout(&token, "async", &k, lines.clone(), GOOD_CARD)
         .await;
-    assert_eq!(first.status, StatusCode::ACCEPTED);
-    assert_eq!(first.body["order"]["id"], again.body["order"]["id"]);
-    let order_id = first.body["order"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(again.body["order"]["id"], order_id.as_str());
     assert_eq!(settled(&s.api, &token, &order_id).await["status"], "placed");
     // After it finished, the same key answers with the placed order.
     let late = s.checkout(&token, "async", &k, lines, GOOD_CARD).await;
     assert_eq!(late.status, StatusCode::CREATED, "{:?}", late.body);
     assert_eq!(late.body["order"]["id"], order_id.as_str());
     assert_eq!(s.card.stats().charges_succeeded, 1);
-    assert_eq!(s.stock_of(id).await, 9);
+    assert_eq!(s.stock_of(&id).await, 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,31 +165,13 @@ async fn k_async_buyers_for_s_units_never_oversell() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkouts_are_accepted_while_payment_service_is_down_and_completed_when_it_returns() {
-    let mut s = async_stack().await;
-    let admin = s.admin().await;
-    let item = s.create_item(&admin, "Kettle", 2000, 10).await;
-    let id = item["id"].as_str().expect("id").to_owned();
-    let (token, _) = s.customer().await;
+    let (mut s, id, token) = stack_with_item("Kettle", 2000, 10).await;
     s.payment.stop().await;
 
+    // Accepted without payment-service.
     let mut orders = Vec::new();
     for _ in 0..3 {
-        let r = s
-            .checkout(
-                &token,
-                "async",
-                &key(),
-                json!([{"item_id": id, "quantity": 1}]),
-                GOOD_CARD,
-            )
-            .await;
-        assert_eq!(
-            r.status,
-            StatusCode::ACCEPTED,
-            "accepted without payment-service: {:?}",
-            r.body
-        );
-        orders.push(r.body["order"]["id"].as_str().expect("id").to_owned());
+        orders.push(accepted(&s.api, &token, &key(), &id, 1, GOOD_CARD).await);
     }
     // Stock is held and the orders wait (priced, pending): nothing is lost or failed.
     for o in &orders {
@@ -228,18 +200,7 @@ async fn the_monolith_completes_an_async_checkout_too() {
     let item = shop.api.create_item(&admin, "Cup", 700, 2).await;
     let id = item["id"].as_str().expect("id");
     let (token, _) = shop.api.customer().await;
-    let r = shop
-        .api
-        .checkout(
-            &token,
-            "async",
-            &key(),
-            json!([{"item_id": id, "quantity": 2}]),
-            GOOD_CARD,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
-    let order_id = r.body["order"]["id"].as_str().expect("id").to_owned();
+    let order_id = accepted(&shop.api, &token, &key(), id, 2, GOOD_CARD).await;
     assert_eq!(
         settled(&shop.api, &token, &order_id).await["status"],
         "placed"
