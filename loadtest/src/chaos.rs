@@ -27,6 +27,7 @@ use crate::{
     },
     engine::{self, Model, RunSpec, Workload},
     http::HttpPool,
+    kill_windows::{self, Kind, OkRates, Timeline},
     scenario::{CARD_OK, EP_GET, EP_LIST, Mix, ep_checkout},
     stats::Outcome,
 };
@@ -66,10 +67,30 @@ struct SoakWorkload {
     strategy: String,
     checkout_ep: String,
     sent: Arc<Mutex<Vec<Sent>>>,
+    /// Every request's send time and outcome, for the ok rates around the kills.
+    timeline: Arc<Timeline>,
 }
 
 impl Workload for SoakWorkload {
-    fn call(&self, _n: u64, user: usize) -> (String, BoxFuture<'static, Outcome>) {
+    fn call(&self, n: u64, user: usize) -> (String, BoxFuture<'static, Outcome>) {
+        let (endpoint, fut) = self.send(n, user);
+        let kind = if endpoint == EP_LIST || endpoint == EP_GET {
+            Kind::Browse
+        } else {
+            Kind::Checkout
+        };
+        let (timeline, sent) = (self.timeline.clone(), Instant::now());
+        let fut = async move {
+            let outcome = fut.await;
+            timeline.record(sent, kind, outcome.is_ok());
+            outcome
+        };
+        (endpoint, fut.boxed())
+    }
+}
+
+impl SoakWorkload {
+    fn send(&self, _n: u64, user: usize) -> (String, BoxFuture<'static, Outcome>) {
         let mut rng = rand::rng();
         let total = (self.mix.list + self.mix.get + self.mix.checkout).max(1);
         let pick = rng.random_range(0..total);
@@ -168,6 +189,8 @@ pub struct SoakReport {
     pub crashes_by_process: BTreeMap<String, u64>,
     pub requests: u64,
     pub requests_ok: u64,
+    /// Ok rates overall and outside the seconds around each kill, all requests and browsing.
+    pub ok_rates: OkRates,
     pub checkouts_attempted: u64,
     /// The client got 201.
     pub checkouts_placed: u64,
@@ -219,7 +242,7 @@ impl SoakReport {
             Mix::SHOP.checkout,
         );
         s.push_str(&format!(
-            "| figure | value |\n|---|---|\n| crashes (SIGKILL + restart) | {} ({}) |\n| requests (ok) | {} ({}) |\n| checkouts attempted | {} |\n| checkouts placed (client got 201) | {} |\n| checkouts accepted (client got 202: paid, order being completed) | {} |\n| checkouts failed (client got an error or no answer) | {} ({} no answer) |\n| endings after a 201 (every checkout of the run, peak measurement included) | {} |\n| endings after anything else | {} |\n| recovery (checkout_recovery_total) | {} |\n| consistency checker | {} |\n| violations | {} |\n\n",
+            "| figure | value |\n|---|---|\n| crashes (SIGKILL + restart) | {} ({}) |\n| requests (ok) | {} ({}) |\n| ok rate, all requests: overall / outside the kills | {} / {} |\n| ok rate, browse requests: overall / outside the kills | {} / {} |\n| checkouts attempted | {} |\n| checkouts placed (client got 201) | {} |\n| checkouts accepted (client got 202: paid, order being completed) | {} |\n| checkouts failed (client got an error or no answer) | {} ({} no answer) |\n| endings after a 201 (every checkout of the run, peak measurement included) | {} |\n| endings after anything else | {} |\n| recovery (checkout_recovery_total) | {} |\n| consistency checker | {} |\n| violations | {} |\n\n",
             self.crashes.len(),
             self.crashes_by_process
                 .iter()
@@ -228,6 +251,10 @@ impl SoakReport {
                 .join(", "),
             self.requests,
             self.requests_ok,
+            self.ok_rates.all.describe(),
+            self.ok_rates.outside_kills.describe(),
+            self.ok_rates.browse.describe(),
+            self.ok_rates.browse_outside_kills.describe(),
             self.checkouts_attempted,
             self.checkouts_placed,
             self.checkouts_accepted,
@@ -246,6 +273,10 @@ impl SoakReport {
             },
             if self.checker_available { self.checker_summary.as_str() } else { "not run" },
             self.violations.len(),
+        ));
+        s.push_str(&format!(
+            "\"Outside the kills\" leaves out the requests sent from {:.0} s before to {:.0} s after each SIGKILL (in flight when the process died, or sent while it restarted and its callers reconnected); what is left shows whether the shop serves well between crashes.\n\n",
+            self.ok_rates.window_before_s, self.ok_rates.window_after_s
         ));
         s.push_str(&format!(
             "Tuning: reservation TTL {} s, recovery every {} ms, gateway checkout lease {} ms, checkout budget {} ms.\n\n## Crashes\n\n",
@@ -420,6 +451,7 @@ async fn soak(
         strategy: opts.strategy.clone(),
         checkout_ep: ep_checkout(&opts.strategy),
         sent: sent.clone(),
+        timeline: Arc::new(Timeline::new(Instant::now())),
     });
 
     let (peak, measured) = match (opts.peak, opts.rate) {
@@ -463,6 +495,7 @@ async fn soak(
     let mut spec = RunSpec::new("soak", Model::Open { rate }, warmup, opts.duration);
     spec.progress = opts.progress;
     let load_start = Instant::now();
+    workload.timeline.restart(load_start);
     let until = load_start + warmup + opts.duration;
     let mut recovery = CounterAcrossRestarts::default();
     let (measured_run, crashes) = tokio::join!(
@@ -478,6 +511,20 @@ async fn soak(
     );
     let crashes = crashes?;
     let r = measured_run.result;
+    let kills: Vec<Duration> = crashes
+        .iter()
+        .map(|c| Duration::from_secs_f64(c.at_s))
+        .collect();
+    let ok_rates = workload.timeline.rates(warmup, &kills);
+    eprintln!(
+        "[soak] ok: {} overall, {} outside {:.0} s before to {:.0} s after each kill; browse {} overall, {} outside",
+        ok_rates.all.describe(),
+        ok_rates.outside_kills.describe(),
+        kill_windows::BEFORE.as_secs_f64(),
+        kill_windows::AFTER.as_secs_f64(),
+        ok_rates.browse.describe(),
+        ok_rates.browse_outside_kills.describe(),
+    );
 
     // Every checkout of the soak (peak measurement included) must reach its ending.
     let all: Vec<(CheckoutRef, Option<u16>)> = sent
@@ -557,6 +604,7 @@ async fn soak(
         crashes_by_process: by_process,
         requests: r.requests,
         requests_ok: r.ok,
+        ok_rates,
         checkouts_attempted: soak_sent.len() as u64,
         checkouts_placed: soak_sent.iter().filter(|s| s.1 == Some(201)).count() as u64,
         checkouts_accepted: soak_sent.iter().filter(|s| s.1 == Some(202)).count() as u64,

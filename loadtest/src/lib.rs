@@ -14,6 +14,7 @@ pub mod engine;
 pub mod experiment;
 pub mod http;
 pub mod identity;
+pub mod kill_windows;
 pub mod pacer;
 pub mod report;
 pub mod scenario;
