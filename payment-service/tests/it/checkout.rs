@@ -403,7 +403,11 @@ async fn redelivered(t: &Checkout, durable: &str) -> usize {
     else {
         return 0;
     };
-    consumer.info().await.map(|i| i.num_redelivered).unwrap_or(0)
+    consumer
+        .info()
+        .await
+        .map(|i| i.num_redelivered)
+        .unwrap_or(0)
 }
 
 /// Two relays (two replicas) claim different rows; a claim lapses after its lease, so the

@@ -304,7 +304,11 @@ async fn two_replicas_finish_each_abandoned_checkout_once() {
                 .fetch_one(&db)
                 .await
                 .expect("the order's record");
-        assert_eq!(attempts, 2, "order {} claimed once by the recovery", a.order_id);
+        assert_eq!(
+            attempts, 2,
+            "order {} claimed once by the recovery",
+            a.order_id
+        );
     }
     assert_eq!(recovered(&s, "claimed").await - claimed_before, 8.0);
     assert_eq!(recovered(&s, "forward").await - forward_before, 8.0);

@@ -319,7 +319,8 @@ async fn reserved_then_paid_places_the_order_once_and_announces_it_once() {
     t.publish(ev::PAYMENT_SUCCEEDED, order_id, &paid(order_id, 2))
         .await;
     // Seen and put back for a retry (delivered a second time), not applied.
-    let durable = ConsumerSpec::new(platform::identity::USER_SERVICE, ev::PAYMENT_SUCCEEDED).durable;
+    let durable =
+        ConsumerSpec::new(platform::identity::USER_SERVICE, ev::PAYMENT_SUCCEEDED).durable;
     events::wait_redelivered(&t.ns, &durable, 1).await;
     assert_eq!(t.order(order_id).await.status(), pb::OrderStatus::Pending);
     t.publish(ev::STOCK_RESERVED, order_id, &reserved(order_id, t.user, 2))
@@ -346,7 +347,11 @@ async fn reserved_then_paid_places_the_order_once_and_announces_it_once() {
     assert_eq!(after.status(), pb::OrderStatus::Placed);
     assert_eq!(after.updated_at, placed.updated_at, "not written again");
     for kind in [ev::STOCK_RESERVED, ev::PAYMENT_SUCCEEDED] {
-        assert_eq!(t.consumed(kind, "applied").await, 1.0, "{kind} applied once");
+        assert_eq!(
+            t.consumed(kind, "applied").await,
+            1.0,
+            "{kind} applied once"
+        );
         assert_eq!(t.consumed(kind, "duplicate").await, 1.0, "{kind} again");
     }
     assert_eq!(t.announced(ev::ORDER_COMPLETED, order_id).await, 1);
