@@ -86,18 +86,48 @@ impl RetryBudget {
 mod tests {
     use super::*;
 
+    /// Many samples per retry: each within its cap, spread over the whole range (jitter),
+    /// and growing by about twice per retry until the cap. Backoff that were always zero,
+    /// constant, or not growing fails here.
     #[test]
-    fn backoff_is_capped_and_jittered() {
+    fn backoff_grows_to_its_cap_with_full_jitter() {
         let p = RetryPolicy {
             enabled: true,
             max_attempts: 3,
             base_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(40),
+            max_backoff: Duration::from_millis(160),
         };
-        for retry in 1..10 {
-            assert!(p.backoff(retry) <= Duration::from_millis(40));
+        const SAMPLES: u32 = 2000;
+        let mut means = Vec::new();
+        for retry in 1..=8u32 {
+            let cap = (10u64 << (retry - 1)).min(160);
+            let samples: Vec<u64> = (0..SAMPLES)
+                .map(|_| p.backoff(retry).as_millis() as u64)
+                .collect();
+            assert!(
+                samples.iter().all(|&ms| ms <= cap),
+                "retry {retry}: over its cap of {cap} ms"
+            );
+            // Spread: both ends of 0..=cap are reached (each miss has odds of 0.75^2000).
+            assert!(
+                samples.iter().any(|&ms| ms * 4 < cap),
+                "retry {retry}: nothing in the bottom quarter"
+            );
+            assert!(
+                samples.iter().any(|&ms| ms * 4 > cap * 3),
+                "retry {retry}: nothing in the top quarter"
+            );
+            means.push(samples.iter().sum::<u64>() as f64 / f64::from(SAMPLES));
         }
-        assert!(p.backoff(1) <= Duration::from_millis(10));
+        // Growth: the mean (cap / 2) doubles per retry until the cap (retry 5), then stays.
+        for w in means[..5].windows(2) {
+            let ratio = w[1] / w[0];
+            assert!((1.6..2.4).contains(&ratio), "means {means:?}");
+        }
+        for &m in &means[5..] {
+            let ratio = m / means[4];
+            assert!((0.85..1.15).contains(&ratio), "capped means {means:?}");
+        }
     }
 
     #[test]

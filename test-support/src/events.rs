@@ -87,3 +87,96 @@ pub async fn wait_for(namespace: &str, kind: &str, n: usize) -> Vec<Envelope> {
         last.len()
     );
 }
+
+/// How far the durable consumers (the services', not this module's readers) of
+/// `namespace` are behind: the sum of their waiting and unacknowledged messages, and how many
+/// there are. A message waiting for its retry counts as unacknowledged.
+pub async fn durable_lag(namespace: &str) -> (u64, usize) {
+    let config = config(namespace);
+    let client = async_nats::connect(config.url.as_str())
+        .await
+        .expect("connecting to the stack's NATS");
+    let js = jetstream::new(client);
+    let Ok(stream) = js.get_stream(&config.stream).await else {
+        return (0, 0);
+    };
+    let mut consumers = stream.consumers();
+    let (mut lag, mut durables) = (0, 0);
+    while let Some(info) = consumers.next().await {
+        let info = info.expect("listing the stream's consumers");
+        if info.config.durable_name.is_none() {
+            continue;
+        }
+        durables += 1;
+        lag += info.num_pending + info.num_ack_pending as u64;
+    }
+    (lag, durables)
+}
+
+/// The sequence number of the last message on `namespace`'s stream (0 when empty).
+async fn last_sequence(js: &jetstream::Context, stream: &str) -> u64 {
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Waits (up to 30 s) until `namespace` is quiet: every durable consumer has acknowledged
+/// everything on the stream, `drained` (the caller's outbox query: no row waiting to be
+/// relayed) holds, and the stream took nothing new meanwhile. Only then can a test say that
+/// something did not happen, rather than that it has not happened yet.
+///
+/// Sound for one outbox: a relay marks a row only after the broker stored it, so once the
+/// outbox is drained with the stream unchanged since the consumers were seen idle, every
+/// event and every consequence of it has been applied.
+pub async fn wait_quiet<F, Fut>(namespace: &str, mut drained: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let config = config(namespace);
+    let client = async_nats::connect(config.url.as_str())
+        .await
+        .expect("connecting to the stack's NATS");
+    let js = jetstream::new(client);
+    let mut last = None;
+    for _ in 0..300 {
+        let before = last_sequence(&js, &config.stream).await;
+        let (lag, durables) = durable_lag(namespace).await;
+        let relayed = drained().await;
+        let after = last_sequence(&js, &config.stream).await;
+        if durables > 0 && lag == 0 && relayed && before == after {
+            return;
+        }
+        last = Some((lag, durables, relayed));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("namespace {namespace} never went quiet: (lag, consumers, outbox drained) = {last:?}");
+}
+
+/// Waits (up to 30 s) until the durable consumer `durable` of `namespace` has delivered
+/// `n` messages again (each was tried and put back for a retry): the handler has seen them
+/// and decided not to apply them yet.
+pub async fn wait_redelivered(namespace: &str, durable: &str, n: usize) {
+    let config = config(namespace);
+    let client = async_nats::connect(config.url.as_str())
+        .await
+        .expect("connecting to the stack's NATS");
+    let js = jetstream::new(client);
+    let mut seen = 0;
+    for _ in 0..300 {
+        if let Ok(stream) = js.get_stream(&config.stream).await
+            && let Ok(mut consumer) = stream
+                .get_consumer::<jetstream::consumer::pull::Config>(durable)
+                .await
+            && let Ok(info) = consumer.info().await
+        {
+            seen = info.num_redelivered;
+            if seen >= n {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("consumer {durable} redelivered {seen} message(s), not {n}");
+}

@@ -449,6 +449,32 @@ async fn work_left_unfinished_past_the_window_is_reported() {
     assert_eq!(report.checked.orders_in_flight, 1);
 }
 
+/// Waits (up to 30 s) until nothing is in flight: no order mid-checkout and no refund
+/// pending as the checker counts them, no payment PENDING, no reservation holding stock.
+/// Nothing left for a sweeper, reconciler or recovery to finish, so nothing changes by itself.
+async fn wait_settled(shop: &Shop) {
+    test_support::eventually(Duration::from_secs(30), || async {
+        let checked = check_now(shop).await.checked;
+        let mut my = MySqlConnection::connect(&shop.urls.payment_database_url)
+            .await
+            .expect("connect to MariaDB");
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM payments WHERE status = 'PENDING'")
+                .fetch_one(&mut my)
+                .await
+                .expect("count pending payments");
+        let held = mongo(shop)
+            .await
+            .collection::<Document>("reservations")
+            .count_documents(doc! { "status": { "$in": ["pending", "reserved"] } })
+            .await
+            .expect("count held reservations");
+        (checked.orders_in_flight == 0 && checked.refunds == 0 && pending == 0 && held == 0)
+            .then_some(())
+    })
+    .await;
+}
+
 /// Everything the stores hold that the checker reads, as text, to compare.
 async fn contents(shop: &Shop) -> Vec<String> {
     let mut out = Vec::new();
@@ -495,7 +521,7 @@ async fn contents(shop: &Shop) -> Vec<String> {
 async fn the_checker_cannot_write() {
     let shop = shop_with_checkouts(|_| {}).await;
     // Let any settling after the answers finish, so only the checker could change things.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_settled(&shop).await;
     let before = contents(&shop).await;
     assert_clean(&shop).await;
     assert_eq!(contents(&shop).await, before, "the check changed a store");

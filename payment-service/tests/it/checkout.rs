@@ -273,8 +273,23 @@ async fn orders_wait_while_the_card_gateway_is_down_and_complete_when_it_is_back
     // The first was tried (recorded PENDING before the card call), and nothing announced.
     let first = eventually(WAIT, || async { t.payment_of(&orders[0]).await }).await;
     assert_eq!(first.status(), pb::PaymentStatus::Pending);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Each was tried and put back for a retry (delivered again), or decided: only then
+    // can nothing announced mean the service chose not to.
+    let spec = payment_service::checkout::consumer_spec();
+    eventually(WAIT, || async {
+        let waiting = consumer::lag(&t.broker, &spec).await.ok()?;
+        let again = redelivered(&t, &spec.durable).await;
+        (again >= orders.len() || waiting == 0).then_some(())
+    })
+    .await;
     for order in &orders {
+        assert_eq!(
+            t.app
+                .count(&format!("outbox WHERE event_key = '{order}'"))
+                .await,
+            0,
+            "nothing announced for {order}"
+        );
         assert!(t.events(PAYMENT_SUCCEEDED, order).await.is_empty());
         assert!(t.events(PAYMENT_DECLINED, order).await.is_empty());
     }
@@ -375,6 +390,24 @@ async fn the_reconciler_finishes_a_payment_left_behind_and_the_relay_publishes_i
     assert_eq!(t.events(PAYMENT_SUCCEEDED, &order).await.len(), 1);
     assert_eq!(t.app.count("outbox WHERE published_at IS NULL").await, 0);
     t.finish().await;
+}
+
+/// How many of `durable`'s unacknowledged messages it has delivered more than once.
+async fn redelivered(t: &Checkout, durable: &str) -> usize {
+    let Ok(stream) = t.js.get_stream(&t.events.stream).await else {
+        return 0;
+    };
+    let Ok(mut consumer) = stream
+        .get_consumer::<jetstream::consumer::pull::Config>(durable)
+        .await
+    else {
+        return 0;
+    };
+    consumer
+        .info()
+        .await
+        .map(|i| i.num_redelivered)
+        .unwrap_or(0)
 }
 
 /// Two relays (two replicas) claim different rows; a claim lapses after its lease, so the

@@ -85,8 +85,25 @@ async fn two_replicas_reconcile_each_pending_payment_once() {
         settled.iter().all(|p| p.status() == PaymentStatus::Failed),
         "{settled:?}"
     );
-    // More rounds of both reconcilers find nothing left.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // More rounds of the reconcilers find nothing left: wait until rounds that started
+    // after everything settled have finished (at most one in flight per replica now), and
+    // ask each replica for one more round of its own.
+    let rounds = counter_of(&first, "payment_reconcile_rounds_total").await;
+    eventually(Duration::from_secs(60), || async {
+        let now = counter_of(&first, "payment_reconcile_rounds_total").await;
+        (now >= rounds + 4.0).then_some(())
+    })
+    .await;
+    for client in [first.client.clone(), second_client.clone()] {
+        let left = client
+            .clone()
+            .reconcile(pb::ReconcileRequest::default())
+            .await
+            .expect("reconcile")
+            .into_inner()
+            .payments;
+        assert!(left.is_empty(), "nothing left to reconcile: {left:?}");
+    }
 
     let stats = first.stats().await;
     assert_eq!(stats.charges_created, 0, "no money moved");

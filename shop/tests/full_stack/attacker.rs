@@ -6,7 +6,8 @@
 //! - per-RPC owner and admin checks of payment-service (charge for another user, list
 //!   another user's payments, a customer refunding their own payment):
 //!   `payment-service/tests/it/trust.rs`;
-//! - the monolith's gRPC listener enforcing the same policy: `monolith.rs`;
+//! - the monolith's gRPC listener enforcing the same policy (this suite's every-method
+//!   loop, run against it): `monolith.rs`;
 //! - token checks unit by unit (expired, forged, unknown signer, too long-lived, from the
 //!   future, allow-list decisions): `platform/src/identity.rs`, `platform/src/policy.rs`;
 //! - the edge: login throttling per account and address (`throttle.rs`), the gateway's
@@ -44,7 +45,7 @@ use crate::common::*;
 
 /// One gRPC call to `path` with an empty message and, when given, `token` as the caller's
 /// credential: what grpcurl does with `-H "x-shop-caller: ..."` (or without `-H`).
-async fn raw_call(addr: SocketAddr, path: &str, token: Option<&str>) -> Code {
+pub(crate) async fn raw_call(addr: SocketAddr, path: &str, token: Option<&str>) -> Code {
     let mut grpc = tonic::client::Grpc::new(test_support::connect(addr).await);
     grpc.ready().await.expect("the server accepts connections");
     let mut req = tonic::Request::new(());
@@ -63,7 +64,7 @@ async fn raw_call(addr: SocketAddr, path: &str, token: Option<&str>) -> Code {
 }
 
 /// Every method path of `service` ("shop.item.v1.ItemService") in the contracts.
-fn methods_of(service: &str) -> Vec<String> {
+pub(crate) fn methods_of(service: &str) -> Vec<String> {
     let set = prost_types::FileDescriptorSet::decode(shop_proto::FILE_DESCRIPTOR_SET)
         .expect("the contracts' descriptor set decodes");
     let (package, name) = service.rsplit_once('.').expect("a qualified name");

@@ -129,12 +129,45 @@ async fn the_monolith_runs_the_item_sweeper_too() {
 }
 
 /// The monolith enforces the same policy as the separate services: its gRPC listener
-/// refuses a refund with no credentials, and a caller off the list, and the fault admin
-/// exists only because the test switched it on.
+/// refuses every method of every service with no credentials (the attacker's loop), and a
+/// refund from a caller off the list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monolith_refuses_what_the_services_refuse() {
+    use crate::attacker::{methods_of, raw_call};
     use shop_proto::payment::v1::{RefundRequest, payment_service_client::PaymentServiceClient};
     let s = monolith().await;
+    for service in [
+        "shop.user.v1.UserService",
+        "shop.item.v1.ItemService",
+        "shop.payment.v1.PaymentService",
+    ] {
+        for path in methods_of(service) {
+            assert_eq!(
+                raw_call(s.grpc, &path, None).await,
+                tonic::Code::Unauthenticated,
+                "{path} on the monolith without credentials"
+            );
+        }
+    }
+    // The admin services are either absent (faults off) or closed, never open.
+    for path in methods_of("shop.admin.v1.FaultAdmin")
+        .into_iter()
+        .chain(methods_of("shop.admin.v1.Echo"))
+    {
+        let code = raw_call(s.grpc, &path, None).await;
+        assert!(
+            matches!(
+                code,
+                tonic::Code::Unauthenticated | tonic::Code::Unimplemented
+            ),
+            "{path} on the monolith without credentials: {code:?}"
+        );
+    }
+    assert_eq!(
+        raw_call(s.grpc, "/grpc.health.v1.Health/Check", None).await,
+        tonic::Code::Ok,
+        "health stays open"
+    );
     let refund = || RefundRequest {
         payment_id: uuid::Uuid::new_v4().to_string(),
         amount: None,

@@ -245,6 +245,14 @@ async fn a_paid_checkout_whose_hold_is_gone_is_refunded() {
     assert_eq!(s.stock_of(item["id"].as_str().expect("id")).await, 4);
 }
 
+/// How many checkouts user-service's recovery ended with `action`. Every service of the
+/// stack lives in this process and reports into its one set of metrics (the gateway's
+/// /metrics serves it), so this is all replicas' count together.
+async fn recovered(s: &Stack, action: &str) -> f64 {
+    let line = format!("checkout_recovery_total{{action=\"{action}\"}}");
+    test_support::counter(&s.gateway_metrics().await, &line)
+}
+
 /// Two user-service replicas run the recovery over one database: every abandoned
 /// checkout is finished once (one charge, no refund, the stock taken once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,6 +267,8 @@ async fn two_replicas_finish_each_abandoned_checkout_once() {
     let admin = s.admin().await;
     let item = s.create_item(&admin, "Spoon", 300, 20).await;
     let (token, user_id) = s.customer().await;
+    let claimed_before = recovered(&s, "claimed").await;
+    let forward_before = recovered(&s, "forward").await;
     let mut abandoned = Vec::new();
     for _ in 0..8 {
         abandoned.push(
@@ -282,6 +292,26 @@ async fn two_replicas_finish_each_abandoned_checkout_once() {
     let stats = s.card.stats();
     assert_eq!((stats.charges_succeeded, stats.refunds_created), (8, 0));
     assert_eq!(s.stock_of(item["id"].as_str().expect("id")).await, 12);
+    // Finished once each: one claim per checkout between the two replicas (a claim adds an
+    // attempt to the stored record; the dead driver's was the first) and one forward finish.
+    let db = sqlx::PgPool::connect(&s.user_database_url)
+        .await
+        .expect("user-service's database");
+    for a in &abandoned {
+        let attempts: i32 =
+            sqlx::query_scalar("SELECT attempts FROM orders WHERE order_id = $1::uuid")
+                .bind(&a.order_id)
+                .fetch_one(&db)
+                .await
+                .expect("the order's record");
+        assert_eq!(
+            attempts, 2,
+            "order {} claimed once by the recovery",
+            a.order_id
+        );
+    }
+    assert_eq!(recovered(&s, "claimed").await - claimed_before, 8.0);
+    assert_eq!(recovered(&s, "forward").await - forward_before, 8.0);
     drop(replica);
 }
 

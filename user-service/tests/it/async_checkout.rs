@@ -2,7 +2,7 @@
 //! RequestCheckout records the order with its event, and the order follows the other
 //! services' events (published here as item- and payment-service would), each move once.
 
-use platform::events::{Broker, Envelope, checkout as ev};
+use platform::events::{Broker, ConsumerSpec, Envelope, checkout as ev};
 use shop_proto::{
     common::v1::PricedLine,
     user::v1::{self as pb, user_service_client::UserServiceClient},
@@ -20,6 +20,7 @@ struct Async {
     ns: String,
     broker: Broker,
     user: Uuid,
+    db: sqlx::PgPool,
 }
 
 async fn start() -> Async {
@@ -31,11 +32,15 @@ async fn start() -> Async {
         .await
         .expect("register");
     let broker = events::broker(&ns).await;
+    let db = sqlx::PgPool::connect(&app.database_url)
+        .await
+        .expect("the service's database");
     Async {
         app,
         ns,
         broker,
         user: user.user_id.parse().expect("uuid"),
+        db,
     }
 }
 
@@ -113,6 +118,41 @@ impl Async {
         );
     }
 
+    /// Waits until nothing is left to happen: the service's consumers have acknowledged
+    /// every event on the stream and its outbox has relayed every row.
+    async fn quiet(&self) {
+        events::wait_quiet(&self.ns, || async {
+            let waiting: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(&self.db)
+                    .await
+                    .expect("count the outbox");
+            waiting == 0
+        })
+        .await;
+    }
+
+    /// The events of `kind` the service wrote for `order_id` (what it announced, before the
+    /// broker's de-duplication by event id could hide a second one).
+    async fn announced(&self, kind: &str, order_id: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE kind = $1 AND key = $2")
+            .bind(kind)
+            .bind(order_id.to_string())
+            .fetch_one(&self.db)
+            .await
+            .expect("count the outbox")
+    }
+
+    /// How often the service's consumer of `kind` ended a delivery with `outcome`.
+    async fn consumed(&self, kind: &str, outcome: &str) -> f64 {
+        let durable = ConsumerSpec::new(platform::identity::USER_SERVICE, kind).durable;
+        let metrics = test_support::metrics(self.app.metrics_addr).await;
+        test_support::counter(
+            &metrics,
+            &format!("events_consumed_total{{consumer=\"{durable}\",outcome=\"{outcome}\"}}"),
+        )
+    }
+
     async fn wait_priced(&self, order_id: Uuid) -> pb::Order {
         for _ in 0..120 {
             let o = self.order(order_id).await;
@@ -186,7 +226,8 @@ async fn a_request_is_recorded_pending_with_its_event_and_a_repeat_changes_nothi
     // A different cart under the same id is refused, naming the field.
     let other = t.request(order_id, 3).await.expect_err("other cart");
     assert_eq!(other.code(), Code::AlreadyExists);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    t.quiet().await;
+    assert_eq!(t.announced(ev::CHECKOUT_REQUESTED, order_id).await, 1);
     assert_eq!(
         events::published(&t.ns, ev::CHECKOUT_REQUESTED).await.len(),
         1
@@ -277,7 +318,10 @@ async fn reserved_then_paid_places_the_order_once_and_announces_it_once() {
     // order waits for its prices instead of failing.
     t.publish(ev::PAYMENT_SUCCEEDED, order_id, &paid(order_id, 2))
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Seen and put back for a retry (delivered a second time), not applied.
+    let durable =
+        ConsumerSpec::new(platform::identity::USER_SERVICE, ev::PAYMENT_SUCCEEDED).durable;
+    events::wait_redelivered(&t.ns, &durable, 1).await;
     assert_eq!(t.order(order_id).await.status(), pb::OrderStatus::Pending);
     t.publish(ev::STOCK_RESERVED, order_id, &reserved(order_id, t.user, 2))
         .await;
@@ -298,10 +342,19 @@ async fn reserved_then_paid_places_the_order_once_and_announces_it_once() {
         .await;
     t.republish(ev::PAYMENT_SUCCEEDED, order_id, &paid(order_id, 2))
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    t.quiet().await;
     let after = t.order(order_id).await;
     assert_eq!(after.status(), pb::OrderStatus::Placed);
     assert_eq!(after.updated_at, placed.updated_at, "not written again");
+    for kind in [ev::STOCK_RESERVED, ev::PAYMENT_SUCCEEDED] {
+        assert_eq!(
+            t.consumed(kind, "applied").await,
+            1.0,
+            "{kind} applied once"
+        );
+        assert_eq!(t.consumed(kind, "duplicate").await, 1.0, "{kind} again");
+    }
+    assert_eq!(t.announced(ev::ORDER_COMPLETED, order_id).await, 1);
     assert_eq!(events::published(&t.ns, ev::ORDER_COMPLETED).await.len(), 1);
     assert!(
         events::published(&t.ns, ev::ORDER_CANCELLED)
@@ -364,8 +417,9 @@ async fn refused_stock_or_a_declined_card_cancels_the_order_with_its_failure() {
     // A late success for a cancelled order is not applied (it is parked for a person).
     t.publish(ev::PAYMENT_SUCCEEDED, declined, &paid(declined, 1))
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    t.quiet().await;
     assert_eq!(t.order(declined).await.status(), pb::OrderStatus::Cancelled);
+    assert_eq!(t.announced(ev::ORDER_COMPLETED, declined).await, 0);
     assert!(
         events::published(&t.ns, ev::ORDER_COMPLETED)
             .await
