@@ -10,6 +10,7 @@ pub mod completion;
 pub mod cpu;
 pub mod crash;
 pub mod deployment;
+pub mod drift;
 pub mod engine;
 pub mod experiment;
 pub mod http;
