@@ -2,8 +2,11 @@
 //! (closed model, a few users) on a freshly started stack; for each block of checkouts (in
 //! the order they finished), the mean store time per checkout from the services' own
 //! `Server-Timing` (the sum of the `store.*` entries except the card gateway, which is an
-//! HTTP call, not a store), and the last block against the first as a ratio. A benchmark,
-//! not a test: it prints figures and asserts nothing about them.
+//! HTTP call, not a store), and the last block against the first as a ratio. Store time is
+//! wall time, so it includes the store's queueing for a busy machine's cores; beside it, the
+//! CPU the run's own MongoDB server used per checkout (from `/proc`), which the machine's
+//! other load does not inflate. A benchmark, not a test: it prints figures and asserts
+//! nothing about them.
 
 use std::{
     path::PathBuf,
@@ -20,6 +23,7 @@ use tokio::task::JoinSet;
 use crate::{
     engine::Workload,
     experiment::{self, Params, Prepared},
+    process_cpu::{self, Processes},
     scenario::Mix,
     stats::{Latency, new_histogram},
     waterfall::{self, Metric},
@@ -46,6 +50,9 @@ pub struct Block {
     /// Mean per successful checkout that carried a Server-Timing header.
     pub store_ms: f64,
     pub mongodb_ms: f64,
+    /// CPU milliseconds the run's own MongoDB server used per checkout of the block (none
+    /// on a shared server or without `/proc`).
+    pub mongodb_cpu_ms: Option<f64>,
     /// Client-seen latency of the block's checkouts, successful or not.
     pub latency: Latency,
     /// Checkouts per second while the block's checkouts finished.
@@ -91,7 +98,8 @@ pub fn store_time(metrics: &[Metric]) -> (f64, f64) {
 
 /// Blocks of `size` finished checkouts (a last partial block is dropped: it would compare
 /// fewer checkouts), each against the time the previous one ended (`start` for the first).
-pub fn blocks(done: &[Done], size: usize, start: Instant) -> Vec<Block> {
+/// `cpu[i]`, when given, is the store's CPU milliseconds during block `i`.
+pub fn blocks(done: &[Done], size: usize, start: Instant, cpu: &[f64]) -> Vec<Block> {
     let mut out = Vec::new();
     let mut from = start;
     for (i, chunk) in done.chunks(size.max(1)).enumerate() {
@@ -117,6 +125,7 @@ pub fn blocks(done: &[Done], size: usize, start: Instant) -> Vec<Block> {
             ok: chunk.iter().filter(|d| d.ok).count(),
             store_ms: mean(|d| d.store_ms),
             mongodb_ms: mean(|d| d.mongodb_ms),
+            mongodb_cpu_ms: cpu.get(i).map(|ms| ms / chunk.len() as f64),
             latency: Latency::of(&h),
             rate: chunk.len() as f64 / end.duration_since(from).as_secs_f64().max(1e-9),
         });
@@ -139,24 +148,27 @@ impl DriftReport {
             self.checkouts, self.strategy, self.users, self.store
         );
         out.push_str(&format!(
-            "{:>5} {:>9} {:>6} {:>16} {:>12} {:>10} {:>10} {:>13}\n",
+            "{:>5} {:>9} {:>6} {:>17} {:>10} {:>14} {:>10} {:>10} {:>11}\n",
             "block",
             "checkouts",
             "ok",
             "store ms/checkout",
             "MongoDB ms",
+            "MongoDB CPU ms",
             "p50 ms",
             "p99 ms",
             "checkouts/s"
         ));
         for b in &self.blocks {
             out.push_str(&format!(
-                "{:>5} {:>9} {:>6} {:>16.2} {:>12.2} {:>10.1} {:>10.1} {:>13.1}\n",
+                "{:>5} {:>9} {:>6} {:>17.2} {:>10.2} {:>14} {:>10.1} {:>10.1} {:>11.1}\n",
                 b.index,
                 b.checkouts,
                 b.ok,
                 b.store_ms,
                 b.mongodb_ms,
+                b.mongodb_cpu_ms
+                    .map_or_else(|| "-".into(), |c| format!("{c:.2}")),
                 b.latency.p50_ms,
                 b.latency.p99_ms,
                 b.rate
@@ -172,6 +184,16 @@ impl DriftReport {
                 }
             )),
             None => out.push_str("\nfewer than two complete blocks: no ratio\n"),
+        }
+        if let (Some(a), Some(b)) = (
+            self.blocks.first().and_then(|b| b.mongodb_cpu_ms),
+            self.blocks.last().and_then(|b| b.mongodb_cpu_ms),
+        ) && a > 0.0
+        {
+            out.push_str(&format!(
+                "MongoDB server CPU per checkout, last block / first: {:.3}\n",
+                b / a
+            ));
         }
         out
     }
@@ -192,16 +214,20 @@ pub async fn run(opts: &Options) -> anyhow::Result<DriftReport> {
         ..
     } = experiment::prepare(&opts.bin_dir, None, p, opts.progress).await?;
     let store = mongo.describe();
+    let mut procs = Processes::default();
+    if let Some(pid) = mongo.pid() {
+        procs.add("MongoDB server", pid, true);
+    }
     let workload = ctx.shop(&ctx.dep.gw, opts.users, Mix::CHECKOUT, &opts.strategy);
     eprintln!(
         "[drift] {} {} checkouts, {} users, blocks of {}",
         opts.checkouts, opts.strategy, opts.users, opts.block
     );
     let start = Instant::now();
-    let done = checkouts(workload, opts, start).await;
+    let (done, cpu) = checkouts(workload, opts, start, &procs).await;
     stack.stop_all().await;
     mongo.stop().await;
-    let blocks = blocks(&done, opts.block, start);
+    let blocks = blocks(&done, opts.block, start, &cpu);
     Ok(DriftReport {
         checkouts: done.len(),
         users: opts.users,
@@ -212,13 +238,24 @@ pub async fn run(opts: &Options) -> anyhow::Result<DriftReport> {
     })
 }
 
-/// `opts.checkouts` checkouts by `opts.users` closed-model users, in the order they finished.
-async fn checkouts(workload: Arc<dyn Workload>, opts: &Options, start: Instant) -> Vec<Done> {
+/// `opts.checkouts` checkouts by `opts.users` closed-model users, in the order they
+/// finished, and the CPU milliseconds `procs` used during each block (empty when they
+/// could not be sampled).
+async fn checkouts(
+    workload: Arc<dyn Workload>,
+    opts: &Options,
+    start: Instant,
+    procs: &Processes,
+) -> (Vec<Done>, Vec<f64>) {
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Mutex::new(Vec::with_capacity(opts.checkouts)));
+    // A sample at the start and at every block's end.
+    let procs = Arc::new(procs.clone());
+    let samples = Arc::new(Mutex::new(Vec::from_iter(procs.sample())));
     let mut users = JoinSet::new();
     for user in 0..opts.users {
         let (workload, next, done) = (workload.clone(), next.clone(), done.clone());
+        let (procs, samples) = (procs.clone(), samples.clone());
         let (total, block, timeout, progress) =
             (opts.checkouts, opts.block, opts.timeout, opts.progress);
         users.spawn(async move {
@@ -244,15 +281,27 @@ async fn checkouts(workload: Arc<dyn Workload>, opts: &Options, start: Instant) 
                 };
                 let mut all = done.lock().unwrap_or_else(|p| p.into_inner());
                 all.push(d);
-                if progress && all.len() % block == 0 {
-                    let b = blocks(&all[all.len() - block..], block, start);
+                if all.len() % block != 0 {
+                    continue;
+                }
+                let cpu = {
+                    let mut samples = samples.lock().unwrap_or_else(|p| p.into_inner());
+                    samples.extend(procs.sample());
+                    let n = samples.len();
+                    (n >= 2).then(|| process_cpu::spent(&samples[n - 2], &samples[n - 1], 1))
+                };
+                if progress {
+                    let cpu_ms: Vec<f64> = cpu.iter().map(|c| c.total_ms()).collect();
+                    let b = blocks(&all[all.len() - block..], block, start, &cpu_ms);
                     if let Some(b) = b.first() {
                         eprintln!(
-                            "[drift] {:>6} done ({:.0} s): last {block}: store {:.2} ms/checkout (MongoDB {:.2}), p50 {:.1} ms, {} ok",
+                            "[drift] {:>6} done ({:.0} s): last {block}: store {:.2} ms/checkout (MongoDB {:.2}, its CPU {}), p50 {:.1} ms, {} ok",
                             all.len(),
                             start.elapsed().as_secs_f64(),
                             b.store_ms,
                             b.mongodb_ms,
+                            b.mongodb_cpu_ms
+                                .map_or_else(|| "-".into(), |c| format!("{c:.2}")),
                             b.latency.p50_ms,
                             b.ok
                         );
@@ -263,7 +312,17 @@ async fn checkouts(workload: Arc<dyn Workload>, opts: &Options, start: Instant) 
     }
     while users.join_next().await.is_some() {}
     let mut all = done.lock().unwrap_or_else(|p| p.into_inner());
-    std::mem::take(&mut *all)
+    let samples = samples.lock().unwrap_or_else(|p| p.into_inner());
+    // Only when every block boundary was sampled; otherwise the blocks would not line up.
+    let cpu = if samples.len() == all.len() / opts.block.max(1) + 1 {
+        samples
+            .windows(2)
+            .map(|w| process_cpu::spent(&w[0], &w[1], 1).total_ms())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (std::mem::take(&mut *all), cpu)
 }
 
 #[cfg(test)]
@@ -292,10 +351,12 @@ mod tests {
                 mongodb_ms: (i != 3).then_some(5.0),
             })
             .collect();
-        let b = blocks(&done, 10, start);
+        let b = blocks(&done, 10, start, &[500.0]);
         assert_eq!(b.len(), 2, "the partial third block is dropped");
         assert_eq!((b[0].checkouts, b[0].ok), (10, 9));
         assert_eq!((b[0].store_ms, b[1].store_ms), (10.0, 11.0));
+        // CPU for the first block only: 500 ms over its 10 checkouts.
+        assert_eq!((b[0].mongodb_cpu_ms, b[1].mongodb_cpu_ms), (Some(50.0), None));
         assert!((b[0].rate - 10.0).abs() < 1e-6, "{}", b[0].rate);
         let r = last_vs_first(&b).expect("ratio");
         assert!((r - 1.1).abs() < 1e-9, "{r}");

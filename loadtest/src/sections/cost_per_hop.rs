@@ -753,15 +753,16 @@ fn targets_prose(
         let ratio = o.p50_ms() / m.p50_ms();
         let per_round = round_ratios(o, m).map_or_else(String::new, |v| {
             format!(
-                "; per round {}",
+                " (the ratio of the medians; per round {}, median {:.2}x)",
                 v.iter()
                     .map(|x| format!("{x:.2}x"))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                median(v.iter().copied()).unwrap_or(f64::NAN)
             )
         });
         out.push_str(&format!(
-            " Target 1, orchestrated p50 at most 1.5x the monolith's (the microservice tax, medians over the rounds): {ratio:.2}x{per_round} ({}).",
+            " Target 1, orchestrated p50 at most 1.5x the monolith's (the microservice tax, medians over the rounds): {ratio:.2}x{per_round}: {}.",
             if ratio <= 1.5 {
                 "met".to_owned()
             } else {
@@ -797,6 +798,14 @@ mod tests {
 
     fn waterfall(header: &str, client_ms: f64) -> Waterfall {
         Waterfall::build(&[(client_ms, parse(header))]).expect("one sample")
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts_ignores_what_is_not_a_number() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), Some(2.0));
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), Some(2.5));
+        assert_eq!(median([f64::NAN, 5.0].into_iter()), Some(5.0));
+        assert_eq!(median(std::iter::empty()), None);
     }
 
     #[test]
