@@ -116,7 +116,11 @@ pub fn blocks(done: &[Done], size: usize, start: Instant, cpu: &[f64]) -> Vec<Bl
         };
         let mut h = new_histogram();
         for d in chunk {
-            h.saturating_record(u64::try_from(d.latency.as_micros()).unwrap_or(u64::MAX).max(1));
+            h.saturating_record(
+                u64::try_from(d.latency.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            );
         }
         let end = chunk.last().map_or(from, |d| d.at);
         out.push(Block {
@@ -203,7 +207,9 @@ impl DriftReport {
 /// the blocks.
 pub async fn run(opts: &Options) -> anyhow::Result<DriftReport> {
     if opts.block == 0 || opts.users == 0 || opts.checkouts < opts.block {
-        anyhow::bail!("--checkouts must be at least --block, and both --block and --users positive");
+        anyhow::bail!(
+            "--checkouts must be at least --block, and both --block and --users positive"
+        );
     }
     let mut p = Params::new(true, None);
     p.users = opts.users;
@@ -356,19 +362,24 @@ mod tests {
         assert_eq!((b[0].checkouts, b[0].ok), (10, 9));
         assert_eq!((b[0].store_ms, b[1].store_ms), (10.0, 11.0));
         // CPU for the first block only: 500 ms over its 10 checkouts.
-        assert_eq!((b[0].mongodb_cpu_ms, b[1].mongodb_cpu_ms), (Some(50.0), None));
+        assert_eq!(
+            (b[0].mongodb_cpu_ms, b[1].mongodb_cpu_ms),
+            (Some(50.0), None)
+        );
         assert!((b[0].rate - 10.0).abs() < 1e-6, "{}", b[0].rate);
         let r = last_vs_first(&b).expect("ratio");
         assert!((r - 1.1).abs() < 1e-9, "{r}");
-        assert!(DriftReport {
-            checkouts: 25,
-            users: 2,
-            strategy: "orchestrated".into(),
-            store: "test".into(),
-            blocks: b,
-            last_vs_first: Some(r),
-        }
-        .text()
-        .contains("last block / first: 1.100"));
+        assert!(
+            DriftReport {
+                checkouts: 25,
+                users: 2,
+                strategy: "orchestrated".into(),
+                store: "test".into(),
+                blocks: b,
+                last_vs_first: Some(r),
+            }
+            .text()
+            .contains("last block / first: 1.100")
+        );
     }
 }

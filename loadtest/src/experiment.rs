@@ -212,9 +212,9 @@ impl Ctx {
         let m = self
             .checkout_run(name, target, strategy, rate, warmup, dur)
             .await;
-        let cpu = before.zip(self.procs.sample()).map(|(a, b)| {
-            process_cpu::spent(&a, &b, m.result.requests + m.result.warmup_requests)
-        });
+        let cpu = before
+            .zip(self.procs.sample())
+            .map(|(a, b)| process_cpu::spent(&a, &b, m.result.requests + m.result.warmup_requests));
         (m, cpu)
     }
 }

@@ -134,8 +134,9 @@ impl MongoServer {
                 "a SecantusDB of this run's own on a fresh storage directory ({})",
                 o.storage.display()
             ),
-            None => "the server ITEM_MONGODB_URL names, on a fresh database of this run's own"
-                .into(),
+            None => {
+                "the server ITEM_MONGODB_URL names, on a fresh database of this run's own".into()
+            }
         }
     }
 

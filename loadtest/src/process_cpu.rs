@@ -130,11 +130,7 @@ pub fn stack_state_pids(text: &str) -> Vec<(String, u32)> {
 
 /// CPU per process between two samples of the same [`Processes`], plus the operations.
 pub fn spent(before: &Sample, after: &Sample, ops: u64) -> CpuSpent {
-    let was: HashMap<&str, u64> = before
-        .ticks
-        .iter()
-        .map(|(n, t)| (n.as_str(), *t))
-        .collect();
+    let was: HashMap<&str, u64> = before.ticks.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     CpuSpent {
         wall_s: after.at.duration_since(before.at).as_secs_f64(),
         ops,
@@ -205,7 +201,10 @@ impl ProcTable {
     fn read() -> Option<Self> {
         let mut procs = HashMap::new();
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
             else {
                 continue;
             };

@@ -136,7 +136,7 @@ pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Strategies> {
     };
     let mut lineup: Vec<Lineup> = STRATEGIES
         .iter()
-        .map(|s| new((*s).to_owned(), ctx.dep.gw.clone(), *s, true))
+        .map(|s| new((*s).to_owned(), ctx.dep.gw.clone(), s, true))
         .collect();
     if let Some(shop) = &ctx.dep.shop {
         lineup.push(new(
@@ -224,7 +224,11 @@ pub const MONOLITH: &str = "monolith (orchestrated)";
 /// Per-round p50s side by side, the median of each column, and the microservice tax per
 /// round (orchestrated p50 / the monolith's in the same round).
 pub fn rounds_table(runs: &[StrategyRun]) -> Option<Table> {
-    let n = runs.iter().map(|r| r.rounds.len()).max().filter(|n| *n > 0)?;
+    let n = runs
+        .iter()
+        .map(|r| r.rounds.len())
+        .max()
+        .filter(|n| *n > 0)?;
     let mut headers = vec!["round (p50 ms)"];
     headers.extend(runs.iter().map(|r| r.label.as_str()));
     let orch = runs.iter().find(|r| r.label == "orchestrated");

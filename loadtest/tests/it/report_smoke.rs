@@ -23,9 +23,9 @@ use loadtest::{
     admin::ShopAdmin,
     engine::{self, Measured, Model, RunSpec, Workload},
     http::{HttpPool, Target},
+    process_cpu::{CpuSpent, ProcessCpu},
     report::{self, Machine, Report, SECTION_IDS},
     scenario::{self, EP_GET, EP_LIST, Mix, ShopWorkload},
-    process_cpu::{CpuSpent, ProcessCpu},
     sections::{
         self, AvailRun, CacheRun, CascadeRun, Hops, StrategyRun, SweepPoint, TailRun, sync_vs_async,
     },
