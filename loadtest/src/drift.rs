@@ -224,15 +224,30 @@ pub async fn run(opts: &Options) -> anyhow::Result<DriftReport> {
     if let Some(pid) = mongo.pid() {
         procs.add("MongoDB server", pid, true);
     }
-    let workload = ctx.shop(&ctx.dep.gw, opts.users, Mix::CHECKOUT, &opts.strategy);
+    // Through the gateway without retries, breakers or short budgets: on a slow machine
+    // the default gateway's breakers open and answer fast refusals, which carry no store
+    // time; the closed model limits the load by itself.
+    let workload = ctx.shop(
+        &ctx.dep.gw_unprotected,
+        opts.users,
+        Mix::CHECKOUT,
+        &opts.strategy,
+    );
     eprintln!(
         "[drift] {} {} checkouts, {} users, blocks of {}",
         opts.checkouts, opts.strategy, opts.users, opts.block
     );
     let start = Instant::now();
-    let (done, cpu) = checkouts(workload, opts, start, &procs).await;
+    // Ctrl-C stops the processes this run started before it exits.
+    let outcome = tokio::select! {
+        r = checkouts(workload, opts, start, &procs) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
     stack.stop_all().await;
     mongo.stop().await;
+    let Some((done, cpu)) = outcome else {
+        anyhow::bail!("interrupted");
+    };
     let blocks = blocks(&done, opts.block, start, &cpu);
     Ok(DriftReport {
         checkouts: done.len(),

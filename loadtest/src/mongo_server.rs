@@ -41,6 +41,14 @@ pub struct MongoServer {
 struct Own {
     child: Child,
     storage: PathBuf,
+    log: PathBuf,
+}
+
+impl Own {
+    fn remove_files(&self) {
+        let _ = std::fs::remove_dir_all(&self.storage);
+        let _ = std::fs::remove_file(&self.log);
+    }
 }
 
 impl MongoServer {
@@ -112,7 +120,11 @@ impl MongoServer {
         }
         Ok(Self {
             url: format!("mongodb://{addr}/?directConnection=true"),
-            own: Some(Own { child, storage }),
+            own: Some(Own {
+                child,
+                storage,
+                log: log_path,
+            }),
             discard: AtomicBool::new(false),
         })
     }
@@ -146,11 +158,11 @@ impl MongoServer {
         self.discard.store(true, Ordering::Relaxed);
     }
 
-    /// Kills the server and waits for it, then deletes its storage.
+    /// Kills the server and waits for it, then deletes its storage and log.
     pub async fn stop(mut self) {
         if let Some(mut o) = self.own.take() {
             let _ = o.child.kill().await;
-            let _ = std::fs::remove_dir_all(&o.storage);
+            o.remove_files();
         }
     }
 }
@@ -162,7 +174,7 @@ impl Drop for MongoServer {
         if let Some(mut o) = self.own.take() {
             let _ = o.child.start_kill();
             if self.discard.load(Ordering::Relaxed) {
-                let _ = std::fs::remove_dir_all(&o.storage);
+                o.remove_files();
             }
         }
     }
