@@ -9,6 +9,7 @@
 //! nothing about them.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -25,7 +26,7 @@ use crate::{
     experiment::{self, Params, Prepared},
     process_cpu::{self, Processes},
     scenario::Mix,
-    stats::{Latency, new_histogram},
+    stats::{Latency, Outcome, new_histogram},
     waterfall::{self, Metric},
 };
 
@@ -69,6 +70,8 @@ pub struct DriftReport {
     pub blocks: Vec<Block>,
     /// The last block's store time per checkout over the first's.
     pub last_vs_first: Option<f64>,
+    /// Failed checkouts by kind ("http_503", "timeout", ...).
+    pub errors: BTreeMap<String, usize>,
 }
 
 /// One finished checkout.
@@ -76,6 +79,8 @@ pub struct DriftReport {
 pub struct Done {
     pub at: Instant,
     pub ok: bool,
+    /// Why it failed.
+    pub error: Option<String>,
     pub latency: Duration,
     /// Store time from its Server-Timing (successful checkouts that carried one).
     pub store_ms: Option<f64>,
@@ -187,7 +192,12 @@ impl DriftReport {
                     "more than 10% apart"
                 }
             )),
-            None => out.push_str("\nfewer than two complete blocks: no ratio\n"),
+            None => out.push_str(
+                "\nno ratio: fewer than two complete blocks, or a block without a successful checkout\n",
+            ),
+        }
+        for (kind, n) in &self.errors {
+            out.push_str(&format!("failed checkouts: {n} {kind}\n"));
         }
         if let (Some(a), Some(b)) = (
             self.blocks.first().and_then(|b| b.mongodb_cpu_ms),
@@ -224,15 +234,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<DriftReport> {
     if let Some(pid) = mongo.pid() {
         procs.add("MongoDB server", pid, true);
     }
-    // Through the gateway without retries, breakers or short budgets: on a slow machine
-    // the default gateway's breakers open and answer fast refusals, which carry no store
-    // time; the closed model limits the load by itself.
-    let workload = ctx.shop(
-        &ctx.dep.gw_unprotected,
-        opts.users,
-        Mix::CHECKOUT,
-        &opts.strategy,
-    );
+    // Through the default gateway, as a customer would come. (The experiment's unprotected
+    // gateway, whose breakers could not refuse fast on a slow machine, answers checkouts
+    // 400 as of this writing.)
+    let workload = ctx.shop(&ctx.dep.gw, opts.users, Mix::CHECKOUT, &opts.strategy);
     eprintln!(
         "[drift] {} {} checkouts, {} users, blocks of {}",
         opts.checkouts, opts.strategy, opts.users, opts.block
@@ -255,6 +260,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<DriftReport> {
         strategy: opts.strategy.clone(),
         store,
         last_vs_first: last_vs_first(&blocks),
+        errors: done.iter().fold(BTreeMap::new(), |mut m, d| {
+            if let Some(e) = &d.error {
+                *m.entry(e.clone()).or_default() += 1;
+            }
+            m
+        }),
         blocks,
     })
 }
@@ -287,15 +298,17 @@ async fn checkouts(
                 }
                 let (_, op) = workload.call(n as u64, user);
                 let t = Instant::now();
-                let (ok, timing) =
+                let (error, timing) =
                     match tokio::time::timeout(timeout, waterfall::capture(op)).await {
-                        Ok((outcome, timing)) => (outcome.is_ok(), timing.filter(|_| outcome.is_ok())),
-                        Err(_) => (false, None),
+                        Ok((Outcome::Ok, timing)) => (None, timing),
+                        Ok((Outcome::Error(kind), _)) => (Some(kind), None),
+                        Err(_) => (Some("timeout".to_owned()), None),
                     };
                 let times = timing.as_deref().map(store_time);
                 let d = Done {
                     at: Instant::now(),
-                    ok,
+                    ok: error.is_none(),
+                    error,
                     latency: t.elapsed(),
                     store_ms: times.map(|t| t.0),
                     mongodb_ms: times.map(|t| t.1),
@@ -366,6 +379,7 @@ mod tests {
             .map(|i| Done {
                 at: start + Duration::from_millis(100 * (i + 1)),
                 ok: i != 3,
+                error: (i == 3).then(|| "http_503".to_owned()),
                 latency: Duration::from_millis(20),
                 // Failed checkouts carry no timing; store time grows by block.
                 store_ms: (i != 3).then_some(10.0 + (i / 10) as f64),
@@ -392,6 +406,7 @@ mod tests {
                 store: "test".into(),
                 blocks: b,
                 last_vs_first: Some(r),
+                errors: BTreeMap::from([("http_503".to_owned(), 1)]),
             }
             .text()
             .contains("last block / first: 1.100")
