@@ -292,9 +292,26 @@ pub(crate) async fn prepare(
                 ));
             }
         }
-        _ => setup.push(
-            "SHOP_STACK_STATE is not set (stores not started by scripts/stack), so the stores' CPU is not accounted.".into(),
-        ),
+        // Stores not started by scripts/stack: whoever listens on their loopback ports.
+        _ => {
+            let mut stores = vec![
+                ("PostgreSQL", "USER_DATABASE_URL"),
+                ("MariaDB", "PAYMENT_DATABASE_URL"),
+                ("Redis", "ITEM_REDIS_URL"),
+                ("NATS", "NATS_URL"),
+            ];
+            if !mongo.is_own() {
+                stores.push(("MongoDB server", "ITEM_MONGODB_URL"));
+            }
+            for (label, var) in stores {
+                match store_pid(var) {
+                    Some(pid) => procs.add(label, pid, true),
+                    None => setup.push(format!(
+                        "{label}'s CPU is not accounted: no process of this machine that loadtest can see listens on {var}'s port."
+                    )),
+                }
+            }
+        }
     }
 
     eprintln!("[loadtest] creating accounts and load-test items");
@@ -338,6 +355,13 @@ pub(crate) async fn prepare(
         ctx,
         setup,
     })
+}
+
+/// The process listening on the port of the store the environment variable names, if
+/// this machine runs it where loadtest can see it.
+fn store_pid(var: &str) -> Option<u32> {
+    let url = reqwest::Url::parse(&std::env::var(var).ok()?).ok()?;
+    process_cpu::listener_pid(url.port()?)
 }
 
 /// Runs the whole experiment and writes the report into `opts.out_dir`.

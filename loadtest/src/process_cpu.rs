@@ -102,6 +102,47 @@ impl Processes {
     }
 }
 
+/// The process listening on TCP `port` (any address), from `/proc/net/tcp{,6}` and every
+/// process's open sockets; none where it cannot be seen (another user's process without
+/// root, a container).
+pub fn listener_pid(port: u16) -> Option<u32> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .find_map(|t| listening_inode(&t, port))?;
+    let socket = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == socket.as_str()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// The inode of the listening socket on `port` in a `/proc/net/tcp` table (hex
+/// `address:port`, state `0A` = LISTEN, inode in the tenth column).
+fn listening_inode(table: &str, port: u16) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+        (*f.get(3)? == "0A" && local_port == port)
+            .then(|| f.get(9)?.parse().ok())
+            .flatten()
+    })
+}
+
 /// What the stack's state file calls a store, as the report names it.
 fn store_label(name: &str) -> String {
     match name {
@@ -267,6 +308,25 @@ mod tests {
                 ("nats".to_owned(), 44)
             ]
         );
+    }
+
+    #[test]
+    fn finds_the_listening_socket_of_a_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1
+";
+        assert_eq!(listening_inode(table, 8080), Some(4242));
+        assert_eq!(listening_inode(table, 8081), None);
+    }
+
+    #[test]
+    fn the_owner_of_a_listening_port_is_found() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert_eq!(listener_pid(port), Some(std::process::id()));
+        drop(l);
+        assert_eq!(listener_pid(port), None, "nobody listens once it is closed");
     }
 
     #[test]
