@@ -28,6 +28,9 @@ pub(crate) struct Deployment {
     pub shop: Option<Target>,
     /// The monolith's own gRPC listener (its FaultAdmin), when this run started it.
     pub shop_grpc: Option<String>,
+    /// item-service's MongoDB server and database.
+    pub mongo_url: String,
+    pub mongo_db: String,
     /// Every process's event streams and consumers live under this namespace
     /// (`SHOP_EVENTS_NAMESPACE`), so other shops on the same NATS server never mix in.
     pub events_namespace: String,
@@ -61,12 +64,15 @@ pub(crate) async fn start_stack(
     stack: &mut Stack,
     run_id: &str,
     shop_url: Option<&str>,
+    mongo_url: &str,
 ) -> anyhow::Result<(Deployment, Vec<String>)> {
     let mut setup = Vec::new();
     let jwt = format!("loadtest-{}-{}", run_id, uuid::Uuid::new_v4().simple());
     stack.common_env = vec![
         ("USER_JWT_SECRET".into(), jwt),
-        // A catalog of this run's own, so other runs' stock never interferes.
+        // A catalog of this run's own, so other runs' stock never interferes (on a
+        // server of the run's own, too, where one could be started).
+        ("ITEM_MONGODB_URL".into(), mongo_url.to_owned()),
         ("ITEM_MONGODB_DATABASE".into(), format!("loadtest_{run_id}")),
         // Streams and durable consumers of the run's own (used when NATS_URL is set).
         ("SHOP_EVENTS_NAMESPACE".into(), format!("loadtest_{run_id}")),
@@ -249,6 +255,8 @@ pub(crate) async fn start_stack(
             shop,
             shop_grpc,
             events_namespace: format!("loadtest_{run_id}"),
+            mongo_url: mongo_url.to_owned(),
+            mongo_db: format!("loadtest_{run_id}"),
         },
         setup,
     ))

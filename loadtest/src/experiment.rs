@@ -16,6 +16,8 @@ use crate::{
     deployment::{Deployment, start_stack},
     engine::{self, Measured, Model, RunSpec, Workload},
     http::{HttpPool, Target},
+    mongo_server::MongoServer,
+    process_cpu::{self, CpuSpent, Processes},
     report::{self, Machine, Report, Section},
     scenario::{Mix, ShopWorkload},
     sections::{self, with_faults_cleared},
@@ -60,6 +62,12 @@ pub(crate) struct Params {
     pub cache_rate: f64,
     pub calib_dur: Duration,
     pub calib_conns: usize,
+    /// Section 1: rounds of strategies and monolith interleaved, and each run's length.
+    pub rounds: usize,
+    pub round_warmup: Duration,
+    pub round_dur: Duration,
+    /// Calibration: conditional updates timed on the store alone.
+    pub store_updates: usize,
 }
 
 impl Params {
@@ -85,6 +93,10 @@ impl Params {
                 cache_rate: 40.0,
                 calib_dur: Duration::from_secs(1),
                 calib_conns: 8,
+                rounds: 2,
+                round_warmup: Duration::from_millis(200),
+                round_dur: Duration::from_millis(800),
+                store_updates: 200,
             }
         } else {
             // SecantusDB (a Python MongoDB) is the checkout bottleneck on this 2-core machine,
@@ -112,6 +124,12 @@ impl Params {
                 cache_rate: 200.0,
                 calib_dur: Duration::from_secs(10),
                 calib_conns: 32,
+                // 5 rounds of 4 runs of 1 + 6 s: about as long as the 6 runs of 2 + 15 s the
+                // section ran one after the other.
+                rounds: 5,
+                round_warmup: Duration::from_secs(1),
+                round_dur: Duration::from_secs(6),
+                store_updates: 1000,
             }
         }
     }
@@ -127,6 +145,8 @@ pub(crate) struct Ctx {
     pub buy_ids: Arc<Vec<String>>,
     pub tokens: Arc<Vec<String>>,
     pub notes: Vec<String>,
+    /// Every process of the stack, the stores and the generator, for CPU accounting.
+    pub procs: Processes,
 }
 
 const REQUIRED_ENV: [&str; 4] = [
@@ -176,15 +196,49 @@ impl Ctx {
         let spec = self.spec(name, Model::Open { rate }, warmup, dur);
         engine::run(&spec, self.shop(target, 512, Mix::CHECKOUT, strategy)).await
     }
+
+    /// [`Ctx::checkout_run`] with the CPU every process of the stack used during it (none
+    /// where `/proc` cannot be read).
+    pub async fn checkout_run_cpu(
+        &self,
+        name: &str,
+        target: &Target,
+        strategy: &str,
+        rate: f64,
+        warmup: Duration,
+        dur: Duration,
+    ) -> (Measured, Option<CpuSpent>) {
+        let before = self.procs.sample();
+        let m = self
+            .checkout_run(name, target, strategy, rate, warmup, dur)
+            .await;
+        let cpu = before
+            .zip(self.procs.sample())
+            .map(|(a, b)| process_cpu::spent(&a, &b, m.result.requests + m.result.warmup_requests));
+        (m, cpu)
+    }
 }
 
 fn wanted(opts: &Options, id: &str) -> bool {
     opts.only.is_empty() || opts.only.iter().any(|o| o == id)
 }
 
-/// Runs the whole experiment and writes the report into `opts.out_dir`.
-pub async fn run(opts: Options) -> anyhow::Result<Report> {
-    let t0 = Instant::now();
+/// The stack started for a run, with the accounts and items it measures with.
+pub(crate) struct Prepared {
+    pub stack: Stack,
+    pub mongo: MongoServer,
+    pub ctx: Ctx,
+    pub setup: Vec<String>,
+}
+
+/// Checks the environment and the binaries, starts the stack (with a MongoDB-wire server
+/// of the run's own where one can be started), and creates the accounts and items.
+pub(crate) async fn prepare(
+    bin_dir: &std::path::Path,
+    shop_url: Option<&str>,
+    p: Params,
+    progress: bool,
+) -> anyhow::Result<Prepared> {
     let missing: Vec<&str> = REQUIRED_ENV
         .iter()
         .copied()
@@ -192,7 +246,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         .collect();
     if !missing.is_empty() {
         anyhow::bail!(
-            "{} not set: start the stores first, e.g. `eval \"$(scripts/stack up)\"`, then run loadtest experiment again",
+            "{} not set: start the stores first, e.g. `eval \"$(scripts/stack up)\"`, then run loadtest again",
             missing.join(", ")
         );
     }
@@ -203,23 +257,62 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         "user-service",
         "gateway",
     ] {
-        if !opts.bin_dir.join(b).is_file() {
+        if !bin_dir.join(b).is_file() {
             anyhow::bail!(
                 "{} not found: build the services first (cargo build --release --workspace --bins)",
-                opts.bin_dir.join(b).display()
+                bin_dir.join(b).display()
             );
         }
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let log_dir = std::env::temp_dir().join(format!("loadtest-{run_id}"));
-    let mut stack = Stack::new(&opts.bin_dir, &log_dir)?;
+    let mut stack = Stack::new(bin_dir, &log_dir)?;
     let admin_email = format!("loadtest-admin-{run_id}@example.com");
     eprintln!(
         "[loadtest] starting the stack (logs in {})",
         log_dir.display()
     );
-    let (dep, mut setup) = start_stack(&mut stack, &run_id, opts.shop_url.as_deref()).await?;
-    let p = Params::new(opts.quick, opts.rate);
+    let mongo = MongoServer::start(&log_dir).await?;
+    let (dep, mut setup) = start_stack(&mut stack, &run_id, shop_url, &mongo.url).await?;
+    setup.push(format!("item-service's store: {}.", mongo.describe()));
+    let mut procs = Processes::default().with_generator();
+    for (name, pid) in stack.pids() {
+        procs.add(name, pid, false);
+    }
+    if let Some(pid) = mongo.pid() {
+        procs.add("SecantusDB (this run's)", pid, true);
+    }
+    match std::env::var("SHOP_STACK_STATE") {
+        // The stack's own SecantusDB idles when the run has its own.
+        Ok(f) if !f.is_empty() => {
+            let skip: &[&str] = if mongo.is_own() { &["secantus"] } else { &[] };
+            if let Err(e) = procs.add_stack_state(std::path::Path::new(&f), skip) {
+                setup.push(format!(
+                    "The stores' CPU is not accounted: reading {f}: {e:#}."
+                ));
+            }
+        }
+        // Stores not started by scripts/stack: whoever listens on their loopback ports.
+        _ => {
+            let mut stores = vec![
+                ("PostgreSQL", "USER_DATABASE_URL"),
+                ("MariaDB", "PAYMENT_DATABASE_URL"),
+                ("Redis", "ITEM_REDIS_URL"),
+                ("NATS", "NATS_URL"),
+            ];
+            if !mongo.is_own() {
+                stores.push(("MongoDB server", "ITEM_MONGODB_URL"));
+            }
+            for (label, var) in stores {
+                match store_pid(var) {
+                    Some(pid) => procs.add(label, pid, true),
+                    None => setup.push(format!(
+                        "{label}'s CPU is not accounted: no process of this machine that loadtest can see listens on {var}'s port."
+                    )),
+                }
+            }
+        }
+    }
 
     eprintln!("[loadtest] creating accounts and load-test items");
     let shop_admin = ShopAdmin::new(dep.gw.clone());
@@ -246,22 +339,48 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         BUY_ITEMS,
         tokens.len()
     ));
-    setup.push(format!(
-        "Mode {}: warm-up {:.1} s and {:.1} s measured per run; checkouts at {} req/s for sections 1-3; open model unless stated.",
-        if opts.quick { "quick" } else { "full" },
-        p.warmup.as_secs_f64(),
-        p.dur.as_secs_f64(),
-        p.rate
-    ));
-    let mut ctx = Ctx {
+    let ctx = Ctx {
         p,
-        progress: opts.progress,
+        progress,
         dep,
         browse_ids: Arc::new(browse_ids),
         buy_ids: Arc::new(buy_ids),
         tokens: Arc::new(tokens),
         notes: Vec::new(),
+        procs,
     };
+    Ok(Prepared {
+        stack,
+        mongo,
+        ctx,
+        setup,
+    })
+}
+
+/// The process listening on the port of the store the environment variable names, if
+/// this machine runs it where loadtest can see it.
+fn store_pid(var: &str) -> Option<u32> {
+    let url = reqwest::Url::parse(&std::env::var(var).ok()?).ok()?;
+    process_cpu::listener_pid(url.port()?)
+}
+
+/// Runs the whole experiment and writes the report into `opts.out_dir`.
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    let t0 = Instant::now();
+    let p = Params::new(opts.quick, opts.rate);
+    let Prepared {
+        mut stack,
+        mongo,
+        mut ctx,
+        mut setup,
+    } = prepare(&opts.bin_dir, opts.shop_url.as_deref(), p, opts.progress).await?;
+    setup.push(format!(
+        "Mode {}: warm-up {:.1} s and {:.1} s measured per run; checkouts at {} req/s for sections 1-3; open model unless stated.",
+        if opts.quick { "quick" } else { "full" },
+        ctx.p.warmup.as_secs_f64(),
+        ctx.p.dur.as_secs_f64(),
+        ctx.p.rate
+    ));
 
     // Every section runs through `with_faults_cleared`: whatever it injected is gone when it
     // ends, even if it failed or panicked, so it cannot leak into the next one.
@@ -351,6 +470,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         .filter_map(|id| done.remove(*id))
         .collect();
     stack.stop_all().await;
+    mongo.stop().await;
 
     let report = Report {
         title: "Shop: what synchronous call chains cost".into(),

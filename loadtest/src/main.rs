@@ -58,6 +58,35 @@ enum Command {
     Soak(SoakArgs),
     /// Check the stores' consistency (read-only): exit 0 consistent, 1 violations, 2 error.
     Check(check::Args),
+    /// Store drift benchmark: many checkouts in one run on a fresh stack, store time per
+    /// checkout for each block, the last block against the first (needs `scripts/stack up`).
+    Drift(DriftArgs),
+}
+
+#[derive(Parser)]
+struct DriftArgs {
+    /// Directory with the built binaries.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    #[arg(long, default_value_t = 5000)]
+    checkouts: usize,
+    /// Checkouts per block.
+    #[arg(long, default_value_t = 500)]
+    block: usize,
+    /// Closed-model users.
+    #[arg(long, default_value_t = 4)]
+    users: usize,
+    /// Checkout strategy: orchestrated | parallel | chained.
+    #[arg(long, default_value = "orchestrated")]
+    strategy: String,
+    /// Client-side timeout per checkout.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    timeout: Duration,
+    /// Write the blocks as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Parser)]
@@ -392,7 +421,27 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Crash(a) => crash(a).await,
         Command::Soak(a) => soak(a).await,
+        Command::Drift(a) => drift(a).await,
     }
+}
+
+async fn drift(a: DriftArgs) -> anyhow::Result<()> {
+    let report = loadtest::drift::run(&loadtest::drift::Options {
+        bin_dir: a.bin_dir,
+        checkouts: a.checkouts,
+        block: a.block,
+        users: a.users,
+        strategy: a.strategy,
+        timeout: a.timeout,
+        progress: !a.no_progress,
+    })
+    .await?;
+    print!("{}", report.text());
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 async fn soak(a: SoakArgs) -> anyhow::Result<()> {

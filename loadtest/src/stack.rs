@@ -152,6 +152,14 @@ impl Stack {
         }
     }
 
+    /// Every running process's name and pid (for CPU accounting).
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.procs
+            .iter()
+            .filter_map(|p| p.child.id().map(|id| (p.name.clone(), id)))
+            .collect()
+    }
+
     /// Stops one process by name (SIGKILL; the stack is throw-away).
     pub async fn stop(&mut self, name: &str) {
         if let Some(i) = self.procs.iter().position(|p| p.name == name) {

@@ -1,8 +1,14 @@
-//! The stores a crash run uses: throw-away databases on the local stack's servers (the
-//! URLs `scripts/stack up` exports), so the checker sees only this run's checkouts.
+//! The stores a crash run (and the soak) uses: throw-away databases on the local stack's
+//! SQL servers (the URLs `scripts/stack up` exports), so the checker sees only this run's
+//! checkouts, and a MongoDB-wire server of the run's own on a fresh storage directory
+//! (see [`crate::mongo_server`]), so no run inherits another's data.
+
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use sqlx::Connection as _;
+
+use crate::mongo_server::MongoServer;
 
 /// Where this run's data lives.
 #[derive(Debug, Clone)]
@@ -16,6 +22,8 @@ pub struct Stores {
     pub mongo_db: String,
     pub redis_url: Option<String>,
     pub(crate) created: Vec<Created>,
+    /// Stopped when the last clone goes.
+    pub mongo_server: Arc<MongoServer>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,7 +66,8 @@ impl Stores {
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
         let pg_base = env("USER_DATABASE_URL")?;
         let my_base = env("PAYMENT_DATABASE_URL")?;
-        let mongo_url = env("ITEM_MONGODB_URL")?;
+        // First: if it cannot start, no SQL database is left behind.
+        let mongo = MongoServer::start(&std::env::temp_dir()).await?;
         let user_db = format!("shop_user_c{suffix}");
         let pay_db = format!("shop_payment_c{suffix}");
 
@@ -82,7 +91,7 @@ impl Stores {
         Ok(Self {
             user_db_url: with_database(&pg_base, &user_db),
             payment_db_url: with_database(&my_base, &pay_db),
-            mongo_url,
+            mongo_url: mongo.url.clone(),
             mongo_db: format!("shop_item_c{suffix}"),
             redis_url: std::env::var("ITEM_REDIS_URL")
                 .ok()
@@ -97,6 +106,7 @@ impl Stores {
                     name: pay_db,
                 },
             ],
+            mongo_server: Arc::new(mongo),
         })
     }
 
@@ -117,15 +127,18 @@ impl Stores {
     /// Names, for the report (and for looking at the data after a failed run).
     pub fn describe(&self) -> String {
         format!(
-            "PostgreSQL {}, MariaDB {}, MongoDB {}",
+            "PostgreSQL {}, MariaDB {}, MongoDB {} on {}",
             db_of(&self.user_db_url),
             db_of(&self.payment_db_url),
-            self.mongo_db
+            self.mongo_db,
+            self.mongo_server.describe()
         )
     }
 
-    /// Drops the SQL databases (MongoDB's is left to the stack's throw-away data).
+    /// Drops the SQL databases; the run's own MongoDB server's storage goes with the server
+    /// (on a shared server the database is left to the stack's throw-away data).
     pub async fn drop_all(&self) {
+        self.mongo_server.discard_storage();
         for c in &self.created {
             let r: anyhow::Result<()> = async {
                 match c {

@@ -1,8 +1,16 @@
 //! Section 0, calibration: loadtest against `wrk` on the same endpoint, connections and
-//! duration, so the report shows whether the generator limits its own numbers.
+//! duration, so the report shows whether the generator limits its own numbers; and the
+//! MongoDB-wire store's own cost for one plain conditional update in the same run, so the
+//! checkouts' store time can be read against what the store costs by itself.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use anyhow::Context as _;
+use mongodb::bson::{Document, doc};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::{
@@ -11,7 +19,9 @@ use crate::{
     experiment::Ctx,
     http::HttpPool,
     report::{Section, Table, f_ms},
-    scenario, wrk,
+    scenario,
+    stats::{Latency, new_histogram},
+    wrk,
     wrk::WrkResult,
 };
 
@@ -89,7 +99,97 @@ pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Section> {
         (!have_wrk).then_some("`wrk` not found; apt-get install wrk"),
     );
     let pacing = pacing_check(ctx).await?;
-    Ok(with_pacing(base, &pacing))
+    let base = with_pacing(base, &pacing);
+    eprintln!("[loadtest] the store's own cost of a conditional update");
+    let db = format!("{}_calibration", ctx.dep.mongo_db);
+    let cost = store_cost(&ctx.dep.mongo_url, &db, ctx.p.store_updates).await?;
+    Ok(with_store_cost(base, &cost))
+}
+
+/// Documents in the store calibration's collection (about the size of the seeded catalog).
+const STORE_DOCS: usize = 1000;
+
+/// The store's own cost for one conditional update (`$inc` with a filter on the current
+/// value, as a stock take does), timed by a plain driver loop, one at a time.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreCost {
+    pub documents: usize,
+    /// All updates, in milliseconds.
+    pub latency: Latency,
+}
+
+/// Times `updates` conditional updates on a fresh collection of [`STORE_DOCS`] documents
+/// with only the `_id` index, in database `db` (dropped afterwards).
+pub async fn store_cost(url: &str, db: &str, updates: usize) -> anyhow::Result<StoreCost> {
+    let client = mongodb::Client::with_uri_str(url)
+        .await
+        .context("connecting to the MongoDB server")?;
+    let database = client.database(db);
+    let coll = database.collection::<Document>("conditional_updates");
+    let docs: Vec<Document> = (0..STORE_DOCS as i64)
+        .map(|i| doc! {"_id": i, "stock": 1_000_000_000_i64})
+        .collect();
+    coll.insert_many(docs)
+        .await
+        .context("creating the calibration collection")?;
+    let mut h = new_histogram();
+    for i in 0..updates {
+        let id = (i % STORE_DOCS) as i64;
+        let t = Instant::now();
+        let r = coll
+            .update_one(
+                doc! {"_id": id, "stock": {"$gte": 1_i64}},
+                doc! {"$inc": {"stock": -1_i64}},
+            )
+            .await
+            .context("conditional update")?;
+        let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if r.modified_count != 1 {
+            anyhow::bail!(
+                "the conditional update of document {id} changed {} documents, not 1",
+                r.modified_count
+            );
+        }
+        h.saturating_record(us.max(1));
+    }
+    database
+        .drop()
+        .await
+        .context("dropping the calibration database")?;
+    Ok(StoreCost {
+        documents: STORE_DOCS,
+        latency: Latency::of(&h),
+    })
+}
+
+/// Adds the store's own cost to the calibration section: a table, figures, a sentence.
+pub fn with_store_cost(mut s: Section, cost: &StoreCost) -> Section {
+    let l = &cost.latency;
+    let mut t = Table::new(
+        "The store's own cost: one conditional update ($inc with a filter) on a collection with only the _id index, plain driver loop, one at a time, on the run's MongoDB server",
+        &["updates", "documents", "p50", "p90", "p99", "max", "mean"],
+    );
+    t.row(vec![
+        l.count.to_string(),
+        cost.documents.to_string(),
+        f_ms(l.p50_ms),
+        f_ms(l.p90_ms),
+        f_ms(l.p99_ms),
+        f_ms(l.max_ms),
+        f_ms(l.mean_ms),
+    ]);
+    s.measurement.push_str(&format!(
+        " The store by itself: one conditional update costs p50 {} ms, p99 {} ms ({} updates on {} documents, measured in this run on the server the checkouts use), the floor under every stock change a checkout makes.",
+        f_ms(l.p50_ms),
+        f_ms(l.p99_ms),
+        l.count,
+        cost.documents
+    ));
+    if let Some(obj) = s.figures.as_object_mut() {
+        obj.insert("store_update".into(), json!(cost));
+    }
+    s.tables.push(t);
+    s
 }
 
 /// The open model's own error, measured on the cheapest call there is: Echo with one

@@ -9,6 +9,7 @@ use crate::{
     charts::{Chart, ChartSpec, Curve},
     engine::RunResult,
     experiment::Ctx,
+    process_cpu::CpuSpent,
     report::{Table, f_ms, f_pct},
 };
 
@@ -17,6 +18,46 @@ use crate::{
 pub struct SweepPoint {
     pub series: String,
     pub result: RunResult,
+    /// CPU every process used during the step (none where `/proc` is unreadable).
+    pub cpu: Option<CpuSpent>,
+}
+
+/// A step past what the deployment sustains: the tail explodes or requests fail.
+pub fn saturated(r: &RunResult) -> bool {
+    r.latency.p99_ms > 3000.0 || r.success_rate < 0.9
+}
+
+/// Per series, the process that used the most CPU at the knee (the first saturated step;
+/// the last step when none saturated).
+pub fn knee_prose(sweep: &[SweepPoint]) -> String {
+    let mut series: Vec<&str> = sweep.iter().map(|p| p.series.as_str()).collect();
+    series.dedup();
+    let parts: Vec<String> = series
+        .iter()
+        .filter_map(|s| {
+            let steps: Vec<&SweepPoint> = sweep.iter().filter(|p| p.series == *s).collect();
+            let knee = steps.iter().find(|p| saturated(&p.result));
+            let at = knee.or(steps.last())?;
+            let (name, cores, share) = at.cpu.as_ref()?.busiest()?;
+            let rate = at.result.offered_rps.unwrap_or(at.result.throughput_rps);
+            Some(format!(
+                "{s} {} {rate:.0}/s, where {name} used {cores:.2} cores ({:.0}% of the stack's CPU)",
+                if knee.is_some() {
+                    "saturated at"
+                } else {
+                    "did not saturate; at its last step,"
+                },
+                share * 100.0
+            ))
+        })
+        .collect();
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!(
+        " What saturates at the knee of the latency-vs-load sweep (the busiest process at the first saturated step): {}.",
+        parts.join("; ")
+    )
 }
 
 /// Latency vs offered load, run last: pushing past capacity leaves work behind (stock
@@ -42,8 +83,8 @@ pub(crate) async fn run(ctx: &mut Ctx) -> Vec<SweepPoint> {
     }
     for (series, target, strategy) in targets {
         for &r in &ctx.p.sweep.clone() {
-            let m = ctx
-                .checkout_run(
+            let (m, cpu) = ctx
+                .checkout_run_cpu(
                     &format!("{series} @ {r:.0}/s"),
                     &target,
                     strategy,
@@ -52,12 +93,13 @@ pub(crate) async fn run(ctx: &mut Ctx) -> Vec<SweepPoint> {
                     sweep_dur,
                 )
                 .await;
-            let saturated = m.result.latency.p99_ms > 3000.0 || m.result.success_rate < 0.9;
+            let stop = saturated(&m.result);
             sweep.push(SweepPoint {
                 series: series.clone(),
                 result: m.result,
+                cpu,
             });
-            if saturated {
+            if stop {
                 // Past saturation every further step only queues more; stop this series.
                 break;
             }

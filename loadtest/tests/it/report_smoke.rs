@@ -23,6 +23,7 @@ use loadtest::{
     admin::ShopAdmin,
     engine::{self, Measured, Model, RunSpec, Workload},
     http::{HttpPool, Target},
+    process_cpu::{CpuSpent, ProcessCpu},
     report::{self, Machine, Report, SECTION_IDS},
     scenario::{self, EP_GET, EP_LIST, Mix, ShopWorkload},
     sections::{
@@ -254,10 +255,27 @@ async fn open_and_closed_models_feed_a_complete_report() {
         item: 3.0,
         payment: 1.0,
     };
+    // Two interleaved rounds per strategy, and the CPU each process used over them.
+    let cpu = |gateway_ms: f64| CpuSpent {
+        wall_s: 2.0,
+        ops: 10,
+        by_process: vec![
+            ProcessCpu {
+                process: "gateway".into(),
+                cpu_ms: gateway_ms,
+            },
+            ProcessCpu {
+                process: "SecantusDB (this run's)".into(),
+                cpu_ms: 400.0,
+            },
+        ],
+    };
     let strategy = |label: &str, h: Option<Hops>| StrategyRun {
         label: label.into(),
         result: r.clone(),
         hops: h,
+        rounds: vec![r.clone(), slow.clone()],
+        cpu: Some(cpu(if h.is_some() { 100.0 } else { 0.0 })),
     };
     let sections = vec![
         sections::calibration(
@@ -284,10 +302,12 @@ async fn open_and_closed_models_feed_a_complete_report() {
                 SweepPoint {
                     series: "orchestrated".into(),
                     result: r.clone(),
+                    cpu: Some(cpu(100.0)),
                 },
                 SweepPoint {
                     series: "orchestrated".into(),
                     result: mixed.result.clone(),
+                    cpu: Some(cpu(100.0)),
                 },
             ],
         ),
@@ -424,6 +444,44 @@ async fn open_and_closed_models_feed_a_complete_report() {
             charts += 1;
         }
     }
+    // Section 1: the interleaved rounds side by side with their medians, where a
+    // checkout's CPU goes by process, and the busiest process named at the knee.
+    let hop = &json["sections"][1];
+    let caption = |start: &str| {
+        hop["tables"]
+            .as_array()
+            .expect("tables")
+            .iter()
+            .find(|t| t["caption"].as_str().is_some_and(|c| c.starts_with(start)))
+            .unwrap_or_else(|| panic!("no table {start:?} in {hop}"))
+            .clone()
+    };
+    let rounds = caption("Interleaved rounds");
+    let rows = rounds["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3, "two rounds and their median: {rows:?}");
+    assert_eq!(rows[2][0], "median of the rounds");
+    let cpu_rows = caption("Where a checkout's CPU goes")["rows"].clone();
+    let secantus = cpu_rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r[0] == "SecantusDB (this run's)")
+        .expect("a row per process");
+    // 400 ms over 10 checkouts, for every strategy and the monolith.
+    let cells: Vec<&str> = secantus.as_array().expect("row")[1..]
+        .iter()
+        .map(|c| c.as_str().expect("cell"))
+        .collect();
+    assert_eq!(cells, ["40.0"; 4]);
+    assert!(
+        hop["measurement"]
+            .as_str()
+            .expect("measurement")
+            .contains("where SecantusDB (this run's) used"),
+        "the knee's busiest process named: {}",
+        hop["measurement"]
+    );
+    assert!(dir.path().join("cpu_per_checkout.svg").is_file());
     for f in [
         "latency_per_strategy.svg",
         "latency_vs_load.svg",
