@@ -69,6 +69,8 @@ impl ItemService {
         let reservations = Reservations::new(&db, cache.clone(), config.reservation_ttl());
         store.ensure_indexes().await?;
         reservations.ensure_indexes().await?;
+        // Before serving: every replica's reads and reservations expect the current shape.
+        crate::migration::run(&db).await?;
         let events = match config.events.config() {
             Some(events) => {
                 let outbox = ReservationOutbox::new(&db);
@@ -145,11 +147,11 @@ impl ItemService {
         let more = docs.len() > size;
         docs.truncate(size);
         let next_page_token = match (more, docs.last()) {
-            (true, Some(last)) => cursor::encode(q.sort, &q.category, &q.query, last),
+            (true, Some(last)) => cursor::encode(q.sort, &q.category, &q.query, &last.doc),
             _ => String::new(),
         };
         Ok(pb::ListItemsResponse {
-            items: docs.iter().map(store::ItemDoc::to_pb).collect(),
+            items: docs.iter().map(store::Item::to_pb).collect(),
             page: Some(common::PageResponse { next_page_token }),
         })
     }
@@ -231,7 +233,7 @@ impl rpc::ItemService for ItemService {
             .cache
             .get_many(&ids, |missing| async move {
                 let docs = store.get_many(&missing).await?;
-                Ok(docs.iter().map(|d| (ItemId(d.id), d.to_pb())).collect())
+                Ok(docs.iter().map(|d| (ItemId(d.doc.id), d.to_pb())).collect())
             })
             .await?;
         let mut items = Vec::with_capacity(ids.len());
