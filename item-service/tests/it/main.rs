@@ -7,6 +7,7 @@ mod accounting;
 mod cache;
 mod checkout_events;
 mod harness;
+mod inventory;
 mod items;
 mod replicas;
 mod reservations;
