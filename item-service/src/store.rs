@@ -67,6 +67,12 @@ pub struct Item {
     pub stock: Option<StockDoc>,
 }
 
+/// Completes a catalog part ([`ItemDoc::catalog_pb`]) with the item's stock.
+pub fn with_stock(item: &mut pb::Item, stock: Option<&StockDoc>) {
+    item.stock = stock.map_or(0, |s| s.stock);
+    item.version += stock.map_or(0, |s| s.version);
+}
+
 impl Item {
     /// The served version: catalog edits plus stock movements, so it changes whenever
     /// anything served changes and never goes back (both counts only grow).
@@ -79,9 +85,8 @@ impl Item {
     }
 
     pub fn to_pb(&self) -> pb::Item {
-        let mut item = self.doc.to_pb();
-        item.stock = self.stock();
-        item.version = self.version();
+        let mut item = self.doc.catalog_pb();
+        with_stock(&mut item, self.stock.as_ref());
         item
     }
 }
@@ -114,8 +119,9 @@ impl ItemDoc {
         }
     }
 
-    /// The catalog fields; stock and version are the joined item's ([`Item::to_pb`]).
-    fn to_pb(&self) -> pb::Item {
+    /// The catalog fields, stock 0 and the catalog's version: what the catalog cache
+    /// holds; [`Item::to_pb`] adds the stock.
+    pub fn catalog_pb(&self) -> pb::Item {
         pb::Item {
             id: self.id.to_hex(),
             sku: self.sku.clone(),
@@ -420,13 +426,6 @@ impl ItemStore {
             .try_collect()
             .await
             .map_err(Error::mongo("reading items"))
-    }
-
-    /// The items among `ids` that exist, in no particular order: one `$in` on the
-    /// catalog, one on the stock.
-    pub async fn get_many(&self, ids: &[ItemId]) -> Result<Vec<Item>, Error> {
-        let docs = self.get_catalog_many(ids).await?;
-        self.join(docs).await
     }
 
     /// Joins catalog documents to their stock, one `$in` for all of them.

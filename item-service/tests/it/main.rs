@@ -6,6 +6,7 @@
 mod accounting;
 mod cache;
 mod checkout_events;
+mod costs;
 mod harness;
 mod inventory;
 mod items;
