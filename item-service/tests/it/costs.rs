@@ -35,11 +35,32 @@ fn mongo_commands(metrics: &str) -> BTreeMap<String, f64> {
     out
 }
 
+/// CPU seconds the local stack's SecantusDB process has used (`scripts/stack` records its
+/// pid in `$SHOP_STACK_STATE`); None when that cannot be read. Only meaningful while
+/// nothing else uses that server.
+fn store_cpu_secs() -> Option<f64> {
+    let state = std::fs::read_to_string(std::env::var("SHOP_STACK_STATE").ok()?).ok()?;
+    let pid = state
+        .lines()
+        .find_map(|l| l.strip_prefix("pid ")?.strip_suffix(" secantus"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime
+    // the 13th; clock ticks of 1/100 s on Linux.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 #[tokio::test]
 #[ignore = "a measurement: prints round trips per checkout"]
 async fn round_trips_of_an_orchestrated_checkout() {
-    const CHECKOUTS: usize = 40;
+    const CHECKOUTS: usize = 200;
     let app = spawn().await;
+    // The demo catalog beside the items bought, as in the load test.
+    item_service::seed_catalog(app.service.database())
+        .await
+        .expect("seed");
     let a = app
         .create("RT-A", "Round trip A", "c", 100, 1_000_000)
         .await;
@@ -48,7 +69,17 @@ async fn round_trips_of_an_orchestrated_checkout() {
         .await;
     for lines in [vec![a.id.clone()], vec![a.id.clone(), b.id.clone()]] {
         let mut on_path: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut cpu: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut mark = store_cpu_secs();
+        let mut charge = |what: &'static str| {
+            let now = store_cpu_secs();
+            if let (Some(a), Some(b)) = (mark, now) {
+                *cpu.entry(what).or_default() += b - a;
+            }
+            mark = now;
+        };
         let before = mongo_commands(&app.metrics().await);
+        let cpu_before = store_cpu_secs();
         for n in 0..CHECKOUTS {
             let rid = format!("rt-{}-{n}", lines.len());
             let mut c = app.client.clone();
@@ -59,6 +90,7 @@ async fn round_trips_of_an_orchestrated_checkout() {
                 .await
                 .expect("price");
             *on_path.entry("BatchGetItems").or_default() += round_trips(res.metadata(), "mongodb");
+            charge("BatchGetItems");
             let res = c
                 .reserve_stock(pb::ReserveStockRequest {
                     reservation_id: rid.clone(),
@@ -73,6 +105,7 @@ async fn round_trips_of_an_orchestrated_checkout() {
                 .await
                 .expect("reserve");
             *on_path.entry("ReserveStock").or_default() += round_trips(res.metadata(), "mongodb");
+            charge("ReserveStock");
             let res = c
                 .commit_reservation(pb::CommitReservationRequest {
                     reservation_id: rid,
@@ -81,11 +114,28 @@ async fn round_trips_of_an_orchestrated_checkout() {
                 .expect("commit");
             *on_path.entry("CommitReservation").or_default() +=
                 round_trips(res.metadata(), "mongodb");
+            charge("CommitReservation");
+            // Its settling, after the answer.
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            charge("settling");
         }
         // The commit's settling runs after its answer.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        for (what, secs) in &cpu {
+            println!(
+                "  CPU of {what:<18} {:.1} ms per checkout",
+                secs * 1000.0 / CHECKOUTS as f64
+            );
+        }
         let after = mongo_commands(&app.metrics().await);
+        let cpu_after = store_cpu_secs();
         println!("{} line(s), {CHECKOUTS} checkouts:", lines.len());
+        if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
+            println!(
+                "  SecantusDB CPU     {:.1} ms per checkout",
+                (a - b) * 1000.0 / CHECKOUTS as f64
+            );
+        }
         for (call, n) in &on_path {
             println!(
                 "  {call:<18} {:.2} round trips on the request path",
