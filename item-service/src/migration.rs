@@ -9,8 +9,10 @@
 //!   leaves both copies; the next start skips the copy and finishes the unset. Two
 //!   replicas copying the same item: one insert wins, the other is a duplicate and skipped.
 //! - **reservation indexes**: the two indexes the sweeper used before (`status_expiry`,
-//!   `unsettled`) are dropped, and reservations that may still need the sweeper get the
-//!   `due` field its one sparse index covers (see `reservations`).
+//!   `unsettled`) and the outbox's full indexes (`outbox_unpublished`, `outbox_id`, now
+//!   partial and sparse under new names, see `outbox`) are dropped, and reservations that
+//!   may still need the sweeper get the `due` field its one sparse index covers (see
+//!   `reservations`).
 //!
 //! Every step reads only what still needs doing, so a migrated database costs one empty
 //! query per step at start-up.
@@ -136,7 +138,12 @@ async fn stock_out_of_catalog(db: &Database) -> Result<Migrated, Error> {
 /// Drops the old sweeper indexes and gives open or unsettled reservations their `due`.
 async fn reservations_due(db: &Database) -> Result<u64, Error> {
     let reservations = db.collection::<Document>(RESERVATIONS);
-    for old in ["status_expiry", "unsettled"] {
+    for old in [
+        "status_expiry",
+        "unsettled",
+        "outbox_unpublished",
+        "outbox_id",
+    ] {
         match reservations.drop_index(old).await {
             Ok(()) => tracing::info!(index = old, "dropped an old reservation index"),
             // Gone already (or never there: a fresh database has no collection).
