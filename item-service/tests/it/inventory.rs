@@ -179,6 +179,18 @@ async fn an_old_shape_database_is_migrated_at_start_up_once_and_loses_nothing() 
     for (item, stock) in [(&a, 7), (&b, 1), (&c, 0)] {
         assert_eq!(r1.stock(&item.id).await, stock);
     }
+    // The reservation still holding stock is due for the sweeper at its expiry.
+    let held = db
+        .collection::<Document>("reservations")
+        .find_one(doc! { "_id": "old-held" })
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        held.get_datetime("due").ok(),
+        held.get_datetime("expires_at").ok()
+    );
+    assert!(held.get_datetime("due").is_ok());
     // Running it again changes nothing.
     let again = item_service::migration::run(&db)
         .await
