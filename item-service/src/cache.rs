@@ -6,6 +6,10 @@
 //!   MongoDB write (item updates and deletes, and every stock change made by reservations,
 //!   releases and the sweeper). Keeping stock out of the cached value would make every
 //!   GetItem read MongoDB anyway, i.e. no cache at all for the cart's pricing call.
+//! - The catalog part alone (stock 0, the catalog's version) is cached too, under
+//!   `shop:catalog:v1:{id}`, and only catalog edits drop it. A served item's entry goes at
+//!   every stock movement; its reload takes the catalog part from here and reads only the
+//!   item's stock (`inventory`, no secondary index) from MongoDB.
 //! - Not found is cached too, briefly (ids are server-generated and never reused, so a
 //!   negative entry only guards against bursts for unknown ids).
 //! - TTLs get +-20% jitter so entries written together do not expire together.
@@ -55,8 +59,31 @@ const BACKOFF: Duration = Duration::from_secs(1);
 /// When the second delete of an invalidation runs.
 const REDELETE_AFTER: Duration = Duration::from_millis(500);
 
+/// What an entry holds: the served item (catalog and stock), or its catalog part alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Item,
+    Catalog,
+}
+
+impl Entry {
+    fn key(self, id: ItemId) -> String {
+        match self {
+            Self::Item => format!("shop:item:v1:{}", id.hex()),
+            Self::Catalog => format!("shop:catalog:v1:{}", id.hex()),
+        }
+    }
+
+    /// The lookup counters are the served items' (what the load test compares).
+    fn count(self, result: &'static str, n: u64) {
+        if self == Self::Item {
+            count(result, n);
+        }
+    }
+}
+
 fn key(id: ItemId) -> String {
-    format!("shop:item:v1:{}", id.hex())
+    Entry::Item.key(id)
 }
 
 const LIST_PAGE: u8 = b'L';
@@ -277,7 +304,7 @@ impl Cache {
         let Some(inner) = &self.inner else {
             return load().await;
         };
-        let fill = match inner.lookup(&[id]).await {
+        let fill = match inner.lookup(Entry::Item, &[id]).await {
             Some(mut found) => match found.pop() {
                 Some(Lookup::Hit(item)) => {
                     count("hit", 1);
@@ -302,13 +329,13 @@ impl Cache {
                 // has filled Redis already.
                 if fill
                     && let Some(Some(Lookup::Hit(item))) =
-                        inner.lookup(&[id]).await.map(|mut v| v.pop())
+                        inner.lookup(Entry::Item, &[id]).await.map(|mut v| v.pop())
                 {
                     return Ok(item);
                 }
                 let loaded = load().await;
                 if fill && let Ok(item) = &loaded {
-                    inner.store(&[(id, item.as_ref())]).await;
+                    inner.store(Entry::Item, &[(id, item.as_ref())]).await;
                 }
                 loaded
             })
@@ -334,11 +361,39 @@ impl Cache {
         F: FnOnce(Vec<ItemId>) -> Fut,
         Fut: Future<Output = Result<Vec<(ItemId, pb::Item)>, Status>>,
     {
+        self.get_many_of(Entry::Item, ids, load).await
+    }
+
+    /// The catalog part of items (stock 0, the catalog's version), under keys of their
+    /// own that only catalog edits drop: a served item's entry goes at every stock
+    /// movement, and reloading it then needs only the item's stock from MongoDB.
+    pub async fn get_catalog_many<F, Fut>(
+        &self,
+        ids: &[ItemId],
+        load: F,
+    ) -> Result<HashMap<ItemId, pb::Item>, Status>
+    where
+        F: FnOnce(Vec<ItemId>) -> Fut,
+        Fut: Future<Output = Result<Vec<(ItemId, pb::Item)>, Status>>,
+    {
+        self.get_many_of(Entry::Catalog, ids, load).await
+    }
+
+    async fn get_many_of<F, Fut>(
+        &self,
+        entry: Entry,
+        ids: &[ItemId],
+        load: F,
+    ) -> Result<HashMap<ItemId, pb::Item>, Status>
+    where
+        F: FnOnce(Vec<ItemId>) -> Fut,
+        Fut: Future<Output = Result<Vec<(ItemId, pb::Item)>, Status>>,
+    {
         let Some(inner) = &self.inner else {
             return Ok(load(ids.to_vec()).await?.into_iter().collect());
         };
         let mut out = HashMap::with_capacity(ids.len());
-        let (misses, fill) = match inner.lookup(ids).await {
+        let (misses, fill) = match inner.lookup(entry, ids).await {
             Some(found) => {
                 let mut misses = Vec::new();
                 for (id, l) in ids.iter().zip(found) {
@@ -350,8 +405,8 @@ impl Cache {
                         _ => misses.push(*id),
                     }
                 }
-                count("hit", (ids.len() - misses.len()) as u64);
-                count("miss", misses.len() as u64);
+                entry.count("hit", (ids.len() - misses.len()) as u64);
+                entry.count("miss", misses.len() as u64);
                 (misses, true)
             }
             None => (ids.to_vec(), false),
@@ -363,7 +418,7 @@ impl Cache {
         if fill {
             let entries: Vec<(ItemId, Option<&pb::Item>)> =
                 misses.iter().map(|id| (*id, loaded.get(id))).collect();
-            inner.store(&entries).await;
+            inner.store(entry, &entries).await;
         }
         out.extend(loaded);
         Ok(out)
@@ -457,7 +512,10 @@ impl Cache {
         let Some(mut conn) = inner.conn.get().cloned() else {
             return;
         };
-        let keys: Vec<String> = ids.iter().map(|id| key(*id)).collect();
+        let keys: Vec<String> = ids
+            .iter()
+            .flat_map(|id| [Entry::Item.key(*id), Entry::Catalog.key(*id)])
+            .collect();
         let mut pipe = redis::pipe();
         if !keys.is_empty() {
             pipe.cmd("DEL").arg(&keys).ignore();
@@ -615,12 +673,12 @@ impl Inner {
     }
 
     /// MGET; None when Redis is unusable (counted as "error" or "bypass").
-    async fn lookup(&self, ids: &[ItemId]) -> Option<Vec<Lookup>> {
+    async fn lookup(&self, entry: Entry, ids: &[ItemId]) -> Option<Vec<Lookup>> {
         let Some(mut conn) = self.usable() else {
-            count("bypass", ids.len() as u64);
+            entry.count("bypass", ids.len() as u64);
             return None;
         };
-        let keys: Vec<String> = ids.iter().map(|id| key(*id)).collect();
+        let keys: Vec<String> = ids.iter().map(|id| entry.key(*id)).collect();
         let res = tokio::time::timeout(
             self.settings.op_timeout,
             redis::cmd("MGET")
@@ -666,14 +724,14 @@ impl Inner {
         ((base.as_millis() as f64 * jitter) as u64).max(1)
     }
 
-    async fn store(&self, entries: &[(ItemId, Option<&pb::Item>)]) {
+    async fn store(&self, entry: Entry, entries: &[(ItemId, Option<&pb::Item>)]) {
         let Some(mut conn) = self.usable() else {
             return;
         };
         let mut pipe = redis::pipe();
         for (id, item) in entries {
             pipe.cmd("SET")
-                .arg(key(*id))
+                .arg(entry.key(*id))
                 .arg(encode(*item))
                 .arg("PX")
                 .arg(self.ttl(item.is_some()))

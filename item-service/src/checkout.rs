@@ -336,7 +336,7 @@ impl Checkout {
     /// currencies refuses the order.
     async fn price(&self, order_id: &str, lines: &[Line]) -> Result<Verdict, Error> {
         let ids: Vec<_> = lines.iter().map(|l| l.item).collect();
-        let items = self.items.get_many(&ids).await?;
+        let items = self.items.get_catalog_many(&ids).await?;
         let by_id: HashMap<_, _> = items.iter().map(|i| (i.id, i)).collect();
         let mut priced = Vec::with_capacity(lines.len());
         let mut amount_cents = 0_i64;

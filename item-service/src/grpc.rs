@@ -69,6 +69,8 @@ impl ItemService {
         let reservations = Reservations::new(&db, cache.clone(), config.reservation_ttl());
         store.ensure_indexes().await?;
         reservations.ensure_indexes().await?;
+        // Before serving: every replica's reads and reservations expect the current shape.
+        crate::migration::run(&db).await?;
         let events = match config.events.config() {
             Some(events) => {
                 let outbox = ReservationOutbox::new(&db);
@@ -145,17 +147,59 @@ impl ItemService {
         let more = docs.len() > size;
         docs.truncate(size);
         let next_page_token = match (more, docs.last()) {
-            (true, Some(last)) => cursor::encode(q.sort, &q.category, &q.query, last),
+            (true, Some(last)) => cursor::encode(q.sort, &q.category, &q.query, &last.doc),
             _ => String::new(),
         };
         Ok(pb::ListItemsResponse {
-            items: docs.iter().map(store::ItemDoc::to_pb).collect(),
+            items: docs.iter().map(store::Item::to_pb).collect(),
             page: Some(common::PageResponse { next_page_token }),
         })
     }
 
     async fn load_one(&self, id: ItemId) -> Result<Option<pb::Item>, Status> {
-        Ok(self.inner.store.get(id).await?.map(|d| d.to_pb()))
+        Ok(self.load_items(vec![id]).await?.pop().map(|(_, item)| item))
+    }
+
+    /// Items as served, for the item cache's misses: the catalog part through its own
+    /// cache entries (only catalog edits drop them), the stock from MongoDB. So a miss
+    /// after a stock movement, the usual one, reads only `inventory`.
+    async fn load_items(&self, ids: Vec<ItemId>) -> Result<Vec<(ItemId, pb::Item)>, Status> {
+        let store = &self.inner.store;
+        let catalog = self
+            .inner
+            .cache
+            .get_catalog_many(&ids, |missing| async move {
+                let docs = match missing[..] {
+                    [id] => store.get_catalog(id).await?.into_iter().collect(),
+                    _ => store.get_catalog_many(&missing).await?,
+                };
+                Ok(docs
+                    .iter()
+                    .map(|d| (ItemId(d.id), d.catalog_pb()))
+                    .collect())
+            })
+            .await?;
+        let stock = match catalog.keys().copied().collect::<Vec<_>>()[..] {
+            [] => Default::default(),
+            [id] => store
+                .inventory()
+                .get(id)
+                .await?
+                .map(|s| (s.id, s))
+                .into_iter()
+                .collect(),
+            ref found => {
+                let found: Vec<_> = found.iter().map(|id| id.0).collect();
+                store.inventory().get_many(&found).await?
+            }
+        };
+        Ok(catalog
+            .into_iter()
+            .map(|(id, mut item)| {
+                store::with_stock(&mut item, stock.get(&id.0));
+                (id, item)
+            })
+            .collect())
     }
 }
 
@@ -225,14 +269,10 @@ impl rpc::ItemService for ItemService {
         request: Request<pb::BatchGetItemsRequest>,
     ) -> Result<Response<pb::BatchGetItemsResponse>, Status> {
         let ids = input::batch_ids(&request.get_ref().ids).map_err(field)?;
-        let store = &self.inner.store;
         let mut found = self
             .inner
             .cache
-            .get_many(&ids, |missing| async move {
-                let docs = store.get_many(&missing).await?;
-                Ok(docs.iter().map(|d| (ItemId(d.id), d.to_pb())).collect())
-            })
+            .get_many(&ids, |missing| self.load_items(missing))
             .await?;
         let mut items = Vec::with_capacity(ids.len());
         let mut missing_ids = Vec::new();

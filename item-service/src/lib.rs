@@ -15,6 +15,8 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod input;
+pub mod inventory;
+pub mod migration;
 pub mod outbox;
 pub mod reservations;
 pub mod seed;

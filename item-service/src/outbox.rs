@@ -83,20 +83,32 @@ impl ReservationOutbox {
         }
     }
 
+    /// Only reservations with an event have entries: unpublished ones in the relay's index
+    /// (partial), any with an event in the lookup by event id (sparse). A synchronous
+    /// checkout's reservation has none, so its status changes rewrite no entry here (a
+    /// MongoDB-wire server may rewrite every entry of a changed document). The names are
+    /// new: the start-up migration drops the full indexes of before.
     pub async fn ensure_indexes(&self) -> Result<(), Error> {
-        let named = |keys: Document, name: &str| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().name(name.to_owned()).build())
-                .build()
-        };
         self.reservations
             .create_indexes(vec![
-                named(
-                    doc! { "outbox.published": 1, "outbox.occurred_at": 1 },
-                    "outbox_unpublished",
-                ),
-                named(doc! { "outbox.id": 1 }, "outbox_id"),
+                IndexModel::builder()
+                    .keys(doc! { "outbox.occurred_at": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name("outbox_unpublished_only".to_owned())
+                            .partial_filter_expression(doc! { "outbox.published": false })
+                            .build(),
+                    )
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "outbox.id": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name("outbox_event_id".to_owned())
+                            .sparse(true)
+                            .build(),
+                    )
+                    .build(),
             ])
             .await
             .map_err(Error::mongo("creating outbox indexes"))?;

@@ -2,7 +2,8 @@
 //!
 //! No multi-document transactions. A reservation is a document in `reservations` (keyed by
 //! the caller's id, which makes ReserveStock idempotent: the insert of a second attempt hits
-//! the unique `_id`) plus one conditional single-document update per line on `items`:
+//! the unique `_id`) plus one conditional single-document update per line on the item's
+//! stock in `inventory` (never its catalog document, see [`crate::inventory`]):
 //!
 //! - take a line:  filter `{_id, stock >= qty, holds != rid}`, update `$inc stock -qty,
 //!   $push holds rid`. Atomic in MongoDB, never read-then-write, so stock cannot go
@@ -19,6 +20,13 @@
 //! actors exactly one wins and only the winner goes on to touch stock. `settled` records
 //! that the per-line work after a status change is done; the sweeper finishes it when a
 //! process died in between.
+//!
+//! The sweeper finds its work through one sparse index on `due`, a time present only
+//! while a reservation may need it: the hold's expiry while PENDING or RESERVED, and a
+//! grace period after a status change that leaves per-line work (COMMITTED, RELEASED);
+//! settling and rejecting remove it. A settled reservation has no index entry at all, and
+//! PENDING->RESERVED changes no indexed field. (Two indexes on `status, expires_at` and
+//! `settled, updated_at` did the same before, and every status change rewrote both.)
 //!
 //! The asynchronous checkout ([`crate::checkout`]) uses the same documents and per-line
 //! operations in smaller steps ([`Reservations::begin`], [`Reservations::take_lines`],
@@ -40,8 +48,9 @@ use crate::{
     cache::Cache,
     error::{Error, is_duplicate_key},
     input::{ItemId, Line, ReservationId},
+    inventory::INVENTORY,
     outbox::OutboxEvent,
-    store::{self, count_read},
+    store::count_read,
 };
 
 pub const RESERVATIONS: &str = "reservations";
@@ -96,6 +105,9 @@ pub struct ReservationDoc {
     pub settled: bool,
     pub created_at: DateTime,
     pub updated_at: DateTime,
+    /// When the sweeper should look at it, while it may need to (see the module comment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<DateTime>,
     /// The event announcing how an asynchronous checkout's reservation was decided
     /// (`stock.reserved` / `stock.refused`), written by the deciding status change itself.
     /// None on reservations of the synchronous checkout.
@@ -219,7 +231,9 @@ pub enum Decided {
 
 #[derive(Clone, Debug)]
 pub struct Reservations {
-    items: Collection<Document>,
+    /// The items' stock (`inventory`): the only collection besides `reservations` a
+    /// reservation writes.
+    stock: Collection<Document>,
     reservations: Collection<ReservationDoc>,
     cache: Cache,
     ttl: Duration,
@@ -252,18 +266,25 @@ fn now_plus(d: Duration) -> DateTime {
     )
 }
 
-fn now_minus(d: Duration) -> DateTime {
-    DateTime::from_millis(
-        DateTime::now()
-            .timestamp_millis()
-            .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(0)),
-    )
+/// The update of a status change to `to` setting `set`, with `due` as `to` needs it: a
+/// change that leaves per-line work (COMMITTED, RELEASED) is due after the grace period
+/// (the sweeper finishes it if this process dies first); REJECTED leaves none; RESERVED
+/// keeps the hold's expiry it had since PENDING.
+fn due_after(to: State, mut set: Document) -> Document {
+    match to {
+        State::Committed | State::Released => {
+            set.insert("due", now_plus(SETTLE_GRACE));
+            doc! { "$set": set }
+        }
+        State::Rejected => doc! { "$set": set, "$unset": { "due": "" } },
+        State::Pending | State::Reserved => doc! { "$set": set },
+    }
 }
 
 impl Reservations {
     pub fn new(db: &Database, cache: Cache, ttl: Duration) -> Self {
         Self {
-            items: db.collection(store::ITEMS),
+            stock: db.collection(INVENTORY),
             reservations: db.collection(RESERVATIONS),
             cache,
             ttl,
@@ -271,16 +292,17 @@ impl Reservations {
     }
 
     pub async fn ensure_indexes(&self) -> Result<(), Error> {
-        let named = |keys: Document, name: &str| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().name(name.to_owned()).build())
-                .build()
-        };
         self.reservations
             .create_indexes(vec![
-                named(doc! { "status": 1, "expires_at": 1 }, "status_expiry"),
-                named(doc! { "settled": 1, "updated_at": 1 }, "unsettled"),
+                IndexModel::builder()
+                    .keys(doc! { "due": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name("due".to_owned())
+                            .sparse(true)
+                            .build(),
+                    )
+                    .build(),
             ])
             .await
             .map_err(Error::mongo("creating reservation indexes"))?;
@@ -301,7 +323,7 @@ impl Reservations {
             .ok_or_else(|| Error::ReservationNotFound(id.to_owned()))
     }
 
-    // ----- per-line operations on items -----
+    // ----- per-line operations on the items' stock -----
 
     /// Takes one line; Ok(None) when taken (now or by an earlier attempt).
     async fn take(&self, rid: &str, line: &Line) -> Result<Option<Shortfall>, Error> {
@@ -310,12 +332,11 @@ impl Reservations {
         // attempts keep the "n left" answer honest.
         for _ in 0..3 {
             let res = self
-                .items
+                .stock
                 .update_one(
                     doc! { "_id": line.item.0, "stock": { "$gte": qty }, "holds": { "$ne": rid } },
                     doc! {
                         "$inc": { "stock": -qty, "version": 1_i64 },
-                        "$set": { "updated_at": DateTime::now() },
                         "$push": { "holds": rid },
                     },
                 )
@@ -326,7 +347,7 @@ impl Reservations {
             }
             count_read("reserve_check");
             let current = self
-                .items
+                .stock
                 .find_one(doc! { "_id": line.item.0 })
                 .projection(doc! { "stock": 1, "holds": 1 })
                 .await
@@ -359,12 +380,11 @@ impl Reservations {
 
     /// Puts one line back if (and only if) this reservation still holds it.
     async fn put_back(&self, rid: &str, line: &LineDoc) -> Result<(), Error> {
-        self.items
+        self.stock
             .update_one(
                 doc! { "_id": line.item_id, "holds": rid },
                 doc! {
                     "$inc": { "stock": i64::from(line.quantity), "version": 1_i64 },
-                    "$set": { "updated_at": DateTime::now() },
                     "$pull": { "holds": rid },
                 },
             )
@@ -375,7 +395,7 @@ impl Reservations {
 
     /// Makes one line final: the stock stays taken, the hold marker goes.
     async fn finalize(&self, rid: &str, line: &LineDoc) -> Result<(), Error> {
-        self.items
+        self.stock
             .update_one(
                 doc! { "_id": line.item_id, "holds": rid },
                 doc! { "$pull": { "holds": rid } },
@@ -405,12 +425,10 @@ impl Reservations {
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
         let mut set = doc! { "status": to.as_str(), "updated_at": DateTime::now() };
         set.extend(extra);
+        let update = due_after(to, set);
         let changed = self
             .reservations
-            .find_one_and_update(
-                doc! { "_id": id, "status": { "$in": from } },
-                doc! { "$set": set },
-            )
+            .find_one_and_update(doc! { "_id": id, "status": { "$in": from } }, update)
             .return_document(ReturnDocument::After)
             .await
             .map_err(Error::mongo("changing a reservation"))?;
@@ -424,11 +442,12 @@ impl Reservations {
         self.reservations
             .update_one(
                 doc! { "_id": &doc.id, "status": doc.status.as_str() },
-                doc! { "$set": { "settled": true } },
+                doc! { "$set": { "settled": true }, "$unset": { "due": "" } },
             )
             .await
             .map_err(Error::mongo("settling a reservation"))?;
         doc.settled = true;
+        doc.due = None;
         Ok(())
     }
 
@@ -460,17 +479,19 @@ impl Reservations {
     ) -> Result<ReservationDoc, Error> {
         let line_docs = line_docs(lines);
         let now = DateTime::now();
+        let expires_at = now_plus(self.ttl);
         let doc = ReservationDoc {
             id: rid.0.clone(),
             lines: line_docs.clone(),
             status: State::Pending,
-            expires_at: now_plus(self.ttl),
+            expires_at,
             reason: String::new(),
             reject_field: String::new(),
             reject_not_found: false,
             settled: false,
             created_at: now,
             updated_at: now,
+            due: Some(expires_at),
             outbox: None,
         };
         match self.reservations.insert_one(&doc).await {
@@ -721,17 +742,19 @@ impl Reservations {
         ttl: Duration,
     ) -> Result<Begun, Error> {
         let now = DateTime::now();
+        let expires_at = now_plus(ttl);
         let doc = ReservationDoc {
             id: rid.0.clone(),
             lines: line_docs(lines),
             status: State::Pending,
-            expires_at: now_plus(ttl),
+            expires_at,
             reason: String::new(),
             reject_field: String::new(),
             reject_not_found: false,
             settled: false,
             created_at: now,
             updated_at: now,
+            due: Some(expires_at),
             outbox: None,
         };
         match self.reservations.insert_one(&doc).await {
@@ -804,11 +827,16 @@ impl Reservations {
         let mut set =
             doc! { "status": to.as_str(), "updated_at": DateTime::now(), "outbox": event };
         set.extend(extra);
+        let update = if from == to {
+            doc! { "$set": set }
+        } else {
+            due_after(to, set)
+        };
         let decided = self
             .reservations
             .find_one_and_update(
                 doc! { "_id": &rid.0, "status": from.as_str(), "outbox": { "$exists": false } },
-                doc! { "$set": set },
+                update,
             )
             .return_document(ReturnDocument::After)
             .await
@@ -848,6 +876,7 @@ impl Reservations {
             settled: true,
             created_at: now,
             updated_at: now,
+            due: None,
             outbox: None,
         };
         match self.reservations.insert_one(&doc).await {
@@ -867,15 +896,18 @@ impl Reservations {
                 .reservations
                 .find_one_and_update(
                     doc! {
+                        "due": { "$lte": DateTime::now() },
                         "status": { "$in": [State::Reserved.as_str(), State::Pending.as_str()] },
-                        "expires_at": { "$lte": DateTime::now() },
                     },
-                    doc! { "$set": {
-                        "status": State::Released.as_str(),
-                        "reason": EXPIRED,
-                        "settled": false,
-                        "updated_at": DateTime::now(),
-                    } },
+                    due_after(
+                        State::Released,
+                        doc! {
+                            "status": State::Released.as_str(),
+                            "reason": EXPIRED,
+                            "settled": false,
+                            "updated_at": DateTime::now(),
+                        },
+                    ),
                 )
                 .return_document(ReturnDocument::After)
                 .await
@@ -887,16 +919,15 @@ impl Reservations {
             done += 1;
         }
         for _ in 0..SWEEP_BATCH {
-            // Claim by bumping updated_at, so another replica leaves it alone for a while.
+            // Claim by moving `due` on, so another replica leaves it alone for a while.
             let claimed = self
                 .reservations
                 .find_one_and_update(
                     doc! {
-                        "settled": false,
+                        "due": { "$lte": DateTime::now() },
                         "status": { "$in": [State::Committed.as_str(), State::Released.as_str()] },
-                        "updated_at": { "$lte": now_minus(SETTLE_GRACE) },
                     },
-                    doc! { "$set": { "updated_at": DateTime::now() } },
+                    doc! { "$set": { "updated_at": DateTime::now(), "due": now_plus(SETTLE_GRACE) } },
                 )
                 .return_document(ReturnDocument::After)
                 .await
@@ -915,6 +946,9 @@ impl Reservations {
     pub async fn held(&self) -> Result<u64, Error> {
         self.reservations
             .count_documents(doc! {
+                // Every holding reservation has a `due`: the range keeps the count on the
+                // sparse index (settled ones have no entry) instead of a collection scan.
+                "due": { "$gte": DateTime::from_millis(0) },
                 "status": { "$in": [State::Reserved.as_str(), State::Pending.as_str()] },
             })
             .await

@@ -3,14 +3,18 @@
 //! so a re-run inserts only what is missing and never touches existing items (whose stock
 //! may have moved since).
 
+use std::collections::HashSet;
+
+use futures::TryStreamExt;
 use mongodb::{
     Database,
-    bson::{Bson, DateTime, doc},
+    bson::{Bson, DateTime, Document, doc},
 };
 
 use crate::{
     error::{Error, is_duplicate_key},
     input::{NewItem, Sku},
+    inventory::StockDoc,
     store::{ItemDoc, ItemStore},
 };
 
@@ -343,19 +347,67 @@ pub async fn seed_catalog(db: &Database) -> Result<SeedReport, Error> {
     {
         return Ok(SeedReport { total, inserted: 0 });
     }
+    // Only what is missing: the stock of a new item is written before its catalog
+    // document (as `ItemStore::insert` does), so an item never shows without stock.
+    let present: HashSet<String> = store
+        .collection()
+        .clone_with_type::<Document>()
+        .find(doc! { "sku": { "$in": items.iter().map(|i| Bson::String(i.sku.0.clone())).collect::<Vec<_>>() } })
+        .projection(doc! { "sku": 1, "_id": 0 })
+        .await
+        .map_err(Error::mongo("reading seeded items"))?
+        .try_collect::<Vec<Document>>()
+        .await
+        .map_err(Error::mongo("reading seeded items"))?
+        .iter()
+        .filter_map(|d| d.get_str("sku").ok().map(str::to_owned))
+        .collect();
     let now = DateTime::now();
-    let docs: Vec<ItemDoc> = items.into_iter().map(|i| ItemDoc::new(i, now)).collect();
-    // Unordered: a duplicate SKU (already seeded) fails alone and the rest goes in.
-    let inserted = match store.collection().insert_many(&docs).ordered(false).await {
-        Ok(r) => r.inserted_ids.len(),
+    let (docs, stock): (Vec<ItemDoc>, Vec<StockDoc>) = items
+        .into_iter()
+        .filter(|i| !present.contains(&i.sku.0))
+        .map(|i| {
+            let units = i.stock;
+            let doc = ItemDoc::new(i, now);
+            let stock = StockDoc::new(doc.id, units);
+            (doc, stock)
+        })
+        .unzip();
+    if docs.is_empty() {
+        return Ok(SeedReport { total, inserted: 0 });
+    }
+    store
+        .inventory()
+        .collection()
+        .insert_many(&stock)
+        .await
+        .map_err(Error::mongo("seeding stock"))?;
+    // Unordered: a duplicate SKU (a seeder racing this one) fails alone and the rest goes
+    // in; the stock written for the losers is dropped again.
+    let failed: Vec<usize> = match store.collection().insert_many(&docs).ordered(false).await {
+        Ok(_) => Vec::new(),
         Err(e) if is_duplicate_key(&e) => match e.kind.as_ref() {
-            mongodb::error::ErrorKind::InsertMany(m) => docs
-                .len()
-                .saturating_sub(m.write_errors.as_ref().map_or(0, Vec::len)),
-            _ => 0,
+            mongodb::error::ErrorKind::InsertMany(m) => {
+                m.write_errors.iter().flatten().map(|w| w.index).collect()
+            }
+            _ => (0..docs.len()).collect(),
         },
         Err(e) => return Err(Error::mongo("seeding items")(e)),
     };
+    let orphans: Vec<Bson> = failed
+        .iter()
+        .filter_map(|&i| docs.get(i))
+        .map(|d| Bson::ObjectId(d.id))
+        .collect();
+    if !orphans.is_empty() {
+        store
+            .inventory()
+            .collection()
+            .delete_many(doc! { "_id": { "$in": orphans } })
+            .await
+            .map_err(Error::mongo("dropping stock of items seeded elsewhere"))?;
+    }
+    let inserted = docs.len() - failed.len();
     Ok(SeedReport { total, inserted })
 }
 

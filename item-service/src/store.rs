@@ -1,7 +1,14 @@
-//! The `items` collection: documents, indexes, and every read and write on it.
+//! The `items` collection (the catalog): documents, indexes, and every read and write on
+//! it, joined with each item's stock from [`crate::inventory`] for what is served.
 //!
 //! Plain `mongodb` driver code that runs unchanged on a real mongod and on SecantusDB.
-//! No multi-document transactions: stock changes are single-document conditional updates.
+//! No multi-document transactions: every write is a single-document conditional update.
+//!
+//! An item is two documents with the same `_id`: its catalog document here and its stock
+//! in `inventory`. Creating one writes the stock first, then the catalog document, so a
+//! crash in between leaves only stock nobody can see or reserve (its id was never
+//! answered); deleting removes the catalog document first. A catalog document without
+//! stock (not created by this code) is served as out of stock.
 
 use mongodb::event::{EventHandler, command::CommandEvent};
 use std::time::Duration;
@@ -20,6 +27,7 @@ use crate::{
     cursor::{Cursor, Sort},
     error::{Error, is_duplicate_key},
     input::{ItemId, ItemPatch, NewItem},
+    inventory::{Inventory, StockChange, StockDoc},
 };
 
 pub const ITEMS: &str = "items";
@@ -43,21 +51,44 @@ pub struct ItemDoc {
     pub description: String,
     pub category: String,
     pub price: PriceDoc,
-    pub stock: i64,
-    /// Every unit ever put into stock: the initial stock plus every restock (an admin stock
-    /// change adds its delta). Reservations move `stock` but never this, so for every item
-    /// `stock_received = stock + units held + units committed` (what `loadtest check`
-    /// verifies). None on items created before the field existed: those are not accounted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stock_received: Option<i64>,
     pub image_url: String,
     pub created_at: DateTime,
+    /// The last catalog edit (stock movements do not change it).
     pub updated_at: DateTime,
+    /// Catalog edits so far (1 when created).
     pub version: i64,
-    /// Ids of the reservations holding stock of this item. Makes taking and putting back a
-    /// reservation line idempotent per reservation (see `reservations`). Never served.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub holds: Vec<String>,
+}
+
+/// An item as served: its catalog document joined with its stock.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub doc: ItemDoc,
+    /// None only for a catalog document without stock (served as out of stock).
+    pub stock: Option<StockDoc>,
+}
+
+/// Completes a catalog part ([`ItemDoc::catalog_pb`]) with the item's stock.
+pub fn with_stock(item: &mut pb::Item, stock: Option<&StockDoc>) {
+    item.stock = stock.map_or(0, |s| s.stock);
+    item.version += stock.map_or(0, |s| s.version);
+}
+
+impl Item {
+    /// The served version: catalog edits plus stock movements, so it changes whenever
+    /// anything served changes and never goes back (both counts only grow).
+    pub fn version(&self) -> i64 {
+        self.doc.version + self.stock.as_ref().map_or(0, |s| s.version)
+    }
+
+    pub fn stock(&self) -> i64 {
+        self.stock.as_ref().map_or(0, |s| s.stock)
+    }
+
+    pub fn to_pb(&self) -> pb::Item {
+        let mut item = self.doc.catalog_pb();
+        with_stock(&mut item, self.stock.as_ref());
+        item
+    }
 }
 
 fn timestamp(d: DateTime) -> prost_types::Timestamp {
@@ -81,17 +112,16 @@ impl ItemDoc {
                 amount_minor: item.price.amount_minor(),
                 currency: item.price.currency().code().to_owned(),
             },
-            stock: item.stock,
-            stock_received: Some(item.stock),
             image_url: item.image_url,
             created_at: now,
             updated_at: now,
             version: 1,
-            holds: Vec::new(),
         }
     }
 
-    pub fn to_pb(&self) -> pb::Item {
+    /// The catalog fields, stock 0 and the catalog's version: what the catalog cache
+    /// holds; [`Item::to_pb`] adds the stock.
+    pub fn catalog_pb(&self) -> pb::Item {
         pb::Item {
             id: self.id.to_hex(),
             sku: self.sku.clone(),
@@ -102,7 +132,7 @@ impl ItemDoc {
                 amount_minor: self.price.amount_minor,
                 currency: self.price.currency.clone(),
             }),
-            stock: self.stock,
+            stock: 0,
             image_url: self.image_url.clone(),
             created_at: Some(timestamp(self.created_at)),
             updated_at: Some(timestamp(self.updated_at)),
@@ -116,9 +146,10 @@ pub fn count_read(op: &'static str) {
     metrics::counter!("item_mongo_reads_total", "op" => op).increment(1);
 }
 
-/// Served items never carry the internal `holds` list.
+/// Catalog documents from before the inventory collection held their stock themselves;
+/// reads leave those fields out (the start-up migration moves them, see `migration`).
 fn public() -> Document {
-    doc! { "holds": 0 }
+    doc! { "stock": 0, "stock_received": 0, "holds": 0 }
 }
 
 /// Escapes regex metacharacters so a user's search text matches literally.
@@ -142,6 +173,13 @@ pub async fn connect(url: &str, database: &str) -> anyhow::Result<Database> {
     opts.server_selection_timeout
         .get_or_insert(Duration::from_secs(5));
     opts.connect_timeout.get_or_insert(Duration::from_secs(5));
+    // No retryable writes unless the URL asks for them (`retryWrites=true`). Every write
+    // here is safe to repeat by design (unique reservation ids, per-reservation hold
+    // markers, status changes conditional on the status expected), and callers retry
+    // what failed; the driver's own retry bookkeeping (a transaction number per write)
+    // made each write cost SecantusDB 13-18 ms of CPU instead of 0.4-0.8 ms (measured
+    // with a plain driver loop, see docs/architecture.md).
+    opts.retry_writes.get_or_insert(false);
     // Every command is one round trip to MongoDB: the driver reports each (in the calling
     // task), so the request's Server-Timing and the store histogram count them all,
     // cursor batches included; and, when traces are on, each is a span of the request
@@ -164,6 +202,7 @@ pub async fn connect(url: &str, database: &str) -> anyhow::Result<Database> {
 #[derive(Clone, Debug)]
 pub struct ItemStore {
     items: Collection<ItemDoc>,
+    inventory: Inventory,
 }
 
 /// What ListItems asks the store for.
@@ -180,7 +219,12 @@ impl ItemStore {
     pub fn new(db: &Database) -> Self {
         Self {
             items: db.collection(ITEMS),
+            inventory: Inventory::new(db),
         }
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
     }
 
     pub fn collection(&self) -> &Collection<ItemDoc> {
@@ -229,18 +273,50 @@ impl ItemStore {
         Ok(())
     }
 
-    pub async fn insert(&self, item: NewItem) -> Result<ItemDoc, Error> {
+    /// Creates an item: its stock first, then its catalog document (see the module
+    /// comment for why in this order).
+    pub async fn insert(&self, item: NewItem) -> Result<Item, Error> {
+        let stock = item.stock;
         let doc = ItemDoc::new(item, DateTime::now());
+        let stock = StockDoc::new(doc.id, stock);
+        self.inventory.insert(&stock).await?;
         match self.items.insert_one(&doc).await {
-            Ok(_) => Ok(doc),
-            Err(e) if is_duplicate_key(&e) => Err(Error::DuplicateSku(doc.sku)),
-            Err(e) => Err(Error::mongo("inserting an item")(e)),
+            Ok(_) => Ok(Item {
+                doc,
+                stock: Some(stock),
+            }),
+            Err(e) => {
+                // Nobody can reach the stock of an item that was never answered; dropping
+                // it keeps the collection tidy (a failure here leaves it harmless).
+                if let Err(drop) = self.inventory.delete(doc.id).await {
+                    tracing::debug!(error = %platform::telemetry::chain(&drop), "dropping the stock of an item not created");
+                }
+                if is_duplicate_key(&e) {
+                    Err(Error::DuplicateSku(doc.sku))
+                } else {
+                    Err(Error::mongo("inserting an item")(e))
+                }
+            }
         }
     }
 
-    /// Applies a patch if the item is still at `expected_version`.
-    pub async fn update(&self, patch: ItemPatch) -> Result<ItemDoc, Error> {
-        let mut set = doc! { "updated_at": DateTime::now() };
+    /// Applies a patch if the item is still at `expected_version` (the served version:
+    /// catalog edits plus stock movements).
+    ///
+    /// A stock change writes only the item's stock; catalog fields only its catalog
+    /// document. A patch with both writes the stock first (conditional on the stock and
+    /// its version as read, so a reservation in between makes it a version conflict with
+    /// nothing changed), then the catalog (conditional on the catalog version). Only a
+    /// concurrent catalog edit landing between those two writes can leave the stock set
+    /// and the catalog fields not; that answers a version conflict like any other.
+    pub async fn update(&self, patch: ItemPatch) -> Result<Item, Error> {
+        let Some(current) = self.get(patch.id).await? else {
+            return Err(Error::ItemNotFound(patch.id.hex()));
+        };
+        if current.version() != patch.expected_version {
+            return Err(self.conflict(&patch, current.version()));
+        }
+        let mut set = doc! {};
         if let Some(n) = &patch.name {
             set.insert("name", n);
             set.insert("name_lc", n.to_lowercase());
@@ -257,90 +333,62 @@ impl ItemStore {
         if let Some(u) = &patch.image_url {
             set.insert("image_url", u);
         }
-        let Some(stock) = patch.stock else {
-            let filter = doc! { "_id": patch.id.0, "version": patch.expected_version };
-            let update = doc! { "$set": set, "$inc": { "version": 1_i64 } };
-            return self.apply_update(&patch, filter, update).await;
+        let catalog_edit = !set.is_empty() || patch.stock.is_none();
+        let mut stock = current.stock.clone();
+        if let Some(new_stock) = patch.stock {
+            let change = StockChange {
+                stock: new_stock,
+                bump: !catalog_edit,
+            };
+            match self
+                .inventory
+                .set_stock(patch.id, current.stock.as_ref(), change)
+                .await?
+            {
+                Some(after) => stock = Some(after),
+                None => return Err(self.reread_conflict(&patch).await),
+            }
+        }
+        let doc = if catalog_edit {
+            set.insert("updated_at", DateTime::now());
+            let updated = self
+                .items
+                .find_one_and_update(
+                    doc! { "_id": patch.id.0, "version": current.doc.version },
+                    doc! { "$set": set, "$inc": { "version": 1_i64 } },
+                )
+                .return_document(ReturnDocument::After)
+                .projection(public())
+                .await
+                .map_err(Error::mongo("updating an item"))?;
+            match updated {
+                Some(doc) => doc,
+                None => return Err(self.reread_conflict(&patch).await),
+            }
+        } else {
+            current.doc
         };
-        // A stock change is a restock (or a write-off): `stock_received` moves by the same
-        // delta in the same single-document update. The delta needs the current stock, so
-        // the update is conditional on the stock read (compare-and-set): a reservation
-        // moving the stock in between makes it miss instead of being counted twice.
-        set.insert("stock", stock);
-        for _ in 0..3 {
-            let Some(current) = self.get(patch.id).await? else {
-                return Err(Error::ItemNotFound(patch.id.hex()));
-            };
-            if current.version != patch.expected_version {
-                return Err(Error::VersionConflict {
-                    id: patch.id.hex(),
-                    expected: patch.expected_version,
-                    current: current.version,
-                });
-            }
-            let mut inc = doc! { "version": 1_i64 };
-            let mut filter = doc! {
-                "_id": patch.id.0,
-                "version": patch.expected_version,
-                "stock": current.stock,
-            };
-            // Items from before the field existed stay unaccounted rather than get a
-            // count that would start from a delta.
-            if current.stock_received.is_some() {
-                inc.insert("stock_received", stock - current.stock);
-                filter.insert("stock_received", doc! { "$exists": true });
-            } else {
-                filter.insert("stock_received", doc! { "$exists": false });
-            }
-            let update = doc! { "$set": set.clone(), "$inc": inc };
-            match self.try_update(filter, update).await? {
-                Some(doc) => return Ok(doc),
-                // Moved under us (the stock, or the version: reported by the next read).
-                None => continue,
-            }
-        }
-        Err(Error::Aborted(
-            platform::ErrorReason::ConcurrentChange,
-            format!(
-                "stock of item {} is changing too fast; retry",
-                patch.id.hex()
-            ),
-        ))
+        Ok(Item { doc, stock })
     }
 
-    async fn try_update(
-        &self,
-        filter: Document,
-        update: Document,
-    ) -> Result<Option<ItemDoc>, Error> {
-        self.items
-            .find_one_and_update(filter, update)
-            .return_document(ReturnDocument::After)
-            .projection(public())
-            .await
-            .map_err(Error::mongo("updating an item"))
-    }
-
-    /// One conditional update; when it did not apply, says why (gone or another version).
-    async fn apply_update(
-        &self,
-        patch: &ItemPatch,
-        filter: Document,
-        update: Document,
-    ) -> Result<ItemDoc, Error> {
-        if let Some(doc) = self.try_update(filter, update).await? {
-            return Ok(doc);
-        }
-        match self.get(patch.id).await? {
-            None => Err(Error::ItemNotFound(patch.id.hex())),
-            Some(current) => Err(Error::VersionConflict {
-                id: patch.id.hex(),
-                expected: patch.expected_version,
-                current: current.version,
-            }),
+    fn conflict(&self, patch: &ItemPatch, current: i64) -> Error {
+        Error::VersionConflict {
+            id: patch.id.hex(),
+            expected: patch.expected_version,
+            current,
         }
     }
 
+    /// A conditional write missed: says why (gone, or another version now).
+    async fn reread_conflict(&self, patch: &ItemPatch) -> Error {
+        match self.get(patch.id).await {
+            Ok(None) => Error::ItemNotFound(patch.id.hex()),
+            Ok(Some(current)) => self.conflict(patch, current.version()),
+            Err(e) => e,
+        }
+    }
+
+    /// Deletes the catalog document, then the stock (see the module comment).
     pub async fn delete(&self, id: ItemId) -> Result<(), Error> {
         let res = self
             .items
@@ -350,10 +398,20 @@ impl ItemStore {
         if res.deleted_count == 0 {
             return Err(Error::ItemNotFound(id.hex()));
         }
-        Ok(())
+        self.inventory.delete(id.0).await
     }
 
-    pub async fn get(&self, id: ItemId) -> Result<Option<ItemDoc>, Error> {
+    /// One item, catalog and stock (two reads by `_id`).
+    pub async fn get(&self, id: ItemId) -> Result<Option<Item>, Error> {
+        let Some(doc) = self.get_catalog(id).await? else {
+            return Ok(None);
+        };
+        let stock = self.inventory.get(id).await?;
+        Ok(Some(Item { doc, stock }))
+    }
+
+    /// One catalog document, without its stock.
+    pub async fn get_catalog(&self, id: ItemId) -> Result<Option<ItemDoc>, Error> {
         count_read("get");
         self.items
             .find_one(doc! { "_id": id.0 })
@@ -362,8 +420,9 @@ impl ItemStore {
             .map_err(Error::mongo("reading an item"))
     }
 
-    /// The items among `ids` that exist, in no particular order.
-    pub async fn get_many(&self, ids: &[ItemId]) -> Result<Vec<ItemDoc>, Error> {
+    /// The catalog documents among `ids` that exist, in no particular order, without
+    /// their stock (pricing needs none).
+    pub async fn get_catalog_many(&self, ids: &[ItemId]) -> Result<Vec<ItemDoc>, Error> {
         count_read("get_many");
         let ids: Vec<Bson> = ids.iter().map(|i| Bson::ObjectId(i.0)).collect();
         self.items
@@ -376,8 +435,22 @@ impl ItemStore {
             .map_err(Error::mongo("reading items"))
     }
 
-    /// One page (plus one item, to tell whether another page follows).
-    pub async fn list(&self, q: &ListQuery) -> Result<Vec<ItemDoc>, Error> {
+    /// Joins catalog documents to their stock, one `$in` for all of them.
+    async fn join(&self, docs: Vec<ItemDoc>) -> Result<Vec<Item>, Error> {
+        let ids: Vec<ObjectId> = docs.iter().map(|d| d.id).collect();
+        let mut stock = self.inventory.get_many(&ids).await?;
+        Ok(docs
+            .into_iter()
+            .map(|doc| Item {
+                stock: stock.remove(&doc.id),
+                doc,
+            })
+            .collect())
+    }
+
+    /// One page (plus one item, to tell whether another page follows), joined with its
+    /// stock in one more round trip.
+    pub async fn list(&self, q: &ListQuery) -> Result<Vec<Item>, Error> {
         let mut clauses = Vec::new();
         if !q.category.is_empty() {
             clauses.push(doc! { "category": &q.category });
@@ -389,7 +462,7 @@ impl ItemStore {
             let key = match &after.key {
                 Some(k) => k.clone(),
                 // The token had no room for the key: read it from the anchor item.
-                None => match self.get(ItemId(after.id)).await? {
+                None => match self.get_catalog(ItemId(after.id)).await? {
                     Some(anchor) => q.sort.key_of(&anchor),
                     None => {
                         return Err(platform::FieldError::new(
@@ -408,7 +481,8 @@ impl ItemStore {
             _ => doc! { "$and": clauses },
         };
         count_read("list");
-        self.items
+        let docs = self
+            .items
             .find(filter)
             .sort(q.sort.sort_doc())
             .limit(i64::from(q.limit) + 1)
@@ -417,7 +491,8 @@ impl ItemStore {
             .map_err(Error::mongo("listing items"))?
             .try_collect()
             .await
-            .map_err(Error::mongo("listing items"))
+            .map_err(Error::mongo("listing items"))?;
+        self.join(docs).await
     }
 }
 

@@ -11,17 +11,17 @@ use tonic::Code;
 
 use crate::harness::*;
 
-/// `stock_received` as stored (None when the item has no such field).
+/// `stock_received` as stored with the item's stock (None when it has no such field).
 async fn received(app: &TestApp, id: &str) -> Option<i64> {
     let oid = ObjectId::parse_str(id).expect("item id");
     let item = app
         .service
         .database()
-        .collection::<Document>("items")
+        .collection::<Document>("inventory")
         .find_one(doc! { "_id": oid })
         .await
-        .expect("read the item")
-        .expect("the item exists");
+        .expect("read the item's stock")
+        .expect("the item's stock exists");
     item.get_i64("stock_received").ok()
 }
 
@@ -177,7 +177,7 @@ async fn items_without_the_count_stay_without_it() {
     let oid = ObjectId::parse_str(&item.id).expect("item id");
     app.service
         .database()
-        .collection::<Document>("items")
+        .collection::<Document>("inventory")
         .update_one(
             doc! { "_id": oid },
             doc! { "$unset": { "stock_received": "" } },

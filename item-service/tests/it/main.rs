@@ -6,7 +6,9 @@
 mod accounting;
 mod cache;
 mod checkout_events;
+mod costs;
 mod harness;
+mod inventory;
 mod items;
 mod replicas;
 mod reservations;

@@ -401,11 +401,11 @@ async fn stored_state(app: &TestApp, rid: &str, item_id: &str) -> (Vec<String>, 
     let db = app.service.database();
     let oid = ObjectId::parse_str(item_id).expect("item id");
     let item = db
-        .collection::<Document>("items")
+        .collection::<Document>("inventory")
         .find_one(doc! { "_id": oid })
         .await
-        .expect("read item")
-        .expect("item exists");
+        .expect("read the item's stock")
+        .expect("the item's stock exists");
     let holds = item
         .get_array("holds")
         .map(|h| {
@@ -492,7 +492,9 @@ async fn the_sweeper_settles_a_commit_whose_process_died_before_settling() {
     app.reserve("died-a", &[(&item.id, 2)])
         .await
         .expect("reserve");
-    // What a process leaves that died right after RESERVED->COMMITTED, a while ago.
+    // What a process leaves that died right after RESERVED->COMMITTED, a while ago (its
+    // grace period, `due`, long over).
+    let then = DateTime::now().timestamp_millis() - 120_000;
     app.service
         .database()
         .collection::<Document>("reservations")
@@ -501,7 +503,8 @@ async fn the_sweeper_settles_a_commit_whose_process_died_before_settling() {
             doc! { "$set": {
                 "status": "committed",
                 "settled": false,
-                "updated_at": DateTime::from_millis(DateTime::now().timestamp_millis() - 120_000),
+                "updated_at": DateTime::from_millis(then),
+                "due": DateTime::from_millis(then + 30_000),
             } },
         )
         .await

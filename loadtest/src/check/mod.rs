@@ -1,6 +1,6 @@
 //! `loadtest check`: the consistency checker. Reads every store read-only (user-service's
 //! orders in PostgreSQL, payment-service's payments and refunds in MariaDB, item-service's
-//! items and reservations in MongoDB) and reports each violation of the rules that say no
+//! items, their stock in `inventory` and reservations in MongoDB) and reports each violation of the rules that say no
 //! money is kept without an order and no stock goes missing:
 //!
 //! - a: every SUCCEEDED payment with nothing refunded has its order placed with that
@@ -40,7 +40,7 @@ pub struct Urls {
     pub payment_database_url: String,
     /// item-service's MongoDB server.
     pub item_mongodb_url: String,
-    /// The MongoDB database holding `items` and `reservations`.
+    /// The MongoDB database holding `items`, `inventory` and `reservations`.
     pub item_mongodb_database: String,
 }
 
@@ -221,7 +221,7 @@ pub struct Args {
         hide_env_values = true
     )]
     pub item_mongodb_url: String,
-    /// The database holding item-service's `items` and `reservations`.
+    /// The database holding item-service's `items`, `inventory` and `reservations`.
     #[arg(long, env = "ITEM_MONGODB_DATABASE", default_value = "shop_item")]
     pub item_mongodb_database: String,
     /// How long recovery may take to finish an abandoned checkout (user-service's

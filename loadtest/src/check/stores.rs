@@ -76,7 +76,7 @@ pub struct Reservation {
     pub lines: Vec<(String, i64)>,
 }
 
-/// An `items` document (item-service).
+/// An item's stock (item-service's `inventory`, with the SKU from `items`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
     pub id: String,
@@ -272,8 +272,12 @@ impl Stores {
         Ok((payments, refunds))
     }
 
+    /// Every item's stock, from `inventory` (one document per item, keyed by its id),
+    /// with the SKU from the catalog (`items`). A catalog document still holding stock
+    /// itself (a database item-service has not migrated yet) is read as it is; stock
+    /// without a catalog document (an item whose creation died half-way) is judged too.
     async fn items(&self) -> anyhow::Result<Vec<Item>> {
-        let docs: Vec<Document> = self
+        let catalog: Vec<Document> = self
             .mongo
             .collection::<Document>("items")
             .find(doc! {})
@@ -281,23 +285,43 @@ impl Stores {
             .await?
             .try_collect()
             .await?;
-        Ok(docs
+        let stock: Vec<Document> = self
+            .mongo
+            .collection::<Document>("inventory")
+            .find(doc! {})
+            .projection(doc! { "stock": 1, "stock_received": 1, "holds": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        let mut stock: std::collections::HashMap<String, Document> =
+            stock.into_iter().map(|d| (id_of(&d), d)).collect();
+        let item = |id: String, sku: &str, d: &Document| Item {
+            id,
+            sku: sku.to_owned(),
+            stock: int(d.get("stock")).unwrap_or(0),
+            stock_received: int(d.get("stock_received")),
+            holds: d
+                .get_array("holds")
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let mut items: Vec<Item> = catalog
             .iter()
-            .map(|d| Item {
-                id: id_of(d),
-                sku: d.get_str("sku").unwrap_or_default().to_owned(),
-                stock: int(d.get("stock")).unwrap_or(0),
-                stock_received: int(d.get("stock_received")),
-                holds: d
-                    .get_array("holds")
-                    .map(|h| {
-                        h.iter()
-                            .filter_map(|v| v.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+            .map(|c| {
+                let id = id_of(c);
+                let sku = c.get_str("sku").unwrap_or_default();
+                match stock.remove(&id) {
+                    Some(s) => item(id, sku, &s),
+                    None => item(id, sku, c),
+                }
             })
-            .collect())
+            .collect();
+        items.extend(stock.into_iter().map(|(id, s)| item(id, "", &s)));
+        Ok(items)
     }
 
     async fn reservations(&self) -> anyhow::Result<Vec<Reservation>> {

@@ -341,7 +341,7 @@ async fn stock_changed_behind_the_services_back_is_reported() {
     let oid = ObjectId::parse_str(&shop.item_id).expect("item id");
     mongo(&shop)
         .await
-        .collection::<Document>("items")
+        .collection::<Document>("inventory")
         .update_one(doc! { "_id": oid }, doc! { "$inc": { "stock": -2_i64 } })
         .await
         .expect("lose two units");
