@@ -19,6 +19,9 @@ pub struct UserServer {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub database_url: String,
+    /// This replica's checkout recovery (the same state its background loop uses): a test
+    /// runs rounds itself and sees what each one claimed and how it ended.
+    pub recovery: user_service::recovery::Recovery,
 }
 
 impl UserServer {
@@ -48,6 +51,7 @@ pub fn config(database_url: &str) -> Config {
         recovery_interval_ms: 200,
         recovery_call_timeout_ms: 2000,
         recovery_stuck_secs: 60,
+        recovery_batch: 50,
         request_timeout_ms: 10_000,
         faults: String::new(),
         log_json: false,
@@ -99,10 +103,12 @@ pub async fn spawn_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -> Us
         .expect("user-service builds against the local stack");
     let grpc_addr = app.grpc_addr();
     let metrics_addr = app.metrics_addr();
+    let recovery = app.service().recovery();
     UserServer {
         server: Running::spawn(grpc_addr, |stop| app.run_until_stopped(stop)),
         grpc_addr,
         metrics_addr,
         database_url: database_url.to_owned(),
+        recovery,
     }
 }

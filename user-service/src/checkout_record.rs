@@ -425,6 +425,12 @@ impl Store {
     /// `SKIP LOCKED` and the lease condition keep several replicas off the same rows.
     /// Asynchronous checkouts have no lease and no driver to outlive: the event stream
     /// moves them on.
+    ///
+    /// The locking subquery is an `ARRAY(...)` (an InitPlan, run once). As `IN (SELECT ...)`
+    /// PostgreSQL planned it as a nested-loop semi-join that re-ran it for every outer row;
+    /// each re-run skipped the rows the statement had just updated and locked the next ones,
+    /// so one round claimed every due checkout, not `limit` (limit 4, 8 due: 8 claimed, and
+    /// a second replica's concurrent round got none).
     pub async fn claim_abandoned(
         &self,
         token: Uuid,
@@ -435,10 +441,10 @@ impl Store {
         let sql = format!(
             "UPDATE orders SET lease_token = $1, \
              lease_until = now() + $2 * interval '1 millisecond', attempts = attempts + 1 \
-             WHERE order_id IN (SELECT order_id FROM orders \
+             WHERE order_id = ANY(ARRAY(SELECT order_id FROM orders \
                  WHERE status IN ('pending', 'cancelling') AND lease_until < now() \
                  AND strategy <> 'async' \
-                 ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED)) \
              AND status IN ('pending', 'cancelling') AND lease_until < now() \
              RETURNING {ORDER_COLUMNS}"
         );

@@ -77,6 +77,9 @@ pub struct Config {
     /// An unfinished checkout older than this counts as stuck (metric checkout_recovery_stuck).
     #[arg(long, env = "USER_RECOVERY_STUCK_SECS", default_value_t = 60)]
     pub recovery_stuck_secs: u64,
+    /// Abandoned checkouts one recovery round claims at most (at least 1).
+    #[arg(long, env = "USER_RECOVERY_BATCH", default_value_t = 50)]
+    pub recovery_batch: i64,
     /// Upper bound for any one request, in milliseconds.
     #[arg(long, env = "USER_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
@@ -117,7 +120,7 @@ impl Config {
             interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
             call_timeout: Duration::from_millis(self.recovery_call_timeout_ms.max(10)),
             stuck_after: Duration::from_secs(self.recovery_stuck_secs),
-            batch: 50,
+            batch: self.recovery_batch.max(1),
         }
     }
 

@@ -4,7 +4,7 @@
 //! here is the test itself: it begins the record and makes the steps a gateway would have
 //! made, through the services' real gRPC APIs, then stops, as a killed gateway would.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -18,6 +18,7 @@ use shop_proto::{
     },
     user::v1::{BeginCheckoutRequest, Order, user_service_client::UserServiceClient},
 };
+use user_service::recovery::Action;
 
 use crate::common::*;
 
@@ -254,16 +255,29 @@ async fn recovered(s: &Stack, action: &str) -> f64 {
 }
 
 /// Two user-service replicas run the recovery over one database: every abandoned
-/// checkout is finished once (one charge, no refund, the stock taken once).
+/// checkout is claimed by exactly one of them and finished once (one charge, no refund, the
+/// stock taken once), and both take their share. The test drives the rounds itself: every
+/// recovery loop of the stack (its own user-service and both replicas) waits 10 minutes
+/// between rounds (its first round runs at start, before anything is abandoned), so
+/// nothing but the two concurrent rounds below claims these checkouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_finish_each_abandoned_checkout_once() {
-    let s = stack().await;
-    let replica = test_support::user::spawn_on(&s.user_database_url, |c| {
-        c.payment_service_url = s.payment.addr.into();
-        c.item_service_url = s.item.addr.into();
-        c.recovery_interval_ms = 50;
+    const IDLE_MS: u64 = 600_000;
+    let s = stack_with(Options {
+        user: Box::new(|c| c.recovery_interval_ms = IDLE_MS),
+        ..Options::default()
     })
     .await;
+    let replica = || {
+        test_support::user::spawn_on(&s.user_database_url, |c| {
+            c.payment_service_url = s.payment.addr.into();
+            c.item_service_url = s.item.addr.into();
+            c.recovery_interval_ms = IDLE_MS;
+            // Half the abandoned checkouts per round.
+            c.recovery_batch = 4;
+        })
+    };
+    let (a, b) = (replica().await, replica().await);
     let admin = s.admin().await;
     let item = s.create_item(&admin, "Spoon", 300, 20).await;
     let (token, user_id) = s.customer().await;
@@ -285,18 +299,75 @@ async fn two_replicas_finish_each_abandoned_checkout_once() {
             .await,
         );
     }
+    let ids: Vec<uuid::Uuid> = abandoned
+        .iter()
+        .map(|a| uuid::Uuid::parse_str(&a.order_id).expect("order id"))
+        .collect();
+    let db = sqlx::PgPool::connect(&s.user_database_url)
+        .await
+        .expect("user-service's database");
+    // Every lease has run out and nothing has claimed any of them yet.
+    test_support::eventually(Duration::from_secs(10), || async {
+        let due: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orders WHERE order_id = ANY($1) \
+             AND status = 'pending' AND attempts = 1 AND lease_until < now()",
+        )
+        .bind(&ids)
+        .fetch_one(&db)
+        .await
+        .expect("due checkouts");
+        (due == 8).then_some(())
+    })
+    .await;
+
+    // One round on each replica at once: SKIP LOCKED hands each its own four.
+    let (from_a, from_b) = tokio::join!(a.recovery.round(), b.recovery.round());
+    let (from_a, from_b) = (
+        from_a.expect("replica a's round"),
+        from_b.expect("replica b's round"),
+    );
+    let forward = |done: &[(uuid::Uuid, Action)]| {
+        assert!(
+            done.iter().all(|(_, action)| *action == Action::Forward),
+            "{done:?}"
+        );
+        done.iter().map(|(id, _)| *id).collect::<BTreeSet<_>>()
+    };
+    let (share_a, share_b) = (forward(&from_a), forward(&from_b));
+    assert_eq!(
+        (from_a.len(), from_b.len(), share_a.len(), share_b.len()),
+        (4, 4, 4, 4),
+        "each replica claims and finishes four: a {from_a:?}, b {from_b:?}"
+    );
+    assert!(
+        share_a.is_disjoint(&share_b),
+        "a {share_a:?}, b {share_b:?}"
+    );
+    assert_eq!(
+        share_a.union(&share_b).copied().collect::<BTreeSet<_>>(),
+        ids.iter().copied().collect::<BTreeSet<_>>()
+    );
+    // Nothing is left to claim.
+    let (again_a, again_b) = tokio::join!(a.recovery.round(), b.recovery.round());
+    assert_eq!(
+        (
+            again_a.expect("a's next round"),
+            again_b.expect("b's next round")
+        ),
+        (vec![], vec![])
+    );
+
     for a in &abandoned {
-        let shown = settled(&s, &token, &a.order_id).await;
-        assert_eq!(shown["order"]["status"], "placed", "{shown}");
+        let shown = s
+            .get(&format!("/api/orders/{}", a.order_id), Some(&token))
+            .await;
+        assert_eq!(shown.body["order"]["status"], "placed", "{:?}", shown.body);
     }
     let stats = s.card.stats();
     assert_eq!((stats.charges_succeeded, stats.refunds_created), (8, 0));
     assert_eq!(s.stock_of(item["id"].as_str().expect("id")).await, 12);
     // Finished once each: one claim per checkout between the two replicas (a claim adds an
     // attempt to the stored record; the dead driver's was the first) and one forward finish.
-    let db = sqlx::PgPool::connect(&s.user_database_url)
-        .await
-        .expect("user-service's database");
     for a in &abandoned {
         let attempts: i32 =
             sqlx::query_scalar("SELECT attempts FROM orders WHERE order_id = $1::uuid")
@@ -312,7 +383,7 @@ async fn two_replicas_finish_each_abandoned_checkout_once() {
     }
     assert_eq!(recovered(&s, "claimed").await - claimed_before, 8.0);
     assert_eq!(recovered(&s, "forward").await - forward_before, 8.0);
-    drop(replica);
+    drop((a, b));
 }
 
 /// A client that retries after its first attempt died gets the order (the retry resumes the

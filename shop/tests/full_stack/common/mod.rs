@@ -33,6 +33,7 @@ pub const NO_FUNDS_CARD: &str = "4000 0000 0000 9995";
 pub struct Options {
     pub gateway: Box<dyn FnOnce(&mut gateway::Config) + Send>,
     pub item: Box<dyn FnOnce(&mut item_service::Config) + Send>,
+    pub user: Box<dyn FnOnce(&mut user_service::Config) + Send>,
     /// Puts user-, item- and payment-service on the stack's NATS, in a namespace of this
     /// stack's own (the asynchronous checkout); off, they run without an event stream.
     pub events: bool,
@@ -43,6 +44,7 @@ impl Default for Options {
         Self {
             gateway: Box::new(|_| {}),
             item: Box::new(|_| {}),
+            user: Box::new(|_| {}),
             events: false,
         }
     }
@@ -213,6 +215,7 @@ pub async fn stack_with(opts: Options) -> Stack {
         Default::default()
     };
     let tweak_item = opts.item;
+    let tweak_user = opts.user;
     let item_events = events.clone();
     let item = item::spawn_with(move |c| {
         c.events = item_events;
@@ -232,6 +235,7 @@ pub async fn stack_with(opts: Options) -> Stack {
         c.payment_service_url = payment.grpc_addr.into();
         c.item_service_url = item.grpc_addr.into();
         c.events = events;
+        tweak_user(c);
     })
     .await;
 
