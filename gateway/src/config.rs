@@ -154,6 +154,22 @@ impl Config {
         let floor = self.checkout_budget() * 2 + Duration::from_secs(1);
         Duration::from_millis(self.checkout_lease_ms).max(floor)
     }
+    /// Refuses a checkout budget whose lease user-service would refuse on every checkout
+    /// (it must cover the checkout and its compensation: twice the budget plus 1 s).
+    pub fn check_checkout_lease(&self) -> anyhow::Result<()> {
+        let max = platform::cart::MAX_CHECKOUT_LEASE;
+        if self.checkout_lease() > max {
+            anyhow::bail!(
+                "GATEWAY_CHECKOUT_BUDGET_MS={} (or GATEWAY_CHECKOUT_LEASE_MS={}) needs a checkout lease of {} ms, over user-service's limit of {} ms: use a budget of at most {} ms",
+                self.checkout_budget_ms,
+                self.checkout_lease_ms,
+                self.checkout_lease().as_millis(),
+                max.as_millis(),
+                (max.as_millis() - 1000) / 2
+            );
+        }
+        Ok(())
+    }
     pub fn read_budget(&self) -> Duration {
         Duration::from_millis(self.read_budget_ms)
     }
@@ -229,5 +245,24 @@ mod tests {
         .to_string();
         assert!(err.contains("PAYMENT_SERVICE_URL"), "{err}");
         assert!(err.contains("\"127.0.0.1:2\" has no scheme"), "{err}");
+    }
+
+    /// A budget whose record lease user-service would refuse is refused at start, naming
+    /// the setting (every checkout answered 400 before).
+    #[test]
+    fn a_checkout_budget_beyond_the_lease_limit_fails_at_start() {
+        let budget = |ms: &str| {
+            Config::parse_from(
+                ["gateway", "--checkout-budget-ms", ms]
+                    .into_iter()
+                    .chain(SECRET),
+            )
+            .check_checkout_lease()
+        };
+        let err = budget("60000").expect_err("a 121 s lease").to_string();
+        assert!(err.contains("GATEWAY_CHECKOUT_BUDGET_MS=60000"), "{err}");
+        assert!(err.contains("at most 59500 ms"), "{err}");
+        budget("59500").expect("a lease of exactly 120 s");
+        budget("2000").expect("the default");
     }
 }

@@ -49,6 +49,7 @@ impl Application {
     /// As [`build`](Self::build), with the services reached through `transports` (the
     /// monolith passes in-process ones).
     pub async fn build_with(config: Config, transports: Transports) -> anyhow::Result<Self> {
+        config.check_checkout_lease()?;
         // The metrics recorder before the downstreams: their breakers and retry budgets
         // publish their starting values when created, which a later recorder would miss.
         platform::metrics::handle();

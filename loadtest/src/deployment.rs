@@ -184,14 +184,14 @@ pub(crate) async fn start_stack(
     env.extend([
         ("GATEWAY_RETRIES", "off".into()),
         ("GATEWAY_BREAKERS", "off".into()),
-        ("GATEWAY_CHECKOUT_BUDGET_MS", "60000".into()),
+        ("GATEWAY_CHECKOUT_BUDGET_MS", "55000".into()),
         ("GATEWAY_READ_BUDGET_MS", "60000".into()),
     ]);
     stack
         .start("gateway-unprotected", "gateway", &env, gw_un)
         .await?;
     setup.push(format!(
-        "Processes: card-gateway, item-service (ITEM_CACHE=on) and a second one with ITEM_CACHE=off, payment-service and a second one with a 60 s card-gateway timeout and no card breaker, user-service, and three gateways: defaults (retries on, breakers on, 2 s checkout budget), retries off, and unprotected (no retries, no breakers, 60 s budgets). Each on free 127.0.0.1 ports, logs in {}.",
+        "Processes: card-gateway, item-service (ITEM_CACHE=on) and a second one with ITEM_CACHE=off, payment-service and a second one with a 60 s card-gateway timeout and no card breaker, user-service, and three gateways: defaults (retries on, breakers on, 2 s checkout budget), retries off, and unprotected (no retries, no breakers, a 55 s checkout budget (its record lease, twice the budget plus 1 s, must stay within user-service's 120 s) and 60 s for everything else). Each on free 127.0.0.1 ports, logs in {}.",
         stack.log_dir().display()
     ));
 

@@ -13,6 +13,12 @@ pub const MAX_LINES: usize = 50;
 /// Largest quantity of one line.
 pub const MAX_QUANTITY: i32 = 1000;
 
+/// Bounds of the lease a checkout's driver may hold on its durable record (user-service
+/// refuses others; the gateway checks its own at start, so a long budget fails there and not
+/// on every checkout).
+pub const MIN_CHECKOUT_LEASE: std::time::Duration = std::time::Duration::from_millis(1000);
+pub const MAX_CHECKOUT_LEASE: std::time::Duration = std::time::Duration::from_millis(120_000);
+
 /// Checks cart lines given as (item id, quantity) and returns them normalised: ids trimmed
 /// and lower-cased, so the same item written twice in different case counts as a duplicate.
 /// The first broken rule is reported, naming `lines`, `lines[i].item_id` or

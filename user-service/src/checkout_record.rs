@@ -18,8 +18,8 @@ use crate::{
 };
 
 /// Bounds of the lease a caller may ask for.
-pub const MIN_LEASE: Duration = Duration::from_millis(1000);
-pub const MAX_LEASE: Duration = Duration::from_millis(120_000);
+pub const MIN_LEASE: Duration = platform::cart::MIN_CHECKOUT_LEASE;
+pub const MAX_LEASE: Duration = platform::cart::MAX_CHECKOUT_LEASE;
 /// A checkout handed to the recovery is left alone this long first: a call its driver gave
 /// up on may still be landing.
 pub const HANDOVER_GRACE: Duration = Duration::from_millis(1000);
