@@ -7,13 +7,7 @@
 //! tower stack: they carry the same tokens and meet the same checks, so the policy is one
 //! piece of code in both deployments.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -170,7 +164,6 @@ struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     act: Option<UserAssertion>,
 }
-
 
 /// A new Ed25519 private key, PKCS#8 PEM (what `openssl genpkey -algorithm ed25519` writes).
 pub fn generate_key() -> Result<SecretString, IdentityError> {
@@ -406,8 +399,11 @@ impl Trust {
             return accept(c, audiences, now);
         }
         let checked = self.check(token, audiences)?;
-        self.verified
-            .put(token, checked.clone(), now.saturating_sub(CLOCK_SKEW.as_secs()));
+        self.verified.put(
+            token,
+            checked.clone(),
+            now.saturating_sub(CLOCK_SKEW.as_secs()),
+        );
         accept(checked, audiences, now)
     }
 

@@ -115,7 +115,10 @@ async fn charges_cut_off_by_their_deadline_never_make_a_later_retry_answer_not_f
         let paid = direct.charge(req.clone()).await.expect("charge");
         for _ in 0..2 {
             if let Err(s) = get(&slow, &paid.payment_id).await {
-                wrong.push(format!("round {round}: GetPayment {}: {s:?}", paid.payment_id));
+                wrong.push(format!(
+                    "round {round}: GetPayment {}: {s:?}",
+                    paid.payment_id
+                ));
             }
         }
         match slow.charge(req).await {
