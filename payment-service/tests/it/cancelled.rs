@@ -2,7 +2,8 @@
 //! that ran out while a transaction was being opened (BEGIN sent, its answer not yet read)
 //! used to hand the connection back to the pool inside a transaction nobody knew about:
 //! every later statement on it read one old snapshot, so a retried Charge looked up its own
-//! payment, found nothing and answered NOT_FOUND although the charge had succeeded.
+//! payment, found nothing and answered NOT_FOUND although the charge had succeeded. Cut off
+//! halfway through reading an answer, a connection never came back to the pool at all.
 
 use std::{
     sync::{Arc, OnceLock},
