@@ -66,9 +66,73 @@ fn decode_token(token: &str) -> Result<String, FieldError> {
     Ok(id.to_owned())
 }
 
+/// Runs a handler to its end in a task of its own. A deadline or a client hanging up drops
+/// the handler's future; dropped in the middle of a conversation with MariaDB, it could hand
+/// its connection back to the pool inside a transaction nobody knew of (later reads on it saw
+/// an old snapshot: a retried Charge of a payment that had succeeded answered NOT_FOUND) or
+/// halfway through a packet (the connection then never came back). The caller still gets
+/// DEADLINE_EXCEEDED on time; the work finishes, as a retry with the same key expects.
+async fn to_completion<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(platform::timing::carry(work))
+        .await
+        .map_err(|e| platform::internal_error("handler task", &e))?
+}
+
 #[tonic::async_trait]
 impl PaymentService for PaymentGrpc {
     async fn charge(
+        &self,
+        request: Request<pb::ChargeRequest>,
+    ) -> Result<Response<pb::ChargeResponse>, Status> {
+        let this = self.clone();
+        to_completion(async move { this.charge_now(request).await }).await
+    }
+
+    async fn refund(
+        &self,
+        request: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
+        let this = self.clone();
+        to_completion(async move { this.refund_now(request).await }).await
+    }
+
+    async fn get_payment(
+        &self,
+        request: Request<pb::GetPaymentRequest>,
+    ) -> Result<Response<pb::GetPaymentResponse>, Status> {
+        let this = self.clone();
+        to_completion(async move { this.get_payment_now(request).await }).await
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<pb::ListPaymentsRequest>,
+    ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        let this = self.clone();
+        to_completion(async move { this.list_payments_now(request).await }).await
+    }
+
+    async fn reconcile(
+        &self,
+        request: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        let this = self.clone();
+        to_completion(async move { this.reconcile_now(request).await }).await
+    }
+
+    async fn chained_charge(
+        &self,
+        request: Request<pb::ChainedChargeRequest>,
+    ) -> Result<Response<pb::ChainedChargeResponse>, Status> {
+        let this = self.clone();
+        to_completion(async move { this.chained_charge_now(request).await }).await
+    }
+}
+
+impl PaymentGrpc {
+    async fn charge_now(
         &self,
         request: Request<pb::ChargeRequest>,
     ) -> Result<Response<pb::ChargeResponse>, Status> {
@@ -105,7 +169,7 @@ impl PaymentService for PaymentGrpc {
         }))
     }
 
-    async fn refund(
+    async fn refund_now(
         &self,
         request: Request<pb::RefundRequest>,
     ) -> Result<Response<pb::RefundResponse>, Status> {
@@ -132,7 +196,7 @@ impl PaymentService for PaymentGrpc {
         }))
     }
 
-    async fn get_payment(
+    async fn get_payment_now(
         &self,
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
@@ -164,7 +228,7 @@ impl PaymentService for PaymentGrpc {
         }))
     }
 
-    async fn list_payments(
+    async fn list_payments_now(
         &self,
         request: Request<pb::ListPaymentsRequest>,
     ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
@@ -192,7 +256,7 @@ impl PaymentService for PaymentGrpc {
         }))
     }
 
-    async fn reconcile(
+    async fn reconcile_now(
         &self,
         request: Request<pb::ReconcileRequest>,
     ) -> Result<Response<pb::ReconcileResponse>, Status> {
@@ -208,7 +272,7 @@ impl PaymentService for PaymentGrpc {
         }))
     }
 
-    async fn chained_charge(
+    async fn chained_charge_now(
         &self,
         request: Request<pb::ChainedChargeRequest>,
     ) -> Result<Response<pb::ChainedChargeResponse>, Status> {

@@ -7,13 +7,7 @@
 //! tower stack: they carry the same tokens and meet the same checks, so the policy is one
 //! piece of code in both deployments.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -21,6 +15,8 @@ use ring::signature::KeyPair as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::token_cache::{Checked, MintKey, Minted, Verified, now};
 
 /// The metadata key the service token travels in (not `authorization`: that stays free
 /// for whatever an end user sends).
@@ -64,7 +60,7 @@ pub enum IdentityError {
 }
 
 /// The end user's role, as the caller asserts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UserRole {
     Customer,
@@ -74,7 +70,7 @@ pub enum UserRole {
 /// "I call on behalf of this user": made by the caller that authenticated the user (the
 /// gateway after verifying the user's access token; a chained hop passing on what it was
 /// told by a caller it verified).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct UserAssertion {
     pub user_id: Uuid,
     pub role: UserRole,
@@ -169,12 +165,6 @@ struct Claims {
     act: Option<UserAssertion>,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A new Ed25519 private key, PKCS#8 PEM (what `openssl genpkey -algorithm ed25519` writes).
 pub fn generate_key() -> Result<SecretString, IdentityError> {
     let rng = ring::rand::SystemRandom::new();
@@ -214,6 +204,7 @@ struct SignerInner {
     name: String,
     key: EncodingKey,
     public: String,
+    minted: Minted,
 }
 
 impl fmt::Debug for Signer {
@@ -234,6 +225,7 @@ impl Signer {
             name: name.to_owned(),
             key: EncodingKey::from_ed_der(&der),
             public,
+            minted: Minted::default(),
         })))
     }
 
@@ -252,16 +244,29 @@ impl Signer {
         &self.0.public
     }
 
-    /// A token for one call to `audience`, on behalf of `user` when given.
+    /// A token for a call to `audience`, on behalf of `user` when given: the one minted
+    /// earlier for the same claims while more than half its life remains, else a new one
+    /// (see [`crate::token_cache`]).
     pub fn mint(
         &self,
         audience: &str,
         user: Option<UserAssertion>,
     ) -> Result<String, IdentityError> {
-        self.mint_for(audience, user, TOKEN_TTL)
+        let key = MintKey {
+            audience: audience.to_owned(),
+            user,
+            ttl: TOKEN_TTL,
+        };
+        let iat = now();
+        if let Some(token) = self.0.minted.get(&key, iat) {
+            return Ok(token);
+        }
+        let token = self.mint_at(audience, user, iat, TOKEN_TTL)?;
+        self.0.minted.put(key, token.clone(), iat);
+        Ok(token)
     }
 
-    /// A token that lives `ttl` (capped at [`MAX_LIFETIME`]).
+    /// A newly signed token that lives `ttl` (capped at [`MAX_LIFETIME`]); never cached.
     pub fn mint_for(
         &self,
         audience: &str,
@@ -309,13 +314,16 @@ pub enum TokenError {
     WrongAudience,
 }
 
-/// The public keys a server trusts, by service name.
+/// The public keys a server trusts, by service name, and the tokens it already checked.
 #[derive(Clone, Default)]
-pub struct Trust(Arc<HashMap<String, Vec<DecodingKey>>>);
+pub struct Trust {
+    keys: Arc<HashMap<String, Vec<DecodingKey>>>,
+    verified: Arc<Verified>,
+}
 
 impl fmt::Debug for Trust {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<_> = self.0.keys().collect();
+        let mut names: Vec<_> = self.keys.keys().collect();
         names.sort();
         write!(f, "Trust({names:?})")
     }
@@ -352,7 +360,14 @@ impl Trust {
                 .or_default()
                 .push(DecodingKey::from_ed_der(&raw));
         }
-        Ok(Self(Arc::new(keys)))
+        Ok(Self::with_keys(keys))
+    }
+
+    fn with_keys(keys: HashMap<String, Vec<DecodingKey>>) -> Self {
+        Self {
+            keys: Arc::new(keys),
+            verified: Arc::default(),
+        }
     }
 
     /// Trusts exactly these signers' public keys.
@@ -362,25 +377,48 @@ impl Trust {
 
     /// Both sets of keys.
     pub fn union(&self, other: &Trust) -> Self {
-        let mut keys = (*self.0).clone();
-        for (name, more) in other.0.iter() {
+        let mut keys = (*self.keys).clone();
+        for (name, more) in other.keys.iter() {
             keys.entry(name.clone())
                 .or_default()
                 .extend(more.iter().cloned());
         }
-        Self(Arc::new(keys))
+        Self::with_keys(keys)
     }
 
     pub fn trusts(&self, name: &str) -> bool {
-        self.0.contains_key(name)
+        self.keys.contains_key(name)
     }
 
-    /// Verifies `token` for a server known as any of `audiences`.
+    /// Verifies `token` for a server known as any of `audiences`. A token whose signature
+    /// was checked before is not checked again: only its times and audience are (see
+    /// [`crate::token_cache`]).
     pub fn verify(&self, token: &str, audiences: &[&str]) -> Result<Caller, TokenError> {
+        let now = now();
+        if let Some(c) = self.verified.get(token) {
+            return accept(c, audiences, now);
+        }
+        let checked = self.check(token, audiences)?;
+        self.verified.put(
+            token,
+            checked.clone(),
+            now.saturating_sub(CLOCK_SKEW.as_secs()),
+        );
+        accept(checked, audiences, now)
+    }
+
+    /// The full check of `token` (signature, issuer, subject, audience, times), remembering
+    /// nothing: what every call paid before tokens were cached.
+    pub fn verify_uncached(&self, token: &str, audiences: &[&str]) -> Result<Caller, TokenError> {
+        let checked = self.check(token, audiences)?;
+        accept(checked, audiences, now())
+    }
+
+    fn check(&self, token: &str, audiences: &[&str]) -> Result<Checked, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let name = header.kid.ok_or(TokenError::Malformed)?;
         let keys = self
-            .0
+            .keys
             .get(&name)
             .ok_or_else(|| TokenError::UnknownCaller(name.clone()))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
@@ -395,14 +433,15 @@ impl Trust {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
                 Ok(data) => {
                     let c = data.claims;
-                    let skew = CLOCK_SKEW.as_secs();
-                    if c.iat > now() + skew || c.exp.saturating_sub(c.iat) > MAX_LIFETIME.as_secs()
-                    {
+                    if c.exp.saturating_sub(c.iat) > MAX_LIFETIME.as_secs() {
                         return Err(TokenError::Invalid);
                     }
-                    return Ok(Caller {
+                    return Ok(Checked {
                         service: name,
                         user: c.act,
+                        aud: c.aud,
+                        iat: c.iat,
+                        exp: c.exp,
                     });
                 }
                 Err(e) => {
@@ -417,6 +456,26 @@ impl Trust {
         }
         Err(last)
     }
+}
+
+/// The checks of a token that depend on the moment and on the server, made on every call
+/// (the same rules jsonwebtoken applies: expired once `exp` is more than the clock skew
+/// behind `now`).
+fn accept(c: Checked, audiences: &[&str], now: u64) -> Result<Caller, TokenError> {
+    let skew = CLOCK_SKEW.as_secs();
+    if c.exp.saturating_add(skew) < now {
+        return Err(TokenError::Expired);
+    }
+    if !audiences.contains(&c.aud.as_str()) {
+        return Err(TokenError::WrongAudience);
+    }
+    if c.iat > now + skew {
+        return Err(TokenError::Invalid);
+    }
+    Ok(Caller {
+        service: c.service,
+        user: c.user,
+    })
 }
 
 /// The trust file naming these signers' public keys.
@@ -542,6 +601,60 @@ mod tests {
         assert_eq!(
             trust.verify(&token, &[ITEM_SERVICE]),
             Err(TokenError::WrongAudience)
+        );
+    }
+
+    #[test]
+    fn a_token_is_reused_only_for_the_same_audience_and_end_user() {
+        let gw = Signer::ephemeral(GATEWAY).expect("key");
+        let trust = Trust::of(&[&gw]);
+        let alice = user(UserRole::Customer);
+        let bob = user(UserRole::Customer);
+        let a1 = gw.mint(PAYMENT_SERVICE, Some(alice)).expect("mint");
+        let a2 = gw.mint(PAYMENT_SERVICE, Some(alice)).expect("mint");
+        assert_eq!(a1, a2, "the same claims reuse the token");
+        let b = gw.mint(PAYMENT_SERVICE, Some(bob)).expect("mint");
+        let none = gw.mint(PAYMENT_SERVICE, None).expect("mint");
+        let item = gw.mint(ITEM_SERVICE, Some(alice)).expect("mint");
+        assert!(b != a1 && none != a1 && item != a1 && none != b);
+        // Each still says whom it is for, checked the first time and from the cache alike.
+        for _ in 0..2 {
+            assert_eq!(
+                trust.verify(&b, &[PAYMENT_SERVICE]).map(|c| c.user),
+                Ok(Some(bob))
+            );
+            assert_eq!(
+                trust.verify(&none, &[PAYMENT_SERVICE]).map(|c| c.user),
+                Ok(None)
+            );
+            assert_eq!(
+                trust.verify(&item, &[PAYMENT_SERVICE]),
+                Err(TokenError::WrongAudience)
+            );
+        }
+    }
+
+    #[test]
+    fn a_checked_token_is_refused_for_another_audience_and_once_expired() {
+        let gw = Signer::ephemeral(GATEWAY).expect("key");
+        let trust = Trust::of(&[&gw]);
+        let token = gw.mint(PAYMENT_SERVICE, None).expect("mint");
+        assert!(trust.verify(&token, &[PAYMENT_SERVICE]).is_ok());
+        assert_eq!(
+            trust.verify(&token, &[ITEM_SERVICE]),
+            Err(TokenError::WrongAudience)
+        );
+        let cached = trust.verified.get(&token).expect("remembered");
+        let later = cached.exp + CLOCK_SKEW.as_secs() + 1;
+        assert_eq!(
+            accept(cached, &[PAYMENT_SERVICE], later),
+            Err(TokenError::Expired)
+        );
+        // Another trust (another server) has checked nothing yet and checks in full.
+        let other = Trust::of(&[&Signer::ephemeral(GATEWAY).expect("key")]);
+        assert_eq!(
+            other.verify(&token, &[PAYMENT_SERVICE]),
+            Err(TokenError::Invalid)
         );
     }
 

@@ -28,6 +28,7 @@ pub mod reason;
 pub mod shutdown;
 pub mod telemetry;
 pub mod timing;
+pub mod token_cache;
 pub mod transport;
 
 pub use context::CallContext;

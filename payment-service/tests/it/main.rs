@@ -3,6 +3,7 @@
 //! throw-away MariaDB database on the local stack (`eval "$(scripts/stack up)"`);
 //! ChainedCharge tests add a real item-service.
 
+mod cancelled;
 mod chained;
 mod checkout;
 mod gateway;
