@@ -62,7 +62,9 @@ pub async fn refund_placed(svc: &UserGrpc, call_timeout: Duration) {
             Ok(_) => {
                 tracing::error!(%order_id, %payment_id, "broken recovery: refunded a placed order (test-only switch {SWITCH})")
             }
-            Err(s) => tracing::debug!(%order_id, code = ?s.code(), "broken recovery: refund refused"),
+            Err(s) => {
+                tracing::debug!(%order_id, code = ?s.code(), "broken recovery: refund refused")
+            }
         }
     }
 }
