@@ -166,6 +166,14 @@ pub struct Event {
     pub what: String,
 }
 
+/// The restarted process's counters for the event its killed predecessor held before the ack.
+#[derive(Debug, Clone, Serialize)]
+pub struct Redelivery {
+    pub consumer: String,
+    pub duplicate: f64,
+    pub applied: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ComboResult {
     pub combo: String,
@@ -184,6 +192,10 @@ pub struct ComboResult {
     pub violations: Vec<String>,
     /// The harness could not run this combination as planned (counts as a failure).
     pub harness_error: Option<String>,
+    /// For a consumer killed between its commit and its ack: what the restarted process
+    /// did with the event delivered again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redelivery: Option<Redelivery>,
     pub timeline: Vec<Event>,
 }
 
@@ -327,6 +339,12 @@ impl MatrixReport {
             ));
             if let Some(e) = &r.harness_error {
                 s.push_str(&format!("  - harness error: {e}\n"));
+            }
+            if let Some(d) = &r.redelivery {
+                s.push_str(&format!(
+                    "  - redelivered to the restarted {}: {} duplicate, {} applied\n",
+                    d.consumer, d.duplicate, d.applied
+                ));
             }
             for v in &r.violations {
                 s.push_str(&format!("  - violation: {v}\n"));
@@ -560,6 +578,7 @@ impl Rig {
             settled_after_s: 0.0,
             violations: Vec::new(),
             harness_error: None,
+            redelivery: None,
             timeline: Vec::new(),
         };
         if let Err(e) = self.combo_inner(n, c, strategy, &w, &mut res).await {
@@ -633,8 +652,9 @@ impl Rig {
             anyhow::bail!("the checkout answered before the kill: the window closed too early");
         }
         let state = self.probe.observe(&co).await;
-        // The asynchronous steps cannot be held open (no gRPC call to slow but the card
-        // charge): a checkout already at its ending when the kill lands did not test the step.
+        // A checkout already at its ending when the kill lands did not test the step (the
+        // asynchronous windows hold it with the event flow's fault points, so this should
+        // not happen; it is reported if it does).
         let missed = asynchronous && state.ending().is_ok();
         self.sup.kill(c.process).await?;
         ev(
@@ -648,6 +668,9 @@ impl Rig {
         clear_faults(&self.sup.addrs).await?;
         ev(res, "fault rules cleared".into());
         self.finish(&co, &who, &mut answer, t0, res).await;
+        if let Some(consumer) = &w.redelivered {
+            self.redelivery(c.process, consumer, t0, res).await;
+        }
         if missed {
             anyhow::bail!(
                 "window missed: the checkout had already ended ({state}) when the kill landed"
@@ -766,6 +789,62 @@ impl Rig {
                 co.order_id(),
                 limit.as_secs_f64()
             )),
+        }
+    }
+
+    /// The event the killed process's `consumer` held between its commit and its ack comes
+    /// back after the ack wait: the restarted process must count it a duplicate and apply
+    /// nothing (its own `events_consumed_total` since the restart). Waits at most the ack
+    /// wait plus 30 s from the restart.
+    async fn redelivery(&self, p: Process, consumer: &str, t0: Instant, res: &mut ComboResult) {
+        let Some(url) = self.sup.addrs.metrics_url(p) else {
+            res.harness_error
+                .get_or_insert(format!("{} has no metrics page", p.name()));
+            return;
+        };
+        let since = self.last_restart.unwrap_or_else(Instant::now);
+        let limit = Duration::from_millis(u64::from(self.tuning.event_redelivery_ms))
+            + Duration::from_secs(30);
+        let consumer_label = format!("consumer=\"{consumer}\"");
+        let count = |page: &str, outcome: &str| {
+            crate::admin::metric_sum(
+                page,
+                "events_consumed_total",
+                &[&consumer_label, &format!("outcome=\"{outcome}\"")],
+            )
+        };
+        loop {
+            let page = crate::admin::scrape(&url).await.unwrap_or_default();
+            let (duplicate, applied) = (count(&page, "duplicate"), count(&page, "applied"));
+            if duplicate + applied >= 1.0 {
+                res.timeline.push(Event {
+                    at_ms: t0.elapsed().as_millis() as u64,
+                    what: format!(
+                        "{consumer} after the restart: {duplicate} duplicate, {applied} applied (its counters)"
+                    ),
+                });
+                res.redelivery = Some(Redelivery {
+                    consumer: consumer.to_owned(),
+                    duplicate,
+                    applied,
+                });
+                if applied > 0.0 {
+                    res.violations.push(format!(
+                        "order {}: {consumer} applied the event it held before its ack again after the restart ({applied} applied, {duplicate} duplicate)",
+                        res.order_id
+                    ));
+                }
+                return;
+            }
+            if since.elapsed() >= limit {
+                res.violations.push(format!(
+                    "order {}: the event {consumer} held before its ack was not delivered again within {:.0} s of the restart",
+                    res.order_id,
+                    limit.as_secs_f64()
+                ));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 

@@ -149,12 +149,15 @@ async fn representative_crashes_end_placed_refunded_or_never_charged() {
     );
 }
 
-/// The asynchronous checkout (issue 14) under the same kind of crashes, each kill inside the
-/// slowed card charge: item-service (its consumers and relay restart), payment-service
-/// between the card charge and its settlement (its event not acknowledged), and the card
-/// processor with the charge in flight. With no client retry each order must end placed (paid once, stock
-/// committed) or cancelled with nothing kept, its page must say so, and the checker must
-/// find nothing. Needs NATS_URL (the stack exports it).
+/// The asynchronous checkout (issue 14) under the same kind of crashes, each step held open
+/// with the event flow's fault points (issue 25) or the slowed card charge: item-service
+/// killed after reserving and before acknowledging checkout.requested (delivered again: must
+/// not reserve twice), payment-service after charging and before acknowledging
+/// stock.reserved (must not charge twice), user-service after placing and before
+/// acknowledging payment.succeeded, and the card processor with the charge in flight. With
+/// no client retry each order must end placed (paid once, stock committed), its page must
+/// say so, no window may be missed, and after the recovery window (which covers the
+/// redeliveries) the checker must find nothing. Needs NATS_URL (the stack exports it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asynchronous_crashes_end_placed_or_cancelled() {
     for v in [
@@ -169,17 +172,12 @@ async fn asynchronous_crashes_end_placed_or_cancelled() {
     let logs = tempfile::tempdir().expect("log dir");
     let combos = plan::parse_list_for(
         &[
-            // item-service dies with the charge in flight: its order.completed consumer
-            // and outbox come back with it.
-            "item-service:charging".into(),
-            // The card charged (slowly) while payment-service dies: stock.reserved is
-            // delivered again after the ack wait and must not charge twice.
-            "payment-service:charging".into(),
+            // Killed between its commit and its acknowledgement: redelivered, a duplicate.
+            "item-service:reserving".into(),
+            "payment-service:charged".into(),
+            "user-service:completing".into(),
             // The card processor dies with the charge in flight: payment-service must
-            // settle the unknown outcome, not guess. (Only the charge can be held open by
-            // fault injection, so the suite kills inside it; the racier steps are left to
-            // `loadtest crash --strategy async`, and user-service:accepted can lose
-            // payment.succeeded: see report/crash-recovery.md.)
+            // settle the unknown outcome, not guess.
             "card-gateway:charging".into(),
         ],
         plan::ASYNC,
