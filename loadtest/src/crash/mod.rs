@@ -170,8 +170,8 @@ pub struct Event {
 #[derive(Debug, Clone, Serialize)]
 pub struct Redelivery {
     pub consumer: String,
-    pub duplicate: f64,
-    pub applied: f64,
+    pub duplicate: u64,
+    pub applied: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -705,7 +705,7 @@ impl Rig {
         let mut round = 0u32;
         let ending = loop {
             // The earlier checkouts about once a second: they must keep their endings.
-            if round % 5 == 0 {
+            if round.is_multiple_of(5) {
                 self.follow.look(&self.probe).await;
             }
             round += 1;
@@ -815,8 +815,13 @@ impl Rig {
         };
         loop {
             let page = crate::admin::scrape(&url).await.unwrap_or_default();
-            let (duplicate, applied) = (count(&page, "duplicate"), count(&page, "applied"));
-            if duplicate + applied >= 1.0 {
+            // Counters are whole numbers (an empty sum is -0.0).
+            let whole = |v: f64| v.max(0.0).round() as u64;
+            let (duplicate, applied) = (
+                whole(count(&page, "duplicate")),
+                whole(count(&page, "applied")),
+            );
+            if duplicate + applied >= 1 {
                 res.timeline.push(Event {
                     at_ms: t0.elapsed().as_millis() as u64,
                     what: format!(
@@ -828,7 +833,7 @@ impl Rig {
                     duplicate,
                     applied,
                 });
-                if applied > 0.0 {
+                if applied > 0 {
                     res.violations.push(format!(
                         "order {}: {consumer} applied the event it held before its ack again after the restart ({applied} applied, {duplicate} duplicate)",
                         res.order_id

@@ -196,6 +196,29 @@ async fn asynchronous_crashes_end_placed_or_cancelled() {
     .expect("the crash run itself works");
 
     assert_passed(&report, logs);
+    // Each consumer killed between its commit and its ack: the restarted service counted the
+    // event delivered again as a duplicate and applied nothing (its own counters).
+    for combo in [
+        "item-service:reserving",
+        "payment-service:charged",
+        "user-service:completing",
+    ] {
+        let r = report
+            .results
+            .iter()
+            .find(|r| r.combo == combo)
+            .expect("the combination ran");
+        let d = r.redelivery.as_ref().unwrap_or_else(|| {
+            panic!(
+                "{combo}: the held event was not seen again: {:?}",
+                r.timeline
+            )
+        });
+        assert!(
+            d.duplicate >= 1 && d.applied == 0,
+            "{combo}: the redelivered event must be a duplicate, not applied again: {d:?}"
+        );
+    }
     // A good card and plenty of stock: every one of them must complete, not just end.
     for r in &report.results {
         assert_eq!(
