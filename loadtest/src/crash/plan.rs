@@ -37,6 +37,12 @@ pub enum Step {
     /// The order PLACED: `order.completed` in user-service's outbox and item-service's
     /// consumer about to commit the stock.
     Completing,
+    /// The killed service's relay has claimed its event (checkout.requested, stock.reserved
+    /// or payment.succeeded) and not published it.
+    Publishing,
+    /// The killed service's relay has published its event and not marked it published (it
+    /// is published again after the restart, with the same id).
+    Published,
 }
 
 impl Step {
@@ -48,13 +54,15 @@ impl Step {
         Self::DuringCompensation,
     ];
 
-    /// The asynchronous checkout's steps.
-    pub const ASYNC: [Self; 5] = [
+    /// The asynchronous checkout's steps (the last two: the relay points).
+    pub const ASYNC: [Self; 7] = [
         Self::Accepted,
         Self::Reserving,
         Self::Charging,
         Self::Charged,
         Self::Completing,
+        Self::Publishing,
+        Self::Published,
     ];
 
     /// The steps of `strategy`'s checkout.
@@ -73,6 +81,8 @@ impl Step {
             Self::Charging => "charging",
             Self::Charged => "charged",
             Self::Completing => "completing",
+            Self::Publishing => "publishing",
+            Self::Published => "published",
             Self::AfterReserve => "after-reserve",
             Self::AfterCharge => "after-charge",
             Self::DuringCommit => "during-commit",
@@ -141,6 +151,12 @@ impl Combo {
             (UserService, Charged),
             (UserService, Completing),
             (ItemService, Completing),
+            (UserService, Publishing),
+            (ItemService, Publishing),
+            (PaymentService, Publishing),
+            (UserService, Published),
+            (ItemService, Published),
+            (PaymentService, Published),
         ]
         .into_iter()
         .map(|(process, step)| Self { process, step })
@@ -327,7 +343,24 @@ fn held_window(c: Combo) -> Window {
     let next_charges = hold::consumer(PAYMENT, STOCK_RESERVED, BeforeHandling);
     let next_places = hold::consumer(USER, PAYMENT_SUCCEEDED, BeforeHandling);
     let next_commits = hold::consumer(ITEM, ORDER_COMPLETED, BeforeHandling);
+    // A relay step: the killed service's relay held, the next consumer too (the event may
+    // be out), the kill once the step before the event shows.
+    let (relay_of, after, next) = match c.process {
+        ItemService => (ITEM, Trigger::Reserved, next_charges.clone()),
+        PaymentService => (PAYMENT, Trigger::Charged, next_places.clone()),
+        _ => (USER, Trigger::Accepted, next_reserves.clone()),
+    };
     match (c.step, c.process) {
+        (Step::Publishing, _) => w(
+            vec![hold::relay(relay_of, BeforePublish), next],
+            after,
+            "the killed service's relay held after claiming its event, before publishing it (the next consumer held too); kill 0.5 s after the step before shows",
+        ),
+        (Step::Published, _) => w(
+            vec![hold::relay(relay_of, BeforeMark), next],
+            after,
+            "the killed service's relay held after publishing its event, before marking it (the next consumer held too); kill 0.5 s after the step before shows",
+        ),
         (Step::Accepted, UserService) => w(
             vec![hold::relay(USER, BeforeMark)],
             Trigger::Accepted,
@@ -408,7 +441,12 @@ pub fn window(c: Combo) -> Window {
             then: Duration::from_millis(1000),
             what: "card charge slowed 4 s; kill 1 s after the reservation appears (stock.reserved not acknowledged)",
         },
-        Step::Accepted | Step::Reserving | Step::Charged | Step::Completing => held_window(c),
+        Step::Accepted
+        | Step::Reserving
+        | Step::Charged
+        | Step::Completing
+        | Step::Publishing
+        | Step::Published => held_window(c),
         Step::AfterReserve => Window {
             // The card gateway's charge is slowed (payment PENDING, outcome unknown to
             // every caller); the kill lands a second into it.
@@ -490,7 +528,7 @@ mod tests {
         // The asynchronous checkout has steps of its own.
         assert!(parse_list(&["gateway:charging".into()]).is_err());
         let a = parse_list_for(&["payment-service:*".into()], ASYNC).expect("ok");
-        assert_eq!(a.len(), 5);
+        assert_eq!(a.len(), 7);
         assert!(parse_list_for(&["gateway:after-charge".into()], ASYNC).is_err());
         assert!(
             Combo::all_for(ASYNC)
