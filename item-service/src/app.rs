@@ -20,6 +20,12 @@ impl ItemService {
     /// What a host runs: the server and the reservation sweeper, and with NATS configured
     /// the event relay and the checkout events' consumers.
     pub fn hosted(&self) -> Hosted {
+        self.hosted_with_event_faults(&FaultInjector::default())
+    }
+
+    /// [`ItemService::hosted`] with `faults` (the server's fault rules) applied at the
+    /// relay's and consumers' fault points (platform::events::fault_points).
+    pub fn hosted_with_event_faults(&self, faults: &FaultInjector) -> Hosted {
         let sweeper = self.clone();
         let hosted = Hosted::new(self.server(), crate::access::POLICY).with_task(
             "reservation sweeper",
@@ -28,7 +34,7 @@ impl ItemService {
             },
         );
         match self.events() {
-            Some(events) => events.host(hosted),
+            Some(events) => events.host(hosted, faults),
             None => hosted,
         }
     }
@@ -38,6 +44,8 @@ impl ItemService {
 pub struct Application {
     service: ItemService,
     process: Standalone,
+    /// The server's fault rules, for the event flow's fault points too.
+    faults: FaultInjector,
 }
 
 impl Application {
@@ -50,14 +58,18 @@ impl Application {
             &config.metrics_addr,
             ServerOptions {
                 request_timeout: config.request_timeout(),
-                faults,
+                faults: faults.clone(),
                 trust: config.identity.trust()?,
                 fault_admin: config.identity.fault_admin(),
             },
         )
         .await?;
         let service = ItemService::connect(&config).await?;
-        Ok(Self { service, process })
+        Ok(Self {
+            service,
+            process,
+            faults,
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -79,7 +91,10 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         self.process
-            .run_until_stopped(self.service.hosted(), shutdown)
+            .run_until_stopped(
+                self.service.hosted_with_event_faults(&self.faults),
+                shutdown,
+            )
             .await
     }
 }

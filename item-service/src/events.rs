@@ -9,6 +9,7 @@ use platform::{
         checkout::{CHECKOUT_REQUESTED, ORDER_CANCELLED, ORDER_COMPLETED},
         consumer,
     },
+    faults::FaultInjector,
     host::Hosted,
 };
 
@@ -50,16 +51,17 @@ impl Events {
     }
 
     /// `hosted` with the relay and one consumer per kind item-service reads.
-    pub fn host(&self, hosted: Hosted) -> Hosted {
+    pub fn host(&self, hosted: Hosted, faults: &FaultInjector) -> Hosted {
+        let broker = self.broker.clone().with_faults(faults.clone());
         let relay = Relay::with_waker(
             SERVICE,
             self.outbox.clone(),
-            self.broker.clone(),
+            broker.clone(),
             self.waker.clone(),
         );
         let hosted = hosted.with_task("event relay", move |stop| relay.run(stop));
         let consume = |hosted: Hosted, name: &'static str, kind: &'static str| {
-            let broker = self.broker.clone();
+            let broker = broker.clone();
             let checkout = self.checkout.clone();
             hosted.with_task(name, move |stop| {
                 consumer::run(

@@ -486,6 +486,7 @@ async fn crash(a: CrashArgs) -> anyhow::Result<()> {
         strategy: a.strategy,
         out_dir: Some(a.out),
         keep_databases: a.keep_databases,
+        extra_env: Vec::new(),
     })
     .await?;
     println!("{}", report.table());

@@ -87,6 +87,12 @@ impl PaymentService {
     /// What a host runs: the server, unless its interval is 0 the reconciler, and with an
     /// event stream the `stock.reserved` consumer and the outbox relay.
     pub fn hosted(&self) -> Hosted {
+        self.hosted_with_event_faults(&FaultInjector::default())
+    }
+
+    /// [`PaymentService::hosted`] with `faults` (the server's fault rules) applied at the
+    /// relay's and consumer's fault points (platform::events::fault_points).
+    pub fn hosted_with_event_faults(&self, faults: &FaultInjector) -> Hosted {
         let mut hosted = Hosted::new(self.server(), crate::access::POLICY);
         if !self.reconcile_interval.is_zero() {
             let (payments, interval) = (self.payments.clone(), self.reconcile_interval);
@@ -95,7 +101,7 @@ impl PaymentService {
             });
         }
         if let Some(events) = &self.events {
-            hosted = events.host(hosted, &self.payments);
+            hosted = events.host(hosted, &self.payments, faults);
         }
         hosted
     }
@@ -106,15 +112,16 @@ impl PaymentService {
 }
 
 impl Events {
-    fn host(&self, mut hosted: Hosted, payments: &Payments) -> Hosted {
+    fn host(&self, mut hosted: Hosted, payments: &Payments, faults: &FaultInjector) -> Hosted {
+        let broker = self.broker.clone().with_faults(faults.clone());
         let relay = Relay::with_waker(
             crate::checkout::OUTBOX,
             self.outbox.clone(),
-            self.broker.clone(),
+            broker.clone(),
             self.waker.clone(),
         );
         hosted = hosted.with_task("event relay", move |stop| relay.run(stop));
-        let (broker, payments) = (self.broker.clone(), payments.clone());
+        let payments = payments.clone();
         hosted.with_task("stock.reserved consumer", move |stop| {
             consumer::run(
                 broker,
@@ -216,6 +223,8 @@ async fn reconcile_loop(
 pub struct Application {
     service: PaymentService,
     process: Standalone,
+    /// The server's fault rules, for the event flow's fault points too.
+    faults: FaultInjector,
 }
 
 impl Application {
@@ -227,7 +236,7 @@ impl Application {
             &config.metrics_addr,
             ServerOptions {
                 request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
-                faults,
+                faults: faults.clone(),
                 trust: config.identity.trust()?,
                 fault_admin: config.identity.fault_admin(),
             },
@@ -241,7 +250,11 @@ impl Application {
         )
         .context("ITEM_SERVICE_URL is not a valid URL")?;
         let service = PaymentService::connect(&config, items).await?;
-        Ok(Self { service, process })
+        Ok(Self {
+            service,
+            process,
+            faults,
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -266,7 +279,10 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         self.process
-            .run_until_stopped(self.service.hosted(), shutdown)
+            .run_until_stopped(
+                self.service.hosted_with_event_faults(&self.faults),
+                shutdown,
+            )
             .await
     }
 }

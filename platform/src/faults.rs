@@ -159,9 +159,37 @@ impl FaultInjector {
         }
     }
 
+    /// Whether any rule is set (the cheap test before looking a key up).
+    pub fn is_active(&self) -> bool {
+        self.inner.active.load(Ordering::Relaxed)
+    }
+
+    /// Whether a rule names `method` itself (not through "*"): how an injected hang knows it
+    /// is still wanted.
+    pub fn names(&self, method: &str) -> bool {
+        if !self.is_active() {
+            return false;
+        }
+        let rules = match self.inner.rules.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        rules.iter().any(|r| r.method == method)
+    }
+
     /// Applies the first matching rule to a call of `method`: sleeps the sampled latency,
     /// then decides whether the call fails.
     pub async fn inject(&self, method: &str) -> Verdict {
+        self.inject_by(method, |r| r.matches(method)).await
+    }
+
+    /// [`FaultInjector::inject`] with only a rule naming `key` itself ("*" is for calls):
+    /// the event flow's points (crate::events::fault_points).
+    pub async fn inject_named(&self, key: &str) -> Verdict {
+        self.inject_by(key, |r| r.method == key).await
+    }
+
+    async fn inject_by(&self, method: &str, applies: impl Fn(&FaultRule) -> bool) -> Verdict {
         if !self.inner.active.load(Ordering::Relaxed) {
             return Verdict::Proceed;
         }
@@ -170,7 +198,7 @@ impl FaultInjector {
                 Ok(g) => g,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            rules.iter().find(|r| r.matches(method)).cloned()
+            rules.iter().find(|r| applies(r)).cloned()
         };
         let Some(rule) = rule else {
             return Verdict::Proceed;
@@ -358,6 +386,33 @@ mod tests {
         assert_eq!(f.inject("/y").await, Verdict::Proceed);
         f.set(vec![]).expect("valid");
         assert_eq!(f.inject("/x").await, Verdict::Proceed);
+    }
+
+    #[tokio::test]
+    async fn named_points_ignore_the_wildcard() {
+        let f = FaultInjector::default();
+        assert!(!f.names("relay:x:before-mark"));
+        f.set(vec![FaultRule {
+            method: "*".into(),
+            latency: None,
+            error_rate: 1.0,
+        }])
+        .expect("valid");
+        // "*" is for calls: an experiment failing every call leaves the event flow alone.
+        assert_eq!(f.inject("/x").await, Verdict::Fail);
+        assert_eq!(
+            f.inject_named("relay:x:before-mark").await,
+            Verdict::Proceed
+        );
+        assert!(!f.names("relay:x:before-mark"));
+        f.set(vec![FaultRule {
+            method: "relay:x:before-mark".into(),
+            latency: None,
+            error_rate: 1.0,
+        }])
+        .expect("valid");
+        assert!(f.names("relay:x:before-mark"));
+        assert_eq!(f.inject_named("relay:x:before-mark").await, Verdict::Fail);
     }
 
     #[test]

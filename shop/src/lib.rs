@@ -131,12 +131,12 @@ impl Monolith {
         let item = ItemService::connect(&config.item)
             .await
             .context("item-service")?
-            .hosted();
+            .hosted_with_event_faults(&faults);
         let item_t = item.in_process(&faults, &trust);
         let payment = PaymentService::connect(&config.payment, item_t.clone())
             .await
             .context("payment-service")?
-            .hosted();
+            .hosted_with_event_faults(&faults);
         let payment_t = payment.in_process(&faults, &trust);
         let user = UserService::connect(
             &config.user,
@@ -147,7 +147,7 @@ impl Monolith {
         )
         .await
         .context("user-service")?
-        .hosted();
+        .hosted_with_event_faults(&faults);
         let user_t = user.in_process(&faults, &trust);
         for service in [item, payment, user] {
             host.host(service);

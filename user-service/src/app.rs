@@ -102,6 +102,12 @@ impl UserService {
     /// What a host runs: the server, the checkout recovery, and with an event stream the
     /// outbox relay and the asynchronous checkout's consumers.
     pub fn hosted(&self) -> Hosted {
+        self.hosted_with_event_faults(&FaultInjector::default())
+    }
+
+    /// [`UserService::hosted`] with `faults` (the server's fault rules) applied at the
+    /// relay's and consumers' fault points (platform::events::fault_points).
+    pub fn hosted_with_event_faults(&self, faults: &FaultInjector) -> Hosted {
         let recovery = self.recovery();
         let hosted = Hosted::new(self.server(), crate::access::POLICY).with_task(
             "checkout recovery",
@@ -110,18 +116,19 @@ impl UserService {
             },
         );
         match &self.events {
-            Some(tasks) => tasks.host(hosted, self.api.0.store.clone()),
+            Some(tasks) => tasks.host(hosted, self.api.0.store.clone(), faults),
             None => hosted,
         }
     }
 }
 
 impl AsyncTasks {
-    fn host(&self, hosted: Hosted, store: Store) -> Hosted {
+    fn host(&self, hosted: Hosted, store: Store, faults: &FaultInjector) -> Hosted {
+        let broker = self.broker.clone().with_faults(faults.clone());
         let relay = Relay::with_waker(
             "user-service",
             self.outbox.clone(),
-            self.broker.clone(),
+            broker.clone(),
             self.waker.clone(),
         );
         let mut hosted = hosted.with_task("event relay", move |stop| relay.run(stop));
@@ -149,7 +156,7 @@ impl AsyncTasks {
             ),
         ];
         for (name, kind, handler) in follows {
-            let (broker, store, waker) = (self.broker.clone(), store.clone(), self.waker.clone());
+            let (broker, store, waker) = (broker.clone(), store.clone(), self.waker.clone());
             hosted = hosted.with_task(name, move |stop| async move {
                 let spec = ConsumerSpec::new(USER_SERVICE, kind);
                 consumer::run(
@@ -216,6 +223,8 @@ pub(crate) async fn open_database(config: &Config, max_connections: u32) -> anyh
 pub struct Application {
     service: UserService,
     process: Standalone,
+    /// The server's fault rules, for the event flow's fault points too.
+    faults: FaultInjector,
 }
 
 impl Application {
@@ -227,7 +236,7 @@ impl Application {
             &config.metrics_addr,
             ServerOptions {
                 request_timeout: config.request_timeout(),
-                faults,
+                faults: faults.clone(),
                 trust: config.identity.trust()?,
                 fault_admin: config.identity.fault_admin(),
             },
@@ -249,7 +258,11 @@ impl Application {
         )
         .map_err(|e| anyhow::anyhow!("ITEM_SERVICE_URL: {e}"))?;
         let service = UserService::connect(&config, Downstreams { payment, item }).await?;
-        Ok(Self { service, process })
+        Ok(Self {
+            service,
+            process,
+            faults,
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -270,7 +283,10 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         self.process
-            .run_until_stopped(self.service.hosted(), shutdown)
+            .run_until_stopped(
+                self.service.hosted_with_event_faults(&self.faults),
+                shutdown,
+            )
             .await
     }
 }

@@ -5,6 +5,7 @@ pub mod access;
 pub mod admin;
 mod app;
 pub mod async_checkout;
+pub mod broken_recovery;
 mod chained;
 pub mod checkout_record;
 pub mod config;

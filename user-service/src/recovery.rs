@@ -80,6 +80,8 @@ impl Action {
 pub struct Recovery {
     svc: Arc<UserGrpc>,
     settings: RecoverySettings,
+    /// The crash test's test-only switch is on (crate::broken_recovery).
+    broken: bool,
 }
 
 /// Why one checkout cannot be finished this round (logged, then waited out).
@@ -94,7 +96,11 @@ impl From<tonic::Status> for Wait {
 
 impl Recovery {
     pub fn new(svc: Arc<UserGrpc>, settings: RecoverySettings) -> Self {
-        Self { svc, settings }
+        Self {
+            svc,
+            settings,
+            broken: crate::broken_recovery::enabled(),
+        }
     }
 
     /// Rounds until `shutdown` resolves.
@@ -141,6 +147,9 @@ impl Recovery {
             .stuck_checkouts(self.settings.stuck_after)
             .await?;
         metrics::gauge!("checkout_recovery_stuck").set(stuck as f64);
+        if self.broken {
+            crate::broken_recovery::refund_placed(&self.svc, self.settings.call_timeout).await;
+        }
         Ok(done)
     }
 

@@ -3,10 +3,14 @@
 //! process gets SIGKILL and is started again on the same address, and then the checkout
 //! must reach one of the acceptable endings (order placed / refunded and released / never
 //! charged) within the recovery window, with no client retry, and the consistency checker
-//! must find nothing. Everything runs on loopback from the built binaries, on throw-away
-//! databases, and every wait is bounded.
+//! must find nothing. Every checkout is then followed to the end of the run (an ending is
+//! final), the checker runs before the first kill and after every combination, and after
+//! the last one the run waits out the recovery window and requires a clean final check.
+//! Everything runs on loopback from the built binaries, on throw-away databases, and every
+//! wait is bounded.
 
 pub mod checker;
+pub mod follow;
 pub mod plan;
 pub mod probe;
 pub mod shop;
@@ -23,6 +27,7 @@ use serde::Serialize;
 
 use self::{
     checker::{CheckResult, run_checker},
+    follow::Follow,
     plan::{Combo, FaultSite, Process, Step, Trigger, window},
     probe::{CheckoutRef, Ending, Observed, Probe},
     shop::{ClientAnswer, Customer, ShopClient},
@@ -149,6 +154,9 @@ pub struct Options {
     pub out_dir: Option<PathBuf>,
     /// Keep the throw-away SQL databases (their names are printed) instead of dropping them.
     pub keep_databases: bool,
+    /// Settings every process of the shop gets on top of the run's (e.g. a test-only
+    /// switch that breaks the recovery on purpose).
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// One event of a combination, in ms since its checkout was sent.
@@ -156,6 +164,14 @@ pub struct Options {
 pub struct Event {
     pub at_ms: u64,
     pub what: String,
+}
+
+/// The restarted process's counters for the event its killed predecessor held before the ack.
+#[derive(Debug, Clone, Serialize)]
+pub struct Redelivery {
+    pub consumer: String,
+    pub duplicate: u64,
+    pub applied: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,13 +186,16 @@ pub struct ComboResult {
     pub last_seen: Observed,
     /// From the restart to the ending (or to giving up).
     pub settled_after_s: f64,
+    /// Everything wrong with this combination's checkout, whenever it showed: while it
+    /// ran, or later in the run (the checker naming its order, or the checkout leaving its
+    /// ending).
     pub violations: Vec<String>,
-    /// The checker's violations that name an earlier combination's order (already counted
-    /// there), still present after this one.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub inherited: Vec<String>,
     /// The harness could not run this combination as planned (counts as a failure).
     pub harness_error: Option<String>,
+    /// For a consumer killed between its commit and its ack: what the restarted process
+    /// did with the event delivered again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redelivery: Option<Redelivery>,
     pub timeline: Vec<Event>,
 }
 
@@ -210,15 +229,66 @@ pub struct MatrixReport {
     /// The checker's summary after the last combination.
     pub checker_summary: String,
     pub results: Vec<ComboResult>,
+    /// The check after the last combination, once the recovery window has passed.
+    pub final_check: FinalCheck,
+    /// Checkouts followed from their ending to the end of the run.
+    pub followed: usize,
     pub kills: u32,
     pub elapsed_s: f64,
 }
 
+/// The last check of a run: after the recovery window, nothing may be left in flight or
+/// inconsistent.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FinalCheck {
+    /// From the last restart to the check.
+    pub waited_s: f64,
+    /// Every violation the checker reported (each is also filed with the combination
+    /// whose order it names).
+    pub violations: Vec<String>,
+    /// The checker could not run.
+    pub error: Option<String>,
+}
+
+impl FinalCheck {
+    pub fn clean(&self) -> bool {
+        self.violations.is_empty() && self.error.is_none()
+    }
+}
+
 impl MatrixReport {
-    /// Failed combinations (plus one if the stores were inconsistent before any kill).
+    /// Failed combinations, plus one if the stores were inconsistent before any kill and
+    /// one if the final check was not clean.
     pub fn failures(&self) -> usize {
         self.results.iter().filter(|r| !r.ok()).count()
             + usize::from(!self.baseline_violations.is_empty())
+            + usize::from(!self.final_check.clean())
+    }
+
+    /// One line per failure ([`MatrixReport::failures`] of them): empty on a pass.
+    pub fn failure_list(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .results
+            .iter()
+            .filter(|r| !r.ok())
+            .map(|r| {
+                let mut why: Vec<String> = r.harness_error.iter().cloned().collect();
+                why.extend(r.violations.iter().cloned());
+                format!("{}: {}", r.combo, why.join("; "))
+            })
+            .collect();
+        if !self.baseline_violations.is_empty() {
+            out.push(format!(
+                "before any kill: {}",
+                self.baseline_violations.join("; ")
+            ));
+        }
+        if !self.final_check.clean() {
+            let mut why: Vec<String> = self.final_check.error.iter().cloned().collect();
+            why.extend(self.final_check.violations.iter().cloned());
+            out.push(format!("final check: {}", why.join("; ")));
+        }
+        out
     }
 
     /// The process x step table (markdown).
@@ -270,13 +340,14 @@ impl MatrixReport {
             if let Some(e) = &r.harness_error {
                 s.push_str(&format!("  - harness error: {e}\n"));
             }
+            if let Some(d) = &r.redelivery {
+                s.push_str(&format!(
+                    "  - redelivered to the restarted {}: {} duplicate, {} applied\n",
+                    d.consumer, d.duplicate, d.applied
+                ));
+            }
             for v in &r.violations {
                 s.push_str(&format!("  - violation: {v}\n"));
-            }
-            for v in &r.inherited {
-                s.push_str(&format!(
-                    "  - still there from an earlier combination: {v}\n"
-                ));
             }
         }
         s
@@ -286,7 +357,8 @@ impl MatrixReport {
         let mut s = format!(
             "# Crash test ({})\n\nStarted {}; strategy `{}`; {} combinations, {} failed; {} SIGKILLs; {:.0} s.\n\n\
              Tuning: reservation TTL {} s, recovery every {} ms, gateway checkout lease {} ms (granted: {} ms), checkout budget {} ms; each checkout must end within {:.0} s of the restart.\n\n\
-             Stores: {}.\n\nConsistency checker: {}.\n\n",
+             Stores: {}.\n\nConsistency checker: {}.\n\n\
+             Final check ({:.0} s after the last restart, {} checkouts followed to the end): {}.\n\n",
             if self.failures() == 0 { "pass" } else { "FAIL" },
             self.started_at,
             self.strategy,
@@ -308,6 +380,22 @@ impl MatrixReport {
                 )
             } else {
                 "not run".to_owned()
+            },
+            self.final_check.waited_s,
+            self.followed,
+            if self.final_check.clean() {
+                "clean".to_owned()
+            } else {
+                format!(
+                    "FAILED: {}",
+                    self.final_check
+                        .error
+                        .iter()
+                        .chain(&self.final_check.violations)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
             }
         );
         s.push_str(&self.table());
@@ -370,6 +458,10 @@ pub struct Rig {
     /// An admin (creates items).
     pub admin: Customer,
     pub tuning: Tuning,
+    /// Every checkout that reached its ending, followed to the end of the run.
+    pub follow: Follow,
+    /// When the last killed process was back.
+    pub last_restart: Option<Instant>,
     run_id: String,
 }
 
@@ -434,6 +526,8 @@ impl Rig {
                 item_id,
                 admin,
                 tuning,
+                follow: Follow::default(),
+                last_restart: None,
                 run_id,
             }),
             Err(e) => {
@@ -483,8 +577,8 @@ impl Rig {
             last_seen: Observed::default(),
             settled_after_s: 0.0,
             violations: Vec::new(),
-            inherited: Vec::new(),
             harness_error: None,
+            redelivery: None,
             timeline: Vec::new(),
         };
         if let Err(e) = self.combo_inner(n, c, strategy, &w, &mut res).await {
@@ -558,8 +652,9 @@ impl Rig {
             anyhow::bail!("the checkout answered before the kill: the window closed too early");
         }
         let state = self.probe.observe(&co).await;
-        // The asynchronous steps cannot be held open (no gRPC call to slow but the card
-        // charge): a checkout already at its ending when the kill lands did not test the step.
+        // A checkout already at its ending when the kill lands did not test the step (the
+        // asynchronous windows hold it with the event flow's fault points, so this should
+        // not happen; it is reported if it does).
         let missed = asynchronous && state.ending().is_ok();
         self.sup.kill(c.process).await?;
         ev(
@@ -568,10 +663,14 @@ impl Rig {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.sup.start(c.process).await?;
+        self.last_restart = Some(Instant::now());
         ev(res, format!("{} restarted and healthy", c.process.name()));
         clear_faults(&self.sup.addrs).await?;
         ev(res, "fault rules cleared".into());
         self.finish(&co, &who, &mut answer, t0, res).await;
+        if let Some(consumer) = &w.redelivered {
+            self.redelivery(c.process, consumer, t0, res).await;
+        }
         if missed {
             anyhow::bail!(
                 "window missed: the checkout had already ended ({state}) when the kill landed"
@@ -580,9 +679,10 @@ impl Rig {
         Ok(())
     }
 
-    /// Client answer, the ending (polled), the checker; fills `res`.
+    /// Client answer and the ending (polled, following the earlier checkouts meanwhile);
+    /// fills `res` and follows this checkout from its ending on.
     async fn finish(
-        &self,
+        &mut self,
         co: &CheckoutRef,
         who: &Customer,
         answer: &mut tokio::task::JoinHandle<ClientAnswer>,
@@ -602,7 +702,13 @@ impl Rig {
         // The asynchronous checkout's customer follows the order page until it is no longer
         // pending (the answer was a 202): part of the ending.
         let mut page: Option<String> = None;
+        let mut round = 0u32;
         let ending = loop {
+            // The earlier checkouts about once a second: they must keep their endings.
+            if round.is_multiple_of(5) {
+                self.follow.look(&self.probe).await;
+            }
+            round += 1;
             if res.client.is_none() && answer.is_finished() {
                 let a = match (&mut *answer).await {
                     Ok(a) => a,
@@ -653,6 +759,7 @@ impl Rig {
             Ok(e) => {
                 ev(res, format!("ending: {}", e.name()));
                 res.ending = Some(e);
+                self.follow.add(&res.combo, co.clone(), e);
                 if let Some(p) = &page {
                     let agrees = match e {
                         Ending::Placed => p == "placed",
@@ -683,14 +790,66 @@ impl Rig {
                 limit.as_secs_f64()
             )),
         }
-        match self.check().await {
-            Ok(r) => res
-                .violations
-                .extend(r.violations.into_iter().map(|v| format!("checker: {v}"))),
-            Err(e) => {
-                res.harness_error
-                    .get_or_insert(format!("the checker failed: {e:#}"));
+    }
+
+    /// The event the killed process's `consumer` held between its commit and its ack comes
+    /// back after the ack wait: the restarted process must count it a duplicate and apply
+    /// nothing (its own `events_consumed_total` since the restart). Waits at most the ack
+    /// wait plus 30 s from the restart.
+    async fn redelivery(&self, p: Process, consumer: &str, t0: Instant, res: &mut ComboResult) {
+        let Some(url) = self.sup.addrs.metrics_url(p) else {
+            res.harness_error
+                .get_or_insert(format!("{} has no metrics page", p.name()));
+            return;
+        };
+        let since = self.last_restart.unwrap_or_else(Instant::now);
+        let limit = Duration::from_millis(u64::from(self.tuning.event_redelivery_ms))
+            + Duration::from_secs(30);
+        let consumer_label = format!("consumer=\"{consumer}\"");
+        let count = |page: &str, outcome: &str| {
+            crate::admin::metric_sum(
+                page,
+                "events_consumed_total",
+                &[&consumer_label, &format!("outcome=\"{outcome}\"")],
+            )
+        };
+        loop {
+            let page = crate::admin::scrape(&url).await.unwrap_or_default();
+            // Counters are whole numbers (an empty sum is -0.0).
+            let whole = |v: f64| v.max(0.0).round() as u64;
+            let (duplicate, applied) = (
+                whole(count(&page, "duplicate")),
+                whole(count(&page, "applied")),
+            );
+            if duplicate + applied >= 1 {
+                res.timeline.push(Event {
+                    at_ms: t0.elapsed().as_millis() as u64,
+                    what: format!(
+                        "{consumer} after the restart: {duplicate} duplicate, {applied} applied (its counters)"
+                    ),
+                });
+                res.redelivery = Some(Redelivery {
+                    consumer: consumer.to_owned(),
+                    duplicate,
+                    applied,
+                });
+                if applied > 0 {
+                    res.violations.push(format!(
+                        "order {}: {consumer} applied the event it held before its ack again after the restart ({applied} applied, {duplicate} duplicate)",
+                        res.order_id
+                    ));
+                }
+                return;
             }
+            if since.elapsed() >= limit {
+                res.violations.push(format!(
+                    "order {}: the event {consumer} held before its ack was not delivered again within {:.0} s of the restart",
+                    res.order_id,
+                    limit.as_secs_f64()
+                ));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
@@ -793,13 +952,13 @@ pub async fn run_matrix(opts: &Options) -> anyhow::Result<MatrixReport> {
         &opts.bin_dir,
         &opts.log_dir,
         tuning.clone(),
-        Vec::new(),
+        opts.extra_env.clone(),
         services_env,
     )
     .await
     .context("starting the crash-test stack")?;
     eprintln!("[crash] stores: {}", rig.stores.describe());
-    let mut results = Vec::new();
+    let mut results: Vec<ComboResult> = Vec::new();
     // Before any kill: the starting state must already be consistent.
     let baseline = match rig.check().await {
         Ok(b) => b,
@@ -818,19 +977,21 @@ pub async fn run_matrix(opts: &Options) -> anyhow::Result<MatrixReport> {
             opts.combos.len(),
             window(*c).what
         );
-        let mut r = rig.run_combo(i, *c, &opts.strategy).await;
-        // The checker reads every store: a violation an earlier combination left is that
-        // one's failure, not this one's.
-        let (inherited, own) = std::mem::take(&mut r.violations)
-            .into_iter()
-            .partition(|v| {
-                !v.contains(&r.order_id)
-                    && results
-                        .iter()
-                        .any(|e: &ComboResult| !e.order_id.is_empty() && v.contains(&e.order_id))
-            });
-        r.violations = own;
-        r.inherited = inherited;
+        let r = rig.run_combo(i, *c, &opts.strategy).await;
+        let at = results.len();
+        results.push(r);
+        // The checker reads every store: each violation goes to the combination whose
+        // order it names (this one's if none), however late it shows.
+        match rig.check().await {
+            Ok(check) => attribute(&mut results, at, check.violations, "checker"),
+            Err(e) => {
+                results[at]
+                    .harness_error
+                    .get_or_insert(format!("the checker failed: {e:#}"));
+            }
+        }
+        attribute_followed(&mut results, at, rig.follow.take_found());
+        let r = &results[at];
         eprintln!(
             "[crash]   -> {} (client {}; {:.1} s after the restart)",
             r.cell(),
@@ -842,15 +1003,11 @@ pub async fn run_matrix(opts: &Options) -> anyhow::Result<MatrixReport> {
         for v in r.violations.iter().chain(&r.harness_error) {
             eprintln!("[crash]      {v}");
         }
-        if !r.inherited.is_empty() {
-            eprintln!(
-                "[crash]      ({} violation(s) of earlier combinations still there)",
-                r.inherited.len()
-            );
+        for e in results[..at].iter().filter(|e| !e.ok()) {
+            eprintln!("[crash]      (still failing: {})", e.combo);
         }
-        results.push(r);
     }
-    let last = rig.check().await;
+    let final_check = final_check(&mut rig, &mut results).await;
     let report = MatrixReport {
         started_at,
         strategy: opts.strategy.clone(),
@@ -859,11 +1016,10 @@ pub async fn run_matrix(opts: &Options) -> anyhow::Result<MatrixReport> {
         stores: rig.stores.describe(),
         checker_available: baseline.available,
         baseline_violations: baseline.violations,
-        checker_summary: match last {
-            Ok(c) => c.summary,
-            Err(e) => format!("the checker failed: {e:#}"),
-        },
+        checker_summary: final_check.1,
         results,
+        final_check: final_check.0,
+        followed: rig.follow.len(),
         kills: rig.sup.kills,
         elapsed_s: started.elapsed().as_secs_f64(),
     };
@@ -888,4 +1044,89 @@ pub async fn run_matrix(opts: &Options) -> anyhow::Result<MatrixReport> {
         );
     }
     Ok(report)
+}
+
+/// Files each of `violations` with the combination whose order it names, or with the one at
+/// `current` if it names none; a violation already filed there is not filed again.
+fn attribute(results: &mut [ComboResult], current: usize, violations: Vec<String>, from: &str) {
+    for v in violations {
+        let owner = results
+            .iter()
+            .position(|r| !r.order_id.is_empty() && v.contains(&r.order_id))
+            .unwrap_or(current);
+        let line = format!("{from}: {v}");
+        if !results[owner].violations.contains(&line) {
+            if owner != current {
+                eprintln!("[crash]      late, for {}: {line}", results[owner].combo);
+            }
+            results[owner].violations.push(line);
+        }
+    }
+}
+
+/// Files what following the checkouts found with the combination that started each.
+fn attribute_followed(results: &mut [ComboResult], current: usize, found: Vec<(String, String)>) {
+    for (combo, v) in found {
+        let owner = results
+            .iter()
+            .position(|r| r.combo == combo)
+            .unwrap_or(current);
+        if owner != current {
+            eprintln!("[crash]      late, for {}: {v}", results[owner].combo);
+        }
+        results[owner].violations.push(v);
+    }
+}
+
+/// After the last combination: waits out the recovery window from the last restart while
+/// following every checkout, then runs the checker once more; every violation is filed
+/// with its combination and the check must be clean. Returns the check and the checker's
+/// summary.
+async fn final_check(rig: &mut Rig, results: &mut [ComboResult]) -> (FinalCheck, String) {
+    let window = rig.tuning.recovery_window();
+    let since = rig.last_restart.unwrap_or_else(Instant::now);
+    eprintln!(
+        "[crash] waiting out the recovery window ({:.0} s after the last restart), following {} checkouts",
+        window.as_secs_f64(),
+        rig.follow.len()
+    );
+    loop {
+        rig.follow.look(&rig.probe).await;
+        if since.elapsed() >= window {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1).min(window.saturating_sub(since.elapsed())))
+            .await;
+    }
+    rig.follow.unreadable_at_last_look();
+    let last = results.len().saturating_sub(1);
+    let found = rig.follow.take_found();
+    let mut check = FinalCheck {
+        waited_s: since.elapsed().as_secs_f64(),
+        ..FinalCheck::default()
+    };
+    let summary = match rig.check().await {
+        Ok(c) => {
+            check.violations = c.violations.clone();
+            if !results.is_empty() {
+                attribute(results, last, c.violations, "final checker");
+            }
+            c.summary
+        }
+        Err(e) => {
+            check.error = Some(format!("the checker failed: {e:#}"));
+            format!("the checker failed: {e:#}")
+        }
+    };
+    // A followed checkout that left its ending is the final check's failure too.
+    check
+        .violations
+        .extend(found.iter().map(|(combo, v)| format!("{combo}: {v}")));
+    if !results.is_empty() {
+        attribute_followed(results, last, found);
+    }
+    for v in check.error.iter().chain(&check.violations) {
+        eprintln!("[crash] final check: {v}");
+    }
+    (check, summary)
 }

@@ -37,6 +37,12 @@ pub enum Step {
     /// The order PLACED: `order.completed` in user-service's outbox and item-service's
     /// consumer about to commit the stock.
     Completing,
+    /// The killed service's relay has claimed its event (checkout.requested, stock.reserved
+    /// or payment.succeeded) and not published it.
+    Publishing,
+    /// The killed service's relay has published its event and not marked it published (it
+    /// is published again after the restart, with the same id).
+    Published,
 }
 
 impl Step {
@@ -48,13 +54,15 @@ impl Step {
         Self::DuringCompensation,
     ];
 
-    /// The asynchronous checkout's steps.
-    pub const ASYNC: [Self; 5] = [
+    /// The asynchronous checkout's steps (the last two: the relay points).
+    pub const ASYNC: [Self; 7] = [
         Self::Accepted,
         Self::Reserving,
         Self::Charging,
         Self::Charged,
         Self::Completing,
+        Self::Publishing,
+        Self::Published,
     ];
 
     /// The steps of `strategy`'s checkout.
@@ -73,6 +81,8 @@ impl Step {
             Self::Charging => "charging",
             Self::Charged => "charged",
             Self::Completing => "completing",
+            Self::Publishing => "publishing",
+            Self::Published => "published",
             Self::AfterReserve => "after-reserve",
             Self::AfterCharge => "after-charge",
             Self::DuringCommit => "during-commit",
@@ -141,6 +151,12 @@ impl Combo {
             (UserService, Charged),
             (UserService, Completing),
             (ItemService, Completing),
+            (UserService, Publishing),
+            (ItemService, Publishing),
+            (PaymentService, Publishing),
+            (UserService, Published),
+            (ItemService, Published),
+            (PaymentService, Published),
         ]
         .into_iter()
         .map(|(process, step)| Self { process, step })
@@ -258,9 +274,156 @@ pub struct Window {
     pub faults: Vec<(FaultSite, Rule)>,
     pub trigger: Trigger,
     pub at_trigger: Option<Action>,
+    /// The durable consumer of the killed process held after its commit and before its
+    /// acknowledgement: the event comes back after the ack wait and the restarted process
+    /// must count it a duplicate, not apply it again (its own counters say which).
+    pub redelivered: Option<String>,
     /// From the trigger to the SIGKILL: lands the kill inside the slowed call.
     pub then: Duration,
     pub what: &'static str,
+}
+
+/// The event flow's fault points (platform::events::fault_points), held with a hang: the
+/// point waits while its rule is set, and the rules are cleared once the killed process is
+/// back (a killed process loses its own).
+mod hold {
+    use platform::events::fault_points::{
+        ConsumerPoint, RelayPoint, consumer_key, hang_key, relay_key,
+    };
+
+    use super::{FaultSite, Rule};
+
+    fn site(service: &str) -> FaultSite {
+        match service {
+            "user-service" => FaultSite::User,
+            "item-service" => FaultSite::Item,
+            _ => FaultSite::Payment,
+        }
+    }
+
+    /// `service`'s consumer of `kind` held at `point`.
+    pub fn consumer(service: &str, kind: &str, point: ConsumerPoint) -> (FaultSite, Rule) {
+        let key = hang_key(&consumer_key(service, kind, point));
+        (site(service), Rule::error_rate(&key, 1.0))
+    }
+
+    /// `service`'s relay held at `point`.
+    pub fn relay(service: &str, point: RelayPoint) -> (FaultSite, Rule) {
+        let key = hang_key(&relay_key(service, point));
+        (site(service), Rule::error_rate(&key, 1.0))
+    }
+}
+
+/// The windows of the asynchronous steps but the card charge (held by the card processor's
+/// own faults): each holds the checkout inside the step with the event flow's fault points
+/// (the killed process's own point where it has one, and the next consumer so the checkout
+/// cannot run past the step), and the kill lands half a second after the step shows.
+fn held_window(c: Combo) -> Window {
+    use Process::*;
+    use platform::events::{
+        checkout::{CHECKOUT_REQUESTED, ORDER_COMPLETED, PAYMENT_SUCCEEDED, STOCK_RESERVED},
+        fault_points::{ConsumerPoint::*, RelayPoint::*},
+    };
+    const USER: &str = "user-service";
+    const ITEM: &str = "item-service";
+    const PAYMENT: &str = "payment-service";
+    let w = |faults, trigger, what| Window {
+        faults,
+        trigger,
+        at_trigger: None,
+        redelivered: None,
+        then: Duration::from_millis(500),
+        what,
+    };
+    let redelivered = |service: &str, kind: &str, w: Window| Window {
+        redelivered: Some(platform::events::ConsumerSpec::new(service, kind).durable),
+        ..w
+    };
+    let next_reserves = hold::consumer(ITEM, CHECKOUT_REQUESTED, BeforeHandling);
+    let next_charges = hold::consumer(PAYMENT, STOCK_RESERVED, BeforeHandling);
+    let next_places = hold::consumer(USER, PAYMENT_SUCCEEDED, BeforeHandling);
+    let next_commits = hold::consumer(ITEM, ORDER_COMPLETED, BeforeHandling);
+    // A relay step: the killed service's relay held, the next consumer too (the event may
+    // be out), the kill once the step before the event shows.
+    let (relay_of, after, next) = match c.process {
+        ItemService => (ITEM, Trigger::Reserved, next_charges.clone()),
+        PaymentService => (PAYMENT, Trigger::Charged, next_places.clone()),
+        _ => (USER, Trigger::Accepted, next_reserves.clone()),
+    };
+    match (c.step, c.process) {
+        (Step::Publishing, _) => w(
+            vec![hold::relay(relay_of, BeforePublish), next],
+            after,
+            "the killed service's relay held after claiming its event, before publishing it (the next consumer held too); kill 0.5 s after the step before shows",
+        ),
+        (Step::Published, _) => w(
+            vec![hold::relay(relay_of, BeforeMark), next],
+            after,
+            "the killed service's relay held after publishing its event, before marking it (the next consumer held too); kill 0.5 s after the step before shows",
+        ),
+        (Step::Accepted, UserService) => w(
+            vec![hold::relay(USER, BeforeMark)],
+            Trigger::Accepted,
+            "user-service's relay held after publishing checkout.requested, before marking it; kill 0.5 s after the order shows",
+        ),
+        (Step::Accepted, _) => w(
+            vec![next_reserves],
+            Trigger::Accepted,
+            "item-service's checkout.requested consumer held before handling; kill 0.5 s after the order shows",
+        ),
+        (Step::Reserving, ItemService) => redelivered(
+            ITEM,
+            CHECKOUT_REQUESTED,
+            w(
+                vec![
+                    hold::consumer(ITEM, CHECKOUT_REQUESTED, BeforeAck),
+                    next_charges,
+                ],
+                Trigger::Reserved,
+                "item-service's checkout.requested consumer held after its commit, before the ack (redelivered after the restart), payment-service's consumer before handling; kill 0.5 s after the reservation shows",
+            ),
+        ),
+        (Step::Reserving, _) => w(
+            vec![next_charges],
+            Trigger::Reserved,
+            "payment-service's stock.reserved consumer held before handling; kill 0.5 s after the reservation shows",
+        ),
+        (Step::Charged, PaymentService) => redelivered(
+            PAYMENT,
+            STOCK_RESERVED,
+            w(
+                vec![
+                    hold::consumer(PAYMENT, STOCK_RESERVED, BeforeAck),
+                    next_places,
+                ],
+                Trigger::Charged,
+                "payment-service's stock.reserved consumer held after its commit, before the ack (redelivered: must not charge twice), user-service's consumer before handling; kill 0.5 s after the payment is SUCCEEDED",
+            ),
+        ),
+        (Step::Charged, _) => w(
+            vec![next_places],
+            Trigger::Charged,
+            "user-service's payment.succeeded consumer held before handling; kill 0.5 s after the payment is SUCCEEDED",
+        ),
+        (Step::Completing, UserService) => redelivered(
+            USER,
+            PAYMENT_SUCCEEDED,
+            w(
+                vec![
+                    hold::consumer(USER, PAYMENT_SUCCEEDED, BeforeAck),
+                    next_commits,
+                ],
+                Trigger::Placed,
+                "user-service's payment.succeeded consumer held after its commit, before the ack (redelivered: must not place twice), item-service's order.completed consumer before handling; kill 0.5 s after the order is PLACED",
+            ),
+        ),
+        // Completing, any other process (only the held steps come here).
+        _ => w(
+            vec![next_commits],
+            Trigger::Placed,
+            "item-service's order.completed consumer held before handling; kill 0.5 s after the order is PLACED",
+        ),
+    }
 }
 
 /// The window of `c`. The slowed call takes long enough that the kill (and, for the killed
@@ -269,45 +432,28 @@ pub fn window(c: Combo) -> Window {
     use FaultSite::*;
     use method::*;
     let card = c.process == Process::CardGateway;
-    // The asynchronous steps have no call to slow but the card charge: the kill lands as
-    // soon as the step shows, while the relay or the next consumer is at work.
-    let at_once = |trigger, what| Window {
-        faults: vec![],
-        trigger,
-        at_trigger: None,
-        then: Duration::ZERO,
-        what,
-    };
     match c.step {
-        Step::Accepted => at_once(
-            Trigger::Accepted,
-            "kill as soon as the order shows (checkout.requested in the outbox, perhaps not relayed)",
-        ),
-        Step::Reserving => at_once(
-            Trigger::Reserved,
-            "kill as soon as the reservation shows (stock.reserved in the outbox, payment-service's consumer starting)",
-        ),
         Step::Charging => Window {
             faults: vec![(Card, Rule::fixed(CARD_CHARGE, 4000))],
             trigger: Trigger::Reserved,
             at_trigger: None,
+            redelivered: None,
             then: Duration::from_millis(1000),
             what: "card charge slowed 4 s; kill 1 s after the reservation appears (stock.reserved not acknowledged)",
         },
-        Step::Charged => at_once(
-            Trigger::Charged,
-            "kill as soon as the payment is SUCCEEDED (payment.succeeded in the outbox, user-service's consumer starting)",
-        ),
-        Step::Completing => at_once(
-            Trigger::Placed,
-            "kill as soon as the order is PLACED (order.completed in the outbox, item-service's consumer starting)",
-        ),
+        Step::Accepted
+        | Step::Reserving
+        | Step::Charged
+        | Step::Completing
+        | Step::Publishing
+        | Step::Published => held_window(c),
         Step::AfterReserve => Window {
             // The card gateway's charge is slowed (payment PENDING, outcome unknown to
             // every caller); the kill lands a second into it.
             faults: vec![(Card, Rule::fixed(CARD_CHARGE, 4000))],
             trigger: Trigger::Reserved,
             at_trigger: None,
+            redelivered: None,
             then: Duration::from_millis(1000),
             what: "card charge slowed 4 s; kill 1 s after the reservation appears",
         },
@@ -316,6 +462,7 @@ pub fn window(c: Combo) -> Window {
             faults: vec![(Item, Rule::fixed(COMMIT, 4000))],
             trigger: Trigger::Charged,
             at_trigger: None,
+            redelivered: None,
             then: Duration::from_millis(1000),
             what: "CommitReservation slowed 4 s; kill 1 s after the payment is SUCCEEDED",
         },
@@ -324,6 +471,7 @@ pub fn window(c: Combo) -> Window {
             faults: vec![(Item, Rule::fixed(COMMIT, 2500))],
             trigger: Trigger::Charged,
             at_trigger: None,
+            redelivered: None,
             then: Duration::from_millis(2300),
             what: "CommitReservation slowed 2.5 s; kill 2.3 s after the payment is SUCCEEDED",
         },
@@ -334,6 +482,7 @@ pub fn window(c: Combo) -> Window {
             ],
             trigger: Trigger::Committed,
             at_trigger: None,
+            redelivered: None,
             then: Duration::from_millis(500),
             what: "AdvanceCheckout (and RecordOrder) slowed 4 s; kill 0.5 s after the commit",
         },
@@ -350,6 +499,7 @@ pub fn window(c: Combo) -> Window {
             ],
             trigger: Trigger::Charged,
             at_trigger: Some(Action::ReleaseReservation),
+            redelivered: None,
             then: Duration::from_millis(2000),
             what: "the reservation released under the checkout, CommitReservation slowed 1 s, the refund slowed 4 s; kill 2 s after the payment is SUCCEEDED",
         },
@@ -378,7 +528,7 @@ mod tests {
         // The asynchronous checkout has steps of its own.
         assert!(parse_list(&["gateway:charging".into()]).is_err());
         let a = parse_list_for(&["payment-service:*".into()], ASYNC).expect("ok");
-        assert_eq!(a.len(), 5);
+        assert_eq!(a.len(), 7);
         assert!(parse_list_for(&["gateway:after-charge".into()], ASYNC).is_err());
         assert!(
             Combo::all_for(ASYNC)

@@ -113,6 +113,17 @@ impl Addresses {
         format!("http://{}/metrics", self.user_metrics)
     }
 
+    /// `p`'s Prometheus page (user-, item- and payment-service have one).
+    pub fn metrics_url(&self, p: Process) -> Option<String> {
+        let addr = match p {
+            Process::UserService => self.user_metrics,
+            Process::ItemService => self.item_metrics,
+            Process::PaymentService => self.payment_metrics,
+            Process::Gateway | Process::CardGateway => return None,
+        };
+        Some(format!("http://{addr}/metrics"))
+    }
+
     /// The address whose answers mean `p` is up.
     fn of(&self, p: Process) -> SocketAddr {
         match p {

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use loadtest::crash::{self, plan, probe::Ending};
+use loadtest::crash::{self, MatrixReport, plan, probe::Ending};
 
 /// The directory of the workspace's binaries in this test's profile. They are built by
 /// `scripts/test` (`cargo build --workspace --all-targets`) or `cargo build --workspace
@@ -128,31 +128,12 @@ async fn representative_crashes_end_placed_refunded_or_never_charged() {
         strategy: "orchestrated".into(),
         out_dir: None,
         keep_databases: false,
+        extra_env: Vec::new(),
     })
     .await
     .expect("the crash run itself works");
 
-    let failures: Vec<String> = report
-        .results
-        .iter()
-        .filter(|r| !r.ok())
-        .map(|r| {
-            format!(
-                "{}: {:?} {:?}\n  timeline: {:?}",
-                r.combo, r.harness_error, r.violations, r.timeline
-            )
-        })
-        .collect();
-    if !failures.is_empty() {
-        // Keep the process logs for inspection.
-        let kept = logs.keep();
-        panic!(
-            "crash combinations failed (process logs: {}):\n{}\n\n{}",
-            kept.display(),
-            failures.join("\n"),
-            report.table()
-        );
-    }
+    assert_passed(&report, logs);
     let repro = report
         .results
         .iter()
@@ -168,12 +149,15 @@ async fn representative_crashes_end_placed_refunded_or_never_charged() {
     );
 }
 
-/// The asynchronous checkout (issue 14) under the same kind of crashes, each kill inside the
-/// slowed card charge: item-service (its consumers and relay restart), payment-service
-/// between the card charge and its settlement (its event not acknowledged), and the card
-/// processor with the charge in flight. With no client retry each order must end placed (paid once, stock
-/// committed) or cancelled with nothing kept, its page must say so, and the checker must
-/// find nothing. Needs NATS_URL (the stack exports it).
+/// The asynchronous checkout (issue 14) under the same kind of crashes, each step held open
+/// with the event flow's fault points (issue 25) or the slowed card charge: item-service
+/// killed after reserving and before acknowledging checkout.requested (delivered again: must
+/// not reserve twice), payment-service after charging and before acknowledging
+/// stock.reserved (must not charge twice), user-service after placing and before
+/// acknowledging payment.succeeded, and the card processor with the charge in flight. With
+/// no client retry each order must end placed (paid once, stock committed), its page must
+/// say so, no window may be missed, and after the recovery window (which covers the
+/// redeliveries) the checker must find nothing. Needs NATS_URL (the stack exports it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asynchronous_crashes_end_placed_or_cancelled() {
     for v in [
@@ -188,17 +172,12 @@ async fn asynchronous_crashes_end_placed_or_cancelled() {
     let logs = tempfile::tempdir().expect("log dir");
     let combos = plan::parse_list_for(
         &[
-            // item-service dies with the charge in flight: its order.completed consumer
-            // and outbox come back with it.
-            "item-service:charging".into(),
-            // The card charged (slowly) while payment-service dies: stock.reserved is
-            // delivered again after the ack wait and must not charge twice.
-            "payment-service:charging".into(),
+            // Killed between its commit and its acknowledgement: redelivered, a duplicate.
+            "item-service:reserving".into(),
+            "payment-service:charged".into(),
+            "user-service:completing".into(),
             // The card processor dies with the charge in flight: payment-service must
-            // settle the unknown outcome, not guess. (Only the charge can be held open by
-            // fault injection, so the suite kills inside it; the racier steps are left to
-            // `loadtest crash --strategy async`, and user-service:accepted can lose
-            // payment.succeeded: see report/crash-recovery.md.)
+            // settle the unknown outcome, not guess.
             "card-gateway:charging".into(),
         ],
         plan::ASYNC,
@@ -211,28 +190,33 @@ async fn asynchronous_crashes_end_placed_or_cancelled() {
         strategy: plan::ASYNC.into(),
         out_dir: None,
         keep_databases: false,
+        extra_env: Vec::new(),
     })
     .await
     .expect("the crash run itself works");
 
-    let failures: Vec<String> = report
-        .results
-        .iter()
-        .filter(|r| !r.ok())
-        .map(|r| {
-            format!(
-                "{}: {:?} {:?}\n  timeline: {:?}",
-                r.combo, r.harness_error, r.violations, r.timeline
+    assert_passed(&report, logs);
+    // Each consumer killed between its commit and its ack: the restarted service counted the
+    // event delivered again as a duplicate and applied nothing (its own counters).
+    for combo in [
+        "item-service:reserving",
+        "payment-service:charged",
+        "user-service:completing",
+    ] {
+        let r = report
+            .results
+            .iter()
+            .find(|r| r.combo == combo)
+            .expect("the combination ran");
+        let d = r.redelivery.as_ref().unwrap_or_else(|| {
+            panic!(
+                "{combo}: the held event was not seen again: {:?}",
+                r.timeline
             )
-        })
-        .collect();
-    if !failures.is_empty() {
-        let kept = logs.keep();
-        panic!(
-            "asynchronous crash combinations failed (process logs: {}):\n{}\n\n{}",
-            kept.display(),
-            failures.join("\n"),
-            report.table()
+        });
+        assert!(
+            d.duplicate >= 1 && d.applied == 0,
+            "{combo}: the redelivered event must be a duplicate, not applied again: {d:?}"
         );
     }
     // A good card and plenty of stock: every one of them must complete, not just end.
@@ -245,4 +229,100 @@ async fn asynchronous_crashes_end_placed_or_cancelled() {
             r.last_seen
         );
     }
+}
+
+/// A run passed as a whole: the stores were consistent before the first kill, no
+/// combination failed at any time (each checkout followed to the end of the run), and after
+/// the last one the run waited out the recovery window and the final check was clean.
+fn assert_passed(report: &MatrixReport, logs: tempfile::TempDir) {
+    let failures = report.failure_list();
+    if !failures.is_empty() {
+        // Keep the process logs for inspection.
+        let kept = logs.keep();
+        let timelines: Vec<String> = report
+            .results
+            .iter()
+            .filter(|r| !r.ok())
+            .map(|r| format!("{}: {:?}", r.combo, r.timeline))
+            .collect();
+        panic!(
+            "the crash run failed (process logs: {}):\n{}\n\n{}\n\n{}",
+            kept.display(),
+            failures.join("\n"),
+            timelines.join("\n"),
+            report.table()
+        );
+    }
+    assert_eq!(report.failures(), 0);
+    assert!(report.checker_available, "the checker must run");
+    assert!(
+        report.baseline_violations.is_empty(),
+        "before the first kill: {:?}",
+        report.baseline_violations
+    );
+    assert!(
+        report.final_check.clean(),
+        "after the last combination: {:?}",
+        report.final_check
+    );
+    assert!(
+        report.final_check.waited_s >= report.recovery_window_s,
+        "the final check must wait out the recovery window ({} s), it came after {} s",
+        report.recovery_window_s,
+        report.final_check.waited_s
+    );
+    // Every checkout reached an ending and was followed to the end.
+    assert_eq!(report.followed, report.results.len());
+}
+
+/// The crash test fails when the recovery is broken: user-service's test-only switch
+/// (user-service/src/broken_recovery.rs) makes every recovery round refund the payment of
+/// orders placed a few seconds earlier, after the crash test saw the checkout placed. The
+/// run must file that with the combination whose order it is, and fail its final check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_that_undoes_a_placed_order_fails_the_crash_test() {
+    for v in [
+        "USER_DATABASE_URL",
+        "PAYMENT_DATABASE_URL",
+        "ITEM_MONGODB_URL",
+    ] {
+        test_support::env(v);
+    }
+    let bin_dir = built_binaries();
+    let logs = tempfile::tempdir().expect("log dir");
+    // Committed before the kill: this checkout can only end placed.
+    let combo = "user-service:during-order-recording";
+    let report = crash::run_matrix(&crash::Options {
+        bin_dir,
+        log_dir: logs.path().to_owned(),
+        combos: plan::parse_list(&[combo.into()]).expect("valid combination"),
+        strategy: "orchestrated".into(),
+        out_dir: None,
+        keep_databases: false,
+        // user_service::broken_recovery::SWITCH (were it renamed, the run would pass and
+        // this test fail).
+        extra_env: vec![("USER_TEST_BROKEN_RECOVERY".into(), "refund-placed".into())],
+    })
+    .await
+    .expect("the crash run itself works");
+
+    let r = &report.results[0];
+    assert_eq!(
+        r.ending,
+        Some(Ending::Placed),
+        "the checkout was first seen placed: {:?}",
+        r.timeline
+    );
+    assert!(!r.ok(), "the undone order must fail its combination: {r:?}");
+    assert!(
+        r.violations.iter().any(|v| v.contains(&r.order_id)),
+        "the violation names the combination's order {}: {:?}",
+        r.order_id,
+        r.violations
+    );
+    assert!(
+        !report.final_check.clean(),
+        "the final check must see the refunded placed order"
+    );
+    assert!(report.failures() >= 2, "{:?}", report.failure_list());
 }

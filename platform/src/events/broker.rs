@@ -13,6 +13,7 @@ use async_nats::{
 };
 
 use super::envelope::Envelope;
+use crate::faults::FaultInjector;
 
 /// Where the events live. Tests give each run its own stream and prefix so they never see
 /// each other's events on a shared server.
@@ -128,6 +129,8 @@ pub struct Broker {
     client: async_nats::Client,
     js: jetstream::Context,
     config: EventsConfig,
+    /// The service's fault rules, for the event flow's fault points (none by default).
+    faults: FaultInjector,
 }
 
 impl std::fmt::Debug for Broker {
@@ -155,7 +158,24 @@ impl Broker {
                 source,
             })?;
         let js = jetstream::new(client.clone());
-        Ok(Self { client, js, config })
+        Ok(Self {
+            client,
+            js,
+            config,
+            faults: FaultInjector::default(),
+        })
+    }
+
+    /// This broker with the service's fault rules applied at its consumers' and relay's
+    /// fault points ([`super::fault_points`]); pass the injector the service's fault admin
+    /// API changes.
+    pub fn with_faults(mut self, faults: FaultInjector) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    pub fn faults(&self) -> &FaultInjector {
+        &self.faults
     }
 
     pub fn config(&self) -> &EventsConfig {

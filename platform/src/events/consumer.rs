@@ -22,7 +22,9 @@ use futures::StreamExt;
 use super::{
     broker::{Broker, EventsError},
     envelope::Envelope,
+    fault_points::{self, ConsumerPoint},
 };
+use crate::faults::Verdict;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -63,6 +65,19 @@ pub struct ConsumerSpec {
 }
 
 impl ConsumerSpec {
+    /// The service half of the durable name (`item-service` of
+    /// `item-service-checkout-requested`).
+    pub fn service(&self) -> &str {
+        self.durable
+            .strip_suffix(&format!("-{}", self.kind.replace('.', "-")))
+            .unwrap_or(&self.durable)
+    }
+
+    /// The fault rule key of this consumer at `point` ([`fault_points`]).
+    pub fn fault_key(&self, point: ConsumerPoint) -> String {
+        fault_points::consumer_key(self.service(), &self.kind, point)
+    }
+
     pub fn new(service: &str, kind: &str) -> Self {
         Self {
             durable: format!("{service}-{}", kind.replace('.', "-")),
@@ -192,7 +207,13 @@ where
             return;
         }
     };
-    match handler(envelope.clone()).await {
+    let faults = broker.faults();
+    let handled =
+        match fault_points::at(faults, &spec.fault_key(ConsumerPoint::BeforeHandling)).await {
+            Verdict::Proceed => handler(envelope.clone()).await,
+            Verdict::Fail => Err(HandlerError::Retry("injected fault before handling".into())),
+        };
+    match handled {
         Ok(outcome) => {
             metrics::histogram!("events_delivery_delay_seconds", "consumer" => spec.durable.clone())
                 .record(envelope.age_ms() as f64 / 1000.0);
@@ -202,6 +223,12 @@ where
                 Outcome::Ignored => "ignored",
             });
             // Lost acknowledgements are fine: the handler answers Duplicate next time.
+            if fault_points::at(faults, &spec.fault_key(ConsumerPoint::BeforeAck)).await
+                == Verdict::Fail
+            {
+                tracing::warn!(consumer = %spec.durable, event_id = %envelope.id, "injected fault: acknowledgement dropped; it will be delivered again");
+                return;
+            }
             if let Err(e) = message.ack().await {
                 tracing::warn!(consumer = %spec.durable, event_id = %envelope.id, error = %e, "ack failed; it will be delivered again");
             }

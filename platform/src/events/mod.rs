@@ -17,6 +17,7 @@ pub mod broker;
 pub mod checkout;
 pub mod consumer;
 mod envelope;
+pub mod fault_points;
 pub mod relay;
 mod settings;
 
@@ -26,5 +27,7 @@ pub use envelope::{Envelope, EnvelopeError};
 pub use relay::{Outbox, Relay, RelayWaker};
 pub use settings::EventsSettings;
 
+#[cfg(test)]
+mod fault_point_tests;
 #[cfg(test)]
 mod tests;

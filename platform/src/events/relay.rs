@@ -12,7 +12,12 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::Notify;
 
-use super::{broker::Broker, envelope::Envelope};
+use super::{
+    broker::Broker,
+    envelope::Envelope,
+    fault_points::{self, RelayPoint},
+};
+use crate::faults::Verdict;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -84,6 +89,19 @@ impl<O: Outbox> Relay<O> {
     /// event JetStream does not acknowledge: the rest keep their order for the next round.
     pub async fn relay_once(&self) -> Result<usize, BoxError> {
         let events = self.outbox.claim(self.batch, self.lease).await?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let faults = self.broker.faults();
+        if fault_points::at(
+            faults,
+            &fault_points::relay_key(self.name, RelayPoint::BeforePublish),
+        )
+        .await
+            == Verdict::Fail
+        {
+            return Err("injected fault before publishing".into());
+        }
         let mut published = Vec::with_capacity(events.len());
         let mut failure = None;
         for event in &events {
@@ -96,6 +114,15 @@ impl<O: Outbox> Relay<O> {
             }
         }
         if !published.is_empty() {
+            if fault_points::at(
+                faults,
+                &fault_points::relay_key(self.name, RelayPoint::BeforeMark),
+            )
+            .await
+                == Verdict::Fail
+            {
+                return Err("injected fault before marking the events published".into());
+            }
             self.outbox.mark_published(&published).await?;
         }
         match failure {
