@@ -56,6 +56,13 @@ pub enum Error {
         source: mongodb::bson::ser::Error,
     },
 
+    #[error("decoding {what}")]
+    Decode {
+        what: &'static str,
+        #[source]
+        source: Box<mongodb::bson::de::Error>,
+    },
+
     #[error("mongodb: {what}")]
     Mongo {
         what: &'static str,
@@ -129,7 +136,7 @@ impl From<Error> for Status {
             Error::Mongo { what, ref source } if Error::is_unavailable(source) => {
                 platform::error::unavailable(what, &e)
             }
-            Error::Mongo { .. } | Error::Encode { .. } => {
+            Error::Mongo { .. } | Error::Encode { .. } | Error::Decode { .. } => {
                 platform::internal_error("item store", &e)
             }
         }

@@ -15,10 +15,13 @@
 //! - **at most one event per decision**: the update matches only a document that has no
 //!   event yet, so a twin delivery deciding at the same time loses and learns the decision.
 //!
-//! The relay ([`platform::events::Relay`]) claims unpublished events one document at a time
-//! with a conditional `find_one_and_update` that moves `claimed_until` past now, so two
-//! replicas never hold the same event at once; after JetStream has stored an event it is
-//! marked published. A relay that dies in between leaves the claim to expire; the next one
+//! The relay ([`platform::events::Relay`]) claims unpublished events one document at a time:
+//! it finds the oldest unclaimed one, then moves its `claimed_until` past now with an
+//! `update_one` that pins the reservation's `rev` as found (a compare-and-set, see
+//! [`crate::reservations`]), so two replicas never hold the same event at once; after
+//! JetStream has stored an event it is marked published. (Not one `find_one_and_update`:
+//! SecantusDB answers `findAndModify` with a scan of the whole collection; a real mongod
+//! would not care.) Both writes increment `rev`, as every write to a reservation does. A relay that dies in between leaves the claim to expire; the next one
 //! publishes the same id again and JetStream drops it as a duplicate.
 
 use std::time::Duration;
@@ -26,12 +29,18 @@ use std::time::Duration;
 use mongodb::{
     Collection, Database, IndexModel,
     bson::{DateTime, Document, doc},
-    options::{IndexOptions, ReturnDocument},
+    options::IndexOptions,
 };
 use platform::events::{Envelope, Outbox};
 use serde::{Deserialize, Serialize};
 
-use crate::{error::Error, reservations::RESERVATIONS};
+use crate::{
+    error::Error,
+    reservations::{RESERVATIONS, bumping_rev, rev_is},
+};
+
+/// Finds per claim: a miss means another relay claimed that event first.
+const CLAIM_ATTEMPTS: usize = 5;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -122,26 +131,50 @@ impl ReservationOutbox {
             now.timestamp_millis()
                 .saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)),
         );
-        let claimed = self
-            .reservations
-            .find_one_and_update(
-                doc! { "outbox.published": false, "outbox.claimed_until": { "$lte": now } },
-                doc! { "$set": { "outbox.claimed_until": until } },
-            )
-            .sort(doc! { "outbox.occurred_at": 1 })
-            .projection(doc! { "outbox": 1 })
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(Error::mongo("claiming an outbox event"))?;
-        let Some(doc) = claimed else { return Ok(None) };
-        let event = doc
-            .get_document("outbox")
-            .ok()
-            .and_then(|o| mongodb::bson::from_document::<OutboxEvent>(o.clone()).ok());
-        if event.is_none() {
-            tracing::error!(reservation_id = ?doc.get("_id"), "outbox field is not an event; skipped");
+        let unclaimed = doc! { "outbox.published": false, "outbox.claimed_until": { "$lte": now } };
+        for _ in 0..CLAIM_ATTEMPTS {
+            // Find, then claim what was found by compare-and-set on its `rev` (see the
+            // module comment for why not `find_one_and_update`).
+            let found = self
+                .reservations
+                .find_one(unclaimed.clone())
+                .sort(doc! { "outbox.occurred_at": 1 })
+                .projection(doc! { "outbox": 1, "rev": 1 })
+                .await
+                .map_err(Error::mongo("finding an outbox event"))?;
+            let Some(doc) = found else { return Ok(None) };
+            let Some(id) = doc.get("_id").cloned() else {
+                return Ok(None);
+            };
+            let mut filter = unclaimed.clone();
+            filter.insert("_id", id);
+            filter.extend(rev_is(doc.get("rev").cloned()));
+            let res = self
+                .reservations
+                .update_one(
+                    filter,
+                    bumping_rev(doc! { "$set": { "outbox.claimed_until": until } }),
+                )
+                .await
+                .map_err(Error::mongo("claiming an outbox event"))?;
+            if res.matched_count != 1 {
+                continue;
+            }
+            let event = doc
+                .get_document("outbox")
+                .ok()
+                .and_then(|o| mongodb::bson::from_document::<OutboxEvent>(o.clone()).ok())
+                .map(|e| OutboxEvent {
+                    claimed_until: until,
+                    ..e
+                });
+            if event.is_none() {
+                tracing::error!(reservation_id = ?doc.get("_id"), "outbox field is not an event; skipped");
+            }
+            return Ok(event);
         }
-        Ok(event)
+        // Others kept claiming first: leave the rest to the next round.
+        Ok(None)
     }
 }
 
@@ -171,7 +204,7 @@ impl Outbox for ReservationOutbox {
         self.reservations
             .update_many(
                 doc! { "outbox.id": { "$in": ids } },
-                doc! { "$set": { "outbox.published": true } },
+                doc! { "$set": { "outbox.published": true }, "$inc": { "rev": 1_i64 } },
             )
             .await
             .map_err(Error::mongo("marking events published"))?;

@@ -13,13 +13,26 @@
 //!   so stock comes back exactly once, whoever (caller, failed reserve, sweeper, a second
 //!   replica) tries.
 //! - commit: `$pull holds rid` only; the stock stays sold. Done after CommitReservation
-//!   has answered (COMMITTED is already durable then), so the answer costs one round trip.
+//!   has answered (COMMITTED is already durable then), so the answer costs only the
+//!   status change.
 //!
-//! Every status change is a conditional `find_one_and_update` on the status it expects
-//! (PENDING->RESERVED, RESERVED->COMMITTED, PENDING|RESERVED->RELEASED), so of two racing
-//! actors exactly one wins and only the winner goes on to touch stock. `settled` records
-//! that the per-line work after a status change is done; the sweeper finishes it when a
-//! process died in between.
+//! Every status change is a compare-and-set on the status it expects (PENDING->RESERVED,
+//! RESERVED->COMMITTED, PENDING|RESERVED->RELEASED), so of two racing actors exactly one
+//! wins and only the winner goes on to touch stock. `settled` records that the per-line
+//! work after a status change is done; the sweeper finishes it when a process died in
+//! between.
+//!
+//! The compare-and-set is a read by `_id` then an `update_one` whose filter pins what was
+//! read: the status and `rev`, a counter every write to a reservation increments (status
+//! changes, mark-settled, the sweeper's claims, the outbox relay's claim and mark; a
+//! document from before `rev` existed has none and is matched by `rev: {$exists: false}`).
+//! The winner is whoever's update matched (`matched_count`), and its post-image is the
+//! read document with the same `$set`s applied here, exact because nothing else wrote in
+//! between (same `rev`). A miss reads again and retries, a bounded number of times. Why not
+//! `find_one_and_update`, which does all this in one round trip: SecantusDB (0.7) answers
+//! `findAndModify` with a scan of the whole collection even for an `_id` filter (0.6 ms
+//! empty, 15 ms at 3,000 reservations, linear), while `find`/`update` by `_id` stay flat
+//! (0.25-0.4 ms). A real mongod would not care; the two flat round trips cost it little.
 //!
 //! The sweeper finds its work through one sparse index on `due`, a time present only
 //! while a reservation may need it: the hold's expiry while PENDING or RESERVED, and a
@@ -37,8 +50,8 @@ use std::time::Duration;
 
 use mongodb::{
     Collection, Database, IndexModel,
-    bson::{DateTime, Document, doc},
-    options::{IndexOptions, ReturnDocument},
+    bson::{Bson, DateTime, Document, doc},
+    options::IndexOptions,
 };
 use platform::ErrorReason;
 use serde::{Deserialize, Serialize};
@@ -58,6 +71,9 @@ pub const RESERVATIONS: &str = "reservations";
 const SETTLE_GRACE: Duration = Duration::from_secs(30);
 /// At most this many reservations per sweep round (the next round continues).
 const SWEEP_BATCH: usize = 500;
+/// Attempts of one compare-and-set on a reservation before answering "changing
+/// concurrently; retry". Each miss means another writer's update applied.
+const CAS_ATTEMPTS: usize = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -113,6 +129,10 @@ pub struct ReservationDoc {
     /// None on reservations of the synchronous checkout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox: Option<OutboxEvent>,
+    /// Incremented by every write to the document (see the module comment); None on
+    /// documents from before it existed, which count as 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rev: Option<i64>,
 }
 
 impl ReservationDoc {
@@ -281,6 +301,73 @@ fn due_after(to: State, mut set: Document) -> Document {
     }
 }
 
+/// The filter part that pins a document's `rev` as read (`None`: written before `rev`
+/// existed, so it has no such field).
+pub(crate) fn rev_is(rev: Option<Bson>) -> Document {
+    match rev {
+        Some(r) => doc! { "rev": r },
+        None => doc! { "rev": { "$exists": false } },
+    }
+}
+
+/// `update` also incrementing `rev` (a missing `rev` becomes 1).
+pub(crate) fn bumping_rev(mut update: Document) -> Document {
+    match update.get_document_mut("$inc") {
+        Ok(inc) => {
+            inc.insert("rev", 1_i64);
+        }
+        Err(_) => {
+            update.insert("$inc", doc! { "rev": 1_i64 });
+        }
+    }
+    update
+}
+
+/// What `update` (top-level `$set` / `$unset` and the `rev` increment, the only forms the
+/// status changes use) makes of `read`: the post-image of a compare-and-set that matched.
+// The service's one error type, as every other (async) function here returns it.
+#[allow(clippy::result_large_err)]
+fn post_image(read: &ReservationDoc, update: &Document) -> Result<ReservationDoc, Error> {
+    let mut doc = mongodb::bson::to_document(read).map_err(|e| Error::Encode {
+        what: "a reservation",
+        source: e,
+    })?;
+    if let Ok(set) = update.get_document("$set") {
+        for (k, v) in set {
+            debug_assert!(!k.contains('.'), "post_image applies top-level fields only");
+            doc.insert(k.clone(), v.clone());
+        }
+    }
+    if let Ok(unset) = update.get_document("$unset") {
+        for k in unset.keys() {
+            doc.remove(k);
+        }
+    }
+    let mut after: ReservationDoc =
+        mongodb::bson::from_document(doc).map_err(|e| Error::Decode {
+            what: "a reservation",
+            source: Box::new(e),
+        })?;
+    after.rev = Some(read.rev.unwrap_or(0) + 1);
+    Ok(after)
+}
+
+fn changing_concurrently(id: &str) -> Error {
+    Error::Aborted(
+        ErrorReason::ConcurrentChange,
+        format!("reservation {id:?} is changing concurrently; retry"),
+    )
+}
+
+/// What a status change came to.
+#[derive(Debug)]
+enum Moved {
+    /// This call made it; the document after it.
+    Now(ReservationDoc),
+    /// It was not in one of the expected states: the document as read.
+    Not(ReservationDoc),
+}
+
 impl Reservations {
     pub fn new(db: &Database, cache: Cache, ttl: Duration) -> Self {
         Self {
@@ -414,40 +501,85 @@ impl Reservations {
 
     // ----- status transitions -----
 
-    /// Moves `id` from one of `from` to `to`; None when it was not in `from` any more.
+    /// Compare-and-set: applies `update` (and the `rev` increment) to the reservation only
+    /// if it is still as `read` (same status, same `rev`) and `cond` holds; then the
+    /// document after it, built from `read`. None when another write came first.
+    /// (Not `find_one_and_update`: SecantusDB scans the collection for it, see the module
+    /// comment.)
+    async fn cas(
+        &self,
+        read: &ReservationDoc,
+        cond: Document,
+        update: Document,
+        what: &'static str,
+    ) -> Result<Option<ReservationDoc>, Error> {
+        let mut filter = doc! { "_id": &read.id, "status": read.status.as_str() };
+        filter.extend(rev_is(read.rev.map(Bson::Int64)));
+        filter.extend(cond);
+        let update = bumping_rev(update);
+        let res = self
+            .reservations
+            .update_one(filter, update.clone())
+            .await
+            .map_err(Error::mongo(what))?;
+        if res.matched_count != 1 {
+            return Ok(None);
+        }
+        post_image(read, &update).map(Some)
+    }
+
+    /// Moves `id` from one of `from` to `to`, or says it was not in `from` (as read).
+    /// `known` is the document if the caller has just read (or written) it, saving the
+    /// first read; it is only a guess: a miss reads again.
     async fn transition(
         &self,
         id: &str,
+        mut known: Option<ReservationDoc>,
         from: &[State],
         to: State,
         extra: Document,
-    ) -> Result<Option<ReservationDoc>, Error> {
-        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-        let mut set = doc! { "status": to.as_str(), "updated_at": DateTime::now() };
-        set.extend(extra);
-        let update = due_after(to, set);
-        let changed = self
-            .reservations
-            .find_one_and_update(doc! { "_id": id, "status": { "$in": from } }, update)
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(Error::mongo("changing a reservation"))?;
-        if changed.is_some() {
-            count_outcome(to.as_str());
+    ) -> Result<Moved, Error> {
+        for _ in 0..CAS_ATTEMPTS {
+            let read = match known.take() {
+                Some(doc) if from.contains(&doc.status) => doc,
+                _ => {
+                    let doc = self.get_existing(id).await?;
+                    if !from.contains(&doc.status) {
+                        return Ok(Moved::Not(doc));
+                    }
+                    doc
+                }
+            };
+            let mut set = doc! { "status": to.as_str(), "updated_at": DateTime::now() };
+            set.extend(extra.clone());
+            if let Some(doc) = self
+                .cas(&read, doc! {}, due_after(to, set), "changing a reservation")
+                .await?
+            {
+                count_outcome(to.as_str());
+                return Ok(Moved::Now(doc));
+            }
         }
-        Ok(changed)
+        Err(changing_concurrently(id))
     }
 
     async fn mark_settled(&self, doc: &mut ReservationDoc) -> Result<(), Error> {
         self.reservations
             .update_one(
                 doc! { "_id": &doc.id, "status": doc.status.as_str() },
-                doc! { "$set": { "settled": true }, "$unset": { "due": "" } },
+                doc! {
+                    "$set": { "settled": true },
+                    "$unset": { "due": "" },
+                    "$inc": { "rev": 1_i64 },
+                },
             )
             .await
             .map_err(Error::mongo("settling a reservation"))?;
         doc.settled = true;
         doc.due = None;
+        // Not known any more (another write may have come between): a later
+        // compare-and-set from this copy misses and reads again.
+        doc.rev = None;
         Ok(())
     }
 
@@ -493,6 +625,7 @@ impl Reservations {
             updated_at: now,
             due: Some(expires_at),
             outbox: None,
+            rev: Some(0),
         };
         match self.reservations.insert_one(&doc).await {
             Ok(_) => {}
@@ -514,18 +647,20 @@ impl Reservations {
             Err(e) => return Err(Error::mongo("creating a reservation")(e)),
         }
 
-        let outcome = self.take_all(rid, lines, &line_docs).await;
+        let outcome = self.take_all(&doc, lines, &line_docs).await;
         self.cache.invalidate(&doc.item_ids()).await;
         outcome
     }
 
+    /// Takes every line of `inserted` (the PENDING reservation just written) and moves it
+    /// to RESERVED, or to REJECTED with every line back.
     async fn take_all(
         &self,
-        rid: &ReservationId,
+        inserted: &ReservationDoc,
         lines: &[Line],
         line_docs: &[LineDoc],
     ) -> Result<ReservationDoc, Error> {
-        let id = rid.0.as_str();
+        let id = inserted.id.as_str();
         for (i, line) in lines.iter().enumerate() {
             let shortfall = match self.take(id, line).await {
                 Ok(s) => s,
@@ -553,6 +688,7 @@ impl Reservations {
             let rejected = self
                 .transition(
                     id,
+                    Some(inserted.clone()),
                     &[State::Pending],
                     State::Rejected,
                     doc! {
@@ -564,19 +700,25 @@ impl Reservations {
                 )
                 .await?;
             return Err(match rejected {
-                Some(doc) => doc.rejection(),
-                None => Error::Aborted(
+                Moved::Now(doc) => doc.rejection(),
+                Moved::Not(_) => Error::Aborted(
                     ErrorReason::ReservationReleased,
                     format!("reservation {id:?} was released while it was being made"),
                 ),
             });
         }
         match self
-            .transition(id, &[State::Pending], State::Reserved, doc! {})
+            .transition(
+                id,
+                Some(inserted.clone()),
+                &[State::Pending],
+                State::Reserved,
+                doc! {},
+            )
             .await?
         {
-            Some(doc) => Ok(doc),
-            None => {
+            Moved::Now(doc) => Ok(doc),
+            Moved::Not(_) => {
                 // Released (by the caller or the sweeper) while we were taking lines: the
                 // releaser put back what it saw; put back the rest.
                 self.put_back_all(id, line_docs).await?;
@@ -588,9 +730,10 @@ impl Reservations {
         }
     }
 
-    /// Commits in one round trip when the reservation is RESERVED: the conditional
-    /// RESERVED->COMMITTED change is tried first, and the document is read only when it
-    /// did not apply, to tell why. The per-line work (dropping the hold markers) runs after
+    /// Commits in two flat round trips when the reservation is RESERVED (the read and the
+    /// compare-and-set of RESERVED->COMMITTED; one `find_one_and_update` before, which
+    /// SecantusDB answers with a collection scan); the read also tells why when it is not
+    /// RESERVED. The per-line work (dropping the hold markers) runs after
     /// the answer: COMMITTED is durable once the change is made, the stock stays taken
     /// either way, the work is idempotent, and the sweeper finishes it after
     /// `SETTLE_GRACE` if this process dies first.
@@ -604,64 +747,55 @@ impl Reservations {
         &self,
         rid: &ReservationId,
     ) -> Result<(ReservationDoc, bool), Error> {
-        for _ in 0..3 {
-            if let Some(doc) = self
-                .transition(
-                    &rid.0,
-                    &[State::Reserved],
-                    State::Committed,
-                    doc! { "settled": false },
-                )
-                .await?
-            {
+        let doc = match self
+            .transition(
+                &rid.0,
+                None,
+                &[State::Reserved],
+                State::Committed,
+                doc! { "settled": false },
+            )
+            .await?
+        {
+            Moved::Now(doc) => {
                 self.settle_later(doc.clone());
                 return Ok((doc, true));
             }
-            let doc = self.get_existing(&rid.0).await?;
-            match doc.status {
-                State::Committed => {
-                    // A retry: the answer is the same; finish the work if it is not done
-                    // (the first attempt's settling may still be running: idempotent).
-                    if !doc.settled {
-                        self.settle_later(doc.clone());
-                    }
-                    return Ok((doc, false));
+            Moved::Not(doc) => doc,
+        };
+        match doc.status {
+            State::Committed => {
+                // A retry: the answer is the same; finish the work if it is not done
+                // (the first attempt's settling may still be running: idempotent).
+                if !doc.settled {
+                    self.settle_later(doc.clone());
                 }
-                // Was PENDING when we tried and has been reserved since: try again.
-                State::Reserved => {}
-                State::Released => {
-                    return Err(Error::Precondition {
-                        reason: if doc.reason == EXPIRED {
-                            ErrorReason::ReservationExpired
-                        } else {
-                            ErrorReason::ReservationReleased
-                        },
-                        field: Some("reservation_id".to_owned()),
-                        message: format!(
-                            "reservation {:?} was released ({}); its stock is no longer held",
-                            rid.0, doc.reason
-                        ),
-                    });
-                }
-                State::Rejected => {
-                    return Err(Error::Precondition {
-                        reason: ErrorReason::ReservationRejected,
-                        field: Some("reservation_id".to_owned()),
-                        message: format!("reservation {:?} was rejected: {}", rid.0, doc.reason),
-                    });
-                }
-                State::Pending => {
-                    return Err(Error::Aborted(
-                        ErrorReason::InProgress,
-                        format!("reservation {:?} is still being made; retry", rid.0),
-                    ));
-                }
+                Ok((doc, false))
             }
+            // Not answered by `transition` (RESERVED is what it moves on from).
+            State::Reserved => Err(changing_concurrently(&rid.0)),
+            State::Released => Err(Error::Precondition {
+                reason: if doc.reason == EXPIRED {
+                    ErrorReason::ReservationExpired
+                } else {
+                    ErrorReason::ReservationReleased
+                },
+                field: Some("reservation_id".to_owned()),
+                message: format!(
+                    "reservation {:?} was released ({}); its stock is no longer held",
+                    rid.0, doc.reason
+                ),
+            }),
+            State::Rejected => Err(Error::Precondition {
+                reason: ErrorReason::ReservationRejected,
+                field: Some("reservation_id".to_owned()),
+                message: format!("reservation {:?} was rejected: {}", rid.0, doc.reason),
+            }),
+            State::Pending => Err(Error::Aborted(
+                ErrorReason::InProgress,
+                format!("reservation {:?} is still being made; retry", rid.0),
+            )),
         }
-        Err(Error::Aborted(
-            ErrorReason::ConcurrentChange,
-            format!("reservation {:?} is changing concurrently; retry", rid.0),
-        ))
     }
 
     /// Settles `doc` on its own task, after the caller has its answer. A plain spawn, not
@@ -701,9 +835,11 @@ impl Reservations {
                 State::Released => return Ok((self.settle(doc).await?, false)),
                 State::Rejected => return Ok((doc, false)),
                 State::Reserved | State::Pending => {
-                    if let Some(doc) = self
+                    // Moved::Not: changed since the read above; look again.
+                    if let Moved::Now(doc) = self
                         .transition(
                             &rid.0,
+                            Some(doc),
                             &[State::Reserved, State::Pending],
                             State::Released,
                             doc! { "settled": false, "reason": reason },
@@ -756,6 +892,7 @@ impl Reservations {
             updated_at: now,
             due: Some(expires_at),
             outbox: None,
+            rev: Some(0),
         };
         match self.reservations.insert_one(&doc).await {
             Ok(_) => Ok(Begun::Fresh),
@@ -832,22 +969,34 @@ impl Reservations {
         } else {
             due_after(to, set)
         };
-        let decided = self
-            .reservations
-            .find_one_and_update(
-                doc! { "_id": &rid.0, "status": from.as_str(), "outbox": { "$exists": false } },
-                update,
-            )
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(Error::mongo("deciding a reservation"))?;
-        if let Some(doc) = decided {
-            if from != to {
-                count_outcome(to.as_str());
+        // Read, then compare-and-set on what was read (not `find_one_and_update`, which
+        // SecantusDB answers with a collection scan; see the module comment). A miss means
+        // another write came between: read again.
+        let mut undecided = None;
+        for _ in 0..CAS_ATTEMPTS {
+            let read = self.get_existing(&rid.0).await?;
+            if read.status != from || read.outbox.is_some() {
+                undecided = Some(read);
+                break;
             }
-            return Ok(Decided::Now(doc));
+            let decided = self
+                .cas(
+                    &read,
+                    doc! { "outbox": { "$exists": false } },
+                    update.clone(),
+                    "deciding a reservation",
+                )
+                .await?;
+            if let Some(doc) = decided {
+                if from != to {
+                    count_outcome(to.as_str());
+                }
+                return Ok(Decided::Now(doc));
+            }
         }
-        let doc = self.get_existing(&rid.0).await?;
+        let Some(doc) = undecided else {
+            return Err(changing_concurrently(&rid.0));
+        };
         let holds_ours = matches!(doc.status, State::Reserved | State::Committed);
         if to == State::Reserved && !holds_ours {
             self.put_back_all(&rid.0, &line_docs(lines)).await?;
@@ -878,6 +1027,7 @@ impl Reservations {
             updated_at: now,
             due: None,
             outbox: None,
+            rev: Some(0),
         };
         match self.reservations.insert_one(&doc).await {
             Ok(_) => Ok(true),
@@ -890,54 +1040,81 @@ impl Reservations {
     /// process left half-done. Safe with several replicas sweeping at once: each
     /// reservation is claimed by a conditional status change before its stock moves.
     pub async fn sweep(&self) -> Result<usize, Error> {
+        // Each claim: find one candidate through the `due` index (a plain find, flat),
+        // then claim it by compare-and-set; a miss means another replica or a caller got
+        // there first, and the next find sees what is left. (Not one `find_one_and_update`:
+        // SecantusDB scans the whole collection for it; see the module comment.)
         let mut done = 0;
         for _ in 0..SWEEP_BATCH {
-            let claimed = self
-                .reservations
-                .find_one_and_update(
-                    doc! {
-                        "due": { "$lte": DateTime::now() },
-                        "status": { "$in": [State::Reserved.as_str(), State::Pending.as_str()] },
-                    },
-                    due_after(
-                        State::Released,
-                        doc! {
-                            "status": State::Released.as_str(),
-                            "reason": EXPIRED,
-                            "settled": false,
-                            "updated_at": DateTime::now(),
-                        },
-                    ),
+            let Some(read) = self
+                .due(
+                    &[State::Reserved, State::Pending],
+                    "finding an expired reservation",
                 )
-                .return_document(ReturnDocument::After)
-                .await
-                .map_err(Error::mongo("claiming an expired reservation"))?;
-            let Some(doc) = claimed else { break };
+                .await?
+            else {
+                break;
+            };
+            let update = due_after(
+                State::Released,
+                doc! {
+                    "status": State::Released.as_str(),
+                    "reason": EXPIRED,
+                    "settled": false,
+                    "updated_at": DateTime::now(),
+                },
+            );
+            let claimed = self
+                .cas(&read, doc! {}, update, "claiming an expired reservation")
+                .await?;
+            let Some(doc) = claimed else { continue };
             tracing::info!(reservation_id = %doc.id, "reservation expired; returning its stock");
             count_outcome("expired");
             self.settle(doc).await?;
             done += 1;
         }
         for _ in 0..SWEEP_BATCH {
+            let Some(read) = self
+                .due(
+                    &[State::Committed, State::Released],
+                    "finding an unsettled reservation",
+                )
+                .await?
+            else {
+                break;
+            };
             // Claim by moving `due` on, so another replica leaves it alone for a while.
             let claimed = self
-                .reservations
-                .find_one_and_update(
-                    doc! {
-                        "due": { "$lte": DateTime::now() },
-                        "status": { "$in": [State::Committed.as_str(), State::Released.as_str()] },
-                    },
+                .cas(
+                    &read,
+                    doc! {},
                     doc! { "$set": { "updated_at": DateTime::now(), "due": now_plus(SETTLE_GRACE) } },
+                    "claiming an unsettled reservation",
                 )
-                .return_document(ReturnDocument::After)
-                .await
-                .map_err(Error::mongo("claiming an unsettled reservation"))?;
-            let Some(doc) = claimed else { break };
+                .await?;
+            let Some(doc) = claimed else { continue };
             tracing::info!(reservation_id = %doc.id, status = ?doc.status, "finishing an unsettled reservation");
             self.settle(doc).await?;
             done += 1;
         }
         Ok(done)
+    }
+
+    /// The reservation in one of `statuses` that has been due longest, if one is due now.
+    async fn due(
+        &self,
+        statuses: &[State],
+        what: &'static str,
+    ) -> Result<Option<ReservationDoc>, Error> {
+        let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        self.reservations
+            .find_one(doc! {
+                "due": { "$lte": DateTime::now() },
+                "status": { "$in": statuses },
+            })
+            .sort(doc! { "due": 1 })
+            .await
+            .map_err(Error::mongo(what))
     }
 
     /// Reservations holding stock now (pending or reserved), counted in the store so every

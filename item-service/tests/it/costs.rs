@@ -272,3 +272,80 @@ async fn one_conditional_inc_apart_from_the_catalog_and_inside_it() {
     println!("  ratio                         {:.2}x", inside / apart);
     app.stop().await;
 }
+
+#[tokio::test]
+#[ignore = "a measurement: prints a checkout's time as reservations accumulate"]
+async fn checkout_time_as_reservations_accumulate() {
+    use mongodb::bson::DateTime;
+    const CHECKOUTS: usize = 100;
+    const PRIMITIVES: usize = 100;
+    let app = spawn().await;
+    let db = app.service.database().clone();
+    let item = app.create("GROW-A", "Grow", "c", 100, 10_000_000).await;
+    let oid = ObjectId::parse_str(&item.id).expect("id");
+    let reservations = db.collection::<Document>("reservations");
+    let mut filled = 0;
+    let mut n = 0;
+    println!(
+        "reservations | checkout (reserve+commit) | findAndModify by _id | find + update_one by _id"
+    );
+    for size in [0_usize, 1_000, 3_000] {
+        // Filler shaped as finished checkouts leave them: committed, settled, no `due`.
+        let now = DateTime::now();
+        let filler: Vec<Document> = (filled..size)
+            .map(|i| {
+                doc! {
+                    "_id": format!("fill-{i}"), "status": "committed", "settled": true,
+                    "lines": [{ "item_id": oid, "quantity": 1 }], "reason": "",
+                    "expires_at": now, "created_at": now, "updated_at": now, "rev": 2_i64,
+                }
+            })
+            .collect();
+        if !filler.is_empty() {
+            reservations.insert_many(filler).await.expect("fill");
+        }
+        filled = size;
+        let total = reservations.count_documents(doc! {}).await.expect("count");
+        let start = Instant::now();
+        for _ in 0..CHECKOUTS {
+            let rid = format!("grow-{n}");
+            n += 1;
+            app.reserve(&rid, &[(&item.id, 1)]).await.expect("reserve");
+            app.commit(&rid).await.expect("commit");
+        }
+        let checkout = start.elapsed().as_secs_f64() * 1000.0 / CHECKOUTS as f64;
+        let id = "fill-0";
+        if size > 0 {
+            let start = Instant::now();
+            for _ in 0..PRIMITIVES {
+                reservations
+                    .find_one_and_update(doc! { "_id": id }, doc! { "$inc": { "n": 1 } })
+                    .await
+                    .expect("findAndModify");
+            }
+            let fam = start.elapsed().as_secs_f64() * 1000.0 / PRIMITIVES as f64;
+            let start = Instant::now();
+            for _ in 0..PRIMITIVES {
+                let d = reservations
+                    .find_one(doc! { "_id": id })
+                    .await
+                    .expect("find")
+                    .expect("exists");
+                let rev = d.get_i64("rev").expect("rev");
+                let res = reservations
+                    .update_one(
+                        doc! { "_id": id, "rev": rev },
+                        doc! { "$inc": { "n": 1, "rev": 1_i64 } },
+                    )
+                    .await
+                    .expect("update");
+                assert_eq!(res.matched_count, 1);
+            }
+            let cas = start.elapsed().as_secs_f64() * 1000.0 / PRIMITIVES as f64;
+            println!("{total:>12} | {checkout:>22.2} ms | {fam:>17.2} ms | {cas:>21.2} ms");
+        } else {
+            println!("{total:>12} | {checkout:>22.2} ms |");
+        }
+    }
+    app.stop().await;
+}

@@ -424,7 +424,7 @@ async fn stored_state(app: &TestApp, rid: &str, item_id: &str) -> (Vec<String>, 
 }
 
 #[tokio::test]
-async fn commit_answers_after_one_round_trip_and_settles_afterwards() {
+async fn commit_answers_after_two_flat_round_trips_and_settles_afterwards() {
     let app = spawn().await;
     let item = app.create("ONE-1", "One", "c", 100, 5).await;
     app.reserve("one-a", &[(&item.id, 2)])
@@ -442,8 +442,9 @@ async fn commit_answers_after_one_round_trip_and_settles_afterwards() {
         .expect("commit");
     assert_eq!(
         round_trips(res.metadata(), "mongodb"),
-        1,
-        "the happy path is one conditional update: {:?}",
+        2,
+        "the happy path is a read and a conditional update (no findAndModify, which \
+         SecantusDB answers with a collection scan): {:?}",
         res.metadata()
     );
     assert_eq!(
@@ -468,7 +469,7 @@ async fn commit_answers_after_one_round_trip_and_settles_afterwards() {
     .await;
     assert_eq!(app.stock(&item.id).await, 3);
 
-    // Not reserved: the read that tells why costs a second round trip, and only then.
+    // Not reserved: the read tells why, and no update is tried.
     let res = app
         .client
         .clone()
@@ -477,7 +478,7 @@ async fn commit_answers_after_one_round_trip_and_settles_afterwards() {
         })
         .await
         .expect("commit again");
-    assert_eq!(round_trips(res.metadata(), "mongodb"), 2);
+    assert_eq!(round_trips(res.metadata(), "mongodb"), 1);
     let missing = app.commit("no-such").await.expect_err("unknown");
     assert_eq!(missing.code(), Code::NotFound);
     assert_eq!(reason_of(&missing), Some(ErrorReason::ReservationNotFound));
@@ -525,4 +526,146 @@ async fn the_sweeper_settles_a_commit_whose_process_died_before_settling() {
     );
     assert_eq!(app.stock(&item.id).await, 3);
     app.stop().await;
+}
+
+/// The item's stock as stored (no cache in between).
+async fn stored_stock(app: &TestApp, item_id: &str) -> i64 {
+    use mongodb::bson::{Document, doc, oid::ObjectId};
+    let oid = ObjectId::parse_str(item_id).expect("item id");
+    let stock = app
+        .service
+        .database()
+        .collection::<Document>("inventory")
+        .find_one(doc! { "_id": oid })
+        .await
+        .expect("read the item's stock")
+        .expect("the item's stock exists");
+    stock
+        .get_i64("stock")
+        .or_else(|_| stock.get_i32("stock").map(i64::from))
+        .expect("stock")
+}
+
+/// Commits and releases of one reservation racing through two replicas (a caller's retries,
+/// a second caller, another replica): each status change is a read then a compare-and-set
+/// (no `find_one_and_update`), so exactly one of them wins, every other call answers as
+/// that outcome says, and the stock moves once. Every other round the reservation is in its
+/// shape from before `rev` existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_commits_and_releases_change_a_reservation_exactly_once() {
+    use mongodb::bson::{Document, doc};
+    const ROUNDS: usize = 12;
+    const CALLS: usize = 8;
+    let first = spawn_with(|c| c.sweep_interval_ms = 3_600_000).await;
+    let shared = first.config.clone();
+    let second = spawn_with(|c| *c = shared).await;
+    let item = first.create("CAS-1", "Cas", "c", 100, 1_000).await;
+    let changes = |m: &str| {
+        counter(m, "item_reservations_total{outcome=\"committed\"")
+            + counter(m, "item_reservations_total{outcome=\"released\"")
+    };
+    let mut committed = 0;
+    for round in 0..ROUNDS {
+        let rid = format!("cas-{round}");
+        first
+            .reserve(&rid, &[(&item.id, 3)])
+            .await
+            .expect("reserve");
+        let reservations = first
+            .service
+            .database()
+            .collection::<Document>("reservations");
+        let stored = reservations
+            .find_one(doc! { "_id": &rid })
+            .await
+            .expect("read")
+            .expect("exists");
+        assert!(stored.contains_key("rev"), "new reservations carry rev");
+        if round % 2 == 1 {
+            reservations
+                .update_one(doc! { "_id": &rid }, doc! { "$unset": { "rev": "" } })
+                .await
+                .expect("as before rev existed");
+        }
+        let held = stored_stock(&first, &item.id).await;
+        // Both replicas report into this process's metrics.
+        let before = changes(&first.metrics().await);
+        let calls = (0..CALLS).map(|i| {
+            let app = if i % 2 == 0 { &first } else { &second };
+            let rid = rid.clone();
+            async move {
+                // Alternate commit/release, with the pairing shifted every round.
+                if (i + round) % 2 == 0 {
+                    ("commit", app.commit(&rid).await)
+                } else {
+                    ("release", app.release(&rid).await)
+                }
+            }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let winner = if answers.iter().any(|(op, r)| *op == "commit" && r.is_ok()) {
+            ReservationStatus::Committed
+        } else {
+            ReservationStatus::Released
+        };
+        for (op, answer) in &answers {
+            let wins = (*op == "commit") == (winner == ReservationStatus::Committed);
+            match answer {
+                Ok(r) => {
+                    assert!(wins, "{op} succeeded after the other outcome: {answers:?}");
+                    assert_eq!(r.status, winner as i32, "{answers:?}");
+                }
+                Err(e) => {
+                    assert!(!wins, "{op} failed though it won: {answers:?}");
+                    assert_eq!(e.code(), Code::FailedPrecondition, "{answers:?}");
+                    let expected = if winner == ReservationStatus::Committed {
+                        ErrorReason::ReservationCommitted
+                    } else {
+                        ErrorReason::ReservationReleased
+                    };
+                    assert_eq!(reason_of(e), Some(expected), "{answers:?}");
+                }
+            }
+        }
+        let after = changes(&first.metrics().await);
+        assert_eq!(
+            after - before,
+            1.0,
+            "exactly one status change: {answers:?}"
+        );
+        // Settled (the hold marker gone) and the stock moved once: back for a release,
+        // still taken for a commit.
+        test_support::eventually(Duration::from_secs(30), || async {
+            let (holds, settled) = stored_state(&first, &rid, &item.id).await;
+            (holds.is_empty() && settled).then_some(())
+        })
+        .await;
+        let want = if winner == ReservationStatus::Committed {
+            committed += 1;
+            held
+        } else {
+            held + 3
+        };
+        assert_eq!(stored_stock(&first, &item.id).await, want, "{answers:?}");
+        let stored = reservations
+            .find_one(doc! { "_id": &rid })
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(
+            stored.get_str("status").expect("status"),
+            if winner == ReservationStatus::Committed {
+                "committed"
+            } else {
+                "released"
+            }
+        );
+        assert!(
+            stored.get_i64("rev").expect("rev") >= 2,
+            "every write bumps rev"
+        );
+    }
+    assert_eq!(stored_stock(&first, &item.id).await, 1_000 - 3 * committed);
+    second.stop().await;
+    first.stop().await;
 }
