@@ -61,7 +61,7 @@ const REDELETE_AFTER: Duration = Duration::from_millis(500);
 
 /// What an entry holds: the served item (catalog and stock), or its catalog part alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Entry {
+pub enum Entry {
     Item,
     Catalog,
 }
@@ -350,36 +350,11 @@ impl Cache {
         result
     }
 
-    /// Many items through the cache: one MGET, one MongoDB read for all misses, one
-    /// pipelined fill. Returns what exists.
+    /// Many entries through the cache: one MGET, one MongoDB read for all misses, one
+    /// pipelined fill. Returns what exists. `Entry::Catalog` keeps the catalog part under
+    /// keys of its own that only catalog edits drop: a served item's entry goes at every
+    /// stock movement, and reloading it then needs only the item's stock from MongoDB.
     pub async fn get_many<F, Fut>(
-        &self,
-        ids: &[ItemId],
-        load: F,
-    ) -> Result<HashMap<ItemId, pb::Item>, Status>
-    where
-        F: FnOnce(Vec<ItemId>) -> Fut,
-        Fut: Future<Output = Result<Vec<(ItemId, pb::Item)>, Status>>,
-    {
-        self.get_many_of(Entry::Item, ids, load).await
-    }
-
-    /// The catalog part of items (stock 0, the catalog's version), under keys of their
-    /// own that only catalog edits drop: a served item's entry goes at every stock
-    /// movement, and reloading it then needs only the item's stock from MongoDB.
-    pub async fn get_catalog_many<F, Fut>(
-        &self,
-        ids: &[ItemId],
-        load: F,
-    ) -> Result<HashMap<ItemId, pb::Item>, Status>
-    where
-        F: FnOnce(Vec<ItemId>) -> Fut,
-        Fut: Future<Output = Result<Vec<(ItemId, pb::Item)>, Status>>,
-    {
-        self.get_many_of(Entry::Catalog, ids, load).await
-    }
-
-    async fn get_many_of<F, Fut>(
         &self,
         entry: Entry,
         ids: &[ItemId],

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use pb::item_service_server::{self as rpc, ItemServiceServer};
 
 use crate::{
-    cache::{Cache, CacheSettings, ListKey},
+    cache::{Cache, CacheSettings, Entry, ListKey},
     checkout::Checkout,
     config::{CacheMode, Config},
     cursor::{self, Sort},
@@ -168,7 +168,7 @@ impl ItemService {
         let catalog = self
             .inner
             .cache
-            .get_catalog_many(&ids, |missing| async move {
+            .get_many(Entry::Catalog, &ids, |missing| async move {
                 let docs = match missing[..] {
                     [id] => store.get_catalog(id).await?.into_iter().collect(),
                     _ => store.get_catalog_many(&missing).await?,
@@ -272,7 +272,7 @@ impl rpc::ItemService for ItemService {
         let mut found = self
             .inner
             .cache
-            .get_many(&ids, |missing| self.load_items(missing))
+            .get_many(Entry::Item, &ids, |missing| self.load_items(missing))
             .await?;
         let mut items = Vec::with_capacity(ids.len());
         let mut missing_ids = Vec::new();

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use futures::TryStreamExt;
 use mongodb::{
     Collection, Database,
-    bson::{Bson, doc, oid::ObjectId},
+    bson::{Bson, Document, doc, oid::ObjectId},
     options::ReturnDocument,
 };
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,44 @@ use crate::{
 };
 
 pub const INVENTORY: &str = "inventory";
+
+/// The stock fields of a stored document of either shape: an `inventory` document, or a
+/// catalog document from before stock moved out of the catalog. Lenient about integer
+/// types and missing fields, because it reads what older versions wrote: the start-up
+/// migration and `loadtest check` use it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredStock {
+    pub stock: i64,
+    pub stock_received: Option<i64>,
+    pub holds: Vec<String>,
+}
+
+impl StoredStock {
+    pub fn read(d: &Document) -> Self {
+        Self {
+            stock: stored_int(d.get("stock")).unwrap_or(0),
+            stock_received: stored_int(d.get("stock_received")),
+            holds: d
+                .get_array("holds")
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// An integer as any version may have stored it (int32, int64, or a double from a shell).
+pub fn stored_int(v: Option<&Bson>) -> Option<i64> {
+    match v? {
+        Bson::Int64(n) => Some(*n),
+        Bson::Int32(n) => Some(i64::from(*n)),
+        Bson::Double(f) => Some(*f as i64),
+        _ => None,
+    }
+}
 
 /// One item's stock as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

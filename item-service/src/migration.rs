@@ -26,7 +26,7 @@ use mongodb::{
 
 use crate::{
     error::{Error, is_duplicate_key},
-    inventory::{INVENTORY, StockDoc},
+    inventory::{INVENTORY, StockDoc, StoredStock},
     reservations::RESERVATIONS,
     store::ITEMS,
 };
@@ -46,30 +46,19 @@ pub struct Migrated {
     pub reservations: u64,
 }
 
-fn int(v: Option<&Bson>) -> Option<i64> {
-    match v {
-        Some(Bson::Int64(n)) => Some(*n),
-        Some(Bson::Int32(n)) => Some(i64::from(*n)),
-        Some(Bson::Double(f)) => Some(*f as i64),
-        _ => None,
-    }
-}
-
 /// The stock an old-shape catalog document holds.
 fn stock_of(d: &Document) -> Option<StockDoc> {
+    let StoredStock {
+        stock,
+        stock_received,
+        holds,
+    } = StoredStock::read(d);
     Some(StockDoc {
         id: d.get_object_id("_id").ok()?,
-        stock: int(d.get("stock")).unwrap_or(0),
-        stock_received: int(d.get("stock_received")),
+        stock,
+        stock_received,
         version: 0,
-        holds: d
-            .get_array("holds")
-            .map(|h| {
-                h.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        holds,
     })
 }
 

@@ -534,29 +534,54 @@ impl Reservations {
     async fn transition(
         &self,
         id: &str,
-        mut known: Option<ReservationDoc>,
+        known: Option<ReservationDoc>,
         from: &[State],
         to: State,
         extra: Document,
     ) -> Result<Moved, Error> {
+        let mut set = doc! { "status": to.as_str(), "updated_at": DateTime::now() };
+        set.extend(extra);
+        let moved = self
+            .read_and_set(
+                id,
+                known,
+                |doc| from.contains(&doc.status),
+                doc! {},
+                due_after(to, set),
+                "changing a reservation",
+            )
+            .await?;
+        if matches!(moved, Moved::Now(_)) {
+            count_outcome(to.as_str());
+        }
+        Ok(moved)
+    }
+
+    /// Reads `id` (or takes `known`, a guess that may be stale) and, while it `qualifies`,
+    /// compare-and-sets `update` on what was read; a miss means another write came
+    /// between, so it reads again, a bounded number of times. `Moved::Not` carries the
+    /// document that no longer qualifies.
+    async fn read_and_set(
+        &self,
+        id: &str,
+        mut known: Option<ReservationDoc>,
+        qualifies: impl Fn(&ReservationDoc) -> bool,
+        cond: Document,
+        update: Document,
+        what: &'static str,
+    ) -> Result<Moved, Error> {
         for _ in 0..CAS_ATTEMPTS {
             let read = match known.take() {
-                Some(doc) if from.contains(&doc.status) => doc,
+                Some(doc) if qualifies(&doc) => doc,
                 _ => {
                     let doc = self.get_existing(id).await?;
-                    if !from.contains(&doc.status) {
+                    if !qualifies(&doc) {
                         return Ok(Moved::Not(doc));
                     }
                     doc
                 }
             };
-            let mut set = doc! { "status": to.as_str(), "updated_at": DateTime::now() };
-            set.extend(extra.clone());
-            if let Some(doc) = self
-                .cas(&read, doc! {}, due_after(to, set), "changing a reservation")
-                .await?
-            {
-                count_outcome(to.as_str());
+            if let Some(doc) = self.cas(&read, cond.clone(), update.clone(), what).await? {
                 return Ok(Moved::Now(doc));
             }
         }
@@ -970,32 +995,26 @@ impl Reservations {
             due_after(to, set)
         };
         // Read, then compare-and-set on what was read (not `find_one_and_update`, which
-        // SecantusDB answers with a collection scan; see the module comment). A miss means
-        // another write came between: read again.
-        let mut undecided = None;
-        for _ in 0..CAS_ATTEMPTS {
-            let read = self.get_existing(&rid.0).await?;
-            if read.status != from || read.outbox.is_some() {
-                undecided = Some(read);
-                break;
-            }
-            let decided = self
-                .cas(
-                    &read,
-                    doc! { "outbox": { "$exists": false } },
-                    update.clone(),
-                    "deciding a reservation",
-                )
-                .await?;
-            if let Some(doc) = decided {
+        // SecantusDB answers with a collection scan; see the module comment).
+        let undecided = |doc: &ReservationDoc| doc.status == from && doc.outbox.is_none();
+        let doc = match self
+            .read_and_set(
+                &rid.0,
+                None,
+                undecided,
+                doc! { "outbox": { "$exists": false } },
+                update,
+                "deciding a reservation",
+            )
+            .await?
+        {
+            Moved::Now(doc) => {
                 if from != to {
                     count_outcome(to.as_str());
                 }
                 return Ok(Decided::Now(doc));
             }
-        }
-        let Some(doc) = undecided else {
-            return Err(changing_concurrently(&rid.0));
+            Moved::Not(doc) => doc,
         };
         let holds_ours = matches!(doc.status, State::Reserved | State::Committed);
         if to == State::Reserved && !holds_ours {

@@ -197,21 +197,14 @@ impl Ctx {
         engine::run(&spec, self.shop(target, 512, Mix::CHECKOUT, strategy)).await
     }
 
-    /// [`Ctx::checkout_run`] with the CPU every process of the stack used during it (none
-    /// where `/proc` cannot be read).
-    pub async fn checkout_run_cpu(
+    /// A run (e.g. [`Ctx::checkout_run`]) with the CPU every process of the stack used
+    /// during it (none where `/proc` cannot be read).
+    pub async fn with_cpu(
         &self,
-        name: &str,
-        target: &Target,
-        strategy: &str,
-        rate: f64,
-        warmup: Duration,
-        dur: Duration,
+        run: impl Future<Output = Measured>,
     ) -> (Measured, Option<CpuSpent>) {
         let before = self.procs.sample();
-        let m = self
-            .checkout_run(name, target, strategy, rate, warmup, dur)
-            .await;
+        let m = run.await;
         let cpu = before
             .zip(self.procs.sample())
             .map(|(a, b)| process_cpu::spent(&a, &b, m.result.requests + m.result.warmup_requests));

@@ -102,6 +102,15 @@ impl Processes {
     }
 }
 
+/// Every process's id and `/proc` directory (None where `/proc` cannot be listed).
+fn processes() -> Option<impl Iterator<Item = (u32, std::path::PathBuf)>> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    Some(entries.flatten().filter_map(|entry| {
+        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+        Some((pid, entry.path()))
+    }))
+}
+
 /// The process listening on TCP `port` (any address), from `/proc/net/tcp{,6}` and every
 /// process's open sockets; none where it cannot be seen (another user's process without
 /// root, a container).
@@ -111,15 +120,8 @@ pub fn listener_pid(port: u16) -> Option<u32> {
         .filter_map(|f| std::fs::read_to_string(f).ok())
         .find_map(|t| listening_inode(&t, port))?;
     let socket = format!("socket:[{inode}]");
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+    for (pid, dir) in processes()? {
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
             continue;
         };
         for fd in fds.flatten() {
@@ -241,16 +243,9 @@ struct ProcTable {
 impl ProcTable {
     fn read() -> Option<Self> {
         let mut procs = HashMap::new();
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for (pid, dir) in processes()? {
             // A process may exit between the listing and the read: skip it.
-            if let Some(v) = std::fs::read_to_string(entry.path().join("stat"))
+            if let Some(v) = std::fs::read_to_string(dir.join("stat"))
                 .ok()
                 .and_then(|s| parse_stat(&s))
             {

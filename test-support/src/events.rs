@@ -36,15 +36,23 @@ pub async fn broker(namespace: &str) -> Broker {
     broker
 }
 
-/// Every event of `kind` stored in `namespace` so far (read without a durable consumer, so
-/// the services' consumers are not disturbed).
-pub async fn published(namespace: &str, kind: &str) -> Vec<Envelope> {
+/// `namespace`'s settings and its event stream (None before anything created it).
+async fn stream(namespace: &str) -> Option<(EventsConfig, jetstream::stream::Stream)> {
     let config = config(namespace);
     let client = async_nats::connect(config.url.as_str())
         .await
         .expect("connecting to the stack's NATS");
-    let js = jetstream::new(client);
-    let Ok(stream) = js.get_stream(&config.stream).await else {
+    let stream = jetstream::new(client)
+        .get_stream(&config.stream)
+        .await
+        .ok()?;
+    Some((config, stream))
+}
+
+/// Every event of `kind` stored in `namespace` so far (read without a durable consumer, so
+/// the services' consumers are not disturbed).
+pub async fn published(namespace: &str, kind: &str) -> Vec<Envelope> {
+    let Some((config, stream)) = stream(namespace).await else {
         return Vec::new();
     };
     let consumer = stream
@@ -92,12 +100,7 @@ pub async fn wait_for(namespace: &str, kind: &str, n: usize) -> Vec<Envelope> {
 /// `namespace` are behind: the sum of their waiting and unacknowledged messages, and how many
 /// there are. A message waiting for its retry counts as unacknowledged.
 pub async fn durable_lag(namespace: &str) -> (u64, usize) {
-    let config = config(namespace);
-    let client = async_nats::connect(config.url.as_str())
-        .await
-        .expect("connecting to the stack's NATS");
-    let js = jetstream::new(client);
-    let Ok(stream) = js.get_stream(&config.stream).await else {
+    let Some((_, stream)) = stream(namespace).await else {
         return (0, 0);
     };
     let mut consumers = stream.consumers();

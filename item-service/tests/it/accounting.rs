@@ -13,16 +13,10 @@ use crate::harness::*;
 
 /// `stock_received` as stored with the item's stock (None when it has no such field).
 async fn received(app: &TestApp, id: &str) -> Option<i64> {
-    let oid = ObjectId::parse_str(id).expect("item id");
-    let item = app
-        .service
-        .database()
-        .collection::<Document>("inventory")
-        .find_one(doc! { "_id": oid })
+    app.stored_inventory(id)
         .await
-        .expect("read the item's stock")
-        .expect("the item's stock exists");
-    item.get_i64("stock_received").ok()
+        .get_i64("stock_received")
+        .ok()
 }
 
 /// Units of `id` held (pending/reserved) plus committed, from the reservations collection.

@@ -220,18 +220,7 @@ async fn one_conditional_inc_apart_from_the_catalog_and_inside_it() {
             "category_newest",
         ),
     ] {
-        old.create_index(
-            mongodb::IndexModel::builder()
-                .keys(keys)
-                .options(
-                    mongodb::options::IndexOptions::builder()
-                        .name(name.to_owned())
-                        .build(),
-                )
-                .build(),
-        )
-        .await
-        .expect("index");
+        create_named_index(&old, keys, name).await;
     }
     stock
         .update_many(doc! {}, doc! { "$set": { "stock": 1_000_000_i64 } })

@@ -56,6 +56,19 @@ impl TestApp {
         self.service.database().client().clone().shutdown().await;
     }
 
+    /// The item's document in `inventory` as stored (no cache in between).
+    pub async fn stored_inventory(&self, item_id: &str) -> mongodb::bson::Document {
+        use mongodb::bson::{Document, doc, oid::ObjectId};
+        let oid = ObjectId::parse_str(item_id).expect("item id");
+        self.service
+            .database()
+            .collection::<Document>("inventory")
+            .find_one(doc! { "_id": oid })
+            .await
+            .expect("read the item's stock")
+            .expect("the item's stock exists")
+    }
+
     pub async fn metrics(&self) -> String {
         test_support::metrics(self.metrics_addr).await
     }
@@ -184,4 +197,24 @@ pub fn round_trips(metadata: &tonic::metadata::MetadataMap, store: &str) -> u32 
     platform::timing::Ledger::decode(header)
         .get(&format!("store.{store}"))
         .map_or(0, |e| e.count)
+}
+
+/// Creates the index `name` on `keys` (to build a collection as an older version left it).
+pub async fn create_named_index(
+    collection: &mongodb::Collection<mongodb::bson::Document>,
+    keys: mongodb::bson::Document,
+    name: &str,
+) {
+    let options = mongodb::options::IndexOptions::builder()
+        .name(name.to_owned())
+        .build();
+    collection
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(keys)
+                .options(options)
+                .build(),
+        )
+        .await
+        .expect("create the index");
 }

@@ -106,19 +106,7 @@ async fn make_old_shape(db: &Database) {
         (doc! { "status": 1, "expires_at": 1 }, "status_expiry"),
         (doc! { "settled": 1, "updated_at": 1 }, "unsettled"),
     ] {
-        reservations
-            .create_index(
-                mongodb::IndexModel::builder()
-                    .keys(keys)
-                    .options(
-                        mongodb::options::IndexOptions::builder()
-                            .name(name.to_owned())
-                            .build(),
-                    )
-                    .build(),
-            )
-            .await
-            .expect("old index");
+        create_named_index(&reservations, keys, name).await;
     }
 }
 

@@ -530,16 +530,7 @@ async fn the_sweeper_settles_a_commit_whose_process_died_before_settling() {
 
 /// The item's stock as stored (no cache in between).
 async fn stored_stock(app: &TestApp, item_id: &str) -> i64 {
-    use mongodb::bson::{Document, doc, oid::ObjectId};
-    let oid = ObjectId::parse_str(item_id).expect("item id");
-    let stock = app
-        .service
-        .database()
-        .collection::<Document>("inventory")
-        .find_one(doc! { "_id": oid })
-        .await
-        .expect("read the item's stock")
-        .expect("the item's stock exists");
+    let stock = app.stored_inventory(item_id).await;
     stock
         .get_i64("stock")
         .or_else(|_| stock.get_i32("stock").map(i64::from))

@@ -20,6 +20,8 @@ use sqlx::{
     postgres::PgConnectOptions,
 };
 
+use item_service::inventory::{StoredStock, stored_int};
+
 use super::Urls;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -119,15 +121,6 @@ async fn within<T>(
 
 fn age(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
-fn int(v: Option<&Bson>) -> Option<i64> {
-    match v? {
-        Bson::Int64(n) => Some(*n),
-        Bson::Int32(n) => Some(i64::from(*n)),
-        Bson::Double(f) => Some(*f as i64),
-        _ => None,
-    }
 }
 
 fn id_of(d: &Document) -> String {
@@ -295,19 +288,15 @@ impl Stores {
             .await?;
         let mut stock: std::collections::HashMap<String, Document> =
             stock.into_iter().map(|d| (id_of(&d), d)).collect();
-        let item = |id: String, sku: &str, d: &Document| Item {
-            id,
-            sku: sku.to_owned(),
-            stock: int(d.get("stock")).unwrap_or(0),
-            stock_received: int(d.get("stock_received")),
-            holds: d
-                .get_array("holds")
-                .map(|h| {
-                    h.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
+        let item = |id: String, sku: &str, d: &Document| {
+            let stored = StoredStock::read(d);
+            Item {
+                id,
+                sku: sku.to_owned(),
+                stock: stored.stock,
+                stock_received: stored.stock_received,
+                holds: stored.holds,
+            }
         };
         let mut items: Vec<Item> = catalog
             .iter()
@@ -353,7 +342,7 @@ impl Stores {
                                     Some(other) => other.to_string(),
                                     None => String::new(),
                                 };
-                                (item, int(l.get("quantity")).unwrap_or(0))
+                                (item, stored_int(l.get("quantity")).unwrap_or(0))
                             })
                             .collect()
                     })

@@ -154,9 +154,8 @@ pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Strategies> {
                 None
             };
             let name = format!("{} (round {round})", l.label);
-            let (m, cpu) = ctx
-                .checkout_run_cpu(&name, &l.target, l.strategy, rate, warmup, dur)
-                .await;
+            let run = ctx.checkout_run(&name, &l.target, l.strategy, rate, warmup, dur);
+            let (m, cpu) = ctx.with_cpu(run).await;
             if let Some(before) = before {
                 let after = grpc_calls(ctx).await;
                 // Per checkout issued; failures (rare here) make fewer calls, so count

@@ -83,16 +83,9 @@ pub(crate) async fn run(ctx: &mut Ctx) -> Vec<SweepPoint> {
     }
     for (series, target, strategy) in targets {
         for &r in &ctx.p.sweep.clone() {
-            let (m, cpu) = ctx
-                .checkout_run_cpu(
-                    &format!("{series} @ {r:.0}/s"),
-                    &target,
-                    strategy,
-                    r,
-                    sweep_warm,
-                    sweep_dur,
-                )
-                .await;
+            let name = format!("{series} @ {r:.0}/s");
+            let run = ctx.checkout_run(&name, &target, strategy, r, sweep_warm, sweep_dur);
+            let (m, cpu) = ctx.with_cpu(run).await;
             let stop = saturated(&m.result);
             sweep.push(SweepPoint {
                 series: series.clone(),

@@ -99,14 +99,7 @@ fn newest_file(dir: &std::path::Path) -> Option<std::time::SystemTime> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn representative_crashes_end_placed_refunded_or_never_charged() {
-    // The stack's settings must be there (a clear failure otherwise, never a skip).
-    for v in [
-        "USER_DATABASE_URL",
-        "PAYMENT_DATABASE_URL",
-        "ITEM_MONGODB_URL",
-    ] {
-        test_support::env(v);
-    }
+    super::require_stores();
     let bin_dir = built_binaries();
     let logs = tempfile::tempdir().expect("log dir");
     let combos = plan::parse_list(&[
@@ -160,14 +153,8 @@ async fn representative_crashes_end_placed_refunded_or_never_charged() {
 /// redeliveries) the checker must find nothing. Needs NATS_URL (the stack exports it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asynchronous_crashes_end_placed_or_cancelled() {
-    for v in [
-        "USER_DATABASE_URL",
-        "PAYMENT_DATABASE_URL",
-        "ITEM_MONGODB_URL",
-        "NATS_URL",
-    ] {
-        test_support::env(v);
-    }
+    super::require_stores();
+    test_support::env("NATS_URL");
     let bin_dir = built_binaries();
     let logs = tempfile::tempdir().expect("log dir");
     let combos = plan::parse_list_for(
@@ -281,13 +268,7 @@ fn assert_passed(report: &MatrixReport, logs: tempfile::TempDir) {
 /// run must file that with the combination whose order it is, and fail its final check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovery_that_undoes_a_placed_order_fails_the_crash_test() {
-    for v in [
-        "USER_DATABASE_URL",
-        "PAYMENT_DATABASE_URL",
-        "ITEM_MONGODB_URL",
-    ] {
-        test_support::env(v);
-    }
+    super::require_stores();
     let bin_dir = built_binaries();
     let logs = tempfile::tempdir().expect("log dir");
     // Committed before the kill: this checkout can only end placed.

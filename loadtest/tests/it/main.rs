@@ -11,3 +11,14 @@ mod observe;
 mod report_smoke;
 mod sync_vs_async;
 mod trace;
+
+/// The stack's store URLs must be set: a clear failure otherwise, never a skip.
+fn require_stores() {
+    for v in [
+        "USER_DATABASE_URL",
+        "PAYMENT_DATABASE_URL",
+        "ITEM_MONGODB_URL",
+    ] {
+        test_support::env(v);
+    }
+}

@@ -226,14 +226,7 @@ const CHECKOUT_P99: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_process_and_the_dashboard_queries_real_metrics() {
-    // The stack's settings must be there (a clear failure otherwise, never a skip).
-    for v in [
-        "USER_DATABASE_URL",
-        "PAYMENT_DATABASE_URL",
-        "ITEM_MONGODB_URL",
-    ] {
-        test_support::env(v);
-    }
+    super::require_stores();
     // Checked before the shop starts, so a missing binary fails at once.
     prometheus_binary();
     let dashboard: Value = serde_json::from_str(

@@ -375,13 +375,7 @@ async fn receive() -> (
 /// its caller's client span), all under `service.name` `shop`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_monolith_checkout_is_one_trace_of_the_same_shape() {
-    for v in [
-        "USER_DATABASE_URL",
-        "PAYMENT_DATABASE_URL",
-        "ITEM_MONGODB_URL",
-    ] {
-        test_support::env(v);
-    }
+    super::require_stores();
     let bin = super::crash::built_binaries().join("shop");
     assert!(
         bin.is_file(),
@@ -488,13 +482,7 @@ async fn a_monolith_checkout_is_one_trace_of_the_same_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_checkout_is_one_trace_across_every_service_it_touched() {
-    for v in [
-        "USER_DATABASE_URL",
-        "PAYMENT_DATABASE_URL",
-        "ITEM_MONGODB_URL",
-    ] {
-        test_support::env(v);
-    }
+    super::require_stores();
     let bin_dir = super::crash::built_binaries();
     let logs = tempfile::tempdir().expect("log dir");
 
