@@ -74,7 +74,7 @@ impl MySqlOutbox {
 impl Outbox for MySqlOutbox {
     async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Envelope>, BoxError> {
         let now = store::now();
-        let mut tx = store::begin(&self.pool).await?;
+        let mut tx = platform::sql::begin(&self.pool).await?;
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT id, body FROM outbox \
              WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until < ?) \

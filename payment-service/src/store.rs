@@ -55,22 +55,6 @@ pub fn earlier(t: PrimitiveDateTime, d: Duration) -> PrimitiveDateTime {
     t.saturating_sub(time::Duration::try_from(d).unwrap_or(time::Duration::MAX))
 }
 
-/// Opens a transaction that a caller cut off mid-way cannot leave half open.
-///
-/// sqlx counts a transaction as open only once it has read BEGIN's answer. A future dropped
-/// after sending BEGIN and before that answer (a request whose deadline ran out, a client
-/// hanging up) hands the connection back to the pool inside a transaction nobody knows of:
-/// every later statement on that connection reads one old snapshot (a payment committed
-/// since is "not found", on a retried Charge too) and its writes stay uncommitted, holding
-/// their locks. Begun in a task of its own, the transaction either exists, and dropping it
-/// rolls it back, or was never started.
-pub async fn begin(pool: &MySqlPool) -> Result<Transaction<'static, MySql>, sqlx::Error> {
-    let pool = pool.clone();
-    tokio::spawn(async move { pool.begin().await })
-        .await
-        .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
-}
-
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|d| d.is_unique_violation())
@@ -220,7 +204,9 @@ impl Store {
     }
 
     async fn try_begin_charge(&self, p: &NewPayment<'_>) -> Result<ChargeStart, sqlx::Error> {
-        let mut tx = begin(&self.pool).store_op("mysql", "begin").await?;
+        let mut tx = platform::sql::begin(&self.pool)
+            .store_op("mysql", "begin")
+            .await?;
         if !Self::insert_key(&mut tx, SCOPE_CHARGE, p.key, &p.fingerprint, p.id, p.now).await? {
             tx.rollback().await?;
             return Ok(ChargeStart::Claimed(
@@ -383,7 +369,9 @@ impl Store {
         card: Option<(&str, &str)>,
         now: PrimitiveDateTime,
     ) -> Result<Option<PaymentRow>, sqlx::Error> {
-        let mut tx = begin(&self.pool).store_op("mysql", "begin").await?;
+        let mut tx = platform::sql::begin(&self.pool)
+            .store_op("mysql", "begin")
+            .await?;
         let res = sqlx::query(
             "UPDATE payments SET status = ?, decline_code = ?, gateway_charge_id = ?, \
              card_brand = IF(card_token IS NOT NULL AND ? IS NOT NULL, ?, card_brand), \
@@ -453,7 +441,9 @@ impl Store {
     }
 
     async fn try_begin_refund(&self, r: &NewRefund<'_>) -> Result<RefundStart, sqlx::Error> {
-        let mut tx = begin(&self.pool).store_op("mysql", "begin").await?;
+        let mut tx = platform::sql::begin(&self.pool)
+            .store_op("mysql", "begin")
+            .await?;
         if !Self::insert_key(&mut tx, SCOPE_REFUND, r.key, &r.fingerprint, r.id, r.now).await? {
             tx.rollback().await?;
             return Ok(RefundStart::Claimed(
@@ -564,7 +554,9 @@ impl Store {
         code: &str,
         now: PrimitiveDateTime,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = begin(&self.pool).store_op("mysql", "begin").await?;
+        let mut tx = platform::sql::begin(&self.pool)
+            .store_op("mysql", "begin")
+            .await?;
         let res = sqlx::query(
             "UPDATE refunds SET status = ?, failure_code = ?, locked_until = NULL, updated_at = ? \
              WHERE id = ? AND status = 'PENDING'",

@@ -26,6 +26,7 @@ pub mod paging;
 pub mod policy;
 pub mod reason;
 pub mod shutdown;
+pub mod sql;
 pub mod telemetry;
 pub mod timing;
 pub mod token_cache;

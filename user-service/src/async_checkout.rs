@@ -138,7 +138,7 @@ impl Store {
             &c.requested(),
             traceparent,
         )?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = platform::sql::begin(&self.pool).await?;
         let sql = format!(
             "INSERT INTO orders (order_id, user_id, lines, priced, total_minor, currency, \
              payment_id, reservation_id, status, strategy, trace_id, lease_token, created_at, \
@@ -215,7 +215,7 @@ impl Store {
             e.traceparent.clone(),
         )
         .map_err(retry)?;
-        let mut tx = self.pool.begin().await.map_err(retry)?;
+        let mut tx = platform::sql::begin(&self.pool).await.map_err(retry)?;
         let sql = format!(
             "UPDATE orders SET status = 'placed', payment_id = $2, updated_at = now() \
              WHERE order_id = $1 AND strategy = 'async' AND status = 'pending' AND priced \
@@ -263,7 +263,7 @@ impl Store {
             e.traceparent.clone(),
         )
         .map_err(retry)?;
-        let mut tx = self.pool.begin().await.map_err(retry)?;
+        let mut tx = platform::sql::begin(&self.pool).await.map_err(retry)?;
         let sql = format!(
             "UPDATE orders SET status = 'cancelled', failure = $2, updated_at = now() \
              WHERE order_id = $1 AND strategy = 'async' AND status = 'pending' \
