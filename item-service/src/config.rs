@@ -1,4 +1,4 @@
-//! Settings, from flags or `ITEM_*` environment variables (names the README documents).
+//! Settings, from flags or `ITEM_*` environment variables (names item-service/README.md documents).
 
 use std::time::Duration;
 

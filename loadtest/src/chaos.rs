@@ -1,4 +1,4 @@
-//! `loadtest soak`: the chaos soak of issue 11. A checkout + browse mix runs at about half
+//! `loadtest soak`: the chaos soak. A checkout + browse mix runs at about half
 //! the stack's peak (given, or measured first) while a random process gets SIGKILL every
 //! 20-40 s and is started again; afterwards every checkout the run sent must reach an
 //! acceptable ending (and one the client was told is placed must be placed), and the

@@ -1,4 +1,4 @@
-//! user-service settings: CLI flags with environment fallbacks (the names the README documents).
+//! user-service settings: CLI flags with environment fallbacks (the names user-service/README.md documents).
 
 use std::{path::PathBuf, time::Duration};
 

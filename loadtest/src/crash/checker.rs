@@ -1,4 +1,4 @@
-//! The consistency checker of issue 11 ([`crate::check`]) as the crash test and the soak
+//! The consistency checker ([`crate::check`]) as the crash test and the soak
 //! run it: on this run's own stores, with the run's recovery window.
 
 use std::time::Duration;

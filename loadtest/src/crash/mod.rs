@@ -1,4 +1,4 @@
-//! `loadtest crash`: the crash test of issue 11. For each process of the shop and each step
+//! `loadtest crash`: the crash test. For each process of the shop and each step
 //! of a checkout, the existing fault injection holds a checkout inside that step, the
 //! process gets SIGKILL and is started again on the same address, and then the checkout
 //! must reach one of the acceptable endings (order placed / refunded and released / never

@@ -1,4 +1,4 @@
-//! The short crash test (issue 11): four representative combinations of the crash matrix
+//! The short crash test: four representative combinations of the crash matrix
 //! against the real processes built from this workspace, on throw-away databases of the
 //! local stack. Each checkout is held inside a step with fault injection, the process gets
 //! SIGKILL and is restarted, and with no client retry the checkout must end placed,
@@ -142,8 +142,8 @@ async fn representative_crashes_end_placed_refunded_or_never_charged() {
     );
 }
 
-/// The asynchronous checkout (issue 14) under the same kind of crashes, each step held open
-/// with the event flow's fault points (issue 25) or the slowed card charge: item-service
+/// The asynchronous checkout under the same kind of crashes, each step held open
+/// with the event flow's fault points or the slowed card charge: item-service
 /// killed after reserving and before acknowledging checkout.requested (delivered again: must
 /// not reserve twice), payment-service after charging and before acknowledging
 /// stock.reserved (must not charge twice), user-service after placing and before

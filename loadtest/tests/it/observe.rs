@@ -1,4 +1,4 @@
-//! Metrics a dashboard can use (issue 13): the real processes of the distributed shop,
+//! Metrics a dashboard can use: the real processes of the distributed shop,
 //! built from this workspace, scraped by a real Prometheus (the Debian package's binary, on
 //! loopback with its own data directory, every second). After some checkouts and catalog
 //! reads, Prometheus must see every process up and answer the checkout rate and p99; and

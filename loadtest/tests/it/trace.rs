@@ -1,4 +1,4 @@
-//! The trace test (issue 13): the real processes export their spans over OTLP to a receiver
+//! The trace test: the real processes export their spans over OTLP to a receiver
 //! in this test, and one checkout of each strategy must be one trace, with spans from every
 //! service it touched and every parent/child link right.
 //!
@@ -532,7 +532,7 @@ async fn each_checkout_is_one_trace_across_every_service_it_touched() {
             ));
         }
     }
-    // TRACE_TEST_WATERFALLS=DIR: write each checkout's waterfall there (the README's
+    // TRACE_TEST_WATERFALLS=DIR: write each checkout's waterfall there (docs/observability.md's
     // example in docs/ is one of these).
     if let Some(dir) = std::env::var_os("TRACE_TEST_WATERFALLS") {
         let dir = std::path::PathBuf::from(dir);

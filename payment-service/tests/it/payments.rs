@@ -700,7 +700,7 @@ async fn grpcurl_lists_services_and_charges_via_reflection() {
         "description": "via grpcurl"
     })
     .to_string();
-    // The operator's credential, as the README shows it.
+    // The operator's credential, as payment-service/README.md shows it.
     let caller = format!(
         "x-shop-caller: {}",
         test_support::identity::operator_token(platform::identity::PAYMENT_SERVICE)

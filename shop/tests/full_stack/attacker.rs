@@ -1,4 +1,4 @@
-//! The attacker's suite (issue 12): every door of the shop tried from outside, as somebody
+//! The attacker's suite: every door of the shop tried from outside, as somebody
 //! who can reach the ports but holds no key, and as a service or user that is not the one
 //! allowed. Each attempt must be refused and change nothing.
 //!

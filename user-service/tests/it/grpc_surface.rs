@@ -174,7 +174,7 @@ async fn slow_calls_end_with_deadline_exceeded_and_faults_can_be_cleared() {
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
-/// The operator's credential for grpcurl, as the README shows it.
+/// The operator's credential for grpcurl, as user-service/README.md shows it.
 fn operator_header() -> String {
     format!(
         "x-shop-caller: {}",
