@@ -304,4 +304,34 @@ mod tests {
         budget("59500").expect("a lease of exactly 120 s");
         budget("2000").expect("the default");
     }
+
+    #[test]
+    fn login_and_registration_limits_have_their_defaults_and_flags() {
+        let c = Config::parse_from(["gateway"].into_iter().chain(SECRET));
+        assert!(c.auth_concurrency >= 1);
+        let r = c.register_throttle();
+        assert!(r.enabled);
+        assert_eq!(r.per_address, 10);
+        assert_eq!(r.window, Duration::from_secs(600));
+        let c = Config::parse_from(
+            [
+                "gateway",
+                "--auth-concurrency",
+                "3",
+                "--register-address-limit",
+                "2",
+            ]
+            .into_iter()
+            .chain(SECRET),
+        );
+        assert_eq!(c.auth_concurrency, 3);
+        assert_eq!(c.register_throttle().per_address, 2);
+        let err = Config::try_parse_from(
+            ["gateway", "--auth-concurrency", "0"]
+                .into_iter()
+                .chain(SECRET),
+        )
+        .expect_err("no logins at all is no setting");
+        assert!(err.to_string().contains("at least 1"), "{err}");
+    }
 }
