@@ -5,6 +5,19 @@ use std::time::Duration;
 use platform::{balance::BalanceSettings, config::parse_switch, endpoints::ServiceUrls};
 use secrecy::SecretString;
 
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
+}
+
+/// The number of CPUs (1 when unknown): user-service's default number of hashing slots.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 fn parse_secret(s: &str) -> Result<SecretString, String> {
     if s.len() < 16 {
         return Err("must be at least 16 characters".into());
@@ -132,6 +145,23 @@ pub struct Config {
     /// peer the header is ignored and the client is the socket peer.
     #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Logins and registrations in progress at once; more get 429 at once. Each costs
+    /// user-service a password hash: keep this at most its hashing slots
+    /// (USER_HASH_CONCURRENCY, by default the number of CPUs, as here; with replicas, all
+    /// user-service slots divided by the gateway replicas), so none waits there.
+    #[arg(long, env = "GATEWAY_AUTH_CONCURRENCY", default_value_t = cpus(), value_parser = at_least_one)]
+    pub auth_concurrency: usize,
+    /// Registration throttling per client address (on/off).
+    #[arg(long, env = "GATEWAY_REGISTER_THROTTLE", default_value = "on", value_parser = parse_switch)]
+    pub register_throttle: bool,
+    /// Registrations from one client address (IPv6: its /64) within the window; more get
+    /// 429 until the window ends.
+    #[arg(long, env = "GATEWAY_REGISTER_ADDRESS_LIMIT", default_value_t = 10)]
+    pub register_address_limit: u32,
+    /// The registration throttle's window, counted from the address's first registration
+    /// (seconds).
+    #[arg(long, env = "GATEWAY_REGISTER_WINDOW_SECS", default_value_t = 600)]
+    pub register_window_secs: u64,
     /// JSON log lines.
     #[arg(long, env = "LOG_JSON", default_value = "off", value_parser = parse_switch)]
     pub log_json: bool,
@@ -192,6 +222,15 @@ impl Config {
             window: Duration::from_secs(self.login_window_secs),
             max_keys: self.login_tracked_keys,
             trusted_proxies: self.trusted_proxies.clone(),
+        }
+    }
+
+    pub fn register_throttle(&self) -> crate::throttle::RegisterConfig {
+        crate::throttle::RegisterConfig {
+            enabled: self.register_throttle,
+            per_address: self.register_address_limit,
+            window: Duration::from_secs(self.register_window_secs),
+            max_keys: self.login_tracked_keys,
         }
     }
 
@@ -264,5 +303,35 @@ mod tests {
         assert!(err.contains("at most 59500 ms"), "{err}");
         budget("59500").expect("a lease of exactly 120 s");
         budget("2000").expect("the default");
+    }
+
+    #[test]
+    fn login_and_registration_limits_have_their_defaults_and_flags() {
+        let c = Config::parse_from(["gateway"].into_iter().chain(SECRET));
+        assert!(c.auth_concurrency >= 1);
+        let r = c.register_throttle();
+        assert!(r.enabled);
+        assert_eq!(r.per_address, 10);
+        assert_eq!(r.window, Duration::from_secs(600));
+        let c = Config::parse_from(
+            [
+                "gateway",
+                "--auth-concurrency",
+                "3",
+                "--register-address-limit",
+                "2",
+            ]
+            .into_iter()
+            .chain(SECRET),
+        );
+        assert_eq!(c.auth_concurrency, 3);
+        assert_eq!(c.register_throttle().per_address, 2);
+        let err = Config::try_parse_from(
+            ["gateway", "--auth-concurrency", "0"]
+                .into_iter()
+                .chain(SECRET),
+        )
+        .expect_err("no logins at all is no setting");
+        assert!(err.to_string().contains("at least 1"), "{err}");
     }
 }

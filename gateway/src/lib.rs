@@ -3,6 +3,7 @@
 //! retries, circuit breakers and compensation. The same code runs against the services over
 //! gRPC channels (`gateway` binary) or in-process (the `shop` crate's monolith).
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod card_tokens;
@@ -69,6 +70,8 @@ impl Application {
             },
             faults,
             login_throttle: throttle::LoginThrottle::new(config.login_throttle()),
+            register_throttle: throttle::RegisterThrottle::new(config.register_throttle()),
+            auth_admission: admission::Admission::new(config.auth_concurrency),
             card_tokens: card_tokens::CardTokens::new(
                 &config.card_gateway_url,
                 config.checkout_budget(),

@@ -5,8 +5,12 @@ use std::sync::Arc;
 use platform::faults::FaultInjector;
 
 use crate::{
-    auth::TokenVerifier, card_tokens::CardTokens, deadline::Budgets, downstream::Downstreams,
-    throttle::LoginThrottle,
+    admission::Admission,
+    auth::TokenVerifier,
+    card_tokens::CardTokens,
+    deadline::Budgets,
+    downstream::Downstreams,
+    throttle::{LoginThrottle, RegisterThrottle},
 };
 
 #[derive(Clone)]
@@ -20,6 +24,10 @@ pub struct Inner {
     pub faults: FaultInjector,
     /// Failed-login counts per account and client address.
     pub login_throttle: LoginThrottle,
+    /// Registrations per client address.
+    pub register_throttle: RegisterThrottle,
+    /// Logins and registrations in progress (each costs user-service a password hash).
+    pub auth_admission: Admission,
     /// The card processor's token endpoint (asynchronous checkout).
     pub card_tokens: CardTokens,
 }

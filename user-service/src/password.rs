@@ -101,6 +101,8 @@ impl Hasher {
         let slot = self.slot().await?;
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
+            // Counted where the work really happens, so floods can be measured from here.
+            metrics::counter!("user_password_hashes_total").increment(1);
             hash_now(&password)
         })
         .await?
@@ -116,6 +118,7 @@ impl Hasher {
         let slot = self.slot().await?;
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
+            metrics::counter!("user_password_verifications_total").increment(1);
             verify_now(&password, stored.as_ref())
         })
         .await?

@@ -104,6 +104,17 @@ impl pb::user_service_server::UserService for UserApi {
         // Every account starts as a customer; admins are made by the operator
         // (`user-service admin grant`), never by registering a particular address.
         let role = Role::Customer;
+        // A taken email costs a lookup, not a hash; a registration racing this one is
+        // still caught by the unique constraint on insert.
+        if self
+            .0
+            .store
+            .email_registered(&email)
+            .await
+            .map_err(Error::from)?
+        {
+            return Err(Error::EmailTaken.into());
+        }
         let hash = self.0.passwords.hash(password).await.map_err(Error::from)?;
         let user = {
             use secrecy::ExposeSecret;

@@ -76,6 +76,18 @@ impl Store {
         Self { pool }
     }
 
+    /// Whether an account has this email (checked before a registration spends a hash;
+    /// the unique constraint still decides between concurrent registrations).
+    pub async fn email_registered(&self, email: &Email) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM users WHERE email = $1)")
+                .bind(email.as_str())
+                .fetch_one(&self.pool)
+                .store_op("postgres", "email_registered")
+                .await?,
+        )
+    }
+
     /// Inserts an account. A duplicate email is detected by the unique constraint, so two
     /// concurrent registrations of one address cannot both succeed.
     pub async fn insert_user(

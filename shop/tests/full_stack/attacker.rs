@@ -10,8 +10,10 @@
 //!   loop, run against it): `monolith.rs`;
 //! - token checks unit by unit (expired, forged, unknown signer, too long-lived, from the
 //!   future, allow-list decisions): `platform/src/identity.rs`, `platform/src/policy.rs`;
-//! - the edge: login throttling per account and address (`throttle.rs`), the gateway's
-//!   slow-header and connection caps and bounded metrics labels (`gateway/src/serve.rs`),
+//! - the edge: login throttling per account and address, login and sign-up floods beside
+//!   a working customer, parallel guessing counted in user-service's password checks
+//!   (`throttle.rs`), the gateway's slow-header and connection caps and bounded metrics
+//!   labels (`gateway/src/serve.rs`),
 //!   bounded password hashing (user-service's tests), the card gateway's bounded ledger
 //!   (`payment-service/tests/it/gateway.rs`), redacted `Debug` (the services' unit tests),
 //!   forged, expired, `alg: none` and wrong-audience user tokens at the gateway (`api.rs`

@@ -38,3 +38,45 @@ async fn logins_beyond_the_hashing_slots_are_refused_then_served_again() {
         .await
         .expect("login once the flood is over");
 }
+
+/// The password hashes this process has made (every service in a test process reports into
+/// one set of metrics).
+async fn hashes(app: &crate::harness::TestApp) -> f64 {
+    test_support::counter(
+        &test_support::metrics(app.metrics_addr).await,
+        "user_password_hashes_total",
+    )
+}
+
+#[tokio::test]
+async fn a_taken_email_is_refused_before_any_hashing() {
+    let app = spawn_with(|_| {}).await;
+    let email = unique_email();
+    app.register(&email, "correct horse battery", "Ada")
+        .await
+        .expect("register");
+    let before = hashes(&app).await;
+    assert!(before >= 1.0, "the registration above was hashed");
+    for _ in 0..3 {
+        let err = app
+            .register(&email.to_uppercase(), "another password", "Eve")
+            .await
+            .expect_err("taken");
+        assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    }
+    assert_eq!(hashes(&app).await, before, "no hash for a taken email");
+}
+
+/// Registrations of one new email at once: they all pass the existence check, and the
+/// unique constraint lets exactly one of them in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_of_one_email_make_one_account() {
+    let app = spawn_with(|_| {}).await;
+    let email = unique_email();
+    let answers =
+        join_all((0..6).map(|_| app.register(&email, "correct horse battery", "Ada"))).await;
+    assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 1);
+    for err in answers.iter().filter_map(|a| a.as_ref().err()) {
+        assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    }
+}
