@@ -176,12 +176,11 @@ impl ShopAdmin {
     /// Registers (409 = exists, fine) and logs in; returns the bearer token.
     pub async fn account(&self, email: &str, password: &str) -> anyhow::Result<String> {
         let resp = self
-            .http
-            .post(self.url("/api/auth/register"))
-            .json(&json!({"email": email, "password": password, "display_name": "Load Test"}))
-            .send()
-            .await
-            .context("POST /api/auth/register")?;
+            .auth_call(
+                "/api/auth/register",
+                json!({"email": email, "password": password, "display_name": "Load Test"}),
+            )
+            .await?;
         if !resp.status().is_success() && resp.status() != reqwest::StatusCode::CONFLICT {
             anyhow::bail!(
                 "register {email}: {}: {}",
@@ -190,12 +189,11 @@ impl ShopAdmin {
             );
         }
         let resp = self
-            .http
-            .post(self.url("/api/auth/login"))
-            .json(&json!({"email": email, "password": password}))
-            .send()
-            .await
-            .context("POST /api/auth/login")?;
+            .auth_call(
+                "/api/auth/login",
+                json!({"email": email, "password": password}),
+            )
+            .await?;
         if !resp.status().is_success() {
             anyhow::bail!(
                 "login {email}: {}: {}",
@@ -204,6 +202,46 @@ impl ShopAdmin {
             );
         }
         Ok(resp.json::<LoginResponse>().await?.access_token)
+    }
+
+    /// POSTs a login or registration, waiting out the gateway's admission limit as a
+    /// polite client does (429 `overloaded` or `login_in_progress`: Retry-After, then
+    /// again). The per-address registration limit is no wait-and-see: it says how to
+    /// lift it for a load test.
+    async fn auth_call(&self, path: &str, body: Value) -> anyhow::Result<reqwest::Response> {
+        const ATTEMPTS: u32 = 60;
+        for _ in 1..ATTEMPTS {
+            let resp = self
+                .http
+                .post(self.url(path))
+                .json(&body)
+                .send()
+                .await
+                .with_context(|| format!("POST {path}"))?;
+            if resp.status() != reqwest::StatusCode::TOO_MANY_REQUESTS {
+                return Ok(resp);
+            }
+            let wait = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 5);
+            let answer: Value = resp.json().await.unwrap_or_default();
+            match answer["code"].as_str() {
+                Some("overloaded" | "login_in_progress") => {
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                }
+                Some("too_many_registrations") => anyhow::bail!(
+                    "POST {path}: the gateway allows this address only a few registrations per \
+                     window; for a load test set GATEWAY_REGISTER_THROTTLE=off (or raise \
+                     GATEWAY_REGISTER_ADDRESS_LIMIT) on the target gateway"
+                ),
+                _ => anyhow::bail!("POST {path}: 429 {answer}"),
+            }
+        }
+        anyhow::bail!("POST {path}: still refused (429) after {ATTEMPTS} attempts")
     }
 
     /// `n` fresh accounts for this run, concurrently (password hashing is slow).

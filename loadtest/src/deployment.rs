@@ -167,6 +167,8 @@ pub(crate) async fn start_stack(
             ("PAYMENT_SERVICE_URL", url(pay)),
             // The asynchronous checkout swaps the card for the processor's token first.
             ("CARD_GATEWAY_URL", url(card)),
+            // Every load-test account registers from this one address.
+            ("GATEWAY_REGISTER_THROTTLE", "off".into()),
         ]
     };
     let gw = free_addr()?;
@@ -206,6 +208,7 @@ pub(crate) async fn start_stack(
         let mut env = vec![
             ("GATEWAY_HTTP_ADDR", s.to_string()),
             ("CARD_GATEWAY_URL", url(card)),
+            ("GATEWAY_REGISTER_THROTTLE", "off".into()),
         ];
         // Its own gRPC listener (all three services; FaultAdmin for the in-process
         // calls) and, in case a version uses them, the parts' addresses: all free ports.
