@@ -17,6 +17,7 @@ use std::{collections::HashMap, time::Duration};
 use mongodb::bson::doc;
 use platform::{
     ErrorReason,
+    checkout_failure::{self, CheckoutFailure},
     events::{
         Envelope, HandlerError, Outcome, RelayWaker,
         checkout::{
@@ -60,13 +61,6 @@ enum Verdict {
     Refused(Refusal),
 }
 
-/// The `ErrorReason` name as the events carry it: `OUT_OF_STOCK`, not
-/// `ERROR_REASON_OUT_OF_STOCK`.
-pub fn reason_name(reason: ErrorReason) -> &'static str {
-    let name = reason.as_str_name();
-    name.strip_prefix("ERROR_REASON_").unwrap_or(name)
-}
-
 fn refusal(
     order_id: &str,
     reason: ErrorReason,
@@ -75,7 +69,7 @@ fn refusal(
 ) -> Refusal {
     Refusal {
         order_id: order_id.to_owned(),
-        reason: reason_name(reason).to_owned(),
+        failure: checkout_failure::of_reason(reason),
         field: Some(field.into()),
         message: message.into(),
     }
@@ -260,7 +254,7 @@ impl Checkout {
             State::Released if doc.reason == EXPIRED => {
                 let refused = Refusal {
                     order_id: rid.0.clone(),
-                    reason: reason_name(ErrorReason::ReservationExpired).to_owned(),
+                    failure: CheckoutFailure::ReservationExpired,
                     field: None,
                     message: "the stock could not be reserved before the hold expired".into(),
                 };
@@ -286,7 +280,7 @@ impl Checkout {
         from: State,
         refused: Refusal,
     ) -> Result<Decided, HandlerError> {
-        let not_found = refused.reason == reason_name(ErrorReason::ItemNotFound);
+        let not_found = refused.failure == CheckoutFailure::ItemNotFound;
         let to = if from == State::Pending {
             State::Rejected
         } else {
@@ -450,13 +444,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_name_reasons_as_the_contract_does() {
-        assert_eq!(reason_name(ErrorReason::OutOfStock), "OUT_OF_STOCK");
-        assert_eq!(reason_name(ErrorReason::ItemNotFound), "ITEM_NOT_FOUND");
-        assert_eq!(
-            reason_name(ErrorReason::ReservationExpired),
-            "RESERVATION_EXPIRED"
-        );
+    fn refusals_carry_the_ending_their_reason_makes() {
+        let r = refusal("o", ErrorReason::ItemNotFound, "lines[0].item_id", "gone");
+        assert_eq!(r.failure, CheckoutFailure::ItemNotFound);
+        let r = refusal("o", ErrorReason::OutOfStock, "lines[0].quantity", "short");
+        assert_eq!(r.failure, CheckoutFailure::OutOfStock);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 use platform::{
+    checkout_failure::CheckoutFailure,
     events::{
         ConsumerSpec, Envelope, HandlerError, Outcome,
         checkout::{self, PAYMENT_DECLINED, PAYMENT_SUCCEEDED, PaymentSucceeded, Refusal},
@@ -76,7 +77,11 @@ pub fn event_of(row: &PaymentRow) -> Option<Envelope> {
             &row.order_id,
             &Refusal {
                 order_id: row.order_id.clone(),
-                reason: "CARD_DECLINED".into(),
+                failure: if status == Status::Declined {
+                    CheckoutFailure::CardDeclined
+                } else {
+                    CheckoutFailure::PaymentFailed
+                },
                 field: Some("card".into()),
                 message: if status == Status::Declined {
                     format!("the card was declined ({})", row.decline_code)
@@ -240,7 +245,7 @@ impl Payments {
             order_id,
             &Refusal {
                 order_id: order_id.to_owned(),
-                reason: "INVALID_FIELD".into(),
+                failure: CheckoutFailure::InvalidOrder,
                 field: Some(field.to_owned()),
                 message,
             },

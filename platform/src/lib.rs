@@ -7,6 +7,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod cart;
+pub mod checkout_failure;
 pub mod config;
 pub mod context;
 pub mod endpoints;

@@ -13,7 +13,7 @@
 //! Asynchronous orders have no lease: the checkout recovery leaves them to the stream.
 
 use platform::{
-    FieldError,
+    FieldError, checkout_failure,
     events::{
         Envelope, HandlerError, Outcome,
         checkout::{self as ev, PaymentSucceeded, Refusal, StockReserved},
@@ -25,7 +25,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::{
-    checkout_record::{self, Failure, RecordError},
+    checkout_record::{self, RecordError},
     domain::UserId,
     orders::{self, StoredLine},
     outbox,
@@ -110,16 +110,6 @@ fn envelope<T: serde::Serialize>(
 ) -> Result<Envelope, StoreError> {
     ev::envelope(kind, &order_id.to_string(), data, traceparent)
         .map_err(|e| StoreError::Event(e.to_string()))
-}
-
-/// The order's failure code for a refusal's reason (`ERROR_REASON_OUT_OF_STOCK` or
-/// `OUT_OF_STOCK` -> `out_of_stock`).
-pub fn failure_of(reason: &str) -> Failure {
-    let code = reason
-        .strip_prefix("ERROR_REASON_")
-        .unwrap_or(reason)
-        .to_ascii_lowercase();
-    Failure::parse(&code, "reason").unwrap_or_else(|_| Failure::of("refused"))
 }
 
 impl Store {
@@ -252,13 +242,13 @@ impl Store {
     pub async fn on_refusal(&self, e: &Envelope) -> Result<Outcome, HandlerError> {
         let data: Refusal = ev::data(e).map_err(|err| reject(&err))?;
         let order_id = order_id_of(&data.order_id)?;
-        let failure = failure_of(&data.reason);
+        let failure = data.failure;
         let cancelled = envelope(
             ev::ORDER_CANCELLED,
             order_id,
             &ev::OrderCancelled {
                 order_id: data.order_id.clone(),
-                failure: failure.as_str().to_owned(),
+                failure,
             },
             e.traceparent.clone(),
         )
@@ -271,14 +261,14 @@ impl Store {
         );
         let moved = sqlx::query_as::<_, OrderRow>(&sql)
             .bind(order_id)
-            .bind(failure.as_str())
+            .bind(checkout_failure::code(failure))
             .fetch_optional(&mut *tx)
             .await
             .map_err(retry)?;
         if let Some(row) = moved {
             outbox::write(&mut tx, &cancelled).await.map_err(retry)?;
             tx.commit().await.map_err(retry)?;
-            tracing::info!(order_id = %row.order_id, trace_id = %row.trace_id, failure = failure.as_str(), "asynchronous checkout cancelled");
+            tracing::info!(order_id = %row.order_id, trace_id = %row.trace_id, failure = checkout_failure::code(failure), "asynchronous checkout cancelled");
             return Ok(Outcome::Applied);
         }
         tx.rollback().await.map_err(retry)?;

@@ -7,14 +7,18 @@
 
 use std::time::Duration;
 
-use platform::{CallContext, FieldError, ids, reason_of};
+use platform::{
+    CallContext, FieldError,
+    checkout_failure::{self, CheckoutFailure},
+    ids,
+};
 use shop_proto::{
     payment::v1::{ChainedChargeRequest, GetPaymentRequest, PaymentStatus},
     user::v1 as pb,
 };
 
 use crate::{
-    checkout_record::{Begun, Failure, NewCheckout, RecordError, Target, Transition},
+    checkout_record::{Begun, NewCheckout, RecordError, Target, Transition},
     error::Error,
     orders::{StoredLine, parse_priced},
     service::UserGrpc,
@@ -94,11 +98,10 @@ pub async fn checkout(
     let charge = match charged {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            match ended_with_nothing_kept(&s) {
+            match checkout_failure::of_status(&s) {
                 // The chain gave everything back itself: the checkout is over.
                 Some(failure) => {
-                    svc.advance(&moved(Target::Cancelled(Failure::of(failure))))
-                        .await?;
+                    svc.advance(&moved(Target::Cancelled(failure))).await?;
                 }
                 // Unknown what the chain did (a timeout, a crash behind us): the recovery
                 // asks payment-service and item-service and finishes it.
@@ -134,9 +137,9 @@ pub async fn checkout(
         }
         // payment-service released the reservation after a decline or failure, and refunded
         // a charge whose stock hold expired.
-        PaymentStatus::Declined => Target::Cancelled(Failure::of("card_declined")),
-        PaymentStatus::Failed => Target::Cancelled(Failure::of("payment_failed")),
-        PaymentStatus::Refunded => Target::Cancelled(Failure::of("reservation_expired")),
+        PaymentStatus::Declined => Target::Cancelled(CheckoutFailure::CardDeclined),
+        PaymentStatus::Failed => Target::Cancelled(CheckoutFailure::PaymentFailed),
+        PaymentStatus::Refunded => Target::Cancelled(CheckoutFailure::ReservationExpired),
         // The card processor has not answered: the recovery settles it.
         PaymentStatus::Pending | PaymentStatus::Unspecified => Target::Handover,
     };
@@ -191,26 +194,6 @@ async fn settled(
         order: Some(row.into()),
         payment,
     })
-}
-
-/// The chain's answers that mean "over, nothing kept" (stock short, key reused, already
-/// rolled back), decided on code and reason; None when what happened is unknown.
-fn ended_with_nothing_kept(s: &tonic::Status) -> Option<&'static str> {
-    use platform::ErrorReason as R;
-    use tonic::Code as C;
-    match (s.code(), reason_of(s)?) {
-        (C::FailedPrecondition | C::ResourceExhausted, R::OutOfStock) => Some("out_of_stock"),
-        (C::FailedPrecondition | C::Aborted, R::ReservationReleased) => {
-            Some("checkout_rolled_back")
-        }
-        (C::FailedPrecondition | C::Aborted, R::ReservationExpired) => Some("reservation_expired"),
-        (C::Aborted, R::PaymentRefunded) => Some("checkout_rolled_back"),
-        (C::NotFound, R::ItemNotFound) => Some("item_not_found"),
-        (C::AlreadyExists | C::FailedPrecondition, R::IdempotencyKeyReused) => {
-            Some("idempotency_key_reused")
-        }
-        _ => None,
-    }
 }
 
 /// Gives the checkout to the recovery; if even that fails, its lease runs out by itself.

@@ -6,7 +6,11 @@
 
 use std::time::Duration;
 
-use platform::{FieldError, money::Money};
+use platform::{
+    FieldError,
+    checkout_failure::{self, CheckoutFailure},
+    money::Money,
+};
 use shop_proto::user::v1 as pb;
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -24,30 +28,16 @@ pub const MAX_LEASE: Duration = platform::cart::MAX_CHECKOUT_LEASE;
 /// up on may still be landing.
 pub const HANDOVER_GRACE: Duration = Duration::from_millis(1000);
 
-/// Why a checkout went backward: a machine-readable code (`[a-z0-9_]`, 1..=64).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure(String);
-
-impl Failure {
-    pub fn parse(raw: &str, field: &str) -> Result<Self, FieldError> {
-        let ok = (1..=64).contains(&raw.len())
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if ok {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(FieldError::new(field, "must be 1 to 64 of [a-z0-9_]"))
-        }
-    }
-
-    /// A code this service itself decides on.
-    pub fn of(code: &'static str) -> Self {
-        Self(code.to_owned())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
+/// Why a checkout went backward, from an AdvanceCheckout request: an ending, never
+/// UNSPECIFIED.
+fn parse_failure(raw: i32) -> Result<CheckoutFailure, FieldError> {
+    match CheckoutFailure::try_from(raw) {
+        Ok(CheckoutFailure::Unspecified) => Err(FieldError::new(
+            "failure",
+            "is required to cancel a checkout",
+        )),
+        Ok(f) => Ok(f),
+        Err(_) => Err(FieldError::new("failure", "is not a CheckoutFailure value")),
     }
 }
 
@@ -160,9 +150,9 @@ pub enum Target {
         priced: Option<(Vec<StoredLine>, Money)>,
     },
     /// Going backward: refund and release under way.
-    Cancelling(Failure),
+    Cancelling(CheckoutFailure),
     /// Ended with nothing kept.
-    Cancelled(Failure),
+    Cancelled(CheckoutFailure),
     /// The driver gives up its lease, the state unchanged: the recovery finishes the checkout.
     Handover,
 }
@@ -208,12 +198,8 @@ impl Transition {
                 };
                 Target::Placed { payment_id, priced }
             }
-            Ok(pb::OrderStatus::Cancelling) => {
-                Target::Cancelling(Failure::parse(&r.failure, "failure")?)
-            }
-            Ok(pb::OrderStatus::Cancelled) => {
-                Target::Cancelled(Failure::parse(&r.failure, "failure")?)
-            }
+            Ok(pb::OrderStatus::Cancelling) => Target::Cancelling(parse_failure(r.failure)?),
+            Ok(pb::OrderStatus::Cancelled) => Target::Cancelled(parse_failure(r.failure)?),
             // "Hand it over in the state it is in".
             Ok(pb::OrderStatus::Pending) => Target::Handover,
             _ => {
@@ -350,7 +336,9 @@ impl Store {
             Target::Placed { payment_id, priced } => {
                 (Some(payment_id.as_str()), None, priced.as_ref())
             }
-            Target::Cancelling(f) | Target::Cancelled(f) => (None, Some(f.as_str()), None),
+            Target::Cancelling(f) | Target::Cancelled(f) => {
+                (None, Some(checkout_failure::code(*f)), None)
+            }
             Target::Handover => (None, None, None),
         };
         let from: Vec<String> = t.to.from().iter().map(|s| (*s).to_owned()).collect();

@@ -4,6 +4,7 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use platform::{
     FieldError,
+    checkout_failure::{self, CheckoutFailure},
     money::{Currency, Money},
 };
 use serde::{Deserialize, Serialize};
@@ -231,7 +232,11 @@ impl From<OrderRow> for pb::Order {
             reservation_id: r.reservation_id.clone(),
             status: r.status() as i32,
             created_at: Some(timestamp(r.created_at)),
-            failure: r.failure.clone().unwrap_or_default(),
+            failure: r
+                .failure
+                .as_deref()
+                .map_or(CheckoutFailure::Unspecified, checkout_failure::from_stored)
+                .into(),
             updated_at: Some(timestamp(r.updated_at)),
             priced,
         }

@@ -15,7 +15,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use platform::{CallContext, ErrorReason, context::TraceContext, reason_of};
+use platform::{
+    CallContext, ErrorReason,
+    checkout_failure::{self, CheckoutFailure},
+    context::TraceContext,
+    reason_of,
+};
 use shop_proto::{
     common::v1::{Money as PbMoney, PricedLine},
     item::v1::{self as item, ReservationStatus},
@@ -25,7 +30,7 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::{
-    checkout_record::{Failure, Target, Transition},
+    checkout_record::{Target, Transition},
     orders,
     service::UserGrpc,
     store::OrderRow,
@@ -195,28 +200,34 @@ impl Recovery {
             return Err(Wait("the charge's outcome is still unknown".into()));
         }
         if row.status == "cancelling" {
-            let failure = row.failure.as_deref().unwrap_or("abandoned");
+            let failure = row
+                .failure
+                .as_deref()
+                .map_or(CheckoutFailure::Abandoned, checkout_failure::from_stored);
             return self
                 .backward(ctx, row, token, payment.as_ref(), failure)
                 .await;
         }
         let Some(p) = payment else {
             // No charge was ever made (the lease outlived every call the driver could make).
-            return self.backward(ctx, row, token, None, "abandoned").await;
+            return self
+                .backward(ctx, row, token, None, CheckoutFailure::Abandoned)
+                .await;
         };
         match p.status() {
             PaymentStatus::Succeeded if refunded(&p) == 0 => {
                 self.forward(ctx, row, token, &p).await
             }
             PaymentStatus::Succeeded | PaymentStatus::Refunded => {
-                self.backward(ctx, row, token, Some(&p), "refunded").await
+                self.backward(ctx, row, token, Some(&p), CheckoutFailure::Refunded)
+                    .await
             }
             PaymentStatus::Declined => {
-                self.backward(ctx, row, token, Some(&p), "card_declined")
+                self.backward(ctx, row, token, Some(&p), CheckoutFailure::CardDeclined)
                     .await
             }
             _ => {
-                self.backward(ctx, row, token, Some(&p), "payment_failed")
+                self.backward(ctx, row, token, Some(&p), CheckoutFailure::PaymentFailed)
                     .await
             }
         }
@@ -236,7 +247,13 @@ impl Recovery {
             Some(ReservationStatus::Reserved | ReservationStatus::Committed) => {}
             _ => {
                 return self
-                    .backward(ctx, row, token, Some(p), "reservation_expired")
+                    .backward(
+                        ctx,
+                        row,
+                        token,
+                        Some(p),
+                        CheckoutFailure::ReservationExpired,
+                    )
                     .await;
             }
         }
@@ -257,12 +274,24 @@ impl Recovery {
                     == Some(ReservationStatus::Committed) => {}
             Ok(_) => {
                 return self
-                    .backward(ctx, row, token, Some(p), "reservation_expired")
+                    .backward(
+                        ctx,
+                        row,
+                        token,
+                        Some(p),
+                        CheckoutFailure::ReservationExpired,
+                    )
                     .await;
             }
             Err(s) if lost_reservation(&s) => {
                 return self
-                    .backward(ctx, row, token, Some(p), "reservation_expired")
+                    .backward(
+                        ctx,
+                        row,
+                        token,
+                        Some(p),
+                        CheckoutFailure::ReservationExpired,
+                    )
                     .await;
             }
             Err(s) => return Err(s.into()),
@@ -277,7 +306,7 @@ impl Recovery {
                     // be recorded truthfully. The stock stays sold (committed), the money goes back.
                     tracing::error!(order_id = %row.order_id, trace_id = %row.trace_id, "recovery: cannot re-price a chained checkout to its payment's amount; refunding");
                     return self
-                        .backward(ctx, row, token, Some(p), "price_changed")
+                        .backward(ctx, row, token, Some(p), CheckoutFailure::PriceChanged)
                         .await;
                 }
             }
@@ -313,16 +342,15 @@ impl Recovery {
         row: &OrderRow,
         token: Uuid,
         p: Option<&pay::Payment>,
-        failure: &str,
+        failure: CheckoutFailure,
     ) -> Result<Action, Wait> {
-        let failure = Failure::parse(failure, "failure").unwrap_or(Failure::of("abandoned"));
         if row.status == "pending" {
             match self
                 .svc
                 .advance(&Transition {
                     order_id: row.order_id,
                     token,
-                    to: Target::Cancelling(failure.clone()),
+                    to: Target::Cancelling(failure),
                 })
                 .await
             {
@@ -365,12 +393,12 @@ impl Recovery {
             .advance(&Transition {
                 order_id: row.order_id,
                 token,
-                to: Target::Cancelled(failure.clone()),
+                to: Target::Cancelled(failure),
             })
             .await
         {
             Ok(_) => {
-                tracing::info!(order_id = %row.order_id, trace_id = %row.trace_id, failure = failure.as_str(), "recovery: checkout compensated (nothing kept, stock released)");
+                tracing::info!(order_id = %row.order_id, trace_id = %row.trace_id, failure = checkout_failure::code(failure), "recovery: checkout compensated (nothing kept, stock released)");
                 Ok(Action::Compensated)
             }
             Err(crate::error::Error::Record(crate::checkout_record::RecordError::TakenOver)) => {

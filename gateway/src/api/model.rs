@@ -1,6 +1,7 @@
 //! The REST API's JSON shapes, converted from the services' protobuf messages. They are
 //! also the OpenAPI schemas, so the document and the real responses cannot drift apart.
 
+use platform::checkout_failure::{self, CheckoutFailure};
 use serde::{Deserialize, Serialize};
 use shop_proto::{common::v1 as common, item::v1 as item, payment::v1 as pay, user::v1 as user};
 use utoipa::{IntoParams, ToSchema};
@@ -411,7 +412,10 @@ impl From<&user::Order> for Order {
             payment_id: o.payment_id.clone(),
             reservation_id: o.reservation_id.clone(),
             status: status.to_owned(),
-            failure: (!o.failure.is_empty()).then(|| o.failure.clone()),
+            failure: match o.failure() {
+                CheckoutFailure::Unspecified => None,
+                f => Some(checkout_failure::code(f).to_owned()),
+            },
             priced: o.priced,
             created_at: timestamp(o.created_at.as_ref()),
         }

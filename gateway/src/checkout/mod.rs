@@ -18,7 +18,11 @@ mod saga;
 
 use http::StatusCode;
 pub use platform::ids::{order_id_for, scoped_key};
-use platform::{ErrorReason, reason_of};
+use platform::{
+    ErrorReason,
+    checkout_failure::{self, CheckoutFailure},
+    reason_of,
+};
 pub use saga::{Priced, price};
 use shop_proto::{common::v1 as common, payment::v1 as pay, user::v1 as user};
 
@@ -137,22 +141,113 @@ pub fn is_in_progress(s: &tonic::Status) -> bool {
 pub fn outcome_of(s: &tonic::Status) -> Option<ApiError> {
     use ErrorReason as R;
     use tonic::Code as C;
-    let e = match (s.code(), reason_of(s)?) {
-        (C::Aborted, R::InProgress) => in_progress(),
-        (C::FailedPrecondition | C::ResourceExhausted, R::OutOfStock) => {
-            let mut e = out_of_stock(relayed_message(s));
-            e.field = platform::error::field_of(s);
+    match (s.code(), reason_of(s)?) {
+        (C::Aborted, R::InProgress) => return Some(in_progress()),
+        (C::Unavailable, R::PaymentPending) => return Some(payment_pending()),
+        _ => {}
+    }
+    checkout_failure::of_status(s).map(|f| answer(f, None, Some(s)))
+}
+
+/// Why a checkout stops going forward: the ending its record keeps and the answer this
+/// request gives.
+#[derive(Debug)]
+pub struct Stop {
+    pub failure: CheckoutFailure,
+    pub answer: ApiError,
+}
+
+impl Stop {
+    pub fn new(failure: CheckoutFailure) -> Self {
+        Self {
+            failure,
+            answer: answer(failure, None, None),
+        }
+    }
+
+    /// What a service's refusal ends the checkout with; a failure that is no ending of
+    /// its own (unreachable, internal) stops it as SERVICE_FAILED with the generic answer.
+    pub fn of_status(s: &tonic::Status) -> Self {
+        match checkout_failure::of_status(s) {
+            Some(failure) => Self {
+                failure,
+                answer: answer(failure, None, Some(s)),
+            },
+            None => Self {
+                failure: CheckoutFailure::ServiceFailed,
+                answer: outcome_of(s).unwrap_or_else(|| ApiError::from_status(s)),
+            },
+        }
+    }
+}
+
+/// The answer for a checkout that ended with `failure`, the one place an ending becomes
+/// an HTTP status and code. `payment` (when known) words a decline; `detail` (the
+/// service's answer, when this request met it) adds the field and the stock shortfall.
+pub fn answer(
+    failure: CheckoutFailure,
+    payment: Option<&pay::Payment>,
+    detail: Option<&tonic::Status>,
+) -> ApiError {
+    use CheckoutFailure as F;
+    let field = detail.and_then(platform::error::field_of);
+    let with_field = |e: ApiError, default: &str| match &field {
+        Some(f) => e.with_field(f.clone()),
+        None => e.with_field(default),
+    };
+    match failure {
+        F::OutOfStock => {
+            let mut e = out_of_stock(detail.map_or("", relayed_message));
+            e.field = field;
             e
         }
-        // Released by a concurrent caller or by this key's earlier, failed attempt.
-        (C::FailedPrecondition | C::Aborted, R::ReservationReleased) => rolled_back(),
-        (C::FailedPrecondition | C::Aborted, R::ReservationExpired) => reservation_expired(),
-        (C::Aborted, R::PaymentRefunded) => rolled_back(),
-        (C::Unavailable, R::PaymentPending) => payment_pending(),
-        (C::AlreadyExists | C::FailedPrecondition, R::IdempotencyKeyReused) => saga::key_reused(),
-        _ => return None,
-    };
-    Some(e)
+        F::ItemNotFound => with_field(
+            ApiError::not_found("An item in the cart does not exist.".to_owned()),
+            "lines",
+        ),
+        F::MixedCurrencies => with_field(
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "mixed_currencies",
+                "items priced in different currencies cannot be bought in one order",
+            ),
+            "lines",
+        ),
+        F::InvalidOrder => with_field(
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_order",
+                "This order cannot be placed as it is; nothing was charged.",
+            ),
+            "lines",
+        ),
+        F::CardDeclined => match payment {
+            Some(p) => declined(p),
+            None => ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "card_declined",
+                "Your card was declined. No money was taken.",
+            )
+            .with_field("card"),
+        },
+        F::PaymentFailed => payment_failed(),
+        F::ReservationExpired => reservation_expired(),
+        F::PriceChanged => ApiError::new(
+            StatusCode::CONFLICT,
+            "price_changed",
+            "A price changed while the order was being placed; your payment was refunded. Try again.",
+        ),
+        F::IdempotencyKeyReused => saga::key_reused(),
+        F::ServiceFailed => match detail {
+            Some(s) => ApiError::from_status(s),
+            None => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "The order could not be completed; nothing was kept charged. Try again.",
+            ),
+        },
+        F::RolledBack | F::Abandoned | F::Refunded | F::Unspecified => rolled_back(),
+    }
 }
 
 /// The message of a failure as its source worded it, without the "item-service <Method>: "
@@ -357,7 +452,7 @@ mod tests {
                 e.message
             );
         }
-        assert_eq!(saga::reserve_error(&s).code, "out_of_stock");
+        assert_eq!(Stop::of_status(&s).answer.code, "out_of_stock");
     }
 
     #[test]
@@ -402,7 +497,7 @@ mod tests {
             for (path, e) in decisions(&s) {
                 assert_eq!(e.code, generic, "{path}: {msg}");
             }
-            assert_eq!(saga::reserve_error(&s).code, generic, "{msg}");
+            assert_eq!(Stop::of_status(&s).answer.code, generic, "{msg}");
         }
     }
 

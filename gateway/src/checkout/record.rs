@@ -7,13 +7,10 @@
 //! checkout recovery, which finishes the checkout when this request's lease runs out.
 
 use http::StatusCode;
-use platform::{CallContext, ErrorReason, reason_of};
+use platform::{CallContext, ErrorReason, checkout_failure::CheckoutFailure, reason_of};
 use shop_proto::{payment::v1 as pay, user::v1 as user};
 
-use super::{
-    Checkout, DUPLICATE_PAUSE, Outcome, declined, in_progress, out_of_stock, payment_failed,
-    reservation_expired, rolled_back, saga::Priced,
-};
+use super::{Checkout, DUPLICATE_PAUSE, Outcome, answer, in_progress, saga::Priced};
 use crate::{api::model::Strategy, downstream::Safety, error::ApiError, state::AppState};
 
 /// A record this request drives.
@@ -99,7 +96,7 @@ impl Lease {
         ctx: &CallContext,
         to: user::OrderStatus,
         payment_id: &str,
-        failure: &str,
+        failure: CheckoutFailure,
     ) -> Result<user::Order, tonic::Status> {
         let resp = state
             .downstreams
@@ -113,7 +110,7 @@ impl Lease {
                     lease_token: self.token.clone(),
                     to: to as i32,
                     payment_id: payment_id.to_owned(),
-                    failure: failure.to_owned(),
+                    failure: failure.into(),
                     lines: Vec::new(),
                     total: None,
                 },
@@ -131,13 +128,24 @@ impl Lease {
         ctx: &CallContext,
         payment_id: &str,
     ) -> Result<user::Order, tonic::Status> {
-        self.advance(state, ctx, user::OrderStatus::Placed, payment_id, "")
-            .await
+        self.advance(
+            state,
+            ctx,
+            user::OrderStatus::Placed,
+            payment_id,
+            CheckoutFailure::Unspecified,
+        )
+        .await
     }
 
     /// The decision to go backward, written before any refund or release. False when it
     /// could not be written: then nothing may be undone here (the recovery will).
-    pub async fn cancelling(&self, state: &AppState, ctx: &CallContext, failure: &str) -> bool {
+    pub async fn cancelling(
+        &self,
+        state: &AppState,
+        ctx: &CallContext,
+        failure: CheckoutFailure,
+    ) -> bool {
         self.log(
             "cancelling",
             self.advance(state, ctx, user::OrderStatus::Cancelling, "", failure)
@@ -146,7 +154,12 @@ impl Lease {
     }
 
     /// Everything given back.
-    pub async fn cancelled(&self, state: &AppState, ctx: &CallContext, failure: &str) -> bool {
+    pub async fn cancelled(
+        &self,
+        state: &AppState,
+        ctx: &CallContext,
+        failure: CheckoutFailure,
+    ) -> bool {
         self.log(
             "cancelled",
             self.advance(state, ctx, user::OrderStatus::Cancelled, "", failure)
@@ -159,8 +172,14 @@ impl Lease {
     pub async fn hand_over(&self, state: &AppState, ctx: &CallContext) -> bool {
         self.log(
             "handed to the recovery",
-            self.advance(state, ctx, user::OrderStatus::Pending, "", "")
-                .await,
+            self.advance(
+                state,
+                ctx,
+                user::OrderStatus::Pending,
+                "",
+                CheckoutFailure::Unspecified,
+            )
+            .await,
         )
     }
 
@@ -193,7 +212,7 @@ pub async fn settled(
         | user::OrderStatus::Pending
         | user::OrderStatus::Unspecified => Ok(Outcome { order, payment }),
         user::OrderStatus::Cancelling => Err(being_undone(&order, payment.as_ref())),
-        user::OrderStatus::Cancelled => Err(failure_answer(&order.failure, payment.as_ref())),
+        user::OrderStatus::Cancelled => Err(answer(order.failure(), payment.as_ref(), None)),
     }
 }
 
@@ -226,31 +245,11 @@ pub async fn payment_of(
         .and_then(|r| r.payment)
 }
 
-/// The answer for a checkout cancelled for `failure` (the code its driver recorded).
-pub fn failure_answer(failure: &str, payment: Option<&pay::Payment>) -> ApiError {
-    match failure {
-        "out_of_stock" => out_of_stock(""),
-        "card_declined" => match payment {
-            Some(p) => declined(p),
-            None => ApiError::new(
-                StatusCode::PAYMENT_REQUIRED,
-                "card_declined",
-                "Your card was declined. No money was taken.",
-            )
-            .with_field("card"),
-        },
-        "payment_failed" => payment_failed(),
-        "reservation_expired" => reservation_expired(),
-        "idempotency_key_reused" => super::saga::key_reused(),
-        _ => rolled_back(),
-    }
-}
-
 /// A checkout going backward whose refund has not gone through yet.
 pub fn being_undone(order: &user::Order, payment: Option<&pay::Payment>) -> ApiError {
     let charged = payment.is_some_and(|p| p.status() == pay::PaymentStatus::Succeeded);
     if !charged {
-        return failure_answer(&order.failure, payment);
+        return answer(order.failure(), payment, None);
     }
     refund_pending(&order.order_id)
 }

@@ -4,11 +4,11 @@ use http::StatusCode;
 use platform::{CallContext, money::Money};
 use shop_proto::{common::v1 as common, item::v1 as item, payment::v1 as pay, user::v1 as user};
 
+use platform::checkout_failure::{self, CheckoutFailure};
+
 use super::{
-    Checkout, Outcome, compensate, declined, out_of_stock, outcome_of, payment_failed,
-    payment_pending,
+    Checkout, Outcome, Stop, answer, compensate, out_of_stock, payment_pending,
     record::{self, Begun},
-    reservation_expired, rolled_back,
 };
 use crate::{api::model::Strategy, downstream::Safety, error::ApiError, state::AppState};
 
@@ -53,7 +53,12 @@ pub async fn run(
     // 4: reserve, then 5: charge.
     let (reserved, charged) = match reserve(state, ctx, c, &scoped).await {
         Ok(()) => (Ok(()), charge(state, ctx, c, &scoped, &priced).await),
-        Err(e) => (Err(e), Err(Failed::NotCharged(ApiError::internal()))),
+        Err(e) => (
+            Err(e),
+            Err(Failed::NotCharged(Stop::new(
+                CheckoutFailure::ServiceFailed,
+            ))),
+        ),
     };
     let payment = match (reserved, charged) {
         (Ok(()), Ok(p)) => p,
@@ -92,13 +97,16 @@ pub async fn run(
             Some(item::ReservationStatus::Committed) => {}
             other => {
                 tracing::warn!(?other, "commit did not commit the reservation");
-                let e = reservation_expired();
-                return Err(undo(state, ctx, &lease, &scoped, Some(&payment), e).await);
+                let stop = Stop::new(CheckoutFailure::ReservationExpired);
+                return Err(undo(state, ctx, &lease, &scoped, Some(&payment), stop).await);
             }
         },
-        Err(s) => match outcome_of(&s) {
+        Err(s) => match checkout_failure::of_status(&s) {
             // The stock hold is gone: give the money back.
-            Some(e) => return Err(undo(state, ctx, &lease, &scoped, Some(&payment), e).await),
+            Some(_) => {
+                let stop = Stop::of_status(&s);
+                return Err(undo(state, ctx, &lease, &scoped, Some(&payment), stop).await);
+            }
             // Unknown whether it committed: the recovery finds out and completes the order
             // (the money was taken and the stock may still be held).
             None => {
@@ -125,7 +133,7 @@ pub async fn run(
 /// Why a charge did not give a SUCCEEDED payment.
 enum Failed {
     /// Definitely nothing charged (declined, failed, refused before sending, rolled back).
-    NotCharged(ApiError),
+    NotCharged(Stop),
     /// Maybe charged: no answer, or the card processor has not confirmed.
     Unknown(ApiError),
 }
@@ -139,12 +147,13 @@ async fn undo(
     lease: &record::Lease,
     scoped: &str,
     payment: Option<&pay::Payment>,
-    e: ApiError,
+    stop: Stop,
 ) -> ApiError {
+    let Stop { failure, answer: e } = stop;
     // One fresh budget for the whole way back: the request's may be spent.
     let comp = state.budgets.compensation_ctx(ctx);
     let charged = payment.is_some();
-    if !lease.cancelling(state, &comp, e.code).await {
+    if !lease.cancelling(state, &comp, failure).await {
         return if charged {
             record::refund_pending(&lease.order_id)
         } else {
@@ -160,12 +169,16 @@ async fn undo(
         return record::refund_pending(&lease.order_id);
     }
     if released {
-        lease.cancelled(state, &comp, e.code).await;
+        lease.cancelled(state, &comp, failure).await;
     } else {
         // The recovery retries the release (the stock also comes back when the hold expires).
         lease.hand_over(state, &comp).await;
     }
-    if charged { refunded_answer(e) } else { e }
+    if charged {
+        refunded_answer(failure, e)
+    } else {
+        e
+    }
 }
 
 /// The answer while the recovery completes a paid order: 202 with the order as recorded
@@ -188,8 +201,9 @@ fn being_completed(c: &Checkout, priced: &Priced, scoped: &str, payment: pay::Pa
 }
 
 /// A failure after the charge whose refund went through: say so.
-fn refunded_answer(mut e: ApiError) -> ApiError {
-    if e.code != "reservation_expired" {
+fn refunded_answer(failure: CheckoutFailure, mut e: ApiError) -> ApiError {
+    // The reservation_expired answer says so itself.
+    if failure != CheckoutFailure::ReservationExpired {
         e.message = format!("{} Your payment has been refunded.", e.message);
     }
     e
@@ -285,7 +299,7 @@ async fn reserve(
     ctx: &CallContext,
     c: &Checkout,
     scoped: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), Stop> {
     let resp = super::waiting_out_duplicates(ctx, || {
         state.downstreams.item.call(
             ctx,
@@ -302,27 +316,28 @@ async fn reserve(
     // On failure the reservation may exist with the answer lost: the caller releases it.
     let reservation = match resp {
         Ok(r) => r.reservation,
-        Err(s) => return Err(reserve_error(&s)),
+        Err(s) => return Err(Stop::of_status(&s)),
+    };
+    let internal = || Stop {
+        failure: CheckoutFailure::ServiceFailed,
+        answer: ApiError::internal(),
     };
     let Some(reservation) = reservation else {
-        return Err(ApiError::internal());
+        return Err(internal());
     };
     if !same_lines(&reservation.lines, &c.lines) {
-        return Err(key_reused());
+        return Err(Stop::new(CheckoutFailure::IdempotencyKeyReused));
     }
     match reservation.status() {
         item::ReservationStatus::Reserved | item::ReservationStatus::Committed => Ok(()),
-        item::ReservationStatus::Rejected => Err(out_of_stock(&reservation.reason)),
+        item::ReservationStatus::Rejected => Err(Stop {
+            failure: CheckoutFailure::OutOfStock,
+            answer: out_of_stock(&reservation.reason),
+        }),
         // This key's earlier attempt was rolled back (or its hold expired): never sold again.
-        item::ReservationStatus::Released => Err(rolled_back()),
-        item::ReservationStatus::Unspecified => Err(ApiError::internal()),
+        item::ReservationStatus::Released => Err(Stop::new(CheckoutFailure::RolledBack)),
+        item::ReservationStatus::Unspecified => Err(internal()),
     }
-}
-
-/// item-service answers a shortfall with FAILED_PRECONDITION + OUT_OF_STOCK naming the
-/// line, and a key reused for other lines with ALREADY_EXISTS + IDEMPOTENCY_KEY_REUSED.
-pub fn reserve_error(s: &tonic::Status) -> ApiError {
-    outcome_of(s).unwrap_or_else(|| ApiError::from_status(s))
 }
 
 pub fn key_reused() -> ApiError {
@@ -383,11 +398,10 @@ async fn charge(
             .payment
             .ok_or_else(|| Failed::Unknown(ApiError::internal()))?,
         Err(s) => {
-            let e = outcome_of(&s).unwrap_or_else(|| ApiError::from_status(&s));
-            return Err(if definitely_not_charged(&s, &e) {
-                Failed::NotCharged(e)
+            return Err(if definitely_not_charged(&s) {
+                Failed::NotCharged(Stop::of_status(&s))
             } else {
-                Failed::Unknown(unknown_charge(e))
+                Failed::Unknown(unknown_charge(&s))
             });
         }
     };
@@ -398,9 +412,16 @@ async fn charge(
     };
     match payment.status() {
         pay::PaymentStatus::Succeeded => Ok(payment),
-        pay::PaymentStatus::Declined => Err(Failed::NotCharged(declined(&payment))),
-        pay::PaymentStatus::Failed => Err(Failed::NotCharged(payment_failed())),
-        pay::PaymentStatus::Refunded => Err(Failed::NotCharged(rolled_back())),
+        pay::PaymentStatus::Declined => Err(Failed::NotCharged(Stop {
+            failure: CheckoutFailure::CardDeclined,
+            answer: answer(CheckoutFailure::CardDeclined, Some(&payment), None),
+        })),
+        pay::PaymentStatus::Failed => Err(Failed::NotCharged(Stop::new(
+            CheckoutFailure::PaymentFailed,
+        ))),
+        pay::PaymentStatus::Refunded => {
+            Err(Failed::NotCharged(Stop::new(CheckoutFailure::RolledBack)))
+        }
         pay::PaymentStatus::Pending | pay::PaymentStatus::Unspecified => {
             Err(Failed::Unknown(payment_pending()))
         }
@@ -412,7 +433,7 @@ async fn charge(
 /// card-gateway breaker), or an answer whose reason says so (the key's earlier attempt was rolled back, the
 /// key belongs to another cart). Anything else (no answer, an unexpected code) may have
 /// charged: never guess; the recovery asks payment-service.
-fn definitely_not_charged(s: &tonic::Status, e: &ApiError) -> bool {
+fn definitely_not_charged(s: &tonic::Status) -> bool {
     use tonic::Code;
     crate::downstream::is_circuit_open(s)
         // Refused before anything was written.
@@ -421,14 +442,16 @@ fn definitely_not_charged(s: &tonic::Status, e: &ApiError) -> bool {
             Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
         )
         || platform::reason_of(s) == Some(platform::ErrorReason::CardGatewayFailing)
-        || e.code == super::ROLLED_BACK
-        || e.code == "idempotency_key_reused"
+        || matches!(
+            checkout_failure::of_status(s),
+            Some(CheckoutFailure::RolledBack | CheckoutFailure::IdempotencyKeyReused)
+        )
 }
 
 /// The answer when the charge's outcome is unknown: the checkout is settled in the background.
-fn unknown_charge(e: ApiError) -> ApiError {
-    if e.code == super::IN_PROGRESS {
-        return e;
+fn unknown_charge(s: &tonic::Status) -> ApiError {
+    if super::is_in_progress(s) {
+        return super::in_progress();
     }
     payment_pending()
 }

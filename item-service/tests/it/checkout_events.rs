@@ -14,6 +14,7 @@ use item_service::{
     input::{ItemId, Line as ItemLine, ReservationId},
     reservations::{Begun, Reservations},
 };
+use platform::checkout_failure::CheckoutFailure;
 use platform::events::{
     Broker, ConsumerSpec, Envelope, EventsConfig,
     checkout::{
@@ -113,7 +114,7 @@ impl Stream {
     async fn cancel(&self, order_id: &str) -> Envelope {
         let data = OrderCancelled {
             order_id: order_id.into(),
-            failure: "card_declined".into(),
+            failure: CheckoutFailure::CardDeclined,
         };
         self.publish(ORDER_CANCELLED, order_id, &data).await
     }
@@ -369,14 +370,14 @@ async fn a_request_that_cannot_be_served_is_refused_with_the_reason_and_the_fiel
         checkout::data(e).expect("a Refusal")
     };
     let short = refusal("short");
-    assert_eq!(short.reason, "OUT_OF_STOCK");
+    assert_eq!(short.failure, CheckoutFailure::OutOfStock);
     assert_eq!(short.field.as_deref(), Some("lines[1].quantity"));
     assert!(short.message.contains("1 left"), "{short:?}");
     let gone = refusal("gone");
-    assert_eq!(gone.reason, "ITEM_NOT_FOUND");
+    assert_eq!(gone.failure, CheckoutFailure::ItemNotFound);
     assert_eq!(gone.field.as_deref(), Some("lines[0].item_id"));
     let bad = refusal("empty-line");
-    assert_eq!(bad.reason, "INVALID_FIELD");
+    assert_eq!(bad.failure, CheckoutFailure::InvalidOrder);
     assert_eq!(bad.field.as_deref(), Some("lines[0].quantity"));
 
     // Nothing held, not even the line that fitted.
@@ -511,7 +512,7 @@ async fn k_concurrent_requests_for_s_units_reserve_exactly_s() {
     assert_eq!(reserved.len() + refused.len(), K);
     for e in &refused {
         let r: Refusal = checkout::data(e).expect("a Refusal");
-        assert_eq!(r.reason, "OUT_OF_STOCK", "{r:?}");
+        assert_eq!(r.failure, CheckoutFailure::OutOfStock, "{r:?}");
         assert_eq!(r.field.as_deref(), Some("lines[0].quantity"));
     }
     let mut orders: Vec<_> = reserved.iter().chain(&refused).map(|e| &e.key).collect();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use payment_service::{Application, Config};
+use platform::checkout_failure::CheckoutFailure;
 use platform::events::{
     Broker, Envelope, EventsConfig,
     checkout::{
@@ -227,7 +228,7 @@ async fn a_declined_card_is_announced_and_takes_no_money() {
     let event = t.event(PAYMENT_DECLINED, &order).await;
     let refusal: Refusal = checkout::data(&event).expect("payment.declined data");
     assert_eq!(refusal.order_id, order);
-    assert_eq!(refusal.reason, "CARD_DECLINED");
+    assert_eq!(refusal.failure, CheckoutFailure::CardDeclined);
     assert_eq!(refusal.field.as_deref(), Some("card"));
     let payment = t.payment_of(&order).await.expect("the order's payment");
     assert_eq!(payment.status(), pb::PaymentStatus::Declined);
@@ -247,7 +248,8 @@ async fn an_unknown_token_declines_the_order_without_a_charge() {
         .expect("published");
     let refusal: Refusal =
         checkout::data(&t.event(PAYMENT_DECLINED, &order).await).expect("payment.declined");
-    assert_eq!(refusal.reason, "CARD_DECLINED");
+    // The processor refused the request (FAILED), as a synchronous charge with it would be.
+    assert_eq!(refusal.failure, CheckoutFailure::PaymentFailed);
     assert!(
         refusal.message.contains("resource_missing"),
         "{}",

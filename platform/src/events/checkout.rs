@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::envelope::{Envelope, EnvelopeError};
+use crate::checkout_failure::CheckoutFailure;
 
 pub const CHECKOUT_REQUESTED: &str = "checkout.requested";
 pub const STOCK_RESERVED: &str = "stock.reserved";
@@ -99,12 +100,13 @@ pub struct StockReserved {
     pub card_token: String,
 }
 
-/// A reason the checkout could not go on, as data: the `ErrorReason` name
-/// (`OUT_OF_STOCK`, `CARD_DECLINED`...) and the field it concerns, never a message to parse.
+/// Why the checkout cannot go on, as data: the ending it makes and the field it concerns,
+/// never a message to parse.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
     pub order_id: String,
-    pub reason: String,
+    #[serde(with = "crate::checkout_failure::as_code")]
+    pub failure: CheckoutFailure,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// For people reading the order: never decided on.
@@ -130,8 +132,9 @@ pub struct OrderCompleted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCancelled {
     pub order_id: String,
-    /// The failure code the order shows (`out_of_stock`, `card_declined`...).
-    pub failure: String,
+    /// Why, as the order shows it.
+    #[serde(with = "crate::checkout_failure::as_code")]
+    pub failure: CheckoutFailure,
 }
 
 #[cfg(test)]

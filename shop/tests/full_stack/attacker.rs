@@ -339,7 +339,7 @@ async fn user_scoped_user_service_rpcs_refuse_the_wrong_and_the_missing_user() {
                 order_id: order_id.clone(),
                 lease_token: Uuid::new_v4().to_string(),
                 to: user_pb::OrderStatus::Cancelled as i32,
-                failure: "attacker".into(),
+                failure: shop_proto::common::v1::CheckoutFailure::Abandoned as i32,
                 ..Default::default()
             })
             .await

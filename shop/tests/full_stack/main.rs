@@ -7,6 +7,7 @@ mod async_checkout;
 mod attacker;
 mod checkout;
 mod common;
+mod endings;
 mod monolith;
 mod recovery;
 mod replicas;

@@ -2,6 +2,7 @@
 //! RequestCheckout records the order with its event, and the order follows the other
 //! services' events (published here as item- and payment-service would), each move once.
 
+use platform::checkout_failure::CheckoutFailure;
 use platform::events::{Broker, ConsumerSpec, Envelope, checkout as ev};
 use shop_proto::{
     common::v1::PricedLine,
@@ -371,16 +372,16 @@ async fn refused_stock_or_a_declined_card_cancels_the_order_with_its_failure() {
     t.request(no_stock, 5).await.expect("accepted");
     t.request(declined, 1).await.expect("accepted");
 
-    let refusal = |order_id: Uuid, reason: &str| ev::Refusal {
+    let refusal = |order_id: Uuid, failure| ev::Refusal {
         order_id: order_id.to_string(),
-        reason: reason.into(),
+        failure,
         field: Some("lines[0].quantity".into()),
         message: "whatever the words".into(),
     };
     t.publish(
         ev::STOCK_REFUSED,
         no_stock,
-        &refusal(no_stock, "ERROR_REASON_OUT_OF_STOCK"),
+        &refusal(no_stock, CheckoutFailure::OutOfStock),
     )
     .await;
     t.publish(ev::STOCK_RESERVED, declined, &reserved(declined, t.user, 1))
@@ -389,17 +390,17 @@ async fn refused_stock_or_a_declined_card_cancels_the_order_with_its_failure() {
     t.publish(
         ev::PAYMENT_DECLINED,
         declined,
-        &refusal(declined, "CARD_DECLINED"),
+        &refusal(declined, CheckoutFailure::CardDeclined),
     )
     .await;
 
     let a = t.wait_status(no_stock, pb::OrderStatus::Cancelled).await;
-    assert_eq!(a.failure, "out_of_stock");
+    assert_eq!(a.failure(), CheckoutFailure::OutOfStock);
     let b = t.wait_status(declined, pb::OrderStatus::Cancelled).await;
-    assert_eq!(b.failure, "card_declined");
+    assert_eq!(b.failure(), CheckoutFailure::CardDeclined);
 
     let cancelled = events::wait_for(&t.ns, ev::ORDER_CANCELLED, 2).await;
-    let mut failures: Vec<(String, String)> = cancelled
+    let mut failures: Vec<(String, CheckoutFailure)> = cancelled
         .iter()
         .map(|e| {
             let d: ev::OrderCancelled = ev::data(e).expect("payload");
@@ -408,8 +409,8 @@ async fn refused_stock_or_a_declined_card_cancels_the_order_with_its_failure() {
         .collect();
     failures.sort();
     let mut expected = vec![
-        (no_stock.to_string(), "out_of_stock".to_owned()),
-        (declined.to_string(), "card_declined".to_owned()),
+        (no_stock.to_string(), CheckoutFailure::OutOfStock),
+        (declined.to_string(), CheckoutFailure::CardDeclined),
     ];
     expected.sort();
     assert_eq!(failures, expected);

@@ -2,7 +2,7 @@
 //! only by its lease holder, settled states final, bad input refused naming the field.
 
 use crate::harness::{TestApp, spawn, unique_email};
-use platform::{ErrorReason, reason_of};
+use platform::{ErrorReason, checkout_failure::CheckoutFailure, reason_of};
 use shop_proto::{
     common::v1::{Money, PricedLine},
     user::v1 as pb,
@@ -61,13 +61,16 @@ async fn begin_as(
         .map(tonic::Response::into_inner)
 }
 
+/// No failure (UNSPECIFIED).
+const NONE: i32 = CheckoutFailure::Unspecified as i32;
+
 async fn advance(
     app: &TestApp,
     order_id: &str,
     token: &str,
     to: pb::OrderStatus,
     payment_id: &str,
-    failure: &str,
+    failure: i32,
 ) -> Result<pb::Order, tonic::Status> {
     app.client
         .clone()
@@ -76,7 +79,7 @@ async fn advance(
             lease_token: token.into(),
             to: to as i32,
             payment_id: payment_id.into(),
-            failure: failure.into(),
+            failure,
             lines: Vec::new(),
             total: None,
         })
@@ -117,7 +120,7 @@ async fn a_record_is_created_once_and_driven_only_by_its_lease_holder() {
         &Uuid::new_v4().to_string(),
         pb::OrderStatus::Placed,
         "pay-1",
-        "",
+        NONE,
     )
     .await
     .expect_err("not the holder");
@@ -131,7 +134,7 @@ async fn a_record_is_created_once_and_driven_only_by_its_lease_holder() {
         &first.lease_token,
         pb::OrderStatus::Placed,
         "pay-1",
-        "",
+        NONE,
     )
     .await
     .expect("place");
@@ -143,7 +146,7 @@ async fn a_record_is_created_once_and_driven_only_by_its_lease_holder() {
         &first.lease_token,
         pb::OrderStatus::Placed,
         "pay-1",
-        "",
+        NONE,
     )
     .await
     .expect("repeat");
@@ -156,7 +159,7 @@ async fn a_record_is_created_once_and_driven_only_by_its_lease_holder() {
         &first.lease_token,
         pb::OrderStatus::Cancelling,
         "",
-        "abandoned",
+        CheckoutFailure::Abandoned as i32,
     )
     .await
     .expect_err("placed is final");
@@ -194,12 +197,12 @@ async fn a_retry_never_takes_over_and_going_backward_is_written_first() {
         &first.lease_token,
         pb::OrderStatus::Cancelling,
         "",
-        "card_declined",
+        CheckoutFailure::CardDeclined as i32,
     )
     .await
     .expect("cancelling");
     assert_eq!(cancelling.status(), pb::OrderStatus::Cancelling);
-    assert_eq!(cancelling.failure, "card_declined");
+    assert_eq!(cancelling.failure(), CheckoutFailure::CardDeclined);
     // A cancelling checkout cannot be placed any more.
     let placed = advance(
         &app,
@@ -207,7 +210,7 @@ async fn a_retry_never_takes_over_and_going_backward_is_written_first() {
         &first.lease_token,
         pb::OrderStatus::Placed,
         "pay-1",
-        "",
+        NONE,
     )
     .await
     .expect_err("cancelling is not placed");
@@ -218,7 +221,7 @@ async fn a_retry_never_takes_over_and_going_backward_is_written_first() {
         &first.lease_token,
         pb::OrderStatus::Cancelled,
         "",
-        "card_declined",
+        CheckoutFailure::CardDeclined as i32,
     )
     .await
     .expect("cancelled");
@@ -333,10 +336,10 @@ async fn bad_records_and_transitions_name_the_field() {
     let begun = begin(&app, &good, 5000).await.expect("begin");
     let token = begun.lease_token;
     for (to, payment, failure, field) in [
-        (pb::OrderStatus::Placed, "", "", "payment_id"),
-        (pb::OrderStatus::Cancelling, "", "", "failure"),
-        (pb::OrderStatus::Cancelled, "", "Not A Code", "failure"),
-        (pb::OrderStatus::Unspecified, "", "", "to"),
+        (pb::OrderStatus::Placed, "", NONE, "payment_id"),
+        (pb::OrderStatus::Cancelling, "", NONE, "failure"),
+        (pb::OrderStatus::Cancelled, "", 999, "failure"),
+        (pb::OrderStatus::Unspecified, "", NONE, "to"),
     ] {
         let e = advance(&app, &good.order_id, &token, to, payment, failure)
             .await
@@ -350,7 +353,7 @@ async fn bad_records_and_transitions_name_the_field() {
         "not-a-token",
         pb::OrderStatus::Placed,
         "p",
-        "",
+        NONE,
     )
     .await
     .expect_err("token");
@@ -364,7 +367,7 @@ async fn bad_records_and_transitions_name_the_field() {
         &token,
         pb::OrderStatus::Placed,
         "p",
-        "",
+        NONE,
     )
     .await
     .expect_err("unknown order");
