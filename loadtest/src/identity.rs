@@ -66,7 +66,7 @@ pub fn operator_token(audience: &'static str) -> Option<String> {
     {
         return Some(t.clone());
     }
-    match op.signer.mint_for(audience, None, TOKEN_TTL) {
+    match op.signer.mint_for(audience, None, None, TOKEN_TTL) {
         Ok(t) => {
             tokens.insert(audience, (t.clone(), Instant::now()));
             Some(t)

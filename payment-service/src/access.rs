@@ -67,9 +67,9 @@ pub fn charge_for(caller: Option<&Caller>, user_id: Uuid) -> Result<(), Status> 
 /// compensation (the allow-list says which services may do that).
 pub fn refund_by(caller: Option<&Caller>) -> Result<(), Status> {
     let caller = caller.ok_or_else(|| Status::unauthenticated("no verified caller"))?;
-    match caller.user {
-        Some(u) if !u.is_admin() => Err(Status::permission_denied(
-            "a refund on behalf of a user needs an admin account",
+    match (caller.user, caller.admin_user()) {
+        (Some(_), None) => Err(Status::permission_denied(
+            "a refund on behalf of a user needs an admin account (asserted by the gateway)",
         )),
         _ => Ok(()),
     }

@@ -195,38 +195,48 @@ async fn main() {
     );
 
     // Each layer alone.
+    const GET_ITEM: &str = "/shop.item.v1.ItemService/GetItem";
     report.line(
         "token mint: newly signed (every call, before the cache)",
         per_op(2_000, || {
             gateway
-                .mint_for(ITEM_SERVICE, user, platform::identity::TOKEN_TTL)
+                .mint_for(
+                    ITEM_SERVICE,
+                    Some(GET_ITEM),
+                    user,
+                    platform::identity::TOKEN_TTL,
+                )
                 .expect("mint");
         }),
     );
     report.line(
         "token mint: reused from the cache",
         per_op(20_000, || {
-            gateway.mint(ITEM_SERVICE, user).expect("mint");
+            gateway.mint(ITEM_SERVICE, GET_ITEM, user).expect("mint");
         }),
     );
-    let token = gateway.mint(ITEM_SERVICE, user).expect("mint");
+    let token = gateway.mint(ITEM_SERVICE, GET_ITEM, user).expect("mint");
     report.line(
         "token verify: in full (every call, before the cache)",
         per_op(2_000, || {
             trust
-                .verify_uncached(&token, &[ITEM_SERVICE])
+                .verify_uncached(&token, &[ITEM_SERVICE], GET_ITEM)
                 .expect("valid");
         }),
     );
     report.line(
         "token verify: checked before (cache)",
         per_op(20_000, || {
-            trust.verify(&token, &[ITEM_SERVICE]).expect("valid");
+            trust
+                .verify(&token, &[ITEM_SERVICE], GET_ITEM)
+                .expect("valid");
         }),
     );
     let guard = Guard::new(trust.clone(), &[]);
     let echo_path = "/shop.admin.v1.Echo/Echo";
-    let any = gateway.mint(policy::ANY_SERVER, None).expect("mint");
+    let any = gateway
+        .mint(policy::ANY_SERVER, echo_path, None)
+        .expect("mint");
     report.line(
         "caller check (allow-list + cached verify)",
         per_op(20_000, || {

@@ -40,8 +40,10 @@ pub const IDENTITIES: [&str; 5] = [
 
 /// How long a token minted for one call lives.
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
-/// Clock difference tolerated between caller and callee.
-pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
+/// Clock difference tolerated between caller and callee: a token is good for at most
+/// [`TOKEN_TTL`] plus this after it was minted (the window a sniffed token can be replayed
+/// in, and only at the method it names).
+pub const CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// The longest lifetime a server accepts (an operator's token for a grpcurl session).
 pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
 
@@ -94,6 +96,13 @@ impl Caller {
         self.service == service
     }
 
+    /// The end user as an admin, when the caller is the one that authenticates end users
+    /// (the gateway, which checked the user's own access token and its role). Another
+    /// service's `act` claim names a user it acts for, never a role anybody may believe.
+    pub fn admin_user(&self) -> Option<UserAssertion> {
+        self.user.filter(|u| u.is_admin() && self.is(GATEWAY))
+    }
+
     /// The caller of `req`, as the server's identity layer verified it.
     pub fn of<T>(req: &tonic::Request<T>) -> Option<&Caller> {
         req.extensions().get::<Caller>()
@@ -124,8 +133,10 @@ pub fn authorize_user(
     if caller.is(OPERATOR) {
         return Ok(Acting::Privileged);
     }
+    if caller.admin_user().is_some() {
+        return Ok(Acting::Privileged);
+    }
     match caller.user {
-        Some(u) if u.is_admin() => Ok(Acting::Privileged),
         Some(u) if u.user_id == owner => Ok(Acting::Owner),
         Some(_) => Err(tonic::Status::permission_denied(
             "this belongs to another user",
@@ -143,8 +154,10 @@ pub fn require_admin(caller: Option<&Caller>) -> Result<(), tonic::Status> {
     if caller.is(OPERATOR) {
         return Ok(());
     }
+    if caller.admin_user().is_some() {
+        return Ok(());
+    }
     match caller.user {
-        Some(u) if u.is_admin() => Ok(()),
         Some(_) => Err(tonic::Status::permission_denied(
             "this needs an admin account",
         )),
@@ -161,6 +174,10 @@ struct Claims {
     aud: String,
     iat: u64,
     exp: u64,
+    /// The gRPC path the token was minted for; only the operator's session tokens (grpcurl)
+    /// name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mth: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     act: Option<UserAssertion>,
 }
@@ -244,16 +261,19 @@ impl Signer {
         &self.0.public
     }
 
-    /// A token for a call to `audience`, on behalf of `user` when given: the one minted
-    /// earlier for the same claims while more than half its life remains, else a new one
-    /// (see [`crate::token_cache`]).
+    /// A token for one call of `method` (its gRPC path, "/shop.item.v1.ItemService/GetItem")
+    /// at `audience`, on behalf of `user` when given: the one minted earlier for the same
+    /// claims while more than half its life remains, else a new one (see
+    /// [`crate::token_cache`]).
     pub fn mint(
         &self,
         audience: &str,
+        method: &str,
         user: Option<UserAssertion>,
     ) -> Result<String, IdentityError> {
         let key = MintKey {
             audience: audience.to_owned(),
+            method: Some(method.to_owned()),
             user,
             ttl: TOKEN_TTL,
         };
@@ -261,24 +281,28 @@ impl Signer {
         if let Some(token) = self.0.minted.get(&key, iat) {
             return Ok(token);
         }
-        let token = self.mint_at(audience, user, iat, TOKEN_TTL)?;
+        let token = self.mint_at(audience, Some(method), user, iat, TOKEN_TTL)?;
         self.0.minted.put(key, token.clone(), iat);
         Ok(token)
     }
 
-    /// A newly signed token that lives `ttl` (capped at [`MAX_LIFETIME`]); never cached.
+    /// A newly signed token that lives `ttl` (capped at [`MAX_LIFETIME`]) for `method`, or
+    /// for every method when None (servers accept that only from the operator: a grpcurl
+    /// session, an HTTP admin API); never cached.
     pub fn mint_for(
         &self,
         audience: &str,
+        method: Option<&str>,
         user: Option<UserAssertion>,
         ttl: Duration,
     ) -> Result<String, IdentityError> {
-        self.mint_at(audience, user, now(), ttl.min(MAX_LIFETIME))
+        self.mint_at(audience, method, user, now(), ttl.min(MAX_LIFETIME))
     }
 
     fn mint_at(
         &self,
         audience: &str,
+        method: Option<&str>,
         user: Option<UserAssertion>,
         iat: u64,
         ttl: Duration,
@@ -291,6 +315,7 @@ impl Signer {
             aud: audience.to_owned(),
             iat,
             exp: iat + ttl.as_secs(),
+            mth: method.map(str::to_owned),
             act: user,
         };
         Ok(jsonwebtoken::encode(&header, &claims, &self.0.key)?)
@@ -312,6 +337,8 @@ pub enum TokenError {
     Expired,
     #[error("service token is for another service")]
     WrongAudience,
+    #[error("service token is for another method")]
+    WrongMethod,
 }
 
 /// The public keys a server trusts, by service name, and the tokens it already checked.
@@ -393,10 +420,15 @@ impl Trust {
     /// Verifies `token` for a server known as any of `audiences`. A token whose signature
     /// was checked before is not checked again: only its times and audience are (see
     /// [`crate::token_cache`]).
-    pub fn verify(&self, token: &str, audiences: &[&str]) -> Result<Caller, TokenError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        audiences: &[&str],
+        method: &str,
+    ) -> Result<Caller, TokenError> {
         let now = now();
         if let Some(c) = self.verified.get(token) {
-            return accept(c, audiences, now);
+            return accept(c, audiences, method, now);
         }
         let checked = self.check(token, audiences)?;
         self.verified.put(
@@ -404,14 +436,19 @@ impl Trust {
             checked.clone(),
             now.saturating_sub(CLOCK_SKEW.as_secs()),
         );
-        accept(checked, audiences, now)
+        accept(checked, audiences, method, now)
     }
 
     /// The full check of `token` (signature, issuer, subject, audience, times), remembering
     /// nothing: what every call paid before tokens were cached.
-    pub fn verify_uncached(&self, token: &str, audiences: &[&str]) -> Result<Caller, TokenError> {
+    pub fn verify_uncached(
+        &self,
+        token: &str,
+        audiences: &[&str],
+        method: &str,
+    ) -> Result<Caller, TokenError> {
         let checked = self.check(token, audiences)?;
-        accept(checked, audiences, now())
+        accept(checked, audiences, method, now())
     }
 
     fn check(&self, token: &str, audiences: &[&str]) -> Result<Checked, TokenError> {
@@ -439,6 +476,7 @@ impl Trust {
                     return Ok(Checked {
                         service: name,
                         user: c.act,
+                        method: c.mth,
                         aud: c.aud,
                         iat: c.iat,
                         exp: c.exp,
@@ -458,10 +496,11 @@ impl Trust {
     }
 }
 
-/// The checks of a token that depend on the moment and on the server, made on every call
-/// (the same rules jsonwebtoken applies: expired once `exp` is more than the clock skew
-/// behind `now`).
-fn accept(c: Checked, audiences: &[&str], now: u64) -> Result<Caller, TokenError> {
+/// The checks of a token that depend on the moment, the server and the call, made on every
+/// call (the same time rules jsonwebtoken applies: expired once `exp` is more than the
+/// clock skew behind `now`). A token names the method it was minted for, and only that
+/// method accepts it; only the operator's session tokens name none.
+fn accept(c: Checked, audiences: &[&str], method: &str, now: u64) -> Result<Caller, TokenError> {
     let skew = CLOCK_SKEW.as_secs();
     if c.exp.saturating_add(skew) < now {
         return Err(TokenError::Expired);
@@ -471,6 +510,11 @@ fn accept(c: Checked, audiences: &[&str], now: u64) -> Result<Caller, TokenError
     }
     if c.iat > now + skew {
         return Err(TokenError::Invalid);
+    }
+    match c.method.as_deref() {
+        Some(m) if m == method => {}
+        None if c.service == OPERATOR => {}
+        _ => return Err(TokenError::WrongMethod),
     }
     Ok(Caller {
         service: c.service,
@@ -580,6 +624,8 @@ impl IdentitySettings {
 
 #[cfg(test)]
 mod tests {
+    /// The method the tests' tokens are for.
+    const M: &str = "/shop.payment.v1.PaymentService/GetPayment";
     use super::*;
 
     fn user(role: UserRole) -> UserAssertion {
@@ -594,12 +640,12 @@ mod tests {
         let gw = Signer::ephemeral(GATEWAY).expect("key");
         let trust = Trust::of(&[&gw]);
         let u = user(UserRole::Customer);
-        let token = gw.mint(PAYMENT_SERVICE, Some(u)).expect("mint");
-        let caller = trust.verify(&token, &[PAYMENT_SERVICE]).expect("valid");
+        let token = gw.mint(PAYMENT_SERVICE, M, Some(u)).expect("mint");
+        let caller = trust.verify(&token, &[PAYMENT_SERVICE], M).expect("valid");
         assert_eq!(caller.service, GATEWAY);
         assert_eq!(caller.user, Some(u));
         assert_eq!(
-            trust.verify(&token, &[ITEM_SERVICE]),
+            trust.verify(&token, &[ITEM_SERVICE], M),
             Err(TokenError::WrongAudience)
         );
     }
@@ -610,25 +656,25 @@ mod tests {
         let trust = Trust::of(&[&gw]);
         let alice = user(UserRole::Customer);
         let bob = user(UserRole::Customer);
-        let a1 = gw.mint(PAYMENT_SERVICE, Some(alice)).expect("mint");
-        let a2 = gw.mint(PAYMENT_SERVICE, Some(alice)).expect("mint");
+        let a1 = gw.mint(PAYMENT_SERVICE, M, Some(alice)).expect("mint");
+        let a2 = gw.mint(PAYMENT_SERVICE, M, Some(alice)).expect("mint");
         assert_eq!(a1, a2, "the same claims reuse the token");
-        let b = gw.mint(PAYMENT_SERVICE, Some(bob)).expect("mint");
-        let none = gw.mint(PAYMENT_SERVICE, None).expect("mint");
-        let item = gw.mint(ITEM_SERVICE, Some(alice)).expect("mint");
+        let b = gw.mint(PAYMENT_SERVICE, M, Some(bob)).expect("mint");
+        let none = gw.mint(PAYMENT_SERVICE, M, None).expect("mint");
+        let item = gw.mint(ITEM_SERVICE, M, Some(alice)).expect("mint");
         assert!(b != a1 && none != a1 && item != a1 && none != b);
         // Each still says whom it is for, checked the first time and from the cache alike.
         for _ in 0..2 {
             assert_eq!(
-                trust.verify(&b, &[PAYMENT_SERVICE]).map(|c| c.user),
+                trust.verify(&b, &[PAYMENT_SERVICE], M).map(|c| c.user),
                 Ok(Some(bob))
             );
             assert_eq!(
-                trust.verify(&none, &[PAYMENT_SERVICE]).map(|c| c.user),
+                trust.verify(&none, &[PAYMENT_SERVICE], M).map(|c| c.user),
                 Ok(None)
             );
             assert_eq!(
-                trust.verify(&item, &[PAYMENT_SERVICE]),
+                trust.verify(&item, &[PAYMENT_SERVICE], M),
                 Err(TokenError::WrongAudience)
             );
         }
@@ -638,22 +684,22 @@ mod tests {
     fn a_checked_token_is_refused_for_another_audience_and_once_expired() {
         let gw = Signer::ephemeral(GATEWAY).expect("key");
         let trust = Trust::of(&[&gw]);
-        let token = gw.mint(PAYMENT_SERVICE, None).expect("mint");
-        assert!(trust.verify(&token, &[PAYMENT_SERVICE]).is_ok());
+        let token = gw.mint(PAYMENT_SERVICE, M, None).expect("mint");
+        assert!(trust.verify(&token, &[PAYMENT_SERVICE], M).is_ok());
         assert_eq!(
-            trust.verify(&token, &[ITEM_SERVICE]),
+            trust.verify(&token, &[ITEM_SERVICE], M),
             Err(TokenError::WrongAudience)
         );
         let cached = trust.verified.get(&token).expect("remembered");
         let later = cached.exp + CLOCK_SKEW.as_secs() + 1;
         assert_eq!(
-            accept(cached, &[PAYMENT_SERVICE], later),
+            accept(cached, &[PAYMENT_SERVICE], M, later),
             Err(TokenError::Expired)
         );
         // Another trust (another server) has checked nothing yet and checks in full.
         let other = Trust::of(&[&Signer::ephemeral(GATEWAY).expect("key")]);
         assert_eq!(
-            other.verify(&token, &[PAYMENT_SERVICE]),
+            other.verify(&token, &[PAYMENT_SERVICE], M),
             Err(TokenError::Invalid)
         );
     }
@@ -663,32 +709,32 @@ mod tests {
         let gw = Signer::ephemeral(GATEWAY).expect("key");
         let trust = Trust::of(&[&gw]);
         let old = gw
-            .mint_at(PAYMENT_SERVICE, None, now() - 600, TOKEN_TTL)
+            .mint_at(PAYMENT_SERVICE, Some(M), None, now() - 600, TOKEN_TTL)
             .expect("mint");
         assert_eq!(
-            trust.verify(&old, &[PAYMENT_SERVICE]),
+            trust.verify(&old, &[PAYMENT_SERVICE], M),
             Err(TokenError::Expired)
         );
         // Signed by another key under the gateway's name.
         let impostor = Signer::ephemeral(GATEWAY).expect("key");
-        let forged = impostor.mint(PAYMENT_SERVICE, None).expect("mint");
+        let forged = impostor.mint(PAYMENT_SERVICE, M, None).expect("mint");
         assert_eq!(
-            trust.verify(&forged, &[PAYMENT_SERVICE]),
+            trust.verify(&forged, &[PAYMENT_SERVICE], M),
             Err(TokenError::Invalid)
         );
         // A name nobody trusts.
         let stranger = Signer::ephemeral("stranger").expect("key");
-        let token = stranger.mint(PAYMENT_SERVICE, None).expect("mint");
+        let token = stranger.mint(PAYMENT_SERVICE, M, None).expect("mint");
         assert!(matches!(
-            trust.verify(&token, &[PAYMENT_SERVICE]),
+            trust.verify(&token, &[PAYMENT_SERVICE], M),
             Err(TokenError::UnknownCaller(_))
         ));
         // The claimed name in the header must be the issuer the claims name.
-        let mut parts = gw.mint(PAYMENT_SERVICE, None).expect("mint");
+        let mut parts = gw.mint(PAYMENT_SERVICE, M, None).expect("mint");
         parts.push('x');
-        assert!(trust.verify(&parts, &[PAYMENT_SERVICE]).is_err());
+        assert!(trust.verify(&parts, &[PAYMENT_SERVICE], M).is_err());
         assert_eq!(
-            trust.verify("garbage", &[PAYMENT_SERVICE]),
+            trust.verify("garbage", &[PAYMENT_SERVICE], M),
             Err(TokenError::Malformed)
         );
     }
@@ -698,17 +744,23 @@ mod tests {
         let op = Signer::ephemeral(OPERATOR).expect("key");
         let trust = Trust::of(&[&op]);
         let long = op
-            .mint_at(ITEM_SERVICE, None, now(), Duration::from_secs(86_400))
+            .mint_at(
+                ITEM_SERVICE,
+                Some(M),
+                None,
+                now(),
+                Duration::from_secs(86_400),
+            )
             .expect("mint");
         assert_eq!(
-            trust.verify(&long, &[ITEM_SERVICE]),
+            trust.verify(&long, &[ITEM_SERVICE], M),
             Err(TokenError::Invalid)
         );
         let future = op
-            .mint_at(ITEM_SERVICE, None, now() + 600, TOKEN_TTL)
+            .mint_at(ITEM_SERVICE, Some(M), None, now() + 600, TOKEN_TTL)
             .expect("mint");
         assert_eq!(
-            trust.verify(&future, &[ITEM_SERVICE]),
+            trust.verify(&future, &[ITEM_SERVICE], M),
             Err(TokenError::Invalid)
         );
     }
@@ -766,5 +818,50 @@ mod tests {
             Some(Acting::System)
         );
         assert!(authorize_user(None, owner, &[USER_SERVICE]).is_err());
+    }
+
+    #[test]
+    fn only_the_gateway_is_believed_about_an_admin() {
+        let admin = UserAssertion {
+            user_id: Uuid::new_v4(),
+            role: UserRole::Admin,
+        };
+        let by = |service: &str| Caller {
+            service: service.into(),
+            user: Some(admin),
+        };
+        assert_eq!(by(GATEWAY).admin_user(), Some(admin));
+        assert_eq!(by(USER_SERVICE).admin_user(), None);
+        assert!(require_admin(Some(&by(GATEWAY))).is_ok());
+        assert_eq!(
+            require_admin(Some(&by(PAYMENT_SERVICE))).map_err(|s| s.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+        let stranger = Uuid::new_v4();
+        assert_eq!(
+            authorize_user(Some(&by(USER_SERVICE)), stranger, &[]).map_err(|s| s.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+    }
+
+    #[test]
+    fn a_token_ten_seconds_past_expiry_is_refused() {
+        let gw = Signer::ephemeral(GATEWAY).expect("key");
+        let trust = Trust::of(&[&gw]);
+        let ttl = TOKEN_TTL.as_secs();
+        let stale = gw
+            .mint_at(PAYMENT_SERVICE, Some(M), None, now() - ttl - 10, TOKEN_TTL)
+            .expect("mint");
+        assert_eq!(
+            trust.verify(&stale, &[PAYMENT_SERVICE], M),
+            Err(TokenError::Expired)
+        );
+        let just = gw
+            .mint_at(PAYMENT_SERVICE, Some(M), None, now() - ttl - 2, TOKEN_TTL)
+            .expect("mint");
+        assert!(
+            trust.verify(&just, &[PAYMENT_SERVICE], M).is_ok(),
+            "within the skew"
+        );
     }
 }

@@ -106,9 +106,15 @@ mod tests {
         let token = keys
             .signer(OPERATOR)
             .expect("signer")
-            .mint("item-service", None)
+            .mint("item-service", "/shop.item.v1.ItemService/GetItem", None)
             .expect("mint");
-        let caller = trust.verify(&token, &["item-service"]).expect("verifies");
+        let caller = trust
+            .verify(
+                &token,
+                &["item-service"],
+                "/shop.item.v1.ItemService/GetItem",
+            )
+            .expect("verifies");
         assert_eq!(caller.service, OPERATOR);
         #[cfg(unix)]
         {

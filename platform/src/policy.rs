@@ -2,7 +2,8 @@
 //! services); a server's [`AuthLayer`] verifies the caller's token (trusted key, audience,
 //! expiry), checks the list and puts the verified [`Caller`] into the request extensions.
 //! The client side, [`sign`], puts a fresh token on every outgoing call of a transport
-//! (socket or in-process alike), with the end user from the call's context.
+//! (socket or in-process alike), for the method it calls and with the end user from the
+//! call's context.
 //!
 //! Health and reflection stay open; the operator may call everything; a method a service
 //! does not list is refused (so a new RPC is closed until somebody decides who calls it).
@@ -120,7 +121,7 @@ impl Guard {
         let caller = self
             .0
             .trust
-            .verify(token, &audiences)
+            .verify(token, &audiences, path)
             .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
         if caller.is(OPERATOR) {
             return Ok(caller);
@@ -216,7 +217,7 @@ pub fn sign(transport: GrpcTransport, signer: &Signer, audience: &str) -> GrpcTr
     let audience = audience.to_owned();
     BoxCloneSyncService::new(transport.map_request(move |mut req: http::Request<Body>| {
         let user = req.extensions_mut().remove::<UserAssertion>();
-        match signer.mint(&audience, user) {
+        match signer.mint(&audience, req.uri().path(), user) {
             Ok(token) => match HeaderValue::try_from(token) {
                 Ok(v) => {
                     req.headers_mut().insert(CALLER_HEADER, v);
@@ -230,27 +231,6 @@ pub fn sign(transport: GrpcTransport, signer: &Signer, audience: &str) -> GrpcTr
         }
         req
     }))
-}
-
-/// A tonic interceptor signing as `signer` for `audience` (for clients over a plain
-/// `Channel`: the load test, tests).
-pub fn interceptor(
-    signer: &Signer,
-    audience: &str,
-) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone + use<> {
-    let signer = signer.clone();
-    let audience = audience.to_owned();
-    move |mut req: tonic::Request<()>| {
-        let user = req.extensions().get::<UserAssertion>().copied();
-        let token = signer
-            .mint(&audience, user)
-            .map_err(|e| tonic::Status::internal(format!("signing the call: {e}")))?;
-        let value = token
-            .parse()
-            .map_err(|_| tonic::Status::internal("service token is not a header value"))?;
-        req.metadata_mut().insert(CALLER_HEADER, value);
-        Ok(req)
-    }
 }
 
 #[cfg(test)]
@@ -286,48 +266,81 @@ mod tests {
         let (guard, gw, item, op) = setup();
         let refund = "/shop.payment.v1.PaymentService/Refund";
         let code = |r: Result<Caller, tonic::Status>| r.map(|c| c.service).map_err(|s| s.code());
+        let mint = |s: &Signer, aud: &str, path: &str| s.mint(aud, path, None).expect("mint");
         assert_eq!(
             code(guard.check(refund, None)),
             Err(tonic::Code::Unauthenticated)
         );
-        let t = gw.mint(PAYMENT_SERVICE, None).expect("mint");
+        let t = mint(&gw, PAYMENT_SERVICE, refund);
         assert_eq!(code(guard.check(refund, Some(&t))), Ok(GATEWAY.into()));
         let chained = "/shop.payment.v1.PaymentService/ChainedCharge";
+        let t = mint(&gw, PAYMENT_SERVICE, chained);
         assert_eq!(
             code(guard.check(chained, Some(&t))),
             Err(tonic::Code::PermissionDenied)
         );
-        let t = item.mint(PAYMENT_SERVICE, None).expect("mint");
+        let t = mint(&item, PAYMENT_SERVICE, refund);
         assert_eq!(
             code(guard.check(refund, Some(&t))),
             Err(tonic::Code::PermissionDenied)
         );
         // A method the list does not name is closed.
-        let t = gw.mint(PAYMENT_SERVICE, None).expect("mint");
         let unlisted = "/shop.payment.v1.PaymentService/Charge";
+        let t = mint(&gw, PAYMENT_SERVICE, unlisted);
         assert_eq!(
             code(guard.check(unlisted, Some(&t))),
             Err(tonic::Code::PermissionDenied)
         );
         // A token for another service does not open this one.
-        let t = gw.mint(ITEM_SERVICE, None).expect("mint");
+        let t = mint(&gw, ITEM_SERVICE, refund);
         assert_eq!(
             code(guard.check(refund, Some(&t))),
             Err(tonic::Code::Unauthenticated)
         );
         // The operator may do everything, the fault admin included; others may not.
-        let t = op.mint(PAYMENT_SERVICE, None).expect("mint");
+        let t = mint(&op, PAYMENT_SERVICE, chained);
         assert_eq!(code(guard.check(chained, Some(&t))), Ok(OPERATOR.into()));
         let faults = "/shop.admin.v1.FaultAdmin/SetFaults";
+        let t = mint(&op, PAYMENT_SERVICE, faults);
         assert_eq!(code(guard.check(faults, Some(&t))), Ok(OPERATOR.into()));
-        let t = gw.mint(PAYMENT_SERVICE, None).expect("mint");
+        let t = mint(&gw, PAYMENT_SERVICE, faults);
         assert_eq!(
             code(guard.check(faults, Some(&t))),
             Err(tonic::Code::PermissionDenied)
         );
+        let echo = "/shop.admin.v1.Echo/Echo";
+        let t = mint(&gw, PAYMENT_SERVICE, echo);
+        assert_eq!(code(guard.check(echo, Some(&t))), Ok(GATEWAY.into()));
+    }
+
+    #[test]
+    fn a_token_opens_only_the_method_it_was_minted_for() {
+        let (guard, gw, _, op) = setup();
+        let code = |r: Result<Caller, tonic::Status>| r.map(|c| c.service).map_err(|s| s.code());
+        let refund = "/shop.payment.v1.PaymentService/Refund";
+        let echo = "/shop.admin.v1.Echo/Echo";
+        // A sniffed token of an allowed call, re-aimed at another method both allow.
+        let t = gw.mint(PAYMENT_SERVICE, echo, None).expect("mint");
+        assert_eq!(code(guard.check(echo, Some(&t))), Ok(GATEWAY.into()));
         assert_eq!(
-            code(guard.check("/shop.admin.v1.Echo/Echo", Some(&t))),
-            Ok(GATEWAY.into())
+            code(guard.check(refund, Some(&t))),
+            Err(tonic::Code::Unauthenticated)
+        );
+        // A service's token that names no method opens nothing; the operator's session
+        // token (grpcurl) may.
+        let any = gw
+            .mint_for(PAYMENT_SERVICE, None, None, crate::identity::TOKEN_TTL)
+            .expect("mint");
+        assert_eq!(
+            code(guard.check(refund, Some(&any))),
+            Err(tonic::Code::Unauthenticated)
+        );
+        let session = op
+            .mint_for(PAYMENT_SERVICE, None, None, crate::identity::TOKEN_TTL)
+            .expect("mint");
+        assert_eq!(
+            code(guard.check(refund, Some(&session))),
+            Ok(OPERATOR.into())
         );
     }
 }

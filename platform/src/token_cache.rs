@@ -2,11 +2,10 @@
 //! signature nor a verification once its token has been seen.
 //!
 //! The caller ([`Minted`]) reuses a token while more than half its lifetime remains, keyed by
-//! every claim it carries except the times (audience, end user, lifetime; a claim added later,
-//! such as a method, belongs in [`MintKey`] too). The callee ([`Verified`]) remembers the
+//! every claim it carries except the times (audience, method, end user, lifetime). The callee ([`Verified`]) remembers the
 //! claims of tokens whose signature it checked, keyed by the exact token text: a signature is
 //! a property of those bytes, so only the checks that depend on the moment or on the callee
-//! (expiry, issued-at, audience) run again. Both are bounded; when full, stale entries go, and
+//! (expiry, issued-at, audience, method) run again. Both are bounded; when full, stale entries go, and
 //! if none are stale everything does (the next calls simply sign or verify again).
 
 use std::{
@@ -32,6 +31,8 @@ pub fn now() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MintKey {
     pub audience: String,
+    /// The gRPC path the token is for ("/shop.item.v1.ItemService/GetItem").
+    pub method: Option<String>,
     pub user: Option<UserAssertion>,
     pub ttl: Duration,
 }
@@ -84,6 +85,7 @@ impl Minted {
 pub struct Checked {
     pub service: String,
     pub user: Option<UserAssertion>,
+    pub method: Option<String>,
     pub aud: String,
     pub iat: u64,
     pub exp: u64,
@@ -128,6 +130,7 @@ mod tests {
     fn key(aud: &str) -> MintKey {
         MintKey {
             audience: aud.into(),
+            method: None,
             user: None,
             ttl: Duration::from_secs(60),
         }
@@ -150,6 +153,7 @@ mod tests {
         let checked = Checked {
             service: "s".into(),
             user: None,
+            method: None,
             aud: "a".into(),
             iat: 1000,
             exp: 1060,

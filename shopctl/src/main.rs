@@ -63,6 +63,11 @@ enum Command {
         /// The end user is an admin (with --user).
         #[arg(long, requires = "user")]
         admin: bool,
+        /// The one gRPC method (path, "/shop.item.v1.ItemService/GetItem") the token opens.
+        /// Servers accept a token naming no method only from the operator (a grpcurl
+        /// session); any other identity's token needs one.
+        #[arg(long)]
+        method: Option<String>,
     },
 }
 
@@ -113,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ttl_secs,
             user,
             admin,
+            method,
         } => {
             if !AUDIENCES.contains(&aud.as_str()) {
                 anyhow::bail!("--aud {aud:?}: expected one of {}", AUDIENCES.join(", "));
@@ -127,7 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             });
             let ttl = Duration::from_secs(ttl_secs).min(MAX_LIFETIME);
-            println!("{}", signer.mint_for(&aud, user, ttl)?);
+            println!("{}", signer.mint_for(&aud, method.as_deref(), user, ttl)?);
             Ok(())
         }
     }

@@ -113,6 +113,6 @@ pub fn admin(user_id: uuid::Uuid) -> UserAssertion {
 /// card gateway's `/admin/*` takes it in `x-shop-caller`).
 pub fn operator_token(audience: &str) -> String {
     signer(identity::OPERATOR)
-        .mint_for(audience, None, identity::MAX_LIFETIME)
+        .mint_for(audience, None, None, identity::MAX_LIFETIME)
         .expect("minting an operator token")
 }

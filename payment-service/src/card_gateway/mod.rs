@@ -337,7 +337,7 @@ async fn operator_only(
             json!({"error": {"type": "authentication_error", "message": "missing x-shop-caller operator token"}}),
         );
     };
-    match trust.verify(token, &[AUDIENCE]) {
+    match trust.verify(token, &[AUDIENCE], req.uri().path()) {
         Ok(caller) if caller.is(platform::identity::OPERATOR) => next.run(req).await,
         Ok(caller) => json_response(
             StatusCode::FORBIDDEN,

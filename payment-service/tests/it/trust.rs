@@ -108,7 +108,11 @@ async fn callers_off_the_list_and_bad_tokens_are_refused() {
     // A token signed by a key nobody trusts, under the gateway's name.
     let forged = platform::identity::Signer::ephemeral(GATEWAY)
         .expect("key")
-        .mint(PAYMENT_SERVICE, None)
+        .mint(
+            PAYMENT_SERVICE,
+            "/shop.payment.v1.PaymentService/Refund",
+            None,
+        )
         .expect("mint");
     let mut req = tonic::Request::new(refund_of(&paid.payment_id));
     req.metadata_mut()
@@ -197,20 +201,30 @@ async fn user_scoped_payment_rpcs_need_the_owner_and_refunds_an_admin() {
 
     // Refund: a customer may not refund, even their own payment; an admin may; a service's
     // compensation (no user) may.
-    let refund = |user: Option<UserAssertion>| {
-        let mut c = as_caller(&app, GATEWAY, user);
+    let refund = |caller: &str, user: Option<UserAssertion>| {
+        let mut c = as_caller(&app, caller, user);
         let r = refund_of(&paid.payment_id);
         async move { c.refund(r).await.map(|_| ()) }
     };
     assert_eq!(
-        code(refund(Some(customer(owner))).await),
+        code(refund(GATEWAY, Some(customer(owner))).await),
+        Err(Code::PermissionDenied)
+    );
+    // An admin role is believed only from the gateway: user-service's key claiming an
+    // invented admin refunds nothing.
+    assert_eq!(
+        code(refund(USER_SERVICE, Some(admin(stranger))).await),
+        Err(Code::PermissionDenied)
+    );
+    assert_eq!(
+        code(get(USER_SERVICE, Some(admin(stranger))).await),
         Err(Code::PermissionDenied)
     );
     assert_eq!(
         app.get(&paid.payment_id).await.status(),
         pb::PaymentStatus::Succeeded
     );
-    assert_eq!(code(refund(Some(admin(stranger))).await), Ok(()));
+    assert_eq!(code(refund(GATEWAY, Some(admin(stranger))).await), Ok(()));
     assert_eq!(
         app.get(&paid.payment_id).await.status(),
         pb::PaymentStatus::Refunded

@@ -120,7 +120,7 @@ fn alg_none_token(audience: &str) -> String {
 fn forged_operator_token(audience: &str) -> String {
     identity::Signer::ephemeral(OPERATOR)
         .expect("a key")
-        .mint(audience, None)
+        .mint_for(audience, None, None, identity::TOKEN_TTL)
         .expect("mint")
 }
 
@@ -481,10 +481,10 @@ async fn the_card_gateway_admin_api_wants_the_operator_and_is_absent_when_off() 
     let paths = ["/admin/stats", "/admin/faults", "/admin/hangs"];
 
     let on = start(Switch::On).await;
-    let gateway_token = test_support::identity::signer(GATEWAY)
-        .mint(AUDIENCE, None)
-        .expect("mint");
     for path in paths {
+        let gateway_token = test_support::identity::signer(GATEWAY)
+            .mint(AUDIENCE, path, None)
+            .expect("mint");
         let url = format!("http://{}{path}", on.addr);
         let r = http.get(&url).send().await.expect("request");
         assert_eq!(
@@ -612,7 +612,7 @@ async fn fault_admins_are_absent_when_off_and_admin_only_when_on() {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
     for caller in [GATEWAY, USER_SERVICE, PAYMENT_SERVICE] {
         let token = test_support::identity::signer(caller)
-            .mint(ITEM_SERVICE, None)
+            .mint(ITEM_SERVICE, "/shop.admin.v1.FaultAdmin/SetFaults", None)
             .expect("mint");
         assert_eq!(
             raw_call(
