@@ -1,29 +1,38 @@
-//! The gateway's HTTP server loop. axum's `serve` sets neither a header read timeout nor a
-//! connection limit, so a client can hold sockets forever by sending a request line one
-//! byte at a time (slowloris) or by opening connections until file descriptors run out.
-//! Here every connection gets HTTP/1 `header_read_timeout`, at most `max_connections` are
-//! served at once (further ones wait in the listen backlog until one closes), every socket
-//! has TCP_NODELAY, and each request carries the peer address (`ConnectInfo`) for the
-//! login throttle.
+//! The gateway's HTTP server: `platform::http_server` with the gateway's limits (see
+//! [`crate::Config::serve_limits`]) and its answers in the API's error format. Every
+//! connection is bounded from its first byte (first byte, request head, idle, HTTP/2
+//! keep-alive, body, whole request), at most `max_connections` are served at once and at
+//! most `max_connections_per_address` from one client address; each request carries the
+//! peer address (`ConnectInfo`) for the login throttle.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr};
 
-use axum::{Router, extract::ConnectInfo};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
-};
-use tokio::{net::TcpListener, sync::Semaphore};
-use tower::ServiceExt as _;
+use axum::{Router, response::IntoResponse as _};
+use http::StatusCode;
+use platform::http_server::{Exceeded, HttpLimits, HttpServer};
+use tokio::net::TcpListener;
+
+use crate::error::ApiError;
 
 /// Connection limits of the HTTP listener.
-#[derive(Debug, Clone, Copy)]
-pub struct ServeLimits {
-    /// A connection that has not sent a request's complete headers within this long is
-    /// closed.
-    pub header_read_timeout: Duration,
-    /// Connections served at once.
-    pub max_connections: usize,
+pub type ServeLimits = HttpLimits;
+
+/// What a client sees when its request runs into a limit: a slow body is 408, a request
+/// that took too long 504 `deadline_exceeded`, as when a downstream deadline runs out.
+fn answer(exceeded: Exceeded) -> axum::response::Response {
+    match exceeded {
+        Exceeded::Body => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body was not sent in time",
+        ),
+        Exceeded::Request => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            "the request took too long; try again",
+        ),
+    }
+    .into_response()
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests
@@ -34,65 +43,10 @@ pub async fn serve(
     limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    tokio::pin!(shutdown);
-    loop {
-        // A slot first: at the limit, connections wait unaccepted.
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
-                Ok(s) => s,
-                Err(_) => break, // never closed
-            },
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little instead of spinning.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        platform::net::set_nodelay(&stream);
-        metrics::gauge!("gateway_http_connections").increment(1.0);
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |mut req: http::Request<_>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            let router = router.clone();
-            async move {
-                let resp = router.oneshot(req).await;
-                Ok::<_, Infallible>(match resp {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                })
-            }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-            metrics::gauge!("gateway_http_connections").decrement(1.0);
-            drop(slot);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    HttpServer::new("gateway", limits)
+        .answering(answer)
+        .serve(listener, router, shutdown)
+        .await
 }
 
 /// Where the gateway's peer address comes from when no connection carries one (a router
