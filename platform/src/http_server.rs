@@ -633,3 +633,65 @@ fn client_unit(ip: IpAddr) -> IpAddr {
         v4 => v4,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an address")
+    }
+
+    #[test]
+    fn an_address_gets_its_slots_back_when_its_connections_close() {
+        let slots = Arc::new(AddressSlots::new(2, &[]));
+        let first = slots.try_acquire(ip("192.0.2.1")).expect("first");
+        let _second = slots.try_acquire(ip("192.0.2.1")).expect("second");
+        assert!(slots.try_acquire(ip("192.0.2.1")).is_none(), "over the cap");
+        assert!(
+            slots.try_acquire(ip("192.0.2.2")).is_some(),
+            "another address"
+        );
+        drop(first);
+        assert!(
+            slots.try_acquire(ip("192.0.2.1")).is_some(),
+            "a slot came back"
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let slots = Arc::new(AddressSlots::new(1, &[]));
+        let _held = slots.try_acquire(ip("2001:db8:1:2::1")).expect("first");
+        assert!(
+            slots.try_acquire(ip("2001:db8:1:2::ffff")).is_none(),
+            "same /64"
+        );
+        assert!(
+            slots.try_acquire(ip("2001:db8:1:3::1")).is_some(),
+            "another /64"
+        );
+        let _v4 = slots.try_acquire(ip("192.0.2.7")).expect("IPv4");
+        assert!(
+            slots.try_acquire(ip("::ffff:192.0.2.7")).is_none(),
+            "mapped"
+        );
+    }
+
+    #[test]
+    fn uncapped_addresses_are_never_refused() {
+        let slots = Arc::new(AddressSlots::new(1, &[ip("10.0.0.9")]));
+        let held: Vec<_> = (0..5)
+            .map(|_| slots.try_acquire(ip("10.0.0.9")).expect("a proxy"))
+            .collect();
+        assert_eq!(held.len(), 5);
+        assert!(
+            slots
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty(),
+            "not counted"
+        );
+    }
+}
