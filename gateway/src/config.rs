@@ -225,13 +225,15 @@ impl Config {
     }
 
     pub fn serve_limits(&self) -> HttpLimits {
+        // 0 would mean "at once" (or, for the ping interval, a busy loop): 1 ms at least.
+        let ms = |v: u64| Duration::from_millis(v.max(1));
         HttpLimits {
-            first_byte_timeout: Duration::from_millis(self.first_byte_timeout_ms),
-            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
-            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
-            keep_alive_interval: Duration::from_millis(self.http2_keepalive_interval_ms),
-            keep_alive_timeout: Duration::from_millis(self.http2_keepalive_timeout_ms),
-            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            first_byte_timeout: ms(self.first_byte_timeout_ms),
+            header_read_timeout: ms(self.header_read_timeout_ms),
+            idle_timeout: ms(self.idle_timeout_ms),
+            keep_alive_interval: ms(self.http2_keepalive_interval_ms),
+            keep_alive_timeout: ms(self.http2_keepalive_timeout_ms),
+            body_timeout: ms(self.body_timeout_ms),
             request_timeout: Some(self.request_timeout()),
             max_connections: self.max_connections,
             max_connections_per_address: self.max_connections_per_address,
