@@ -323,4 +323,22 @@ mod tests {
         budget("59500").expect("a lease of exactly 120 s");
         budget("2000").expect("the default");
     }
+
+    /// A request timeout under the checkout lease would cut off a checkout that still
+    /// owns its record: the lease wins.
+    #[test]
+    fn the_request_timeout_is_never_shorter_than_the_checkout_lease() {
+        let short = Config::parse_from(
+            ["gateway", "--request-timeout-ms", "1000"]
+                .into_iter()
+                .chain(SECRET),
+        );
+        assert_eq!(short.request_timeout(), short.checkout_lease());
+        assert_eq!(
+            short.serve_limits().request_timeout,
+            Some(short.checkout_lease())
+        );
+        let default = Config::parse_from(["gateway"].into_iter().chain(SECRET));
+        assert_eq!(default.request_timeout(), Duration::from_secs(30));
+    }
 }
