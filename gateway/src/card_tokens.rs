@@ -39,6 +39,9 @@ impl CardTokens {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .tcp_nodelay(true)
+            // Under the card gateway's close of idle HTTP/1 connections (10 s): the client
+            // drops an idle connection first, never writing to one the server is closing.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Self {
             http,

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use platform::{balance::BalanceSettings, config::parse_switch, endpoints::ServiceUrls};
+use platform::{
+    balance::BalanceSettings, config::parse_switch, endpoints::ServiceUrls, http_server::HttpLimits,
+};
 use secrecy::SecretString;
 
 fn at_least_one(s: &str) -> Result<usize, String> {
@@ -118,13 +120,53 @@ pub struct Config {
     /// Largest accepted request body (bytes); larger is 413.
     #[arg(long, env = "GATEWAY_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub body_limit_bytes: usize,
+    /// A connection that has sent no byte within this long after it was accepted is
+    /// closed (ms): silent sockets cannot hold connection slots.
+    #[arg(long, env = "GATEWAY_FIRST_BYTE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub first_byte_timeout_ms: u64,
     /// A connection that has not sent a request's complete headers within this long is
-    /// closed (ms): slow-header (slowloris) clients cannot hold sockets.
+    /// closed (ms), whatever the protocol (a partial HTTP/2 preface, a preface with no
+    /// request, half an HTTP/1 request line): slow-header (slowloris) clients cannot hold
+    /// sockets. On HTTP/1 each later request head gets as long again.
     #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed (ms).
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// HTTP/2: a PING after this long without a frame from the client (ms)...
+    #[arg(
+        long,
+        env = "GATEWAY_HTTP2_KEEPALIVE_INTERVAL_MS",
+        default_value_t = 20_000
+    )]
+    pub http2_keepalive_interval_ms: u64,
+    /// ...and the connection is closed when the answer takes longer than this (ms).
+    #[arg(
+        long,
+        env = "GATEWAY_HTTP2_KEEPALIVE_TIMEOUT_MS",
+        default_value_t = 20_000
+    )]
+    pub http2_keepalive_timeout_ms: u64,
+    /// A request body must be complete within this long after the request's headers (ms);
+    /// a slower one is answered 408 and its HTTP/1 connection closed.
+    #[arg(long, env = "GATEWAY_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// A request not answered within this long is answered 504 `deadline_exceeded` (ms).
+    /// Never shorter than the checkout lease, so a checkout that owns its record is not
+    /// cut off.
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
     /// HTTP connections served at once; more wait in the listen backlog.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// HTTP connections served at once from one client address (IPv6: its /64); more are
+    /// closed at once, so one address cannot take every slot. Trusted proxies are exempt.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1_000
+    )]
+    pub max_connections_per_address: usize,
     /// Login throttling per account and per client address (on/off).
     #[arg(long, env = "GATEWAY_LOGIN_THROTTLE", default_value = "on", value_parser = parse_switch)]
     pub login_throttle: bool,
@@ -207,10 +249,26 @@ impl Config {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
-    pub fn serve_limits(&self) -> crate::serve::ServeLimits {
-        crate::serve::ServeLimits {
-            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+    /// The request timeout actually applied: at least the checkout lease.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms).max(self.checkout_lease())
+    }
+
+    pub fn serve_limits(&self) -> HttpLimits {
+        // 0 would mean "at once" (or, for the ping interval, a busy loop): 1 ms at least.
+        let ms = |v: u64| Duration::from_millis(v.max(1));
+        HttpLimits {
+            first_byte_timeout: ms(self.first_byte_timeout_ms),
+            header_read_timeout: ms(self.header_read_timeout_ms),
+            idle_timeout: ms(self.idle_timeout_ms),
+            keep_alive_interval: ms(self.http2_keepalive_interval_ms),
+            keep_alive_timeout: ms(self.http2_keepalive_timeout_ms),
+            body_timeout: ms(self.body_timeout_ms),
+            request_timeout: Some(self.request_timeout()),
             max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            // A proxy's one address carries many clients.
+            uncapped_addresses: self.trusted_proxies.clone(),
         }
     }
 
@@ -333,5 +391,23 @@ mod tests {
         )
         .expect_err("no logins at all is no setting");
         assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+
+    /// A request timeout under the checkout lease would cut off a checkout that still
+    /// owns its record: the lease wins.
+    #[test]
+    fn the_request_timeout_is_never_shorter_than_the_checkout_lease() {
+        let short = Config::parse_from(
+            ["gateway", "--request-timeout-ms", "1000"]
+                .into_iter()
+                .chain(SECRET),
+        );
+        assert_eq!(short.request_timeout(), short.checkout_lease());
+        assert_eq!(
+            short.serve_limits().request_timeout,
+            Some(short.checkout_lease())
+        );
+        let default = Config::parse_from(["gateway"].into_iter().chain(SECRET));
+        assert_eq!(default.request_timeout(), Duration::from_secs(30));
     }
 }

@@ -1,29 +1,38 @@
-//! The gateway's HTTP server loop. axum's `serve` sets neither a header read timeout nor a
-//! connection limit, so a client can hold sockets forever by sending a request line one
-//! byte at a time (slowloris) or by opening connections until file descriptors run out.
-//! Here every connection gets HTTP/1 `header_read_timeout`, at most `max_connections` are
-//! served at once (further ones wait in the listen backlog until one closes), every socket
-//! has TCP_NODELAY, and each request carries the peer address (`ConnectInfo`) for the
-//! login throttle.
+//! The gateway's HTTP server: `platform::http_server` with the gateway's limits (see
+//! [`crate::Config::serve_limits`]) and its answers in the API's error format. Every
+//! connection is bounded from its first byte (first byte, request head, idle, HTTP/2
+//! keep-alive, body, whole request), at most `max_connections` are served at once and at
+//! most `max_connections_per_address` from one client address; each request carries the
+//! peer address (`ConnectInfo`) for the login throttle.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr};
 
-use axum::{Router, extract::ConnectInfo};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
-};
-use tokio::{net::TcpListener, sync::Semaphore};
-use tower::ServiceExt as _;
+use axum::{Router, response::IntoResponse as _};
+use http::StatusCode;
+use platform::http_server::{Exceeded, HttpLimits, HttpServer};
+use tokio::net::TcpListener;
+
+use crate::error::ApiError;
 
 /// Connection limits of the HTTP listener.
-#[derive(Debug, Clone, Copy)]
-pub struct ServeLimits {
-    /// A connection that has not sent a request's complete headers within this long is
-    /// closed.
-    pub header_read_timeout: Duration,
-    /// Connections served at once.
-    pub max_connections: usize,
+pub type ServeLimits = HttpLimits;
+
+/// What a client sees when its request runs into a limit: a slow body is 408, a request
+/// that took too long 504 `deadline_exceeded`, as when a downstream deadline runs out.
+fn answer(exceeded: Exceeded) -> axum::response::Response {
+    match exceeded {
+        Exceeded::Body => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body was not sent in time",
+        ),
+        Exceeded::Request => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            "the request took too long; try again",
+        ),
+    }
+    .into_response()
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests
@@ -34,65 +43,10 @@ pub async fn serve(
     limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    tokio::pin!(shutdown);
-    loop {
-        // A slot first: at the limit, connections wait unaccepted.
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
-                Ok(s) => s,
-                Err(_) => break, // never closed
-            },
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little instead of spinning.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        platform::net::set_nodelay(&stream);
-        metrics::gauge!("gateway_http_connections").increment(1.0);
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |mut req: http::Request<_>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            let router = router.clone();
-            async move {
-                let resp = router.oneshot(req).await;
-                Ok::<_, Infallible>(match resp {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                })
-            }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-            metrics::gauge!("gateway_http_connections").decrement(1.0);
-            drop(slot);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    HttpServer::new("gateway", limits)
+        .answering(answer)
+        .serve(listener, router, shutdown)
+        .await
 }
 
 /// Where the gateway's peer address comes from when no connection carries one (a router
@@ -103,14 +57,13 @@ pub fn unknown_peer() -> SocketAddr {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+    use std::{net::SocketAddr, time::Duration};
 
     use tokio::{
         io::{AsyncReadExt as _, AsyncWriteExt as _},
         net::TcpStream,
     };
 
-    use super::*;
     use crate::{Application, Config};
 
     /// Bounds how long a test waits for something that must happen; never reached when
@@ -152,6 +105,230 @@ mod tests {
 
     fn get(path: &str) -> String {
         format!("GET {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+    }
+
+    /// How long a test waits for the server to close a connection whose limit is well
+    /// under a second; never reached when the limits hold.
+    const CLOSE_GUARD: Duration = Duration::from_secs(10);
+
+    /// The HTTP/2 connection preface and an empty SETTINGS frame: what an HTTP/2 client
+    /// sends before its first request.
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const H2_EMPTY_SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+    /// Reads (and discards) what the server sends until it closes the connection; panics
+    /// when it is still open after [`CLOSE_GUARD`].
+    async fn closed_by_server(stream: &mut TcpStream, what: &str) {
+        let mut buf = [0u8; 4096];
+        let read_all = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    // Closed with unread data in its buffer: a reset.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                    Err(e) => panic!("{what}: reading failed: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(CLOSE_GUARD, read_all)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: still open after {CLOSE_GUARD:?}"));
+    }
+
+    /// A connection from `local` (any 127.0.0.0/8 address is this host) to `addr`.
+    async fn connect_from(local: [u8; 4], addr: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from((local, 0)))
+            .expect("bind a loopback address");
+        socket.connect(addr).await.expect("connect")
+    }
+
+    /// Settings under which only the limit a test is about can close its connection.
+    fn far_off(c: &mut Config) {
+        c.first_byte_timeout_ms = 120_000;
+        c.header_read_timeout_ms = 120_000;
+        c.idle_timeout_ms = 120_000;
+        c.http2_keepalive_interval_ms = 120_000;
+        c.http2_keepalive_timeout_ms = 120_000;
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed() {
+        let (addr, _stop) = gateway(|c| {
+            far_off(c);
+            c.first_byte_timeout_ms = 300;
+        })
+        .await;
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        closed_by_server(&mut silent, "a silent connection").await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_part_of_the_http2_preface_is_closed() {
+        let (addr, _stop) = gateway(|c| {
+            far_off(c);
+            c.header_read_timeout_ms = 300;
+        })
+        .await;
+        let mut partial = TcpStream::connect(addr).await.expect("connect");
+        partial
+            .write_all(&H2_PREFACE[..16])
+            .await
+            .expect("write part of the preface");
+        closed_by_server(&mut partial, "a partial preface").await;
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_that_never_sends_a_request_is_closed() {
+        let (addr, _stop) = gateway(|c| {
+            far_off(c);
+            c.header_read_timeout_ms = 300;
+        })
+        .await;
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        idle.write_all(H2_PREFACE).await.expect("preface");
+        idle.write_all(&H2_EMPTY_SETTINGS).await.expect("settings");
+        closed_by_server(&mut idle, "an HTTP/2 connection without a request").await;
+    }
+
+    #[tokio::test]
+    async fn an_http2_client_that_stops_answering_pings_is_closed() {
+        // Its first request is far off: only the keep-alive ping can close it.
+        let (addr, _stop) = gateway(|c| {
+            far_off(c);
+            c.http2_keepalive_interval_ms = 200;
+            c.http2_keepalive_timeout_ms = 200;
+        })
+        .await;
+        let mut deaf = TcpStream::connect(addr).await.expect("connect");
+        deaf.write_all(H2_PREFACE).await.expect("preface");
+        deaf.write_all(&H2_EMPTY_SETTINGS).await.expect("settings");
+        closed_by_server(&mut deaf, "an HTTP/2 client ignoring pings").await;
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_idle_after_its_requests_is_closed() {
+        let (addr, _stop) = gateway(|c| {
+            far_off(c);
+            c.idle_timeout_ms = 300;
+        })
+        .await;
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (mut client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+        // Drives the connection (and answers pings) until the server ends it.
+        let driver = tokio::spawn(connection);
+        let request = http::Request::get(format!("http://{addr}/healthz"))
+            .body(())
+            .expect("a request");
+        let (response, _) = client.send_request(request, true).expect("send");
+        let response = response.await.expect("answered");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            chunk.expect("body");
+        }
+        // The client is kept, so only the server can end the connection.
+        let ended = tokio::time::timeout(CLOSE_GUARD, driver)
+            .await
+            .expect("the idle connection is closed by the server")
+            .expect("task");
+        ended.expect("closed cleanly (GOAWAY)");
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_body_trickling_in_is_cut_off_with_408_and_the_connection_closed() {
+        let (addr, _stop) = gateway(|c| {
+            far_off(c);
+            c.body_timeout_ms = 1_000;
+        })
+        .await;
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut reader, mut writer) = stream.into_split();
+        writer
+            .write_all(
+                b"POST /api/auth/login HTTP/1.1\r\nHost: gateway\r\n\
+                  Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+            )
+            .await
+            .expect("head");
+        // One byte every 200 ms: the body would take hours.
+        let trickle = tokio::spawn(async move {
+            loop {
+                if writer.write_all(b" ").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read_all = async {
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                    Err(e) => panic!("reading failed: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(CLOSE_GUARD, read_all)
+            .await
+            .expect("the slow body is cut off and the connection closed");
+        trickle.abort();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_request_timeout_is_answered_504() {
+        // The request timeout is never shorter than the checkout lease: both short here.
+        let (addr, _stop) = gateway(|c| {
+            c.checkout_budget_ms = 100;
+            c.checkout_lease_ms = 0;
+            c.request_timeout_ms = 500;
+            c.faults =
+                r#"[{"method":"GET /api/items","latency":{"kind":"fixed","ms":60000}}]"#.into();
+        })
+        .await;
+        let answer = tokio::time::timeout(CLOSE_GUARD, exchange(addr, &get("/api/items")))
+            .await
+            .expect("answered before the injected latency is over");
+        assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+        assert!(answer.contains(r#""code":"deadline_exceeded""#), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_take_every_connection_slot() {
+        let (addr, _stop) = gateway(|c| {
+            far_off(c);
+            c.max_connections = 3;
+            c.max_connections_per_address = 2;
+        })
+        .await;
+        // Two silent connections from one address hold its share...
+        let _first = connect_from([127, 0, 0, 1], addr).await;
+        let _second = connect_from([127, 0, 0, 1], addr).await;
+        // ...a third from it is closed at once (its first-byte timeout is far off)...
+        let mut third = connect_from([127, 0, 0, 1], addr).await;
+        closed_by_server(&mut third, "a connection over its address's cap").await;
+        // ...and another address still gets the slot that is left.
+        let mut other = connect_from([127, 0, 0, 2], addr).await;
+        other
+            .write_all(get("/healthz").as_bytes())
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(CLOSE_GUARD, other.read_to_end(&mut answer))
+            .await
+            .expect("another address is served")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 
     #[tokio::test]

@@ -177,7 +177,10 @@ impl GatewayClient {
             .connect_timeout(Duration::from_secs(1))
             // Explicit (reqwest's default today): a request is a few small writes.
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Under the card gateway's close of idle HTTP/1 connections (its 10 s header
+            // read timeout runs between requests too): the client drops an idle connection
+            // first, so a charge is never written to one the server is closing.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Self {
             http,

@@ -17,6 +17,7 @@ pub mod events;
 pub mod faults;
 pub mod grpc;
 pub mod host;
+pub mod http_server;
 pub mod identity;
 pub mod ids;
 pub mod keys;

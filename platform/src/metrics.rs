@@ -53,12 +53,13 @@ pub fn router() -> Router {
     )
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` resolves.
+/// Serves `/metrics` on `listener` until `shutdown` resolves, with a scrape listener's
+/// connection limits (a silent or slow client cannot hold it).
 pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(crate::net::http_listener(listener), router())
-        .with_graceful_shutdown(shutdown)
+    crate::http_server::HttpServer::new("metrics", crate::http_server::HttpLimits::metrics())
+        .serve(listener, router(), shutdown)
         .await
 }

@@ -53,6 +53,7 @@ use axum::{
 };
 use platform::{
     faults::{FaultInjector, FaultRule, Verdict},
+    http_server::{Exceeded, HttpLimits, HttpServer},
     identity::Trust,
 };
 use serde::Deserialize;
@@ -281,17 +282,56 @@ impl CardGateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let stop = self.gateway.inner.stop.clone();
-        axum::serve(
-            platform::net::http_listener(self.listener),
-            router(self.gateway, self.admin),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Wake hanging requests so shutdown does not wait for them.
-            let _ = stop.send(true);
-        })
-        .await
-        .context("serving card-gateway")
+        HttpServer::new("card-gateway", http_limits())
+            .answering(limit_answer)
+            .serve(
+                self.listener,
+                router(self.gateway, self.admin),
+                async move {
+                    shutdown.await;
+                    // Wake hanging requests so shutdown does not wait for them.
+                    let _ = stop.send(true);
+                },
+            )
+            .await
+            .context("serving card-gateway")
+    }
+}
+
+/// The shared connection limits, without a request timeout: an injected hang must stay a
+/// hang (never answered) for the callers it is meant to test.
+fn http_limits() -> HttpLimits {
+    HttpLimits {
+        request_timeout: None,
+        ..HttpLimits::default()
+    }
+}
+
+/// A body sent too slowly, in the processor's error format.
+fn limit_answer(exceeded: Exceeded) -> Response {
+    match exceeded {
+        Exceeded::Body => json_response(
+            StatusCode::REQUEST_TIMEOUT,
+            error_body(
+                "invalid_request_error",
+                Some("request_timeout"),
+                None,
+                "The request body was not sent in time.",
+                None,
+                None,
+            ),
+        ),
+        Exceeded::Request => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            error_body(
+                "api_error",
+                Some("request_timeout"),
+                None,
+                "The request took too long.",
+                None,
+                None,
+            ),
+        ),
     }
 }
 

@@ -18,12 +18,13 @@
 //!   (`payment-service/tests/it/gateway.rs`), redacted `Debug` (the services' unit tests),
 //!   forged, expired, `alg: none` and wrong-audience user tokens at the gateway (`api.rs`
 //!   and the gateway's tests), admin bootstrap by the operator only (user-service's
-//!   `admin` tests).
+//!   `admin` tests); each connection limit on its own, HTTP/2 keep-alive and idle
+//!   connections, the request timeout and the per-address cap: `gateway/src/serve.rs`.
 
 use std::{
     net::SocketAddr,
     str::FromStr as _,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use base64::Engine as _;
@@ -40,6 +41,10 @@ use shop_proto::{
     user::v1::{self as user_pb, user_service_client::UserServiceClient},
 };
 use test_support::identity::{admin, client_as, customer};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpSocket, TcpStream},
+};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -628,4 +633,195 @@ async fn fault_admins_are_absent_when_off_and_admin_only_when_on() {
     // Browsing still works: no fault was set by any of the above.
     let r = s.get("/api/items", None).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
+
+/// How long an attacker's socket may stay open when the limits under test are a second.
+const CLOSE_GUARD: Duration = Duration::from_secs(10);
+/// The same at the default limits (5 s to the first byte, 10 s to a request's head or
+/// body): generous, never reached when the limits hold.
+const DEFAULT_LIMITS_GUARD: Duration = Duration::from_secs(30);
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_EMPTY_SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// A connection from `local` (all of 127.0.0.0/8 is this host, so each is another client
+/// address) to `addr`.
+async fn connect_from(local: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((local, 0)))
+        .expect("bind a loopback address");
+    // A full listen backlog drops new connections' SYNs: the outage itself, reported
+    // here instead of after the kernel's two-minute connect timeout.
+    tokio::time::timeout(CLOSE_GUARD, socket.connect(addr))
+        .await
+        .expect("the server keeps accepting connections (its listen backlog is not full)")
+        .expect("connect")
+}
+
+/// Reads what the server sends until it closes the connection, at most `guard` long;
+/// returns what it sent, or None when the connection was still open.
+async fn until_closed(stream: &mut TcpStream, guard: Duration) -> Option<Vec<u8>> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                // Closed with unread data in its buffer: a reset.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("reading failed: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(guard, read_all).await.ok()?;
+    Some(seen)
+}
+
+/// Silent sockets, one with part of the HTTP/2 preface and one with the preface and
+/// SETTINGS but no request, all to `addr`: the three ways to hold a connection without
+/// ever sending a request.
+async fn hold_without_requests(addr: SocketAddr, local: [u8; 4], silent: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..silent {
+        held.push(connect_from(local, addr).await);
+    }
+    let mut partial = connect_from(local, addr).await;
+    partial
+        .write_all(&H2_PREFACE[..16])
+        .await
+        .expect("part of the preface");
+    held.push(partial);
+    let mut no_request = connect_from(local, addr).await;
+    no_request.write_all(H2_PREFACE).await.expect("preface");
+    no_request
+        .write_all(&H2_EMPTY_SETTINGS)
+        .await
+        .expect("settings");
+    held.push(no_request);
+    held
+}
+
+/// Asserts that the server closes every one of `held` within `guard`.
+async fn all_closed_by_server(held: Vec<TcpStream>, guard: Duration, what: &str) {
+    let mut waiting = tokio::task::JoinSet::new();
+    for (i, mut stream) in held.into_iter().enumerate() {
+        waiting.spawn(async move { (i, until_closed(&mut stream, guard).await.is_some()) });
+    }
+    let mut open = Vec::new();
+    while let Some(done) = waiting.join_next().await {
+        let (i, closed) = done.expect("task");
+        if !closed {
+            open.push(i);
+        }
+    }
+    assert!(
+        open.is_empty(),
+        "{what}: {} connections still open after {guard:?}: {open:?}",
+        open.len()
+    );
+}
+
+/// `GET /healthz` on a fresh connection from `local`; the whole answer.
+async fn healthz_from(local: [u8; 4], addr: SocketAddr) -> String {
+    let mut s = connect_from(local, addr).await;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = until_closed(&mut s, CLOSE_GUARD)
+        .await
+        .expect("/healthz answered while the attackers' sockets are open");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// What held a gateway whose connection cap was reached: hundreds of sockets that send
+/// nothing and HTTP/2 connections that stop after the preface. Another client is still
+/// answered, and the server closes every one of them.
+#[tokio::test]
+async fn silent_sockets_and_idle_http2_connections_neither_starve_healthz_nor_stay_open() {
+    let s = stack_with(Options {
+        gateway: Box::new(|c| {
+            // Below what the attacker opens: the outage needs only the cap to be reached.
+            c.max_connections = 100;
+            c.max_connections_per_address = 40;
+            c.first_byte_timeout_ms = 1_000;
+            c.header_read_timeout_ms = 1_000;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let addr = s.gateway.addr;
+    let mut held = Vec::new();
+    for _ in 0..500 {
+        held.push(connect_from([127, 0, 0, 1], addr).await);
+    }
+    for _ in 0..50 {
+        let mut h2 = connect_from([127, 0, 0, 2], addr).await;
+        // Best effort, as an attacker's: a connection over its address's cap is closed
+        // before the write.
+        let _ = h2.write_all(H2_PREFACE).await;
+        let _ = h2.write_all(&H2_EMPTY_SETTINGS).await;
+        held.push(h2);
+    }
+    let answer = healthz_from([127, 0, 0, 3], addr).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    all_closed_by_server(held, CLOSE_GUARD, "the gateway").await;
+    // The shop still serves.
+    let r = s.get("/api/items", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
+
+/// The mock card gateway and the services' /metrics listeners are HTTP servers too: at
+/// their default limits they close silent and half-open connections, and the card gateway
+/// cuts off a body trickling in.
+#[tokio::test]
+async fn the_card_gateway_and_metrics_listeners_close_silent_half_open_and_trickling_clients() {
+    use payment_service::card_gateway::{CardGateway, Config};
+
+    let card = CardGateway::build(Config::on("127.0.0.1:0"))
+        .await
+        .expect("binds");
+    let card_addr = card.addr();
+    let _card = Running::spawn(card_addr, |stop| card.run_until_stopped(stop));
+    let item = test_support::item::spawn().await;
+
+    let mut held = hold_without_requests(card_addr, [127, 0, 0, 1], 5).await;
+    held.extend(hold_without_requests(item.metrics_addr, [127, 0, 0, 1], 5).await);
+
+    // One byte of a charge's body every 200 ms.
+    let trickling = connect_from([127, 0, 0, 1], card_addr).await;
+    let (mut reader, mut writer) = trickling.into_split();
+    writer
+        .write_all(
+            b"POST /v1/charges HTTP/1.1\r\nHost: card\r\nContent-Type: application/json\r\n\
+              Content-Length: 100000\r\n\r\n",
+        )
+        .await
+        .expect("head");
+    let trickle = tokio::spawn(async move {
+        while writer.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEFAULT_LIMITS_GUARD, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("reading failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the trickling body is cut off and the connection closed");
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    all_closed_by_server(held, DEFAULT_LIMITS_GUARD, "card gateway and metrics").await;
 }
