@@ -10,7 +10,6 @@ use futures::StreamExt;
 use item_service::{
     Config,
     cache::Cache,
-    events::SERVICE,
     input::{ItemId, Line as ItemLine, ReservationId},
     reservations::{Begun, Reservations},
 };
@@ -22,6 +21,7 @@ use platform::events::{
     },
     consumer,
 };
+use platform::identity::ITEM_SERVICE as SERVICE;
 use shop_proto::item::v1::{self as pb, ReservationStatus};
 
 use crate::harness::{self, TestApp};
