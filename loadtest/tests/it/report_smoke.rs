@@ -21,14 +21,14 @@ use axum::{
 };
 use loadtest::{
     admin::ShopAdmin,
-    engine::{self, Measured, Model, RunSpec, Workload},
-    http::{HttpPool, Target},
-    process_cpu::{CpuSpent, ProcessCpu},
-    report::{self, Machine, Report, SECTION_IDS},
-    scenario::{self, EP_GET, EP_LIST, Mix, ShopWorkload},
-    sections::{
+    experiment::process_cpu::{CpuSpent, ProcessCpu},
+    experiment::report::{self, Machine, Report, SECTION_IDS},
+    experiment::sections::{
         self, AvailRun, CacheRun, CascadeRun, Hops, StrategyRun, SweepPoint, TailRun, sync_vs_async,
     },
+    generator::engine::{self, Measured, Model, RunSpec, Workload},
+    generator::http::{HttpPool, Target},
+    generator::scenario::{self, EP_GET, EP_LIST, Mix, ShopWorkload},
 };
 use serde_json::{Value, json};
 use shop_proto::admin::v1::{
@@ -494,7 +494,7 @@ async fn open_and_closed_models_feed_a_complete_report() {
 
 /// What the synchronous-vs-asynchronous runner would have measured, from a toy run.
 fn sync_vs_async_measured(run: &engine::RunResult) -> sync_vs_async::Measured {
-    use loadtest::completion::CompletionStats;
+    use loadtest::generator::completion::CompletionStats;
     let stats = |asynchronous: bool| CompletionStats {
         note: if asynchronous {
             "asynchronous"
