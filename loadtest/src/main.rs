@@ -6,11 +6,12 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use clap::{Parser, Subcommand};
 use loadtest::{
     admin::ShopAdmin,
-    experiment,
-    experiment::report,
-    generator::engine::{self, Model, RunSpec, Workload},
-    generator::http::{HttpPool, Target},
-    generator::scenario::{self, Mix, ShopWorkload},
+    experiment::{self, report},
+    generator::{
+        engine::{self, Model, RunSpec, Workload},
+        http::{HttpPool, Target},
+        scenario::{self, Mix, ShopWorkload},
+    },
     resilience::check,
 };
 

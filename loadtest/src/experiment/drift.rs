@@ -22,13 +22,17 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::{
-    experiment::ctx::Params,
-    experiment::process_cpu::{self, Processes},
-    experiment::runner::{self, Prepared},
-    generator::engine::Workload,
-    generator::scenario::Mix,
-    generator::stats::{Latency, Outcome, new_histogram},
-    generator::waterfall::{self, Metric},
+    experiment::{
+        ctx::Params,
+        process_cpu::{self, Processes},
+        runner::{self, Prepared},
+    },
+    generator::{
+        engine::Workload,
+        scenario::Mix,
+        stats::{Latency, Outcome, new_histogram},
+        waterfall::{self, Metric},
+    },
 };
 
 #[derive(Debug, Clone)]

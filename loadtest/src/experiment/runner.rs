@@ -10,10 +10,12 @@ use anyhow::Context as _;
 use super::ctx::{Ctx, Params};
 use crate::{
     admin::ShopAdmin,
-    experiment::deployment::start_stack,
-    experiment::process_cpu::{self, Processes},
-    experiment::report::{self, Machine, Report, Section},
-    experiment::sections::{self, with_faults_cleared},
+    experiment::{
+        deployment::start_stack,
+        process_cpu::{self, Processes},
+        report::{self, Machine, Report, Section},
+        sections::{self, with_faults_cleared},
+    },
     mongo_server::MongoServer,
     stack::Stack,
 };

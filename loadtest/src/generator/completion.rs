@@ -15,9 +15,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    generator::http::HttpPool,
-    generator::stats::{Latency, new_histogram},
+use crate::generator::{
+    http::HttpPool,
+    stats::{Latency, new_histogram},
 };
 
 /// How often a young pending order is polled.

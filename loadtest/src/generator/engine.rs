@@ -17,10 +17,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use crate::{
-    generator::pacer::{self, Lateness, LatenessRecorder},
-    generator::stats::{Latency, Outcome, Recorder, Sample, Snapshot},
-    generator::waterfall::{self, Collector, Metric, Waterfall},
+use crate::generator::{
+    pacer::{self, Lateness, LatenessRecorder},
+    stats::{Latency, Outcome, Recorder, Sample, Snapshot},
+    waterfall::{self, Collector, Metric, Waterfall},
 };
 
 tokio::task_local! {

@@ -19,11 +19,11 @@ use shop_proto::{
     item::v1::{GetItemRequest, item_service_client::ItemServiceClient},
 };
 
-use crate::{
-    generator::completion::{Answer, Tracker, order_id_of},
-    generator::engine::Workload,
-    generator::http::{HttpPool, Target},
-    generator::stats::Outcome,
+use crate::generator::{
+    completion::{Answer, Tracker, order_id_of},
+    engine::Workload,
+    http::{HttpPool, Target},
+    stats::Outcome,
 };
 
 pub const EP_LIST: &str = "GET /api/items";

@@ -19,17 +19,21 @@ use serde_json::json;
 
 use crate::{
     admin::{metric_sum, scrape},
-    generator::engine::{self, Model, RunSpec, Workload},
-    generator::http::HttpPool,
-    generator::scenario::{CARD_OK, EP_GET, EP_LIST, Mix, ep_checkout},
-    generator::stats::Outcome,
-    resilience::crash::{
-        Rig, Tuning,
-        probe::{CheckoutRef, Ending},
-        shop::Customer,
-        supervisor::{Process, Supervisor, now_rfc3339},
+    generator::{
+        engine::{self, Model, RunSpec, Workload},
+        http::HttpPool,
+        scenario::{CARD_OK, EP_GET, EP_LIST, Mix, ep_checkout},
+        stats::Outcome,
     },
-    resilience::kill_windows::{self, Kind, OkRates, Timeline},
+    resilience::{
+        crash::{
+            Rig, Tuning,
+            probe::{CheckoutRef, Ending},
+            shop::Customer,
+            supervisor::{Process, Supervisor, now_rfc3339},
+        },
+        kill_windows::{self, Kind, OkRates, Timeline},
+    },
 };
 
 #[derive(Debug, Clone)]

@@ -21,14 +21,19 @@ use axum::{
 };
 use loadtest::{
     admin::ShopAdmin,
-    experiment::process_cpu::{CpuSpent, ProcessCpu},
-    experiment::report::{self, Machine, Report, SECTION_IDS},
-    experiment::sections::{
-        self, AvailRun, CacheRun, CascadeRun, Hops, StrategyRun, SweepPoint, TailRun, sync_vs_async,
+    experiment::{
+        process_cpu::{CpuSpent, ProcessCpu},
+        report::{self, Machine, Report, SECTION_IDS},
+        sections::{
+            self, AvailRun, CacheRun, CascadeRun, Hops, StrategyRun, SweepPoint, TailRun,
+            sync_vs_async,
+        },
     },
-    generator::engine::{self, Measured, Model, RunSpec, Workload},
-    generator::http::{HttpPool, Target},
-    generator::scenario::{self, EP_GET, EP_LIST, Mix, ShopWorkload},
+    generator::{
+        engine::{self, Measured, Model, RunSpec, Workload},
+        http::{HttpPool, Target},
+        scenario::{self, EP_GET, EP_LIST, Mix, ShopWorkload},
+    },
 };
 use serde_json::{Value, json};
 use shop_proto::admin::v1::{

@@ -8,9 +8,11 @@ use serde_json::json;
 use super::HopsByStrategy;
 use crate::{
     admin::{self, Rule},
-    experiment::charts::{Chart, ChartSpec, Curve},
-    experiment::ctx::Ctx,
-    experiment::report::{Section, Table, f_ms, f_pct},
+    experiment::{
+        charts::{Chart, ChartSpec, Curve},
+        ctx::Ctx,
+        report::{Section, Table, f_ms, f_pct},
+    },
     generator::engine::RunResult,
 };
 

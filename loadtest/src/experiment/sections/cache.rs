@@ -7,11 +7,15 @@ use serde_json::json;
 
 use crate::{
     admin,
-    experiment::charts::{BarSeries, Chart, ChartSpec},
-    experiment::ctx::Ctx,
-    experiment::report::{Section, Table, f_ms, f_pct},
-    generator::engine::{self, Model, RunResult},
-    generator::scenario,
+    experiment::{
+        charts::{BarSeries, Chart, ChartSpec},
+        ctx::Ctx,
+        report::{Section, Table, f_ms, f_pct},
+    },
+    generator::{
+        engine::{self, Model, RunResult},
+        scenario,
+    },
 };
 
 /// Distinct items the cache comparison reads.

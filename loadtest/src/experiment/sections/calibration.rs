@@ -14,15 +14,19 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::{
-    experiment::cpu::{self, Generator, Usage},
-    experiment::ctx::Ctx,
-    experiment::report::{Section, Table, f_ms},
-    experiment::wrk,
-    experiment::wrk::WrkResult,
-    generator::engine::{self, Model, RunResult},
-    generator::http::HttpPool,
-    generator::scenario,
-    generator::stats::{Latency, new_histogram},
+    experiment::{
+        cpu::{self, Generator, Usage},
+        ctx::Ctx,
+        report::{Section, Table, f_ms},
+        wrk,
+        wrk::WrkResult,
+    },
+    generator::{
+        engine::{self, Model, RunResult},
+        http::HttpPool,
+        scenario,
+        stats::{Latency, new_histogram},
+    },
 };
 
 /// One endpoint measured by both tools, with the CPU each run used.

@@ -8,12 +8,16 @@ use serde_json::json;
 
 use crate::{
     admin::{self, Rule},
-    experiment::charts::{BarSeries, Chart, ChartSpec},
-    experiment::ctx::Ctx,
-    experiment::report::{Section, Table, f_ms, f_pct},
-    generator::engine::{self, Model, RunResult},
-    generator::scenario::{EP_GET, EP_LIST, Mix},
-    generator::stats::{Latency, Snapshot, new_histogram},
+    experiment::{
+        charts::{BarSeries, Chart, ChartSpec},
+        ctx::Ctx,
+        report::{Section, Table, f_ms, f_pct},
+    },
+    generator::{
+        engine::{self, Model, RunResult},
+        scenario::{EP_GET, EP_LIST, Mix},
+        stats::{Latency, Snapshot, new_histogram},
+    },
 };
 
 /// A browse-heavy mix through the protected and the unprotected gateway while the card gateway is slow.

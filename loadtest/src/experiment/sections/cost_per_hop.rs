@@ -11,15 +11,19 @@ use serde_json::json;
 use super::{Hops, STRATEGIES, SweepPoint};
 use crate::{
     admin,
-    experiment::charts::{BarSeries, Chart, ChartSpec},
-    experiment::ctx::Ctx,
-    experiment::process_cpu::CpuSpent,
-    experiment::report::{Section, Table, f_ms, run_row},
-    generator::engine::{self, Measured, Model, RunResult},
-    generator::http::Target,
-    generator::scenario,
-    generator::stats::Latency,
-    generator::waterfall::Waterfall,
+    experiment::{
+        charts::{BarSeries, Chart, ChartSpec},
+        ctx::Ctx,
+        process_cpu::CpuSpent,
+        report::{Section, Table, f_ms, run_row},
+    },
+    generator::{
+        engine::{self, Measured, Model, RunResult},
+        http::Target,
+        scenario,
+        stats::Latency,
+        waterfall::Waterfall,
+    },
 };
 
 /// One deployment/strategy row of section 1.

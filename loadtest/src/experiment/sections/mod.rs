@@ -32,8 +32,7 @@ pub use tail_amplification::{TailRun, section as tail_amplification};
 use crate::{
     admin,
     experiment::report::{RUN_HEADERS, Table, run_row},
-    generator::engine::RunResult,
-    generator::http::Target,
+    generator::{engine::RunResult, http::Target},
 };
 
 /// gRPC calls the services served per checkout (measured from their

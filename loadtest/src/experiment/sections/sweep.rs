@@ -6,10 +6,12 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use crate::{
-    experiment::charts::{Chart, ChartSpec, Curve},
-    experiment::ctx::Ctx,
-    experiment::process_cpu::CpuSpent,
-    experiment::report::{Table, f_ms, f_pct},
+    experiment::{
+        charts::{Chart, ChartSpec, Curve},
+        ctx::Ctx,
+        process_cpu::CpuSpent,
+        report::{Table, f_ms, f_pct},
+    },
     generator::engine::RunResult,
 };
 

@@ -19,12 +19,16 @@ use serde_json::json;
 
 use crate::{
     admin,
-    experiment::charts::{Chart, ChartSpec, Curve},
-    experiment::ctx::Ctx,
-    experiment::report::{Section, Table, f_ms},
-    generator::completion::{Answer, CompletionStats, Ending, Tracker},
-    generator::engine::{self, Model, RunResult},
-    generator::scenario::{Mix, ShopWorkload},
+    experiment::{
+        charts::{Chart, ChartSpec, Curve},
+        ctx::Ctx,
+        report::{Section, Table, f_ms},
+    },
+    generator::{
+        completion::{Answer, CompletionStats, Ending, Tracker},
+        engine::{self, Model, RunResult},
+        scenario::{Mix, ShopWorkload},
+    },
     stack::Stack,
 };
 

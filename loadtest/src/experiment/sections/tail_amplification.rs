@@ -8,9 +8,11 @@ use serde_json::json;
 use super::{HopsByStrategy, STRATEGIES};
 use crate::{
     admin::{self, Rule},
-    experiment::charts::{BarSeries, Chart, ChartSpec},
-    experiment::ctx::Ctx,
-    experiment::report::{Section, Table, f_ms, f_pct},
+    experiment::{
+        charts::{BarSeries, Chart, ChartSpec},
+        ctx::Ctx,
+        report::{Section, Table, f_ms, f_pct},
+    },
     generator::engine::RunResult,
 };
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::probe::CheckoutRef;
-use crate::{generator::http::Target, generator::scenario::CARD_OK};
+use crate::generator::{http::Target, scenario::CARD_OK};
 
 /// A logged-in customer.
 #[derive(Debug, Clone)]

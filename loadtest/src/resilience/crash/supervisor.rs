@@ -16,7 +16,8 @@ use tokio::process::{Child, Command};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 use crate::{
-    generator::http::Target, generator::scenario::grpc_channel, identity::StackKeys,
+    generator::{http::Target, scenario::grpc_channel},
+    identity::StackKeys,
     stack::free_addr,
 };
 
