@@ -117,3 +117,105 @@ impl<O: Outbox + Clone> EventTasks<O> {
         hosted
     }
 }
+
+/// Against the stack's real NATS server (NATS_URL), on a stream of its own.
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::{grpc::ServerOptions, host::Host, policy::ServicePolicy};
+
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+    /// Unpublished events in memory.
+    #[derive(Clone, Default)]
+    struct MemoryOutbox(Arc<Mutex<Vec<Envelope>>>);
+
+    impl Outbox for MemoryOutbox {
+        async fn claim(&self, limit: usize, _lease: Duration) -> Result<Vec<Envelope>, BoxError> {
+            Ok(self.0.lock().unwrap().iter().take(limit).cloned().collect())
+        }
+
+        async fn mark_published(&self, ids: &[uuid::Uuid]) -> Result<(), BoxError> {
+            self.0.lock().unwrap().retain(|e| !ids.contains(&e.id));
+            Ok(())
+        }
+
+        async fn backlog(&self) -> Result<u64, BoxError> {
+            Ok(self.0.lock().unwrap().len() as u64)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hosted_relay_publishes_what_the_hosted_consumer_handles_until_shutdown() {
+        let url = std::env::var("NATS_URL").unwrap_or_else(|_| {
+            panic!("NATS_URL is not set: start the local stack first, with eval \"$(scripts/stack up)\"")
+        });
+        let name = format!("h{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let outbox = MemoryOutbox::default();
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let seen = handled.clone();
+        let tasks = EventTasks::connect(
+            EventsConfig::isolated(url, &name),
+            "test-service",
+            outbox.clone(),
+        )
+        .await
+        .unwrap()
+        .consume(
+            "order.completed consumer",
+            ConsumerSpec::new("test-service", "order.completed"),
+            move |event| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(event.key);
+                    Ok(Outcome::Applied)
+                }
+            },
+        );
+        let (_, health) = tonic_health::server::health_reporter();
+        let policy = ServicePolicy {
+            service: "grpc.health.v1.Health",
+            audience: None,
+            rules: &[],
+        };
+        let hosted = tasks.host(Hosted::new(health, policy), &FaultInjector::default());
+        assert_eq!(
+            hosted.task_names(),
+            ["event relay", "order.completed consumer"]
+        );
+        let mut host = Host::new(ServerOptions::default());
+        host.host(hosted);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let run = tokio::spawn(host.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+
+        let event = Envelope::new("order.completed", "o-1", serde_json::json!({})).unwrap();
+        outbox.0.lock().unwrap().push(event);
+        tasks.waker().wake();
+        for _ in 0..400 {
+            if !handled.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(*handled.lock().unwrap(), ["o-1"]);
+        assert_eq!(outbox.backlog().await.unwrap(), 0, "marked published");
+
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the relay and the consumer stop at shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
