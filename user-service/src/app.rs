@@ -39,7 +39,7 @@ pub struct UserService(pub(crate) Arc<Users>, Background);
 /// What runs besides the server: the checkout recovery and, when an event stream is
 /// configured, the asynchronous checkout's relay and consumers.
 #[derive(Clone)]
-pub(crate) struct Background {
+struct Background {
     recovery: RecoverySettings,
     events: Option<EventTasks<PgOutbox>>,
 }

@@ -47,8 +47,8 @@
 //! announces the decision ([`crate::outbox`]), in the same single-document write.
 //!
 //! This module holds the documents and the compare-and-set core; the operations on them
-//! are split by who calls them: [`stock`] (the per-line operations), [`rpc`] (the
-//! synchronous RPCs), [`asynchronous`] (the asynchronous checkout's steps) and [`sweeper`].
+//! are split by who calls them: `stock` (the per-line operations), `rpc` (the
+//! synchronous RPCs), `asynchronous` (the asynchronous checkout's steps) and `sweeper`.
 
 mod asynchronous;
 mod rpc;

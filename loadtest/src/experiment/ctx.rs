@@ -1,6 +1,6 @@
-//! What the report's sections run with: the mode's parameters and the [`Ctx`] the runner
-//! prepares (deployment, accounts, items, CPU accounting), apart from the runner so the
-//! sections depend on it alone.
+//! What the report's sections run with: the mode's parameters and the `Ctx` the runner
+//! prepares (deployment, accounts, items, CPU accounting). A module of its own so the
+//! sections need not import the runner, which imports them.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
