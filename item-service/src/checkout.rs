@@ -12,26 +12,28 @@
 //! or a missing item is refused with `stock.refused` (the order must end), not parked; only
 //! events that cannot be read, or that contradict the reservation's state, are parked.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use mongodb::bson::doc;
 use platform::{
     ErrorReason,
     checkout_failure::{self, CheckoutFailure},
     events::{
-        Envelope, HandlerError, Outcome, RelayWaker,
+        ConsumerSpec, Envelope, EventTasks, HandlerError, Outcome, RelayWaker,
         checkout::{
-            self, CheckoutRequested, OrderCancelled, OrderCompleted, PricedLine, Refusal,
-            STOCK_REFUSED, STOCK_RESERVED, StockReserved,
+            self, CHECKOUT_REQUESTED, CheckoutRequested, ORDER_CANCELLED, ORDER_COMPLETED,
+            OrderCancelled, OrderCompleted, PricedLine, Refusal, STOCK_REFUSED, STOCK_RESERVED,
+            StockReserved,
         },
     },
+    identity::ITEM_SERVICE,
 };
 use shop_proto::common::v1 as common;
 
 use crate::{
     error::Error,
     input::{self, Line, ReservationId},
-    outbox::OutboxEvent,
+    outbox::{OutboxEvent, ReservationOutbox},
     reservations::{Begun, Decided, EXPIRED, ReservationDoc, Reservations, State},
     store::ItemStore,
 };
@@ -108,6 +110,41 @@ fn parse_lines(lines: &[checkout::Line]) -> Result<Vec<Line>, platform::FieldErr
         })
         .collect();
     input::lines(&lines)
+}
+
+/// `tasks` with one consumer per kind item-service reads, each handled by `checkout`.
+pub(crate) fn consumers(
+    tasks: EventTasks<ReservationOutbox>,
+    checkout: &Arc<Checkout>,
+) -> EventTasks<ReservationOutbox> {
+    let spec = |kind| ConsumerSpec::new(ITEM_SERVICE, kind);
+    let c = checkout.clone();
+    let tasks = tasks.consume(
+        "checkout.requested consumer",
+        spec(CHECKOUT_REQUESTED),
+        move |event| {
+            let c = c.clone();
+            async move { c.on_checkout_requested(event).await }
+        },
+    );
+    let c = checkout.clone();
+    let tasks = tasks.consume(
+        "order.completed consumer",
+        spec(ORDER_COMPLETED),
+        move |event| {
+            let c = c.clone();
+            async move { c.on_order_completed(event).await }
+        },
+    );
+    let c = checkout.clone();
+    tasks.consume(
+        "order.cancelled consumer",
+        spec(ORDER_CANCELLED),
+        move |event| {
+            let c = c.clone();
+            async move { c.on_order_cancelled(event).await }
+        },
+    )
 }
 
 impl Checkout {

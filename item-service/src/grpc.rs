@@ -5,7 +5,8 @@ use std::{sync::Arc, time::Duration};
 use mongodb::Database;
 use platform::{
     FieldError,
-    identity::{Caller, require_admin},
+    events::EventTasks,
+    identity::{Caller, ITEM_SERVICE, require_admin},
     paging::Page,
 };
 use shop_proto::{common::v1 as common, item::v1 as pb};
@@ -15,11 +16,10 @@ use pb::item_service_server::{self as rpc, ItemServiceServer};
 
 use crate::{
     cache::{Cache, CacheSettings, Entry, ListKey},
-    checkout::Checkout,
+    checkout::{Checkout, consumers},
     config::{CacheMode, Config},
     cursor::{self, Sort},
     error::Error,
-    events::Events,
     input::{self, ItemId, ItemPatch, NewItem, ReservationId},
     outbox::ReservationOutbox,
     reservations::Reservations,
@@ -40,7 +40,7 @@ struct Inner {
     cache: Cache,
     sweep_interval: Duration,
     /// The asynchronous checkout's relay and consumers, when NATS is configured.
-    events: Option<Events>,
+    events: Option<EventTasks<ReservationOutbox>>,
 }
 
 impl ItemService {
@@ -78,12 +78,9 @@ impl ItemService {
                 let (reservations, items) = (reservations.clone(), store.clone());
                 let ttl = config.async_reservation_ttl();
                 tracing::info!(nats = %events.url, stream = %events.stream, "taking part in the asynchronous checkout");
-                Some(
-                    Events::connect(events, outbox, move |waker| {
-                        Checkout::new(reservations, items, ttl, waker)
-                    })
-                    .await?,
-                )
+                let tasks = EventTasks::connect(events, ITEM_SERVICE, outbox).await?;
+                let checkout = Arc::new(Checkout::new(reservations, items, ttl, tasks.waker()));
+                Some(consumers(tasks, &checkout))
             }
             None => None,
         };
@@ -117,8 +114,8 @@ impl ItemService {
         &self.inner.db
     }
 
-    /// The event stream it is connected to, when NATS is configured.
-    pub fn events(&self) -> Option<&Events> {
+    /// The event relay and consumers, when NATS is configured.
+    pub(crate) fn events(&self) -> Option<&EventTasks<ReservationOutbox>> {
         self.inner.events.as_ref()
     }
 

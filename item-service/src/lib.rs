@@ -12,7 +12,6 @@ pub mod checkout;
 pub mod config;
 pub mod cursor;
 pub mod error;
-pub mod events;
 pub mod grpc;
 pub mod input;
 pub mod inventory;
@@ -27,6 +26,3 @@ pub use config::{CacheMode, Config};
 pub use error::Error;
 pub use grpc::ItemService;
 pub use seed::{SeedReport, seed_catalog};
-
-/// The former name of [`ItemService`], kept so existing callers compile.
-pub type ItemGrpc = ItemService;

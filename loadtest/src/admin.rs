@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shop_proto::admin::v1 as pb;
 
-use crate::{http::Target, scenario::grpc_channel};
+use crate::generator::{http::Target, scenario::grpc_channel};
 
 /// A fault rule in the platform's JSON shape (what the HTTP admin endpoints take).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

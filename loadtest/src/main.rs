@@ -6,12 +6,13 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use clap::{Parser, Subcommand};
 use loadtest::{
     admin::ShopAdmin,
-    check,
-    engine::{self, Model, RunSpec, Workload},
-    experiment,
-    http::{HttpPool, Target},
-    report,
-    scenario::{self, Mix, ShopWorkload},
+    experiment::{self, report},
+    generator::{
+        engine::{self, Model, RunSpec, Workload},
+        http::{HttpPool, Target},
+        scenario::{self, Mix, ShopWorkload},
+    },
+    resilience::check,
 };
 
 /// "30s", "500ms", "2m" or plain seconds.
@@ -249,7 +250,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             think_ms: a.think.as_millis() as u64,
         },
     };
-    let tracker = loadtest::completion::Tracker::new();
+    let tracker = loadtest::generator::completion::Tracker::new();
     let mut checkouts = false;
     let workload: Arc<dyn Workload> = if a.scenario == "echo" {
         Arc::new(scenario::EchoWorkload::new(
@@ -426,7 +427,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn drift(a: DriftArgs) -> anyhow::Result<()> {
-    let report = loadtest::drift::run(&loadtest::drift::Options {
+    let report = loadtest::experiment::drift::run(&loadtest::experiment::drift::Options {
         bin_dir: a.bin_dir,
         checkouts: a.checkouts,
         block: a.block,
@@ -448,7 +449,7 @@ async fn soak(a: SoakArgs) -> anyhow::Result<()> {
     if a.kill_min.is_zero() || a.kill_min > a.kill_max {
         anyhow::bail!("--kill-min must be positive and at most --kill-max");
     }
-    let report = loadtest::chaos::run(&loadtest::chaos::Options {
+    let report = loadtest::resilience::chaos::run(&loadtest::resilience::chaos::Options {
         bin_dir: a.bin_dir,
         log_dir: a.log_dir,
         out_dir: a.out,
@@ -470,7 +471,7 @@ async fn soak(a: SoakArgs) -> anyhow::Result<()> {
 }
 
 async fn crash(a: CrashArgs) -> anyhow::Result<()> {
-    use loadtest::crash::{self, plan};
+    use loadtest::resilience::crash::{self, plan};
     let combos = if a.only.is_empty() {
         plan::Combo::all_for(&a.strategy)
     } else {

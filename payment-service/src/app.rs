@@ -2,12 +2,12 @@
 //! server, the background reconciler and, with an event stream, the asynchronous checkout's
 //! consumer and outbox relay), and the standalone process.
 
-use std::{future::Future, net::SocketAddr, str::FromStr, time::Duration};
+use std::{future::Future, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use platform::{
     breaker::BreakerConfig,
-    events::{Broker, Relay, RelayWaker, consumer},
+    events::EventTasks,
     faults::FaultInjector,
     grpc::ServerOptions,
     host::{Hosted, Standalone},
@@ -25,31 +25,13 @@ use tonic::server::NamedService as _;
 use crate::{
     config::Config,
     gateway_client::GatewayClient,
-    grpc::PaymentGrpc,
-    outbox::MySqlOutbox,
+    grpc::PaymentService,
     service::{Payments, Settings},
     store::Store,
 };
 
 /// The gRPC service name health reports as SERVING.
-pub const SERVICE_NAME: &str = PaymentServiceServer::<PaymentGrpc>::NAME;
-
-/// The service's state, ready to be hosted by any process (its own, or the monolith).
-#[derive(Clone)]
-pub struct PaymentService {
-    payments: Payments,
-    reconcile_interval: Duration,
-    events: Option<Events>,
-}
-
-/// The asynchronous checkout's background work: the `stock.reserved` consumer and the
-/// outbox relay (woken by the payments after a commit that stored an event).
-#[derive(Clone)]
-struct Events {
-    broker: Broker,
-    outbox: MySqlOutbox,
-    waker: RelayWaker,
-}
+pub const SERVICE_NAME: &str = PaymentServiceServer::<PaymentService>::NAME;
 
 impl PaymentService {
     /// Connects to the database, runs the migrations and builds the gateway client, and
@@ -61,14 +43,10 @@ impl PaymentService {
         let mut payments = connect(config, items).await?;
         let events = match config.events_config() {
             Some(events) => {
-                let broker = Broker::connect(events, PAYMENT_SERVICE).await?;
-                let waker = RelayWaker::default();
-                payments = payments.with_relay(waker.clone());
-                Some(Events {
-                    broker,
-                    outbox: payments.outbox().clone(),
-                    waker,
-                })
+                let tasks =
+                    EventTasks::connect(events, PAYMENT_SERVICE, payments.outbox().clone()).await?;
+                payments = payments.with_relay(tasks.waker());
+                Some(Arc::new(crate::checkout::consumers(tasks, &payments)))
             }
             None => None,
         };
@@ -80,8 +58,8 @@ impl PaymentService {
     }
 
     /// The tonic server, to serve or to call in-process.
-    pub fn server(&self) -> PaymentServiceServer<PaymentGrpc> {
-        PaymentServiceServer::new(PaymentGrpc::new(self.payments.clone()))
+    pub fn server(&self) -> PaymentServiceServer<PaymentService> {
+        PaymentServiceServer::new(self.clone())
     }
 
     /// What a host runs: the server, unless its interval is 0 the reconciler, and with an
@@ -101,38 +79,13 @@ impl PaymentService {
             });
         }
         if let Some(events) = &self.events {
-            hosted = events.host(hosted, &self.payments, faults);
+            hosted = events.host(hosted, faults);
         }
         hosted
     }
 
     pub fn payments(&self) -> &Payments {
         &self.payments
-    }
-}
-
-impl Events {
-    fn host(&self, mut hosted: Hosted, payments: &Payments, faults: &FaultInjector) -> Hosted {
-        let broker = self.broker.clone().with_faults(faults.clone());
-        let relay = Relay::with_waker(
-            crate::checkout::OUTBOX,
-            self.outbox.clone(),
-            broker.clone(),
-            self.waker.clone(),
-        );
-        hosted = hosted.with_task("event relay", move |stop| relay.run(stop));
-        let payments = payments.clone();
-        hosted.with_task("stock.reserved consumer", move |stop| {
-            consumer::run(
-                broker,
-                crate::checkout::consumer_spec(),
-                move |event| {
-                    let payments = payments.clone();
-                    async move { payments.on_stock_reserved(&event).await }
-                },
-                stop,
-            )
-        })
     }
 }
 

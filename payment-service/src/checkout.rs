@@ -21,7 +21,7 @@ use std::time::Duration;
 use platform::{
     checkout_failure::CheckoutFailure,
     events::{
-        ConsumerSpec, Envelope, HandlerError, Outcome,
+        ConsumerSpec, Envelope, EventTasks, HandlerError, Outcome,
         checkout::{self, PAYMENT_DECLINED, PAYMENT_SUCCEEDED, PaymentSucceeded, Refusal},
     },
     identity::PAYMENT_SERVICE,
@@ -31,13 +31,11 @@ use uuid::Uuid;
 
 use crate::{
     fingerprint,
+    outbox::MySqlOutbox,
     payment::{PaymentRow, Status},
     service::{GatewayCharge, Payments, Source},
     store::{self, AsyncCheckout, ChargeStart, Claim, NewPayment},
 };
-
-/// The relay's metrics label.
-pub const OUTBOX: &str = PAYMENT_SERVICE;
 
 /// The durable consumer of `stock.reserved`. A card gateway that is down makes every event
 /// fail transiently, so retries are spaced and many before an event is parked (and even a
@@ -48,6 +46,18 @@ pub fn consumer_spec() -> ConsumerSpec {
         max_attempts: 300,
         ..ConsumerSpec::new(PAYMENT_SERVICE, checkout::STOCK_RESERVED)
     }
+}
+
+/// `tasks` with the `stock.reserved` consumer, each event handled by `payments`.
+pub(crate) fn consumers(
+    tasks: EventTasks<MySqlOutbox>,
+    payments: &Payments,
+) -> EventTasks<MySqlOutbox> {
+    let payments = payments.clone();
+    tasks.consume("stock.reserved consumer", consumer_spec(), move |event| {
+        let payments = payments.clone();
+        async move { payments.on_stock_reserved(&event).await }
+    })
 }
 
 /// The idempotency key of an order's asynchronous charge.

@@ -1,11 +1,15 @@
 //! `shop.payment.v1.PaymentService`: parses requests into commands at the edge and hands
 //! them to [`Payments`].
 
+use std::{sync::Arc, time::Duration};
+
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use platform::{CallContext, FieldError, identity::Caller, money::Money, paging::Page};
+use platform::{
+    CallContext, FieldError, events::EventTasks, identity::Caller, money::Money, paging::Page,
+};
 use shop_proto::{
     common::v1::PageResponse,
-    payment::v1::{self as pb, payment_service_server::PaymentService},
+    payment::v1::{self as pb, payment_service_server as rpc},
 };
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
@@ -16,18 +20,19 @@ use crate::{
     card::Card,
     chained, fingerprint,
     ids::{self, IdempotencyKey},
+    outbox::MySqlOutbox,
     service::{ChargeCommand, Payments, RefundCommand},
 };
 
+/// payment-service's gRPC implementation, ready to be hosted by any process (its own, or
+/// the monolith): the payments, and what a host runs besides the server (`app`).
 #[derive(Clone)]
-pub struct PaymentGrpc {
-    payments: Payments,
-}
-
-impl PaymentGrpc {
-    pub fn new(payments: Payments) -> Self {
-        Self { payments }
-    }
+pub struct PaymentService {
+    pub(crate) payments: Payments,
+    pub(crate) reconcile_interval: Duration,
+    /// The asynchronous checkout's relay and `stock.reserved` consumer, when an event
+    /// stream is configured (shared: each request clones the service).
+    pub(crate) events: Option<Arc<EventTasks<MySqlOutbox>>>,
 }
 
 /// A positive amount of at most `max` minor units.
@@ -81,7 +86,7 @@ async fn to_completion<T: Send + 'static>(
 }
 
 #[tonic::async_trait]
-impl PaymentService for PaymentGrpc {
+impl rpc::PaymentService for PaymentService {
     async fn charge(
         &self,
         request: Request<pb::ChargeRequest>,
@@ -131,7 +136,7 @@ impl PaymentService for PaymentGrpc {
     }
 }
 
-impl PaymentGrpc {
+impl PaymentService {
     async fn charge_now(
         &self,
         request: Request<pb::ChargeRequest>,

@@ -18,7 +18,7 @@ pub mod payment;
 pub mod service;
 pub mod store;
 
-pub use app::{Application, PaymentService, SERVICE_NAME};
+pub use app::{Application, SERVICE_NAME};
 pub use config::Config;
 pub use error::Error;
-pub use grpc::PaymentGrpc;
+pub use grpc::PaymentService;

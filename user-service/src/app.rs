@@ -4,10 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use platform::{
-    events::{
-        Broker, ConsumerSpec, Envelope, HandlerError, Outcome, Relay, RelayWaker, checkout,
-        consumer,
-    },
+    events::{ConsumerSpec, Envelope, EventTasks, HandlerError, Outcome, RelayWaker, checkout},
     faults::FaultInjector,
     grpc::ServerOptions,
     host::{Hosted, Standalone},
@@ -25,30 +22,26 @@ use crate::{
     config::Config,
     outbox::PgOutbox,
     recovery::{Recovery, RecoverySettings},
-    service::{Downstreams, UserApi, UserGrpc},
+    service::{Downstreams, Users},
     store::Store,
     token::TokenKeys,
 };
 
 /// Fully-qualified name health reports as SERVING.
-pub const SERVICE_NAME: &str = UserServiceServer::<UserApi>::NAME;
+pub const SERVICE_NAME: &str = UserServiceServer::<UserService>::NAME;
 
-/// The service's state, ready to be hosted by any process (its own, or the monolith).
+/// user-service's gRPC implementation, ready to be hosted by any process (its own, or the
+/// monolith): the state every request shares, and what a host runs besides the server.
+/// A tuple so the request handlers reach the state as `self.0`.
 #[derive(Clone)]
-pub struct UserService {
-    api: UserApi,
+pub struct UserService(pub(crate) Arc<Users>, Background);
+
+/// What runs besides the server: the checkout recovery and, when an event stream is
+/// configured, the asynchronous checkout's relay and consumers.
+#[derive(Clone)]
+struct Background {
     recovery: RecoverySettings,
-    /// The asynchronous checkout's relay and consumers, when an event stream is configured.
-    events: Option<AsyncTasks>,
-}
-
-/// What the asynchronous checkout runs in the background: the outbox relay and one
-/// consumer per event kind this service follows.
-#[derive(Clone)]
-struct AsyncTasks {
-    broker: Broker,
-    outbox: PgOutbox,
-    waker: RelayWaker,
+    events: Option<EventTasks<PgOutbox>>,
 }
 
 impl UserService {
@@ -66,37 +59,35 @@ impl UserService {
             payment: platform::policy::sign(deps.payment, &signer, PAYMENT_SERVICE),
             item: platform::policy::sign(deps.item, &signer, ITEM_SERVICE),
         };
-        let mut grpc = UserGrpc::new(Store::new(pool.clone()), tokens, deps)
-            .with_hash_limits(config.hash_limits());
+        let store = Store::new(pool.clone());
+        let mut users =
+            Users::new(store.clone(), tokens, deps).with_hash_limits(config.hash_limits());
         let events = match config.events.config() {
             Some(events) => {
-                let broker = Broker::connect(events, USER_SERVICE).await?;
-                let waker = RelayWaker::default();
-                grpc = grpc.with_relay(waker.clone());
-                Some(AsyncTasks {
-                    broker,
-                    outbox: PgOutbox { pool },
-                    waker,
-                })
+                let tasks = EventTasks::connect(events, USER_SERVICE, PgOutbox { pool }).await?;
+                users = users.with_relay(tasks.waker());
+                Some(consumers(tasks, &store))
             }
             None => None,
         };
-        Ok(Self {
-            api: UserApi(Arc::new(grpc)),
-            recovery: config.recovery(),
-            events,
-        })
+        Ok(Self(
+            Arc::new(users),
+            Background {
+                recovery: config.recovery(),
+                events,
+            },
+        ))
     }
 
     /// The checkout recovery over this service's state (its hosted task runs it; tests
     /// run single rounds).
     pub fn recovery(&self) -> Recovery {
-        Recovery::new(self.api.0.clone(), self.recovery.clone())
+        Recovery::new(self.0.clone(), self.1.recovery.clone())
     }
 
     /// The tonic server, to serve or to call in-process.
-    pub fn server(&self) -> UserServiceServer<UserApi> {
-        UserServiceServer::new(self.api.clone())
+    pub fn server(&self) -> UserServiceServer<UserService> {
+        UserServiceServer::new(self.clone())
     }
 
     /// What a host runs: the server, the checkout recovery, and with an event stream the
@@ -115,70 +106,47 @@ impl UserService {
                 recovery.run(stop).await;
             },
         );
-        match &self.events {
-            Some(tasks) => tasks.host(hosted, self.api.0.store.clone(), faults),
+        match &self.1.events {
+            Some(events) => events.host(hosted, faults),
             None => hosted,
         }
     }
 }
 
-impl AsyncTasks {
-    fn host(&self, hosted: Hosted, store: Store, faults: &FaultInjector) -> Hosted {
-        let broker = self.broker.clone().with_faults(faults.clone());
-        let relay = Relay::with_waker(
-            "user-service",
-            self.outbox.clone(),
-            broker.clone(),
-            self.waker.clone(),
-        );
-        let mut hosted = hosted.with_task("event relay", move |stop| relay.run(stop));
-        // One durable consumer per kind; the handlers are the store's conditional moves.
-        let follows: [(&'static str, &'static str, Handler); 4] = [
-            (
-                "stock.reserved consumer",
-                checkout::STOCK_RESERVED,
-                Handler::StockReserved,
-            ),
-            (
-                "stock.refused consumer",
-                checkout::STOCK_REFUSED,
-                Handler::Refusal,
-            ),
-            (
-                "payment.succeeded consumer",
-                checkout::PAYMENT_SUCCEEDED,
-                Handler::PaymentSucceeded,
-            ),
-            (
-                "payment.declined consumer",
-                checkout::PAYMENT_DECLINED,
-                Handler::Refusal,
-            ),
-        ];
-        for (name, kind, handler) in follows {
-            let (broker, store, waker) = (broker.clone(), store.clone(), self.waker.clone());
-            hosted = hosted.with_task(name, move |stop| async move {
-                let spec = ConsumerSpec::new(USER_SERVICE, kind);
-                consumer::run(
-                    broker,
-                    spec,
-                    move |event| {
-                        let (store, waker) = (store.clone(), waker.clone());
-                        async move {
-                            let outcome = handler.apply(&store, &event).await;
-                            if matches!(outcome, Ok(Outcome::Applied)) {
-                                waker.wake();
-                            }
-                            outcome
-                        }
-                    },
-                    stop,
-                )
-                .await;
-            });
-        }
-        hosted
-    }
+/// `tasks` with one consumer per kind the asynchronous checkout follows; the handlers are
+/// the store's conditional moves.
+fn consumers(tasks: EventTasks<PgOutbox>, store: &Store) -> EventTasks<PgOutbox> {
+    let follows: [(&'static str, &'static str, Handler); 4] = [
+        (
+            "stock.reserved consumer",
+            checkout::STOCK_RESERVED,
+            Handler::StockReserved,
+        ),
+        (
+            "stock.refused consumer",
+            checkout::STOCK_REFUSED,
+            Handler::Refusal,
+        ),
+        (
+            "payment.succeeded consumer",
+            checkout::PAYMENT_SUCCEEDED,
+            Handler::PaymentSucceeded,
+        ),
+        (
+            "payment.declined consumer",
+            checkout::PAYMENT_DECLINED,
+            Handler::Refusal,
+        ),
+    ];
+    let waker = tasks.waker();
+    follows
+        .into_iter()
+        .fold(tasks, |tasks, (task, kind, handler)| {
+            let (store, waker) = (store.clone(), waker.clone());
+            tasks.consume(task, ConsumerSpec::new(USER_SERVICE, kind), move |event| {
+                handler.apply(store.clone(), waker.clone(), event)
+            })
+        })
 }
 
 #[derive(Clone, Copy)]
@@ -189,12 +157,22 @@ enum Handler {
 }
 
 impl Handler {
-    async fn apply(self, store: &Store, event: &Envelope) -> Result<Outcome, HandlerError> {
-        match self {
-            Self::StockReserved => store.on_stock_reserved(event).await,
-            Self::PaymentSucceeded => store.on_payment_succeeded(event).await,
-            Self::Refusal => store.on_refusal(event).await,
+    /// Applies `event`; a move that stored an event wakes the relay.
+    async fn apply(
+        self,
+        store: Store,
+        waker: RelayWaker,
+        event: Envelope,
+    ) -> Result<Outcome, HandlerError> {
+        let outcome = match self {
+            Self::StockReserved => store.on_stock_reserved(&event).await,
+            Self::PaymentSucceeded => store.on_payment_succeeded(&event).await,
+            Self::Refusal => store.on_refusal(&event).await,
+        };
+        if matches!(outcome, Ok(Outcome::Applied)) {
+            waker.wake();
         }
+        outcome
     }
 }
 

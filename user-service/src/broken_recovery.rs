@@ -11,7 +11,7 @@ use std::time::Duration;
 use platform::{CallContext, context::TraceContext};
 use shop_proto::payment::v1 as pay;
 
-use crate::service::UserGrpc;
+use crate::service::Users;
 
 /// The test-only switch (see the module doc).
 pub const SWITCH: &str = "USER_TEST_BROKEN_RECOVERY";
@@ -26,7 +26,7 @@ pub fn enabled() -> bool {
 }
 
 /// The broken step of a round: refunds recently placed orders' payments.
-pub async fn refund_placed(svc: &UserGrpc, call_timeout: Duration) {
+pub async fn refund_placed(svc: &Users, call_timeout: Duration) {
     let placed: Result<Vec<(uuid::Uuid, String)>, sqlx::Error> = sqlx::query_as(
         "SELECT order_id, payment_id FROM orders \
          WHERE status = 'placed' AND payment_id IS NOT NULL \

@@ -21,7 +21,7 @@ use crate::{
     checkout_record::{Begun, NewCheckout, RecordError, Target, Transition},
     error::Error,
     orders::{StoredLine, parse_priced},
-    service::UserGrpc,
+    service::Users,
     store::OrderRow,
 };
 
@@ -32,7 +32,7 @@ const PAYMENT_HOP_CAP: Duration = Duration::from_secs(10);
 const LEASE: Duration = Duration::from_secs(15);
 
 pub async fn checkout(
-    svc: &UserGrpc,
+    svc: &Users,
     ctx: &CallContext,
     asserted: Option<platform::identity::UserAssertion>,
     req: pb::ChainedCheckoutRequest,
@@ -166,7 +166,7 @@ pub async fn checkout(
 /// A retry of a checkout another attempt drives or has finished: its record, and its
 /// payment when it has one.
 async fn settled(
-    svc: &UserGrpc,
+    svc: &Users,
     ctx: &CallContext,
     row: OrderRow,
 ) -> Result<pb::ChainedCheckoutResponse, Error> {
@@ -197,7 +197,7 @@ async fn settled(
 }
 
 /// Gives the checkout to the recovery; if even that fails, its lease runs out by itself.
-async fn hand_over(svc: &UserGrpc, t: &Transition) {
+async fn hand_over(svc: &Users, t: &Transition) {
     if let Err(e) = svc.advance(t).await {
         tracing::warn!(order_id = %t.order_id, error = %e, "chained checkout: could not hand over; the lease runs out by itself");
     }

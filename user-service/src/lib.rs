@@ -21,4 +21,4 @@ pub mod token;
 
 pub use app::{Application, SERVICE_NAME, UserService};
 pub use config::Config;
-pub use service::{Downstreams, UserApi};
+pub use service::Downstreams;

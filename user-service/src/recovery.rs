@@ -32,7 +32,7 @@ use uuid::Uuid;
 use crate::{
     checkout_record::{Target, Transition},
     orders,
-    service::UserGrpc,
+    service::Users,
     store::OrderRow,
 };
 
@@ -83,7 +83,7 @@ impl Action {
 
 #[derive(Clone)]
 pub struct Recovery {
-    svc: Arc<UserGrpc>,
+    svc: Arc<Users>,
     settings: RecoverySettings,
     /// The crash test's test-only switch is on (crate::broken_recovery).
     broken: bool,
@@ -100,7 +100,7 @@ impl From<tonic::Status> for Wait {
 }
 
 impl Recovery {
-    pub fn new(svc: Arc<UserGrpc>, settings: RecoverySettings) -> Self {
+    pub fn new(svc: Arc<Users>, settings: RecoverySettings) -> Self {
         Self {
             svc,
             settings,

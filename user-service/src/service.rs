@@ -1,7 +1,5 @@
 //! The `shop.user.v1.UserService` implementation: parse at the edge, then domain calls.
 
-use std::sync::Arc;
-
 use platform::{events::RelayWaker, identity::Caller, paging::Page, transport::GrpcTransport};
 use shop_proto::{
     common::v1::PageResponse, item::v1::item_service_client::ItemServiceClient,
@@ -12,6 +10,7 @@ use uuid::Uuid;
 
 use crate::{
     access,
+    app::UserService,
     async_checkout::AsyncCheckout,
     checkout_record::{Begun, NewCheckout, Transition},
     domain::{DisplayName, Email, Password, Role, UserId},
@@ -31,7 +30,7 @@ pub struct Downstreams {
 }
 
 /// State shared by every request.
-pub struct UserGrpc {
+pub struct Users {
     pub(crate) store: Store,
     pub(crate) tokens: TokenKeys,
     pub(crate) payment: PaymentServiceClient<GrpcTransport>,
@@ -43,7 +42,7 @@ pub struct UserGrpc {
     pub(crate) relay: Option<RelayWaker>,
 }
 
-impl UserGrpc {
+impl Users {
     pub fn new(store: Store, tokens: TokenKeys, deps: Downstreams) -> Self {
         Self {
             store,
@@ -87,12 +86,8 @@ fn user_pb(u: UserRow) -> pb::User {
     }
 }
 
-/// Wraps the shared state so tonic can clone it per connection.
-#[derive(Clone)]
-pub struct UserApi(pub Arc<UserGrpc>);
-
 #[tonic::async_trait]
-impl pb::user_service_server::UserService for UserApi {
+impl pb::user_service_server::UserService for UserService {
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,
@@ -364,7 +359,7 @@ impl pb::user_service_server::UserService for UserApi {
     }
 }
 
-impl UserGrpc {
+impl Users {
     /// Creates or resumes a checkout record (BeginCheckout, and the chained hop).
     pub(crate) async fn begin(&self, new: &NewCheckout) -> Result<Begun, Error> {
         let begun = self.store.begin_checkout(new).await?;

@@ -10,7 +10,6 @@ use futures::StreamExt;
 use item_service::{
     Config,
     cache::Cache,
-    events::SERVICE,
     input::{ItemId, Line as ItemLine, ReservationId},
     reservations::{Begun, Reservations},
 };
@@ -23,6 +22,7 @@ use platform::events::{
     },
     consumer,
 };
+use platform::identity::ITEM_SERVICE as SERVICE;
 use shop_proto::item::v1::{self as pb, ReservationStatus};
 
 use crate::harness::{self, TestApp};

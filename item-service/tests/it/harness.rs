@@ -1,7 +1,7 @@
 //! An item-service under test with a client, a handle on its service (database, sweeper)
 //! and the calls most tests make. Its config is test_support::item's.
 
-use item_service::{Application, Config, ItemGrpc};
+use item_service::{Application, Config, ItemService};
 use shop_proto::{
     common::v1::{ItemLine, Money},
     item::v1::{self as pb, item_service_client::ItemServiceClient},
@@ -13,7 +13,7 @@ pub struct TestApp {
     pub client: ItemServiceClient<platform::transport::GrpcTransport>,
     pub grpc_addr: std::net::SocketAddr,
     pub metrics_addr: std::net::SocketAddr,
-    pub service: ItemGrpc,
+    pub service: ItemService,
     pub config: Config,
     server: Running,
 }

@@ -7,7 +7,7 @@
 use std::{process::Command, time::Duration};
 
 use futures::TryStreamExt;
-use loadtest::check::{self, Options, Report, Rule, Stores, Urls};
+use loadtest::resilience::check::{self, Options, Report, Rule, Stores, Urls};
 use mongodb::bson::{DateTime, Document, doc, oid::ObjectId};
 use serde_json::{Value, json};
 use shop_proto::{

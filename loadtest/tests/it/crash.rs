@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use loadtest::crash::{self, MatrixReport, plan, probe::Ending};
+use loadtest::resilience::crash::{self, MatrixReport, plan, probe::Ending};
 
 /// The directory of the workspace's binaries in this test's profile. They are built by
 /// `scripts/test` (`cargo build --workspace --all-targets`) or `cargo build --workspace

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use loadtest::{
     admin::{self, Rule},
-    http::Target,
-    sections::{FaultTargets, with_faults_cleared},
+    experiment::sections::{FaultTargets, with_faults_cleared},
+    generator::http::Target,
 };
 use platform::faults::{FaultAdminService, FaultInjector};
 use shop_proto::admin::v1::fault_admin_server::FaultAdminServer;

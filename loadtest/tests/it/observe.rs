@@ -15,7 +15,7 @@ use std::{
 
 use futures::FutureExt as _;
 use loadtest::{
-    crash::{Rig, Tuning, supervisor::Addresses},
+    resilience::crash::{Rig, Tuning, supervisor::Addresses},
     stack::free_addr,
 };
 use serde_json::Value;

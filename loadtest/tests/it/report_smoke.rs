@@ -21,13 +21,18 @@ use axum::{
 };
 use loadtest::{
     admin::ShopAdmin,
-    engine::{self, Measured, Model, RunSpec, Workload},
-    http::{HttpPool, Target},
-    process_cpu::{CpuSpent, ProcessCpu},
-    report::{self, Machine, Report, SECTION_IDS},
-    scenario::{self, EP_GET, EP_LIST, Mix, ShopWorkload},
-    sections::{
-        self, AvailRun, CacheRun, CascadeRun, Hops, StrategyRun, SweepPoint, TailRun, sync_vs_async,
+    experiment::{
+        process_cpu::{CpuSpent, ProcessCpu},
+        report::{self, Machine, Report, SECTION_IDS},
+        sections::{
+            self, AvailRun, CacheRun, CascadeRun, Hops, StrategyRun, SweepPoint, TailRun,
+            sync_vs_async,
+        },
+    },
+    generator::{
+        engine::{self, Measured, Model, RunSpec, Workload},
+        http::{HttpPool, Target},
+        scenario::{self, EP_GET, EP_LIST, Mix, ShopWorkload},
     },
 };
 use serde_json::{Value, json};
@@ -494,7 +499,7 @@ async fn open_and_closed_models_feed_a_complete_report() {
 
 /// What the synchronous-vs-asynchronous runner would have measured, from a toy run.
 fn sync_vs_async_measured(run: &engine::RunResult) -> sync_vs_async::Measured {
-    use loadtest::completion::CompletionStats;
+    use loadtest::generator::completion::CompletionStats;
     let stats = |asynchronous: bool| CompletionStats {
         note: if asynchronous {
             "asynchronous"

@@ -3,7 +3,7 @@
 //! (`scripts/stack up`): its tables must hold a row for every strategy it compares, every
 //! asynchronous checkout must be placed, and no consumer may apply a duplicate.
 
-use loadtest::{experiment, sections::sync_vs_async};
+use loadtest::experiment::{self, sections::sync_vs_async};
 use serde_json::Value;
 
 use crate::crash::built_binaries;

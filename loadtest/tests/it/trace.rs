@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use loadtest::crash::{Rig, Tuning};
+use loadtest::resilience::crash::{Rig, Tuning};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -125,7 +125,7 @@ async fn checkout(base: &str, item_id: &str, token: &str, strategy: &str) -> Str
         .header("Idempotency-Key", format!("trace-{}", uuid::Uuid::new_v4()))
         .json(&json!({
             "lines": [{"item_id": item_id, "quantity": 1}],
-            "card": {"number": loadtest::scenario::CARD_OK, "exp_month": 12, "exp_year": 2035, "cvc": "123"},
+            "card": {"number": loadtest::generator::scenario::CARD_OK, "exp_month": 12, "exp_year": 2035, "cvc": "123"},
         }))
         .send()
         .await
@@ -384,7 +384,7 @@ async fn a_monolith_checkout_is_one_trace_of_the_same_shape() {
     );
     let logs = tempfile::tempdir().expect("log dir");
     let (receiver, otlp, stop, server) = receive().await;
-    let stores = loadtest::crash::stores::Stores::fresh()
+    let stores = loadtest::resilience::crash::stores::Stores::fresh()
         .await
         .expect("throw-away databases");
     let keys = loadtest::identity::StackKeys::init(&logs.path().join("keys")).expect("keys");
@@ -412,7 +412,9 @@ async fn a_monolith_checkout_is_one_trace_of_the_same_shape() {
     let mut shop = cmd.spawn().expect("the shop starts");
     let base = format!("http://{http_addr}");
     let run = async {
-        let client = loadtest::crash::shop::ShopClient::new(loadtest::http::Target::parse(&base)?)?;
+        let client = loadtest::resilience::crash::shop::ShopClient::new(
+            loadtest::generator::http::Target::parse(&base)?,
+        )?;
         let http = reqwest::Client::builder().no_proxy().build()?;
         // Up, and the seeded catalog there.
         let mut item = None;

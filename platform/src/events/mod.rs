@@ -12,6 +12,8 @@
 //! - **Poison is parked, not retried forever**: after a bounded number of attempts (or at once,
 //!   when the handler says the event can never apply) the message goes to the parked stream
 //!   with the reason, a metric and a log line, and the consumer moves on.
+//!
+//! A service hosts its relay and consumers through [`EventTasks`].
 
 pub mod broker;
 pub mod checkout;
@@ -20,12 +22,14 @@ mod envelope;
 pub mod fault_points;
 pub mod relay;
 mod settings;
+mod tasks;
 
 pub use broker::{Broker, EventsConfig, EventsError};
 pub use consumer::{ConsumerSpec, HandlerError, Outcome};
 pub use envelope::{Envelope, EnvelopeError};
 pub use relay::{Outbox, Relay, RelayWaker};
 pub use settings::EventsSettings;
+pub use tasks::EventTasks;
 
 #[cfg(test)]
 mod fault_point_tests;
