@@ -229,7 +229,7 @@ impl ShopAdmin {
                 .unwrap_or(1)
                 .clamp(1, 5);
             let answer: Value = resp.json().await.unwrap_or_default();
-            match answer["code"].as_str() {
+            match answer["error"]["code"].as_str() {
                 Some("overloaded" | "login_in_progress") => {
                     tokio::time::sleep(Duration::from_secs(wait)).await;
                 }
