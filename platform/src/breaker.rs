@@ -1,7 +1,8 @@
 //! A circuit breaker per dependency: closed -> (N consecutive failures) -> open ->
 //! (after a cool-down) half-open -> (probes succeed) closed, or (a probe fails) open again.
 //! While open, calls fail at once instead of waiting on a dead or slow dependency. The
-//! gateway keeps one per downstream service, payment-service one for the card gateway:
+//! gateway keeps one per downstream service and kind of call (read, write, auth: saturated
+//! writes must not open the circuit for reads), payment-service one for the card gateway:
 //! each hop protects itself, so a slow card processor makes payment-service answer
 //! UNAVAILABLE at once instead of holding every caller up the chain.
 
@@ -63,6 +64,8 @@ struct Shared {
     /// Metric names start with it: `{prefix}_circuit_state`, `{prefix}_circuit_rejected_total`.
     metric_prefix: &'static str,
     service: &'static str,
+    /// The kind of call this breaker guards (a `kind` label), when a service has several.
+    kind: Option<&'static str>,
     config: BreakerConfig,
     inner: Mutex<Inner>,
 }
@@ -129,9 +132,30 @@ pub struct BreakerSnapshot {
 
 impl CircuitBreaker {
     pub fn new(metric_prefix: &'static str, service: &'static str, config: BreakerConfig) -> Self {
+        Self::build(metric_prefix, service, None, config)
+    }
+
+    /// One of several breakers of `service`, one per kind of call: its metrics carry a
+    /// `kind` label next to `service`.
+    pub fn for_kind(
+        metric_prefix: &'static str,
+        service: &'static str,
+        kind: &'static str,
+        config: BreakerConfig,
+    ) -> Self {
+        Self::build(metric_prefix, service, Some(kind), config)
+    }
+
+    fn build(
+        metric_prefix: &'static str,
+        service: &'static str,
+        kind: Option<&'static str>,
+        config: BreakerConfig,
+    ) -> Self {
         let shared = Shared {
             metric_prefix,
             service,
+            kind,
             config,
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
@@ -187,8 +211,11 @@ impl CircuitBreaker {
             Admission::Refuse => {
                 g.rejected += 1;
                 drop(g);
-                ::metrics::counter!(format!("{}_circuit_rejected_total", s.metric_prefix), "service" => s.service)
-                    .increment(1);
+                ::metrics::counter!(
+                    format!("{}_circuit_rejected_total", s.metric_prefix),
+                    s.labels()
+                )
+                .increment(1);
                 None
             }
         }
@@ -235,8 +262,20 @@ impl Shared {
         }
     }
 
+    fn labels(&self) -> Vec<::metrics::Label> {
+        let mut labels = vec![::metrics::Label::new("service", self.service)];
+        if let Some(kind) = self.kind {
+            labels.push(::metrics::Label::new("kind", kind));
+        }
+        labels
+    }
+
     fn publish(&self, state: BreakerState) {
-        ::metrics::gauge!(format!("{}_circuit_state", self.metric_prefix), "service" => self.service).set(state.gauge());
+        ::metrics::gauge!(
+            format!("{}_circuit_state", self.metric_prefix),
+            self.labels()
+        )
+        .set(state.gauge());
     }
 
     /// What a call made now would get.
@@ -296,8 +335,14 @@ impl Shared {
         drop(g);
         if before != after {
             self.publish(after);
-            ::metrics::counter!(format!("{}_circuit_transitions_total", self.metric_prefix), "service" => self.service, "to" => format!("{after:?}")).increment(1);
-            tracing::warn!(service = self.service, from = ?before, to = ?after, "circuit state changed");
+            let mut labels = self.labels();
+            labels.push(::metrics::Label::new("to", format!("{after:?}")));
+            ::metrics::counter!(
+                format!("{}_circuit_transitions_total", self.metric_prefix),
+                labels
+            )
+            .increment(1);
+            tracing::warn!(service = self.service, kind = self.kind, from = ?before, to = ?after, "circuit state changed");
         }
     }
 }

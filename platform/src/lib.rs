@@ -25,6 +25,7 @@ pub mod net;
 pub mod paging;
 pub mod policy;
 pub mod reason;
+pub mod shedding;
 pub mod shutdown;
 pub mod telemetry;
 pub mod timing;
