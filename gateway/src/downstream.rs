@@ -319,7 +319,7 @@ impl<C: Clone> Downstream<C> {
             }
             // The slot first: a probe permit taken and then dropped for want of a slot
             // would count as a failed probe.
-            let Ok(_slot) = Arc::clone(&lane.slots).try_acquire_owned() else {
+            let Ok(slot) = Arc::clone(&lane.slots).try_acquire_owned() else {
                 metrics::counter!("gateway_downstream_requests_total", "service" => self.name, "method" => name, "code" => "BulkheadFull").increment(1);
                 return Err(bulkhead_full(self.name, method.kind));
             };
@@ -343,6 +343,8 @@ impl<C: Clone> Downstream<C> {
                 },
                 None => fut.await,
             };
+            // Free the slot now, not after a retry's backoff.
+            drop(slot);
             let code = match &result {
                 Ok(_) => Code::Ok,
                 Err(s) => s.code(),

@@ -107,7 +107,7 @@ pub fn classify_code(code: Code, attempt: &Attempt) -> Symptom {
                 Symptom::Shed
             }
         }
-        Code::Unavailable if attempt.relays && attempt.reached => Symptom::Answer,
+        Code::Unavailable | Code::Unknown if attempt.relays && attempt.reached => Symptom::Answer,
         Code::Unavailable | Code::Unknown => Symptom::Unhealthy,
         _ => Symptom::Answer,
     }
