@@ -92,6 +92,11 @@ pub struct Config {
     /// Consecutive failures that open a breaker.
     #[arg(long, env = "GATEWAY_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,
+    /// The consecutive failures must span at least this long, first to last, to open a
+    /// breaker (ms): one stall that times out every call in flight at once is not a
+    /// dependency that keeps failing. 0: the count alone decides.
+    #[arg(long, env = "GATEWAY_BREAKER_MIN_SPAN_MS", default_value_t = 250)]
+    pub breaker_min_span_ms: u64,
     /// How long an open breaker rejects calls before letting a probe through (ms).
     #[arg(long, env = "GATEWAY_BREAKER_OPEN_MS", default_value_t = 5000)]
     pub breaker_open_ms: u64,

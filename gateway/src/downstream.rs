@@ -253,6 +253,7 @@ impl<C: Clone> Downstream<C> {
         let breaker = BreakerConfig {
             enabled: config.breakers,
             failure_threshold: config.breaker_failures,
+            min_failure_span: Duration::from_millis(config.breaker_min_span_ms),
             open_for: Duration::from_millis(config.breaker_open_ms),
             half_open_probes: config.breaker_half_open_probes,
         };
@@ -588,6 +589,7 @@ mod tests {
         c.retry_base_ms = 1;
         c.retry_max_backoff_ms = 2;
         c.breaker_failures = breaker_failures;
+        c.breaker_min_span_ms = 0;
         c.breaker_open_ms = 60_000;
         c
     }

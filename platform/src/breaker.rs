@@ -18,6 +18,10 @@ pub struct BreakerConfig {
     pub enabled: bool,
     /// Consecutive failures that open the breaker.
     pub failure_threshold: u32,
+    /// ... and how long they must span, first to last: one stall of the machine times out
+    /// every call in flight at once, which is one event, not a dependency that keeps failing.
+    /// Zero: the count alone decides.
+    pub min_failure_span: Duration,
     /// How long it stays open before letting probes through.
     pub open_for: Duration,
     /// Successful probes needed in half-open to close.
@@ -47,6 +51,8 @@ impl BreakerState {
 struct Inner {
     state: BreakerState,
     consecutive_failures: u32,
+    /// When the current run of consecutive failures began.
+    first_failure_at: Option<Instant>,
     opened_at: Option<Instant>,
     probes_in_flight: u32,
     probe_successes: u32,
@@ -160,6 +166,7 @@ impl CircuitBreaker {
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
                 consecutive_failures: 0,
+                first_failure_at: None,
                 opened_at: None,
                 probes_in_flight: 0,
                 probe_successes: 0,
@@ -304,10 +311,17 @@ impl Shared {
         }
         let before = g.state;
         match (g.state, outcome) {
-            (BreakerState::Closed, Outcome::Success) => g.consecutive_failures = 0,
+            (BreakerState::Closed, Outcome::Success) => {
+                g.consecutive_failures = 0;
+                g.first_failure_at = None;
+            }
             (BreakerState::Closed, Outcome::Failure) => {
                 g.consecutive_failures += 1;
-                if g.consecutive_failures >= self.config.failure_threshold.max(1) {
+                let now = Instant::now();
+                let first = *g.first_failure_at.get_or_insert(now);
+                if g.consecutive_failures >= self.config.failure_threshold.max(1)
+                    && now.duration_since(first) >= self.config.min_failure_span
+                {
                     g.state = BreakerState::Open;
                     g.opened_at = Some(Instant::now());
                 }
@@ -317,6 +331,7 @@ impl Shared {
                 if g.probe_successes >= self.config.half_open_probes.max(1) {
                     g.state = BreakerState::Closed;
                     g.consecutive_failures = 0;
+                    g.first_failure_at = None;
                     g.opened_at = None;
                 }
             }
@@ -358,6 +373,7 @@ mod tests {
             BreakerConfig {
                 enabled: true,
                 failure_threshold: 3,
+                min_failure_span: Duration::ZERO,
                 open_for: Duration::from_millis(open_for_ms),
                 half_open_probes: 1,
             },
@@ -435,6 +451,7 @@ mod tests {
             BreakerConfig {
                 enabled: false,
                 failure_threshold: 1,
+                min_failure_span: Duration::ZERO,
                 open_for: Duration::from_secs(60),
                 half_open_probes: 1,
             },
@@ -503,5 +520,26 @@ mod tests {
         assert!(p.is_probe());
         b.record(p, false);
         assert_eq!(b.snapshot().state, BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_burst_of_failures_shorter_than_the_span_does_not_open() {
+        let b = CircuitBreaker::new(
+            "test",
+            "span",
+            BreakerConfig {
+                enabled: true,
+                failure_threshold: 3,
+                min_failure_span: Duration::from_secs(3600),
+                open_for: Duration::from_secs(60),
+                half_open_probes: 1,
+            },
+        );
+        for _ in 0..10 {
+            let p = b.try_acquire().expect("closed");
+            b.record(p, true);
+        }
+        assert_eq!(b.snapshot().state, BreakerState::Closed);
+        assert_eq!(b.snapshot().consecutive_failures, 10);
     }
 }

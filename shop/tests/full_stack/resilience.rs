@@ -7,6 +7,7 @@ use serde_json::json;
 
 fn breaker_after_two(c: &mut gateway::Config) {
     c.breaker_failures = 2;
+    c.breaker_min_span_ms = 0;
     c.breaker_open_ms = 60_000;
 }
 
