@@ -101,18 +101,36 @@ pub struct Config {
     /// Tokens a success gives back (gRFC A6 `token_ratio`).
     #[arg(long, env = "GATEWAY_RETRY_TOKEN_RATIO", default_value_t = 0.1)]
     pub retry_token_ratio: f64,
-    /// Circuit breakers per downstream service (on/off).
+    /// Circuit breakers per downstream service and kind of call (on/off).
     #[arg(long, env = "GATEWAY_BREAKERS", default_value = "on", value_parser = parse_switch)]
     pub breakers: bool,
     /// Consecutive failures that open a breaker.
     #[arg(long, env = "GATEWAY_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,
+    /// The consecutive failures must span at least this long, first to last, to open a
+    /// breaker (ms): one stall that times out every call in flight at once is not a
+    /// dependency that keeps failing. 0: the count alone decides.
+    #[arg(long, env = "GATEWAY_BREAKER_MIN_SPAN_MS", default_value_t = 250)]
+    pub breaker_min_span_ms: u64,
     /// How long an open breaker rejects calls before letting a probe through (ms).
     #[arg(long, env = "GATEWAY_BREAKER_OPEN_MS", default_value_t = 5000)]
     pub breaker_open_ms: u64,
     /// Successful probes in half-open needed to close again.
     #[arg(long, env = "GATEWAY_BREAKER_HALF_OPEN_PROBES", default_value_t = 1)]
     pub breaker_half_open_probes: u32,
+    /// A timed-out call counts against its breaker only if it was sent with at least this
+    /// much of its deadline left (ms): a call sent with less ran out of its caller's
+    /// budget, which says nothing about the service.
+    #[arg(long, env = "GATEWAY_BREAKER_TIMEOUT_FLOOR_MS", default_value_t = 200)]
+    pub breaker_timeout_floor_ms: u64,
+    /// Read calls (catalog, orders, profile, token checks) in flight per service at once;
+    /// more are refused at once with 503 and Retry-After.
+    #[arg(long, env = "GATEWAY_READ_CONCURRENCY", default_value_t = 256)]
+    pub read_concurrency: usize,
+    /// Write calls (stock, payments, checkout records, catalog edits) in flight per service
+    /// at once; more are refused at once with 503 and Retry-After, before anything is sent.
+    #[arg(long, env = "GATEWAY_WRITE_CONCURRENCY", default_value_t = 64)]
+    pub write_concurrency: usize,
     /// Fault rules for the gateway's own routes (platform faults JSON); route keys are
     /// "METHOD /path/pattern", e.g. "GET /api/items", or "*".
     #[arg(long, env = "GATEWAY_FAULTS", default_value = "")]

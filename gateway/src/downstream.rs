@@ -1,13 +1,23 @@
 //! Clients of the three services, generic over the transport: a tonic `Channel` for the
 //! distributed deployment, or the services' tonic servers called in-process (the `shop`
 //! monolith: no sockets, no HTTP/2). Every call goes through [`Downstream::call`], which
-//! applies the deadline, the circuit breaker and the retry policy in one place.
+//! applies the deadline, the bulkhead and circuit breaker of the call's kind, and the retry
+//! policy in one place.
+//!
+//! Each service has one lane per [`CallKind`] (read, write, auth), each with its own
+//! breaker and concurrency limit: saturated writes cannot open the circuit for reads, and
+//! a login flood cannot take the slots the other pages need.
 
 use platform::{
     identity::{ITEM_SERVICE, PAYMENT_SERVICE, Signer, USER_SERVICE},
     policy::sign,
+    shedding::{self, Attempt},
 };
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use platform::{CallContext, endpoints::ServiceUrls};
 use serde::Serialize;
@@ -16,6 +26,7 @@ use shop_proto::{
     payment::v1::payment_service_client::PaymentServiceClient,
     user::v1::user_service_client::UserServiceClient,
 };
+use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 use utoipa::ToSchema;
 
@@ -45,15 +56,135 @@ pub fn channel(
         .map_err(|e| anyhow::anyhow!("invalid service URL {urls}: {e}"))
 }
 
-/// One downstream service: its client, breaker and retry budget.
+/// The kind of a call, which decides the breaker and concurrency limit it goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallKind {
+    /// Answers from stored data, no effect (catalog, orders, profile, token checks).
+    Read,
+    /// Changes state (stock, payments, checkout records, catalog edits).
+    Write,
+    /// Hashes a password (login, registration): slow by design, bounded by the callee.
+    Auth,
+}
+
+impl CallKind {
+    pub const ALL: [CallKind; 3] = [CallKind::Read, CallKind::Write, CallKind::Auth];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Auth => "auth",
+        }
+    }
+}
+
+/// A downstream method as a call site names it: its name (for metrics and logs) and kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Method {
+    pub name: &'static str,
+    pub kind: CallKind,
+    /// The callee calls further services before answering (the chained checkout): an
+    /// UNAVAILABLE it answers with speaks for those, not for itself.
+    pub relays: bool,
+}
+
+impl Method {
+    const fn new(name: &'static str, kind: CallKind) -> Self {
+        Self {
+            name,
+            kind,
+            relays: false,
+        }
+    }
+}
+
+/// Every method the gateway calls, with its kind: the one table call sites take them from.
+pub mod method {
+    use super::{CallKind::*, Method};
+
+    // user-service
+    pub const REGISTER: Method = Method::new("Register", Auth);
+    pub const LOGIN: Method = Method::new("Login", Auth);
+    pub const GET_USER: Method = Method::new("GetUser", Read);
+    pub const VALIDATE_TOKEN: Method = Method::new("ValidateToken", Read);
+    pub const LIST_ORDERS: Method = Method::new("ListOrders", Read);
+    pub const GET_ORDER: Method = Method::new("GetOrder", Read);
+    pub const BEGIN_CHECKOUT: Method = Method::new("BeginCheckout", Write);
+    pub const ADVANCE_CHECKOUT: Method = Method::new("AdvanceCheckout", Write);
+    pub const REQUEST_CHECKOUT: Method = Method::new("RequestCheckout", Write);
+    pub const CHAINED_CHECKOUT: Method = Method {
+        relays: true,
+        ..Method::new("ChainedCheckout", Write)
+    };
+    // item-service
+    pub const LIST_ITEMS: Method = Method::new("ListItems", Read);
+    pub const GET_ITEM: Method = Method::new("GetItem", Read);
+    pub const BATCH_GET_ITEMS: Method = Method::new("BatchGetItems", Read);
+    pub const CREATE_ITEM: Method = Method::new("CreateItem", Write);
+    pub const UPDATE_ITEM: Method = Method::new("UpdateItem", Write);
+    pub const DELETE_ITEM: Method = Method::new("DeleteItem", Write);
+    pub const RESERVE_STOCK: Method = Method::new("ReserveStock", Write);
+    pub const COMMIT_RESERVATION: Method = Method::new("CommitReservation", Write);
+    pub const RELEASE_RESERVATION: Method = Method::new("ReleaseReservation", Write);
+    // payment-service
+    pub const GET_PAYMENT: Method = Method::new("GetPayment", Read);
+    pub const CHARGE: Method = Method::new("Charge", Write);
+    pub const REFUND: Method = Method::new("Refund", Write);
+    pub const RECONCILE: Method = Method::new("Reconcile", Write);
+}
+
+/// One kind of call to one service: its breaker and its concurrency limit (bulkhead).
+struct Lane {
+    breaker: CircuitBreaker,
+    slots: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Lane {
+    fn new(service: &'static str, kind: CallKind, limit: usize, breaker: BreakerConfig) -> Self {
+        let limit = limit.max(1);
+        Self {
+            breaker: CircuitBreaker::for_kind("gateway", service, kind.as_str(), breaker),
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.limit.saturating_sub(self.slots.available_permits())
+    }
+}
+
+struct Lanes {
+    read: Lane,
+    write: Lane,
+    auth: Lane,
+}
+
+impl Lanes {
+    fn of(&self, kind: CallKind) -> &Lane {
+        match kind {
+            CallKind::Read => &self.read,
+            CallKind::Write => &self.write,
+            CallKind::Auth => &self.auth,
+        }
+    }
+}
+
+/// One downstream service: its client, a lane (breaker + bulkhead) per kind of call, and
+/// its retry budget.
 #[derive(Clone)]
 pub struct Downstream<C> {
     pub name: &'static str,
     pub target: String,
     client: C,
-    breaker: Arc<CircuitBreaker>,
+    lanes: Arc<Lanes>,
     budget: Arc<RetryBudget>,
     policy: RetryPolicy,
+    /// A timeout counts against a breaker only when the call was sent with this much left.
+    ample: Duration,
 }
 
 /// Whether a call may be repeated without changing its effect.
@@ -67,56 +198,76 @@ pub enum Safety {
 
 /// Marks a refusal by our own breaker: the call was never sent.
 const CIRCUIT_OPEN: &str = "x-shop-circuit-open";
+/// Marks a refusal by our own bulkhead (the kind's concurrency limit): never sent.
+const BULKHEAD_FULL: &str = "x-shop-bulkhead-full";
 
-/// UNAVAILABLE for a call the breaker refused.
-pub fn circuit_open(service: &str) -> Status {
-    let mut s = Status::unavailable(format!("{service} is unavailable (circuit open)"));
-    s.metadata_mut().insert(
-        CIRCUIT_OPEN,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
+/// What a client is told to wait after a full bulkhead: slots free within a call's time.
+const BULKHEAD_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+fn marked(status: Status, marker: &'static str, retry_after: Duration) -> Status {
+    let mut s = shedding::mark_shed(status, retry_after);
+    s.metadata_mut()
+        .insert(marker, tonic::metadata::MetadataValue::from_static("1"));
     s
 }
 
-/// Whether `s` is our breaker's refusal (nothing reached the service), as opposed to a
-/// failure whose effect is unknown.
+/// UNAVAILABLE for a call the breaker refused; `retry_after`: until it lets a probe through.
+pub fn circuit_open(service: &str, retry_after: Duration) -> Status {
+    marked(
+        Status::unavailable(format!("{service} is unavailable (circuit open)")),
+        CIRCUIT_OPEN,
+        retry_after,
+    )
+}
+
+/// UNAVAILABLE for a call the kind's concurrency limit refused.
+pub fn bulkhead_full(service: &str, kind: CallKind) -> Status {
+    marked(
+        Status::unavailable(format!(
+            "{service} is busy ({} calls at their limit)",
+            kind.as_str()
+        )),
+        BULKHEAD_FULL,
+        BULKHEAD_RETRY_AFTER,
+    )
+}
+
+/// Whether `s` is our breaker's refusal.
 pub fn is_circuit_open(s: &Status) -> bool {
     s.metadata().contains_key(CIRCUIT_OPEN)
 }
 
-/// Methods whose callee calls further services before answering.
-const CHAIN_ENTRIES: &[&str] = &["ChainedCheckout"];
+/// Whether `s` is our bulkhead's refusal.
+pub fn is_bulkhead_full(s: &Status) -> bool {
+    s.metadata().contains_key(BULKHEAD_FULL)
+}
 
-/// Failures that say the service is unhealthy (for the breaker), as opposed to answers.
-fn is_health_failure(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Unknown
-            | Code::ResourceExhausted
-            // tonic's client answers CANCELLED "Timeout expired" when its own timer (the
-            // grpc-timeout we set) fires first: a slow dependency, like DEADLINE_EXCEEDED.
-            | Code::Cancelled
-    )
+/// Whether `s` is a refusal of ours (breaker or bulkhead): nothing reached the service, as
+/// opposed to a failure whose effect is unknown.
+pub fn never_sent(s: &Status) -> bool {
+    is_circuit_open(s) || is_bulkhead_full(s)
 }
 
 impl<C: Clone> Downstream<C> {
     fn new(name: &'static str, target: String, client: C, config: &Config) -> Self {
+        let breaker = BreakerConfig {
+            enabled: config.breakers,
+            failure_threshold: config.breaker_failures,
+            min_failure_span: Duration::from_millis(config.breaker_min_span_ms),
+            open_for: Duration::from_millis(config.breaker_open_ms),
+            half_open_probes: config.breaker_half_open_probes,
+        };
         let this = Self {
             name,
             target,
             client,
-            breaker: Arc::new(CircuitBreaker::new(
-                "gateway",
-                name,
-                BreakerConfig {
-                    enabled: config.breakers,
-                    failure_threshold: config.breaker_failures,
-                    open_for: std::time::Duration::from_millis(config.breaker_open_ms),
-                    half_open_probes: config.breaker_half_open_probes,
-                },
-            )),
+            lanes: Arc::new(Lanes {
+                read: Lane::new(name, CallKind::Read, config.read_concurrency, breaker),
+                write: Lane::new(name, CallKind::Write, config.write_concurrency, breaker),
+                // The same limit as the gateway admits logins and registrations with
+                // (`admission`): that refusal (429) comes first, this one backs it.
+                auth: Lane::new(name, CallKind::Auth, config.auth_concurrency, breaker),
+            }),
             budget: Arc::new(RetryBudget::new(
                 config.retry_budget_tokens,
                 config.retry_token_ratio,
@@ -124,9 +275,10 @@ impl<C: Clone> Downstream<C> {
             policy: RetryPolicy {
                 enabled: config.retries,
                 max_attempts: config.retry_max_attempts.max(1),
-                base_backoff: std::time::Duration::from_millis(config.retry_base_ms),
-                max_backoff: std::time::Duration::from_millis(config.retry_max_backoff_ms),
+                base_backoff: Duration::from_millis(config.retry_base_ms),
+                max_backoff: Duration::from_millis(config.retry_max_backoff_ms),
             },
+            ample: Duration::from_millis(config.breaker_timeout_floor_ms),
         };
         this.publish_budget();
         this
@@ -141,12 +293,12 @@ impl<C: Clone> Downstream<C> {
 
     /// Calls `method` with `msg`: builds each attempt's request from `ctx` (trace + what is
     /// left of the deadline as grpc-timeout), stops waiting when the deadline passes, fails
-    /// fast while the breaker is open, and retries UNAVAILABLE when `safety` allows and the
-    /// retry budget has tokens.
+    /// fast while the method kind's bulkhead is full or its breaker open, and retries
+    /// UNAVAILABLE when `safety` allows and the retry budget has tokens.
     pub async fn call<M, T, F, Fut>(
         &self,
         ctx: &CallContext,
-        method: &'static str,
+        method: Method,
         safety: Safety,
         msg: M,
         f: F,
@@ -156,6 +308,9 @@ impl<C: Clone> Downstream<C> {
         F: Fn(C, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        let lane = self.lanes.of(method.kind);
+        let kind = method.kind.as_str();
+        let name = method.name;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -165,15 +320,23 @@ impl<C: Clone> Downstream<C> {
                     self.name
                 )));
             }
-            let Some(permit) = self.breaker.try_acquire() else {
-                metrics::counter!("gateway_downstream_requests_total", "service" => self.name, "method" => method, "code" => "CircuitOpen").increment(1);
-                return Err(circuit_open(self.name));
+            // The slot first: a probe permit taken and then dropped for want of a slot
+            // would count as a failed probe.
+            let Ok(slot) = Arc::clone(&lane.slots).try_acquire_owned() else {
+                metrics::counter!("gateway_downstream_requests_total", "service" => self.name, "method" => name, "code" => "BulkheadFull").increment(1);
+                return Err(bulkhead_full(self.name, method.kind));
+            };
+            let Some(permit) = lane.breaker.try_acquire() else {
+                metrics::counter!("gateway_downstream_requests_total", "service" => self.name, "method" => name, "code" => "CircuitOpen").increment(1);
+                let wait = Duration::from_millis(lane.breaker.snapshot().retry_in_ms);
+                return Err(circuit_open(self.name, wait));
             };
             let start = Instant::now();
+            let budget_at_send = ctx.remaining();
             let fut = f(self.client.clone(), ctx.request(msg.clone(), None));
             // The service enforces grpc-timeout too; this bound also covers a connection
             // that never answers and the in-process transport, which has no timer.
-            let result = match ctx.remaining() {
+            let result = match budget_at_send {
                 Some(left) => match tokio::time::timeout(left, fut).await {
                     Ok(r) => r,
                     Err(_) => Err(Status::deadline_exceeded(format!(
@@ -183,22 +346,31 @@ impl<C: Clone> Downstream<C> {
                 },
                 None => fut.await,
             };
+            // Free the slot now, not after a retry's backoff.
+            drop(slot);
             let code = match &result {
                 Ok(_) => Code::Ok,
                 Err(s) => s.code(),
             };
-            // A chain entry (ChainedCheckout) relays the health of the hops behind it: an
-            // UNAVAILABLE it answers with says payment- or item-service is down, not that
-            // user-service is, so only failures to reach it at all count against it.
-            let reached = result
-                .as_ref()
-                .err()
-                .is_some_and(|s| std::error::Error::source(s).is_none());
-            let health_failure = is_health_failure(code)
-                && !(CHAIN_ENTRIES.contains(&method) && reached && code != Code::DeadlineExceeded);
-            self.breaker.record(permit, health_failure);
-            metrics::counter!("gateway_downstream_requests_total", "service" => self.name, "method" => method, "code" => format!("{code:?}")).increment(1);
-            metrics::histogram!("gateway_downstream_request_duration_seconds", "service" => self.name, "method" => method).record(start.elapsed().as_secs_f64());
+            let symptom = shedding::classify(
+                result.as_ref().err(),
+                &Attempt {
+                    budget_at_send,
+                    ample: self.ample,
+                    // A status the transport made carries its cause; an answer has none.
+                    reached: result
+                        .as_ref()
+                        .err()
+                        .is_some_and(|s| std::error::Error::source(s).is_none()),
+                    relays: method.relays,
+                },
+            );
+            lane.breaker.record(permit, symptom.counts_against());
+            if symptom == shedding::Symptom::Shed {
+                metrics::counter!("gateway_downstream_shed_total", "service" => self.name, "kind" => kind, "code" => format!("{code:?}")).increment(1);
+            }
+            metrics::counter!("gateway_downstream_requests_total", "service" => self.name, "method" => name, "code" => format!("{code:?}")).increment(1);
+            metrics::histogram!("gateway_downstream_request_duration_seconds", "service" => self.name, "method" => name).record(start.elapsed().as_secs_f64());
             match result {
                 Ok(resp) => {
                     self.budget.on_success();
@@ -222,24 +394,47 @@ impl<C: Clone> Downstream<C> {
                     if ctx.remaining().is_some_and(|left| left <= pause) {
                         return Err(status);
                     }
-                    metrics::counter!("gateway_retries_total", "service" => self.name, "method" => method).increment(1);
-                    tracing::debug!(service = self.name, method, attempt, ?pause, "retrying");
+                    metrics::counter!("gateway_retries_total", "service" => self.name, "method" => name).increment(1);
+                    tracing::debug!(
+                        service = self.name,
+                        method = name,
+                        attempt,
+                        ?pause,
+                        "retrying"
+                    );
                     tokio::time::sleep(pause).await;
                 }
             }
         }
     }
 
-    /// Whether the breaker would let a call through now (no permit taken).
-    pub fn admits(&self) -> bool {
-        self.breaker.admits()
+    /// Whether the breaker of `kind` would let a call through now (no permit taken).
+    pub fn admits(&self, kind: CallKind) -> bool {
+        self.lanes.of(kind).breaker.admits()
+    }
+
+    /// Our refusal for a `kind` call now, as [`Downstream::call`] would answer it.
+    pub fn circuit_open(&self, kind: CallKind) -> Status {
+        let wait = self.lanes.of(kind).breaker.snapshot().retry_in_ms;
+        circuit_open(self.name, Duration::from_millis(wait))
     }
 
     pub fn snapshot(&self) -> DownstreamSnapshot {
         DownstreamSnapshot {
             service: self.name.to_owned(),
             target: self.target.clone(),
-            breaker: self.breaker.snapshot(),
+            kinds: CallKind::ALL
+                .iter()
+                .map(|&kind| {
+                    let lane = self.lanes.of(kind);
+                    LaneSnapshot {
+                        kind,
+                        breaker: lane.breaker.snapshot(),
+                        in_flight: lane.in_flight(),
+                        limit: lane.limit,
+                    }
+                })
+                .collect(),
             retries_enabled: self.policy.enabled,
             retry_tokens: self.budget.tokens(),
         }
@@ -252,10 +447,22 @@ pub struct DownstreamSnapshot {
     pub service: String,
     /// URL, or "in-process" in the monolith.
     pub target: String,
-    pub breaker: BreakerSnapshot,
+    /// Read, write and auth calls: each kind's breaker and concurrency.
+    pub kinds: Vec<LaneSnapshot>,
     pub retries_enabled: bool,
     /// Retry-budget tokens left (retries stop at half the bucket).
     pub retry_tokens: f64,
+}
+
+/// One kind of call to one service.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LaneSnapshot {
+    pub kind: CallKind,
+    pub breaker: BreakerSnapshot,
+    /// Calls of this kind under way now.
+    pub in_flight: usize,
+    /// Calls of this kind allowed at once; more are refused at once (503, Retry-After).
+    pub limit: usize,
 }
 
 /// The three services.
@@ -358,7 +565,8 @@ mod tests {
     };
 
     use clap::Parser as _;
-    use shop_proto::item::v1::GetItemRequest;
+    use platform::breaker::BreakerState;
+    use shop_proto::item::v1::{GetItemRequest, ReserveStockRequest};
     use tower::util::BoxCloneSyncService;
 
     use super::*;
@@ -383,6 +591,7 @@ mod tests {
         c.retry_base_ms = 1;
         c.retry_max_backoff_ms = 2;
         c.breaker_failures = breaker_failures;
+        c.breaker_min_span_ms = 0;
         c.breaker_open_ms = 60_000;
         c
     }
@@ -398,11 +607,205 @@ mod tests {
         (d, calls)
     }
 
+    fn lane(d: &Downstream<ItemClient>, kind: CallKind) -> LaneSnapshot {
+        d.snapshot()
+            .kinds
+            .into_iter()
+            .find(|l| l.kind == kind)
+            .expect("every kind has a lane")
+    }
+
+    fn read_state(d: &Downstream<ItemClient>) -> BreakerState {
+        lane(d, CallKind::Read).breaker.state
+    }
+
+    /// A transport that answers each method path as `answer` says, counting the calls
+    /// per path; `hold` (if set) never answers the calls of that path.
+    fn routed(
+        answer: fn(&str) -> Code,
+        hold: Option<&'static str>,
+        calls: Arc<std::sync::Mutex<Vec<String>>>,
+        reached: Arc<tokio::sync::Notify>,
+    ) -> Transport {
+        BoxCloneSyncService::new(tower::service_fn(
+            move |req: http::Request<tonic::body::Body>| {
+                let path = req.uri().path().to_owned();
+                if let Ok(mut g) = calls.lock() {
+                    g.push(path.clone());
+                }
+                reached.notify_one();
+                let held = hold.is_some_and(|h| path.ends_with(h));
+                let code = answer(&path);
+                async move {
+                    if held {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, platform::transport::TransportError>(
+                        Status::new(code, "answer").into_http(),
+                    )
+                }
+            },
+        ))
+    }
+
+    async fn call_item(
+        d: &Downstream<ItemClient>,
+        m: Method,
+        budget: std::time::Duration,
+    ) -> Result<(), Status> {
+        let ctx = CallContext::root(Some(budget));
+        if m.kind == CallKind::Read {
+            d.call(
+                &ctx,
+                m,
+                Safety::Once,
+                GetItemRequest { id: "x".into() },
+                |mut c, r| async move { c.get_item(r).await },
+            )
+            .await
+            .map(drop)
+        } else {
+            d.call(
+                &ctx,
+                m,
+                Safety::Once,
+                ReserveStockRequest::default(),
+                |mut c, r| async move { c.reserve_stock(r).await },
+            )
+            .await
+            .map(drop)
+        }
+    }
+
+    const AMPLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn resource_exhausted_never_opens_the_breaker() {
+        let (d, calls) = item(Code::ResourceExhausted, &config(false, 2));
+        for _ in 0..6 {
+            assert_eq!(get(&d, Safety::Idempotent).await, Code::ResourceExhausted);
+        }
+        assert_eq!(read_state(&d), BreakerState::Closed);
+        assert_eq!(calls.load(Ordering::SeqCst), 6, "every call was sent");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_the_callers_budget_caused_does_not_open_the_breaker() {
+        // Sent with 50 ms left (the floor is 200 ms): the caller's budget ran out.
+        for code in [Code::DeadlineExceeded, Code::Cancelled] {
+            let (d, calls) = item(code, &config(false, 2));
+            for _ in 0..6 {
+                let r = call_item(&d, method::GET_ITEM, std::time::Duration::from_millis(50));
+                assert_eq!(r.await.map_err(|s| s.code()), Err(code));
+            }
+            assert_eq!(read_state(&d), BreakerState::Closed, "{code:?}");
+            assert_eq!(calls.load(Ordering::SeqCst), 6);
+        }
+        // Sent with ample time: the service should have answered, so it counts.
+        let (d, calls) = item(Code::DeadlineExceeded, &config(false, 2));
+        for _ in 0..6 {
+            let _ = call_item(&d, method::GET_ITEM, AMPLE).await;
+        }
+        assert_eq!(read_state(&d), BreakerState::Open);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn failing_writes_leave_the_read_breaker_closed() {
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let transport = routed(
+            |path| {
+                if path.ends_with("/ReserveStock") {
+                    Code::Unavailable
+                } else {
+                    Code::NotFound
+                }
+            },
+            None,
+            calls.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let d = Downstream::new(
+            "item-service",
+            "test".into(),
+            ItemServiceClient::new(transport),
+            &config(false, 2),
+        );
+        for _ in 0..5 {
+            let _ = call_item(&d, method::RESERVE_STOCK, AMPLE).await;
+        }
+        assert_eq!(lane(&d, CallKind::Write).breaker.state, BreakerState::Open);
+        let refused = call_item(&d, method::RESERVE_STOCK, AMPLE)
+            .await
+            .expect_err("the write circuit is open");
+        assert!(is_circuit_open(&refused) && never_sent(&refused));
+        assert!(platform::shedding::retry_after(&refused).is_some());
+        // Reads still reach the service and get its answer.
+        for _ in 0..5 {
+            let r = call_item(&d, method::GET_ITEM, AMPLE).await;
+            assert_eq!(r.map_err(|s| s.code()), Err(Code::NotFound));
+        }
+        assert_eq!(read_state(&d), BreakerState::Closed);
+        let seen = calls.lock().map(|g| g.clone()).unwrap_or_default();
+        assert_eq!(seen.iter().filter(|p| p.ends_with("/GetItem")).count(), 5);
+        assert_eq!(
+            seen.iter().filter(|p| p.ends_with("/ReserveStock")).count(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_bulkhead_fails_fast_without_sending() {
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reached = Arc::new(tokio::sync::Notify::new());
+        let transport = routed(
+            |_| Code::NotFound,
+            Some("/ReserveStock"),
+            calls.clone(),
+            reached.clone(),
+        );
+        let mut cfg = config(false, 2);
+        cfg.write_concurrency = 1;
+        let d = Downstream::new(
+            "item-service",
+            "test".into(),
+            ItemServiceClient::new(transport),
+            &cfg,
+        );
+        // One write holds the only write slot (its service never answers).
+        let holder = tokio::spawn({
+            let d = d.clone();
+            async move { call_item(&d, method::RESERVE_STOCK, AMPLE).await }
+        });
+        reached.notified().await;
+        assert_eq!(lane(&d, CallKind::Write).in_flight, 1);
+        let refused = call_item(&d, method::RESERVE_STOCK, AMPLE)
+            .await
+            .expect_err("no write slot free");
+        assert_eq!(refused.code(), Code::Unavailable);
+        assert!(is_bulkhead_full(&refused) && never_sent(&refused));
+        assert!(platform::shedding::is_shed(&refused));
+        assert!(platform::shedding::retry_after(&refused).is_some());
+        let seen = calls.lock().map(|g| g.clone()).unwrap_or_default();
+        assert_eq!(seen.len(), 1, "the refused write was never sent: {seen:?}");
+        // Reads have their own slots, and a refusal is no failure of the service.
+        let r = call_item(&d, method::GET_ITEM, AMPLE).await;
+        assert_eq!(r.map_err(|s| s.code()), Err(Code::NotFound));
+        assert_eq!(lane(&d, CallKind::Write).breaker.consecutive_failures, 0);
+        holder.abort();
+        let _ = holder.await;
+        assert_eq!(
+            lane(&d, CallKind::Write).in_flight,
+            0,
+            "the slot is free again"
+        );
+    }
+
     async fn get(d: &Downstream<ItemClient>, safety: Safety) -> Code {
         let ctx = CallContext::root(Some(std::time::Duration::from_secs(5)));
         d.call(
             &ctx,
-            "GetItem",
+            method::GET_ITEM,
             safety,
             GetItemRequest { id: "x".into() },
             |mut c, r| async move { c.get_item(r).await },
@@ -457,20 +860,14 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(get(&d, Safety::Idempotent).await, Code::Unavailable);
         assert_eq!(calls.load(Ordering::SeqCst), 3, "rejected by the breaker");
-        assert_eq!(
-            d.snapshot().breaker.state,
-            platform::breaker::BreakerState::Open
-        );
+        assert_eq!(read_state(&d), BreakerState::Open);
 
         // Business errors do not open it.
         let (d, _) = item(Code::InvalidArgument, &config(false, 2));
         for _ in 0..5 {
             get(&d, Safety::Idempotent).await;
         }
-        assert_eq!(
-            d.snapshot().breaker.state,
-            platform::breaker::BreakerState::Closed
-        );
+        assert_eq!(read_state(&d), BreakerState::Closed);
     }
 
     #[tokio::test]
@@ -506,7 +903,7 @@ mod tests {
         let _ = d
             .call(
                 &ctx,
-                "GetItem",
+                method::GET_ITEM,
                 Safety::Idempotent,
                 GetItemRequest { id: "x".into() },
                 |mut c, r| async move { c.get_item(r).await },

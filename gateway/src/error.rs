@@ -38,6 +38,8 @@ pub struct ApiError {
     pub message: String,
     pub field: Option<String>,
     pub order_id: Option<String>,
+    /// Sent as Retry-After (whole seconds, at least 1): when trying again makes sense.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -48,6 +50,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             order_id: None,
+            retry_after: None,
         }
     }
 
@@ -89,7 +92,9 @@ impl ApiError {
         )
     }
 
-    /// The one gRPC -> HTTP mapping; the field a service named (x-shop-field) is kept.
+    /// The one gRPC -> HTTP mapping; the field a service named (x-shop-field) is kept, and a
+    /// refusal that said when to come back (a bulkhead, an open circuit, anything marked
+    /// with [`platform::shedding::RETRY_AFTER_MS`]) answers 503 with Retry-After.
     pub fn from_status(status: &tonic::Status) -> Self {
         let field = platform::error::field_of(status);
         let msg = status.message().to_owned();
@@ -127,12 +132,24 @@ impl ApiError {
                 )
             }
         };
+        let retry_after = platform::shedding::retry_after(status);
+        let shed = platform::shedding::is_shed(status);
+        let (http, code, message) = if shed && http != StatusCode::SERVICE_UNAVAILABLE {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "a service is temporarily unavailable; try again shortly".to_owned(),
+            )
+        } else {
+            (http, code, message)
+        };
         Self {
             status: http,
             code,
             message,
             field,
             order_id: None,
+            retry_after,
         }
     }
 }
@@ -173,6 +190,13 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(secs.max(1)),
+            );
+        }
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The body was not read, so the connection is closed after this answer: say so,
             // or a client may send its next request on it and lose it.
@@ -253,6 +277,17 @@ mod tests {
             let e = ApiError::from_status(&tonic::Status::new(code, "x"));
             assert_eq!(e.status.as_u16(), http, "{code:?}");
         }
+        // A refusal to shed load says when to come back.
+        let shed = platform::shedding::mark_shed(
+            tonic::Status::unavailable("busy"),
+            std::time::Duration::from_millis(2500),
+        );
+        let e = ApiError::from_status(&shed);
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        let resp = e.into_response();
+        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "3");
+        let plain = ApiError::from_status(&tonic::Status::unavailable("down")).into_response();
+        assert!(!plain.headers().contains_key(http::header::RETRY_AFTER));
         // Internal details never leak.
         let e = ApiError::from_status(&tonic::Status::internal("db password wrong"));
         assert_eq!(e.message, "internal error");

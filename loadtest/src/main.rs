@@ -464,7 +464,16 @@ async fn soak(a: SoakArgs) -> anyhow::Result<()> {
     })
     .await?;
     print!("{}", report.markdown());
+    for why in &report.shortfalls {
+        eprintln!("[soak] FAIL: {why}");
+    }
     if !report.violations.is_empty() {
+        eprintln!(
+            "[soak] FAIL: {} consistency violations",
+            report.violations.len()
+        );
+    }
+    if !report.passed() {
         std::process::exit(1);
     }
     Ok(())

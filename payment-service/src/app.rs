@@ -122,6 +122,7 @@ async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Paymen
             card_breaker: BreakerConfig {
                 enabled: config.card_breaker,
                 failure_threshold: config.card_breaker_failures.max(1),
+                min_failure_span: Duration::ZERO,
                 open_for: Duration::from_millis(config.card_breaker_open_ms),
                 half_open_probes: 1,
             },

@@ -39,7 +39,10 @@ pub enum Error {
     #[error(
         "the card gateway is failing; new charges are refused for a few seconds (circuit open). Nothing was charged; retry later"
     )]
-    CardGatewayFailing,
+    CardGatewayFailing {
+        /// Until the card breaker lets a probe through.
+        retry_after: std::time::Duration,
+    },
     #[error("payment {payment_id} is {status}; only SUCCEEDED payments can be refunded")]
     NotRefundable { payment_id: String, status: String },
     #[error("amount.currency: the payment is in {payment_currency}")]
@@ -85,9 +88,12 @@ impl From<Error> for Status {
             Error::RefundPending { .. } => {
                 with_reason(Status::unavailable(msg), ErrorReason::RefundPending)
             }
-            Error::CardGatewayFailing => {
-                with_reason(Status::unavailable(msg), ErrorReason::CardGatewayFailing)
-            }
+            // Load shed by this service's own breaker, not this service failing: marked so
+            // its callers' breakers do not count it (platform::shedding).
+            Error::CardGatewayFailing { retry_after } => platform::shedding::mark_shed(
+                with_reason(Status::unavailable(msg), ErrorReason::CardGatewayFailing),
+                retry_after,
+            ),
             Error::NotRefundable { .. } => with_reason(
                 with_field(Status::failed_precondition(msg), "payment_id"),
                 ErrorReason::PaymentNotRefundable,

@@ -46,12 +46,24 @@ impl GatewayError {
         }
     }
 
-    /// Whether the gateway looked unhealthy (for the breaker), as opposed to answering.
+    /// Whether the gateway looked unhealthy (for the breaker), as opposed to answering: the
+    /// rule every breaker in the shop shares ([`platform::shedding`]). Each attempt is given
+    /// the whole configured gateway timeout, never a caller's leftover, so a timeout here is
+    /// always the processor's.
     pub fn is_failure(&self) -> bool {
-        matches!(
-            self,
-            Self::Timeout | Self::Unavailable(_) | Self::Protocol(_)
-        )
+        let code = match self {
+            Self::Timeout => tonic::Code::DeadlineExceeded,
+            Self::Unavailable(_) => tonic::Code::Unavailable,
+            Self::Protocol(_) => tonic::Code::Unknown,
+            Self::InProgress | Self::KeyReused(_) | Self::CircuitOpen => return false,
+        };
+        let attempt = platform::shedding::Attempt {
+            budget_at_send: None,
+            ample: Duration::ZERO,
+            reached: true,
+            relays: false,
+        };
+        platform::shedding::classify_code(code, &attempt).counts_against()
     }
 }
 

@@ -235,7 +235,10 @@ impl Payments {
             && self.inner.store.payment_by_order(order_id).await?.is_none()
         {
             metrics::counter!("payment_charges_refused_total").increment(1);
-            return Err(Error::CardGatewayFailing);
+            let wait = self.inner.charge_breaker.snapshot().retry_in_ms;
+            return Err(Error::CardGatewayFailing {
+                retry_after: Duration::from_millis(wait),
+            });
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! A circuit breaker per dependency: closed -> (N consecutive failures) -> open ->
 //! (after a cool-down) half-open -> (probes succeed) closed, or (a probe fails) open again.
 //! While open, calls fail at once instead of waiting on a dead or slow dependency. The
-//! gateway keeps one per downstream service, payment-service one for the card gateway:
+//! gateway keeps one per downstream service and kind of call (read, write, auth: saturated
+//! writes must not open the circuit for reads), payment-service one for the card gateway:
 //! each hop protects itself, so a slow card processor makes payment-service answer
 //! UNAVAILABLE at once instead of holding every caller up the chain.
 
@@ -17,6 +18,10 @@ pub struct BreakerConfig {
     pub enabled: bool,
     /// Consecutive failures that open the breaker.
     pub failure_threshold: u32,
+    /// ... and how long they must span, first to last: one stall of the machine times out
+    /// every call in flight at once, which is one event, not a dependency that keeps failing.
+    /// Zero: the count alone decides.
+    pub min_failure_span: Duration,
     /// How long it stays open before letting probes through.
     pub open_for: Duration,
     /// Successful probes needed in half-open to close.
@@ -46,6 +51,8 @@ impl BreakerState {
 struct Inner {
     state: BreakerState,
     consecutive_failures: u32,
+    /// When the current run of consecutive failures began.
+    first_failure_at: Option<Instant>,
     opened_at: Option<Instant>,
     probes_in_flight: u32,
     probe_successes: u32,
@@ -63,6 +70,8 @@ struct Shared {
     /// Metric names start with it: `{prefix}_circuit_state`, `{prefix}_circuit_rejected_total`.
     metric_prefix: &'static str,
     service: &'static str,
+    /// The kind of call this breaker guards (a `kind` label), when a service has several.
+    kind: Option<&'static str>,
     config: BreakerConfig,
     inner: Mutex<Inner>,
 }
@@ -129,13 +138,35 @@ pub struct BreakerSnapshot {
 
 impl CircuitBreaker {
     pub fn new(metric_prefix: &'static str, service: &'static str, config: BreakerConfig) -> Self {
+        Self::build(metric_prefix, service, None, config)
+    }
+
+    /// One of several breakers of `service`, one per kind of call: its metrics carry a
+    /// `kind` label next to `service`.
+    pub fn for_kind(
+        metric_prefix: &'static str,
+        service: &'static str,
+        kind: &'static str,
+        config: BreakerConfig,
+    ) -> Self {
+        Self::build(metric_prefix, service, Some(kind), config)
+    }
+
+    fn build(
+        metric_prefix: &'static str,
+        service: &'static str,
+        kind: Option<&'static str>,
+        config: BreakerConfig,
+    ) -> Self {
         let shared = Shared {
             metric_prefix,
             service,
+            kind,
             config,
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
                 consecutive_failures: 0,
+                first_failure_at: None,
                 opened_at: None,
                 probes_in_flight: 0,
                 probe_successes: 0,
@@ -187,8 +218,11 @@ impl CircuitBreaker {
             Admission::Refuse => {
                 g.rejected += 1;
                 drop(g);
-                ::metrics::counter!(format!("{}_circuit_rejected_total", s.metric_prefix), "service" => s.service)
-                    .increment(1);
+                ::metrics::counter!(
+                    format!("{}_circuit_rejected_total", s.metric_prefix),
+                    s.labels()
+                )
+                .increment(1);
                 None
             }
         }
@@ -235,8 +269,20 @@ impl Shared {
         }
     }
 
+    fn labels(&self) -> Vec<::metrics::Label> {
+        let mut labels = vec![::metrics::Label::new("service", self.service)];
+        if let Some(kind) = self.kind {
+            labels.push(::metrics::Label::new("kind", kind));
+        }
+        labels
+    }
+
     fn publish(&self, state: BreakerState) {
-        ::metrics::gauge!(format!("{}_circuit_state", self.metric_prefix), "service" => self.service).set(state.gauge());
+        ::metrics::gauge!(
+            format!("{}_circuit_state", self.metric_prefix),
+            self.labels()
+        )
+        .set(state.gauge());
     }
 
     /// What a call made now would get.
@@ -265,10 +311,17 @@ impl Shared {
         }
         let before = g.state;
         match (g.state, outcome) {
-            (BreakerState::Closed, Outcome::Success) => g.consecutive_failures = 0,
+            (BreakerState::Closed, Outcome::Success) => {
+                g.consecutive_failures = 0;
+                g.first_failure_at = None;
+            }
             (BreakerState::Closed, Outcome::Failure) => {
                 g.consecutive_failures += 1;
-                if g.consecutive_failures >= self.config.failure_threshold.max(1) {
+                let now = Instant::now();
+                let first = *g.first_failure_at.get_or_insert(now);
+                if g.consecutive_failures >= self.config.failure_threshold.max(1)
+                    && now.duration_since(first) >= self.config.min_failure_span
+                {
                     g.state = BreakerState::Open;
                     g.opened_at = Some(Instant::now());
                 }
@@ -278,6 +331,7 @@ impl Shared {
                 if g.probe_successes >= self.config.half_open_probes.max(1) {
                     g.state = BreakerState::Closed;
                     g.consecutive_failures = 0;
+                    g.first_failure_at = None;
                     g.opened_at = None;
                 }
             }
@@ -296,8 +350,14 @@ impl Shared {
         drop(g);
         if before != after {
             self.publish(after);
-            ::metrics::counter!(format!("{}_circuit_transitions_total", self.metric_prefix), "service" => self.service, "to" => format!("{after:?}")).increment(1);
-            tracing::warn!(service = self.service, from = ?before, to = ?after, "circuit state changed");
+            let mut labels = self.labels();
+            labels.push(::metrics::Label::new("to", format!("{after:?}")));
+            ::metrics::counter!(
+                format!("{}_circuit_transitions_total", self.metric_prefix),
+                labels
+            )
+            .increment(1);
+            tracing::warn!(service = self.service, kind = self.kind, from = ?before, to = ?after, "circuit state changed");
         }
     }
 }
@@ -313,6 +373,7 @@ mod tests {
             BreakerConfig {
                 enabled: true,
                 failure_threshold: 3,
+                min_failure_span: Duration::ZERO,
                 open_for: Duration::from_millis(open_for_ms),
                 half_open_probes: 1,
             },
@@ -390,6 +451,7 @@ mod tests {
             BreakerConfig {
                 enabled: false,
                 failure_threshold: 1,
+                min_failure_span: Duration::ZERO,
                 open_for: Duration::from_secs(60),
                 half_open_probes: 1,
             },
@@ -458,5 +520,26 @@ mod tests {
         assert!(p.is_probe());
         b.record(p, false);
         assert_eq!(b.snapshot().state, BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_burst_of_failures_shorter_than_the_span_does_not_open() {
+        let b = CircuitBreaker::new(
+            "test",
+            "span",
+            BreakerConfig {
+                enabled: true,
+                failure_threshold: 3,
+                min_failure_span: Duration::from_secs(3600),
+                open_for: Duration::from_secs(60),
+                half_open_probes: 1,
+            },
+        );
+        for _ in 0..10 {
+            let p = b.try_acquire().expect("closed");
+            b.record(p, true);
+        }
+        assert_eq!(b.snapshot().state, BreakerState::Closed);
+        assert_eq!(b.snapshot().consecutive_failures, 10);
     }
 }

@@ -27,6 +27,7 @@ pub mod net;
 pub mod paging;
 pub mod policy;
 pub mod reason;
+pub mod shedding;
 pub mod shutdown;
 pub mod sql;
 pub mod telemetry;

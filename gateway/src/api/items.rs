@@ -65,7 +65,7 @@ pub async fn list(
         .item
         .call(
             &ctx,
-            "ListItems",
+            crate::downstream::method::LIST_ITEMS,
             Safety::Idempotent,
             req,
             |mut c, r| async move { c.list_items(r).await },
@@ -101,7 +101,7 @@ pub async fn get(
         .item
         .call(
             &ctx,
-            "GetItem",
+            crate::downstream::method::GET_ITEM,
             Safety::Idempotent,
             pb::GetItemRequest { id },
             |mut c, r| async move { c.get_item(r).await },
@@ -148,7 +148,7 @@ pub async fn create(
         .item
         .call(
             &ctx,
-            "CreateItem",
+            crate::downstream::method::CREATE_ITEM,
             Safety::Once,
             req,
             |mut c, r| async move { c.create_item(r).await },
@@ -203,7 +203,7 @@ pub async fn update(
         .item
         .call(
             &ctx,
-            "UpdateItem",
+            crate::downstream::method::UPDATE_ITEM,
             Safety::Once,
             req,
             |mut c, r| async move { c.update_item(r).await },
@@ -241,7 +241,7 @@ pub async fn delete(
         .item
         .call(
             &ctx,
-            "DeleteItem",
+            crate::downstream::method::DELETE_ITEM,
             Safety::Once,
             pb::DeleteItemRequest { id },
             |mut c, r| async move { c.delete_item(r).await },

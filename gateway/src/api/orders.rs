@@ -49,7 +49,7 @@ pub async fn list(
         .user
         .call(
             &ctx,
-            "ListOrders",
+            crate::downstream::method::LIST_ORDERS,
             Safety::Idempotent,
             req,
             |mut c, r| async move { c.list_orders(r).await },
@@ -98,7 +98,7 @@ pub async fn get(
         .user
         .call(
             &ctx,
-            "GetOrder",
+            crate::downstream::method::GET_ORDER,
             Safety::Idempotent,
             pb::GetOrderRequest {
                 order_id: id.to_string(),

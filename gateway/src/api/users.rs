@@ -53,7 +53,7 @@ pub async fn register(
         .user
         .call(
             &ctx,
-            "Register",
+            crate::downstream::method::REGISTER,
             Safety::Once,
             pb::RegisterRequest {
                 email: body.email,
@@ -103,7 +103,7 @@ pub async fn login(
         .user
         .call(
             &ctx,
-            "Login",
+            crate::downstream::method::LOGIN,
             // Logging in again has no other effect than a second token.
             Safety::Idempotent,
             pb::LoginRequest {
@@ -219,7 +219,7 @@ pub async fn me(
         .user
         .call(
             &ctx,
-            "GetUser",
+            crate::downstream::method::GET_USER,
             Safety::Idempotent,
             pb::GetUserRequest {
                 user_id: user.user_id.to_string(),

@@ -18,7 +18,7 @@ pub async fn run(state: &AppState, ctx: &CallContext, c: &Checkout) -> Result<Ou
         .user
         .call(
             ctx,
-            "RequestCheckout",
+            crate::downstream::method::REQUEST_CHECKOUT,
             // Keyed by the order id: a repeat finds the first call's order.
             Safety::Idempotent,
             user::RequestCheckoutRequest {

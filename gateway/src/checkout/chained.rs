@@ -12,7 +12,7 @@ pub async fn run(state: &AppState, ctx: &CallContext, c: &Checkout) -> Result<Ou
     let resp = super::waiting_out_duplicates(ctx, || {
         state.downstreams.user.call(
             ctx,
-            "ChainedCheckout",
+            crate::downstream::method::CHAINED_CHECKOUT,
             // Not retried: the hop writes its checkout record first, and a repeat would only
             // find that record (driven by the first call, or handed to the recovery).
             Safety::Once,
@@ -32,7 +32,7 @@ pub async fn run(state: &AppState, ctx: &CallContext, c: &Checkout) -> Result<Ou
         if matches!(
             s.code(),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
-        ) && !crate::downstream::is_circuit_open(&s)
+        ) && !crate::downstream::never_sent(&s)
         {
             e.with_order(c.order_id().to_string())
         } else {

@@ -15,7 +15,7 @@ pub async fn release(state: &AppState, ctx: &CallContext, scoped: &str) -> bool 
         .item
         .call(
             ctx,
-            "ReleaseReservation",
+            crate::downstream::method::RELEASE_RESERVATION,
             Safety::Idempotent,
             item::ReleaseReservationRequest {
                 reservation_id: scoped.to_owned(),
@@ -52,7 +52,7 @@ pub async fn refund(
             // A compensation, made by the gateway itself: no end user (a refund for a user
             // would need an admin).
             &ctx.clone().for_user(None),
-            "Refund",
+            crate::downstream::method::REFUND,
             Safety::Idempotent,
             pay::RefundRequest {
                 payment_id: payment.payment_id.clone(),
@@ -91,7 +91,7 @@ pub async fn reconcile(
         .payment
         .call(
             ctx,
-            "Reconcile",
+            crate::downstream::method::RECONCILE,
             Safety::Idempotent,
             pay::ReconcileRequest {
                 payment_id: payment.payment_id.clone(),

@@ -53,7 +53,7 @@ pub async fn begin(
             .user
             .call(
                 ctx,
-                "BeginCheckout",
+                crate::downstream::method::BEGIN_CHECKOUT,
                 Safety::Idempotent,
                 user::BeginCheckoutRequest {
                     order: Some(order.clone()),
@@ -103,7 +103,7 @@ impl Lease {
             .user
             .call(
                 ctx,
-                "AdvanceCheckout",
+                crate::downstream::method::ADVANCE_CHECKOUT,
                 Safety::Idempotent,
                 user::AdvanceCheckoutRequest {
                     order_id: self.order_id.clone(),
@@ -228,7 +228,7 @@ pub async fn payment_of(
         .payment
         .call(
             ctx,
-            "GetPayment",
+            crate::downstream::method::GET_PAYMENT,
             Safety::Idempotent,
             pay::GetPaymentRequest {
                 payment_id: order.payment_id.clone(),

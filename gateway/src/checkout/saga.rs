@@ -38,10 +38,11 @@ pub async fn run(
 
     // While payment-service's breaker refuses calls the checkout cannot finish: answer now
     // instead of holding stock (and the client) through a reserve and a release.
-    if !state.downstreams.payment.admits() {
-        return Err(ApiError::from_status(&crate::downstream::circuit_open(
-            state.downstreams.payment.name,
-        )));
+    let charge_kind = crate::downstream::method::CHARGE.kind;
+    if !state.downstreams.payment.admits(charge_kind) {
+        return Err(ApiError::from_status(
+            &state.downstreams.payment.circuit_open(charge_kind),
+        ));
     }
 
     // 3: the durable record, before anything is reserved or charged.
@@ -84,7 +85,7 @@ pub async fn run(
         .item
         .call(
             ctx,
-            "CommitReservation",
+            crate::downstream::method::COMMIT_RESERVATION,
             Safety::Idempotent,
             item::CommitReservationRequest {
                 reservation_id: scoped.clone(),
@@ -216,7 +217,7 @@ async fn validate_user(state: &AppState, ctx: &CallContext, c: &Checkout) -> Res
         .user
         .call(
             ctx,
-            "ValidateToken",
+            crate::downstream::method::VALIDATE_TOKEN,
             Safety::Idempotent,
             user::ValidateTokenRequest {
                 access_token: c.user.token.clone(),
@@ -242,7 +243,7 @@ pub async fn price(
         .item
         .call(
             ctx,
-            "BatchGetItems",
+            crate::downstream::method::BATCH_GET_ITEMS,
             Safety::Idempotent,
             item::BatchGetItemsRequest { ids },
             |mut cl, r| async move { cl.batch_get_items(r).await },
@@ -303,7 +304,7 @@ async fn reserve(
     let resp = super::waiting_out_duplicates(ctx, || {
         state.downstreams.item.call(
             ctx,
-            "ReserveStock",
+            crate::downstream::method::RESERVE_STOCK,
             Safety::Idempotent,
             item::ReserveStockRequest {
                 reservation_id: scoped.to_owned(),
@@ -379,7 +380,7 @@ async fn charge(
     let resp = super::waiting_out_duplicates(ctx, || {
         state.downstreams.payment.call(
             ctx,
-            "Charge",
+            crate::downstream::method::CHARGE,
             Safety::Idempotent,
             pay::ChargeRequest {
                 idempotency_key: scoped.to_owned(),
@@ -428,14 +429,14 @@ async fn charge(
     }
 }
 
-/// A failed Charge that certainly took no money: refused by our breaker (never sent),
+/// A failed Charge that certainly took no money: refused by our breaker or bulkhead (never sent),
 /// refused before anything was written (bad input, credentials, payment-service's own
 /// card-gateway breaker), or an answer whose reason says so (the key's earlier attempt was rolled back, the
 /// key belongs to another cart). Anything else (no answer, an unexpected code) may have
 /// charged: never guess; the recovery asks payment-service.
 fn definitely_not_charged(s: &tonic::Status) -> bool {
     use tonic::Code;
-    crate::downstream::is_circuit_open(s)
+    crate::downstream::never_sent(s)
         // Refused before anything was written.
         || matches!(
             s.code(),

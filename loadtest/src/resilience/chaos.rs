@@ -195,6 +195,8 @@ pub struct SoakReport {
     pub requests_ok: u64,
     /// Ok rates overall and outside the seconds around each kill, all requests and browsing.
     pub ok_rates: OkRates,
+    /// The ok-rate bars the run missed ([`OkRates::shortfalls`]); empty: met.
+    pub shortfalls: Vec<String>,
     pub checkouts_attempted: u64,
     /// The client got 201.
     pub checkouts_placed: u64,
@@ -216,7 +218,16 @@ pub struct SoakReport {
     pub elapsed_s: f64,
 }
 
+/// The processes a browse request passes through: a kill of any other must cost browsing
+/// nothing.
+const SERVES_BROWSE: [&str; 2] = ["gateway", "item-service"];
+
 impl SoakReport {
+    /// Whether the run kept every checkout consistent and met its ok-rate bars.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty() && self.shortfalls.is_empty()
+    }
+
     pub fn markdown(&self) -> String {
         let e = |x: &Endings| {
             format!(
@@ -226,11 +237,7 @@ impl SoakReport {
         };
         let mut s = format!(
             "# Chaos soak ({})\n\nStarted {}; strategy `{}`; {:.0} s of load at {:.1} ops/s (half of a {} peak of {:.1} ops/s; mix list {}/get {}/checkout {}).\n\n",
-            if self.violations.is_empty() {
-                "pass"
-            } else {
-                "FAIL"
-            },
+            if self.passed() { "pass" } else { "FAIL" },
             self.started_at,
             self.strategy,
             self.duration_s,
@@ -246,7 +253,7 @@ impl SoakReport {
             Mix::SHOP.checkout,
         );
         s.push_str(&format!(
-            "| figure | value |\n|---|---|\n| crashes (SIGKILL + restart) | {} ({}) |\n| requests (ok) | {} ({}) |\n| ok rate, all requests: overall / outside the kills | {} / {} |\n| ok rate, browse requests: overall / outside the kills | {} / {} |\n| checkouts attempted | {} |\n| checkouts placed (client got 201) | {} |\n| checkouts accepted (client got 202: paid, order being completed) | {} |\n| checkouts failed (client got an error or no answer) | {} ({} no answer) |\n| endings after a 201 (every checkout of the run, peak measurement included) | {} |\n| endings after anything else | {} |\n| recovery (checkout_recovery_total) | {} |\n| consistency checker | {} |\n| violations | {} |\n\n",
+            "| figure | value |\n|---|---|\n| crashes (SIGKILL + restart) | {} ({}) |\n| requests (ok) | {} ({}) |\n| ok rate, all requests: overall / outside the kills | {} / {} |\n| ok rate, browse requests: overall / outside the kills | {} / {} |\n| ok rate, browse requests outside gateway and item-service kills (bar {}%) | {} |\n| ok-rate bars (outside the kills >= {}%, browse >= {}%) | {} |\n| checkouts attempted | {} |\n| checkouts placed (client got 201) | {} |\n| checkouts accepted (client got 202: paid, order being completed) | {} |\n| checkouts failed (client got an error or no answer) | {} ({} no answer) |\n| endings after a 201 (every checkout of the run, peak measurement included) | {} |\n| endings after anything else | {} |\n| recovery (checkout_recovery_total) | {} |\n| consistency checker | {} |\n| violations | {} |\n\n",
             self.crashes.len(),
             self.crashes_by_process
                 .iter()
@@ -259,6 +266,15 @@ impl SoakReport {
             self.ok_rates.outside_kills.describe(),
             self.ok_rates.browse.describe(),
             self.ok_rates.browse_outside_kills.describe(),
+            kill_windows::MIN_BROWSE_OK,
+            self.ok_rates.browse_gated.describe(),
+            kill_windows::MIN_OK_OUTSIDE_KILLS,
+            kill_windows::MIN_BROWSE_OK,
+            if self.shortfalls.is_empty() {
+                "met".to_owned()
+            } else {
+                format!("MISSED ({} of 2)", self.shortfalls.len())
+            },
             self.checkouts_attempted,
             self.checkouts_placed,
             self.checkouts_accepted,
@@ -294,6 +310,12 @@ impl SoakReport {
                 "- {:.1} s: {} (healthy again after {:.1} s)\n",
                 c.at_s, c.process, c.down_s
             ));
+        }
+        if !self.shortfalls.is_empty() {
+            s.push_str("\n## Ok-rate bars missed\n\n");
+            for v in &self.shortfalls {
+                s.push_str(&format!("- {v}\n"));
+            }
         }
         if !self.violations.is_empty() {
             s.push_str("\n## Violations\n\n");
@@ -519,16 +541,23 @@ async fn soak(
         .iter()
         .map(|c| Duration::from_secs_f64(c.at_s))
         .collect();
-    let ok_rates = workload.timeline.rates(warmup, &kills);
+    let browse_kills: Vec<Duration> = crashes
+        .iter()
+        .filter(|c| SERVES_BROWSE.contains(&c.process.as_str()))
+        .map(|c| Duration::from_secs_f64(c.at_s))
+        .collect();
+    let ok_rates = workload.timeline.rates(warmup, &kills, &browse_kills);
     eprintln!(
-        "[soak] ok: {} overall, {} outside {:.0} s before to {:.0} s after each kill; browse {} overall, {} outside",
+        "[soak] ok: {} overall, {} outside {:.0} s before to {:.0} s after each kill; browse {} (outside gateway/item-service kills; {} overall, {} outside every kill)",
         ok_rates.all.describe(),
         ok_rates.outside_kills.describe(),
         kill_windows::BEFORE.as_secs_f64(),
         kill_windows::AFTER.as_secs_f64(),
+        ok_rates.browse_gated.describe(),
         ok_rates.browse.describe(),
         ok_rates.browse_outside_kills.describe(),
     );
+    let shortfalls = ok_rates.shortfalls();
 
     // Every checkout of the soak (peak measurement included) must reach its ending.
     let all: Vec<(CheckoutRef, Option<u16>)> = sent
@@ -609,6 +638,7 @@ async fn soak(
         requests: r.requests,
         requests_ok: r.ok,
         ok_rates,
+        shortfalls,
         checkouts_attempted: soak_sent.len() as u64,
         checkouts_placed: soak_sent.iter().filter(|s| s.1 == Some(201)).count() as u64,
         checkouts_accepted: soak_sent.iter().filter(|s| s.1 == Some(202)).count() as u64,

@@ -5,6 +5,10 @@
 //! and "does the shop serve well between crashes". Splitting requests by when they were sent
 //! answers both: requests sent from [`BEFORE`] before a kill to [`AFTER`] after it are the
 //! crash's; the rest show whether the shop recovered fully or stays degraded.
+//!
+//! Browsing gets a rate of its own that leaves out only the kills of the processes that
+//! serve it (the gateway, item-service): a checkout's troubles or a crash of user- or
+//! payment-service must cost the catalog nothing, so [`MIN_BROWSE_OK`] is strict.
 
 use std::{
     sync::Mutex,
@@ -17,6 +21,12 @@ use serde::Serialize;
 pub const BEFORE: Duration = Duration::from_secs(1);
 /// How long after a kill requests count as the crash's (restart, reconnect, breakers).
 pub const AFTER: Duration = Duration::from_secs(5);
+
+/// The soak fails with fewer ok requests outside the kill windows than this (percent).
+pub const MIN_OK_OUTSIDE_KILLS: f64 = 99.0;
+/// The soak fails with fewer ok browse requests than this (percent), counted outside the
+/// windows of the kills of the processes that serve browsing.
+pub const MIN_BROWSE_OK: f64 = 99.9;
 
 /// What a request was, for the split: browsing has no writes behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +82,15 @@ impl Timeline {
     }
 
     /// The rates over the requests sent from `from` on (after the warm-up), with kills at
-    /// `kills` (offsets from the timeline's start).
-    pub fn rates(&self, from: Duration, kills: &[Duration]) -> OkRates {
+    /// `kills` (offsets from the timeline's start), of which `browse_kills` hit a process
+    /// that browsing needs.
+    pub fn rates(&self, from: Duration, kills: &[Duration], browse_kills: &[Duration]) -> OkRates {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let records = &inner.records;
-        let near_kill = |t: Duration| kills.iter().any(|k| t + BEFORE >= *k && t <= *k + AFTER);
+        let near = |kills: &[Duration], t: Duration| {
+            kills.iter().any(|k| t + BEFORE >= *k && t <= *k + AFTER)
+        };
+        let near_kill = |t: Duration| near(kills, t);
         let mut r = OkRates {
             window_before_s: BEFORE.as_secs_f64(),
             window_after_s: AFTER.as_secs_f64(),
@@ -92,6 +106,9 @@ impl Timeline {
                 r.browse.add(rec.ok);
                 if quiet {
                     r.browse_outside_kills.add(rec.ok);
+                }
+                if !near(browse_kills, rec.sent) {
+                    r.browse_gated.add(rec.ok);
                 }
             }
         }
@@ -136,6 +153,36 @@ pub struct OkRates {
     pub outside_kills: Count,
     pub browse: Count,
     pub browse_outside_kills: Count,
+    /// Browse requests outside the windows of the kills of the gateway and item-service
+    /// only: what [`MIN_BROWSE_OK`] applies to.
+    pub browse_gated: Count,
+}
+
+impl OkRates {
+    /// Why the run fails its ok-rate bars (empty: it passes them). No requests in a bar's
+    /// share is a failure too: nothing was shown.
+    pub fn shortfalls(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut bar = |what: &str, count: &Count, min: f64| match count.percent() {
+            Some(p) if p >= min => {}
+            Some(p) => out.push(format!(
+                "{what}: {p:.2}% ok ({} of {}), below the {min}% bar",
+                count.ok, count.requests
+            )),
+            None => out.push(format!("{what}: no requests to judge")),
+        };
+        bar(
+            "requests outside the kill windows",
+            &self.outside_kills,
+            MIN_OK_OUTSIDE_KILLS,
+        );
+        bar(
+            "browse requests (outside gateway and item-service kills)",
+            &self.browse_gated,
+            MIN_BROWSE_OK,
+        );
+        out
+    }
 }
 
 #[cfg(test)]
@@ -158,7 +205,7 @@ mod tests {
         at(15.0, Kind::Checkout, false); // the window's last instant
         at(15.5, Kind::Browse, true); // past it
         at(20.0, Kind::Checkout, true);
-        let r = t.rates(Duration::from_secs(2), &[Duration::from_secs(10)]);
+        let r = t.rates(Duration::from_secs(2), &[Duration::from_secs(10)], &[]);
         assert_eq!(r.all, Count { requests: 6, ok: 3 });
         assert_eq!(r.outside_kills, Count { requests: 3, ok: 3 });
         assert_eq!(r.browse, Count { requests: 3, ok: 2 });
@@ -175,13 +222,63 @@ mod tests {
         // A request of an earlier run (before a restart) is not the soak's.
         t.restart(start + Duration::from_secs(1));
         at(&t, start, 0.5, Kind::Browse, false);
-        let r = t.rates(Duration::ZERO, &[Duration::from_secs(10)]);
+        let r = t.rates(Duration::ZERO, &[Duration::from_secs(10)], &[]);
         assert_eq!(r.all, Count::default());
         at(&t, start, 40.0, Kind::Browse, false);
         at(&t, start, 41.0, Kind::Browse, true);
-        let r = t.rates(Duration::ZERO, &[Duration::from_secs(10)]);
+        let r = t.rates(Duration::ZERO, &[Duration::from_secs(10)], &[]);
         assert_eq!(r.outside_kills, Count { requests: 2, ok: 1 });
         assert_eq!(r.outside_kills.percent(), Some(50.0));
         assert_eq!(Count::default().describe(), "no requests");
+    }
+
+    #[test]
+    fn browsing_is_excused_only_around_kills_of_what_serves_it() {
+        let start = Instant::now();
+        let t = Timeline::new(start);
+        let at = |secs, kind, ok| at(&t, start, secs, kind, ok);
+        at(11.0, Kind::Browse, false); // after a payment-service kill at 10 s
+        at(31.0, Kind::Browse, false); // after an item-service kill at 30 s
+        for i in 0..2000 {
+            at(50.0 + f64::from(i) * 0.01, Kind::Browse, true);
+            at(50.0 + f64::from(i) * 0.01, Kind::Checkout, true);
+        }
+        let kills = [Duration::from_secs(10), Duration::from_secs(30)];
+        let r = t.rates(Duration::ZERO, &kills, &kills[1..]);
+        assert_eq!(
+            r.browse_outside_kills,
+            Count {
+                requests: 2000,
+                ok: 2000
+            }
+        );
+        assert_eq!(
+            r.browse_gated,
+            Count {
+                requests: 2001,
+                ok: 2000
+            }
+        );
+        assert!(r.shortfalls().is_empty(), "{:?}", r.shortfalls());
+
+        // Three browse failures in 2003 (99.85%): the bar is not met.
+        at(12.0, Kind::Browse, false);
+        at(13.0, Kind::Browse, false);
+        let r = t.rates(Duration::ZERO, &kills, &kills[1..]);
+        let why = r.shortfalls();
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].starts_with("browse requests"), "{why:?}");
+
+        // Too many failures between kills fails the other bar.
+        for i in 0..60 {
+            at(70.0 + f64::from(i) * 0.01, Kind::Checkout, false);
+        }
+        let r = t.rates(Duration::ZERO, &kills, &kills[1..]);
+        assert_eq!(r.shortfalls().len(), 2, "{:?}", r.shortfalls());
+        assert_eq!(
+            OkRates::default().shortfalls().len(),
+            2,
+            "no requests: no pass"
+        );
     }
 }

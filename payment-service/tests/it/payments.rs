@@ -597,6 +597,11 @@ async fn a_failing_card_gateway_opens_the_breaker_so_new_charges_fail_fast_and_l
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("circuit open"), "{err:?}");
     assert!(err.message().contains("Nothing was charged"), "{err:?}");
+    // Shed by this service's own breaker: marked so that callers' breakers do not count it,
+    // with the time until the breaker probes again.
+    assert!(platform::shedding::is_shed(&err), "{err:?}");
+    let wait = platform::shedding::retry_after(&err).expect("retry after");
+    assert!(wait <= Duration::from_millis(3000), "{wait:?}");
     assert_eq!(
         app.stats().await.injected_errors,
         asked,

@@ -7,7 +7,101 @@ use serde_json::json;
 
 fn breaker_after_two(c: &mut gateway::Config) {
     c.breaker_failures = 2;
+    c.breaker_min_span_ms = 0;
     c.breaker_open_ms = 60_000;
+}
+
+/// One service's lane of `kind` ("read", "write", "auth") in /debug/downstreams.
+fn lane(downstream: &serde_json::Value, kind: &str) -> serde_json::Value {
+    downstream["kinds"]
+        .as_array()
+        .expect("kinds")
+        .iter()
+        .find(|l| l["kind"] == kind)
+        .expect("a lane per kind")
+        .clone()
+}
+
+async fn downstream(s: &Stack, service: &str) -> serde_json::Value {
+    let dbg = s.get("/debug/downstreams", None).await;
+    dbg.body["downstreams"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|d| d["service"] == service)
+        .expect("the service")
+        .clone()
+}
+
+/// Stock writes failing (item-service's ReserveStock answers UNAVAILABLE) open item-service's
+/// write circuit; the catalog, read from the same service, answers every request throughout,
+/// and checkouts refused by the open circuit say when to come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_stock_writes_open_only_the_write_circuit_and_browsing_answers() {
+    let s = stack_with(Options {
+        gateway: Box::new(breaker_after_two),
+        ..Options::default()
+    })
+    .await;
+    let admin = s.admin().await;
+    let item = s.create_item(&admin, "Wellies", 3900, 10).await;
+    let id = item["id"].as_str().expect("id").to_owned();
+    let (token, _) = s.customer().await;
+    let lines = json!([{"item_id": id, "quantity": 1}]);
+    s.set_service_faults(
+        s.item.addr,
+        vec![fail_always("/shop.item.v1.ItemService/ReserveStock")],
+    )
+    .await;
+
+    let mut browsed = 0;
+    for strategy in [
+        "orchestrated",
+        "parallel",
+        "orchestrated",
+        "parallel",
+        "orchestrated",
+    ] {
+        let r = s
+            .checkout(&token, strategy, &key(), lines.clone(), GOOD_CARD)
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{strategy}: {:?}",
+            r.body
+        );
+        for path in ["/api/items".to_owned(), format!("/api/items/{id}")] {
+            let b = s.get(&path, None).await;
+            assert_eq!(b.status, StatusCode::OK, "{path}: {:?}", b.body);
+            browsed += 1;
+        }
+    }
+    assert_eq!(browsed, 10);
+    let item_service = downstream(&s, "item-service").await;
+    assert_eq!(
+        lane(&item_service, "write")["breaker"]["state"],
+        "open",
+        "{item_service:?}"
+    );
+    assert_eq!(lane(&item_service, "read")["breaker"]["state"], "closed");
+    assert_eq!(lane(&item_service, "write")["in_flight"], 0);
+
+    // Refused by the open circuit: 503 with the time until it probes again.
+    let r = s
+        .checkout(&token, "orchestrated", &key(), lines.clone(), GOOD_CARD)
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let retry_after: u64 = r
+        .headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in whole seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // Nothing was taken or charged.
+    assert_eq!(s.stock_of(&id).await, 10);
+    assert_eq!(s.card.stats().charges_created, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,11 +173,19 @@ async fn payment_service_down_browsing_works_checkout_503() {
         .find(|d| d["service"] == "payment-service")
         .expect("payment-service")
         .clone();
-    assert_eq!(payment["breaker"]["state"], "open", "{payment:?}");
+    assert_eq!(
+        lane(&payment, "write")["breaker"]["state"],
+        "open",
+        "{payment:?}"
+    );
+    assert_eq!(lane(&payment, "read")["breaker"]["state"], "closed");
     let metrics = s.gateway_metrics().await;
     // (The gauge is process-wide; other tests' gateways share this process, so only its
     // presence is checked here; /debug/downstreams above shows this gateway's state.)
-    assert!(metrics.contains("gateway_circuit_state{service=\"payment-service\"}"));
+    assert!(
+        metrics.contains("gateway_circuit_state{service=\"payment-service\",kind=\"write\"}"),
+        "{metrics}"
+    );
     // Order history still answers; the payment detail is simply missing.
     let o = s
         .get(&format!("/api/orders/{order_id}"), Some(&token))
