@@ -90,7 +90,14 @@ fn text(
 }
 
 pub fn name(s: &str) -> Result<String, FieldError> {
-    text(s, "name", 1, 200, false)
+    let name = text(s, "name", 1, 200, false)?;
+    if platform::text::has_invisible_format(&name) {
+        return Err(FieldError::new(
+            "name",
+            "must not contain bidirectional-override or zero-width characters",
+        ));
+    }
+    Ok(name)
 }
 
 pub fn description(s: &str) -> Result<String, FieldError> {

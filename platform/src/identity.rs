@@ -133,11 +133,15 @@ pub fn authorize_user(
     if caller.is(OPERATOR) {
         return Ok(Acting::Privileged);
     }
+    // Their own data first: an admin buying for themselves is the owner (a charge is made
+    // only for its owner), not a privileged stranger.
+    if caller.user.is_some_and(|u| u.user_id == owner) {
+        return Ok(Acting::Owner);
+    }
     if caller.admin_user().is_some() {
         return Ok(Acting::Privileged);
     }
     match caller.user {
-        Some(u) if u.user_id == owner => Ok(Acting::Owner),
         Some(_) => Err(tonic::Status::permission_denied(
             "this belongs to another user",
         )),
@@ -841,6 +845,15 @@ mod tests {
         assert_eq!(
             authorize_user(Some(&by(USER_SERVICE)), stranger, &[]).map_err(|s| s.code()),
             Err(tonic::Code::PermissionDenied)
+        );
+        // An admin's own data is theirs as the owner (a charge is only for its owner).
+        assert_eq!(
+            authorize_user(Some(&by(GATEWAY)), admin.user_id, &[]).ok(),
+            Some(Acting::Owner)
+        );
+        assert_eq!(
+            authorize_user(Some(&by(GATEWAY)), stranger, &[]).ok(),
+            Some(Acting::Privileged)
         );
     }
 

@@ -31,6 +31,7 @@ pub mod shedding;
 pub mod shutdown;
 pub mod sql;
 pub mod telemetry;
+pub mod text;
 pub mod timing;
 pub mod token_cache;
 pub mod transport;

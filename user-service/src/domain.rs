@@ -90,7 +90,8 @@ impl fmt::Debug for Password {
     }
 }
 
-/// 1..=64 characters after trimming, no control characters.
+/// 1..=64 characters after trimming, no control, bidirectional-override or zero-width
+/// characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayName(String);
 
@@ -108,6 +109,12 @@ impl DisplayName {
             return Err(FieldError::new(
                 "display_name",
                 "must not contain control characters",
+            ));
+        }
+        if platform::text::has_invisible_format(name) {
+            return Err(FieldError::new(
+                "display_name",
+                "must not contain bidirectional-override or zero-width characters",
             ));
         }
         Ok(Self(name.to_owned()))
@@ -215,5 +222,7 @@ mod tests {
         assert!(DisplayName::parse("   ").is_err());
         assert!(DisplayName::parse(&"x".repeat(65)).is_err());
         assert!(DisplayName::parse("a\u{7}b").is_err());
+        assert!(DisplayName::parse("Ad\u{202E}a").is_err());
+        assert!(DisplayName::parse("A\u{200B}da").is_err());
     }
 }
