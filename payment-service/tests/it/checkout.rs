@@ -166,10 +166,17 @@ impl Checkout {
     /// No card number or CVC in any table (the outbox included) or on the stream.
     async fn finish(self) {
         for (subject, body) in self.stream().await {
-            for secret in ALL_TEST_NUMBERS.iter().chain([&CVC]) {
+            // The CVC as a JSON value or key, not as any four digits: ids and hashes in an
+            // event are hex and hold "7319" somewhere now and then.
+            let quoted_cvc = format!("\"{CVC}\"");
+            for secret in ALL_TEST_NUMBERS
+                .iter()
+                .copied()
+                .chain([quoted_cvc.as_str(), "\"cvc\""])
+            {
                 assert!(
                     !body.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                    "{subject} carries card data"
+                    "{subject} carries card data ({secret})"
                 );
             }
         }
