@@ -14,6 +14,10 @@ const money = (m) => {
   }
 };
 
+// The shop's own picture of an item (drawn by the gateway; never an outside host).
+const imgSrc = (it) => (it.image_url && it.image_url.startsWith("/")) ? it.image_url : "/img/items/" + encodeURIComponent(it.id || it.item_id) + ".svg";
+const img = (it, cls) => `<img class="${cls}" src="${esc(imgSrc(it))}" alt="" loading="lazy" width="400" height="300">`;
+
 // ---- session and cart -----------------------------------------------------------------
 const session = {
   get token() { return localStorage.getItem("shop.token"); },
@@ -92,6 +96,7 @@ async function catalog(params) {
   const page = await api("GET", "/api/items?" + qs);
   const items = page.items.map((it) => `
     <div class="card item" data-id="${esc(it.id)}">
+      <a href="#/item/${esc(it.id)}">${img(it, "thumb")}</a>
       <h3><a href="#/item/${esc(it.id)}">${esc(it.name)}</a></h3>
       <div class="muted"><a href="#/?${new URLSearchParams({ category: it.category })}">${esc(it.category)}</a> · ${esc(it.sku)}</div>
       <p class="price">${money(it.price)}</p>
@@ -100,7 +105,7 @@ async function catalog(params) {
     </div>`).join("");
   const next = page.next_page_token
     ? `<a class="button" id="next-page" href="#/?${new URLSearchParams({ q, sort, category, page: page.next_page_token })}">Next page</a>` : "";
-  const prev = token ? `<button class="secondary" id="prev-page" onclick="history.back()">Previous</button>` : "";
+  const prev = token ? `<button class="secondary" id="prev-page">Previous</button>` : "";
   view().innerHTML = `
     <div class="row"><h2>${q ? "Results for “" + esc(q) + "”" : category ? "Category: " + esc(category) : "Catalog"}</h2>
       ${category ? '<a href="#/" class="muted">all categories</a>' : ""}
@@ -109,6 +114,7 @@ async function catalog(params) {
       </select></label></div>
     ${items ? `<div class="grid">${items}</div>` : "<p>No items found.</p>"}
     <div class="pager">${prev}${next}</div>`;
+  if ($("#prev-page")) $("#prev-page").onclick = () => history.back();
   $("#sort").onchange = (e) => { location.hash = "#/?" + new URLSearchParams({ q, category, sort: e.target.value }); };
   view().querySelectorAll("button.add").forEach((b) => b.onclick = () => { cart.add(b.dataset.id, 1); flash("Added to cart.", "ok"); });
 }
@@ -119,11 +125,11 @@ async function itemPage(id) {
     <div class="card">
       <h2>${esc(it.name)}</h2>
       <div class="muted">${esc(it.category)} · SKU ${esc(it.sku)}</div>
-      ${it.image_url ? `<p><img src="${esc(it.image_url)}" alt="" style="max-width:16rem"></p>` : ""}
+      <p>${img(it, "picture")}</p>
       <p>${esc(it.description)}</p>
       <p class="price">${money(it.price)}</p>
       <p class="muted">${it.stock > 0 ? it.stock + " in stock" : "Out of stock"}</p>
-      <div class="row"><input id="qty" type="number" min="1" max="1000" value="1" style="width:5rem">
+      <div class="row"><input id="qty" class="w5" type="number" min="1" max="1000" value="1">
       <button id="add-to-cart" ${it.stock > 0 ? "" : "disabled"}>Add to cart</button></div>
     </div>`;
   $("#add-to-cart").onclick = () => { cart.add(it.id, Math.max(1, parseInt($("#qty").value, 10) || 1)); flash("Added to cart.", "ok"); };
@@ -175,8 +181,8 @@ async function cartPage() {
     <h2>Cart</h2>
     <table id="cart-table"><tr><th>Item</th><th>Price</th><th>Qty</th><th>Total</th><th></th></tr>
     ${priced.lines.map((l) => `<tr>
-      <td><a href="#/item/${esc(l.item_id)}">${esc(l.name)}</a></td><td>${money(l.unit_price)}</td>
-      <td><input type="number" min="0" max="1000" value="${l.quantity}" data-id="${esc(l.item_id)}" class="qty" style="width:4.5rem"></td>
+      <td class="row"><a href="#/item/${esc(l.item_id)}">${img(l, "mini")}</a><a href="#/item/${esc(l.item_id)}">${esc(l.name)}</a></td><td>${money(l.unit_price)}</td>
+      <td><input type="number" min="0" max="1000" value="${l.quantity}" data-id="${esc(l.item_id)}" class="qty w4"></td>
       <td>${money(l.line_total)}</td><td><button class="secondary remove" data-id="${esc(l.item_id)}">Remove</button></td></tr>`).join("")}
     <tr><th colspan="3">Total</th><th id="cart-total">${money(priced.total)}</th><th></th></tr></table>
     <p><a class="button" href="#/checkout" id="go-checkout">Checkout</a></p>`;
@@ -201,9 +207,9 @@ async function checkoutPage() {
     <form class="stack" id="pay-form">
       <label>Card number <input id="card-number" name="number" autocomplete="cc-number" value="4242 4242 4242 4242" required></label>
       <div class="row">
-        <label>Month <input id="exp-month" name="exp_month" type="number" min="1" max="12" value="12" style="width:5rem"></label>
-        <label>Year <input id="exp-year" name="exp_year" type="number" value="${year}" style="width:6rem"></label>
-        <label>CVC <input id="cvc" name="cvc" value="123" style="width:5rem"></label>
+        <label>Month <input id="exp-month" name="exp_month" type="number" min="1" max="12" value="12" class="w5"></label>
+        <label>Year <input id="exp-year" name="exp_year" type="number" value="${year}" class="w6"></label>
+        <label>CVC <input id="cvc" name="cvc" value="123" class="w5"></label>
       </div>
       <fieldset class="stack" id="strategy-choice">
         <legend>How to place it</legend>

@@ -170,7 +170,13 @@ impl From<&item::Item> for Item {
             category: i.category.clone(),
             price: i.price.as_ref().into(),
             stock: i.stock,
-            image_url: i.image_url.clone(),
+            // The shop draws a picture for every item (`/img/items/{id}.svg`) unless one
+            // was given.
+            image_url: if i.image_url.is_empty() {
+                format!("/img/items/{}.svg?v={}", i.id, i.version)
+            } else {
+                i.image_url.clone()
+            },
             created_at: timestamp(i.created_at.as_ref()),
             updated_at: timestamp(i.updated_at.as_ref()),
             version: i.version,
