@@ -287,9 +287,33 @@ async function ordersPage(params) {
     ${page.next_page_token ? `<p><a class="button" href="#/orders?${new URLSearchParams({ page: page.next_page_token })}">Older orders</a></p>` : ""}`;
 }
 
+// What the customer has been charged, from the order's state and its payment: never
+// "unavailable" for a charge that has not happened yet.
+function paymentLine(o, p) {
+  const card = p && p.card_brand ? `${p.card_brand} •••• ${p.card_last4}` : "your card";
+  if (p) {
+    switch (p.status) {
+      case "succeeded": return `Paid with ${card}.`;
+      case "pending": return `Charging ${card}…`;
+      case "refunded": return `Charged to ${card}, then refunded.`;
+      case "declined": return `Not charged: ${card} was declined${p.decline_code ? " (" + p.decline_code.replaceAll("_", " ") + ")" : ""}.`;
+      case "failed": return `Not charged: the charge to ${card} failed.`;
+      default: return `Payment: ${p.status}.`;
+    }
+  }
+  if (o.status === "pending") return o.priced ? "Charging your card…" : "Not charged yet: the stock is reserved first, then your card is charged.";
+  if (o.status === "cancelled") return "Not charged.";
+  if (o.status === "cancelling") return "Any charge is being refunded.";
+  return "Payment details are unavailable right now.";
+}
+
 async function orderPage(id) {
   const d = await api("GET", "/api/orders/" + encodeURIComponent(id));
   const o = d.order, p = d.payment;
+  // An order not priced yet holds items and quantities; the gateway names them with the
+  // catalog's current prices, which the order fixes when its stock is reserved.
+  const catalogTotal = d.lines_from_catalog && o.lines.length && o.lines.every((l) => l.line_total && l.line_total.currency === o.lines[0].line_total.currency)
+    ? { amount_minor: o.lines.reduce((a, l) => a + l.line_total.amount_minor, 0), currency: o.lines[0].line_total.currency } : null;
   const settling = o.status === "pending" || o.status === "cancelling";
   // An accepted checkout moves on without us: accepted -> stock reserved (priced) -> paid.
   const step = o.status !== "pending" ? "" : o.priced ? "Stock reserved; taking the payment." : "Accepted; reserving the stock.";
@@ -298,9 +322,10 @@ async function orderPage(id) {
     <p id="order-explained" class="muted">${esc(ORDER_STATES[o.status] || "")}${o.failure ? ` (${esc(o.failure.replaceAll("_", " "))})` : ""}</p>
     ${step ? `<p id="order-step">${esc(step)}</p>` : ""}
     <table><tr><th>Item</th><th>Price</th><th>Qty</th><th>Total</th></tr>
-    ${o.lines.map((l) => `<tr><td>${esc(l.name)}</td><td>${money(l.unit_price)}</td><td>${l.quantity}</td><td>${money(l.line_total)}</td></tr>`).join("")}
-    <tr><th colspan="3">Total</th><th>${money(o.total)}</th></tr></table>
-    <p class="muted">${p ? `Paid with ${esc(p.card_brand)} •••• ${esc(p.card_last4)} (${esc(p.status)})` : "Payment details are unavailable right now."}</p>
+    ${o.lines.map((l) => `<tr class="order-line"><td>${esc(l.name || "item " + l.item_id)}</td><td>${money(l.unit_price)}</td><td>${l.quantity}</td><td>${money(l.line_total)}</td></tr>`).join("")}
+    <tr><th colspan="3">Total</th><th id="order-total">${o.priced ? money(o.total) : catalogTotal ? money(catalogTotal) : "—"}</th></tr></table>
+    ${d.lines_from_catalog ? '<p class="muted" id="order-prices-note">Prices are the catalog’s now; the order fixes them when its stock is reserved.</p>' : ""}
+    <p class="muted" id="order-payment">${esc(paymentLine(o, p))}</p>
     <p><a href="#/orders">All orders</a></p>`;
   if (settling) {
     setTimeout(() => { if (location.hash === "#/order/" + id) orderPage(id).catch(() => {}); }, o.status === "pending" ? 1000 : 2000);

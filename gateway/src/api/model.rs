@@ -490,6 +490,11 @@ pub struct OrderDetail {
     pub order: Order,
     /// null when payment-service could not be asked in time (the order itself is certain).
     pub payment: Option<Payment>,
+    /// True while the order is not priced yet (an asynchronous or chained checkout before
+    /// its stock is reserved): its lines' names and prices are the catalog's now, looked
+    /// up for display; the order's own prices are fixed when the stock is reserved.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lines_from_catalog: bool,
 }
 
 #[cfg(test)]
