@@ -190,6 +190,15 @@ async function cartPage() {
   view().querySelectorAll("button.remove").forEach((b) => b.onclick = () => { cart.set(b.dataset.id, 0); cartPage().catch(showError); });
 }
 
+// The checkout strategies (docs/architecture.md): the same order, placed by different
+// chains of synchronous (or asynchronous) calls.
+const STRATEGIES = [
+  { id: "orchestrated", name: "Orchestrated", line: "The gateway calls each service in turn: user, stock, payment, commit, order; the answer waits for all of them." },
+  { id: "parallel", name: "Parallel", line: "As orchestrated, but the user lookup and the pricing run at the same time." },
+  { id: "chained", name: "Chained", line: "The gateway calls user-service, which calls payment-service, which calls item-service: each hop waits on the next." },
+  { id: "async", name: "Asynchronous", line: "Accepted at once (order pending); stock and payment follow through events; the order page follows it." },
+];
+
 function newKey() {
   if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
@@ -212,9 +221,9 @@ async function checkoutPage() {
         <label>CVC <input id="cvc" name="cvc" value="123" class="w5"></label>
       </div>
       <fieldset class="stack" id="strategy-choice">
-        <legend>How to place it</legend>
-        <label><input type="radio" name="strategy" value="orchestrated" checked> Wait for the payment (synchronous: the answer says paid or declined)</label>
-        <label><input type="radio" name="strategy" value="async" id="strategy-async"> Accept now, complete in the background (asynchronous: follow it on the order page)</label>
+        <legend>How the shop places it (each is a different chain of calls behind the same button)</legend>
+        ${STRATEGIES.map((st, i) => `<label class="strategy"><input type="radio" name="strategy" value="${st.id}" id="strategy-${st.id}" ${i === 0 ? "checked" : ""}>
+          <strong>${esc(st.name)}</strong> <span class="muted">${esc(st.line)}</span></label>`).join("")}
       </fieldset>
       <button type="submit" id="pay">Pay ${money(priced.total)}</button>
     </form>
@@ -235,8 +244,8 @@ async function checkoutPage() {
     $("#pay").disabled = true;
     flash("");
     try {
-      const strategy = f.strategy === "async" ? "?strategy=async" : "";
-      const out = await api("POST", "/api/checkout" + strategy, {
+      const strategy = STRATEGIES.some((st) => st.id === f.strategy) ? f.strategy : "orchestrated";
+      const out = await api("POST", "/api/checkout?strategy=" + strategy, {
         lines, card: { number: f.number, exp_month: parseInt(f.exp_month, 10) || 0, exp_year: parseInt(f.exp_year, 10) || 0, cvc: f.cvc },
       }, { "Idempotency-Key": key });
       sessionStorage.removeItem("shop.pending_key");
