@@ -44,7 +44,7 @@ class ApiError extends Error {
     this.orderId = e.order_id || null;
   }
 }
-async function api(method, path, body, headers = {}) {
+async function api(method, path, body, headers = {}, opts = {}) {
   const h = { Accept: "application/json", ...headers };
   if (body !== undefined) h["Content-Type"] = "application/json";
   if (session.token) h.Authorization = "Bearer " + session.token;
@@ -61,7 +61,7 @@ async function api(method, path, body, headers = {}) {
     if (resp.status === 401 && session.token) { session.clear(); renderNav(); }
     throw new ApiError(resp.status, data);
   }
-  return data;
+  return opts.withHeaders ? { data, headers: resp.headers } : data;
 }
 
 // ---- flash messages ----------------------------------------------------------------------
@@ -245,13 +245,20 @@ async function checkoutPage() {
     flash("");
     try {
       const strategy = STRATEGIES.some((st) => st.id === f.strategy) ? f.strategy : "orchestrated";
-      const out = await api("POST", "/api/checkout?strategy=" + strategy, {
+      const startedAt = Date.now();
+      const t0 = performance.now();
+      const res = await api("POST", "/api/checkout?strategy=" + strategy, {
         lines, card: { number: f.number, exp_month: parseInt(f.exp_month, 10) || 0, exp_year: parseInt(f.exp_year, 10) || 0, cvc: f.cvc },
-      }, { "Idempotency-Key": key });
+      }, { "Idempotency-Key": key }, { withHeaders: true });
+      const out = res.data;
+      timings.save(out.order.id, {
+        strategy, startedAt, clientMs: performance.now() - t0,
+        header: res.headers.get("server-timing") || "", status: out.order.status,
+      });
       sessionStorage.removeItem("shop.pending_key");
       cart.clear();
       flash(out.order.status !== "pending" ? "Thank you! Order placed."
-        : f.strategy === "async" ? "Order accepted. It is being reserved and paid; this page follows it."
+        : strategy === "async" ? "Order accepted. It is being reserved and paid; this page follows it."
         : "Payment taken. Your order is being completed; this page updates when it is.", "ok");
       location.hash = "#/order/" + out.order.id;
     } catch (err) {
@@ -272,6 +279,152 @@ async function checkoutPage() {
       $("#pay").disabled = false;
     }
   };
+}
+
+// ---- how a checkout ran: the Server-Timing header as a waterfall -------------------------
+// The gateway answers every request with `Server-Timing`: call.<svc>.<Method> (a call as
+// its caller saw it), handler.<svc>.<Method> (inside the server), store.<store> with n
+// round trips, gateway.self and total (docs/observability.md). The header holds sums, not
+// start times: the waterfall lays the gateway's calls end to end in the order the strategy
+// makes them (the parallel strategy's user check and pricing side by side), and draws the
+// chained flow's inner calls inside the handler that made them.
+const timings = {
+  key: (id) => "shop.timing." + id,
+  load(id) { try { return JSON.parse(localStorage.getItem(timings.key(id))); } catch (_) { return null; } },
+  save(id, rec) {
+    try {
+      localStorage.setItem(timings.key(id), JSON.stringify(rec));
+      // Keep this browser's last 50 records.
+      const keys = Object.keys(localStorage).filter((k) => k.startsWith("shop.timing."));
+      if (keys.length > 50) {
+        keys.map((k) => [k, (timings.load(k.slice(12)) || {}).startedAt || 0]).sort((a, b) => a[1] - b[1])
+          .slice(0, keys.length - 50).forEach(([k]) => localStorage.removeItem(k));
+      }
+    } catch (_) { /* storage full or off: the record is a nicety */ }
+  },
+};
+
+function parseServerTiming(header) {
+  const out = [];
+  for (const item of String(header || "").split(",")) {
+    const [name, ...params] = item.trim().split(";");
+    if (!name || !/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/.test(name.trim())) continue;
+    let ms = null, n = 1;
+    for (const p of params) {
+      const [k, v] = p.split("=").map((x) => (x || "").trim().replace(/^"|"$/g, ""));
+      if (k === "dur" && isFinite(parseFloat(v)) && parseFloat(v) >= 0) ms = parseFloat(v);
+      if (k === "n") n = parseInt(v, 10) || 1;
+    }
+    if (ms !== null) out.push({ name: name.trim(), ms, n });
+  }
+  return out;
+}
+
+// The order in which the strategies make their calls (unknown ones follow, by name).
+const CALL_ORDER = ["user.ValidateToken", "item.BatchGetItems", "user.GetUser", "user.BeginCheckout", "user.RequestCheckout",
+  "user.ChainedCheckout", "payment.ChainedCharge", "item.ReserveStock", "payment.Charge", "item.CommitReservation",
+  "item.ReleaseReservation", "payment.Refund", "user.AdvanceCheckout"];
+const PARALLEL_PAIR = ["user.ValidateToken", "item.BatchGetItems"];
+const STRATEGY_NAMES = { orchestrated: "Orchestrated", parallel: "Parallel", chained: "Chained", async: "Asynchronous" };
+
+// Rows of the waterfall: {kind, label, start, ms, net, handler, n, depth} in ms.
+function waterfall(metrics, strategy) {
+  const by = Object.fromEntries(metrics.map((m) => [m.name, m]));
+  const total = by.total ? by.total.ms : 0;
+  const calls = metrics.filter((m) => m.name.startsWith("call.")).map((m) => {
+    const hop = m.name.slice(5);
+    const h = by["handler." + hop];
+    return { hop, ms: m.ms, n: m.n, handler: h ? Math.min(h.ms, m.ms) : null };
+  });
+  const rank = (c) => { const i = CALL_ORDER.indexOf(c.hop); return i < 0 ? CALL_ORDER.length : i; };
+  calls.sort((a, b) => rank(a) - rank(b) || a.hop.localeCompare(b.hop));
+  // Who made each call: the gateway, or (chained) the handler of the hop before.
+  const parentOf = (c) => {
+    if (c.hop === "payment.ChainedCharge" && by["call.user.ChainedCheckout"]) return "user.ChainedCheckout";
+    if (c.hop.startsWith("item.") && by["call.payment.ChainedCharge"]) return "payment.ChainedCharge";
+    return null;
+  };
+  const rows = [];
+  const place = (parent, start, depth) => {
+    let t = start;
+    const kids = calls.filter((c) => parentOf(c) === parent);
+    const done = new Set();
+    for (const k of kids) {
+      if (done.has(k)) continue;
+      // The parallel strategy checks the user and prices the cart at the same time.
+      const group = strategy === "parallel" && parent === null && PARALLEL_PAIR.includes(k.hop)
+        ? kids.filter((c) => PARALLEL_PAIR.includes(c.hop)) : [k];
+      let width = 0;
+      for (const c of group) {
+        done.add(c);
+        const net = c.handler === null ? null : c.ms - c.handler;
+        rows.push({ kind: "call", label: c.hop, start: t, ms: c.ms, net, handler: c.handler, n: c.n, depth });
+        // Inner calls sit inside this call's handler, after half its network time.
+        place(c.hop, t + (net === null ? 0 : net / 2), depth + 1);
+        width = Math.max(width, c.ms);
+      }
+      t += width;
+    }
+    return t;
+  };
+  const end = place(null, 0, 0);
+  const self = by["gateway.self"];
+  if (self) rows.push({ kind: "self", label: "gateway (its own time)", start: end, ms: self.ms, n: self.n, depth: 0 });
+  const stores = metrics.filter((m) => m.name.startsWith("store."))
+    .map((m) => ({ kind: "store", label: m.name.slice(6), start: 0, ms: m.ms, n: m.n, depth: 0 }));
+  const callCount = calls.reduce((a, c) => a + c.n, 0);
+  return { rows, stores, total, callCount };
+}
+
+const fmtMs = (ms) => (ms >= 100 ? ms.toFixed(0) : ms.toFixed(1)) + " ms";
+
+function renderHowItRan(el, rec, settling) {
+  if (!el) return;
+  if (!rec) { el.innerHTML = ""; return; }
+  const w = waterfall(parseServerTiming(rec.header), rec.strategy);
+  const scale = Math.max(w.total, ...w.rows.map((r) => r.start + r.ms), 0.001);
+  const pct = (x) => Math.max(0, Math.min(100, (x / scale) * 100));
+  const row = (r) => {
+    const detail = r.kind === "call" && r.handler !== null
+      ? `${fmtMs(r.ms)}: network ${fmtMs(r.net)}, handler ${fmtMs(r.handler)}`
+      : r.kind === "store" ? `${fmtMs(r.ms)} in ${r.n} round trip${r.n === 1 ? "" : "s"}` : fmtMs(r.ms);
+    return `<div class="wf-row wf-${r.kind} wf-depth-${Math.min(r.depth, 3)}" data-kind="${r.kind}" data-label="${esc(r.label)}"
+        data-start="${r.start.toFixed(3)}" data-ms="${r.ms.toFixed(3)}" data-depth="${r.depth}">
+      <div class="wf-label">${esc(r.label)}${r.n > 1 && r.kind === "call" ? " ×" + r.n : ""}</div>
+      <div class="wf-track"><div class="wf-bar"${r.kind === "call" && r.handler !== null ? ` data-net="${r.net.toFixed(3)}"` : ""}>${
+        r.kind === "call" && r.handler !== null ? '<span class="wf-net"></span><span class="wf-handler"></span>' : ""}</div></div>
+      <div class="wf-ms">${esc(detail)}</div></div>`;
+  };
+  const asyncLine = rec.strategy === "async"
+    ? `<p id="async-times">Time to the answer (order accepted): <strong>${fmtMs(w.total)}</strong> at the gateway, ${fmtMs(rec.clientMs || 0)} in this browser.
+       Time to the completed order: <strong id="async-completed">${rec.completedMs !== undefined ? fmtMs(rec.completedMs) + (rec.finalStatus && rec.finalStatus !== "placed" ? " (" + esc(rec.finalStatus) + ")" : "")
+         : settling ? "still being completed…" : "not followed in this browser"}</strong>.</p>` : "";
+  el.innerHTML = `<h3>How this checkout ran</h3>
+    <p class="muted">This browser's record of the checkout's answer (its <code>Server-Timing</code> header, the services' own measurements).</p>
+    <p>Strategy: <strong id="wf-strategy">${esc(STRATEGY_NAMES[rec.strategy] || rec.strategy)}</strong> · <span id="wf-calls">${w.callCount}</span> call${w.callCount === 1 ? "" : "s"} ·
+      total <strong id="wf-total" data-ms="${w.total.toFixed(3)}">${fmtMs(w.total)}</strong></p>
+    ${asyncLine}
+    <div class="waterfall" id="waterfall">
+      ${w.rows.map(row).join("")}
+      <div class="wf-row wf-total"><div class="wf-label">total</div><div class="wf-track"><div class="wf-bar"></div></div><div class="wf-ms">${fmtMs(w.total)}</div></div>
+      ${w.stores.length ? '<div class="wf-heading">Stores (summed over every service, with round trips)</div>' + w.stores.map(row).join("") : ""}
+    </div>
+    <p class="muted wf-legend"><span class="wf-key wf-net"></span> network (call as the caller saw it minus the handler)
+      <span class="wf-key wf-handler"></span> handler <span class="wf-key wf-selfkey"></span> gateway's own time <span class="wf-key wf-storekey"></span> store</p>`;
+  // Geometry from JS (no inline style attributes: CSP-friendly).
+  const rowsEls = el.querySelectorAll(".wf-row");
+  rowsEls.forEach((re) => {
+    const bar = re.querySelector(".wf-bar");
+    if (re.classList.contains("wf-total")) { bar.style.left = "0%"; bar.style.width = pct(w.total) + "%"; return; }
+    const start = parseFloat(re.dataset.start), ms = parseFloat(re.dataset.ms);
+    bar.style.left = pct(start) + "%";
+    bar.style.width = Math.max(0.4, pct(ms)) + "%";
+    if (bar.dataset.net !== undefined && ms > 0) {
+      const net = parseFloat(bar.dataset.net);
+      bar.querySelector(".wf-net").style.width = (net / ms) * 100 + "%";
+      bar.querySelector(".wf-handler").style.width = (1 - net / ms) * 100 + "%";
+    }
+  });
 }
 
 // What each state of a checkout means for the customer.
@@ -335,7 +488,16 @@ async function orderPage(id) {
     <tr><th colspan="3">Total</th><th id="order-total">${o.priced ? money(o.total) : catalogTotal ? money(catalogTotal) : "—"}</th></tr></table>
     ${d.lines_from_catalog ? '<p class="muted" id="order-prices-note">Prices are the catalog’s now; the order fixes them when its stock is reserved.</p>' : ""}
     <p class="muted" id="order-payment">${esc(paymentLine(o, p))}</p>
-    <p><a href="#/orders">All orders</a></p>`;
+    <p><a href="#/orders">All orders</a></p>
+    <section id="how-it-ran"></section>`;
+  const rec = timings.load(o.id);
+  if (rec && !settling && rec.completedMs === undefined && rec.status === "pending") {
+    // Followed to its end in this browser: the time from the click to the completed order.
+    rec.completedMs = Date.now() - rec.startedAt;
+    rec.finalStatus = o.status;
+    timings.save(o.id, rec);
+  }
+  renderHowItRan($("#how-it-ran"), rec, settling);
   if (settling) {
     setTimeout(() => { if (location.hash === "#/order/" + id) orderPage(id).catch(() => {}); }, o.status === "pending" ? 1000 : 2000);
   }

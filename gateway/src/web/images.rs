@@ -39,14 +39,18 @@ fn xml(s: &str) -> String {
         .collect()
 }
 
-/// Up to two initials of the name's words ("Classic Teapot, Red" -> "CT").
+/// The initials of the last two words before a comma: the thing, not its style
+/// ("Classic Cutting Board, Black" -> "CB").
 fn initials(name: &str) -> String {
-    let s: String = name
-        .split(|c: char| c.is_whitespace() || c == ',')
+    let head = name.split(',').next().unwrap_or_default();
+    let words: Vec<char> = head
+        .split_whitespace()
         .filter_map(|w| w.chars().next())
         .filter(|c| c.is_alphanumeric())
-        .take(2)
-        .flat_map(char::to_uppercase)
+        .collect();
+    let s: String = words[words.len().saturating_sub(2)..]
+        .iter()
+        .flat_map(|c| c.to_uppercase())
         .collect();
     if s.is_empty() { "?".to_owned() } else { s }
 }
@@ -131,25 +135,26 @@ mod tests {
     fn the_picture_is_deterministic_and_escaped() {
         let a = svg(
             "65f0c0ffee0000000000beef",
-            "Classic <Teapot>, Red",
+            "Classic Tea <Pot>, Red",
             "kitchen",
         );
         assert_eq!(
             a,
             svg(
                 "65f0c0ffee0000000000beef",
-                "Classic <Teapot>, Red",
+                "Classic Tea <Pot>, Red",
                 "kitchen"
             )
         );
         assert!(a.contains(">CT<"), "{a}");
-        assert!(a.contains("&lt;Teapot&gt;"));
+        assert!(svg("x", "Classic Cutting Board, Black", "k").contains(">CB<"));
+        assert!(a.contains("&lt;Pot&gt;"));
         assert!(!a.contains("http://") || a.contains("xmlns=\"http://www.w3.org/2000/svg\""));
         assert_ne!(
             a,
             svg(
                 "65f0c0ffee0000000000beee",
-                "Classic <Teapot>, Red",
+                "Classic Tea <Pot>, Red",
                 "kitchen"
             )
         );
