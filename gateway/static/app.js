@@ -80,6 +80,19 @@ function renderNav() {
   document.body.classList.toggle("authed", !!(session.token && u));
   $("#nav-user").textContent = u ? u.display_name : "";
   $("#cart-count").textContent = Object.values(cart.load()).reduce((a, b) => a + b, 0);
+  labNav();
+}
+
+// The lab link: for an admin, and only when the shop has fault injection on (the API
+// answers 404 without SHOP_FAULT_ADMIN=on, 403 to customers).
+let labProbe = { token: null, ok: false };
+function labNav() {
+  const u = session.user, link = $("#nav-lab");
+  if (!link) return;
+  if (!session.token || !u || u.role !== "admin") { link.hidden = true; return; }
+  if (labProbe.token === session.token) { link.hidden = !labProbe.ok; return; }
+  labProbe = { token: session.token, ok: false };
+  api("GET", "/api/admin/faults").then(() => { labProbe.ok = true; link.hidden = false; }, () => { link.hidden = true; });
 }
 
 // ---- views -------------------------------------------------------------------------------
@@ -427,6 +440,99 @@ function renderHowItRan(el, rec, settling) {
   });
 }
 
+// ---- the lab: fault injection for admins -------------------------------------------------
+// Sets rules through PUT /api/admin/faults (docs/fault-injection.md): a gRPC method path
+// for a service's method (the monolith's services), a route key for the gateway's own.
+const LAB_METHODS = {
+  "item-service": ["/shop.item.v1.ItemService/", ["ReserveStock", "CommitReservation", "ReleaseReservation", "BatchGetItems", "GetItem", "ListItems"]],
+  "payment-service": ["/shop.payment.v1.PaymentService/", ["Charge", "ChainedCharge", "Refund", "GetPayment"]],
+  "user-service": ["/shop.user.v1.UserService/", ["ValidateToken", "BeginCheckout", "AdvanceCheckout", "ChainedCheckout", "RequestCheckout", "GetOrder", "ListOrders"]],
+  "gateway": ["", ["POST /api/checkout", "GET /api/items", "GET /api/orders/{id}", "POST /api/cart/price"]],
+};
+// A hang: the longest delay a rule allows; the caller's deadline gives up first.
+const HANG_MS = 60000;
+
+function describeRule(r) {
+  const parts = [];
+  const l = r.latency;
+  if (l) {
+    if (l.kind === "fixed") parts.push(l.ms >= HANG_MS ? "hang (60 s)" : `+${l.ms} ms`);
+    else if (l.kind === "uniform") parts.push(`+${l.min_ms}–${l.max_ms} ms`);
+    else if (l.kind === "tail") parts.push(`${(l.probability * 100).toFixed(1)}% +${l.delay_ms} ms`);
+    else parts.push(JSON.stringify(l));
+  }
+  if (r.error_rate > 0) parts.push(`${Math.round(r.error_rate * 100)}% errors`);
+  return parts.join(", ") || "no effect";
+}
+
+async function labPage() {
+  if (!session.token) { sessionStorage.setItem("shop.after_login", "#/lab"); location.hash = "#/login"; return; }
+  let rules;
+  try {
+    rules = await api("GET", "/api/admin/faults");
+  } catch (err) {
+    view().innerHTML = err.status === 404
+      ? '<h2>Lab</h2><p id="lab-off">Fault injection is off in this shop. Start it with <code>SHOP_FAULT_ADMIN=on</code> (see the README) to use the lab.</p>'
+      : err.status === 403 ? '<h2>Lab</h2><p id="lab-forbidden">The lab is for admins.</p>' : "";
+    if (err.status !== 404 && err.status !== 403) throw err;
+    return;
+  }
+  const services = Object.keys(LAB_METHODS);
+  view().innerHTML = `<h2>Lab: make a hop slow or flaky</h2>
+    <p class="muted">Rules apply to every request right away, for everyone using this shop. Add one, then
+      <a href="#/">buy something</a> and look at the waterfall under “How this checkout ran”.</p>
+    <form class="stack card" id="lab-form">
+      <div class="row">
+        <label>Service <select id="lab-service">${services.map((sv) => `<option>${esc(sv)}</option>`).join("")}</select></label>
+        <label>Method <select id="lab-method"></select></label>
+      </div>
+      <div class="row">
+        <label><input type="radio" name="kind" value="latency" id="lab-kind-latency" checked> Latency</label>
+        <input id="lab-ms" type="number" min="1" max="60000" value="200" class="w6" aria-label="milliseconds"> ms
+        <label><input type="radio" name="kind" value="error" id="lab-kind-error"> Error rate</label>
+        <input id="lab-rate" type="number" min="1" max="100" value="50" class="w5" aria-label="percent"> %
+        <label><input type="radio" name="kind" value="hang" id="lab-kind-hang"> Hang (60 s: the caller's deadline gives up first)</label>
+      </div>
+      <div class="row"><button type="submit" id="lab-add">Add rule</button>
+        <button type="button" class="secondary" id="lab-clear">Clear all rules</button></div>
+    </form>
+    <h3>Active rules</h3>
+    <div id="lab-rules"></div>`;
+  const methodSel = $("#lab-method");
+  const fillMethods = () => {
+    const [, names] = LAB_METHODS[$("#lab-service").value];
+    methodSel.innerHTML = names.map((m) => `<option value="${esc(m)}">${esc(m)}</option>`).join("");
+  };
+  $("#lab-service").onchange = fillMethods;
+  fillMethods();
+  const show = (rs) => {
+    rules = rs;
+    $("#lab-rules").innerHTML = rs.length
+      ? `<table id="lab-rules-table"><tr><th>Method</th><th>Effect</th><th></th></tr>${rs.map((r, i) => `<tr class="lab-rule">
+          <td><code>${esc(r.method)}</code></td><td>${esc(describeRule(r))}</td>
+          <td><button class="secondary lab-remove" data-i="${i}">Remove</button></td></tr>`).join("")}</table>`
+      : '<p id="lab-none" class="muted">No rules: every hop runs as normal.</p>';
+    $("#lab-rules").querySelectorAll(".lab-remove").forEach((b) => b.onclick = () => put(rules.filter((_, i) => i !== parseInt(b.dataset.i, 10))));
+  };
+  const put = async (rs) => {
+    try { show(await api("PUT", "/api/admin/faults", rs)); flash("Rules updated.", "ok"); } catch (err) { flash(explain(err)); }
+  };
+  $("#lab-form").onsubmit = (e) => {
+    e.preventDefault();
+    const sv = $("#lab-service").value;
+    const method = LAB_METHODS[sv][0] + methodSel.value;
+    const kind = (view().querySelector("input[name=kind]:checked") || {}).value;
+    const rule = { method, latency: null, error_rate: 0 };
+    if (kind === "latency") rule.latency = { kind: "fixed", ms: Math.max(1, Math.min(HANG_MS, parseInt($("#lab-ms").value, 10) || 0)) };
+    if (kind === "error") rule.error_rate = Math.max(0, Math.min(100, parseFloat($("#lab-rate").value) || 0)) / 100;
+    if (kind === "hang") rule.latency = { kind: "fixed", ms: HANG_MS };
+    // One rule per method: the first match wins, so the new one replaces an old one.
+    put([rule, ...rules.filter((r) => r.method !== method)]);
+  };
+  $("#lab-clear").onclick = () => put([]);
+  show(rules);
+}
+
 // What each state of a checkout means for the customer.
 const ORDER_STATES = {
   placed: "Placed and paid.",
@@ -525,6 +631,7 @@ async function route() {
       case "checkout": return await checkoutPage();
       case "orders": return await ordersPage(params);
       case "order": return await orderPage(parts[1]);
+      case "lab": return await labPage();
       default: view().innerHTML = "<p>Page not found.</p>";
     }
   } catch (err) {
