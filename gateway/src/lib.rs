@@ -12,6 +12,7 @@ pub mod config;
 pub mod deadline;
 pub mod downstream;
 pub mod error;
+pub mod lab;
 pub mod retry;
 pub mod serve;
 pub mod state;
@@ -72,6 +73,7 @@ impl Application {
             login_throttle: throttle::LoginThrottle::new(config.login_throttle()),
             register_throttle: throttle::RegisterThrottle::new(config.register_throttle()),
             auth_admission: admission::Admission::new(config.auth_concurrency),
+            service_faults: lab::ServiceFaults::default(),
             card_tokens: card_tokens::CardTokens::new(
                 &config.card_gateway_url,
                 config.checkout_budget(),
@@ -91,6 +93,12 @@ impl Application {
             state,
             limits: config.serve_limits(),
         })
+    }
+
+    /// The injector the services in this process share (the monolith): with
+    /// SHOP_FAULT_ADMIN=on, `PUT /api/admin/faults` then also takes their rules.
+    pub fn attach_service_faults(&self, faults: &FaultInjector) {
+        self.state.service_faults.attach(faults);
     }
 
     pub fn http_addr(&self) -> SocketAddr {

@@ -28,6 +28,8 @@ pub struct Inner {
     pub register_throttle: RegisterThrottle,
     /// Logins and registrations in progress (each costs user-service a password hash).
     pub auth_admission: Admission,
+    /// The services' fault rules when they run in this process (the monolith's lab).
+    pub service_faults: crate::lab::ServiceFaults,
     /// The card processor's token endpoint (asynchronous checkout).
     pub card_tokens: CardTokens,
 }

@@ -293,7 +293,8 @@ pub fn catalog() -> Vec<NewItem> {
             let sku = format!("{}-{:04}", cat.sku, j + 1);
             let name = format!("{style} {noun}, {colour}");
             out.push(NewItem {
-                image_url: format!("https://picsum.photos/seed/{}/400/300", sku.to_lowercase()),
+                // No outside photo service: the gateway draws each item's picture.
+                image_url: String::new(),
                 description: format!(
                     "{style} {} in {}. A dependable pick from our {} range.",
                     noun.to_lowercase(),

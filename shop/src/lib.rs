@@ -159,6 +159,8 @@ impl Monolith {
             payment: ("in-process".into(), payment_t),
         };
         let gateway = gateway::Application::build_with(config.gateway, transports).await?;
+        // The web shop's lab (admins, SHOP_FAULT_ADMIN=on) sets the services' rules too.
+        gateway.attach_service_faults(&faults);
         Ok(Self {
             gateway,
             host,

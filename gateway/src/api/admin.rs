@@ -9,6 +9,7 @@ use crate::{
     auth::AdminUser,
     downstream::DownstreamSnapshot,
     error::{ApiError, ErrorBody},
+    lab::is_service_rule,
     state::AppState,
 };
 
@@ -32,7 +33,16 @@ pub struct FaultRuleDoc {
         (status = "default", description = "Error", body = ErrorBody),
     ))]
 pub async fn get_faults(State(state): State<AppState>, _admin: AdminUser) -> Json<Vec<FaultRule>> {
-    Json(state.faults.rules())
+    Json(all_rules(&state))
+}
+
+/// The gateway's rules, then (in the monolith) the services'.
+fn all_rules(state: &AppState) -> Vec<FaultRule> {
+    let mut rules = state.faults.rules();
+    if let Some(services) = state.service_faults.get() {
+        rules.extend(services.rules());
+    }
+    rules
 }
 
 #[utoipa::path(put, path = "/api/admin/faults", tag = "admin", security(("bearer" = [])),
@@ -50,9 +60,25 @@ pub async fn put_faults(
     body: Result<Json<Vec<FaultRule>>, JsonRejection>,
 ) -> Result<Json<Vec<FaultRule>>, ApiError> {
     let Json(rules) = body?;
-    state.faults.set(rules)?;
-    tracing::info!(rules = ?state.faults.rules(), "gateway fault rules changed");
-    Ok(Json(state.faults.rules()))
+    // Rules for a gRPC method or an event fault point go to the services (in the
+    // monolith); the rest are the gateway's own routes. Both sets are replaced.
+    let (services, gateway): (Vec<_>, Vec<_>) = rules.into_iter().partition(is_service_rule);
+    match state.service_faults.get() {
+        Some(injector) => {
+            injector.set(services)?;
+        }
+        None if !services.is_empty() => {
+            return Err(ApiError::bad_request(
+                "method",
+                "rules for a service method need the monolith (scripts/run --monolith); \
+                 separately deployed services take them through their FaultAdmin",
+            ));
+        }
+        None => {}
+    }
+    state.faults.set(gateway)?;
+    tracing::info!(rules = ?all_rules(&state), "fault rules changed");
+    Ok(Json(all_rules(&state)))
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -170,7 +170,13 @@ impl From<&item::Item> for Item {
             category: i.category.clone(),
             price: i.price.as_ref().into(),
             stock: i.stock,
-            image_url: i.image_url.clone(),
+            // The shop draws a picture for every item (`/img/items/{id}.svg`) unless one
+            // was given.
+            image_url: if i.image_url.is_empty() {
+                format!("/img/items/{}.svg?v={}", i.id, i.version)
+            } else {
+                i.image_url.clone()
+            },
             created_at: timestamp(i.created_at.as_ref()),
             updated_at: timestamp(i.updated_at.as_ref()),
             version: i.version,
@@ -484,6 +490,11 @@ pub struct OrderDetail {
     pub order: Order,
     /// null when payment-service could not be asked in time (the order itself is certain).
     pub payment: Option<Payment>,
+    /// True while the order is not priced yet (an asynchronous or chained checkout before
+    /// its stock is reserved): its lines' names and prices are the catalog's now, looked
+    /// up for display; the order's own prices are fixed when the stock is reserved.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lines_from_catalog: bool,
 }
 
 #[cfg(test)]

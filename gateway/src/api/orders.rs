@@ -8,9 +8,10 @@ use axum::{
     },
 };
 use http::HeaderMap;
-use shop_proto::{common::v1::PageRequest, user::v1 as pb};
+use platform::CallContext;
+use shop_proto::{common::v1::PageRequest, item::v1 as item_pb, user::v1 as pb};
 
-use super::model::{Order, OrderDetail, OrderPage, PageQuery, Payment};
+use super::model::{Money, Order, OrderDetail, OrderPage, PageQuery, Payment, PricedLine};
 use crate::{
     auth::AuthUser,
     downstream::Safety,
@@ -121,8 +122,50 @@ pub async fn get(
             .await
             .filter(|p| p.user_id.is_empty() || p.user_id == user.user_id.to_string())
     };
+    let mut shown = Order::from(&order);
+    let lines_from_catalog = !shown.priced && name_lines(&state, &ctx, &mut shown.lines).await;
     Ok(Json(OrderDetail {
-        order: Order::from(&order),
+        order: shown,
         payment: payment.as_ref().map(Payment::from),
+        lines_from_catalog,
     }))
+}
+
+/// Fills an unpriced order's lines (item and quantity only, as accepted) with the names and
+/// current prices of the catalog, so a pending order shows what was bought. Best effort:
+/// false (lines unchanged) when item-service cannot say.
+async fn name_lines(state: &AppState, ctx: &CallContext, lines: &mut [PricedLine]) -> bool {
+    if lines.is_empty() {
+        return false;
+    }
+    let ids = lines.iter().map(|l| l.item_id.clone()).collect();
+    let Ok(resp) = state
+        .downstreams
+        .item
+        .call(
+            ctx,
+            "BatchGetItems",
+            Safety::Idempotent,
+            item_pb::BatchGetItemsRequest { ids },
+            |mut c, r| async move { c.batch_get_items(r).await },
+        )
+        .await
+    else {
+        return false;
+    };
+    let mut named = false;
+    for line in lines.iter_mut() {
+        if let Some(it) = resp.items.iter().find(|it| it.id == line.item_id) {
+            let unit = Money::from(it.price.as_ref());
+            line.sku = it.sku.clone();
+            line.name = it.name.clone();
+            line.line_total = Money {
+                amount_minor: unit.amount_minor.saturating_mul(i64::from(line.quantity)),
+                currency: unit.currency.clone(),
+            };
+            line.unit_price = unit;
+            named = true;
+        }
+    }
+    named
 }

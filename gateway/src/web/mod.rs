@@ -6,6 +6,8 @@ use http::header;
 
 use crate::state::AppState;
 
+mod images;
+
 const INDEX: &str = include_str!("../../static/index.html");
 const APP_JS: &str = include_str!("../../static/app.js");
 const STYLE: &str = include_str!("../../static/style.css");
@@ -45,4 +47,5 @@ pub fn router() -> Router<AppState> {
         .route("/", get(index))
         .route("/static/app.js", get(app_js))
         .route("/static/style.css", get(style))
+        .route("/img/items/{file}", get(images::item_image))
 }
