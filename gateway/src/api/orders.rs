@@ -144,7 +144,7 @@ async fn name_lines(state: &AppState, ctx: &CallContext, lines: &mut [PricedLine
         .item
         .call(
             ctx,
-            "BatchGetItems",
+            crate::downstream::method::BATCH_GET_ITEMS,
             Safety::Idempotent,
             item_pb::BatchGetItemsRequest { ids },
             |mut c, r| async move { c.batch_get_items(r).await },

@@ -92,7 +92,7 @@ pub async fn item_image(
         .item
         .call(
             &ctx,
-            "GetItem",
+            crate::downstream::method::GET_ITEM,
             Safety::Idempotent,
             pb::GetItemRequest {
                 id: id.to_ascii_lowercase(),
