@@ -17,6 +17,7 @@ const ITEM = `Teapot ${RUN}`;
 let teapotId, teacupId;
 // Requests the browser made to any other origin (there must be none: no outside images).
 const foreign = [];
+const cspViolations = [];
 // Stock as GetItem reports it (list pages may show stock up to their cache TTL late).
 const stockOf = async () => (await api("GET", "/api/items/" + teapotId)).body.stock;
 
@@ -73,6 +74,8 @@ before(async () => {
     if (!u.startsWith(BASE + "/") && !u.startsWith("data:") && !u.startsWith("blob:")) foreign.push(u);
   });
   page = browser.pages()[0] || (await browser.newPage());
+  // The page runs under the shop's Content-Security-Policy: anything it refuses is a bug.
+  page.on("console", (m) => { if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text()); });
   page.setDefaultTimeout(15000);
 });
 
@@ -414,4 +417,5 @@ test("the lab adds 200 ms to item-service's ReserveStock and the next waterfall 
   }
   assert.deepEqual((await api("GET", "/api/admin/faults", undefined, adminToken)).body, []);
   assert.deepEqual(foreign, [], "requests to other origins");
+  assert.deepEqual(cspViolations, [], "content security policy violations");
 });

@@ -226,5 +226,5 @@ pub fn router(state: AppState, body_limit: usize, fault_admin: bool) -> Router {
         .layer(middleware::from_fn(platform::timing::server_timing))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state);
-    api.merge(platform::metrics::router())
+    crate::web::security_headers(api).merge(platform::metrics::router())
 }

@@ -825,3 +825,26 @@ async fn the_card_gateway_and_metrics_listeners_close_silent_half_open_and_trick
 
     all_closed_by_server(held, DEFAULT_LIMITS_GUARD, "card gateway and metrics").await;
 }
+
+/// The web shop cannot be framed by another site, run injected inline script, or have its
+/// answers sniffed as another content type: every answer of the shop's origin says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_the_browser_security_headers() {
+    let shop = monolith().await;
+    for path in ["/", "/static/app.js", "/api/items", "/api/nowhere"] {
+        let r = shop.get(path, None).await;
+        let header = |name: &str| {
+            r.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let csp = header("content-security-policy");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp:?}");
+        assert!(csp.contains("script-src 'self'"), "{path}: {csp:?}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp:?}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+    }
+}
