@@ -8,14 +8,15 @@ use axum::{
     },
 };
 use http::{HeaderMap, StatusCode};
+use shop_proto::common::v1 as common;
 
 use super::model::{
-    CartRequest, CheckoutQuery, CheckoutRequest, CheckoutResponse, Money, Order, Payment,
+    CartLine, CartRequest, CheckoutQuery, CheckoutRequest, CheckoutResponse, Money, Order, Payment,
     PricedCart, PricedLine,
 };
 use crate::{
     auth::AuthUser,
-    checkout::{self, Checkout, parse_lines},
+    checkout::{self, Checkout},
     error::{ApiError, ErrorBody},
     state::AppState,
 };
@@ -83,7 +84,7 @@ pub async fn checkout(
         ),
     };
     let asserted = user.assertion();
-    let c = Checkout::parse(user, key, &body)?;
+    let c = parse_checkout(user, key, &body)?;
     let strategy = query.strategy.unwrap_or_default();
     let ctx = state
         .budgets
@@ -102,4 +103,33 @@ pub async fn checkout(
             payment: out.payment.as_ref().map(Payment::from),
         }),
     ))
+}
+
+/// The checkout a request asks for, parsed at the edge.
+fn parse_checkout(
+    user: AuthUser,
+    key: Option<&str>,
+    req: &CheckoutRequest,
+) -> Result<Checkout, ApiError> {
+    let key = key.ok_or_else(|| {
+        ApiError::bad_request(
+            "Idempotency-Key",
+            "the Idempotency-Key header is required (any unique string per checkout, e.g. a UUID)",
+        )
+    })?;
+    platform::ids::validate_idempotency_key(key, "Idempotency-Key")?;
+    let lines = parse_lines(&req.lines)?;
+    Ok(Checkout {
+        user,
+        key: key.to_owned(),
+        lines,
+        card: (&req.card).into(),
+    })
+}
+
+/// Cart lines: the shared cart rules ([`platform::cart`]), reported like every other bad
+/// field (the message without the field prefix the services' statuses carry).
+fn parse_lines(lines: &[CartLine]) -> Result<Vec<common::ItemLine>, ApiError> {
+    platform::cart::validate(lines.iter().map(|l| (l.item_id.as_str(), l.quantity)))
+        .map_err(|e| ApiError::bad_request(e.field, e.message))
 }

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use shop_proto::{common::v1 as common, item::v1 as item, payment::v1 as pay, user::v1 as user};
 use utoipa::{IntoParams, ToSchema};
 
+pub use crate::checkout::Strategy;
+
 /// RFC 3339 UTC timestamp, or "" when unknown.
 pub fn timestamp(ts: Option<&prost_types::Timestamp>) -> String {
     ts.and_then(|t| {
@@ -340,31 +342,6 @@ pub struct CheckoutRequest {
     /// 1..=50 lines, each item at most once.
     pub lines: Vec<CartLine>,
     pub card: Card,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, Default, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// The gateway calls each service in turn (saga orchestrator).
-    #[default]
-    Orchestrated,
-    /// As orchestrated, with the user lookup and the pricing run concurrently.
-    Parallel,
-    /// gateway -> user-service -> payment-service -> item-service and back.
-    Chained,
-    /// Accepted at once (202, order pending), completed through the event stream.
-    Async,
-}
-
-impl Strategy {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Orchestrated => "orchestrated",
-            Self::Parallel => "parallel",
-            Self::Chained => "chained",
-            Self::Async => "async",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, IntoParams)]

@@ -39,7 +39,7 @@ pub async fn run(state: &AppState, ctx: &CallContext, c: &Checkout) -> Result<Ou
         )
         .await
         .map_err(|s| match reason_of(&s) {
-            Some(ErrorReason::IdempotencyKeyReused) => super::saga::key_reused(),
+            Some(ErrorReason::IdempotencyKeyReused) => super::key_reused(),
             _ => ApiError::from_status(&s),
         })?;
     let order = resp.order.ok_or_else(ApiError::internal)?;

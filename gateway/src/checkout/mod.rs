@@ -13,8 +13,10 @@
 mod asynchronous;
 mod chained;
 mod compensate;
+mod pricing;
 pub mod record;
 mod saga;
+mod strategy;
 
 use http::StatusCode;
 pub use platform::ids::{order_id_for, scoped_key};
@@ -23,15 +25,11 @@ use platform::{
     checkout_failure::{self, CheckoutFailure},
     reason_of,
 };
-pub use saga::{Priced, price};
+pub use pricing::{Priced, price};
 use shop_proto::{common::v1 as common, payment::v1 as pay, user::v1 as user};
+pub use strategy::Strategy;
 
-use crate::{
-    api::model::{CheckoutRequest, Strategy},
-    auth::AuthUser,
-    error::ApiError,
-    state::AppState,
-};
+use crate::{auth::AuthUser, error::ApiError, state::AppState};
 
 /// A checkout parsed at the edge.
 #[derive(Debug, Clone)]
@@ -44,27 +42,6 @@ pub struct Checkout {
 }
 
 impl Checkout {
-    pub fn parse(
-        user: AuthUser,
-        key: Option<&str>,
-        req: &CheckoutRequest,
-    ) -> Result<Self, ApiError> {
-        let key = key.ok_or_else(|| {
-            ApiError::bad_request(
-                "Idempotency-Key",
-                "the Idempotency-Key header is required (any unique string per checkout, e.g. a UUID)",
-            )
-        })?;
-        platform::ids::validate_idempotency_key(key, "Idempotency-Key")?;
-        let lines = parse_lines(&req.lines)?;
-        Ok(Self {
-            user,
-            key: key.to_owned(),
-            lines,
-            card: (&req.card).into(),
-        })
-    }
-
     pub fn scoped_key(&self) -> String {
         scoped_key(self.user.user_id, &self.key)
     }
@@ -72,15 +49,6 @@ impl Checkout {
     pub fn order_id(&self) -> uuid::Uuid {
         order_id_for(self.user.user_id, &self.key)
     }
-}
-
-/// Cart lines: the shared cart rules ([`platform::cart`]), reported like every other bad
-/// field (the message without the field prefix the services' statuses carry).
-pub fn parse_lines(
-    lines: &[crate::api::model::CartLine],
-) -> Result<Vec<common::ItemLine>, ApiError> {
-    platform::cart::validate(lines.iter().map(|l| (l.item_id.as_str(), l.quantity)))
-        .map_err(|e| ApiError::bad_request(e.field, e.message))
 }
 
 /// What a checkout that took the money returns: the order PLACED (201), or still PENDING
@@ -237,7 +205,7 @@ pub fn answer(
             "price_changed",
             "A price changed while the order was being placed; your payment was refunded. Try again.",
         ),
-        F::IdempotencyKeyReused => saga::key_reused(),
+        F::IdempotencyKeyReused => key_reused(),
         F::ServiceFailed => match detail {
             Some(s) => ApiError::from_status(s),
             None => ApiError::new(
@@ -327,6 +295,16 @@ pub fn out_of_stock(reason: &str) -> ApiError {
         format!("Not enough stock for this order ({reason}); nothing was charged.")
     };
     ApiError::new(StatusCode::CONFLICT, "out_of_stock", msg)
+}
+
+/// This key was used before for a different cart.
+pub fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_reused",
+        "this Idempotency-Key was already used for a different cart; use a new key",
+    )
+    .with_field("Idempotency-Key")
 }
 
 pub const ROLLED_BACK: &str = "checkout_rolled_back";

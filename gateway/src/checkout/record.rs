@@ -10,8 +10,8 @@ use http::StatusCode;
 use platform::{CallContext, ErrorReason, checkout_failure::CheckoutFailure, reason_of};
 use shop_proto::{payment::v1 as pay, user::v1 as user};
 
-use super::{Checkout, DUPLICATE_PAUSE, Outcome, answer, in_progress, saga::Priced};
-use crate::{api::model::Strategy, downstream::Safety, error::ApiError, state::AppState};
+use super::{Checkout, DUPLICATE_PAUSE, Outcome, Priced, Strategy, answer, in_progress};
+use crate::{downstream::Safety, error::ApiError, state::AppState};
 
 /// A record this request drives.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ pub async fn begin(
             )
             .await
             .map_err(|s| match reason_of(&s) {
-                Some(ErrorReason::IdempotencyKeyReused) => super::saga::key_reused(),
+                Some(ErrorReason::IdempotencyKeyReused) => super::key_reused(),
                 _ => ApiError::from_status(&s),
             })?;
         let record = resp.order.ok_or_else(ApiError::internal)?;

@@ -1,22 +1,16 @@
 //! `orchestrated` and `parallel`: the gateway drives each step itself.
 
-use http::StatusCode;
-use platform::{CallContext, money::Money};
+use platform::CallContext;
 use shop_proto::{common::v1 as common, item::v1 as item, payment::v1 as pay, user::v1 as user};
 
 use platform::checkout_failure::{self, CheckoutFailure};
 
 use super::{
-    Checkout, Outcome, Stop, answer, compensate, out_of_stock, payment_pending,
+    Checkout, Outcome, Priced, Stop, Strategy, answer, compensate, out_of_stock, payment_pending,
+    price,
     record::{self, Begun},
 };
-use crate::{api::model::Strategy, downstream::Safety, error::ApiError, state::AppState};
-
-/// Priced lines and their total.
-pub struct Priced {
-    pub lines: Vec<common::PricedLine>,
-    pub total: Money,
-}
+use crate::{downstream::Safety, error::ApiError, state::AppState};
 
 pub async fn run(
     state: &AppState,
@@ -231,70 +225,6 @@ async fn validate_user(state: &AppState, ctx: &CallContext, c: &Checkout) -> Res
     Ok(())
 }
 
-/// Prices lines with item-service's current prices.
-pub async fn price(
-    state: &AppState,
-    ctx: &CallContext,
-    lines: &[common::ItemLine],
-) -> Result<Priced, ApiError> {
-    let ids = lines.iter().map(|l| l.item_id.clone()).collect();
-    let resp = state
-        .downstreams
-        .item
-        .call(
-            ctx,
-            crate::downstream::method::BATCH_GET_ITEMS,
-            Safety::Idempotent,
-            item::BatchGetItemsRequest { ids },
-            |mut cl, r| async move { cl.batch_get_items(r).await },
-        )
-        .await?;
-    let mut priced = Vec::with_capacity(lines.len());
-    let mut total: Option<Money> = None;
-    for (i, line) in lines.iter().enumerate() {
-        let Some(it) = resp.items.iter().find(|it| it.id == line.item_id) else {
-            return Err(
-                ApiError::not_found(format!("item {} does not exist", line.item_id))
-                    .with_field(format!("lines[{i}].item_id")),
-            );
-        };
-        let unit = Money::parse(it.price.as_ref(), "price").map_err(|e| {
-            tracing::error!(item = %it.id, error = %e, "item-service returned a bad price");
-            ApiError::internal()
-        })?;
-        let line_total = unit.times(i64::from(line.quantity)).ok_or_else(|| {
-            ApiError::bad_request(
-                format!("lines[{i}].quantity"),
-                "the line total is too large",
-            )
-        })?;
-        total = Some(match total {
-            None => line_total,
-            Some(t) => t.plus(line_total).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "mixed_currencies",
-                    "items priced in different currencies cannot be bought in one order",
-                )
-                .with_field(format!("lines[{i}].item_id"))
-            })?,
-        });
-        priced.push(common::PricedLine {
-            item_id: it.id.clone(),
-            sku: it.sku.clone(),
-            name: it.name.clone(),
-            quantity: line.quantity,
-            unit_price: Some(unit.into()),
-            line_total: Some(line_total.into()),
-        });
-    }
-    let total = total.ok_or_else(|| ApiError::bad_request("lines", "the cart is empty"))?;
-    Ok(Priced {
-        lines: priced,
-        total,
-    })
-}
-
 async fn reserve(
     state: &AppState,
     ctx: &CallContext,
@@ -339,15 +269,6 @@ async fn reserve(
         item::ReservationStatus::Released => Err(Stop::new(CheckoutFailure::RolledBack)),
         item::ReservationStatus::Unspecified => Err(internal()),
     }
-}
-
-pub fn key_reused() -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "idempotency_key_reused",
-        "this Idempotency-Key was already used for a different cart; use a new key",
-    )
-    .with_field("Idempotency-Key")
 }
 
 fn same_lines(a: &[common::ItemLine], b: &[common::ItemLine]) -> bool {
