@@ -31,7 +31,7 @@ pub struct Config {
     /// How long one charge or refund may wait for the card gateway (all retries included)
     /// before the payment is left PENDING for reconciliation.
     #[arg(long, env = "PAYMENT_GATEWAY_TIMEOUT_MS", default_value_t = 2000)]
-    pub gateway_timeout_ms: u64,
+    pub processor_timeout_ms: u64,
     /// Circuit breaker on card-gateway charges (on/off): after `card_breaker_failures`
     /// charges in a row time out or fail, new charges are refused at once (UNAVAILABLE,
     /// nothing written) for `card_breaker_open_ms`, then one probe charge is let through.
@@ -98,7 +98,7 @@ impl Config {
             database_url: SecretString::from(database_url.into()),
             database_max_connections: 20,
             card_gateway_url: "http://127.0.0.1:8081".into(),
-            gateway_timeout_ms: 2000,
+            processor_timeout_ms: 2000,
             card_breaker: true,
             card_breaker_failures: 5,
             card_breaker_open_ms: 5000,

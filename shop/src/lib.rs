@@ -14,13 +14,11 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
+use card_gateway::CardGateway;
 use futures::FutureExt as _;
 use gateway::downstream::Transports;
 use item_service::ItemService;
-use payment_service::{
-    PaymentService,
-    card_gateway::{self, CardGateway},
-};
+use payment_service::PaymentService;
 use platform::{
     faults::FaultInjector,
     grpc::ServerOptions,

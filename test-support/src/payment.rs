@@ -3,10 +3,8 @@
 
 use std::net::SocketAddr;
 
-use payment_service::{
-    Application, Config,
-    card_gateway::{self, CardGateway, Gateway},
-};
+use card_gateway::{CardGateway, Gateway};
+use payment_service::{Application, Config};
 
 use crate::{
     Running,

@@ -41,7 +41,7 @@ impl Checkout {
         let app = spawn_app_with(move |c| {
             c.card_gateway_url = url;
             c.events = settings;
-            c.gateway_timeout_ms = 1000;
+            c.processor_timeout_ms = 1000;
             c.card_breaker_open_ms = 500;
         })
         .await;

@@ -1,7 +1,7 @@
 //! The mock card gateway over HTTP: test cards, validation, idempotency, faults, stats.
 
 use crate::harness::*;
-use payment_service::card_gateway::api::{Charge, ErrorBody, List, Refund, Stats};
+use card_gateway::api::{Charge, ErrorBody, List, Refund, Stats};
 use serde_json::{Value, json};
 
 struct Http {
@@ -322,7 +322,7 @@ async fn injected_errors_and_admin_validation() {
 /// An HTTP client that presents the operator's token (the card gateway's `/admin/*` needs it).
 pub fn operator_http() -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    let token = test_support::identity::operator_token(payment_service::card_gateway::AUDIENCE);
+    let token = test_support::identity::operator_token(card_gateway::AUDIENCE);
     headers.insert(
         platform::identity::CALLER_HEADER,
         token.parse().expect("a token is a header value"),
@@ -335,7 +335,7 @@ pub fn operator_http() -> reqwest::Client {
 
 #[tokio::test]
 async fn the_ledger_keeps_only_the_newest_entries_up_to_its_cap() {
-    use payment_service::card_gateway::{self, CardGateway};
+    use card_gateway::CardGateway;
 
     let mut config = card_gateway::Config::on("127.0.0.1:0");
     config.max_entries = 3;

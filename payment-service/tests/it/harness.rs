@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 
-use payment_service::{Config, card_gateway::api::Stats};
+use card_gateway::api::Stats;
+use payment_service::Config;
 use shop_proto::{
     common::v1::Money,
     payment::v1::{self as pb, payment_service_client::PaymentServiceClient},
@@ -298,7 +299,7 @@ impl TestApp {
 /// An HTTP client that presents the operator's token (the card gateway's `/admin/*` needs it).
 pub fn operator_http() -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    let token = test_support::identity::operator_token(payment_service::card_gateway::AUDIENCE);
+    let token = test_support::identity::operator_token(card_gateway::AUDIENCE);
     headers.insert(
         platform::identity::CALLER_HEADER,
         token.parse().expect("a token is a header value"),
@@ -315,10 +316,7 @@ pub struct RestartableGateway {
     pub addr: SocketAddr,
     pub url: String,
     journal: std::path::PathBuf,
-    running: Option<(
-        test_support::Running,
-        payment_service::card_gateway::Gateway,
-    )>,
+    running: Option<(test_support::Running, card_gateway::Gateway)>,
 }
 
 impl RestartableGateway {
@@ -335,7 +333,7 @@ impl RestartableGateway {
     }
 
     async fn up(&mut self) {
-        use payment_service::card_gateway::{self, CardGateway};
+        use card_gateway::CardGateway;
         let mut config = card_gateway::Config::on(&self.addr.to_string());
         config.journal = Some(self.journal.clone());
         let built = CardGateway::build(config)
@@ -371,11 +369,9 @@ impl RestartableGateway {
 
     /// Tokenises a test card through payment-service's client, as the shop's edge would.
     pub async fn tokenize(&self, number: &str) -> String {
-        use payment_service::{
-            card_gateway::api::CardDetails,
-            gateway_client::{GatewayClient, TokenAnswer},
-        };
-        let client = GatewayClient::new(&self.url).expect("client");
+        use card_gateway::api::CardDetails;
+        use payment_service::card_processor::{ProcessorClient, TokenAnswer};
+        let client = ProcessorClient::new(&self.url).expect("client");
         let card = CardDetails {
             number: number.into(),
             exp_month: 12,

@@ -470,7 +470,7 @@ async fn catalog_writes_need_the_gateway_and_an_admin_end_user() {
 
 #[tokio::test]
 async fn the_card_gateway_admin_api_wants_the_operator_and_is_absent_when_off() {
-    use payment_service::card_gateway::{AUDIENCE, CardGateway, Config};
+    use card_gateway::{AUDIENCE, CardGateway, Config};
 
     let start = |fault_admin: Switch| async move {
         let mut config = Config::on("127.0.0.1:0");
@@ -778,7 +778,7 @@ async fn silent_sockets_and_idle_http2_connections_neither_starve_healthz_nor_st
 /// cuts off a body trickling in.
 #[tokio::test]
 async fn the_card_gateway_and_metrics_listeners_close_silent_half_open_and_trickling_clients() {
-    use payment_service::card_gateway::{CardGateway, Config};
+    use card_gateway::{CardGateway, Config};
 
     let card = CardGateway::build(Config::on("127.0.0.1:0"))
         .await

@@ -11,7 +11,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use payment_service::card_gateway::Gateway;
+use card_gateway::Gateway;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shop_proto::item::v1::item_service_client::ItemServiceClient;

@@ -14,7 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
+use crate::{
     api::{Charge, Refund, Token},
     ledger::VaultCard,
 };

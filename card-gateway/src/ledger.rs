@@ -15,7 +15,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::{
+use crate::{
     api::{self, CardSummary, Charge, Outcome, PaymentMethodDetails, Refund, Stats, Token},
     journal::{self, Entry, Journal},
 };
