@@ -197,6 +197,9 @@ pub struct Stats {
     /// Tokens made by `POST /v1/tokens`.
     #[serde(default)]
     pub tokens_created: u64,
+    /// Token requests refused because the vault was full of pending tokens.
+    #[serde(default)]
+    pub tokens_refused: u64,
     /// Charges that moved money.
     pub charges_succeeded: u64,
     /// Charges the "issuer" declined.

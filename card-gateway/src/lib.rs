@@ -33,7 +33,7 @@
 
 pub mod admin;
 pub mod api;
-mod auth;
+pub mod auth;
 pub mod card;
 pub mod config;
 mod errors;
@@ -42,6 +42,7 @@ mod handlers;
 mod journal;
 pub mod ledger;
 pub mod routes;
+pub mod tokens;
 mod validation;
 
 use std::{future::Future, net::SocketAddr};
@@ -50,6 +51,7 @@ use anyhow::Context as _;
 use platform::{faults::FaultInjector, http_server::HttpServer, identity::Trust};
 use tokio::net::TcpListener;
 
+use auth::Accounts;
 pub use config::{AUDIENCE, Config, DEFAULT_MAX_ENTRIES};
 pub use handle::Gateway;
 use ledger::Ledger;
@@ -62,6 +64,7 @@ pub use routes::{
 pub struct CardGateway {
     listener: TcpListener,
     gateway: Gateway,
+    accounts: Accounts,
     admin: Option<Trust>,
 }
 
@@ -84,14 +87,19 @@ impl CardGateway {
         } else {
             None
         };
+        let accounts = Accounts::from_config(&config)?;
+        let books =
+            Ledger::new(config.max_entries).token_limits(config.token_ttl_secs, config.max_tokens);
         let ledger = match &config.journal {
-            Some(path) => Ledger::with_journal(config.max_entries, path)
+            Some(path) => books
+                .journaled(path)
                 .with_context(|| format!("CARD_GATEWAY_JOURNAL {}", path.display()))?,
-            None => Ledger::new(config.max_entries),
+            None => books,
         };
         Ok(Self {
             listener,
             gateway: Gateway::new(faults, hangs, ledger),
+            accounts,
             admin,
         })
     }
@@ -115,7 +123,7 @@ impl CardGateway {
             .answering(routes::limit_answer)
             .serve(
                 self.listener,
-                router(self.gateway, self.admin),
+                router(self.gateway, self.accounts, self.admin),
                 async move {
                     shutdown.await;
                     // Wake hanging requests so shutdown does not wait for them.

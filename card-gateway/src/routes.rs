@@ -13,7 +13,8 @@ use platform::{
 use serde_json::json;
 
 use crate::{
-    admin, auth,
+    admin,
+    auth::{self, Accounts},
     errors::json_response,
     handle::Gateway,
     handlers::{charges, refunds, tokens},
@@ -64,17 +65,28 @@ pub(crate) fn limit_answer(exceeded: Exceeded) -> Response {
     }
 }
 
-/// The gateway's routes over `gateway`'s state; `/admin/*` only when `admin` names whom
-/// to trust for the operator's token.
-pub fn router(gateway: Gateway, admin: Option<Trust>) -> Router {
-    let mut routes = Router::new()
+/// The gateway's routes over `gateway`'s state: the API behind `accounts`' keys (the token
+/// route takes the publishable key too, the rest only the secret key); `/admin/*` only when
+/// `admin` names whom to trust for the operator's token.
+pub fn router(gateway: Gateway, accounts: Accounts, admin: Option<Trust>) -> Router {
+    let public = accounts.clone();
+    let tokens = Router::new()
         .route("/v1/tokens", post(tokens::create_token))
+        .route_layer(axum::middleware::from_fn(move |req, next| {
+            auth::api_key(public.clone(), true, req, next)
+        }));
+    let secret = Router::new()
         .route(
             "/v1/charges",
             post(charges::create_charge).get(charges::list_charges),
         )
         .route("/v1/charges/{id}", get(charges::get_charge))
         .route("/v1/refunds", post(refunds::create_refund))
+        .route_layer(axum::middleware::from_fn(move |req, next| {
+            auth::api_key(accounts.clone(), false, req, next)
+        }));
+    let mut routes = tokens
+        .merge(secret)
         // A server span per API call, child of the payment service's client span.
         .route_layer(axum::middleware::from_fn(platform::telemetry::trace_http))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }));

@@ -9,14 +9,30 @@ use crate::{
     card::{self, Brand},
     errors::{Reject, card_error, invalid_request},
     ledger::{TokenCharge, ValidCharge, VaultCard},
+    tokens::AccountId,
 };
 
-pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Reject> {
+/// `key` in `account`'s namespace; the shop's account (0) keeps keys as sent, so journals
+/// from before accounts still replay.
+pub(crate) fn scoped_key(account: AccountId, key: &str) -> String {
+    if account == 0 {
+        key.to_owned()
+    } else {
+        format!("acct_{account}:{key}")
+    }
+}
+
+/// The request's Idempotency-Key, in `account`'s namespace (keys are per account, as at
+/// Stripe: another account's key neither replays nor blocks this one's).
+pub(crate) fn idempotency_key(
+    headers: &HeaderMap,
+    account: AccountId,
+) -> Result<Option<String>, Reject> {
     let Some(v) = headers.get(api::IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     match v.to_str() {
-        Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(k.to_owned())),
+        Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(scoped_key(account, k))),
         _ => Err(invalid_request(
             "idempotency_key_invalid",
             "Idempotency-Key must be 1 to 255 printable ASCII characters.",
@@ -65,6 +81,7 @@ pub(crate) fn validate_card(
 pub(crate) fn validate_charge(
     p: &api::CreateCharge,
     now: OffsetDateTime,
+    account: AccountId,
 ) -> Result<Validated, Reject> {
     let amount = p.amount.ok_or_else(|| {
         invalid_request(
@@ -137,6 +154,7 @@ pub(crate) fn validate_charge(
             exp_year: card.exp_year,
         }),
         (None, token) => Validated::Token(TokenCharge {
+            account,
             token: token.clone().unwrap_or_default(),
             amount,
             currency,

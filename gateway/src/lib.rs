@@ -74,6 +74,7 @@ impl Application {
             auth_admission: admission::Admission::new(config.auth_concurrency),
             card_tokens: card_tokens::CardTokens::new(
                 &config.card_gateway_url,
+                config.card_publishable_key()?,
                 config.checkout_budget(),
             )?,
         });

@@ -8,6 +8,7 @@ use tracing::Instrument as _;
 
 use http::StatusCode;
 use platform::money::Currency;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use card_gateway::api::{self, CardDetails, CreateCharge, CreateRefund, ErrorBody};
 
@@ -128,6 +129,7 @@ pub enum TokenAnswer {
 pub struct ProcessorClient {
     http: reqwest::Client,
     base: String,
+    api_key: SecretString,
 }
 
 fn classify(e: reqwest::Error) -> ProcessorError {
@@ -171,7 +173,9 @@ fn error_body(body: &[u8]) -> Option<api::ApiError> {
 }
 
 impl ProcessorClient {
-    pub fn new(base_url: &str) -> anyhow::Result<Self> {
+    /// A client of the processor at `base_url` calling with `api_key` (payment-service's
+    /// secret key; tests tokenizing as the shop's edge pass the publishable key).
+    pub fn new(base_url: &str, api_key: SecretString) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             // Explicit (reqwest's default today): a request is a few small writes.
@@ -184,6 +188,7 @@ impl ProcessorClient {
         Ok(Self {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
+            api_key,
         })
     }
 
@@ -198,6 +203,7 @@ impl ProcessorClient {
         let req = self
             .http
             .post(&url)
+            .bearer_auth(self.api_key.expose_secret())
             .header(api::IDEMPOTENCY_KEY, key)
             .json(body)
             .timeout(timeout);
@@ -312,6 +318,7 @@ impl ProcessorClient {
         let req = self
             .http
             .get(&url)
+            .bearer_auth(self.api_key.expose_secret())
             .query(&[("idempotency_key", key)])
             .timeout(timeout);
         let resp = traced(req, "GET", "/v1/charges", &url)
@@ -402,7 +409,14 @@ fn other_answer(status: StatusCode, body: &[u8]) -> ProcessorError {
     if status == StatusCode::CONFLICT {
         return ProcessorError::InProgress;
     }
-    if status.is_server_error() {
+    // A refused API key (or a rate limit) says nothing about the card: nothing was
+    // charged, and the payment must wait for a fixed configuration, not fail.
+    if status.is_server_error()
+        || matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+        )
+    {
         return ProcessorError::Unavailable(format!("HTTP {status}"));
     }
     match err {

@@ -1,7 +1,7 @@
 //! `POST /v1/charges`, `GET /v1/charges/{id}`, `GET /v1/charges`.
 
 use axum::{
-    Json,
+    Extension, Json,
     body::Bytes,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode},
@@ -13,15 +13,17 @@ use time::OffsetDateTime;
 use super::{create, read_faults};
 use crate::{
     api,
+    auth::Caller,
     errors::json_response,
     handle::Gateway,
     ledger::{self, KeyLookup, error_body},
     routes::{ROUTE_CREATE_CHARGE, ROUTE_GET_CHARGE, ROUTE_LIST_CHARGES},
-    validation::{Validated, idempotency_key, parse_json, validate_charge},
+    validation::{Validated, idempotency_key, parse_json, scoped_key, validate_charge},
 };
 
 pub(crate) async fn create_charge(
     State(gw): State<Gateway>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -29,11 +31,11 @@ pub(crate) async fn create_charge(
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let valid = match validate_charge(&params, OffsetDateTime::now_utc()) {
+    let valid = match validate_charge(&params, OffsetDateTime::now_utc(), caller.account) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    let key = match idempotency_key(&headers) {
+    let key = match idempotency_key(&headers, caller.account) {
         Ok(k) => k,
         Err(r) => return r.into_response(),
     };
@@ -78,6 +80,7 @@ pub(crate) struct ListQuery {
 /// that key made (empty list: no request with the key executed; 409 while one is executing).
 pub(crate) async fn list_charges(
     State(gw): State<Gateway>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<ListQuery>,
 ) -> Response {
     if let Some(r) = read_faults(&gw, ROUTE_LIST_CHARGES).await {
@@ -85,6 +88,7 @@ pub(crate) async fn list_charges(
     }
     let data = match q.idempotency_key.as_deref() {
         Some(key) => {
+            let key = &scoped_key(caller.account, key);
             let found = {
                 let mut ledger = gw.ledger();
                 ledger.stats.key_lookups += 1;

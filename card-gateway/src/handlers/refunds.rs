@@ -1,6 +1,7 @@
 //! `POST /v1/refunds`.
 
 use axum::{
+    Extension,
     body::Bytes,
     extract::State,
     http::HeaderMap,
@@ -10,6 +11,7 @@ use axum::{
 use super::create;
 use crate::{
     api,
+    auth::Caller,
     errors::invalid_request,
     handle::Gateway,
     ledger::{self, ValidRefund},
@@ -19,6 +21,7 @@ use crate::{
 
 pub(crate) async fn create_refund(
     State(gw): State<Gateway>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -42,7 +45,7 @@ pub(crate) async fn create_refund(
         )
         .into_response();
     }
-    let key = match idempotency_key(&headers) {
+    let key = match idempotency_key(&headers, caller.account) {
         Ok(k) => k,
         Err(r) => return r.into_response(),
     };

@@ -1,9 +1,10 @@
 //! `POST /v1/tokens`.
 
 use axum::{
+    Extension,
     body::Bytes,
     extract::State,
-    http::HeaderMap,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use time::OffsetDateTime;
@@ -11,6 +12,8 @@ use time::OffsetDateTime;
 use super::create;
 use crate::{
     api,
+    auth::Caller,
+    errors::json_response,
     handle::Gateway,
     ledger,
     routes::ROUTE_CREATE_TOKEN,
@@ -21,6 +24,7 @@ use crate::{
 /// checked like a charge's.
 pub(crate) async fn create_token(
     State(gw): State<Gateway>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -32,13 +36,19 @@ pub(crate) async fn create_token(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    let key = match idempotency_key(&headers) {
+    let key = match idempotency_key(&headers, caller.account) {
         Ok(k) => k,
         Err(r) => return r.into_response(),
     };
+    // Refused before the idempotency record, so a retry once there is room can succeed.
+    if !gw.ledger().token_room() {
+        gw.ledger().stats.tokens_refused += 1;
+        return json_response(StatusCode::TOO_MANY_REQUESTS, ledger::tokens_full());
+    }
     let fp = ledger::fingerprint(ROUTE_CREATE_TOKEN, &params);
+    let account = caller.account;
     create(gw, ROUTE_CREATE_TOKEN, key, fp, move |l| {
-        l.execute_token(&card)
+        l.execute_token(&card, account)
     })
     .await
 }

@@ -21,7 +21,8 @@ async fn two_replicas_reconcile_each_pending_payment_once() {
         c.reconcile_interval_ms = 50;
     };
     let first = spawn_app_with(tune).await;
-    let mut config = test_support::payment::config(&first.db_url, &first.gateway.url);
+    let mut config =
+        test_support::payment::config(&first.db_url, &first.gateway.url, &first.gateway.secret_key);
     tune(&mut config);
     let app = payment_service::Application::build(config)
         .await

@@ -473,7 +473,8 @@ async fn the_card_gateway_admin_api_wants_the_operator_and_is_absent_when_off() 
     use card_gateway::{AUDIENCE, CardGateway, Config};
 
     let start = |fault_admin: Switch| async move {
-        let mut config = Config::on("127.0.0.1:0");
+        let (sk, pk) = platform::card_keys::generate_pair();
+        let mut config = Config::on("127.0.0.1:0").with_keys(sk, pk);
         config.identity = platform::identity::IdentitySettings {
             fault_admin,
             ..test_support::identity::settings(AUDIENCE)
@@ -780,7 +781,9 @@ async fn silent_sockets_and_idle_http2_connections_neither_starve_healthz_nor_st
 async fn the_card_gateway_and_metrics_listeners_close_silent_half_open_and_trickling_clients() {
     use card_gateway::{CardGateway, Config};
 
-    let card = CardGateway::build(Config::on("127.0.0.1:0"))
+    let (sk, pk) = platform::card_keys::generate_pair();
+    let auth = format!("Authorization: Bearer {}\r\n", sk.expose_secret());
+    let card = CardGateway::build(Config::on("127.0.0.1:0").with_keys(sk, pk))
         .await
         .expect("binds");
     let card_addr = card.addr();
@@ -793,13 +796,12 @@ async fn the_card_gateway_and_metrics_listeners_close_silent_half_open_and_trick
     // One byte of a charge's body every 200 ms.
     let trickling = connect_from([127, 0, 0, 1], card_addr).await;
     let (mut reader, mut writer) = trickling.into_split();
-    writer
-        .write_all(
-            b"POST /v1/charges HTTP/1.1\r\nHost: card\r\nContent-Type: application/json\r\n\
-              Content-Length: 100000\r\n\r\n",
-        )
-        .await
-        .expect("head");
+    // With the secret key: the body is read (and cut off), not refused at the door.
+    let head = format!(
+        "POST /v1/charges HTTP/1.1\r\nHost: card\r\nContent-Type: application/json\r\n\
+         {auth}Content-Length: 100000\r\n\r\n"
+    );
+    writer.write_all(head.as_bytes()).await.expect("head");
     let trickle = tokio::spawn(async move {
         while writer.write_all(b" ").await.is_ok() {
             tokio::time::sleep(Duration::from_millis(200)).await;
