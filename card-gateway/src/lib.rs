@@ -6,30 +6,17 @@
 //! `GET /v1/charges?idempotency_key=`, `POST /v1/refunds`, `GET /health`, `GET /admin/stats`,
 //! `GET|PUT /admin/faults`, `GET|PUT /admin/hangs`, `GET /metrics` (Prometheus).
 //!
-//! **Tokens** (the asynchronous checkout's card handling): the shop's edge (the gateway)
-//! sends the card the customer typed to `POST /v1/tokens` and gets `{"id": "tok_...", ..}`
-//! back; from then on only the token travels (the checkout request, the event stream, the
-//! payment row), and payment-service charges it with `POST /v1/charges` and
-//! `{"token": "tok_..."}` in place of `card`. Like Stripe's token endpoint (called with the
-//! publishable key, straight from the customer's browser) it is the processor's *public*
-//! API: no operator token, no shop identity, only the card validation. HTTP contract:
+//! **Keys**: every `/v1/*` call carries an account key as `Authorization: Bearer`, as at
+//! Stripe: the secret key (payment-service's) opens everything, the publishable key (the
+//! gateway's) only `POST /v1/tokens`; `/admin/*` takes the operator's token instead. See
+//! `auth` and card-gateway/README.md.
 //!
-//! ```text
-//! POST /v1/tokens   {"card": {"number": "4242424242424242", "exp_month": 12,
-//!                             "exp_year": 2034, "cvc": "123"}}
-//!   200 {"id": "tok_...", "object": "token", "card": {"brand", "last4", "exp_month",
-//!        "exp_year"}, "created": <unix s>, "livemode": false}
-//!   402 {"error": {"type": "card_error", "code": "incorrect_number", "param": "card[number]", ..}}
-//!       (invalid number, expiry or CVC: the same answers as a charge's card)
-//!   400 {"error": {"type": "invalid_request_error", "code": "parameter_missing", "param": "card"}}
-//!   500 injected fault (route key "POST /v1/tokens"); an Idempotency-Key header is honoured.
-//! POST /v1/charges  {"amount": 1999, "currency": "usd", "token": "tok_..."}
-//!   as a charge of the token's card (the decline test numbers decline); an unknown token:
-//!   400 {"error": {"type": "invalid_request_error", "code": "resource_missing", "param": "token"}}
-//! ```
-//!
-//! Tokens are reusable, kept (and journaled, with their card) like charges, and dropped
-//! oldest first past `max_entries`.
+//! **Tokens** (the asynchronous checkout's card handling): the shop's edge sends the card
+//! the customer typed to `POST /v1/tokens` and gets `{"id": "tok_...", ..}` back; from then
+//! on only the token travels (the checkout request, the event stream, the payment row), and
+//! payment-service charges it with `POST /v1/charges` and `{"token": "tok_..."}` in place of
+//! `card`. A token is single-use, its account's only, expires by age, and is never dropped
+//! for a new one while pending (`tokens`).
 
 pub mod admin;
 pub mod api;

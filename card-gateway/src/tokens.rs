@@ -49,6 +49,10 @@ impl Vault {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     fn expired(&self, s: &Stored, now: i64) -> bool {
         now.saturating_sub(s.token.created) >= self.ttl_secs
     }
