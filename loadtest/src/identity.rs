@@ -178,7 +178,7 @@ mod tests {
     }
 
     #[test]
-    fn each_service_gets_its_own_key_and_the_card_gateway_only_the_trust_file() {
+    fn each_service_gets_its_own_keys_and_the_edge_no_secret_card_key() {
         let dir = std::env::temp_dir().join(format!("loadtest-keys-{}", uuid::Uuid::new_v4()));
         let keys = StackKeys::init(&dir).expect("keys");
         let env = keys.env_for("payment-service");
