@@ -827,3 +827,75 @@ async fn the_card_gateway_and_metrics_listeners_close_silent_half_open_and_trick
 
     all_closed_by_server(held, DEFAULT_LIMITS_GUARD, "card gateway and metrics").await;
 }
+
+/// Somebody who reaches the card processor behind a running shop (its network is the
+/// payment-service's and the gateway's): without the secret key the shop's charges are not
+/// listed, read or refunded, and the key the edge holds opens tokens only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_card_processor_behind_the_shop_lists_and_refunds_nothing_without_the_secret_key() {
+    let s = stack().await;
+    let admin = s.admin().await;
+    let item = s.create_item(&admin, "Guarded", 900, 5).await;
+    let id = item["id"].as_str().expect("id").to_owned();
+    let (token, _) = s.customer().await;
+    let r = s
+        .checkout(
+            &token,
+            "orchestrated",
+            &key(),
+            json!([{"item_id": id, "quantity": 1}]),
+            GOOD_CARD,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let http = reqwest::Client::new();
+    // What payment-service, holding the secret key, sees: the one charge.
+    let listed: serde_json::Value = http
+        .get(format!("{}/v1/charges", s.card_url))
+        .bearer_auth(s.card_secret_key.expose_secret())
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let charge = listed["data"][0]["id"]
+        .as_str()
+        .expect("the charge")
+        .to_owned();
+
+    let (wrong, publishable) = platform::card_keys::generate_pair();
+    let publishable_of_a_stranger = publishable.expose_secret().to_owned();
+    for (what, key) in [
+        ("no key", None),
+        (
+            "a guessed secret key",
+            Some(wrong.expose_secret().to_owned()),
+        ),
+        (
+            "an unknown publishable key",
+            Some(publishable_of_a_stranger),
+        ),
+    ] {
+        let list = http.get(format!("{}/v1/charges?limit=100", s.card_url));
+        let refund = http
+            .post(format!("{}/v1/refunds", s.card_url))
+            .json(&json!({"charge": charge}));
+        let (list, refund) = match &key {
+            Some(k) => (list.bearer_auth(k), refund.bearer_auth(k)),
+            None => (list, refund),
+        };
+        let r = list.send().await.expect("list");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "list with {what}");
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert!(body.get("data").is_none(), "nothing listed with {what}");
+        let r = refund.send().await.expect("refund");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "refund with {what}");
+    }
+    let stats = s.card.stats();
+    assert_eq!(stats.charges_created, 1, "the shop's charge only");
+    assert_eq!(
+        stats.refunds_created, 0,
+        "nothing refunded behind the shop's back"
+    );
+}
