@@ -281,8 +281,8 @@ impl ProcessorClient {
         .await
     }
 
-    /// Tokenises `card` (`POST /v1/tokens`, the processor's public API): what the shop's
-    /// edge does with the card the customer typed. Retried like a create, under `key`.
+    /// Tokenises `card` (`POST /v1/tokens`, which the publishable key opens): what the
+    /// shop's edge does with the card the customer typed (tests use it so). Retried like a create, under `key`.
     pub async fn create_token(
         &self,
         key: &str,

@@ -20,8 +20,8 @@ use crate::{
     validation::{idempotency_key, parse_json, validate_card},
 };
 
-/// `POST /v1/tokens`: the processor's public API (see the module docs); the card is
-/// checked like a charge's.
+/// `POST /v1/tokens`: the one route the publishable key opens (see the crate docs); the card
+/// is checked like a charge's, and a vault full of pending tokens refuses new ones.
 pub(crate) async fn create_token(
     State(gw): State<Gateway>,
     Extension(caller): Extension<Caller>,
