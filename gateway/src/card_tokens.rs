@@ -1,11 +1,13 @@
 //! Tokenising a card at the card processor, for the asynchronous checkout: the gateway
 //! swaps the card for the processor's token before anything is stored, so no card number
 //! enters a database or the event stream (what a browser does with Stripe.js, done at the
-//! edge here). The processor's public endpoint, `POST /v1/tokens`.
+//! edge here). The processor's public endpoint, `POST /v1/tokens`, opened by the
+//! publishable key: the only key the edge holds, which cannot charge, refund or read.
 
 use std::time::Duration;
 
 use http::StatusCode;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use shop_proto::payment::v1 as pay;
 
@@ -15,6 +17,7 @@ use crate::error::ApiError;
 pub struct CardTokens {
     http: reqwest::Client,
     tokens_url: String,
+    publishable_key: SecretString,
 }
 
 #[derive(Deserialize)]
@@ -35,7 +38,11 @@ struct ProcessorError {
 }
 
 impl CardTokens {
-    pub fn new(card_gateway_url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        card_gateway_url: &str,
+        publishable_key: SecretString,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .tcp_nodelay(true)
@@ -46,6 +53,7 @@ impl CardTokens {
         Ok(Self {
             http,
             tokens_url: format!("{}/v1/tokens", card_gateway_url.trim_end_matches('/')),
+            publishable_key,
         })
     }
 
@@ -70,6 +78,7 @@ impl CardTokens {
         let resp = self
             .http
             .post(&self.tokens_url)
+            .bearer_auth(self.publishable_key.expose_secret())
             .json(&body)
             .send()
             .await
@@ -78,6 +87,22 @@ impl CardTokens {
         if status.is_success() {
             let token: Token = resp.json().await.map_err(|e| unavailable(&e))?;
             return Ok(token.id);
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            tracing::warn!(
+                "card tokenisation refused: the processor holds too many pending tokens"
+            );
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "card_gateway_busy",
+                "The card processor is busy right now. Nothing was ordered; please try again shortly.",
+            ));
+        }
+        // A refused key is this deployment's fault, not the customer's card.
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(unavailable(&format!(
+                "HTTP {status}: the publishable key was refused"
+            )));
         }
         if status.is_client_error() {
             let err: ErrorBody = resp.json().await.map_err(|e| unavailable(&e))?;

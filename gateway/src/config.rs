@@ -65,6 +65,13 @@ pub struct Config {
         default_value = "http://127.0.0.1:8081"
     )]
     pub card_gateway_url: String,
+    /// The card processor's publishable key (`pk_test_...`): it opens `POST /v1/tokens` only,
+    /// so the edge can tokenize cards but never charge, refund or read.
+    #[arg(long, env = "CARD_GATEWAY_PUBLISHABLE_KEY", value_parser = parse_secret, hide_env_values = true)]
+    pub card_publishable_key: Option<SecretString>,
+    /// The publishable key from this file (`shopctl keys init` writes `card-publishable-key`).
+    #[arg(long, env = "CARD_GATEWAY_PUBLISHABLE_KEY_FILE")]
+    pub card_publishable_key_file: Option<std::path::PathBuf>,
     /// HS256 secret shared with user-service; tokens are verified here.
     #[arg(long, env = "USER_JWT_SECRET", value_parser = parse_secret, hide_env_values = true)]
     pub jwt_secret: SecretString,
@@ -308,6 +315,15 @@ impl Config {
             window: Duration::from_secs(self.register_window_secs),
             max_keys: self.login_tracked_keys,
         }
+    }
+
+    /// The card processor's publishable key, from its value or file.
+    pub fn card_publishable_key(&self) -> anyhow::Result<SecretString> {
+        platform::card_keys::read(
+            platform::card_keys::Kind::Publishable,
+            self.card_publishable_key.as_ref(),
+            self.card_publishable_key_file.as_deref(),
+        )
     }
 
     /// Defaults for tests and the monolith: every setting at its default, this secret.

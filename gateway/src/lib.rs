@@ -76,6 +76,7 @@ impl Application {
             service_faults: lab::ServiceFaults::default(),
             card_tokens: card_tokens::CardTokens::new(
                 &config.card_gateway_url,
+                config.card_publishable_key()?,
                 config.checkout_budget(),
             )?,
         });

@@ -15,6 +15,7 @@ use std::{
 use anyhow::Context as _;
 use http::HeaderValue;
 use platform::{
+    card_keys::Kind,
     identity::{self, CALLER_HEADER, Signer},
     keys::KeyDir,
     policy::ANY_SERVER,
@@ -138,6 +139,19 @@ impl StackKeys {
                 self.0.key_file(bin).display().to_string(),
             ));
         }
+        // The card processor's API keys: the secret one for whoever charges, the publishable
+        // one for whoever tokenizes, both for the processor itself.
+        let secret = ("CARD_GATEWAY_SECRET_KEY_FILE", Kind::Secret);
+        let publishable = ("CARD_GATEWAY_PUBLISHABLE_KEY_FILE", Kind::Publishable);
+        let card_keys: &[_] = match bin {
+            "card-gateway" => &[secret, publishable],
+            identity::PAYMENT_SERVICE => &[secret],
+            identity::GATEWAY => &[publishable],
+            _ => &[],
+        };
+        for (name, kind) in card_keys {
+            env.push((name, self.0.card_key_file(*kind).display().to_string()));
+        }
         env
     }
 }
@@ -164,7 +178,7 @@ mod tests {
     }
 
     #[test]
-    fn each_service_gets_its_own_key_and_the_card_gateway_only_the_trust_file() {
+    fn each_service_gets_its_own_keys_and_the_edge_no_secret_card_key() {
         let dir = std::env::temp_dir().join(format!("loadtest-keys-{}", uuid::Uuid::new_v4()));
         let keys = StackKeys::init(&dir).expect("keys");
         let env = keys.env_for("payment-service");
@@ -176,8 +190,22 @@ mod tests {
             key,
             Some(dir.join("payment-service.pem").display().to_string())
         );
+        assert!(
+            env.iter()
+                .any(|(k, _)| *k == "CARD_GATEWAY_SECRET_KEY_FILE")
+        );
         let env = keys.env_for("card-gateway");
         assert!(env.iter().all(|(k, _)| *k != "SHOP_IDENTITY_KEY_FILE"));
+        assert!(
+            env.iter()
+                .any(|(k, _)| *k == "CARD_GATEWAY_PUBLISHABLE_KEY_FILE")
+        );
+        let env = keys.env_for("gateway");
+        assert!(
+            env.iter()
+                .all(|(k, _)| *k != "CARD_GATEWAY_SECRET_KEY_FILE"),
+            "the edge never holds the secret key"
+        );
         assert!(env.contains(&("SHOP_FAULT_ADMIN", "on".into())));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -23,8 +23,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use tonic::server::NamedService as _;
 
 use crate::{
+    card_processor::ProcessorClient,
     config::Config,
-    gateway_client::GatewayClient,
     grpc::PaymentService,
     service::{Payments, Settings},
     store::Store,
@@ -96,9 +96,14 @@ async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Paymen
     if config.max_amount_minor < 1 {
         anyhow::bail!("PAYMENT_MAX_AMOUNT_MINOR must be at least 1");
     }
-    if config.gateway_timeout_ms == 0 {
+    if config.processor_timeout_ms == 0 {
         anyhow::bail!("PAYMENT_GATEWAY_TIMEOUT_MS must be at least 1");
     }
+    let card_key = platform::card_keys::read(
+        platform::card_keys::Kind::Secret,
+        config.card_secret_key.as_ref(),
+        config.card_secret_key_file.as_deref(),
+    )?;
     let options = MySqlConnectOptions::from_str(config.database_url.expose_secret())
         .context("PAYMENT_DATABASE_URL is not a valid mysql:// URL")?;
     let pool = MySqlPoolOptions::new()
@@ -108,7 +113,8 @@ async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Paymen
         .await
         .context("connecting to PAYMENT_DATABASE_URL")?;
     migrate(&pool).await?;
-    let gateway = GatewayClient::new(&config.card_gateway_url).context("CARD_GATEWAY_URL")?;
+    let gateway =
+        ProcessorClient::new(&config.card_gateway_url, card_key).context("CARD_GATEWAY_URL")?;
     // Every call to item-service says it comes from payment-service.
     let signer = config.identity.signer(PAYMENT_SERVICE)?;
     let items = platform::policy::sign(items, &signer, ITEM_SERVICE);
@@ -118,7 +124,7 @@ async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Paymen
         ItemServiceClient::new(items),
         Settings {
             max_amount_minor: config.max_amount_minor,
-            gateway_timeout: Duration::from_millis(config.gateway_timeout_ms),
+            processor_timeout: Duration::from_millis(config.processor_timeout_ms),
             card_breaker: BreakerConfig {
                 enabled: config.card_breaker,
                 failure_threshold: config.card_breaker_failures.max(1),

@@ -33,7 +33,7 @@ use crate::{
     fingerprint,
     outbox::MySqlOutbox,
     payment::{PaymentRow, Status},
-    service::{GatewayCharge, Payments, Source},
+    service::{Payments, ProcessorCharge, Source},
     store::{self, AsyncCheckout, ChargeStart, Claim, NewPayment},
 };
 
@@ -107,8 +107,8 @@ pub fn event_of(row: &PaymentRow) -> Option<Envelope> {
 }
 
 /// What charging an asynchronous checkout's payment sends the card gateway: its token.
-pub fn token_charge(row: &PaymentRow) -> Option<GatewayCharge> {
-    Some(GatewayCharge {
+pub fn token_charge(row: &PaymentRow) -> Option<ProcessorCharge> {
+    Some(ProcessorCharge {
         currency: Currency::parse(&row.currency)?,
         description: format!("order {}", row.order_id),
         source: Source::Token(row.card_token.clone()?),

@@ -3,6 +3,10 @@
 use platform::{balance::BalanceSettings, endpoints::ServiceUrls};
 use secrecy::SecretString;
 
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "payment-service",
@@ -28,10 +32,16 @@ pub struct Config {
         default_value = "http://127.0.0.1:8081"
     )]
     pub card_gateway_url: String,
+    /// The card processor's secret key (`sk_test_...`): charges, refunds and reads.
+    #[arg(long, env = "CARD_GATEWAY_SECRET_KEY", value_parser = secret, hide_env_values = true)]
+    pub card_secret_key: Option<SecretString>,
+    /// The secret key from this file (`shopctl keys init` writes `card-secret-key`).
+    #[arg(long, env = "CARD_GATEWAY_SECRET_KEY_FILE")]
+    pub card_secret_key_file: Option<std::path::PathBuf>,
     /// How long one charge or refund may wait for the card gateway (all retries included)
     /// before the payment is left PENDING for reconciliation.
     #[arg(long, env = "PAYMENT_GATEWAY_TIMEOUT_MS", default_value_t = 2000)]
-    pub gateway_timeout_ms: u64,
+    pub processor_timeout_ms: u64,
     /// Circuit breaker on card-gateway charges (on/off): after `card_breaker_failures`
     /// charges in a row time out or fail, new charges are refused at once (UNAVAILABLE,
     /// nothing written) for `card_breaker_open_ms`, then one probe charge is let through.
@@ -98,7 +108,9 @@ impl Config {
             database_url: SecretString::from(database_url.into()),
             database_max_connections: 20,
             card_gateway_url: "http://127.0.0.1:8081".into(),
-            gateway_timeout_ms: 2000,
+            card_secret_key: None,
+            card_secret_key_file: None,
+            processor_timeout_ms: 2000,
             card_breaker: true,
             card_breaker_failures: 5,
             card_breaker_open_ms: 5000,

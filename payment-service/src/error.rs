@@ -4,7 +4,7 @@
 use platform::{ErrorReason, FieldError, error::with_field, internal_error, with_reason};
 use tonic::Status;
 
-use crate::gateway_client::GatewayError;
+use crate::card_processor::ProcessorError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,14 +27,14 @@ pub enum Error {
     )]
     ChargePending {
         payment_id: String,
-        source: GatewayError,
+        source: ProcessorError,
     },
     #[error(
         "card gateway {} for refund {refund_id}; the refund is PENDING (a retry with the same idempotency key is safe)", source.summary()
     )]
     RefundPending {
         refund_id: String,
-        source: GatewayError,
+        source: ProcessorError,
     },
     #[error(
         "the card gateway is failing; new charges are refused for a few seconds (circuit open). Nothing was charged; retry later"

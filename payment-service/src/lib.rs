@@ -1,16 +1,15 @@
 //! payment-service: payments, refunds and idempotency records on MySQL/MariaDB in front of
-//! a card gateway, plus `card_gateway`, the mock gateway (second binary).
+//! a card processor (the `card-gateway` crate's mock; `card_processor` is its client).
 
 pub mod access;
 mod app;
 pub mod card;
-pub mod card_gateway;
+pub mod card_processor;
 mod chained;
 pub mod checkout;
 mod config;
 mod error;
 pub mod fingerprint;
-pub mod gateway_client;
 mod grpc;
 pub mod ids;
 pub mod outbox;

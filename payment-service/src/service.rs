@@ -26,11 +26,11 @@ use uuid::Uuid;
 
 use crate::{
     card::Card,
+    card_processor::{
+        ChargeOutcome, ChargeParams, ChargeSource, ProcessorClient, ProcessorError, RefundOutcome,
+    },
     error::Error,
     fingerprint::Fingerprint,
-    gateway_client::{
-        ChargeOutcome, ChargeParams, ChargeSource, GatewayClient, GatewayError, RefundOutcome,
-    },
     ids::IdempotencyKey,
     outbox::MySqlOutbox,
     payment::{PaymentRow, RefundRow, RefundStatus, Status},
@@ -43,7 +43,7 @@ pub const NOT_CHARGED_CODE: &str = "processing_error";
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub max_amount_minor: i64,
-    pub gateway_timeout: Duration,
+    pub processor_timeout: Duration,
     /// The breaker on card-gateway charges.
     pub card_breaker: BreakerConfig,
     pub item_timeout: Duration,
@@ -61,7 +61,7 @@ struct Inner {
     /// Wakes the outbox relay after a commit that stored an event (asynchronous checkout).
     relay: Option<RelayWaker>,
     outbox: MySqlOutbox,
-    gateway: GatewayClient,
+    gateway: ProcessorClient,
     /// Guards charges only: the path a checkout waits on. Lookups and refunds are the
     /// reconciler's and compensation's background work, bounded by their own timeouts, and
     /// a fast lookup succeeding must not close a breaker that slow charges opened.
@@ -83,7 +83,7 @@ pub struct ChargeCommand {
 }
 
 /// What a charge sends the card gateway besides the payment row's amount.
-pub struct GatewayCharge {
+pub struct ProcessorCharge {
     pub currency: Currency,
     pub description: String,
     pub source: Source,
@@ -96,8 +96,8 @@ pub enum Source {
 }
 
 impl ChargeCommand {
-    fn gateway_charge(&self) -> GatewayCharge {
-        GatewayCharge {
+    fn processor_charge(&self) -> ProcessorCharge {
+        ProcessorCharge {
             currency: self.amount.currency(),
             description: self.description.clone(),
             source: Source::Card(self.card.clone()),
@@ -126,7 +126,7 @@ fn outcome_fields(o: &ChargeOutcome) -> (Status, &str, &str) {
 impl Payments {
     pub fn new(
         store: Store,
-        gateway: GatewayClient,
+        gateway: ProcessorClient,
         items: ItemServiceClient<GrpcTransport>,
         settings: Settings,
     ) -> Self {
@@ -187,7 +187,7 @@ impl Payments {
 
     /// How long one attempt may hold a row: the gateway budget plus room for the writes.
     pub(crate) fn lease(&self) -> Duration {
-        self.inner.settings.gateway_timeout + Duration::from_secs(5)
+        self.inner.settings.processor_timeout + Duration::from_secs(5)
     }
 
     /// Takes the work lease on a PENDING row unless someone else holds it now.
@@ -315,7 +315,7 @@ impl Payments {
         };
         match self.inner.store.begin_charge(&new).await? {
             ChargeStart::Claimed(Claim::New(row)) => {
-                self.drive_charge(row, cmd.gateway_charge()).await
+                self.drive_charge(row, cmd.processor_charge()).await
             }
             ChargeStart::OrderPaid(existing) => {
                 // ChainedCharge prices the lines itself, so only the user must match there.
@@ -359,7 +359,7 @@ impl Payments {
                 .try_lease(store::Leased::Payment, id, row.locked_until)
                 .await?
             {
-                return self.drive_charge(row, cmd.gateway_charge()).await;
+                return self.drive_charge(row, cmd.processor_charge()).await;
             }
             if Instant::now() + poll >= give_up {
                 return Err(Error::InProgress {
@@ -376,7 +376,7 @@ impl Payments {
     pub(crate) async fn drive_charge(
         &self,
         row: PaymentRow,
-        charge: GatewayCharge,
+        charge: ProcessorCharge,
     ) -> Result<PaymentRow, Error> {
         let this = self.clone();
         tokio::spawn(platform::timing::carry(async move {
@@ -394,15 +394,16 @@ impl Payments {
                     let answer = this
                         .inner
                         .gateway
-                        .create_charge(&row.id, &params, this.inner.settings.gateway_timeout)
+                        .create_charge(&row.id, &params, this.inner.settings.processor_timeout)
                         .await;
-                    this.inner
-                        .charge_breaker
-                        .record(permit, answer.as_ref().is_err_and(GatewayError::is_failure));
+                    this.inner.charge_breaker.record(
+                        permit,
+                        answer.as_ref().is_err_and(ProcessorError::is_failure),
+                    );
                     answer
                 }
                 // Opened since `charge` looked: the row stays PENDING, nothing was sent.
-                None => Err(GatewayError::CircuitOpen),
+                None => Err(ProcessorError::CircuitOpen),
             };
             match answer {
                 Ok(outcome) => this.settle(&row.id, &outcome).await,
@@ -474,7 +475,7 @@ impl Payments {
         let found = self
             .inner
             .gateway
-            .find_charge(id, self.inner.settings.gateway_timeout)
+            .find_charge(id, self.inner.settings.processor_timeout)
             .await;
         let by_token = if row.async_checkout {
             crate::checkout::token_charge(&row)
@@ -557,7 +558,7 @@ impl Payments {
         let now = store::now();
         let before = store::earlier(
             now,
-            self.inner.settings.gateway_timeout + Duration::from_secs(1),
+            self.inner.settings.processor_timeout + Duration::from_secs(1),
         );
         let ids = self
             .inner
@@ -699,7 +700,7 @@ impl Payments {
                     &row.id,
                     &payment.gateway_charge_id,
                     row.amount_minor,
-                    this.inner.settings.gateway_timeout,
+                    this.inner.settings.processor_timeout,
                 )
                 .await;
             let store = &this.inner.store;

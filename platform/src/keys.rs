@@ -1,7 +1,9 @@
 //! Key directories, as `shopctl keys init DIR` makes them: one PKCS#8 PEM Ed25519 private
 //! key per identity (`DIR/NAME.pem`, readable by its owner only) and `DIR/trusted-keys`, the
 //! trust file naming every identity's public key. Each process gets its own `.pem` as
-//! SHOP_IDENTITY_KEY_FILE and the shared `trusted-keys` as SHOP_TRUSTED_KEYS_FILE.
+//! SHOP_IDENTITY_KEY_FILE and the shared `trusted-keys` as SHOP_TRUSTED_KEYS_FILE. The card
+//! processor's API keys are made here too (`card-secret-key`, `card-publishable-key`:
+//! [`crate::card_keys`]).
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,11 @@ impl KeyDir {
         self.0.join(TRUST_FILE)
     }
 
+    /// Where the card processor's key of `kind` lives.
+    pub fn card_key_file(&self, kind: crate::card_keys::Kind) -> PathBuf {
+        self.0.join(kind.file_name())
+    }
+
     /// Makes a key for each of `names` that has none yet (existing keys are kept, so running
     /// it again changes nothing), then rewrites the trust file from every key there.
     /// Returns the names whose keys were made now.
@@ -54,6 +61,8 @@ impl KeyDir {
         let trust = identity::trust_file(&signers.iter().collect::<Vec<_>>());
         let path = self.trust_file();
         std::fs::write(&path, trust).map_err(|source| self.io(&path, source))?;
+        // The card processor's API keys live here too, so one init sets up every process.
+        crate::card_keys::init(&self.0).map_err(|source| self.io(&self.0, source))?;
         Ok(made)
     }
 
@@ -74,7 +83,7 @@ impl KeyDir {
 }
 
 /// Writes a private key only its owner can read (on Unix; elsewhere as the OS makes it).
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -6,6 +6,7 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod card_keys;
 pub mod cart;
 pub mod checkout_failure;
 pub mod config;

@@ -14,13 +14,11 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
+use card_gateway::CardGateway;
 use futures::FutureExt as _;
 use gateway::downstream::Transports;
 use item_service::ItemService;
-use payment_service::{
-    PaymentService,
-    card_gateway::{self, CardGateway},
-};
+use payment_service::PaymentService;
 use platform::{
     faults::FaultInjector,
     grpc::ServerOptions,
@@ -100,7 +98,13 @@ impl Monolith {
 
         let mut card = None;
         if let Some(addr) = &config.card_gateway_addr {
-            let mut card_config = card_gateway::Config::on(addr);
+            // A fresh key pair per process: the hosted processor, payment-service (the
+            // secret key) and the gateway (the publishable key) all live here.
+            let (secret_key, publishable_key) = platform::card_keys::generate_pair();
+            config.payment.card_secret_key = Some(secret_key.clone());
+            config.gateway.card_publishable_key = Some(publishable_key.clone());
+            let mut card_config =
+                card_gateway::Config::on(addr).with_keys(secret_key, publishable_key);
             card_config.identity = config.gateway.identity.clone();
             // Its /admin/* takes only the operator's token: with no trust file configured
             // nobody could use it, so it is left out instead of refusing to start.

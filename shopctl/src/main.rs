@@ -109,6 +109,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "each process: SHOP_IDENTITY_KEY_FILE=<its NAME.pem> SHOP_TRUSTED_KEYS_FILE={}",
                 keys.trust_file().display()
             );
+            use platform::card_keys::Kind;
+            eprintln!(
+                "card processor: CARD_GATEWAY_SECRET_KEY_FILE={} (card-gateway, payment-service), \
+                 CARD_GATEWAY_PUBLISHABLE_KEY_FILE={} (card-gateway, gateway)",
+                keys.card_key_file(Kind::Secret).display(),
+                keys.card_key_file(Kind::Publishable).display()
+            );
             Ok(())
         }
         Command::Token {

@@ -3,10 +3,9 @@
 
 use std::net::SocketAddr;
 
-use payment_service::{
-    Application, Config,
-    card_gateway::{self, CardGateway, Gateway},
-};
+use card_gateway::{CardGateway, Gateway};
+use payment_service::{Application, Config};
+use secrecy::SecretString;
 
 use crate::{
     Running,
@@ -21,12 +20,25 @@ pub struct CardGatewayServer {
     pub url: String,
     /// In-process access to its state (stats, faults).
     pub handle: Gateway,
+    /// Its account's secret key (payment-service's).
+    pub secret_key: SecretString,
+    /// Its account's publishable key (the gateway's: tokens only).
+    pub publishable_key: SecretString,
 }
 
 /// Spawns the mock card gateway on 127.0.0.1:0.
 pub async fn card_gateway() -> CardGatewayServer {
-    let mut config = card_gateway::Config::on("127.0.0.1:0");
+    card_gateway_with(|_| {}).await
+}
+
+/// Spawns the mock card gateway on 127.0.0.1:0 with a fresh key pair, `tweak` applied to
+/// its config.
+pub async fn card_gateway_with(tweak: impl FnOnce(&mut card_gateway::Config)) -> CardGatewayServer {
+    let (secret_key, publishable_key) = platform::card_keys::generate_pair();
+    let mut config = card_gateway::Config::on("127.0.0.1:0")
+        .with_keys(secret_key.clone(), publishable_key.clone());
     config.identity = crate::identity::settings(card_gateway::AUDIENCE);
+    tweak(&mut config);
     let gw = CardGateway::build(config)
         .await
         .expect("the card gateway binds");
@@ -37,6 +49,8 @@ pub async fn card_gateway() -> CardGatewayServer {
         addr,
         url: format!("http://{addr}"),
         handle,
+        secret_key,
+        publishable_key,
     }
 }
 
@@ -50,13 +64,18 @@ pub struct PaymentServer {
 }
 
 /// The test config: ephemeral ports, `database_url`, the card gateway at
-/// `card_gateway_url`, no reconcile timer, and an item-service address nothing listens on
+/// `card_gateway_url` (called with `card_secret_key`), no reconcile timer, and an item-service address nothing listens on
 /// (ChainedCharge tests start their own item-service and set it).
-pub fn config(database_url: &str, card_gateway_url: &str) -> Config {
+pub fn config(
+    database_url: &str,
+    card_gateway_url: &str,
+    card_secret_key: &SecretString,
+) -> Config {
     let mut config = Config::with_database(database_url);
     config.grpc_addr = "127.0.0.1:0".into();
     config.metrics_addr = "127.0.0.1:0".into();
     config.card_gateway_url = card_gateway_url.into();
+    config.card_secret_key = Some(card_secret_key.clone());
     config.reconcile_interval_ms = 0;
     config.database_max_connections = 30;
     config.item_service_url = std::net::SocketAddr::from(([127, 0, 0, 1], 9)).into();
@@ -74,7 +93,7 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> PaymentServer {
     platform::telemetry::init(false);
     let card_gateway = card_gateway().await;
     let database = db::fresh_mysql("payment").await;
-    let mut config = config(&database.url, &card_gateway.url);
+    let mut config = config(&database.url, &card_gateway.url, &card_gateway.secret_key);
     tweak(&mut config);
     let app = Application::build(config)
         .await

@@ -120,6 +120,8 @@ async fn shop_with_checkouts(tweak_item: impl FnOnce(&mut item_service::Config))
     g.user_service_url = user.grpc_addr.into();
     g.item_service_url = item.grpc_addr.into();
     g.payment_service_url = payment.grpc_addr.into();
+    g.card_gateway_url = payment.card_gateway.url.clone();
+    g.card_publishable_key = Some(payment.card_gateway.publishable_key.clone());
     g.checkout_budget_ms = 10_000;
     g.read_budget_ms = 5_000;
     let gw = gateway::Application::build(g)

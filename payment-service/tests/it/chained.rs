@@ -240,7 +240,7 @@ async fn reconciling_a_lost_gateway_answer_settles_the_payment_and_leaves_the_re
     let app = spawn_app_with(|c| {
         c.item_service_url = items.addr.into();
         c.item_timeout_ms = 20_000;
-        c.gateway_timeout_ms = 300;
+        c.processor_timeout_ms = 300;
     })
     .await;
     let a = items.create(500, 4).await;
@@ -285,7 +285,7 @@ async fn the_reconciler_settles_a_chained_charge_as_succeeded_and_leaves_the_res
     let app = spawn_app_with(|c| {
         c.item_service_url = items.addr.into();
         c.item_timeout_ms = 20_000;
-        c.gateway_timeout_ms = 300;
+        c.processor_timeout_ms = 300;
         // The background "payment reconciler" task, as deployed.
         c.reconcile_interval_ms = 200;
     })

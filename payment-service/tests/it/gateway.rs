@@ -1,7 +1,7 @@
 //! The mock card gateway over HTTP: test cards, validation, idempotency, faults, stats.
 
 use crate::harness::*;
-use payment_service::card_gateway::api::{Charge, ErrorBody, List, Refund, Stats};
+use card_gateway::api::{Charge, ErrorBody, List, Refund, Stats};
 use serde_json::{Value, json};
 
 struct Http {
@@ -16,7 +16,7 @@ impl Http {
         let gw = spawn_gateway().await;
         Self {
             base: gw.url.clone(),
-            http: operator_http(),
+            http: operator_http(&gw.secret_key),
             _gateway: gw,
         }
     }
@@ -319,38 +319,13 @@ async fn injected_errors_and_admin_validation() {
     );
 }
 
-/// An HTTP client that presents the operator's token (the card gateway's `/admin/*` needs it).
-pub fn operator_http() -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let token = test_support::identity::operator_token(payment_service::card_gateway::AUDIENCE);
-    headers.insert(
-        platform::identity::CALLER_HEADER,
-        token.parse().expect("a token is a header value"),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .expect("an HTTP client")
-}
-
 #[tokio::test]
 async fn the_ledger_keeps_only_the_newest_entries_up_to_its_cap() {
-    use payment_service::card_gateway::{self, CardGateway};
-
-    let mut config = card_gateway::Config::on("127.0.0.1:0");
-    config.max_entries = 3;
-    let gw = CardGateway::build(config).await.expect("binds");
-    let addr = gw.addr();
-    let handle = gw.handle();
+    let gw = test_support::payment::card_gateway_with(|c| c.max_entries = 3).await;
     let http = Http {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
-        _gateway: TestGateway {
-            server: test_support::Running::spawn(addr, |stop| gw.run_until_stopped(stop)),
-            addr,
-            url: format!("http://{addr}"),
-            handle,
-        },
+        base: gw.url.clone(),
+        http: operator_http(&gw.secret_key),
+        _gateway: gw,
     };
 
     let mut ids = Vec::new();

@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 
-use payment_service::{Config, card_gateway::api::Stats};
+use card_gateway::api::Stats;
+use payment_service::Config;
+pub use secrecy::{ExposeSecret, SecretString};
 use shop_proto::{
     common::v1::Money,
     payment::v1::{self as pb, payment_service_client::PaymentServiceClient},
@@ -50,10 +52,10 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         addr: app.grpc_addr,
         metrics_addr: app.metrics_addr,
         client,
+        http: operator_http(&app.card_gateway.secret_key),
         gateway: app.card_gateway,
         db_url: app.database.url,
         db_name: app.database.name,
-        http: operator_http(),
         _server: app.server,
     }
 }
@@ -296,9 +298,17 @@ impl TestApp {
 }
 
 /// An HTTP client that presents the operator's token (the card gateway's `/admin/*` needs it).
-pub fn operator_http() -> reqwest::Client {
+/// A client of the card gateway with the operator's token (its admin API) and `key` (its
+/// account's API).
+pub fn operator_http(key: &SecretString) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    let token = test_support::identity::operator_token(payment_service::card_gateway::AUDIENCE);
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", key.expose_secret())
+            .parse()
+            .expect("a key is a header value"),
+    );
+    let token = test_support::identity::operator_token(card_gateway::AUDIENCE);
     headers.insert(
         platform::identity::CALLER_HEADER,
         token.parse().expect("a token is a header value"),
@@ -314,19 +324,22 @@ pub fn operator_http() -> reqwest::Client {
 pub struct RestartableGateway {
     pub addr: SocketAddr,
     pub url: String,
+    /// Its account's keys, the same across restarts.
+    pub secret_key: SecretString,
+    pub publishable_key: SecretString,
     journal: std::path::PathBuf,
-    running: Option<(
-        test_support::Running,
-        payment_service::card_gateway::Gateway,
-    )>,
+    running: Option<(test_support::Running, card_gateway::Gateway)>,
 }
 
 impl RestartableGateway {
     pub async fn start() -> Self {
         let journal = std::env::temp_dir().join(format!("card-journal-{}.jsonl", new_id()));
+        let (secret_key, publishable_key) = platform::card_keys::generate_pair();
         let mut gw = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             url: String::new(),
+            secret_key,
+            publishable_key,
             journal,
             running: None,
         };
@@ -335,8 +348,9 @@ impl RestartableGateway {
     }
 
     async fn up(&mut self) {
-        use payment_service::card_gateway::{self, CardGateway};
-        let mut config = card_gateway::Config::on(&self.addr.to_string());
+        use card_gateway::CardGateway;
+        let mut config = card_gateway::Config::on(&self.addr.to_string())
+            .with_keys(self.secret_key.clone(), self.publishable_key.clone());
         config.journal = Some(self.journal.clone());
         let built = CardGateway::build(config)
             .await
@@ -371,11 +385,9 @@ impl RestartableGateway {
 
     /// Tokenises a test card through payment-service's client, as the shop's edge would.
     pub async fn tokenize(&self, number: &str) -> String {
-        use payment_service::{
-            card_gateway::api::CardDetails,
-            gateway_client::{GatewayClient, TokenAnswer},
-        };
-        let client = GatewayClient::new(&self.url).expect("client");
+        use card_gateway::api::CardDetails;
+        use payment_service::card_processor::{ProcessorClient, TokenAnswer};
+        let client = ProcessorClient::new(&self.url, self.publishable_key.clone()).expect("client");
         let card = CardDetails {
             number: number.into(),
             exp_month: 12,

@@ -33,7 +33,7 @@ async fn no_card_number_or_cvc_in_debug_logs() {
         .with_writer(move || writer.clone())
         .init();
 
-    let app = spawn_app_with(|c| c.gateway_timeout_ms = 300).await;
+    let app = spawn_app_with(|c| c.processor_timeout_ms = 300).await;
     app.charge(charge_request("log-ok", 100, VISA_OK))
         .await
         .expect("charge");

@@ -478,7 +478,7 @@ async fn only_payment_of(app: &TestApp, user_id: &str) -> pb::Payment {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_gateway_that_did_charge_leaves_pending_then_reconcile_succeeds() {
-    let app = spawn_app_with(|c| c.gateway_timeout_ms = 300).await;
+    let app = spawn_app_with(|c| c.processor_timeout_ms = 300).await;
     app.put_admin(
         "/admin/faults",
         json!([{"method": "POST /v1/charges", "latency": {"kind": "fixed", "ms": 3000}}]),
@@ -520,7 +520,7 @@ async fn slow_gateway_that_did_charge_leaves_pending_then_reconcile_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hanging_gateway_that_did_not_charge_is_reconciled_as_failed() {
-    let app = spawn_app_with(|c| c.gateway_timeout_ms = 300).await;
+    let app = spawn_app_with(|c| c.processor_timeout_ms = 300).await;
     app.put_admin(
         "/admin/hangs",
         json!([{"method": "POST /v1/charges", "error_rate": 1.0}]),
@@ -544,7 +544,7 @@ async fn hanging_gateway_that_did_not_charge_is_reconciled_as_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_errors_leave_pending_and_a_retry_with_the_key_completes_it() {
-    let app = spawn_app_with(|c| c.gateway_timeout_ms = 2000).await;
+    let app = spawn_app_with(|c| c.processor_timeout_ms = 2000).await;
     app.put_admin(
         "/admin/faults",
         json!([{"method": "POST /v1/charges", "error_rate": 1.0}]),
@@ -573,7 +573,7 @@ async fn gateway_errors_leave_pending_and_a_retry_with_the_key_completes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_card_gateway_opens_the_breaker_so_new_charges_fail_fast_and_leave_nothing() {
     let app = spawn_app_with(|c| {
-        c.gateway_timeout_ms = 300;
+        c.processor_timeout_ms = 300;
         c.card_breaker_failures = 2;
         c.card_breaker_open_ms = 3000;
     })
@@ -648,7 +648,7 @@ async fn a_failing_card_gateway_opens_the_breaker_so_new_charges_fail_fast_and_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconcile_timer_settles_pending_payments_by_itself() {
     let app = spawn_app_with(|c| {
-        c.gateway_timeout_ms = 200;
+        c.processor_timeout_ms = 200;
         c.reconcile_interval_ms = 200;
     })
     .await;

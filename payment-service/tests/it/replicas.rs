@@ -17,11 +17,12 @@ const PAYMENTS: usize = 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_reconcile_each_pending_payment_once() {
     let tune = |c: &mut payment_service::Config| {
-        c.gateway_timeout_ms = 200;
+        c.processor_timeout_ms = 200;
         c.reconcile_interval_ms = 50;
     };
     let first = spawn_app_with(tune).await;
-    let mut config = test_support::payment::config(&first.db_url, &first.gateway.url);
+    let mut config =
+        test_support::payment::config(&first.db_url, &first.gateway.url, &first.gateway.secret_key);
     tune(&mut config);
     let app = payment_service::Application::build(config)
         .await

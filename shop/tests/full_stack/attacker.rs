@@ -470,10 +470,11 @@ async fn catalog_writes_need_the_gateway_and_an_admin_end_user() {
 
 #[tokio::test]
 async fn the_card_gateway_admin_api_wants_the_operator_and_is_absent_when_off() {
-    use payment_service::card_gateway::{AUDIENCE, CardGateway, Config};
+    use card_gateway::{AUDIENCE, CardGateway, Config};
 
     let start = |fault_admin: Switch| async move {
-        let mut config = Config::on("127.0.0.1:0");
+        let (sk, pk) = platform::card_keys::generate_pair();
+        let mut config = Config::on("127.0.0.1:0").with_keys(sk, pk);
         config.identity = platform::identity::IdentitySettings {
             fault_admin,
             ..test_support::identity::settings(AUDIENCE)
@@ -778,9 +779,11 @@ async fn silent_sockets_and_idle_http2_connections_neither_starve_healthz_nor_st
 /// cuts off a body trickling in.
 #[tokio::test]
 async fn the_card_gateway_and_metrics_listeners_close_silent_half_open_and_trickling_clients() {
-    use payment_service::card_gateway::{CardGateway, Config};
+    use card_gateway::{CardGateway, Config};
 
-    let card = CardGateway::build(Config::on("127.0.0.1:0"))
+    let (sk, pk) = platform::card_keys::generate_pair();
+    let auth = format!("Authorization: Bearer {}\r\n", sk.expose_secret());
+    let card = CardGateway::build(Config::on("127.0.0.1:0").with_keys(sk, pk))
         .await
         .expect("binds");
     let card_addr = card.addr();
@@ -793,13 +796,12 @@ async fn the_card_gateway_and_metrics_listeners_close_silent_half_open_and_trick
     // One byte of a charge's body every 200 ms.
     let trickling = connect_from([127, 0, 0, 1], card_addr).await;
     let (mut reader, mut writer) = trickling.into_split();
-    writer
-        .write_all(
-            b"POST /v1/charges HTTP/1.1\r\nHost: card\r\nContent-Type: application/json\r\n\
-              Content-Length: 100000\r\n\r\n",
-        )
-        .await
-        .expect("head");
+    // With the secret key: the body is read (and cut off), not refused at the door.
+    let head = format!(
+        "POST /v1/charges HTTP/1.1\r\nHost: card\r\nContent-Type: application/json\r\n\
+         {auth}Content-Length: 100000\r\n\r\n"
+    );
+    writer.write_all(head.as_bytes()).await.expect("head");
     let trickle = tokio::spawn(async move {
         while writer.write_all(b" ").await.is_ok() {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -847,4 +849,76 @@ async fn every_answer_carries_the_browser_security_headers() {
         assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
         assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
     }
+}
+
+/// Somebody who reaches the card processor behind a running shop (its network is the
+/// payment-service's and the gateway's): without the secret key the shop's charges are not
+/// listed, read or refunded, and the key the edge holds opens tokens only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_card_processor_behind_the_shop_lists_and_refunds_nothing_without_the_secret_key() {
+    let s = stack().await;
+    let admin = s.admin().await;
+    let item = s.create_item(&admin, "Guarded", 900, 5).await;
+    let id = item["id"].as_str().expect("id").to_owned();
+    let (token, _) = s.customer().await;
+    let r = s
+        .checkout(
+            &token,
+            "orchestrated",
+            &key(),
+            json!([{"item_id": id, "quantity": 1}]),
+            GOOD_CARD,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let http = reqwest::Client::new();
+    // What payment-service, holding the secret key, sees: the one charge.
+    let listed: serde_json::Value = http
+        .get(format!("{}/v1/charges", s.card_url))
+        .bearer_auth(s.card_secret_key.expose_secret())
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let charge = listed["data"][0]["id"]
+        .as_str()
+        .expect("the charge")
+        .to_owned();
+
+    let (wrong, publishable) = platform::card_keys::generate_pair();
+    let publishable_of_a_stranger = publishable.expose_secret().to_owned();
+    for (what, key) in [
+        ("no key", None),
+        (
+            "a guessed secret key",
+            Some(wrong.expose_secret().to_owned()),
+        ),
+        (
+            "an unknown publishable key",
+            Some(publishable_of_a_stranger),
+        ),
+    ] {
+        let list = http.get(format!("{}/v1/charges?limit=100", s.card_url));
+        let refund = http
+            .post(format!("{}/v1/refunds", s.card_url))
+            .json(&json!({"charge": charge}));
+        let (list, refund) = match &key {
+            Some(k) => (list.bearer_auth(k), refund.bearer_auth(k)),
+            None => (list, refund),
+        };
+        let r = list.send().await.expect("list");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "list with {what}");
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert!(body.get("data").is_none(), "nothing listed with {what}");
+        let r = refund.send().await.expect("refund");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "refund with {what}");
+    }
+    let stats = s.card.stats();
+    assert_eq!(stats.charges_created, 1, "the shop's charge only");
+    assert_eq!(
+        stats.refunds_created, 0,
+        "nothing refunded behind the shop's back"
+    );
 }

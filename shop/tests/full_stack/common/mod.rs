@@ -11,7 +11,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use payment_service::card_gateway::Gateway;
+use card_gateway::Gateway;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shop_proto::item::v1::item_service_client::ItemServiceClient;
@@ -70,6 +70,11 @@ pub fn gateway_config() -> gateway::Config {
     c.checkout_budget_ms = 10_000;
     c.read_budget_ms = 5_000;
     c.identity = test_support::identity::settings(platform::identity::GATEWAY);
+    // A key no processor knows, for gateways with none behind them; the stacks set the
+    // real one.
+    c.card_publishable_key = Some(platform::card_keys::generate(
+        platform::card_keys::Kind::Publishable,
+    ));
     // Every test client is 127.0.0.1, and some tests register a score of customers; the
     // registration throttle's own tests set their limit.
     c.register_address_limit = 1_000;
@@ -110,8 +115,9 @@ async fn monolith_on(
     item.events = events.clone();
     tweak_item(&mut item);
     let payment_db = db::fresh_mysql("payment").await;
-    // The card gateway URL is the monolith's own (it hosts the mock, see below).
-    let mut payment = payment::config(&payment_db.url, "http://127.0.0.1:9");
+    // The card gateway URL and keys are the monolith's own (it hosts the mock, see below).
+    let placeholder = platform::card_keys::generate(platform::card_keys::Kind::Secret);
+    let mut payment = payment::config(&payment_db.url, "http://127.0.0.1:9", &placeholder);
     payment.events = events.clone();
     tune_payment(&mut payment);
     let user_database_url = db::fresh_postgres("user").await.url;
@@ -202,6 +208,8 @@ pub struct Stack {
     /// item-service and the event stream the stack's services share.
     pub payment_database_url: String,
     pub card_url: String,
+    /// The card gateway's secret key (payment-service's).
+    pub card_secret_key: secrecy::SecretString,
     pub item_addr: SocketAddr,
     pub events: platform::events::EventsSettings,
 }
@@ -247,6 +255,7 @@ pub async fn stack_with(opts: Options) -> Stack {
     gcfg.item_service_url = item.grpc_addr.into();
     gcfg.payment_service_url = payment.grpc_addr.into();
     gcfg.card_gateway_url = payment.card_gateway.url.clone();
+    gcfg.card_publishable_key = Some(payment.card_gateway.publishable_key.clone());
     (opts.gateway)(&mut gcfg);
     let gw = gateway::Application::build(gcfg)
         .await
@@ -258,6 +267,7 @@ pub async fn stack_with(opts: Options) -> Stack {
         api: Api::new(gw_addr),
         payment_database_url: payment.database.url.clone(),
         card_url: payment.card_gateway.url.clone(),
+        card_secret_key: payment.card_gateway.secret_key.clone(),
         item_addr: item.grpc_addr,
         events: stack_events,
         card: payment.card_gateway.handle,
@@ -451,7 +461,11 @@ impl Stack {
     /// stream (after the first was stopped): the one the gateway does not call, the one the
     /// asynchronous checkout's events reach.
     pub async fn restart_payment(&self) -> Running {
-        let mut c = payment::config(&self.payment_database_url, &self.card_url);
+        let mut c = payment::config(
+            &self.payment_database_url,
+            &self.card_url,
+            &self.card_secret_key,
+        );
         c.item_service_url = self.item_addr.into();
         c.events = self.events.clone();
         tune_payment(&mut c);

@@ -33,8 +33,8 @@ pub struct CreateToken {
 }
 
 /// A card token (`POST /v1/tokens` answer): stands for the card in charges
-/// (`"token": "tok_..."`), so whoever holds it never holds the card number. Reusable until
-/// the processor forgets it (its books are bounded: the oldest tokens go first).
+/// (`"token": "tok_..."`), so whoever holds it never holds the card number. Charged once,
+/// by the account that made it, within its time to live (see `tokens`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     /// `tok_...`
@@ -197,6 +197,9 @@ pub struct Stats {
     /// Tokens made by `POST /v1/tokens`.
     #[serde(default)]
     pub tokens_created: u64,
+    /// Token requests refused because the vault was full of pending tokens.
+    #[serde(default)]
+    pub tokens_refused: u64,
     /// Charges that moved money.
     pub charges_succeeded: u64,
     /// Charges the "issuer" declined.

@@ -14,9 +14,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
+use crate::{
     api::{Charge, Refund, Token},
     ledger::VaultCard,
+    tokens::AccountId,
 };
 
 /// One change to the books.
@@ -33,6 +34,13 @@ pub enum Entry {
     Token {
         token: Token,
         card: VaultCard,
+        /// The account that made it (absent in journals from before accounts: the first).
+        #[serde(default)]
+        account: AccountId,
+    },
+    /// A charge used the token: it cannot be charged again, also after a restart.
+    TokenUsed {
+        id: String,
     },
     /// A finished idempotency record: retries with this key replay its answer.
     Key {

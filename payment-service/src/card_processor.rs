@@ -1,4 +1,4 @@
-//! HTTP client for the card gateway. Every create carries an Idempotency-Key (the payment's
+//! HTTP client for the card processor (the `card-gateway`). Every create carries an Idempotency-Key (the payment's
 //! or refund's own id), which makes retrying a failed attempt safe. A charge is of a card
 //! (the synchronous checkouts) or of a token the shop's edge made (the asynchronous one).
 
@@ -8,17 +8,17 @@ use tracing::Instrument as _;
 
 use http::StatusCode;
 use platform::money::Currency;
+use secrecy::{ExposeSecret as _, SecretString};
 
-use crate::{
-    card::Card,
-    card_gateway::api::{self, CardDetails, CreateCharge, CreateRefund, ErrorBody},
-};
+use card_gateway::api::{self, CardDetails, CreateCharge, CreateRefund, ErrorBody};
+
+use crate::card::Card;
 
 /// Attempts per create (the first plus retries), all within one time budget.
 const ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
+pub enum ProcessorError {
     #[error("card gateway did not answer in time")]
     Timeout,
     #[error("card gateway: another request with this idempotency key is in progress")]
@@ -33,7 +33,7 @@ pub enum GatewayError {
     CircuitOpen,
 }
 
-impl GatewayError {
+impl ProcessorError {
     /// What a caller may be told (details such as addresses stay in the logs).
     pub fn summary(&self) -> &'static str {
         match self {
@@ -138,16 +138,17 @@ pub enum TokenAnswer {
 }
 
 #[derive(Clone)]
-pub struct GatewayClient {
+pub struct ProcessorClient {
     http: reqwest::Client,
     base: String,
+    api_key: SecretString,
 }
 
-fn classify(e: reqwest::Error) -> GatewayError {
+fn classify(e: reqwest::Error) -> ProcessorError {
     if e.is_timeout() {
-        GatewayError::Timeout
+        ProcessorError::Timeout
     } else {
-        GatewayError::Unavailable(platform::telemetry::chain(&e))
+        ProcessorError::Unavailable(platform::telemetry::chain(&e))
     }
 }
 
@@ -183,8 +184,10 @@ fn error_body(body: &[u8]) -> Option<api::ApiError> {
         .map(|b| b.error)
 }
 
-impl GatewayClient {
-    pub fn new(base_url: &str) -> anyhow::Result<Self> {
+impl ProcessorClient {
+    /// A client of the processor at `base_url` calling with `api_key` (payment-service's
+    /// secret key; tests tokenizing as the shop's edge pass the publishable key).
+    pub fn new(base_url: &str, api_key: SecretString) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             // Explicit (reqwest's default today): a request is a few small writes.
@@ -197,6 +200,7 @@ impl GatewayClient {
         Ok(Self {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
+            api_key,
         })
     }
 
@@ -206,11 +210,12 @@ impl GatewayClient {
         key: &str,
         body: &impl serde::Serialize,
         timeout: Duration,
-    ) -> Result<(StatusCode, Vec<u8>), GatewayError> {
+    ) -> Result<(StatusCode, Vec<u8>), ProcessorError> {
         let url = format!("{}{path}", self.base);
         let req = self
             .http
             .post(&url)
+            .bearer_auth(self.api_key.expose_secret())
             .header(api::IDEMPOTENCY_KEY, key)
             .json(body)
             .timeout(timeout);
@@ -226,10 +231,10 @@ impl GatewayClient {
         &self,
         budget: Duration,
         mut attempt: F,
-    ) -> Result<T, GatewayError>
+    ) -> Result<T, ProcessorError>
     where
         F: FnMut(Duration) -> Fut,
-        Fut: std::future::Future<Output = Result<T, GatewayError>>,
+        Fut: std::future::Future<Output = Result<T, ProcessorError>>,
     {
         let deadline = Instant::now() + budget;
         let mut backoff = Duration::from_millis(25);
@@ -238,14 +243,14 @@ impl GatewayClient {
             tries += 1;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(GatewayError::Timeout);
+                return Err(ProcessorError::Timeout);
             }
             match attempt(left).await {
-                Err(GatewayError::Unavailable(why)) if tries < ATTEMPTS => {
+                Err(ProcessorError::Unavailable(why)) if tries < ATTEMPTS => {
                     tracing::debug!(%why, tries, "card gateway attempt failed; retrying");
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left <= backoff {
-                        return Err(GatewayError::Unavailable(why));
+                        return Err(ProcessorError::Unavailable(why));
                     }
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
@@ -260,7 +265,7 @@ impl GatewayClient {
         key: &str,
         p: &ChargeParams<'_>,
         budget: Duration,
-    ) -> Result<ChargeOutcome, GatewayError> {
+    ) -> Result<ChargeOutcome, ProcessorError> {
         let (card, token) = match p.source {
             ChargeSource::Card(card) => (
                 Some(CardDetails {
@@ -288,14 +293,14 @@ impl GatewayClient {
         .await
     }
 
-    /// Tokenises `card` (`POST /v1/tokens`, the processor's public API): what the shop's
-    /// edge does with the card the customer typed. Retried like a create, under `key`.
+    /// Tokenises `card` (`POST /v1/tokens`, which the publishable key opens): what the
+    /// shop's edge does with the card the customer typed (tests use it so). Retried like a create, under `key`.
     pub async fn create_token(
         &self,
         key: &str,
         card: &CardDetails,
         budget: Duration,
-    ) -> Result<TokenAnswer, GatewayError> {
+    ) -> Result<TokenAnswer, ProcessorError> {
         let body = &api::CreateToken {
             card: Some(card.clone()),
         };
@@ -304,7 +309,7 @@ impl GatewayClient {
             match status {
                 StatusCode::OK => serde_json::from_slice::<api::Token>(&body)
                     .map(TokenAnswer::Token)
-                    .map_err(|e| GatewayError::Protocol(e.to_string())),
+                    .map_err(|e| ProcessorError::Protocol(e.to_string())),
                 s if s.is_client_error() && s != StatusCode::CONFLICT => error_body(&body)
                     .filter(|e| e.kind != "idempotency_error")
                     .map(TokenAnswer::Refused)
@@ -320,11 +325,12 @@ impl GatewayClient {
         &self,
         key: &str,
         timeout: Duration,
-    ) -> Result<Option<api::Charge>, GatewayError> {
+    ) -> Result<Option<api::Charge>, ProcessorError> {
         let url = format!("{}/v1/charges", self.base);
         let req = self
             .http
             .get(&url)
+            .bearer_auth(self.api_key.expose_secret())
             .query(&[("idempotency_key", key)])
             .timeout(timeout);
         let resp = traced(req, "GET", "/v1/charges", &url)
@@ -335,10 +341,10 @@ impl GatewayClient {
         match status {
             StatusCode::OK => serde_json::from_slice::<api::List<api::Charge>>(&body)
                 .map(|l| l.data.into_iter().next())
-                .map_err(|e| GatewayError::Protocol(e.to_string())),
-            StatusCode::CONFLICT => Err(GatewayError::InProgress),
-            s if s.is_server_error() => Err(GatewayError::Unavailable(format!("HTTP {s}"))),
-            s => Err(GatewayError::Protocol(format!("HTTP {s}"))),
+                .map_err(|e| ProcessorError::Protocol(e.to_string())),
+            StatusCode::CONFLICT => Err(ProcessorError::InProgress),
+            s if s.is_server_error() => Err(ProcessorError::Unavailable(format!("HTTP {s}"))),
+            s => Err(ProcessorError::Protocol(format!("HTTP {s}"))),
         }
     }
 
@@ -348,7 +354,7 @@ impl GatewayClient {
         charge_id: &str,
         amount_minor: i64,
         budget: Duration,
-    ) -> Result<RefundOutcome, GatewayError> {
+    ) -> Result<RefundOutcome, ProcessorError> {
         let body = CreateRefund {
             charge: Some(charge_id.to_owned()),
             amount: Some(amount_minor),
@@ -363,13 +369,14 @@ impl GatewayClient {
     }
 }
 
-fn charge_answer(status: StatusCode, body: &[u8]) -> Result<ChargeOutcome, GatewayError> {
+fn charge_answer(status: StatusCode, body: &[u8]) -> Result<ChargeOutcome, ProcessorError> {
     match status {
         StatusCode::OK => serde_json::from_slice::<api::Charge>(body)
             .map(|c| ChargeOutcome::from_charge(&c))
-            .map_err(|e| GatewayError::Protocol(e.to_string())),
+            .map_err(|e| ProcessorError::Protocol(e.to_string())),
         StatusCode::PAYMENT_REQUIRED => {
-            let err = error_body(body).ok_or_else(|| GatewayError::Protocol("HTTP 402".into()))?;
+            let err =
+                error_body(body).ok_or_else(|| ProcessorError::Protocol("HTTP 402".into()))?;
             Ok(match err.charge.clone() {
                 Some(charge_id) => ChargeOutcome::Declined {
                     charge_id,
@@ -384,7 +391,7 @@ fn charge_answer(status: StatusCode, body: &[u8]) -> Result<ChargeOutcome, Gatew
         }
         // A plain 4xx is a definite refusal; 409, idempotency errors and 5xx are not.
         s => match other_answer(s, body) {
-            GatewayError::Protocol(code) if s.is_client_error() => {
+            ProcessorError::Protocol(code) if s.is_client_error() => {
                 Ok(ChargeOutcome::Rejected { code })
             }
             e => Err(e),
@@ -392,14 +399,14 @@ fn charge_answer(status: StatusCode, body: &[u8]) -> Result<ChargeOutcome, Gatew
     }
 }
 
-fn refund_answer(status: StatusCode, body: &[u8]) -> Result<RefundOutcome, GatewayError> {
+fn refund_answer(status: StatusCode, body: &[u8]) -> Result<RefundOutcome, ProcessorError> {
     match status {
         StatusCode::OK => serde_json::from_slice::<api::Refund>(body)
             .map(|r| RefundOutcome::Succeeded { refund_id: r.id })
-            .map_err(|e| GatewayError::Protocol(e.to_string())),
+            .map_err(|e| ProcessorError::Protocol(e.to_string())),
         // A plain 4xx is a definite refusal; 409, idempotency errors and 5xx are not.
         s => match other_answer(s, body) {
-            GatewayError::Protocol(code) if s.is_client_error() => {
+            ProcessorError::Protocol(code) if s.is_client_error() => {
                 Ok(RefundOutcome::Rejected { code })
             }
             e => Err(e),
@@ -409,17 +416,24 @@ fn refund_answer(status: StatusCode, body: &[u8]) -> Result<RefundOutcome, Gatew
 
 /// Non-success answers: 409 in progress, 400 idempotency error, 5xx unavailable; any other
 /// answer is Protocol(code), which the callers turn into a rejection for a 4xx.
-fn other_answer(status: StatusCode, body: &[u8]) -> GatewayError {
+fn other_answer(status: StatusCode, body: &[u8]) -> ProcessorError {
     let err = error_body(body);
     if status == StatusCode::CONFLICT {
-        return GatewayError::InProgress;
+        return ProcessorError::InProgress;
     }
-    if status.is_server_error() {
-        return GatewayError::Unavailable(format!("HTTP {status}"));
+    // A refused API key (or a rate limit) says nothing about the card: nothing was
+    // charged, and the payment must wait for a fixed configuration, not fail.
+    if status.is_server_error()
+        || matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+        )
+    {
+        return ProcessorError::Unavailable(format!("HTTP {status}"));
     }
     match err {
-        Some(e) if e.kind == "idempotency_error" => GatewayError::KeyReused(e.message),
-        Some(e) => GatewayError::Protocol(e.best_code()),
-        None => GatewayError::Protocol(format!("HTTP {status}")),
+        Some(e) if e.kind == "idempotency_error" => ProcessorError::KeyReused(e.message),
+        Some(e) => ProcessorError::Protocol(e.best_code()),
+        None => ProcessorError::Protocol(format!("HTTP {status}")),
     }
 }

@@ -1,7 +1,7 @@
-//! The mock card gateway: a Stripe-like HTTP JSON API (see `payment_service::card_gateway`).
+//! The mock card gateway: a Stripe-like HTTP JSON API (see the `card_gateway` library).
 
+use card_gateway::{CardGateway, Config};
 use clap::Parser;
-use payment_service::card_gateway::{CardGateway, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

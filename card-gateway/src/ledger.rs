@@ -15,10 +15,14 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::{
+use crate::{
     api::{self, CardSummary, Charge, Outcome, PaymentMethodDetails, Refund, Stats, Token},
     journal::{self, Entry, Journal},
+    tokens::{AccountId, Refusal, Stored, Vault},
 };
+
+/// Default of how long a token can be charged (seconds).
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
 
 /// How long an idempotency record is kept (Stripe: at least 24 hours).
 const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -48,10 +52,13 @@ impl VaultCard {
     }
 }
 
-/// What a charge by token needs besides the token.
-#[derive(Debug, Clone)]
+/// What a charge by token needs besides the token. No `Debug`: the token is a bearer
+/// credential for a card and must not reach a log line.
+#[derive(Clone)]
 pub struct TokenCharge {
     pub token: String,
+    /// The account (key pair) charging: only its own tokens are found.
+    pub account: AccountId,
     pub amount: i64,
     pub currency: String,
     pub description: Option<String>,
@@ -133,9 +140,7 @@ pub struct Ledger {
     /// is gone or was created again since is stale and skipped.
     key_order: VecDeque<(String, Instant)>,
     /// Tokens and the cards they stand for.
-    tokens: HashMap<String, (Token, VaultCard)>,
-    /// Token ids in creation order, for eviction.
-    token_order: VecDeque<String>,
+    tokens: Vault,
     pub stats: Stats,
     inserts_since_prune: u32,
     /// Where the books survive a crash, when configured.
@@ -158,6 +163,18 @@ fn random_id(prefix: &str) -> String {
         .map(char::from)
         .collect();
     format!("{prefix}_{tail}")
+}
+
+/// The answer to a token request while the vault is full of pending tokens.
+pub fn tokens_full() -> Value {
+    error_body(
+        "rate_limit_error",
+        Some("too_many_pending_tokens"),
+        None,
+        "Too many tokens are waiting to be charged; try again later.",
+        None,
+        None,
+    )
 }
 
 fn unix_now() -> i64 {
@@ -226,18 +243,28 @@ impl Ledger {
             refund_order: VecDeque::new(),
             keys: HashMap::new(),
             key_order: VecDeque::new(),
-            tokens: HashMap::new(),
-            token_order: VecDeque::new(),
+            tokens: Vault::new(DEFAULT_TOKEN_TTL_SECS, max_entries),
             stats: Stats::default(),
             inserts_since_prune: 0,
             journal: None,
         }
     }
 
+    /// At most `capacity` tokens, each chargeable for `ttl_secs`.
+    pub fn token_limits(mut self, ttl_secs: u64, capacity: usize) -> Self {
+        self.tokens = Vault::new(ttl_secs, capacity);
+        self
+    }
+
     /// Books kept in the journal at `path` too: what it holds is loaded first.
     pub fn with_journal(max_entries: usize, path: &std::path::Path) -> std::io::Result<Self> {
+        Self::new(max_entries).journaled(path)
+    }
+
+    /// These books kept in the journal at `path` too: what it holds is loaded first.
+    pub fn journaled(self, path: &std::path::Path) -> std::io::Result<Self> {
         let (journal, entries) = Journal::open(path)?;
-        let mut ledger = Self::new(max_entries);
+        let mut ledger = self;
         let replayed = entries.len();
         for e in entries {
             ledger.replay(e);
@@ -268,12 +295,17 @@ impl Ledger {
                     self.refund_order.push_back(refund.id);
                 }
             }
-            Entry::Token { token, card } => {
-                let id = token.id.clone();
-                if self.tokens.insert(id.clone(), (token, card)).is_none() {
-                    self.token_order.push_back(id);
-                }
-            }
+            Entry::Token {
+                token,
+                card,
+                account,
+            } => self.tokens.insert(Stored {
+                token,
+                card,
+                account,
+                used: false,
+            }),
+            Entry::TokenUsed { id } => self.tokens.mark_used(&id),
             Entry::Key {
                 key,
                 fingerprint,
@@ -329,12 +361,6 @@ impl Ledger {
         while self.refund_order.len() > self.max_entries {
             if let Some(id) = self.refund_order.pop_front() {
                 self.refunds.remove(&id);
-                evicted += 1;
-            }
-        }
-        while self.token_order.len() > self.max_entries {
-            if let Some(id) = self.token_order.pop_front() {
-                self.tokens.remove(&id);
                 evicted += 1;
             }
         }
@@ -467,8 +493,23 @@ impl Ledger {
             .collect()
     }
 
-    /// Makes a token for `card` (kept, and journaled, like a charge).
-    pub fn execute_token(&mut self, card: &VaultCard) -> Executed {
+    /// Whether a new token fits (expired and used tokens make room; pending ones never).
+    pub fn token_room(&mut self) -> bool {
+        self.tokens.make_room(unix_now())
+    }
+
+    /// Makes a token of `account` for `card` (kept, and journaled, like a charge); refused
+    /// (429) while the vault is full of pending tokens.
+    pub fn execute_token(&mut self, card: &VaultCard, account: AccountId) -> Executed {
+        if !self.token_room() {
+            self.stats.tokens_refused += 1;
+            metrics::counter!("card_gateway_tokens_refused_total").increment(1);
+            return Executed {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                body: tokens_full(),
+                charge_id: None,
+            };
+        }
         let token = Token {
             id: random_id("tok"),
             object: "token".into(),
@@ -478,15 +519,19 @@ impl Ledger {
         };
         self.stats.tokens_created += 1;
         metrics::counter!("card_gateway_tokens_total").increment(1);
-        self.tokens
-            .insert(token.id.clone(), (token.clone(), card.clone()));
-        self.token_order.push_back(token.id.clone());
+        self.tokens.insert(Stored {
+            token: token.clone(),
+            card: card.clone(),
+            account,
+            used: false,
+        });
         self.record(Entry::Token {
             token: token.clone(),
             card: card.clone(),
+            account,
         });
-        self.evict();
-        tracing::info!(token = %token.id, brand = %token.card.brand, "token created");
+        // Brand only: the token is a bearer credential for the card.
+        tracing::info!(brand = %token.card.brand, "token created");
         Executed {
             status: StatusCode::OK,
             body: serde_json::to_value(&token).unwrap_or(Value::Null),
@@ -494,23 +539,37 @@ impl Ledger {
         }
     }
 
-    /// Charges the card behind a token exactly as a charge of that card; an unknown (or
-    /// forgotten) token is a 400 `resource_missing` on `token`, never a decline.
+    /// Charges the card behind a token exactly as a charge of that card, and uses the token
+    /// up. An unknown, expired or other account's token is a 400 `resource_missing` on
+    /// `token`; a used one a 400 `token_already_used`; never a decline.
     pub fn execute_token_charge(&mut self, t: &TokenCharge) -> Executed {
-        let Some((_, card)) = self.tokens.get(&t.token) else {
-            return Executed {
-                status: StatusCode::BAD_REQUEST,
-                body: error_body(
-                    "invalid_request_error",
-                    Some("resource_missing"),
-                    None,
-                    &format!("No such token: '{}'", t.token),
-                    Some("token"),
-                    None,
-                ),
-                charge_id: None,
-            };
+        let card = match self.tokens.take(&t.token, t.account, unix_now()) {
+            Ok(card) => card,
+            Err(refusal) => {
+                let (code, message) = match refusal {
+                    Refusal::Missing => ("resource_missing", "No such token."),
+                    Refusal::Used => (
+                        "token_already_used",
+                        "You cannot use a token more than once.",
+                    ),
+                };
+                return Executed {
+                    status: StatusCode::BAD_REQUEST,
+                    body: error_body(
+                        "invalid_request_error",
+                        Some(code),
+                        None,
+                        message,
+                        Some("token"),
+                        None,
+                    ),
+                    charge_id: None,
+                };
+            }
         };
+        self.record(Entry::TokenUsed {
+            id: t.token.clone(),
+        });
         let charge = ValidCharge {
             amount: t.amount,
             currency: t.currency.clone(),
@@ -805,16 +864,18 @@ mod tests {
     fn token_charge(token: &str) -> TokenCharge {
         TokenCharge {
             token: token.to_owned(),
+            account: 0,
             amount: 500,
             currency: "usd".into(),
             description: None,
         }
     }
 
-    /// A token charges like its card (decline numbers decline), outlives a restart on the
-    /// journal, and the oldest go past the cap; an unknown token is a 400, not a decline.
+    /// A token charges like its card (decline numbers decline) once, outlives a restart on
+    /// the journal (used ones stay used), and past the cap new ones are refused; an unknown
+    /// token is a 400, not a decline.
     #[test]
-    fn tokens_charge_like_their_card_survive_a_restart_and_stay_under_the_cap() {
+    fn tokens_charge_like_their_card_once_survive_a_restart_and_stay_under_the_cap() {
         let path = std::env::temp_dir().join(format!("card-journal-{}.jsonl", random_id("t")));
         let card = |digits: &str| VaultCard {
             digits: digits.into(),
@@ -823,8 +884,8 @@ mod tests {
         };
         let (ok, declined) = {
             let mut ledger = Ledger::with_journal(2, &path).expect("journal");
-            let ok = token_of(&ledger.execute_token(&card("4242424242424242")));
-            let declined = token_of(&ledger.execute_token(&card("4000000000000002")));
+            let ok = token_of(&ledger.execute_token(&card("4242424242424242"), 0));
+            let declined = token_of(&ledger.execute_token(&card("4000000000000002"), 0));
             (ok, declined)
         };
         assert!(ok.starts_with("tok_") && ok != declined);
@@ -841,10 +902,21 @@ mod tests {
         assert_eq!(unknown.body["error"]["param"], "token");
         assert!(unknown.charge_id.is_none());
 
-        token_of(&ledger.execute_token(&card("5555555555554444")));
+        let again = ledger.execute_token_charge(&token_charge(&ok));
+        assert_eq!(again.body["error"]["code"], "token_already_used");
+        drop(ledger);
+        let mut ledger = Ledger::with_journal(2, &path).expect("reopen again");
+        let after_restart = ledger.execute_token_charge(&token_charge(&ok));
+        assert_eq!(after_restart.body["error"]["code"], "token_already_used");
+
+        // Both are used: they make room; two pending fill the vault and a third is refused.
+        let pending = token_of(&ledger.execute_token(&card("5555555555554444"), 0));
+        token_of(&ledger.execute_token(&card("5555555555554444"), 0));
+        let refused = ledger.execute_token(&card("5555555555554444"), 0);
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(ledger.token_count(), 2);
-        let forgotten = ledger.execute_token_charge(&token_charge(&ok));
-        assert_eq!(forgotten.status, StatusCode::BAD_REQUEST, "the oldest went");
+        let paid = ledger.execute_token_charge(&token_charge(&pending));
+        assert_eq!(paid.status, StatusCode::OK, "the pending token stayed");
         let _ = std::fs::remove_file(&path);
     }
 
