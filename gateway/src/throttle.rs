@@ -18,7 +18,7 @@
 use std::{
     collections::HashMap,
     hash::Hash,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -123,7 +123,7 @@ impl Throttled {
 /// The client's address: the socket peer, unless the peer is one of `trusted` proxies; then
 /// the nearest `X-Forwarded-For` hop that is not one.
 pub fn client_address(trusted: &[IpAddr], peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    let peer = canonical(peer.ip());
+    let peer = platform::net::canonical(peer.ip());
     let is_trusted = |ip: &IpAddr| trusted.contains(ip);
     if !is_trusted(&peer) {
         return peer;
@@ -134,7 +134,7 @@ pub fn client_address(trusted: &[IpAddr], peer: SocketAddr, headers: &HeaderMap)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-        .map(canonical)
+        .map(platform::net::canonical)
         .collect();
     hops.into_iter()
         .rev()
@@ -261,7 +261,7 @@ impl LoginThrottle {
         let now = Instant::now();
         let window = self.config.window;
         let account = account(email);
-        let address = Key::Address(prefix(address));
+        let address = Key::Address(platform::net::client_unit(address));
         let mut entries = self.lock();
         let over = |e: &Entry, limit: u32| e.failures + e.in_flight >= limit.max(1);
         if let Some(e) = entries.get_mut(&account) {
@@ -349,7 +349,7 @@ impl RegisterThrottle {
         }
         let now = Instant::now();
         let window = self.config.window;
-        let key = prefix(address);
+        let key = platform::net::client_unit(address);
         let mut entries = lock(&self.entries);
         if !entries.contains_key(&key) {
             make_room(&mut entries, self.config.max_keys, now, window);
@@ -373,7 +373,7 @@ impl RegisterThrottle {
         if !self.config.enabled {
             return;
         }
-        let key = prefix(address);
+        let key = platform::net::client_unit(address);
         let mut entries = lock(&self.entries);
         if let Some(e) = entries.get_mut(&key) {
             e.failures = e.failures.saturating_sub(1);
@@ -388,26 +388,6 @@ impl RegisterThrottle {
 /// and spacing variants share one count.
 fn account(email: &str) -> Key {
     Key::Account(email.trim().to_lowercase())
-}
-
-/// IPv4-mapped IPv6 addresses as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// The unit one client controls: an IPv4 address, or an IPv6 /64 (a host usually gets a
-/// whole /64, so counting single IPv6 addresses would be trivial to dodge).
-fn prefix(ip: IpAddr) -> IpAddr {
-    match canonical(ip) {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     future::Future,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
@@ -578,16 +578,20 @@ impl AddressSlots {
     fn new(cap: usize, uncapped: &[IpAddr]) -> Self {
         Self {
             cap,
-            uncapped: uncapped.iter().copied().map(canonical).collect(),
+            uncapped: uncapped
+                .iter()
+                .copied()
+                .map(crate::net::canonical)
+                .collect(),
             held: Mutex::new(HashMap::new()),
         }
     }
 
     fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
-        if self.uncapped.contains(&canonical(ip)) {
+        if self.uncapped.contains(&crate::net::canonical(ip)) {
             return Some(AddressSlot { slots: None });
         }
-        let unit = client_unit(ip);
+        let unit = crate::net::client_unit(ip);
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let count = held.entry(unit).or_insert(0);
         if *count >= self.cap {
@@ -611,26 +615,6 @@ impl Drop for AddressSlot {
                 }
             }
         }
-    }
-}
-
-/// IPv4-mapped IPv6 addresses as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// The unit one client controls: an IPv4 address, or an IPv6 /64 (a host usually gets a
-/// whole /64, so capping single IPv6 addresses would be trivial to dodge).
-fn client_unit(ip: IpAddr) -> IpAddr {
-    match canonical(ip) {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
     }
 }
 

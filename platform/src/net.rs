@@ -41,6 +41,27 @@ pub fn http_listener(
     listener.tap_io(|stream: &mut TcpStream| set_nodelay(stream))
 }
 
+/// IPv4-mapped IPv6 addresses as IPv4 (a dual-stack listener sees IPv4 clients that way).
+pub fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The unit one client controls, for per-client limits: an IPv4 address, or an IPv6 /64 (a
+/// host usually gets a whole /64, so limiting single IPv6 addresses would be trivial to
+/// dodge).
+pub fn client_unit(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match canonical(ip) {
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
