@@ -75,6 +75,12 @@ pub fn refund_by(caller: Option<&Caller>) -> Result<(), Status> {
     }
 }
 
+/// A refund made by a service for itself (no end user, not the operator): a checkout's
+/// compensation, by the gateway's saga or user-service's recovery.
+pub fn is_compensation(caller: Option<&Caller>) -> bool {
+    caller.is_some_and(|c| c.user.is_none() && !c.is(OPERATOR))
+}
+
 /// May the caller see a payment of `owner`?
 pub fn read_payments_of(caller: Option<&Caller>, owner: &str) -> Result<(), Status> {
     // A row whose owner is not a UUID belongs to nobody a caller can act for.

@@ -179,6 +179,7 @@ impl PaymentService {
         request: Request<pb::RefundRequest>,
     ) -> Result<Response<pb::RefundResponse>, Status> {
         access::refund_by(Caller::of(&request))?;
+        let caller = Caller::of(&request).cloned();
         let ctx = CallContext::from_request(&request);
         let r = request.into_inner();
         let payment_id = ids::uuid(&r.payment_id, "payment_id")?;
@@ -188,6 +189,20 @@ impl PaymentService {
         };
         let key = IdempotencyKey::parse(&r.idempotency_key, "idempotency_key")?;
         ids::text(&r.reason, "reason", 200)?;
+        if access::is_compensation(caller.as_ref()) {
+            // A refund no end user asked for is a checkout's own compensation: all of the
+            // payment, under the key derived from its charge's, so a service key cannot
+            // refund payments of its choosing.
+            let payment = self.payments.payment(&payment_id.to_string()).await?;
+            if amount.is_some()
+                || key.as_str() != platform::ids::refund_key(&payment.idempotency_key)
+            {
+                return Err(Status::permission_denied(
+                    "a refund without an end user is a checkout's own compensation: the whole \
+                     payment, under its checkout's refund key",
+                ));
+            }
+        }
         let cmd = RefundCommand {
             fingerprint: fingerprint::refund(key.as_str(), payment_id, amount),
             key,

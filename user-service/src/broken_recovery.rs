@@ -27,8 +27,8 @@ pub fn enabled() -> bool {
 
 /// The broken step of a round: refunds recently placed orders' payments.
 pub async fn refund_placed(svc: &Users, call_timeout: Duration) {
-    let placed: Result<Vec<(uuid::Uuid, String)>, sqlx::Error> = sqlx::query_as(
-        "SELECT order_id, payment_id FROM orders \
+    let placed: Result<Vec<(uuid::Uuid, String, String)>, sqlx::Error> = sqlx::query_as(
+        "SELECT order_id, payment_id, reservation_id FROM orders \
          WHERE status = 'placed' AND payment_id IS NOT NULL \
            AND updated_at BETWEEN now() - interval '60 seconds' AND now() - make_interval(secs => $1)",
     )
@@ -42,7 +42,7 @@ pub async fn refund_placed(svc: &Users, call_timeout: Duration) {
             return;
         }
     };
-    for (order_id, payment_id) in placed {
+    for (order_id, payment_id, reservation_id) in placed {
         // As the recovery calls: user-service itself, no end user.
         let ctx = CallContext {
             trace: TraceContext::new_root(),
@@ -53,7 +53,9 @@ pub async fn refund_placed(svc: &Users, call_timeout: Duration) {
             pay::RefundRequest {
                 payment_id: payment_id.clone(),
                 amount: None,
-                idempotency_key: format!("broken-recovery-{order_id}"),
+                // The checkout's own refund key, as the real recovery uses: the only key
+                // payment-service takes for a refund with no end user.
+                idempotency_key: platform::ids::refund_key(&reservation_id),
                 reason: "broken recovery (test-only switch)".into(),
             },
             Some(call_timeout),

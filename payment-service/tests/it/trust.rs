@@ -224,6 +224,24 @@ async fn user_scoped_payment_rpcs_need_the_owner_and_refunds_an_admin() {
         app.get(&paid.payment_id).await.status(),
         pb::PaymentStatus::Succeeded
     );
+    // With no end user a refund is a checkout's own compensation: only the whole payment,
+    // under the key derived from its charge's ("trust-3"), whoever holds a service key.
+    let compensate = |key: String| {
+        let mut c = as_caller(&app, USER_SERVICE, None);
+        let mut r = refund_of(&paid.payment_id);
+        r.idempotency_key = key;
+        async move { c.refund(r).await.map(|_| ()) }
+    };
+    assert_eq!(
+        code(compensate(format!("refund-{}", Uuid::new_v4())).await),
+        Err(Code::PermissionDenied)
+    );
+    assert_eq!(
+        app.get(&paid.payment_id).await.status(),
+        pb::PaymentStatus::Succeeded
+    );
+    // (The checkout's own key refunds: the saga's and the recovery's compensations in the
+    // full-stack tests.) An admin, asserted by the gateway, may refund.
     assert_eq!(code(refund(GATEWAY, Some(admin(stranger))).await), Ok(()));
     assert_eq!(
         app.get(&paid.payment_id).await.status(),
