@@ -81,6 +81,10 @@ mod tests {
         config.item_service_url = nowhere.into();
         config.payment_service_url = nowhere.into();
         config.identity.identity_key = Some(platform::identity::generate_key().expect("a key"));
+        // No card processor behind it: any well-formed publishable key.
+        config.card_publishable_key = Some(platform::card_keys::generate(
+            platform::card_keys::Kind::Publishable,
+        ));
         tweak(&mut config);
         let app = Application::build(config).await.expect("gateway builds");
         let addr = app.http_addr();
