@@ -8,7 +8,7 @@ use mongodb::bson::{DateTime, Document, doc};
 
 use super::{
     Begun, Decided, Moved, ReservationDoc, Reservations, Shortage, State, count_outcome, due_after,
-    line_docs, now_plus,
+    line_docs,
 };
 use crate::{
     error::{Error, is_duplicate_key},
@@ -25,23 +25,7 @@ impl Reservations {
         lines: &[Line],
         ttl: Duration,
     ) -> Result<Begun, Error> {
-        let now = DateTime::now();
-        let expires_at = now_plus(ttl);
-        let doc = ReservationDoc {
-            id: rid.0.clone(),
-            lines: line_docs(lines),
-            status: State::Pending,
-            expires_at,
-            reason: String::new(),
-            reject_field: String::new(),
-            reject_not_found: false,
-            settled: false,
-            created_at: now,
-            updated_at: now,
-            due: Some(expires_at),
-            outbox: None,
-            rev: Some(0),
-        };
+        let doc = ReservationDoc::pending(&rid.0, line_docs(lines), ttl);
         match self.reservations.insert_one(&doc).await {
             Ok(_) => Ok(Begun::Fresh),
             Err(e) if is_duplicate_key(&e) => {

@@ -143,6 +143,29 @@ pub struct ReservationDoc {
 }
 
 impl ReservationDoc {
+    /// A reservation being made now: PENDING, held until `ttl` from now, with the sweeper's
+    /// `due` at its expiry (the synchronous ReserveStock and the asynchronous checkout both
+    /// begin one this way).
+    pub(crate) fn pending(id: &str, lines: Vec<LineDoc>, ttl: Duration) -> Self {
+        let now = DateTime::now();
+        let expires_at = now_plus(ttl);
+        Self {
+            id: id.to_owned(),
+            lines,
+            status: State::Pending,
+            expires_at,
+            reason: String::new(),
+            reject_field: String::new(),
+            reject_not_found: false,
+            settled: false,
+            created_at: now,
+            updated_at: now,
+            due: Some(expires_at),
+            outbox: None,
+            rev: Some(0),
+        }
+    }
+
     pub fn to_pb(&self) -> pb::Reservation {
         use pb::ReservationStatus as S;
         let status = match self.status {

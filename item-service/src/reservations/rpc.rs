@@ -1,12 +1,12 @@
 //! The synchronous checkout's RPCs on reservations: ReserveStock, CommitReservation,
 //! ReleaseReservation.
 
-use mongodb::bson::{DateTime, doc};
+use mongodb::bson::doc;
 use platform::ErrorReason;
 
 use super::{
     EXPIRED, LineDoc, Moved, ReservationDoc, Reservations, Shortage, State, changing_concurrently,
-    line_docs, now_plus,
+    line_docs,
 };
 use crate::{
     error::{Error, is_duplicate_key},
@@ -20,23 +20,7 @@ impl Reservations {
         lines: &[Line],
     ) -> Result<ReservationDoc, Error> {
         let line_docs = line_docs(lines);
-        let now = DateTime::now();
-        let expires_at = now_plus(self.ttl);
-        let doc = ReservationDoc {
-            id: rid.0.clone(),
-            lines: line_docs.clone(),
-            status: State::Pending,
-            expires_at,
-            reason: String::new(),
-            reject_field: String::new(),
-            reject_not_found: false,
-            settled: false,
-            created_at: now,
-            updated_at: now,
-            due: Some(expires_at),
-            outbox: None,
-            rev: Some(0),
-        };
+        let doc = ReservationDoc::pending(&rid.0, line_docs.clone(), self.ttl);
         match self.reservations.insert_one(&doc).await {
             Ok(_) => {}
             Err(e) if is_duplicate_key(&e) => {
