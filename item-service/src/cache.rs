@@ -28,9 +28,10 @@
 //!   BatchGetItems and MongoDB). A bump that cannot reach Redis leaves old pages to their
 //!   (short) TTL.
 //! - Redis is never a reason to fail: every operation has a short timeout, errors and
-//!   timeouts are logged and counted, the request continues on MongoDB, and after an error
-//!   the cache is bypassed for a moment so a dead Redis does not cost every request the
-//!   timeout.
+//!   timeouts are logged and counted, and the request continues on MongoDB. After an
+//!   error (refused, reset: Redis is down) the cache is bypassed for a moment so a dead
+//!   Redis does not cost every request the timeout; timeouts alone bypass it only once
+//!   Redis has answered nothing for `HUNG_AFTER` (see [`Health`]).
 //! - The classic cache-aside race (a reader that read MongoDB before a write stores its old
 //!   copy after the writer's delete) is closed by deleting twice: at once and again
 //!   `REDELETE_AFTER` later. A delete that cannot reach Redis leaves the entry to its TTL.
@@ -56,6 +57,8 @@ const FOUND: u8 = b'I';
 const NOT_FOUND: u8 = b'N';
 /// How long the cache is skipped after a Redis error.
 const BACKOFF: Duration = Duration::from_secs(1);
+/// How long Redis may answer nothing but timeouts before it is taken for hung.
+const HUNG_AFTER: Duration = Duration::from_secs(1);
 /// When the second delete of an invalidation runs.
 const REDELETE_AFTER: Duration = Duration::from_millis(500);
 
@@ -158,7 +161,7 @@ struct Inner {
     /// Set by the background connector once Redis answered; the manager reconnects by
     /// itself after that.
     conn: OnceLock<ConnectionManager>,
-    bypass_until: Mutex<Option<Instant>>,
+    health: Mutex<Health>,
     inflight: Mutex<HashMap<ItemId, Arc<OnceCell<Loaded>>>>,
     inflight_lists: Mutex<PageFlights>,
 }
@@ -242,7 +245,7 @@ impl Cache {
             list_prefix: format!("shop:items:list:v1:{}:", settings.catalog),
             settings,
             conn: OnceLock::new(),
-            bypass_until: Mutex::new(None),
+            health: Mutex::new(Health::default()),
             inflight: Mutex::new(HashMap::new()),
             inflight_lists: Mutex::new(HashMap::new()),
         });
@@ -496,17 +499,14 @@ impl Cache {
             pipe.cmd("DEL").arg(&keys).ignore();
         }
         pipe.cmd("INCR").arg(&inner.generation_key).ignore();
-        let res = tokio::time::timeout(
-            inner.settings.op_timeout,
-            pipe.query_async::<()>(&mut conn)
-                .store_op("redis", "catalog_changed"),
-        )
-        .await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => inner.failed("catalog_changed", &e.to_string()),
-            Err(_) => inner.failed("catalog_changed", "timed out"),
-        }
+        inner
+            .ask(
+                "catalog_changed",
+                Counted::Item,
+                pipe.query_async::<()>(&mut conn)
+                    .store_op("redis", "catalog_changed"),
+            )
+            .await;
         if keys.is_empty() {
             return;
         }
@@ -539,23 +539,14 @@ impl Inner {
             .arg(&self.generation_key)
             .cmd("GET")
             .arg(self.list_key(key));
-        let res = tokio::time::timeout(
-            self.settings.op_timeout,
-            pipe.query_async::<(Option<i64>, Option<Vec<u8>>)>(&mut conn)
-                .store_op("redis", "list_get"),
-        )
-        .await;
-        let (generation, bytes) = match res {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                self.list_failed("list_get", &e.to_string());
-                return None;
-            }
-            Err(_) => {
-                self.list_failed("list_get", "timed out");
-                return None;
-            }
-        };
+        let (generation, bytes) = self
+            .ask(
+                "list_get",
+                Counted::List,
+                pipe.query_async::<(Option<i64>, Option<Vec<u8>>)>(&mut conn)
+                    .store_op("redis", "list_get"),
+            )
+            .await?;
         // No generation yet (a fresh Redis): 0 until the first edit.
         let generation = generation.unwrap_or(0);
         Some(
@@ -577,8 +568,9 @@ impl Inner {
         let ttl = u64::try_from(self.settings.list_ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let res = tokio::time::timeout(
-            self.settings.op_timeout,
+        self.ask(
+            "list_set",
+            Counted::List,
             redis::cmd("SET")
                 .arg(self.list_key(key))
                 .arg(encode_page(generation, page))
@@ -588,63 +580,68 @@ impl Inner {
                 .store_op("redis", "list_set"),
         )
         .await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.list_failed("list_set", &e.to_string()),
-            Err(_) => self.list_failed("list_set", "timed out"),
-        }
     }
 
     /// The connection, unless Redis is known to be down right now.
     fn usable(&self) -> Option<ConnectionManager> {
-        let bypass = *self.bypass_until.lock().unwrap_or_else(|p| p.into_inner());
-        if bypass.is_some_and(|until| Instant::now() < until) {
+        let bypassed = self.health().bypassed(Instant::now());
+        if bypassed {
             return None;
         }
         self.conn.get().cloned()
     }
 
-    /// An item-cache operation failed: counted, then as `note_failure`.
-    fn failed(&self, op: &str, err: &str) {
-        count("error", 1);
-        self.note_failure(op, err);
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A list-cache operation failed: counted, then as `note_failure`.
-    fn list_failed(&self, op: &str, err: &str) {
-        count_list("error");
-        self.note_failure(op, err);
+    /// One Redis operation under the cache's timeout; None when it failed or timed out,
+    /// which is counted (as the item or the list cache's "error"), logged once per
+    /// back-off period, and told to [`Health`].
+    async fn ask<T>(
+        &self,
+        op: &'static str,
+        counted: Counted,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        let failure = match tokio::time::timeout(self.settings.op_timeout, call).await {
+            Ok(Ok(v)) => {
+                self.health().answered();
+                return Some(v);
+            }
+            Ok(Err(e)) => Failure::Error(e.to_string()),
+            Err(_) => Failure::TimedOut,
+        };
+        self.failed(op, counted, failure);
+        None
     }
 
-    /// Logs (once per back-off period) and bypasses Redis for a moment.
-    fn note_failure(&self, op: &str, err: &str) {
-        let mut bypass = self.bypass_until.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        // Log once per back-off period, not once per request.
-        if bypass.is_none_or(|until| now >= until) {
+    /// A cache operation failed: counted, logged when it starts a bypass.
+    fn failed(&self, op: &str, counted: Counted, failure: Failure) {
+        match counted {
+            Counted::Item => count("error", 1),
+            Counted::List => count_list("error"),
+        }
+        let started = self.health().failed(&failure, Instant::now());
+        if started {
             tracing::warn!(
                 op,
-                error = err,
+                error = %failure,
                 "redis cache failed; serving from MongoDB for a while"
             );
         }
-        *bypass = Some(now + BACKOFF);
     }
 
     async fn delete(&self, conn: &mut ConnectionManager, keys: &[String]) {
-        let res = tokio::time::timeout(
-            self.settings.op_timeout,
+        self.ask(
+            "invalidate",
+            Counted::Item,
             redis::cmd("DEL")
                 .arg(keys)
                 .query_async::<i64>(conn)
                 .store_op("redis", "del"),
         )
         .await;
-        match res {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => self.failed("invalidate", &e.to_string()),
-            Err(_) => self.failed("invalidate", "timed out"),
-        }
     }
 
     /// MGET; None when Redis is unusable (counted as "error" or "bypass").
@@ -654,29 +651,21 @@ impl Inner {
             return None;
         };
         let keys: Vec<String> = ids.iter().map(|id| entry.key(*id)).collect();
-        let res = tokio::time::timeout(
-            self.settings.op_timeout,
-            redis::cmd("MGET")
-                .arg(&keys)
-                .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
-                .store_op("redis", "mget"),
-        )
-        .await;
-        let values = match res {
-            Ok(Ok(v)) if v.len() == ids.len() => v,
-            Ok(Ok(_)) => {
-                self.failed("mget", "wrong number of values");
-                return None;
-            }
-            Ok(Err(e)) => {
-                self.failed("mget", &e.to_string());
-                return None;
-            }
-            Err(_) => {
-                self.failed("mget", "timed out");
-                return None;
-            }
-        };
+        let values = self
+            .ask(
+                "mget",
+                Counted::Item,
+                redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
+                    .store_op("redis", "mget"),
+            )
+            .await?;
+        if values.len() != ids.len() {
+            let wrong = Failure::Error("wrong number of values".to_owned());
+            self.failed("mget", Counted::Item, wrong);
+            return None;
+        }
         Some(
             values
                 .into_iter()
@@ -712,15 +701,120 @@ impl Inner {
                 .arg(self.ttl(item.is_some()))
                 .ignore();
         }
-        let res = tokio::time::timeout(
-            self.settings.op_timeout,
+        self.ask(
+            "set",
+            Counted::Item,
             pipe.query_async::<()>(&mut conn).store_op("redis", "set"),
         )
         .await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.failed("set", &e.to_string()),
-            Err(_) => self.failed("set", "timed out"),
+    }
+}
+
+/// Which counter a failed operation counts in.
+#[derive(Clone, Copy)]
+enum Counted {
+    Item,
+    List,
+}
+
+/// Why a Redis operation gave no answer.
+#[derive(Debug)]
+enum Failure {
+    /// Redis answered with an error, or the connection failed (refused, reset).
+    Error(String),
+    /// No answer within the operation timeout.
+    TimedOut,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Error(e) => f.write_str(e),
+            Self::TimedOut => f.write_str("timed out"),
         }
+    }
+}
+
+/// Whether Redis is worth asking right now.
+///
+/// An error (refused, reset: Redis is down or restarting) skips it for `BACKOFF` at once.
+/// A timeout alone does not: on a busy machine one slow answer is the machine, not Redis,
+/// and sending every read to MongoDB for a second would turn a busy moment into an
+/// overloaded store. Only timeouts with no answer between them for `HUNG_AFTER` (Redis
+/// hung, or the network to it gone) skip it.
+#[derive(Debug, Default)]
+struct Health {
+    bypass_until: Option<Instant>,
+    /// The first timeout since Redis last answered.
+    silent_since: Option<Instant>,
+}
+
+impl Health {
+    fn bypassed(&self, now: Instant) -> bool {
+        self.bypass_until.is_some_and(|until| now < until)
+    }
+
+    fn answered(&mut self) {
+        self.silent_since = None;
+    }
+
+    /// Records a failure; true when it starts a bypass (the moment to log it).
+    fn failed(&mut self, failure: &Failure, now: Instant) -> bool {
+        let bypass = match failure {
+            Failure::Error(_) => true,
+            Failure::TimedOut => {
+                let since = *self.silent_since.get_or_insert(now);
+                now.duration_since(since) >= HUNG_AFTER
+            }
+        };
+        if !bypass {
+            return false;
+        }
+        let starts = !self.bypassed(now);
+        self.bypass_until = Some(now + BACKOFF);
+        self.silent_since = None;
+        starts
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn an_error_bypasses_redis_at_once() {
+        let now = Instant::now();
+        let mut h = Health::default();
+        assert!(h.failed(&Failure::Error("connection refused".into()), now));
+        assert!(h.bypassed(now + Duration::from_millis(999)));
+        assert!(!h.bypassed(now + BACKOFF));
+    }
+
+    #[test]
+    fn timeouts_between_answers_never_bypass_redis() {
+        let now = Instant::now();
+        let mut h = Health::default();
+        for ms in (0..5_000).step_by(100) {
+            let t = now + Duration::from_millis(ms);
+            assert!(!h.failed(&Failure::TimedOut, t));
+            assert!(!h.bypassed(t));
+            h.answered();
+        }
+    }
+
+    #[test]
+    fn a_second_of_nothing_but_timeouts_bypasses_redis() {
+        let now = Instant::now();
+        let mut h = Health::default();
+        assert!(!h.failed(&Failure::TimedOut, now));
+        assert!(!h.failed(&Failure::TimedOut, now + Duration::from_millis(500)));
+        assert!(!h.bypassed(now + Duration::from_millis(500)));
+        let hung = now + HUNG_AFTER;
+        assert!(h.failed(&Failure::TimedOut, hung));
+        assert!(h.bypassed(hung));
+        // Once the bypass is over, the count of silence starts again.
+        let later = hung + BACKOFF;
+        assert!(!h.failed(&Failure::TimedOut, later));
+        assert!(!h.bypassed(later));
     }
 }
