@@ -12,6 +12,8 @@ use std::{collections::HashMap, path::Path, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::mongo_server::MongoServer;
+
 const TICKS_PER_SEC: f64 = 100.0;
 
 /// One process to account for.
@@ -100,6 +102,52 @@ impl Processes {
             ticks,
         })
     }
+}
+
+/// Adds the stores of a run whose MongoDB-wire server is `mongo`: from `scripts/stack`'s
+/// state file (`SHOP_STACK_STATE`), or else whoever listens on the loopback ports of the
+/// stores' `*_URL` variables. Returns a note for each store it cannot account for.
+pub fn watch_stores(procs: &mut Processes, mongo: &MongoServer) -> Vec<String> {
+    let mut notes = Vec::new();
+    match std::env::var("SHOP_STACK_STATE") {
+        // The stack's own SecantusDB idles when the run has its own.
+        Ok(f) if !f.is_empty() => {
+            let skip: &[&str] = if mongo.is_own() { &["secantus"] } else { &[] };
+            if let Err(e) = procs.add_stack_state(Path::new(&f), skip) {
+                notes.push(format!(
+                    "The stores' CPU is not accounted: reading {f}: {e:#}."
+                ));
+            }
+        }
+        _ => {
+            let mut stores = vec![
+                ("PostgreSQL", "USER_DATABASE_URL"),
+                ("MariaDB", "PAYMENT_DATABASE_URL"),
+                ("Redis", "ITEM_REDIS_URL"),
+                ("NATS", "NATS_URL"),
+            ];
+            if !mongo.is_own() {
+                stores.push(("MongoDB server", "ITEM_MONGODB_URL"));
+            }
+            for (label, var) in stores {
+                match store_pid(var) {
+                    Some(pid) => procs.add(label, pid, true),
+                    None => notes.push(format!(
+                        "{label}'s CPU is not accounted: no process of this machine that loadtest can see listens on {var}'s port."
+                    )),
+                }
+            }
+        }
+    }
+    if let Some(pid) = mongo.pid() {
+        procs.add("SecantusDB (this run's)", pid, true);
+    }
+    notes
+}
+
+fn store_pid(var: &str) -> Option<u32> {
+    let url = reqwest::Url::parse(&std::env::var(var).ok()?).ok()?;
+    listener_pid(url.port()?)
 }
 
 /// Every process's id and `/proc` directory (None where `/proc` cannot be listed).

@@ -106,40 +106,7 @@ pub(crate) async fn prepare(
     for (name, pid) in stack.pids() {
         procs.add(name, pid, false);
     }
-    if let Some(pid) = mongo.pid() {
-        procs.add("SecantusDB (this run's)", pid, true);
-    }
-    match std::env::var("SHOP_STACK_STATE") {
-        // The stack's own SecantusDB idles when the run has its own.
-        Ok(f) if !f.is_empty() => {
-            let skip: &[&str] = if mongo.is_own() { &["secantus"] } else { &[] };
-            if let Err(e) = procs.add_stack_state(std::path::Path::new(&f), skip) {
-                setup.push(format!(
-                    "The stores' CPU is not accounted: reading {f}: {e:#}."
-                ));
-            }
-        }
-        // Stores not started by scripts/stack: whoever listens on their loopback ports.
-        _ => {
-            let mut stores = vec![
-                ("PostgreSQL", "USER_DATABASE_URL"),
-                ("MariaDB", "PAYMENT_DATABASE_URL"),
-                ("Redis", "ITEM_REDIS_URL"),
-                ("NATS", "NATS_URL"),
-            ];
-            if !mongo.is_own() {
-                stores.push(("MongoDB server", "ITEM_MONGODB_URL"));
-            }
-            for (label, var) in stores {
-                match store_pid(var) {
-                    Some(pid) => procs.add(label, pid, true),
-                    None => setup.push(format!(
-                        "{label}'s CPU is not accounted: no process of this machine that loadtest can see listens on {var}'s port."
-                    )),
-                }
-            }
-        }
-    }
+    setup.extend(process_cpu::watch_stores(&mut procs, &mongo));
 
     eprintln!("[loadtest] creating accounts and load-test items");
     let shop_admin = ShopAdmin::new(dep.gw.clone());
@@ -186,11 +153,6 @@ pub(crate) async fn prepare(
 
 /// The process listening on the port of the store the environment variable names, if
 /// this machine runs it where loadtest can see it.
-fn store_pid(var: &str) -> Option<u32> {
-    let url = reqwest::Url::parse(&std::env::var(var).ok()?).ok()?;
-    process_cpu::listener_pid(url.port()?)
-}
-
 /// Runs the whole experiment and writes the report into `opts.out_dir`.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let t0 = Instant::now();

@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::{
     admin::{metric_sum, scrape},
+    experiment::process_cpu::{self, CpuSpent, Processes},
     generator::{
         engine::{self, Model, RunSpec, Workload},
         http::HttpPool,
@@ -32,7 +33,7 @@ use crate::{
             shop::Customer,
             supervisor::{Process, Supervisor, now_rfc3339},
         },
-        kill_windows::{self, Kind, OkRates, Timeline},
+        kill_windows::{self, Kind, OkRates, Stray, Timeline},
     },
 };
 
@@ -86,7 +87,11 @@ impl Workload for SoakWorkload {
         let (timeline, sent) = (self.timeline.clone(), Instant::now());
         let fut = async move {
             let outcome = fut.await;
-            timeline.record(sent, kind, outcome.is_ok());
+            let failure = match &outcome {
+                Outcome::Ok => None,
+                Outcome::Error(kind) => Some(kind.clone()),
+            };
+            timeline.record(sent, kind, failure);
             outcome
         };
         (endpoint, fut.boxed())
@@ -215,6 +220,11 @@ pub struct SoakReport {
     pub checker_summary: String,
     pub violations: Vec<String>,
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// The failures outside every kill window, by second, kind and error.
+    pub strays: Vec<Stray>,
+    /// CPU per process during the peak measurement (none when the peak was given, or
+    /// where `/proc` cannot be read): what limited the peak.
+    pub peak_cpu: Option<CpuSpent>,
     pub elapsed_s: f64,
 }
 
@@ -311,6 +321,10 @@ impl SoakReport {
                 c.at_s, c.process, c.down_s
             ));
         }
+        s.push_str(&strays_markdown(&self.strays));
+        if let Some(cpu) = &self.peak_cpu {
+            s.push_str(&peak_cpu_markdown(cpu));
+        }
         if !self.shortfalls.is_empty() {
             s.push_str("\n## Ok-rate bars missed\n\n");
             for v in &self.shortfalls {
@@ -325,6 +339,66 @@ impl SoakReport {
         }
         s
     }
+}
+
+/// The failures outside the kill windows: totals by kind and error, then when they came.
+fn strays_markdown(strays: &[Stray]) -> String {
+    const SHOWN: usize = 40;
+    let mut s = String::from("\n## Failures outside the kill windows\n\n");
+    if strays.is_empty() {
+        s.push_str("None.\n");
+        return s;
+    }
+    let mut totals: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for x in strays {
+        *totals.entry((x.kind, x.error.as_str())).or_default() += x.count;
+    }
+    s.push_str("| request | error | count |\n|---|---|---:|\n");
+    for ((kind, error), n) in &totals {
+        s.push_str(&format!("| {kind} | {error} | {n} |\n"));
+    }
+    s.push_str("\nBy second of the run (load start = 0; the busiest first):\n\n| second | request | error | count |\n|---:|---|---|---:|\n");
+    let mut busiest: Vec<&Stray> = strays.iter().collect();
+    busiest.sort_by(|a, b| b.count.cmp(&a.count).then(a.second.cmp(&b.second)));
+    for x in busiest.iter().take(SHOWN) {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            x.second, x.kind, x.error, x.count
+        ));
+    }
+    if strays.len() > SHOWN {
+        s.push_str(&format!(
+            "\n({} more rows in soak.json)\n",
+            strays.len() - SHOWN
+        ));
+    }
+    s
+}
+
+/// Where the CPU went while the peak was measured.
+fn peak_cpu_markdown(cpu: &CpuSpent) -> String {
+    let mut s = format!(
+        "\n## CPU during the peak measurement\n\n{:.1} s, {} operations; CPU per process (user + system, stores with their children):\n\n| process | CPU s | cores busy | ms per op |\n|---|---:|---:|---:|\n",
+        cpu.wall_s, cpu.ops
+    );
+    let mut rows = cpu.by_process.clone();
+    rows.sort_by(|a, b| b.cpu_ms.total_cmp(&a.cpu_ms));
+    for p in &rows {
+        s.push_str(&format!(
+            "| {} | {:.1} | {:.2} | {:.2} |\n",
+            p.process,
+            p.cpu_ms / 1000.0,
+            p.cpu_ms / 1000.0 / cpu.wall_s.max(1e-9),
+            cpu.per_op_ms(&p.process)
+        ));
+    }
+    s.push_str(&format!(
+        "| all | {:.1} | {:.2} | {:.2} |\n",
+        cpu.total_ms() / 1000.0,
+        cpu.total_ms() / 1000.0 / cpu.wall_s.max(1e-9),
+        cpu.total_ms() / cpu.ops.max(1) as f64
+    ));
+    s
 }
 
 /// Sums a counter over a process's restarts: the last value seen of each incarnation.
@@ -449,6 +523,20 @@ pub async fn run(opts: &Options) -> anyhow::Result<SoakReport> {
     Ok(report)
 }
 
+/// The soak's processes (as running now), its stores and the generator, for CPU
+/// accounting.
+fn watched(rig: &Rig) -> Processes {
+    let mut procs = Processes::default().with_generator();
+    for (name, pid) in rig.sup.pids() {
+        procs.add(name, pid, false);
+    }
+    let notes = process_cpu::watch_stores(&mut procs, &rig.stores.mongo_server);
+    for n in notes {
+        eprintln!("[soak] {n}");
+    }
+    procs
+}
+
 async fn soak(
     rig: &mut Rig,
     opts: &Options,
@@ -480,6 +568,7 @@ async fn soak(
         timeline: Arc::new(Timeline::new(Instant::now())),
     });
 
+    let mut peak_cpu = None;
     let (peak, measured) = match (opts.peak, opts.rate) {
         (Some(p), _) => (p, false),
         (None, Some(r)) => (r * 2.0, false),
@@ -495,7 +584,12 @@ async fn soak(
                 Duration::from_secs(10),
             );
             spec.progress = opts.progress;
+            let procs = watched(rig);
+            let before = procs.sample();
             let m = engine::run(&spec, workload.clone()).await;
+            peak_cpu = before.zip(procs.sample()).map(|(a, b)| {
+                process_cpu::spent(&a, &b, m.result.requests + m.result.warmup_requests)
+            });
             // Goodput, not throughput: an overloaded stack that answers 503 fast (its
             // breakers open) would otherwise report a "peak" of refusals.
             if m.result.success_rate < 0.95 {
@@ -547,6 +641,7 @@ async fn soak(
         .map(|c| Duration::from_secs_f64(c.at_s))
         .collect();
     let ok_rates = workload.timeline.rates(warmup, &kills, &browse_kills);
+    let strays = workload.timeline.strays(warmup, &kills);
     eprintln!(
         "[soak] ok: {} overall, {} outside {:.0} s before to {:.0} s after each kill; browse {} (outside gateway/item-service kills; {} overall, {} outside every kill)",
         ok_rates.all.describe(),
@@ -654,6 +749,8 @@ async fn soak(
         checker_summary: check.summary.clone(),
         violations,
         errors_by_kind: r.errors_by_kind.clone(),
+        strays,
+        peak_cpu,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
 }

@@ -35,12 +35,39 @@ pub enum Kind {
     Checkout,
 }
 
-/// One finished request: when it was sent (since the load started) and whether it was ok.
-#[derive(Debug, Clone, Copy)]
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Browse => "browse",
+            Self::Checkout => "checkout",
+        }
+    }
+}
+
+/// One finished request: when it was sent (since the load started) and, if it failed, how
+/// (the generator's error kind: "http_503", "timeout", "connect", ...).
+#[derive(Debug, Clone)]
 struct Record {
     sent: Duration,
     kind: Kind,
-    ok: bool,
+    failure: Option<String>,
+}
+
+impl Record {
+    fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// Failed requests outside every kill window, of one kind and one error, sent in one
+/// second of the run: what the quiet rates lost, and when.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Stray {
+    /// Seconds since the load started (warm-up included), rounded down.
+    pub second: u64,
+    pub kind: &'static str,
+    pub error: String,
+    pub count: u64,
 }
 
 /// Every request of a run, as the workload finishes them.
@@ -73,12 +100,44 @@ impl Timeline {
         inner.records.clear();
     }
 
-    /// Records a request sent at `sent`; one sent before the timeline's start is ignored.
-    pub fn record(&self, sent: Instant, kind: Kind, ok: bool) {
+    /// Records a request sent at `sent` that ended with `failure` (None: ok); one sent
+    /// before the timeline's start is ignored.
+    pub fn record(&self, sent: Instant, kind: Kind, failure: Option<String>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sent) = sent.checked_duration_since(inner.start) {
-            inner.records.push(Record { sent, kind, ok });
+            inner.records.push(Record {
+                sent,
+                kind,
+                failure,
+            });
         }
+    }
+
+    /// The failures sent from `from` on outside every kill window, grouped by second, kind
+    /// and error, in time order.
+    pub fn strays(&self, from: Duration, kills: &[Duration]) -> Vec<Stray> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut groups: std::collections::BTreeMap<(u64, &'static str, &str), u64> =
+            std::collections::BTreeMap::new();
+        for rec in inner.records.iter().filter(|r| r.sent >= from) {
+            let Some(error) = rec.failure.as_deref() else {
+                continue;
+            };
+            if !near(kills, rec.sent) {
+                *groups
+                    .entry((rec.sent.as_secs(), rec.kind.name(), error))
+                    .or_default() += 1;
+            }
+        }
+        groups
+            .into_iter()
+            .map(|((second, kind, error), count)| Stray {
+                second,
+                kind,
+                error: error.to_owned(),
+                count,
+            })
+            .collect()
     }
 
     /// The rates over the requests sent from `from` on (after the warm-up), with kills at
@@ -87,9 +146,6 @@ impl Timeline {
     pub fn rates(&self, from: Duration, kills: &[Duration], browse_kills: &[Duration]) -> OkRates {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let records = &inner.records;
-        let near = |kills: &[Duration], t: Duration| {
-            kills.iter().any(|k| t + BEFORE >= *k && t <= *k + AFTER)
-        };
         let near_kill = |t: Duration| near(kills, t);
         let mut r = OkRates {
             window_before_s: BEFORE.as_secs_f64(),
@@ -98,22 +154,28 @@ impl Timeline {
         };
         for rec in records.iter().filter(|rec| rec.sent >= from) {
             let quiet = !near_kill(rec.sent);
-            r.all.add(rec.ok);
+            let ok = rec.ok();
+            r.all.add(ok);
             if quiet {
-                r.outside_kills.add(rec.ok);
+                r.outside_kills.add(ok);
             }
             if rec.kind == Kind::Browse {
-                r.browse.add(rec.ok);
+                r.browse.add(ok);
                 if quiet {
-                    r.browse_outside_kills.add(rec.ok);
+                    r.browse_outside_kills.add(ok);
                 }
                 if !near(browse_kills, rec.sent) {
-                    r.browse_gated.add(rec.ok);
+                    r.browse_gated.add(ok);
                 }
             }
         }
         r
     }
+}
+
+/// Whether a request sent at `t` falls in the window of one of `kills`.
+fn near(kills: &[Duration], t: Duration) -> bool {
+    kills.iter().any(|k| t + BEFORE >= *k && t <= *k + AFTER)
 }
 
 /// Requests and how many of them were ok.
@@ -190,7 +252,8 @@ mod tests {
     use super::*;
 
     fn at(t: &Timeline, start: Instant, secs: f64, kind: Kind, ok: bool) {
-        t.record(start + Duration::from_secs_f64(secs), kind, ok);
+        let failure = (!ok).then(|| "http_503".to_owned());
+        t.record(start + Duration::from_secs_f64(secs), kind, failure);
     }
 
     #[test]
@@ -280,5 +343,27 @@ mod tests {
             2,
             "no requests: no pass"
         );
+    }
+
+    #[test]
+    fn strays_are_the_failures_outside_every_kill_window_by_second() {
+        let start = Instant::now();
+        let t = Timeline::new(start);
+        let at = |secs, kind, ok| at(&t, start, secs, kind, ok);
+        at(1.0, Kind::Browse, false); // warm-up
+        at(12.0, Kind::Browse, false); // in the window of the kill at 10 s
+        at(30.2, Kind::Browse, false);
+        at(30.9, Kind::Browse, false);
+        at(30.5, Kind::Checkout, false);
+        at(31.0, Kind::Browse, true);
+        at(44.0, Kind::Browse, false);
+        let strays = t.strays(Duration::from_secs(2), &[Duration::from_secs(10)]);
+        let seen: Vec<(u64, &str, u64)> =
+            strays.iter().map(|s| (s.second, s.kind, s.count)).collect();
+        assert_eq!(
+            seen,
+            [(30, "browse", 2), (30, "checkout", 1), (44, "browse", 1)]
+        );
+        assert!(strays.iter().all(|s| s.error == "http_503"));
     }
 }

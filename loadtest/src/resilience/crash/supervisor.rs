@@ -208,6 +208,14 @@ impl Supervisor {
         &self.log_dir
     }
 
+    /// The running processes' ids, by name (a restart gives a process a new one).
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        self.procs
+            .iter()
+            .filter_map(|(p, r)| r.child.id().map(|id| (p.name(), id)))
+            .collect()
+    }
+
     /// The process's own settings: where it listens and where its downstreams are.
     fn env_of(&self, p: Process) -> Vec<(&'static str, String)> {
         let a = &self.addrs;
