@@ -119,9 +119,14 @@ pub struct Config {
     /// dependency that keeps failing. 0: the count alone decides.
     #[arg(long, env = "GATEWAY_BREAKER_MIN_SPAN_MS", default_value_t = 250)]
     pub breaker_min_span_ms: u64,
-    /// How long an open breaker rejects calls before letting a probe through (ms).
-    #[arg(long, env = "GATEWAY_BREAKER_OPEN_MS", default_value_t = 5000)]
+    /// How long an open breaker rejects calls before its first probe (ms).
+    #[arg(long, env = "GATEWAY_BREAKER_OPEN_MS", default_value_t = 1000)]
     pub breaker_open_ms: u64,
+    /// The longest an open breaker waits before a probe (ms): each failed probe doubles the
+    /// wait, from GATEWAY_BREAKER_OPEN_MS up to this. A service back after a restart is
+    /// probed within a second; one that stays down is probed every few seconds.
+    #[arg(long, env = "GATEWAY_BREAKER_MAX_OPEN_MS", default_value_t = 5000)]
+    pub breaker_max_open_ms: u64,
     /// Successful probes in half-open needed to close again.
     #[arg(long, env = "GATEWAY_BREAKER_HALF_OPEN_PROBES", default_value_t = 1)]
     pub breaker_half_open_probes: u32,

@@ -255,6 +255,7 @@ impl<C: Clone> Downstream<C> {
             failure_threshold: config.breaker_failures,
             min_failure_span: Duration::from_millis(config.breaker_min_span_ms),
             open_for: Duration::from_millis(config.breaker_open_ms),
+            max_open_for: Duration::from_millis(config.breaker_max_open_ms),
             half_open_probes: config.breaker_half_open_probes,
         };
         let this = Self {

@@ -11,13 +11,14 @@ use platform::{
     faults::FaultInjector,
     grpc::ServerOptions,
     host::{Hosted, Standalone},
-    identity::{ITEM_SERVICE, PAYMENT_SERVICE},
+    identity::{ITEM_SERVICE, PAYMENT_SERVICE, USER_SERVICE},
     transport::GrpcTransport,
 };
 use secrecy::ExposeSecret as _;
 use shop_proto::{
     item::v1::item_service_client::ItemServiceClient,
     payment::v1::payment_service_server::PaymentServiceServer,
+    user::v1::user_service_client::UserServiceClient,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use tonic::server::NamedService as _;
@@ -26,7 +27,7 @@ use crate::{
     card_processor::ProcessorClient,
     config::Config,
     grpc::PaymentService,
-    service::{Payments, Settings},
+    service::{Downstreams, Payments, Settings},
     store::Store,
 };
 
@@ -36,11 +37,11 @@ pub const SERVICE_NAME: &str = PaymentServiceServer::<PaymentService>::NAME;
 impl PaymentService {
     /// Connects to the database, runs the migrations and builds the gateway client, and
     /// with an event stream configured the broker connection (which keeps retrying in the
-    /// background while NATS is down). `items` is how ChainedCharge reaches item-service:
-    /// a lazy channel (so this service starts without item-service) or, in the monolith,
-    /// an in-process transport.
-    pub async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Self> {
-        let mut payments = connect(config, items).await?;
+    /// background while NATS is down). `deps` is how it reaches item-service (ChainedCharge)
+    /// and user-service (before a compensation refund): lazy channels (so this service
+    /// starts without them) or, in the monolith, in-process transports.
+    pub async fn connect(config: &Config, deps: Transports) -> anyhow::Result<Self> {
+        let mut payments = connect(config, deps).await?;
         let events = match config.events_config() {
             Some(events) => {
                 let tasks =
@@ -89,7 +90,13 @@ impl PaymentService {
     }
 }
 
-async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Payments> {
+/// The transports to the services payment-service calls.
+pub struct Transports {
+    pub items: GrpcTransport,
+    pub users: GrpcTransport,
+}
+
+async fn connect(config: &Config, deps: Transports) -> anyhow::Result<Payments> {
     if config.idempotency_ttl_hours < 24 {
         anyhow::bail!("PAYMENT_IDEMPOTENCY_TTL_HOURS must be at least 24");
     }
@@ -115,13 +122,17 @@ async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Paymen
     migrate(&pool).await?;
     let gateway =
         ProcessorClient::new(&config.card_gateway_url, card_key).context("CARD_GATEWAY_URL")?;
-    // Every call to item-service says it comes from payment-service.
+    // Every call it makes says it comes from payment-service.
     let signer = config.identity.signer(PAYMENT_SERVICE)?;
-    let items = platform::policy::sign(items, &signer, ITEM_SERVICE);
+    let items = platform::policy::sign(deps.items, &signer, ITEM_SERVICE);
+    let users = platform::policy::sign(deps.users, &signer, USER_SERVICE);
     Ok(Payments::new(
         Store::new(pool),
         gateway,
-        ItemServiceClient::new(items),
+        Downstreams {
+            items: ItemServiceClient::new(items),
+            users: UserServiceClient::new(users),
+        },
         Settings {
             max_amount_minor: config.max_amount_minor,
             processor_timeout: Duration::from_millis(config.processor_timeout_ms),
@@ -130,9 +141,12 @@ async fn connect(config: &Config, items: GrpcTransport) -> anyhow::Result<Paymen
                 failure_threshold: config.card_breaker_failures.max(1),
                 min_failure_span: Duration::ZERO,
                 open_for: Duration::from_millis(config.card_breaker_open_ms),
+                // A fixed cool-down: the card processor is one external system.
+                max_open_for: Duration::ZERO,
                 half_open_probes: 1,
             },
             item_timeout: Duration::from_millis(config.item_timeout_ms.max(1)),
+            user_timeout: Duration::from_millis(config.user_timeout_ms.max(1)),
             idempotency_ttl: Duration::from_secs(u64::from(config.idempotency_ttl_hours) * 3600),
         },
     ))
@@ -202,14 +216,22 @@ impl Application {
             },
         )
         .await?;
+        let connect = Duration::from_millis(500);
         let items = platform::transport::balanced(
-            platform::identity::ITEM_SERVICE,
+            ITEM_SERVICE,
             &config.item_service_url,
-            Duration::from_millis(500),
+            connect,
             &config.balance,
         )
         .context("ITEM_SERVICE_URL is not a valid URL")?;
-        let service = PaymentService::connect(&config, items).await?;
+        let users = platform::transport::balanced(
+            USER_SERVICE,
+            &config.user_service_url,
+            connect,
+            &config.balance,
+        )
+        .context("USER_SERVICE_URL is not a valid URL")?;
+        let service = PaymentService::connect(&config, Transports { items, users }).await?;
         Ok(Self {
             service,
             process,

@@ -68,6 +68,18 @@ pub struct Config {
     /// Cap on each item-service call (the caller's remaining deadline applies too).
     #[arg(long, env = "PAYMENT_ITEM_TIMEOUT_MS", default_value_t = 2000)]
     pub item_timeout_ms: u64,
+    /// user-service gRPC URL (asked, before a refund no end user asked for, whether its
+    /// checkout is being cancelled; connected lazily): one URL, several, or a DNS name.
+    #[arg(
+        long,
+        env = "USER_SERVICE_URL",
+        value_parser = ServiceUrls::parse,
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub user_service_url: ServiceUrls,
+    /// Cap on that call (the caller's remaining deadline applies too).
+    #[arg(long, env = "PAYMENT_USER_TIMEOUT_MS", default_value_t = 2000)]
+    pub user_timeout_ms: u64,
     /// How often PENDING payments and refunds are reconciled with the gateway; 0 turns the
     /// timer off (the Reconcile RPC still works).
     #[arg(long, env = "PAYMENT_RECONCILE_INTERVAL_MS", default_value_t = 10_000)]
@@ -117,6 +129,8 @@ impl Config {
             max_amount_minor: 1_000_000,
             item_service_url: std::net::SocketAddr::from(([127, 0, 0, 1], 50052)).into(),
             item_timeout_ms: 2000,
+            user_service_url: std::net::SocketAddr::from(([127, 0, 0, 1], 50051)).into(),
+            user_timeout_ms: 2000,
             reconcile_interval_ms: 10_000,
             idempotency_ttl_hours: 24,
             faults: String::new(),

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::{
     access,
     card::Card,
-    chained, fingerprint,
+    chained, compensation, fingerprint,
     ids::{self, IdempotencyKey},
     outbox::MySqlOutbox,
     service::{ChargeCommand, Payments, RefundCommand},
@@ -190,18 +190,15 @@ impl PaymentService {
         let key = IdempotencyKey::parse(&r.idempotency_key, "idempotency_key")?;
         ids::text(&r.reason, "reason", 200)?;
         if access::is_compensation(caller.as_ref()) {
-            // A refund no end user asked for is a checkout's own compensation: all of the
-            // payment, under the key derived from its charge's, so a service key cannot
-            // refund payments of its choosing.
             let payment = self.payments.payment(&payment_id.to_string()).await?;
-            if amount.is_some()
-                || key.as_str() != platform::ids::refund_key(&payment.idempotency_key)
-            {
-                return Err(Status::permission_denied(
-                    "a refund without an end user is a checkout's own compensation: the whole \
-                     payment, under its checkout's refund key",
-                ));
-            }
+            compensation::check(
+                &self.payments,
+                &ctx,
+                &payment,
+                amount.is_none(),
+                key.as_str(),
+            )
+            .await?;
         }
         let cmd = RefundCommand {
             fingerprint: fingerprint::refund(key.as_str(), payment_id, amount),

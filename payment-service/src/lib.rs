@@ -7,6 +7,7 @@ pub mod card;
 pub mod card_processor;
 mod chained;
 pub mod checkout;
+pub mod compensation;
 mod config;
 mod error;
 pub mod fingerprint;
@@ -17,7 +18,7 @@ pub mod payment;
 pub mod service;
 pub mod store;
 
-pub use app::{Application, SERVICE_NAME};
+pub use app::{Application, SERVICE_NAME, Transports};
 pub use config::Config;
 pub use error::Error;
 pub use grpc::PaymentService;

@@ -19,8 +19,11 @@ use platform::{
     money::{Currency, Money},
     transport::GrpcTransport,
 };
-use shop_proto::item::v1::{
-    CommitReservationRequest, ReleaseReservationRequest, item_service_client::ItemServiceClient,
+use shop_proto::{
+    item::v1::{
+        CommitReservationRequest, ReleaseReservationRequest, item_service_client::ItemServiceClient,
+    },
+    user::v1::user_service_client::UserServiceClient,
 };
 use uuid::Uuid;
 
@@ -47,6 +50,8 @@ pub struct Settings {
     /// The breaker on card-gateway charges.
     pub card_breaker: BreakerConfig,
     pub item_timeout: Duration,
+    /// Cap on asking user-service whether a checkout is being cancelled.
+    pub user_timeout: Duration,
     pub idempotency_ttl: Duration,
 }
 
@@ -67,7 +72,16 @@ struct Inner {
     /// a fast lookup succeeding must not close a breaker that slow charges opened.
     charge_breaker: CircuitBreaker,
     items: ItemServiceClient<GrpcTransport>,
+    /// Asked before a compensation refund (crate::compensation).
+    users: UserServiceClient<GrpcTransport>,
     settings: Settings,
+}
+
+/// The services payment-service calls: item-service (ChainedCharge) and user-service (a
+/// compensation refund's checkout).
+pub struct Downstreams {
+    pub items: ItemServiceClient<GrpcTransport>,
+    pub users: UserServiceClient<GrpcTransport>,
 }
 
 pub struct ChargeCommand {
@@ -127,7 +141,7 @@ impl Payments {
     pub fn new(
         store: Store,
         gateway: ProcessorClient,
-        items: ItemServiceClient<GrpcTransport>,
+        Downstreams { items, users }: Downstreams,
         settings: Settings,
     ) -> Self {
         Self {
@@ -142,6 +156,7 @@ impl Payments {
                     settings.card_breaker,
                 ),
                 items,
+                users,
                 settings,
             }),
         }
@@ -183,6 +198,10 @@ impl Payments {
 
     pub fn items(&self) -> ItemServiceClient<GrpcTransport> {
         self.inner.items.clone()
+    }
+
+    pub fn users(&self) -> UserServiceClient<GrpcTransport> {
+        self.inner.users.clone()
     }
 
     /// How long one attempt may hold a row: the gateway budget plus room for the writes.

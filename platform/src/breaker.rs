@@ -1,5 +1,8 @@
 //! A circuit breaker per dependency: closed -> (N consecutive failures) -> open ->
-//! (after a cool-down) half-open -> (probes succeed) closed, or (a probe fails) open again.
+//! (after a cool-down) half-open -> (probes succeed) closed, or (a probe fails) open again,
+//! for twice as long as the last time (up to a limit): a process that restarts in a second
+//! is probed a second after it died, not left refused for the whole limit, while a
+//! dependency that stays down is probed ever less often.
 //! While open, calls fail at once instead of waiting on a dead or slow dependency. The
 //! gateway keeps one per downstream service and kind of call (read, write, auth: saturated
 //! writes must not open the circuit for reads), payment-service one for the card gateway:
@@ -22,8 +25,11 @@ pub struct BreakerConfig {
     /// every call in flight at once, which is one event, not a dependency that keeps failing.
     /// Zero: the count alone decides.
     pub min_failure_span: Duration,
-    /// How long it stays open before letting probes through.
+    /// How long it stays open before letting probes through, the first time.
     pub open_for: Duration,
+    /// The longest cool-down: each failed probe doubles the last one up to this (never
+    /// below `open_for`).
+    pub max_open_for: Duration,
     /// Successful probes needed in half-open to close.
     pub half_open_probes: u32,
 }
@@ -54,6 +60,8 @@ struct Inner {
     /// When the current run of consecutive failures began.
     first_failure_at: Option<Instant>,
     opened_at: Option<Instant>,
+    /// The cool-down of the current opening.
+    cool_down: Duration,
     probes_in_flight: u32,
     probe_successes: u32,
     rejected: u64,
@@ -168,6 +176,7 @@ impl CircuitBreaker {
                 consecutive_failures: 0,
                 first_failure_at: None,
                 opened_at: None,
+                cool_down: config.open_for,
                 probes_in_flight: 0,
                 probe_successes: 0,
                 rejected: 0,
@@ -246,7 +255,7 @@ impl CircuitBreaker {
         let g = s.lock();
         let retry_in_ms = match (g.state, g.opened_at) {
             (BreakerState::Open, Some(t)) => {
-                s.config.open_for.saturating_sub(t.elapsed()).as_millis() as u64
+                g.cool_down.saturating_sub(t.elapsed()).as_millis() as u64
             }
             _ => 0,
         };
@@ -290,10 +299,7 @@ impl Shared {
         let probes = self.config.half_open_probes.max(1);
         match g.state {
             BreakerState::Closed => Admission::Call,
-            BreakerState::Open
-                if g.opened_at
-                    .is_none_or(|t| t.elapsed() >= self.config.open_for) =>
-            {
+            BreakerState::Open if g.opened_at.is_none_or(|t| t.elapsed() >= g.cool_down) => {
                 Admission::FirstProbe
             }
             BreakerState::HalfOpen if g.probes_in_flight < probes => Admission::Probe,
@@ -324,6 +330,7 @@ impl Shared {
                 {
                     g.state = BreakerState::Open;
                     g.opened_at = Some(Instant::now());
+                    g.cool_down = self.config.open_for;
                 }
             }
             (BreakerState::HalfOpen, Outcome::Success) if probe => {
@@ -340,6 +347,9 @@ impl Shared {
             (BreakerState::HalfOpen, Outcome::Failure | Outcome::Abandoned) => {
                 g.state = BreakerState::Open;
                 g.opened_at = Some(Instant::now());
+                g.cool_down = (g.cool_down * 2)
+                    .min(self.config.max_open_for)
+                    .max(self.config.open_for);
                 g.consecutive_failures += 1;
             }
             // Late answers of calls admitted before the breaker opened, and probes abandoned
@@ -375,6 +385,7 @@ mod tests {
                 failure_threshold: 3,
                 min_failure_span: Duration::ZERO,
                 open_for: Duration::from_millis(open_for_ms),
+                max_open_for: Duration::ZERO,
                 half_open_probes: 1,
             },
         )
@@ -453,6 +464,7 @@ mod tests {
                 failure_threshold: 1,
                 min_failure_span: Duration::ZERO,
                 open_for: Duration::from_secs(60),
+                max_open_for: Duration::ZERO,
                 half_open_probes: 1,
             },
         );
@@ -532,6 +544,7 @@ mod tests {
                 failure_threshold: 3,
                 min_failure_span: Duration::from_secs(3600),
                 open_for: Duration::from_secs(60),
+                max_open_for: Duration::ZERO,
                 half_open_probes: 1,
             },
         );
@@ -541,5 +554,50 @@ mod tests {
         }
         assert_eq!(b.snapshot().state, BreakerState::Closed);
         assert_eq!(b.snapshot().consecutive_failures, 10);
+    }
+
+    #[test]
+    fn each_failed_probe_doubles_the_cool_down_up_to_its_limit_and_a_close_resets_it() {
+        let b = CircuitBreaker::new(
+            "test",
+            "svc",
+            BreakerConfig {
+                enabled: true,
+                failure_threshold: 1,
+                min_failure_span: Duration::ZERO,
+                open_for: Duration::from_secs(1),
+                max_open_for: Duration::from_secs(5),
+                half_open_probes: 1,
+            },
+        );
+        let retry_s = |b: &CircuitBreaker| (b.snapshot().retry_in_ms as f64 / 1000.0).round();
+        let fail = |b: &CircuitBreaker| {
+            let p = b.try_acquire().expect("admitted");
+            b.record(p, true);
+        };
+        // Back-date the opening, as if its cool-down had passed.
+        let cooled = |b: &CircuitBreaker| {
+            let mut g = b.shared.lock();
+            g.opened_at = Some(Instant::now() - g.cool_down);
+        };
+        fail(&b);
+        assert_eq!(b.snapshot().state, BreakerState::Open);
+        assert_eq!(retry_s(&b), 1.0);
+        for expected in [2.0, 4.0, 5.0, 5.0] {
+            cooled(&b);
+            fail(&b); // the probe fails
+            assert_eq!(b.snapshot().state, BreakerState::Open);
+            assert_eq!(retry_s(&b), expected);
+        }
+        cooled(&b);
+        let p = b.try_acquire().expect("probe");
+        b.record(p, false);
+        assert_eq!(b.snapshot().state, BreakerState::Closed);
+        fail(&b);
+        assert_eq!(
+            retry_s(&b),
+            1.0,
+            "a new opening starts from the first cool-down"
+        );
     }
 }

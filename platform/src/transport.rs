@@ -92,3 +92,35 @@ where
         .service(server);
     BoxCloneSyncService::new(observed.map_err(|e: Infallible| -> TransportError { match e {} }))
 }
+
+/// Where a [`late`] transport's calls go, once known.
+#[derive(Clone, Default)]
+pub struct LateTarget(std::sync::Arc<std::sync::OnceLock<GrpcTransport>>);
+
+impl LateTarget {
+    /// Points the transport at `target`; only the first call counts.
+    pub fn set(&self, target: GrpcTransport) {
+        let _ = self.0.set(target);
+    }
+}
+
+/// A transport whose target is set after it is made: for two services that call each
+/// other in one process (the monolith's payment-service asks user-service about a
+/// checkout, and user-service is built on payment-service's transport). A call made
+/// before [`LateTarget::set`] fails as a transport error.
+pub fn late() -> (GrpcTransport, LateTarget) {
+    let target = LateTarget::default();
+    let cell = target.0.clone();
+    let svc = tower::service_fn(move |req: http::Request<Body>| {
+        let inner = cell.get().cloned();
+        async move {
+            match inner {
+                Some(t) => t.oneshot(req).await,
+                None => Err(TransportError(BoxError::from(
+                    "the in-process callee is not built yet",
+                ))),
+            }
+        }
+    });
+    (BoxCloneSyncService::new(svc), target)
+}

@@ -137,10 +137,19 @@ impl Monolith {
             .context("item-service")?
             .hosted_with_event_faults(&faults);
         let item_t = item.in_process(&faults, &trust);
-        let payment = PaymentService::connect(&config.payment, item_t.clone())
-            .await
-            .context("payment-service")?
-            .hosted_with_event_faults(&faults);
+        // payment-service and user-service call each other: payment's way to user-service
+        // is pointed at it once it is built.
+        let (users_late, users_target) = platform::transport::late();
+        let payment = PaymentService::connect(
+            &config.payment,
+            payment_service::Transports {
+                items: item_t.clone(),
+                users: users_late,
+            },
+        )
+        .await
+        .context("payment-service")?
+        .hosted_with_event_faults(&faults);
         let payment_t = payment.in_process(&faults, &trust);
         let user = UserService::connect(
             &config.user,
@@ -153,6 +162,7 @@ impl Monolith {
         .context("user-service")?
         .hosted_with_event_faults(&faults);
         let user_t = user.in_process(&faults, &trust);
+        users_target.set(user_t.clone());
         for service in [item, payment, user] {
             host.host(service);
         }

@@ -64,8 +64,9 @@ pub struct PaymentServer {
 }
 
 /// The test config: ephemeral ports, `database_url`, the card gateway at
-/// `card_gateway_url` (called with `card_secret_key`), no reconcile timer, and an item-service address nothing listens on
-/// (ChainedCharge tests start their own item-service and set it).
+/// `card_gateway_url` (called with `card_secret_key`), no reconcile timer, and item- and
+/// user-service addresses nothing listens on (ChainedCharge tests start their own
+/// item-service and set it; a compensation refund needs a user-service to confirm it).
 pub fn config(
     database_url: &str,
     card_gateway_url: &str,
@@ -79,6 +80,7 @@ pub fn config(
     config.reconcile_interval_ms = 0;
     config.database_max_connections = 30;
     config.item_service_url = std::net::SocketAddr::from(([127, 0, 0, 1], 9)).into();
+    config.user_service_url = std::net::SocketAddr::from(([127, 0, 0, 1], 9)).into();
     config.identity = crate::identity::settings(platform::identity::PAYMENT_SERVICE);
     config
 }

@@ -3,7 +3,9 @@
 //! accounts and orders live.
 
 use platform::{
-    identity::{Caller, GATEWAY, USER_SERVICE, UserAssertion, UserRole, authorize_user},
+    identity::{
+        Caller, GATEWAY, PAYMENT_SERVICE, USER_SERVICE, UserAssertion, UserRole, authorize_user,
+    },
     policy::{Rule, ServicePolicy},
 };
 use tonic::Status;
@@ -14,8 +16,10 @@ use crate::domain::Role;
 pub const POLICY: ServicePolicy = ServicePolicy {
     service: "shop.user.v1.UserService",
     audience: Some(USER_SERVICE),
-    // Only the gateway talks to user-service; user-scoped calls also carry the user it
-    // authenticated, checked against the data by the handlers.
+    // The gateway talks to user-service; user-scoped calls also carry the user it
+    // authenticated, checked against the data by the handlers. payment-service reads an
+    // order (no end user) only to confirm a checkout is being cancelled before it gives
+    // a compensation refund.
     rules: &[
         Rule {
             method: "Register",
@@ -35,7 +39,7 @@ pub const POLICY: ServicePolicy = ServicePolicy {
         },
         Rule {
             method: "GetOrder",
-            callers: &[GATEWAY],
+            callers: &[GATEWAY, PAYMENT_SERVICE],
         },
         Rule {
             method: "ListOrders",
@@ -67,6 +71,16 @@ pub const POLICY: ServicePolicy = ServicePolicy {
 /// The caller acts for `owner` (or is an admin, or the operator).
 pub fn acts_for(caller: Option<&Caller>, owner: Uuid) -> Result<(), Status> {
     authorize_user(caller, owner, &[]).map(|_| ())
+}
+
+/// Services that read an order with no end user: payment-service, which gives a refund
+/// nobody asked for only for a checkout this service has moved to cancelling.
+pub const ORDER_READERS: &[&str] = &[PAYMENT_SERVICE];
+
+/// The caller may read `owner`'s order: acts for them (or is an admin, or the operator),
+/// or is one of [`ORDER_READERS`].
+pub fn reads_order_of(caller: Option<&Caller>, owner: Uuid) -> Result<(), Status> {
+    authorize_user(caller, owner, ORDER_READERS).map(|_| ())
 }
 
 /// The end user this service asserts to the next hop after verifying their access token.

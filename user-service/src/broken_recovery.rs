@@ -2,9 +2,10 @@
 //! (`loadtest/tests/it/crash.rs`): it shows that `loadtest crash` fails when a recovery
 //! undoes a checkout after it was completed. Switched on by the environment variable
 //! [`SWITCH`] set to `refund-placed`, which only that test sets; never set it anywhere
-//! else. Then every recovery round refunds the payment of each order placed 3 to 60 s
-//! earlier and leaves the order placed: money given back for goods sold, well after the
-//! checkout first looked finished.
+//! else. Then every recovery round moves each order placed 3 to 60 s earlier back to
+//! cancelling (payment-service refunds nothing for a checkout that is not cancelling) and
+//! refunds its payment: money given back for goods sold, well after the checkout first
+//! looked finished.
 
 use std::time::Duration;
 
@@ -43,6 +44,16 @@ pub async fn refund_placed(svc: &Users, call_timeout: Duration) {
         }
     };
     for (order_id, payment_id, reservation_id) in placed {
+        let undone = sqlx::query(
+            "UPDATE orders SET status = 'cancelling' WHERE order_id = $1 AND status = 'placed'",
+        )
+        .bind(order_id)
+        .execute(&svc.store.pool)
+        .await;
+        if let Err(e) = undone {
+            tracing::warn!(error = %e, %order_id, "broken recovery: moving a placed order back");
+            continue;
+        }
         // As the recovery calls: user-service itself, no end user.
         let ctx = CallContext {
             trace: TraceContext::new_root(),

@@ -228,7 +228,7 @@ impl pb::user_service_server::UserService for UserService {
         let order_id = Uuid::parse_str(r.order_id.trim())
             .map_err(|_| Error::from(platform::FieldError::new("order_id", "must be a UUID")))?;
         let user = UserId::parse(&r.user_id, "user_id").map_err(Error::from)?;
-        access::acts_for(caller.as_ref(), user.0)?;
+        access::reads_order_of(caller.as_ref(), user.0)?;
         let row = self
             .0
             .store

@@ -117,6 +117,9 @@ pub(crate) async fn start_stack(
             item_nc,
         )
         .await?;
+    // payment-service asks user-service about compensations, and user-service calls
+    // payment-service: user-service's address is picked first.
+    let (user, user_m) = (free_addr()?, free_addr()?);
     let (pay, pay_m) = (free_addr()?, free_addr()?);
     let pay_env = |addr: std::net::SocketAddr, m: std::net::SocketAddr| {
         vec![
@@ -124,6 +127,7 @@ pub(crate) async fn start_stack(
             ("PAYMENT_METRICS_ADDR", m.to_string()),
             ("CARD_GATEWAY_URL", url(card)),
             ("ITEM_SERVICE_URL", url(item)),
+            ("USER_SERVICE_URL", url(user)),
         ]
     };
     stack
@@ -144,7 +148,6 @@ pub(crate) async fn start_stack(
     stack
         .start("payment-service-notimeout", "payment-service", &env, pay_nt)
         .await?;
-    let (user, user_m) = (free_addr()?, free_addr()?);
     stack
         .start(
             "user-service",

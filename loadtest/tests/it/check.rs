@@ -104,12 +104,16 @@ async fn checkout(
 async fn shop_with_checkouts(tweak_item: impl FnOnce(&mut item_service::Config)) -> Shop {
     platform::telemetry::init(false);
     let item = item::spawn_with(tweak_item).await;
+    // payment-service and user-service call each other: user-service's address first.
+    let user_addr = test_support::free_addr();
     let payment = payment::spawn_with(|c| {
         c.item_service_url = item.grpc_addr.into();
+        c.user_service_url = user_addr.into();
         c.item_timeout_ms = 10_000;
     })
     .await;
     let user = user::spawn_with(|c| {
+        c.grpc_addr = user_addr.to_string();
         c.payment_service_url = payment.grpc_addr.into();
         c.item_service_url = item.grpc_addr.into();
     })

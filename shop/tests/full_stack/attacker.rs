@@ -199,6 +199,57 @@ async fn the_refund_by_grpcurl_without_credentials_is_refused_and_the_order_stay
     assert_eq!(r.body["payment"]["status"], "succeeded", "{:?}", r.body);
 }
 
+/// A service key refunds a checkout's payment only while user-service's record says that
+/// checkout is being cancelled: with the checkout's own refund key, a placed order's money
+/// stays taken.
+#[tokio::test]
+async fn a_service_key_cannot_refund_a_placed_checkout_even_with_its_refund_key() {
+    let s = stack().await;
+    let admin_token = s.admin().await;
+    let item = s.create_item(&admin_token, "Kept sale", 1_900, 5).await;
+    let (token, user_id) = s.customer().await;
+    let idempotency_key = key();
+    let r = s
+        .checkout(
+            &token,
+            "orchestrated",
+            &idempotency_key,
+            json!([{"item_id": item["id"], "quantity": 1}]),
+            GOOD_CARD,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "checkout: {:?}", r.body);
+    let payment_id = r.body["payment"]["id"]
+        .as_str()
+        .expect("payment id")
+        .to_owned();
+    let order_id = r.body["order"]["id"].as_str().expect("order id").to_owned();
+    let user = Uuid::parse_str(&user_id).expect("user id");
+    let refund_key = platform::ids::refund_key(&platform::ids::scoped_key(user, &idempotency_key));
+
+    // user-service's key and the gateway's, each with the checkout's own refund key.
+    for caller in [USER_SERVICE, GATEWAY] {
+        let err =
+            PaymentServiceClient::new(client_as(s.payment.addr, caller, PAYMENT_SERVICE, None))
+                .refund(pay_pb::RefundRequest {
+                    payment_id: payment_id.clone(),
+                    amount: None,
+                    idempotency_key: refund_key.clone(),
+                    reason: "compensation".into(),
+                })
+                .await
+                .expect_err("the checkout is placed, not cancelling");
+        assert_eq!(err.code(), Code::PermissionDenied, "{caller}: {err:?}");
+    }
+
+    let r = s
+        .get(&format!("/api/orders/{order_id}"), Some(&token))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["order"]["status"], "placed", "{:?}", r.body);
+    assert_eq!(r.body["payment"]["status"], "succeeded", "{:?}", r.body);
+}
+
 #[tokio::test]
 async fn every_internal_rpc_without_credentials_is_unauthenticated() {
     let s = stack().await;

@@ -264,6 +264,7 @@ async fn restart_payment(ctx: &Ctx, stack: &mut Stack) -> anyhow::Result<()> {
         ("PAYMENT_METRICS_ADDR", metrics.to_string()),
         ("CARD_GATEWAY_URL", ctx.dep.card.url()),
         ("ITEM_SERVICE_URL", ctx.dep.item_grpc.clone()),
+        ("USER_SERVICE_URL", ctx.dep.user_grpc.clone()),
     ];
     stack
         .start("payment-service", "payment-service", &env, addr)

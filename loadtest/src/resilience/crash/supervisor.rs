@@ -241,6 +241,7 @@ impl Supervisor {
                 ("PAYMENT_METRICS_ADDR", a.payment_metrics.to_string()),
                 ("CARD_GATEWAY_URL", url(a.card)),
                 ("ITEM_SERVICE_URL", url(a.item)),
+                ("USER_SERVICE_URL", url(a.user)),
             ],
             Process::UserService => vec![
                 ("USER_GRPC_ADDR", a.user.to_string()),

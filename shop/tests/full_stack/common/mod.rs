@@ -211,6 +211,7 @@ pub struct Stack {
     /// The card gateway's secret key (payment-service's).
     pub card_secret_key: secrecy::SecretString,
     pub item_addr: SocketAddr,
+    pub user_addr: SocketAddr,
     pub events: platform::events::EventsSettings,
 }
 
@@ -236,13 +237,17 @@ pub async fn stack_with(opts: Options) -> Stack {
     // payment-service with its own card gateway, calling this item-service (chained).
     let payment_events = events.clone();
     let stack_events = events.clone();
+    // payment-service and user-service call each other: user-service's address first.
+    let user_addr = test_support::free_addr();
     let payment = payment::spawn_with(|c| {
         c.item_service_url = item.grpc_addr.into();
+        c.user_service_url = user_addr.into();
         c.events = payment_events;
         tune_payment(c);
     })
     .await;
     let user = user::spawn_with(|c| {
+        c.grpc_addr = user_addr.to_string();
         c.payment_service_url = payment.grpc_addr.into();
         c.item_service_url = item.grpc_addr.into();
         c.events = events;
@@ -269,6 +274,7 @@ pub async fn stack_with(opts: Options) -> Stack {
         card_url: payment.card_gateway.url.clone(),
         card_secret_key: payment.card_gateway.secret_key.clone(),
         item_addr: item.grpc_addr,
+        user_addr: user.grpc_addr,
         events: stack_events,
         card: payment.card_gateway.handle,
         card_server: payment.card_gateway.server,
@@ -467,6 +473,7 @@ impl Stack {
             &self.card_secret_key,
         );
         c.item_service_url = self.item_addr.into();
+        c.user_service_url = self.user_addr.into();
         c.events = self.events.clone();
         tune_payment(&mut c);
         let app = payment_service::Application::build(c)
