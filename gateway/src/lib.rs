@@ -132,11 +132,12 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let shutdown = shutdown.boxed().shared();
-        let operator = tokio::spawn(operator::serve(
-            self.metrics_listener,
-            self.state,
-            shutdown.clone(),
-        ));
+        let (listener, state, stop) = (self.metrics_listener, self.state, shutdown.clone());
+        let operator = tokio::spawn(async move {
+            if let Err(e) = operator::serve(listener, state, stop).await {
+                tracing::error!(error = %e, "the operator listener stopped");
+            }
+        });
         let served = serve::serve(self.listener, self.router, self.limits, shutdown).await;
         // A scrape in flight is not worth waiting for.
         operator.abort();
