@@ -41,7 +41,7 @@ if [ -z "$URL" ]; then
   rm -f "$LOG"
   env USER_JWT_SECRET="${USER_JWT_SECRET:-st-secret-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}" \
       ITEM_MONGODB_DATABASE="shop_item_st_$RUN" ITEM_SEED=true \
-      GATEWAY_HTTP_ADDR=127.0.0.1:0 SHOP_GRPC_ADDR=off SHOP_CARD_GATEWAY_ADDR=127.0.0.1:0 \
+      GATEWAY_HTTP_ADDR=127.0.0.1:0 GATEWAY_METRICS_ADDR=127.0.0.1:0 SHOP_GRPC_ADDR=off SHOP_CARD_GATEWAY_ADDR=127.0.0.1:0 \
       RUST_LOG="${RUST_LOG:-warn}" \
       "$ROOT/target/debug/shop" >"$LOG" 2>&1 &
   SHOP_PID=$!

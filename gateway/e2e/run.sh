@@ -46,7 +46,7 @@ rm -rf "$SHOTS"; mkdir -p "$SHOTS"; rm -f "$LOG"
 log "starting the shop"
 env USER_JWT_SECRET="${USER_JWT_SECRET:-e2e-secret-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}" \
     ITEM_MONGODB_DATABASE="shop_item_e2e_$RUN" ITEM_SEED=true \
-    GATEWAY_HTTP_ADDR=127.0.0.1:0 SHOP_GRPC_ADDR=off SHOP_CARD_GATEWAY_ADDR=127.0.0.1:0 \
+    GATEWAY_HTTP_ADDR=127.0.0.1:0 GATEWAY_METRICS_ADDR=127.0.0.1:0 SHOP_GRPC_ADDR=off SHOP_CARD_GATEWAY_ADDR=127.0.0.1:0 \
     SHOP_FAULT_ADMIN=on RUST_LOG="${RUST_LOG:-info}" \
     "$SHOP_BIN" >"$LOG" 2>&1 &
 SHOP_PID=$!

@@ -30,9 +30,15 @@ fn parse_secret(s: &str) -> Result<SecretString, String> {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "gateway", about = "Shop REST gateway and web shop")]
 pub struct Config {
-    /// HTTP listen address (REST API, web shop, /metrics, /openapi.json). Port 0 picks one.
+    /// HTTP listen address: the public port (REST API, web shop, /openapi.json, /healthz).
+    /// Port 0 picks one.
     #[arg(long, env = "GATEWAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
+    /// The operator listener: Prometheus /metrics and /debug/downstreams (the services'
+    /// internal URLs and breaker states). For the scraper and operators only, never
+    /// published beside the public port. Port 0 picks one.
+    #[arg(long, env = "GATEWAY_METRICS_ADDR", default_value = "127.0.0.1:9094")]
+    pub metrics_addr: String,
     /// Where each service is reached: one URL, several separated by commas (replicas), or
     /// a DNS name standing for several addresses (a Kubernetes headless Service); calls are
     /// balanced over all of them.

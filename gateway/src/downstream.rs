@@ -28,7 +28,6 @@ use shop_proto::{
 };
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
-use utoipa::ToSchema;
 
 use platform::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker};
 
@@ -57,7 +56,7 @@ pub fn channel(
 }
 
 /// The kind of a call, which decides the breaker and concurrency limit it goes through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallKind {
     /// Answers from stored data, no effect (catalog, orders, profile, token checks).
@@ -442,8 +441,8 @@ impl<C: Clone> Downstream<C> {
     }
 }
 
-/// One downstream as GET /debug/downstreams shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// One downstream as the operator's GET /debug/downstreams shows it.
+#[derive(Debug, Clone, Serialize)]
 pub struct DownstreamSnapshot {
     pub service: String,
     /// URL, or "in-process" in the monolith.
@@ -456,7 +455,7 @@ pub struct DownstreamSnapshot {
 }
 
 /// One kind of call to one service.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LaneSnapshot {
     pub kind: CallKind,
     pub breaker: BreakerSnapshot,

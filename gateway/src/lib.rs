@@ -13,6 +13,7 @@ pub mod deadline;
 pub mod downstream;
 pub mod error;
 pub mod lab;
+pub mod operator;
 pub mod retry;
 pub mod serve;
 pub mod state;
@@ -20,6 +21,8 @@ pub mod throttle;
 pub mod web;
 
 use std::{future::Future, net::SocketAddr};
+
+use futures::FutureExt as _;
 
 pub use checkout::order_id_for;
 pub use config::Config;
@@ -33,16 +36,18 @@ use crate::{
     state::{AppState, Inner},
 };
 
-/// The gateway, bound and ready to serve.
+/// The gateway, bound and ready to serve: its public listener and its operator listener.
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: TcpListener,
     router: axum::Router,
     state: AppState,
     limits: serve::ServeLimits,
 }
 
 impl Application {
-    /// Connects (lazily) to the services named in `config` and binds the HTTP listener.
+    /// Connects (lazily) to the services named in `config` and binds the public and the
+    /// operator listener (both at once, so a taken port fails the start).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let transports = Transports::from_config(&config)?;
         Self::build_with(config, transports).await
@@ -88,8 +93,12 @@ impl Application {
         let listener = TcpListener::bind(&config.http_addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.http_addr))?;
+        let metrics_listener = TcpListener::bind(&config.metrics_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding metrics on {}: {e}", config.metrics_addr))?;
         Ok(Self {
             listener,
+            metrics_listener,
             router,
             state,
             limits: config.serve_limits(),
@@ -102,21 +111,43 @@ impl Application {
         self.state.service_faults.attach(faults);
     }
 
+    /// The public listener's address (REST API, web shop).
     pub fn http_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        bound(&self.listener)
+    }
+
+    /// The operator listener's address (`/metrics`, `/debug/downstreams`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        bound(&self.metrics_listener)
     }
 
     pub fn state(&self) -> &AppState {
         &self.state
     }
 
+    /// Serves both listeners until `shutdown` resolves; the public one then lets in-flight
+    /// requests finish.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        serve::serve(self.listener, self.router, self.limits, shutdown).await?;
+        let shutdown = shutdown.boxed().shared();
+        let (listener, state, stop) = (self.metrics_listener, self.state, shutdown.clone());
+        let operator = tokio::spawn(async move {
+            if let Err(e) = operator::serve(listener, state, stop).await {
+                tracing::error!(error = %e, "the operator listener stopped");
+            }
+        });
+        let served = serve::serve(self.listener, self.router, self.limits, shutdown).await;
+        // A scrape in flight is not worth waiting for.
+        operator.abort();
+        served?;
         Ok(())
     }
+}
+
+fn bound(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
 }

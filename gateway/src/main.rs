@@ -6,7 +6,11 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let telemetry = platform::telemetry::install("gateway", config.log_json);
     let app = Application::build(config).await?;
-    tracing::info!(addr = %app.http_addr(), "gateway listening (REST /api, web shop /, /metrics, /openapi.json)");
+    tracing::info!(
+        addr = %app.http_addr(),
+        metrics = %app.metrics_addr(),
+        "gateway listening (REST /api, web shop /, /openapi.json; /metrics and /debug/downstreams on metrics)"
+    );
     let served = app.run_until_stopped(platform::shutdown::signal()).await;
     telemetry.shutdown().await;
     served

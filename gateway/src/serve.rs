@@ -74,8 +74,17 @@ mod tests {
     async fn gateway(
         tweak: impl FnOnce(&mut Config),
     ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let (addr, _, stop) = gateway_and_operator(tweak).await;
+        (addr, stop)
+    }
+
+    /// As [`gateway`], with its operator listener's address (also on 127.0.0.1:0).
+    async fn gateway_and_operator(
+        tweak: impl FnOnce(&mut Config),
+    ) -> (SocketAddr, SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let mut config = Config::with_secret("test-secret-0123456789-abcdefghij");
         config.http_addr = "127.0.0.1:0".into();
+        config.metrics_addr = "127.0.0.1:0".into();
         let nowhere = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
         config.user_service_url = nowhere.into();
         config.item_service_url = nowhere.into();
@@ -87,12 +96,12 @@ mod tests {
         ));
         tweak(&mut config);
         let app = Application::build(config).await.expect("gateway builds");
-        let addr = app.http_addr();
+        let (addr, operator) = (app.http_addr(), app.metrics_addr());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
-        (addr, stop)
+        (addr, operator, stop)
     }
 
     /// Sends `request` on a fresh connection and reads until the server closes it.
@@ -379,8 +388,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn operator_paths_are_served_on_the_operator_listener_only() {
+        let (addr, operator, _stop) = gateway_and_operator(|_| {}).await;
+        for path in ["/metrics", "/debug/downstreams"] {
+            let public = exchange(addr, &get(path)).await;
+            assert!(public.starts_with("HTTP/1.1 404"), "{path}: {public}");
+            assert!(public.contains(r#""code":"not_found""#), "{path}: {public}");
+            let served = exchange(operator, &get(path)).await;
+            assert!(served.starts_with("HTTP/1.1 200"), "{path}: {served}");
+        }
+        let downstreams = exchange(operator, &get("/debug/downstreams")).await;
+        // The services' internal addresses, which only operators may see.
+        assert!(downstreams.contains("127.0.0.1:1"), "{downstreams}");
+        let public = exchange(addr, &get("/healthz")).await;
+        assert!(public.starts_with("HTTP/1.1 200"), "{public}");
+        let operator_health = exchange(operator, &get("/healthz")).await;
+        assert!(
+            operator_health.starts_with("HTTP/1.1 404"),
+            "{operator_health}"
+        );
+    }
+
+    #[tokio::test]
     async fn random_paths_and_made_up_methods_share_one_route_label() {
-        let (addr, _stop) = gateway(|_| {}).await;
+        let (addr, operator, _stop) = gateway_and_operator(|_| {}).await;
         let tags: Vec<String> = (0..30)
             .map(|_| uuid::Uuid::new_v4().simple().to_string())
             .collect();
@@ -395,7 +426,7 @@ mod tests {
             let answer = exchange(addr, &request).await;
             assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
         }
-        let metrics = exchange(addr, &get("/metrics")).await;
+        let metrics = exchange(operator, &get("/metrics")).await;
         for tag in &tags {
             assert!(
                 !metrics.contains(tag.as_str()),

@@ -35,7 +35,6 @@ pub struct BreakerConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
@@ -132,7 +131,6 @@ impl Drop for Permit {
 
 /// A view of one breaker (the gateway's /debug/downstreams).
 #[derive(Debug, Clone, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BreakerSnapshot {
     pub enabled: bool,
     pub state: BreakerState,

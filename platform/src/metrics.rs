@@ -59,7 +59,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, Router::new(), shutdown).await
+}
+
+/// As [`serve`], with an operator's own routes beside `/metrics` (the gateway's
+/// `/debug/downstreams`): an operator listener, never the public one, under the same limits.
+pub async fn serve_with(
+    listener: TcpListener,
+    operator: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     crate::http_server::HttpServer::new("metrics", crate::http_server::HttpLimits::metrics())
-        .serve(listener, router(), shutdown)
+        .serve(listener, router().merge(operator), shutdown)
         .await
 }

@@ -182,9 +182,15 @@ impl Monolith {
         })
     }
 
-    /// The gateway's HTTP address (REST, web shop, /metrics).
+    /// The gateway's public HTTP address (REST, web shop).
     pub fn http_addr(&self) -> SocketAddr {
         self.gateway.http_addr()
+    }
+
+    /// The gateway's operator listener: `/metrics` (every part's: they share one recorder)
+    /// and `/debug/downstreams`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.gateway.metrics_addr()
     }
 
     pub fn grpc_addr(&self) -> Option<SocketAddr> {

@@ -1,8 +1,9 @@
 //! `shop`: the whole shop in one process (the monolith deployment). Settings are the union
 //! of the parts' environment variables (USER_*, ITEM_*, PAYMENT_*, CARD_GATEWAY_URL,
 //! GATEWAY_*, USER_JWT_SECRET, ...) plus the SHOP_* flags below. The services' own
-//! listen and metrics addresses are not used: the gateway's HTTP port serves /metrics for
-//! everything, and SHOP_GRPC_ADDR serves all three gRPC services.
+//! listen and metrics addresses are not used: the gateway's operator listener
+//! (GATEWAY_METRICS_ADDR) serves /metrics for everything, and SHOP_GRPC_ADDR serves all
+//! three gRPC services.
 
 use clap::Parser;
 use shop::{Monolith, MonolithConfig};
@@ -47,9 +48,10 @@ async fn main() -> anyhow::Result<()> {
     let shop = Monolith::build(config).await?;
     tracing::info!(
         http = %shop.http_addr(),
+        metrics = %shop.metrics_addr(),
         grpc = ?shop.grpc_addr(),
         card_gateway = ?shop.card_gateway().map(|c| c.0),
-        "shop monolith listening (web shop and REST on http, all services on grpc)"
+        "shop monolith listening (web shop and REST on http, /metrics and /debug/downstreams on metrics, all services on grpc)"
     );
     println!("shop listening on http://{}", shop.http_addr());
     let served = shop.run_until_stopped(platform::shutdown::signal()).await;

@@ -1,4 +1,5 @@
-//! Operational endpoints: the gateway's own fault rules, downstream health, liveness.
+//! Public operational endpoints: the gateway's own fault rules (admins only) and liveness.
+//! What only operators may see is on the operator listener ([`crate::operator`]).
 
 use axum::{Json, extract::State, extract::rejection::JsonRejection};
 use platform::faults::FaultRule;
@@ -7,7 +8,6 @@ use utoipa::ToSchema;
 
 use crate::{
     auth::AdminUser,
-    downstream::DownstreamSnapshot,
     error::{ApiError, ErrorBody},
     lab::is_service_rule,
     state::AppState,
@@ -79,19 +79,6 @@ pub async fn put_faults(
     state.faults.set(gateway)?;
     tracing::info!(rules = ?all_rules(&state), "fault rules changed");
     Ok(Json(all_rules(&state)))
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct DownstreamsView {
-    pub downstreams: Vec<DownstreamSnapshot>,
-}
-
-#[utoipa::path(get, path = "/debug/downstreams", tag = "ops",
-    responses((status = 200, description = "Breaker state and retry budget per service", body = DownstreamsView)))]
-pub async fn downstreams(State(state): State<AppState>) -> Json<DownstreamsView> {
-    Json(DownstreamsView {
-        downstreams: state.downstreams.snapshot(),
-    })
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

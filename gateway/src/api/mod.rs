@@ -1,5 +1,6 @@
-//! The HTTP surface: REST API under /api, the web shop at /, /openapi.json, /metrics,
-//! /debug/downstreams, /healthz; one edge middleware for metrics and injected faults.
+//! The public HTTP surface: REST API under /api, the web shop at /, /openapi.json,
+//! /healthz; one edge middleware for metrics and injected faults. `/metrics` and
+//! `/debug/downstreams` are the operator listener's ([`crate::operator`]), 404 here.
 
 pub mod admin;
 pub mod checkout;
@@ -37,7 +38,7 @@ use crate::{error::ApiError, state::AppState};
         items::list, items::get, items::create, items::update, items::delete,
         checkout::price, checkout::checkout,
         orders::list, orders::get,
-        admin::get_faults, admin::put_faults, admin::downstreams, admin::healthz,
+        admin::get_faults, admin::put_faults, admin::healthz,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, model::ItemSort, model::Strategy)),
     modifiers(&BearerAuth),
@@ -106,20 +107,16 @@ fn route_key(req: &Request) -> String {
 
 /// Metrics per route, a trace for every request (continued from the browser's
 /// `traceparent` or started here, and passed to every downstream call), and the gateway's
-/// own injected faults (never on the admin and ops routes, so faults can always be
-/// inspected and turned off).
+/// own injected faults (never on the admin routes and the health probe, so faults can
+/// always be inspected and turned off).
 async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let key = route_key(&req);
     let start = Instant::now();
-    let exempt = key.contains("/api/admin/")
-        || key.contains(" /debug/")
-        || key.ends_with("/metrics")
-        || key.ends_with("/healthz");
+    let exempt = key.contains("/api/admin/") || key.ends_with("/healthz");
     let mut trace = TraceContext::from_headers(req.headers());
-    // Exported when traces are on (not probes and scrapes): the span continues the
-    // browser's trace if it sent one, and its ids are this request's context.
-    let exported =
-        platform::telemetry::enabled() && !key.ends_with("/metrics") && !key.ends_with("/healthz");
+    // Exported when traces are on (not probes): the span continues the browser's trace if
+    // it sent one, and its ids are this request's context.
+    let exported = platform::telemetry::enabled() && !key.ends_with("/healthz");
     let span = if exported {
         let span = tracing::info_span!(
             target: platform::telemetry::TARGET,
@@ -143,7 +140,7 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
         span.record("request_id", tracing::field::display(&trace.request_id));
         span
     } else if platform::telemetry::enabled() {
-        // A probe or a scrape: below the level spans are exported at.
+        // A probe: below the level spans are exported at.
         tracing::debug_span!("http", route = %key, trace_id = %trace.trace_id, request_id = %trace.request_id)
     } else {
         tracing::info_span!("http", route = %key, trace_id = %trace.trace_id, request_id = %trace.request_id)
@@ -194,7 +191,8 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     resp
 }
 
-/// The gateway's routes; `/api/admin/faults` only when `fault_admin` (SHOP_FAULT_ADMIN=on).
+/// The gateway's public routes; `/api/admin/faults` only when `fault_admin`
+/// (SHOP_FAULT_ADMIN=on).
 pub fn router(state: AppState, body_limit: usize, fault_admin: bool) -> Router {
     let mut api = Router::new()
         .route("/api/auth/register", post(users::register))
@@ -209,7 +207,6 @@ pub fn router(state: AppState, body_limit: usize, fault_admin: bool) -> Router {
         .route("/api/checkout", post(checkout::checkout))
         .route("/api/orders", get(orders::list))
         .route("/api/orders/{id}", get(orders::get))
-        .route("/debug/downstreams", get(admin::downstreams))
         .route("/healthz", get(admin::healthz))
         .route("/openapi.json", get(openapi_json));
     if fault_admin {
@@ -226,5 +223,5 @@ pub fn router(state: AppState, body_limit: usize, fault_admin: bool) -> Router {
         .layer(middleware::from_fn(platform::timing::server_timing))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state);
-    crate::web::security_headers(api).merge(platform::metrics::router())
+    crate::web::security_headers(api)
 }

@@ -162,9 +162,13 @@ pub(crate) async fn start_stack(
             user,
         )
         .await?;
-    let gw_env = |addr: std::net::SocketAddr, pay: std::net::SocketAddr| {
-        vec![
+    // Each gateway's operator listener (/metrics, /debug/downstreams) on a free port too.
+    let gw_env = |addr: std::net::SocketAddr,
+                  pay: std::net::SocketAddr|
+     -> anyhow::Result<Vec<(&'static str, String)>> {
+        Ok(vec![
             ("GATEWAY_HTTP_ADDR", addr.to_string()),
+            ("GATEWAY_METRICS_ADDR", free_addr()?.to_string()),
             ("USER_SERVICE_URL", url(user)),
             ("ITEM_SERVICE_URL", url(item)),
             ("PAYMENT_SERVICE_URL", url(pay)),
@@ -172,20 +176,20 @@ pub(crate) async fn start_stack(
             ("CARD_GATEWAY_URL", url(card)),
             // Every load-test account registers from this one address.
             ("GATEWAY_REGISTER_THROTTLE", "off".into()),
-        ]
+        ])
     };
     let gw = free_addr()?;
     stack
-        .start("gateway", "gateway", &gw_env(gw, pay), gw)
+        .start("gateway", "gateway", &gw_env(gw, pay)?, gw)
         .await?;
     let gw_nr = free_addr()?;
-    let mut env = gw_env(gw_nr, pay);
+    let mut env = gw_env(gw_nr, pay)?;
     env.push(("GATEWAY_RETRIES", "off".into()));
     stack
         .start("gateway-noretry", "gateway", &env, gw_nr)
         .await?;
     let gw_un = free_addr()?;
-    let mut env = gw_env(gw_un, pay_nt);
+    let mut env = gw_env(gw_un, pay_nt)?;
     env.extend([
         ("GATEWAY_RETRIES", "off".into()),
         ("GATEWAY_BREAKERS", "off".into()),
@@ -214,9 +218,11 @@ pub(crate) async fn start_stack(
             ("GATEWAY_REGISTER_THROTTLE", "off".into()),
         ];
         // Its own gRPC listener (all three services; FaultAdmin for the in-process
-        // calls) and, in case a version uses them, the parts' addresses: all free ports.
+        // calls), its gateway's operator listener and, in case a version uses them, the
+        // parts' addresses: all free ports.
         for k in [
             "SHOP_GRPC_ADDR",
+            "GATEWAY_METRICS_ADDR",
             "USER_GRPC_ADDR",
             "ITEM_GRPC_ADDR",
             "PAYMENT_GRPC_ADDR",

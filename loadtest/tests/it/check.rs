@@ -121,6 +121,7 @@ async fn shop_with_checkouts(tweak_item: impl FnOnce(&mut item_service::Config))
     let mut g = gateway::Config::with_secret(user::SECRET);
     g.identity = test_support::identity::settings(platform::identity::GATEWAY);
     g.http_addr = "127.0.0.1:0".into();
+    g.metrics_addr = "127.0.0.1:0".into();
     g.user_service_url = user.grpc_addr.into();
     g.item_service_url = item.grpc_addr.into();
     g.payment_service_url = payment.grpc_addr.into();

@@ -77,11 +77,11 @@ fn scrape_config(jobs: &[(&str, Vec<String>)]) -> String {
     out
 }
 
-/// Every process and where it serves /metrics: the services on their metrics listeners,
-/// the gateway and the card gateway on their HTTP port.
+/// Every process and where it serves /metrics: the gateway and the services on their
+/// metrics listeners, the card gateway on its HTTP port.
 fn jobs(a: &Addresses) -> Vec<(&'static str, Vec<String>)> {
     vec![
-        ("gateway", vec![a.gateway.to_string()]),
+        ("gateway", vec![a.gateway_metrics.to_string()]),
         ("user-service", vec![a.user_metrics.to_string()]),
         ("item-service", vec![a.item_metrics.to_string()]),
         ("payment-service", vec![a.payment_metrics.to_string()]),

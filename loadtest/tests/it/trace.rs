@@ -401,6 +401,7 @@ async fn a_monolith_checkout_is_one_trace_of_the_same_shape() {
             format!("trace-{}", uuid::Uuid::new_v4().simple()),
         )
         .env("GATEWAY_HTTP_ADDR", http_addr.to_string())
+        .env("GATEWAY_METRICS_ADDR", "127.0.0.1:0")
         .env("SHOP_GRPC_ADDR", "off")
         .env("SHOP_CARD_GATEWAY_ADDR", card_addr.to_string())
         .env("CARD_GATEWAY_URL", format!("http://{card_addr}"))

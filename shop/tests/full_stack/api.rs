@@ -352,7 +352,8 @@ async fn request_errors_orders_and_ops_endpoints() {
     let doc = s.get("/openapi.json", None).await;
     assert_eq!(doc.status, StatusCode::OK);
     assert!(doc.body["paths"]["/api/checkout"]["post"].is_object());
-    let dbg = s.get("/debug/downstreams", None).await;
+    // The operator's views, on the gateway's operator listener.
+    let dbg = s.operator.get("/debug/downstreams", None).await;
     assert_eq!(dbg.status, StatusCode::OK);
     assert_eq!(dbg.body["downstreams"].as_array().expect("list").len(), 3);
     for lane in dbg.body["downstreams"][0]["kinds"]
@@ -363,7 +364,7 @@ async fn request_errors_orders_and_ops_endpoints() {
     }
     let metrics = s
         .http
-        .get(format!("{}/metrics", s.base))
+        .get(format!("{}/metrics", s.operator.base))
         .send()
         .await
         .expect("metrics");

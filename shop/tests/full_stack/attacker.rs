@@ -687,6 +687,95 @@ async fn fault_admins_are_absent_when_off_and_admin_only_when_on() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 }
 
+/// Paths an outsider tries for operator views: the gateway's own (`/metrics`,
+/// `/debug/downstreams`) and the usual neighbours of such endpoints elsewhere.
+const OPERATOR_PATHS: &[&str] = &[
+    "/metrics",
+    "/metrics/",
+    "/metrics?name[]=gateway_circuit_state",
+    "/debug/downstreams",
+    "/debug/downstreams/",
+    "/debug",
+    "/debug/",
+    "/debug/vars",
+    "/debug/pprof/",
+];
+
+/// GET or HEAD `path` at `base`; status and the body's text.
+async fn raw_get(api: &Api, method: Method, path: &str) -> (StatusCode, String) {
+    let r = api
+        .http
+        .request(method, format!("{}{path}", api.base))
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = r.status();
+    (status, r.text().await.unwrap_or_default())
+}
+
+/// The gateway's operator views tell what an outsider must not learn: the services'
+/// internal addresses, which breaker is open, every route's traffic. From the public port
+/// they are 404 like any unknown path and named nowhere (not in the public API document,
+/// not in a health or error answer, even with a service down); on the operator listener
+/// they work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_views_are_not_served_on_the_public_port_and_no_answer_names_a_service() {
+    let mut s = stack().await;
+    let internal: Vec<String> = servers(&s)
+        .iter()
+        .map(|(addr, _, _)| addr.to_string())
+        .collect();
+    let leaks = |what: &str, text: &str| {
+        for addr in &internal {
+            assert!(!text.contains(addr.as_str()), "{what} names {addr}: {text}");
+        }
+        for secret in ["gateway_circuit_state", "retry_tokens"] {
+            assert!(!text.contains(secret), "{what} shows {secret}: {text}");
+        }
+    };
+
+    for path in OPERATOR_PATHS {
+        for method in [Method::GET, Method::HEAD] {
+            let (status, text) = raw_get(&s.api, method.clone(), path).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {text}");
+            leaks(&format!("{method} {path}"), &text);
+        }
+        let r = s.get(path, None).await;
+        assert_eq!(r.code(), "not_found", "{path}: {:?}", r.body);
+    }
+    let doc = s.get("/openapi.json", None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    let paths = doc.body["paths"].as_object().expect("paths");
+    assert!(paths.contains_key("/api/checkout"), "{paths:?}");
+    let named: Vec<&String> = paths
+        .keys()
+        .filter(|p| p.starts_with("/debug") || p.starts_with("/metrics"))
+        .collect();
+    assert!(named.is_empty(), "the public API document names {named:?}");
+    leaks("/openapi.json", &doc.body.to_string());
+    let (status, health) = raw_get(&s.api, Method::GET, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    leaks("/healthz", &health);
+
+    // On the operator listener both work, and name what the public port keeps to itself:
+    // the checks above look for the right strings.
+    let (status, text) = raw_get(&s.operator, Method::GET, "/metrics").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("gateway_circuit_state"), "{text}");
+    let dbg = s.operator.get("/debug/downstreams", None).await;
+    assert_eq!(dbg.status, StatusCode::OK, "{:?}", dbg.body);
+    let targets = dbg.body.to_string();
+    for addr in &internal {
+        assert!(targets.contains(addr.as_str()), "{addr} missing: {targets}");
+    }
+
+    // A service down: the public answer says so without naming where it was looked for.
+    s.item.stop().await;
+    let r = raw_get(&s.api, Method::GET, "/api/items").await;
+    assert_eq!(r.0, StatusCode::SERVICE_UNAVAILABLE, "{}", r.1);
+    leaks("a catalog request with item-service down", &r.1);
+}
+
 /// How long an attacker's socket may stay open when the limits under test are a second.
 const CLOSE_GUARD: Duration = Duration::from_secs(10);
 /// The same at the default limits (5 s to the first byte, 10 s to a request's head or
@@ -825,9 +914,9 @@ async fn silent_sockets_and_idle_http2_connections_neither_starve_healthz_nor_st
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 }
 
-/// The mock card gateway and the services' /metrics listeners are HTTP servers too: at
-/// their default limits they close silent and half-open connections, and the card gateway
-/// cuts off a body trickling in.
+/// The mock card gateway, the services' /metrics listeners and the gateway's operator
+/// listener are HTTP servers too: at their default limits they close silent and half-open
+/// connections, and the card gateway cuts off a body trickling in.
 #[tokio::test]
 async fn the_card_gateway_and_metrics_listeners_close_silent_half_open_and_trickling_clients() {
     use card_gateway::{CardGateway, Config};
@@ -840,9 +929,19 @@ async fn the_card_gateway_and_metrics_listeners_close_silent_half_open_and_trick
     let card_addr = card.addr();
     let _card = Running::spawn(card_addr, |stop| card.run_until_stopped(stop));
     let item = test_support::item::spawn().await;
+    // A gateway whose services are nowhere: only its operator listener is tried.
+    let mut g = gateway_config();
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], 1));
+    g.user_service_url = nowhere.into();
+    g.item_service_url = nowhere.into();
+    g.payment_service_url = nowhere.into();
+    let gw = gateway::Application::build(g).await.expect("builds");
+    let operator = gw.metrics_addr();
+    let _gateway = Running::spawn(gw.http_addr(), |stop| gw.run_until_stopped(stop));
 
     let mut held = hold_without_requests(card_addr, [127, 0, 0, 1], 5).await;
     held.extend(hold_without_requests(item.metrics_addr, [127, 0, 0, 1], 5).await);
+    held.extend(hold_without_requests(operator, [127, 0, 0, 1], 5).await);
 
     // One byte of a charge's body every 200 ms.
     let trickling = connect_from([127, 0, 0, 1], card_addr).await;
@@ -876,7 +975,12 @@ async fn the_card_gateway_and_metrics_listeners_close_silent_half_open_and_trick
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
-    all_closed_by_server(held, DEFAULT_LIMITS_GUARD, "card gateway and metrics").await;
+    all_closed_by_server(
+        held,
+        DEFAULT_LIMITS_GUARD,
+        "card gateway, metrics and operator listeners",
+    )
+    .await;
 }
 
 /// The web shop cannot be framed by another site, run injected inline script, or have its

@@ -61,7 +61,7 @@ async fn checkout_in_the_monolith_under_every_strategy() {
     }
     assert!(totals.windows(2).all(|w| w[0] == w[1]));
     assert_eq!(s.card.stats().charges_succeeded, 3);
-    let dbg = s.get("/debug/downstreams", None).await;
+    let dbg = s.operator.get("/debug/downstreams", None).await;
     assert_eq!(dbg.body["downstreams"][0]["target"], "in-process");
 }
 

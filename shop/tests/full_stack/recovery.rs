@@ -248,7 +248,7 @@ async fn a_paid_checkout_whose_hold_is_gone_is_refunded() {
 
 /// How many checkouts user-service's recovery ended with `action`. Every service of the
 /// stack lives in this process and reports into its one set of metrics (the gateway's
-/// /metrics serves it), so this is all replicas' count together.
+/// operator listener serves it), so this is all replicas' count together.
 async fn recovered(s: &Stack, action: &str) -> f64 {
     let line = format!("checkout_recovery_total{{action=\"{action}\"}}");
     test_support::counter(&s.gateway_metrics().await, &line)

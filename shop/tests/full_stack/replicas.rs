@@ -19,7 +19,10 @@ struct Browsing {
     api: Arc<Api>,
     a_addr: SocketAddr,
     b_addr: SocketAddr,
-    gateway: Running,
+    /// Kept: dropping it stops the gateway.
+    _gateway: Running,
+    /// The gateway's operator listener (its /metrics).
+    operator: SocketAddr,
     /// Item ids of the seeded catalog (item pages to visit).
     ids: Arc<Vec<String>>,
 }
@@ -42,6 +45,7 @@ async fn browsing() -> (Browsing, ItemServer, ItemServer) {
     g.payment_service_url = nowhere.into();
     let gw = gateway::Application::build(g).await.expect("build gateway");
     let addr = gw.http_addr();
+    let operator = gw.metrics_addr();
     let gateway = Running::spawn(addr, |stop| gw.run_until_stopped(stop));
     let api = Arc::new(Api::new(addr));
     let list = api.get("/api/items?page_size=20", None).await;
@@ -57,7 +61,8 @@ async fn browsing() -> (Browsing, ItemServer, ItemServer) {
         api,
         a_addr: a.grpc_addr,
         b_addr: b.grpc_addr,
-        gateway,
+        _gateway: gateway,
+        operator,
         ids: Arc::new(ids),
     };
     (s, a, b)
@@ -105,7 +110,7 @@ async fn served_by(s: &Browsing, addr: SocketAddr) -> f64 {
 }
 
 async fn endpoint_metric(s: &Browsing, name: &str, addr: SocketAddr, outcome: Option<&str>) -> f64 {
-    let text = metrics(s.gateway.addr).await;
+    let text = metrics(s.operator).await;
     let endpoint = format!("endpoint=\"{addr}\"");
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))

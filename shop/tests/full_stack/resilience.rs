@@ -23,7 +23,7 @@ fn lane(downstream: &serde_json::Value, kind: &str) -> serde_json::Value {
 }
 
 async fn downstream(s: &Stack, service: &str) -> serde_json::Value {
-    let dbg = s.get("/debug/downstreams", None).await;
+    let dbg = s.operator.get("/debug/downstreams", None).await;
     dbg.body["downstreams"]
         .as_array()
         .expect("list")
@@ -165,7 +165,7 @@ async fn payment_service_down_browsing_works_checkout_503() {
         .expect_err("no reservation was made");
     assert_eq!(held.code(), tonic::Code::NotFound, "{held:?}");
     // The breaker is open and says so.
-    let dbg = s.get("/debug/downstreams", None).await;
+    let dbg = s.operator.get("/debug/downstreams", None).await;
     let payment = dbg.body["downstreams"]
         .as_array()
         .expect("list")

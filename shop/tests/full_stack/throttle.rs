@@ -355,7 +355,7 @@ async fn a_parallel_burst_at_one_account_gets_only_its_limit_of_checks() {
     let email = format!("target-{}@shop.test", unique_suffix());
     s.user(&email).await;
     // Every service of the stack runs in this process and reports into one set of metrics,
-    // which the gateway's /metrics serves.
+    // which the gateway's operator listener serves.
     let checks = || async {
         test_support::counter(
             &s.gateway_metrics().await,

@@ -70,6 +70,8 @@ impl Process {
 #[derive(Debug, Clone)]
 pub struct Addresses {
     pub gateway: SocketAddr,
+    /// The gateway's operator listener (/metrics, /debug/downstreams).
+    pub gateway_metrics: SocketAddr,
     pub card: SocketAddr,
     pub user: SocketAddr,
     pub user_metrics: SocketAddr,
@@ -83,6 +85,7 @@ impl Addresses {
     pub fn pick() -> anyhow::Result<Self> {
         Ok(Self {
             gateway: free_addr()?,
+            gateway_metrics: free_addr()?,
             card: free_addr()?,
             user: free_addr()?,
             user_metrics: free_addr()?,
@@ -117,13 +120,15 @@ impl Addresses {
         format!("http://{}/metrics", self.user_metrics)
     }
 
-    /// `p`'s Prometheus page (user-, item- and payment-service have one).
+    /// `p`'s Prometheus page on its metrics listener (the gateway and user-, item- and
+    /// payment-service have one).
     pub fn metrics_url(&self, p: Process) -> Option<String> {
         let addr = match p {
+            Process::Gateway => self.gateway_metrics,
             Process::UserService => self.user_metrics,
             Process::ItemService => self.item_metrics,
             Process::PaymentService => self.payment_metrics,
-            Process::Gateway | Process::CardGateway => return None,
+            Process::CardGateway => return None,
         };
         Some(format!("http://{addr}/metrics"))
     }
@@ -251,6 +256,7 @@ impl Supervisor {
             ],
             Process::Gateway => vec![
                 ("GATEWAY_HTTP_ADDR", a.gateway.to_string()),
+                ("GATEWAY_METRICS_ADDR", a.gateway_metrics.to_string()),
                 // The asynchronous checkout turns the card into the processor's token
                 // before the order is accepted.
                 ("CARD_GATEWAY_URL", url(a.card)),

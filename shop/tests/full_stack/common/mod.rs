@@ -64,6 +64,7 @@ fn tune_payment(c: &mut payment_service::Config) {
 pub fn gateway_config() -> gateway::Config {
     let mut c = gateway::Config::with_secret(SECRET);
     c.http_addr = "127.0.0.1:0".into();
+    c.metrics_addr = "127.0.0.1:0".into();
     c.faults = String::new();
     // Generous budgets: tests share two cores with many other tests; the ones about
     // deadlines set their own.
@@ -85,6 +86,9 @@ pub fn gateway_config() -> gateway::Config {
 /// over its one gRPC listener).
 pub struct Shop {
     pub api: Api,
+    /// The gateway's operator listener (`/metrics` of every part, `/debug/downstreams`).
+    pub operator: Api,
+    pub operator_addr: SocketAddr,
     pub grpc: SocketAddr,
     pub card: Gateway,
     /// user-service's database (the operator grants admin on it).
@@ -135,11 +139,14 @@ async fn monolith_on(
     .await
     .expect("build the monolith");
     let addr = shop.http_addr();
+    let operator_addr = shop.metrics_addr();
     let grpc = shop.grpc_addr().expect("the monolith's gRPC listener");
     let (_, card) = shop.card_gateway().expect("hosted card gateway");
     let server = Running::spawn(addr, |stop| shop.run_until_stopped(stop));
     Shop {
         api: Api::new(addr),
+        operator: Api::new(operator_addr),
+        operator_addr,
         grpc,
         card,
         user_database_url,
@@ -196,6 +203,9 @@ impl std::ops::Deref for Shop {
 /// The distributed shop: every service on its own listener, the gateway in front.
 pub struct Stack {
     pub api: Api,
+    /// The gateway's operator listener (`/metrics`, `/debug/downstreams`).
+    pub operator: Api,
+    pub operator_addr: SocketAddr,
     pub card: Gateway,
     pub card_server: Running,
     pub item: Running,
@@ -266,10 +276,13 @@ pub async fn stack_with(opts: Options) -> Stack {
         .await
         .expect("build gateway");
     let gw_addr = gw.http_addr();
+    let operator_addr = gw.metrics_addr();
     let gateway = Running::spawn(gw_addr, |stop| gw.run_until_stopped(stop));
 
     Stack {
         api: Api::new(gw_addr),
+        operator: Api::new(operator_addr),
+        operator_addr,
         payment_database_url: payment.database.url.clone(),
         card_url: payment.card_gateway.url.clone(),
         card_secret_key: payment.card_gateway.secret_key.clone(),
@@ -483,9 +496,9 @@ impl Stack {
         Running::spawn(addr, |stop| app.run_until_stopped(stop))
     }
 
-    /// The text of the gateway's /metrics.
+    /// The text of the gateway's /metrics (on its operator listener).
     pub async fn gateway_metrics(&self) -> String {
-        metrics(self.gateway.addr).await
+        metrics(self.operator_addr).await
     }
 }
 
