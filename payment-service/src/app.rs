@@ -199,16 +199,22 @@ impl Application {
                 faults: faults.clone(),
                 trust: config.identity.trust()?,
                 fault_admin: config.identity.fault_admin(),
+                tls: config.server_tls()?,
             },
         )
         .await?;
+        let process = match &config.health_addr {
+            Some(addr) => process.health_on(addr).await?,
+            None => process,
+        };
         let items = platform::transport::balanced(
             platform::identity::ITEM_SERVICE,
             &config.item_service_url,
             Duration::from_millis(500),
             &config.balance,
+            config.tls.load()?.as_ref(),
         )
-        .context("ITEM_SERVICE_URL is not a valid URL")?;
+        .context("ITEM_SERVICE_URL")?;
         let service = PaymentService::connect(&config, items).await?;
         Ok(Self {
             service,
