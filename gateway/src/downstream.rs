@@ -60,7 +60,7 @@ pub fn channel(
         &config.balance,
         tls,
     )
-    .map_err(|e| anyhow::anyhow!("service URL {urls}: {e}"))
+    .map_err(|e| anyhow::Error::new(e).context(format!("service URL {urls}")))
 }
 
 /// The kind of a call, which decides the breaker and concurrency limit it goes through.

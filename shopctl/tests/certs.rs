@@ -52,7 +52,9 @@ fn certs_init_makes_a_ca_and_a_certificate_per_server_for_the_names_it_is_called
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        !files.iter().any(|f| f.contains("ca") && f.ends_with(".key")),
+        !files
+            .iter()
+            .any(|f| f.contains("ca") && f.ends_with(".key")),
         "the CA's key is not kept: {files:?}"
     );
     for server in SERVERS {
