@@ -251,6 +251,10 @@ pub struct Config {
     /// SHOP_EJECT_MS).
     #[command(flatten)]
     pub balance: BalanceSettings,
+    /// The CA the services' certificates are checked against (SHOP_TLS_CA); set, every
+    /// *_SERVICE_URL must be https://.
+    #[command(flatten)]
+    pub tls: platform::tls::ClientTlsSettings,
 }
 
 impl Config {

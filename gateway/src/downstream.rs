@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use platform::{CallContext, endpoints::ServiceUrls};
+use platform::{CallContext, endpoints::ServiceUrls, tls::ClientTls};
 use serde::Serialize;
 use shop_proto::{
     item::v1::item_service_client::ItemServiceClient,
@@ -50,9 +50,16 @@ pub fn channel(
     service: &'static str,
     urls: &ServiceUrls,
     config: &Config,
+    tls: Option<&ClientTls>,
 ) -> anyhow::Result<Transport> {
-    platform::transport::balanced(service, urls, config.connect_timeout(), &config.balance)
-        .map_err(|e| anyhow::anyhow!("invalid service URL {urls}: {e}"))
+    platform::transport::balanced(
+        service,
+        urls,
+        config.connect_timeout(),
+        &config.balance,
+        tls,
+    )
+    .map_err(|e| anyhow::Error::new(e).context(format!("service URL {urls}")))
 }
 
 /// The kind of a call, which decides the breaker and concurrency limit it goes through.
@@ -483,18 +490,20 @@ pub struct Transports {
 impl Transports {
     /// Channels to the URLs in `config`.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let tls = config.tls.load()?;
+        let tls = tls.as_ref();
         Ok(Self {
             user: (
                 config.user_service_url.to_string(),
-                channel(USER_SERVICE, &config.user_service_url, config)?,
+                channel(USER_SERVICE, &config.user_service_url, config, tls)?,
             ),
             item: (
                 config.item_service_url.to_string(),
-                channel(ITEM_SERVICE, &config.item_service_url, config)?,
+                channel(ITEM_SERVICE, &config.item_service_url, config, tls)?,
             ),
             payment: (
                 config.payment_service_url.to_string(),
-                channel(PAYMENT_SERVICE, &config.payment_service_url, config)?,
+                channel(PAYMENT_SERVICE, &config.payment_service_url, config, tls)?,
             ),
         })
     }

@@ -61,9 +61,14 @@ impl Application {
                 faults: faults.clone(),
                 trust: config.identity.trust()?,
                 fault_admin: config.identity.fault_admin(),
+                tls: config.server_tls()?,
             },
         )
         .await?;
+        let process = match &config.health_addr {
+            Some(addr) => process.health_on(addr).await?,
+            None => process,
+        };
         let service = ItemService::connect(&config).await?;
         Ok(Self {
             service,

@@ -1,6 +1,6 @@
 //! Settings, from flags or `ITEM_*` environment variables (names item-service/README.md documents).
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use secrecy::SecretString;
 
@@ -26,6 +26,17 @@ pub struct Config {
     /// Prometheus `/metrics` listen address; port 0 picks a free port.
     #[arg(long, env = "ITEM_METRICS_ADDR", default_value = "127.0.0.1:9092")]
     pub metrics_addr: String,
+    /// Its TLS certificate (PEM, the chain), for gRPC over TLS only; with ITEM_TLS_KEY.
+    /// Unset: plaintext HTTP/2 (loopback development).
+    #[arg(long, env = "ITEM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM); with ITEM_TLS_CERT.
+    #[arg(long, env = "ITEM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// A plaintext listener serving the gRPC health service alone, for probes that cannot
+    /// speak TLS (Kubernetes' gRPC probes); unset: none.
+    #[arg(long, env = "ITEM_HEALTH_ADDR")]
+    pub health_addr: Option<String>,
 
     /// MongoDB connection string (may hold credentials).
     #[arg(
@@ -121,6 +132,16 @@ fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
 }
 
 impl Config {
+    /// The gRPC listener's TLS (ITEM_TLS_CERT and ITEM_TLS_KEY), if given.
+    pub fn server_tls(&self) -> Result<Option<platform::tls::ServerTls>, platform::tls::TlsError> {
+        platform::tls::ServerTls::from_settings(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            "ITEM_TLS_CERT",
+            "ITEM_TLS_KEY",
+        )
+    }
+
     /// From `ITEM_*` environment variables alone (no command line), e.g. for the monolith,
     /// whose own flags would clash with these.
     pub fn from_env() -> Result<Self, clap::Error> {

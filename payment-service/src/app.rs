@@ -213,24 +213,32 @@ impl Application {
                 faults: faults.clone(),
                 trust: config.identity.trust()?,
                 fault_admin: config.identity.fault_admin(),
+                tls: config.server_tls()?,
             },
         )
         .await?;
+        let process = match &config.health_addr {
+            Some(addr) => process.health_on(addr).await?,
+            None => process,
+        };
         let connect = Duration::from_millis(500);
+        let tls = config.tls.load()?;
         let items = platform::transport::balanced(
             ITEM_SERVICE,
             &config.item_service_url,
             connect,
             &config.balance,
+            tls.as_ref(),
         )
-        .context("ITEM_SERVICE_URL is not a valid URL")?;
+        .context("ITEM_SERVICE_URL")?;
         let users = platform::transport::balanced(
             USER_SERVICE,
             &config.user_service_url,
             connect,
             &config.balance,
+            tls.as_ref(),
         )
-        .context("USER_SERVICE_URL is not a valid URL")?;
+        .context("USER_SERVICE_URL")?;
         let service = PaymentService::connect(&config, Transports { items, users }).await?;
         Ok(Self {
             service,

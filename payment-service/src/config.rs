@@ -1,5 +1,7 @@
 //! payment-service settings (env or the CLI flag of the same meaning).
 
+use std::path::PathBuf;
+
 use platform::{balance::BalanceSettings, endpoints::ServiceUrls};
 use secrecy::SecretString;
 
@@ -19,6 +21,17 @@ pub struct Config {
     /// Prometheus `/metrics` listen address; port 0 picks a free port.
     #[arg(long, env = "PAYMENT_METRICS_ADDR", default_value = "127.0.0.1:9093")]
     pub metrics_addr: String,
+    /// Its TLS certificate (PEM, the chain), for gRPC over TLS only; with PAYMENT_TLS_KEY.
+    /// Unset: plaintext HTTP/2 (loopback development).
+    #[arg(long, env = "PAYMENT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM); with PAYMENT_TLS_CERT.
+    #[arg(long, env = "PAYMENT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// A plaintext listener serving the gRPC health service alone, for probes that cannot
+    /// speak TLS (Kubernetes' gRPC probes); unset: none.
+    #[arg(long, env = "PAYMENT_HEALTH_ADDR")]
+    pub health_addr: Option<String>,
     /// mysql://user:password@host:port/database (MySQL or MariaDB).
     #[arg(long, env = "PAYMENT_DATABASE_URL")]
     pub database_url: SecretString,
@@ -109,6 +122,10 @@ pub struct Config {
     /// SHOP_EJECT_MS).
     #[command(flatten)]
     pub balance: BalanceSettings,
+    /// The CA the services' certificates are checked against (SHOP_TLS_CA); set, every
+    /// *_SERVICE_URL must be https://.
+    #[command(flatten)]
+    pub tls: platform::tls::ClientTlsSettings,
 }
 
 impl Config {
@@ -117,6 +134,9 @@ impl Config {
         Self {
             grpc_addr: "127.0.0.1:50053".into(),
             metrics_addr: "127.0.0.1:9093".into(),
+            tls_cert: None,
+            tls_key: None,
+            health_addr: None,
             database_url: SecretString::from(database_url.into()),
             database_max_connections: 20,
             card_gateway_url: "http://127.0.0.1:8081".into(),
@@ -139,7 +159,18 @@ impl Config {
             events: Default::default(),
             identity: platform::identity::IdentitySettings::default(),
             balance: BalanceSettings::default(),
+            tls: Default::default(),
         }
+    }
+
+    /// The gRPC listener's TLS (PAYMENT_TLS_CERT and PAYMENT_TLS_KEY), if given.
+    pub fn server_tls(&self) -> Result<Option<platform::tls::ServerTls>, platform::tls::TlsError> {
+        platform::tls::ServerTls::from_settings(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            "PAYMENT_TLS_CERT",
+            "PAYMENT_TLS_KEY",
+        )
     }
 
     /// The event stream, if one is configured.

@@ -110,6 +110,7 @@ async fn shop_echo(trust: &Trust) -> SocketAddr {
     };
     tokio::spawn(platform::grpc::serve(
         listener,
+        None,
         Routes::default(),
         &[],
         &[],
@@ -180,6 +181,7 @@ async fn main() {
         &ServiceUrls::of_addrs(&[shop, second]),
         connect,
         &BalanceSettings::default(),
+        None,
     )
     .expect("balanced");
     let client = EchoClient::new(policy::sign(balanced, &gateway, policy::ANY_SERVER));

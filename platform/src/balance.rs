@@ -15,6 +15,10 @@
 //! not repeated here (its effect is unknown) but answered UNAVAILABLE: callers retry the
 //! calls that are safe to repeat (the gateway's retry policy), and the failed endpoint is
 //! no longer picked.
+//!
+//! Over TLS (`https://` URLs), each replica's certificate must carry the name the URL gave
+//! (the DNS name for a resolved address): a replica that cannot prove it counts as
+//! unreachable, and the handshake's error is logged with its ejection.
 
 use std::{
     collections::HashMap,
@@ -35,6 +39,7 @@ use tower::{BoxError, ServiceExt as _};
 
 use crate::{
     endpoints::{ServiceUrls, Target},
+    tls::ClientTls,
     transport::TransportError,
 };
 
@@ -103,9 +108,13 @@ pub struct EndpointState {
     pub ejected: bool,
 }
 
+/// An address to call, and the name its certificate must carry over TLS.
+type Addressed = (SocketAddr, String);
+
 struct Shared {
     service: &'static str,
     connect_timeout: Duration,
+    tls: Option<ClientTls>,
     eject_for: Duration,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     next: AtomicUsize,
@@ -125,27 +134,30 @@ const MAX_ATTEMPTS: usize = 3;
 impl Balancer {
     /// A balancer over `urls`. IP addresses are used as given; DNS names are resolved in
     /// the background now and every `settings.resolve_interval_ms` while the balancer
-    /// lives. Needs a Tokio runtime.
+    /// lives. Over TLS when `tls` is given (the URLs' scheme is the caller's to check:
+    /// [`crate::tls::check_scheme`]). Needs a Tokio runtime.
     pub fn new(
         service: &'static str,
         urls: &ServiceUrls,
         connect_timeout: Duration,
         settings: &BalanceSettings,
+        tls: Option<ClientTls>,
     ) -> Self {
         let (resolved, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
             service,
             connect_timeout,
+            tls,
             eject_for: settings.eject_for(),
             endpoints: RwLock::new(Arc::new(Vec::new())),
             next: AtomicUsize::new(0),
             resolved,
         });
-        let fixed: Vec<SocketAddr> = urls
+        let fixed: Vec<Addressed> = urls
             .targets()
             .iter()
             .filter_map(|t| match t {
-                Target::Addr { ip, port } => Some(SocketAddr::new(*ip, *port)),
+                Target::Addr { ip, port } => Some((SocketAddr::new(*ip, *port), t.tls_name())),
                 Target::Name { .. } => None,
             })
             .collect();
@@ -193,10 +205,10 @@ impl Shared {
 
     /// Makes `addrs` the endpoint set, keeping the channel (and ejection) of every address
     /// that stays.
-    fn replace(&self, addrs: &[SocketAddr]) {
+    fn replace(&self, addrs: &[Addressed]) {
         let old = self.current();
         let mut next = Vec::with_capacity(addrs.len());
-        for addr in addrs {
+        for (addr, name) in addrs {
             if next.iter().any(|e: &Arc<Endpoint>| e.addr == *addr) {
                 continue;
             }
@@ -204,14 +216,19 @@ impl Shared {
                 next.push(e.clone());
                 continue;
             }
-            match crate::transport::lazy_channel(&format!("http://{addr}"), self.connect_timeout) {
+            let (url, tls) = match &self.tls {
+                Some(tls) => (format!("https://{addr}"), Some((tls, name.as_str()))),
+                None => (format!("http://{addr}"), None),
+            };
+            match crate::transport::lazy_channel(&url, self.connect_timeout, tls) {
                 Ok(channel) => next.push(Arc::new(Endpoint {
                     addr: *addr,
                     label: addr.to_string(),
                     channel,
                     ejected_until: Mutex::new(None),
                 })),
-                // A socket address always makes a valid URI; log rather than fail anyway.
+                // A socket address always makes a valid URI, and the name was checked when
+                // the URL was parsed; log rather than fail anyway.
                 Err(e) => {
                     tracing::warn!(service = self.service, %addr, error = %e, "skipping an endpoint")
                 }
@@ -362,7 +379,7 @@ fn unreachable(service: &str, endpoint: Option<&str>, cause: String) -> Transpor
 
 async fn resolve_loop(
     shared: Weak<Shared>,
-    fixed: Vec<SocketAddr>,
+    fixed: Vec<Addressed>,
     names: Vec<(String, u16)>,
     every: Duration,
 ) {
@@ -387,7 +404,7 @@ async fn resolve_loop(
         let mut all = fixed.clone();
         for (host, port) in &names {
             if let Some(a) = last.get(&(host.clone(), *port)) {
-                all.extend(a);
+                all.extend(a.iter().map(|addr| (*addr, host.clone())));
             }
         }
         let none = all.is_empty();
@@ -489,7 +506,13 @@ mod tests {
         let (ca, cb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let _a = serve_counting(la, ca.clone()).await;
         let _b = serve_counting(lb, cb.clone()).await;
-        let b = Balancer::new("test", &urls, Duration::from_secs(1), &settings(5_000));
+        let b = Balancer::new(
+            "test",
+            &urls,
+            Duration::from_secs(1),
+            &settings(5_000),
+            None,
+        );
         for _ in 0..100 {
             check(&b, "").await.expect("served");
         }
@@ -506,7 +529,7 @@ mod tests {
         let (ca, cb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let _a = serve_counting(la, ca.clone()).await;
         drop(lb); // b is down: its port refuses connections.
-        let b = Balancer::new("test", &urls, Duration::from_secs(1), &settings(300));
+        let b = Balancer::new("test", &urls, Duration::from_secs(1), &settings(300), None);
         for _ in 0..20 {
             check(&b, "")
                 .await
@@ -547,7 +570,13 @@ mod tests {
         let (ca, cb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let _a = serve_counting(la, ca.clone()).await;
         let _b = serve_counting(lb, cb.clone()).await;
-        let b = Balancer::new("test", &urls, Duration::from_secs(1), &settings(5_000));
+        let b = Balancer::new(
+            "test",
+            &urls,
+            Duration::from_secs(1),
+            &settings(5_000),
+            None,
+        );
         let err = check(&b, "no.such.Service")
             .await
             .expect_err("unknown service");
@@ -561,7 +590,13 @@ mod tests {
         let (la, lb) = (listener().await, listener().await);
         let urls = ServiceUrls::of_addrs(&[addr_of(&la), addr_of(&lb)]);
         drop((la, lb));
-        let b = Balancer::new("test", &urls, Duration::from_secs(1), &settings(5_000));
+        let b = Balancer::new(
+            "test",
+            &urls,
+            Duration::from_secs(1),
+            &settings(5_000),
+            None,
+        );
         let err = check(&b, "").await.expect_err("nobody listens");
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
         assert!(err.message().starts_with("test at 127.0.0.1:"), "{err:?}");
@@ -580,7 +615,13 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let _s = serve_counting(l, calls.clone()).await;
         let urls = ServiceUrls::parse(&format!("http://localhost:{port}")).expect("valid");
-        let b = Balancer::new("test", &urls, Duration::from_secs(1), &settings(5_000));
+        let b = Balancer::new(
+            "test",
+            &urls,
+            Duration::from_secs(1),
+            &settings(5_000),
+            None,
+        );
         // localhost may also resolve to ::1, where nothing listens: that one is ejected
         // and the call goes to 127.0.0.1.
         for _ in 0..5 {

@@ -2,7 +2,8 @@
 //! edge. One setting may name several replicas, as a comma-separated list of URLs
 //! (`http://10.0.0.5:50052,http://10.0.0.6:50052`) or as one URL whose host is a DNS name
 //! resolving to several addresses (a Kubernetes headless Service); the balancer
-//! (`platform::balance`) spreads calls over all of them.
+//! (`platform::balance`) spreads calls over all of them. `https://` URLs are reached over
+//! TLS (`platform::tls`); one setting is all `http://` or all `https://`.
 
 use std::{fmt, net::IpAddr, str::FromStr};
 
@@ -27,19 +28,31 @@ impl Target {
             Self::Name { host, port } => format!("{host}:{port}"),
         }
     }
+
+    /// The name a server's TLS certificate must carry for this target: the DNS name, or
+    /// the IP address.
+    pub fn tls_name(&self) -> String {
+        match self {
+            Self::Addr { ip, .. } => ip.to_string(),
+            Self::Name { host, .. } => host.clone(),
+        }
+    }
 }
 
-/// A parsed `*_SERVICE_URL`: one or more plain-HTTP/2 (h2c) gRPC targets, duplicates removed.
+/// A parsed `*_SERVICE_URL`: one or more gRPC targets, duplicates removed, reached over
+/// plain HTTP/2 (h2c) or, for `https://`, over TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceUrls {
     targets: Vec<Target>,
+    tls: bool,
 }
 
 impl ServiceUrls {
-    /// Parses `http://host:port[,http://host:port...]`. The error says which URL is wrong
-    /// and why; clap prefixes it with the setting's name.
+    /// Parses `http://host:port[,http://host:port...]` (or the same with `https://`). The
+    /// error says which URL is wrong and why; clap prefixes it with the setting's name.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut targets = Vec::new();
+        let mut scheme: Option<bool> = None;
         for part in s.split(',') {
             let part = part.trim();
             if part.is_empty() {
@@ -51,17 +64,27 @@ impl ServiceUrls {
                 }
                 return Err(format!("empty entry in the list {s:?}"));
             }
-            let t = parse_one(part)?;
+            let (t, tls) = parse_one(part)?;
+            if scheme.is_some_and(|first| first != tls) {
+                return Err(format!(
+                    "{s:?} mixes http:// and https:// (a service is reached one way)"
+                ));
+            }
+            scheme = Some(tls);
             if !targets.contains(&t) {
                 targets.push(t);
             }
         }
-        Ok(Self { targets })
+        Ok(Self {
+            targets,
+            tls: scheme.unwrap_or(false),
+        })
     }
 
-    /// The URL of each of `addrs` (tests, scripts).
+    /// The plaintext URL of each of `addrs` (tests, scripts).
     pub fn of_addrs(addrs: &[std::net::SocketAddr]) -> Self {
         Self {
+            tls: false,
             targets: addrs
                 .iter()
                 .map(|a| Target::Addr {
@@ -76,11 +99,21 @@ impl ServiceUrls {
         &self.targets
     }
 
+    /// Whether the URLs are `https://`.
+    pub fn uses_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
     /// The one URL of a setting that names exactly one IP address, if it does: such a
     /// setting needs no balancer.
     pub fn single_addr(&self) -> Option<String> {
         match self.targets.as_slice() {
-            [t @ Target::Addr { .. }] => Some(format!("http://{}", t.authority())),
+            [t @ Target::Addr { .. }] => Some(format!("{}://{}", self.scheme(), t.authority())),
             _ => None,
         }
     }
@@ -104,25 +137,27 @@ impl fmt::Display for ServiceUrls {
         let urls: Vec<String> = self
             .targets
             .iter()
-            .map(|t| format!("http://{}", t.authority()))
+            .map(|t| format!("{}://{}", self.scheme(), t.authority()))
             .collect();
         f.write_str(&urls.join(","))
     }
 }
 
-fn parse_one(url: &str) -> Result<Target, String> {
+/// One URL: its target, and whether it is `https://`.
+fn parse_one(url: &str) -> Result<(Target, bool), String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
         Some(other) => {
             return Err(format!(
-                "{url:?}: scheme {other:?} is not supported (services speak plain HTTP/2: use http://)"
+                "{url:?}: scheme {other:?} is not supported (use http:// or, over TLS, https://)"
             ));
         }
         None => return Err(format!("{url:?} has no scheme (expected http://host:port)")),
-    }
+    };
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!("{url:?} has a path; give only http://host:port"));
     }
@@ -141,7 +176,7 @@ fn parse_one(url: &str) -> Result<Target, String> {
     let host = authority.host();
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(Target::Addr { ip, port });
+        return Ok((Target::Addr { ip, port }, tls));
     }
     let valid_name = !host.is_empty()
         && host.len() <= 253
@@ -157,10 +192,13 @@ fn parse_one(url: &str) -> Result<Target, String> {
             "{url:?}: {host:?} is neither an IP address nor a DNS name"
         ));
     }
-    Ok(Target::Name {
-        host: host.to_ascii_lowercase(),
-        port,
-    })
+    Ok((
+        Target::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        },
+        tls,
+    ))
 }
 
 #[cfg(test)]
@@ -225,13 +263,32 @@ mod tests {
     }
 
     #[test]
+    fn https_urls_are_reached_over_tls() {
+        let u =
+            ServiceUrls::parse("https://item-service:50052,https://127.0.0.1:1").expect("valid");
+        assert!(u.uses_tls());
+        assert_eq!(
+            u.to_string(),
+            "https://item-service:50052,https://127.0.0.1:1"
+        );
+        let one = ServiceUrls::parse("https://127.0.0.1:1").expect("valid");
+        assert_eq!(one.single_addr().as_deref(), Some("https://127.0.0.1:1"));
+        assert!(
+            !ServiceUrls::parse("http://127.0.0.1:1")
+                .expect("valid")
+                .uses_tls()
+        );
+    }
+
+    #[test]
     fn bad_input_says_what_is_wrong() {
         for (input, needle) in [
             ("", "no URL"),
             ("http://a:1,,http://b:2", "empty entry"),
             ("http://a:1,", "empty entry"),
             ("127.0.0.1:50052", "scheme"),
-            ("https://a:1", "\"https\" is not supported"),
+            ("grpc://a:1", "\"grpc\" is not supported"),
+            ("http://a:1,https://b:2", "mixes"),
             ("http://a", "no port"),
             ("http://a:0", "port 0"),
             ("http://a:1/v1", "path"),

@@ -2,7 +2,8 @@
 //! reflection (v1 and v1alpha, for grpcurl 1.8), the echo service and (when switched on)
 //! the fault admin, the caller check (service identity and allow-lists, see
 //! [`crate::policy`]), a server-side request timeout, the observe layer (request context,
-//! span, metrics) and graceful shutdown.
+//! span, metrics), TLS when given a certificate ([`crate::tls`]), a plaintext health-only
+//! listener when asked for one, and graceful shutdown.
 
 use std::{
     collections::HashSet,
@@ -12,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::future::BoxFuture;
+use futures::{FutureExt as _, future::BoxFuture};
 use shop_proto::admin::v1::{echo_server::EchoServer, fault_admin_server::FaultAdminServer};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -24,6 +25,7 @@ use crate::{
     faults::{EchoService, FaultAdminService, FaultInjector, FaultLayer},
     identity::Trust,
     policy::{AuthLayer, Guard, ServicePolicy},
+    tls::ServerTls,
 };
 
 /// Settings every gRPC server shares.
@@ -38,6 +40,8 @@ pub struct ServerOptions {
     /// Serve `shop.admin.v1.FaultAdmin` (operator only). Off: it does not exist; the
     /// startup fault rules still apply.
     pub fault_admin: bool,
+    /// Serve TLS only (None: plaintext HTTP/2, for loopback development).
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerOptions {
@@ -47,6 +51,7 @@ impl Default for ServerOptions {
             faults: FaultInjector::default(),
             trust: Trust::default(),
             fault_admin: false,
+            tls: None,
         }
     }
 }
@@ -72,9 +77,12 @@ pub fn with_admin_services(routes: Routes, faults: &FaultInjector, fault_admin: 
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then drains in-flight calls.
 /// `served` lists the fully-qualified service names health reports as SERVING; `policies`
-/// their allow-lists.
+/// their allow-lists. `health`, when given, serves `grpc.health.v1.Health` alone, in
+/// plaintext whatever `listener` speaks: for probes that cannot speak TLS (Kubernetes'
+/// gRPC probes). It answers what `listener`'s own health service answers.
 pub async fn serve(
     listener: TcpListener,
+    health: Option<TcpListener>,
     routes: Routes,
     served: &[&str],
     policies: &[ServicePolicy],
@@ -115,6 +123,19 @@ pub async fn serve(
         v1alpha = v1alpha.with_service_name(name);
     }
 
+    let shutdown = shutdown.boxed().shared();
+    // Aborted when this returns (the JoinHandle's drop does not abort it).
+    let health_only = health.map(|listener| {
+        let server = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(crate::net::incoming(listener), shutdown.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %crate::telemetry::chain(&e), "the health listener failed");
+            }
+        }))
+    });
+
     let routes = with_admin_services(routes, &options.faults, options.fault_admin)
         .add_service(health_service)
         .add_service(v1.build_v1()?)
@@ -129,14 +150,27 @@ pub async fn serve(
         .layer(DeadlineLayer(options.request_timeout))
         .layer(FaultLayer(options.faults.clone()));
 
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        server = server.tls_config(tls.config())?;
+    }
+    server
         .layer(layers)
         .add_routes(routes)
         // TCP_NODELAY on every accepted socket (`net`'s test checks it is set): without it a
         // response of a few KB waits for the client's delayed ACK, ~40 ms a hop.
         .serve_with_incoming_shutdown(crate::net::incoming(listener), shutdown)
         .await?;
+    drop(health_only);
     Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Binds `addr` ("127.0.0.1:0" picks a free port).
@@ -379,6 +413,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve(
             listener,
+            None,
             Routes::default(),
             &[],
             &[PROBE],
@@ -478,6 +513,7 @@ mod tests {
         let operator = crate::identity::Signer::ephemeral(crate::identity::OPERATOR).expect("key");
         let server = tokio::spawn(serve(
             listener,
+            None,
             Routes::default(),
             &[],
             &[],

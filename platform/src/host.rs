@@ -132,6 +132,7 @@ impl Hosted {
 pub struct Host {
     options: ServerOptions,
     grpc: Option<TcpListener>,
+    health: Option<TcpListener>,
     metrics: Option<TcpListener>,
     services: Vec<Hosted>,
     tasks: Vec<Task>,
@@ -143,6 +144,7 @@ impl Host {
         Self {
             options,
             grpc: None,
+            health: None,
             metrics: None,
             services: Vec::new(),
             tasks: Vec::new(),
@@ -157,6 +159,21 @@ impl Host {
                 .with_context(|| format!("binding gRPC on {addr}"))?,
         );
         Ok(self)
+    }
+
+    /// Binds a plaintext listener serving only the gRPC health service (for probes that
+    /// cannot speak TLS); it runs with the gRPC listener.
+    pub async fn health_on(mut self, addr: &str) -> anyhow::Result<Self> {
+        self.health = Some(
+            crate::grpc::bind(addr)
+                .await
+                .with_context(|| format!("binding the health listener on {addr}"))?,
+        );
+        Ok(self)
+    }
+
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Binds the `/metrics` listener.
@@ -219,6 +236,7 @@ impl Host {
         let served = match self.grpc {
             Some(listener) => crate::grpc::serve(
                 listener,
+                self.health,
                 routes,
                 &names,
                 &policies,
@@ -285,6 +303,16 @@ impl Standalone {
 
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// Adds the plaintext health-only listener ([`Host::health_on`]).
+    pub async fn health_on(mut self, addr: &str) -> anyhow::Result<Self> {
+        self.host = self.host.health_on(addr).await?;
+        Ok(self)
+    }
+
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.host.health_addr()
     }
 
     /// Serves `service` (routes, tasks) until `shutdown` resolves.

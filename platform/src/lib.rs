@@ -8,6 +8,7 @@ pub mod balance;
 pub mod breaker;
 pub mod card_keys;
 pub mod cart;
+pub mod certs;
 pub mod checkout_failure;
 pub mod config;
 pub mod context;
@@ -34,6 +35,7 @@ pub mod sql;
 pub mod telemetry;
 pub mod text;
 pub mod timing;
+pub mod tls;
 pub mod token_cache;
 pub mod transport;
 

@@ -20,6 +20,7 @@ use crate::{
     grpc::ObserveLayer,
     telemetry::ClientSpanLayer,
     timing::TimingLayer,
+    tls::{ClientTls, TlsError},
 };
 
 pub type GrpcTransport =
@@ -31,30 +32,64 @@ pub type GrpcTransport =
 #[error(transparent)]
 pub struct TransportError(pub BoxError);
 
-/// A lazily connecting channel to `url` ("http://127.0.0.1:50053"): the caller starts even
-/// when the callee is down, and a dead callee fails fast (connect timeout) instead of hanging.
+/// Why a caller cannot be set up to reach a service.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("invalid URL: {0}")]
+    Url(#[from] tonic::transport::Error),
+}
+
+/// A lazily connecting plaintext channel to `url` ("http://127.0.0.1:50053"): the caller
+/// starts even when the callee is down, and a dead callee fails fast (connect timeout)
+/// instead of hanging.
 pub fn channel(
     url: &str,
     connect_timeout: Duration,
 ) -> Result<GrpcTransport, tonic::transport::Error> {
-    let timed = ClientSpanLayer.layer(TimingLayer.layer(lazy_channel(url, connect_timeout)?));
-    Ok(BoxCloneSyncService::new(
-        timed.map_err(|e| TransportError(BoxError::from(e))),
-    ))
+    Ok(timed(lazy_channel(url, connect_timeout, None)?))
+}
+
+/// Like [`channel`], over TLS to `url` ("https://127.0.0.1:50053"), whose certificate
+/// must be signed by `tls`'s CA for `name` (the DNS name or IP address the caller means).
+pub fn tls_channel(
+    url: &str,
+    name: &str,
+    connect_timeout: Duration,
+    tls: &ClientTls,
+) -> Result<GrpcTransport, tonic::transport::Error> {
+    Ok(timed(lazy_channel(
+        url,
+        connect_timeout,
+        Some((tls, name)),
+    )?))
+}
+
+fn timed(channel: Channel) -> GrpcTransport {
+    let timed = ClientSpanLayer.layer(TimingLayer.layer(channel));
+    BoxCloneSyncService::new(timed.map_err(|e| TransportError(BoxError::from(e))))
 }
 
 /// The channel to every replica a `*_SERVICE_URL` names, balanced per call
-/// ([`crate::balance`]). A setting naming one IP address gets the plain channel.
+/// ([`crate::balance`]), over TLS when the URLs are `https://` (then `tls` is required;
+/// and it is refused with `http://`: see [`crate::tls::check_scheme`]). A setting naming
+/// one IP address gets the plain channel.
 pub fn balanced(
     service: &'static str,
     urls: &ServiceUrls,
     connect_timeout: Duration,
     settings: &BalanceSettings,
-) -> Result<GrpcTransport, tonic::transport::Error> {
+    tls: Option<&ClientTls>,
+) -> Result<GrpcTransport, DialError> {
+    crate::tls::check_scheme(service, urls, tls)?;
     if let Some(url) = urls.single_addr() {
-        return channel(&url, connect_timeout);
+        return Ok(match (tls, urls.targets()) {
+            (Some(tls), [target]) => tls_channel(&url, &target.tls_name(), connect_timeout, tls)?,
+            _ => channel(&url, connect_timeout)?,
+        });
     }
-    let balancer = Balancer::new(service, urls, connect_timeout, settings);
+    let balancer = Balancer::new(service, urls, connect_timeout, settings, tls.cloned());
     // One client span per call, outside the balancer: a call moved to another replica is
     // still one call to the service.
     Ok(BoxCloneSyncService::new(
@@ -62,16 +97,23 @@ pub fn balanced(
     ))
 }
 
-/// The tonic channel itself, connected on first use.
+/// The tonic channel itself, connected on first use; over TLS to a server that must
+/// prove it is `name` when `tls` is given.
 pub(crate) fn lazy_channel(
     url: &str,
     connect_timeout: Duration,
+    tls: Option<(&ClientTls, &str)>,
 ) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
+    let mut endpoint = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .connect_lazy())
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    if let Some((tls, name)) = tls {
+        // The handshake is a round trip more than the connect: the same bound, at least 1 s.
+        let handshake = connect_timeout.max(Duration::from_secs(1));
+        endpoint = endpoint.tls_config(tls.config(name, handshake))?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 /// Calls `server` (e.g. `UserServiceServer::new(impl)`) in the same process. The observe

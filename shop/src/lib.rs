@@ -91,6 +91,9 @@ impl Monolith {
             faults: faults.clone(),
             trust: trust.clone(),
             fault_admin: config.gateway.identity.fault_admin(),
+            // Its parts call each other in-process; its own gRPC listener (the operator's
+            // grpcurl) stays plaintext.
+            tls: None,
         });
         if let Some(addr) = &config.grpc_addr {
             host = host.grpc_on(addr).await.context("SHOP_GRPC_ADDR")?;

@@ -1,6 +1,8 @@
 //! shopctl: the operator's tool for service identities.
 //!
 //!   shopctl keys init DIR                       a private key per identity + DIR/trusted-keys
+//!   shopctl certs init --out DIR                a private CA + a TLS certificate per gRPC
+//!                                               server (internal gRPC over TLS)
 //!   shopctl token --aud item-service --keys DIR  a token (as the operator) for grpcurl:
 //!     grpcurl -plaintext -H "x-shop-caller: $(shopctl token --aud item-service --keys DIR)" \
 //!       127.0.0.1:50052 list
@@ -9,6 +11,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use platform::{
+    certs::{self, CertDir},
     identity::{self, MAX_LIFETIME, UserAssertion, UserRole},
     keys::KeyDir,
     policy::ANY_SERVER,
@@ -28,7 +31,7 @@ const AUDIENCES: [&str; 5] = [
 #[derive(Parser)]
 #[command(
     name = "shopctl",
-    about = "Service identity keys and tokens for the Shop"
+    about = "Service identity keys, tokens and internal TLS certificates for the Shop"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +44,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Internal TLS certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// Prints a service token (put it in the `x-shop-caller` header or metadata).
     Token {
@@ -79,6 +87,24 @@ enum KeysCommand {
     Init { dir: PathBuf },
 }
 
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Makes DIR/ca.pem (a private CA) and, for user-service, item-service and
+    /// payment-service, DIR/NAME.crt with DIR/NAME.key (readable by you only), for the
+    /// names each is called by in compose and Kubernetes and on this machine. The CA's key
+    /// is not kept. A complete set already there is kept.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// The Kubernetes namespace the services run in (their NAME.NAMESPACE.svc names).
+        #[arg(long, default_value = certs::DEFAULT_NAMESPACE)]
+        namespace: String,
+        /// How long the certificates are valid, in days.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
+        days: u64,
+    },
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,6 +141,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                  CARD_GATEWAY_PUBLISHABLE_KEY_FILE={} (card-gateway, gateway)",
                 keys.card_key_file(Kind::Secret).display(),
                 keys.card_key_file(Kind::Publishable).display()
+            );
+            Ok(())
+        }
+        Command::Certs {
+            command:
+                CertsCommand::Init {
+                    out,
+                    namespace,
+                    days,
+                },
+        } => {
+            let dir = CertDir::new(&out);
+            let validity = Duration::from_secs(days * 24 * 3600);
+            let state = match dir.init(&certs::SERVERS, &namespace, validity)? {
+                certs::Init::Made => "made",
+                certs::Init::Kept => "kept",
+            };
+            eprintln!("{state:>5} {}", dir.ca_file().display());
+            for server in certs::SERVERS {
+                eprintln!(
+                    "{state:>5} {} {}",
+                    dir.cert_file(server).display(),
+                    dir.key_file(server).display()
+                );
+            }
+            eprintln!(
+                "each server: <PREFIX>_TLS_CERT=<its NAME.crt> <PREFIX>_TLS_KEY=<its NAME.key> \
+                 (USER_, ITEM_, PAYMENT_); each caller: SHOP_TLS_CA={} and https:// service URLs",
+                dir.ca_file().display()
             );
             Ok(())
         }

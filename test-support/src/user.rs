@@ -37,6 +37,9 @@ pub fn config(database_url: &str) -> Config {
     Config {
         grpc_addr: "127.0.0.1:0".into(),
         metrics_addr: "127.0.0.1:0".into(),
+        tls_cert: None,
+        tls_key: None,
+        health_addr: None,
         database_url: SecretString::from(database_url.to_owned()),
         database_max_connections: 10,
         jwt_secret: Some(SecretString::from(SECRET.to_owned())),
@@ -57,6 +60,7 @@ pub fn config(database_url: &str) -> Config {
         log_json: false,
         identity: crate::identity::settings(platform::identity::USER_SERVICE),
         balance: Default::default(),
+        tls: Default::default(),
         // No event stream unless a test asks for one (crate::events::settings).
         events: Default::default(),
     }

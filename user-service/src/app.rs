@@ -217,15 +217,22 @@ impl Application {
                 faults: faults.clone(),
                 trust: config.identity.trust()?,
                 fault_admin: config.identity.fault_admin(),
+                tls: config.server_tls()?,
             },
         )
         .await?;
+        let process = match &config.health_addr {
+            Some(addr) => process.health_on(addr).await?,
+            None => process,
+        };
         let connect = Duration::from_millis(500);
+        let tls = config.tls.load()?;
         let payment = platform::transport::balanced(
             platform::identity::PAYMENT_SERVICE,
             &config.payment_service_url,
             connect,
             &config.balance,
+            tls.as_ref(),
         )
         .map_err(|e| anyhow::anyhow!("PAYMENT_SERVICE_URL: {e}"))?;
         let item = platform::transport::balanced(
@@ -233,6 +240,7 @@ impl Application {
             &config.item_service_url,
             connect,
             &config.balance,
+            tls.as_ref(),
         )
         .map_err(|e| anyhow::anyhow!("ITEM_SERVICE_URL: {e}"))?;
         let service = UserService::connect(&config, Downstreams { payment, item }).await?;

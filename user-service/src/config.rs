@@ -29,6 +29,17 @@ pub struct Config {
     /// Prometheus /metrics listen address; port 0 picks a free port.
     #[arg(long, env = "USER_METRICS_ADDR", default_value = "127.0.0.1:9091")]
     pub metrics_addr: String,
+    /// Its TLS certificate (PEM, the chain), for gRPC over TLS only; with USER_TLS_KEY.
+    /// Unset: plaintext HTTP/2 (loopback development).
+    #[arg(long, env = "USER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM); with USER_TLS_CERT.
+    #[arg(long, env = "USER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// A plaintext listener serving the gRPC health service alone, for probes that cannot
+    /// speak TLS (Kubernetes' gRPC probes); unset: none.
+    #[arg(long, env = "USER_HEALTH_ADDR")]
+    pub health_addr: Option<String>,
     /// postgres://user:password@host:port/database
     #[arg(long, env = "USER_DATABASE_URL", value_parser = secret, hide_env_values = true)]
     pub database_url: SecretString,
@@ -97,6 +108,10 @@ pub struct Config {
     /// SHOP_EJECT_MS).
     #[command(flatten)]
     pub balance: BalanceSettings,
+    /// The CA the services' certificates are checked against (SHOP_TLS_CA); set, every
+    /// *_SERVICE_URL must be https://.
+    #[command(flatten)]
+    pub tls: platform::tls::ClientTlsSettings,
     /// The event stream of the asynchronous checkout (NATS_URL); without it RequestCheckout
     /// answers UNAVAILABLE.
     #[command(flatten)]
@@ -104,6 +119,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The gRPC listener's TLS (USER_TLS_CERT and USER_TLS_KEY), if given.
+    pub fn server_tls(&self) -> Result<Option<platform::tls::ServerTls>, platform::tls::TlsError> {
+        platform::tls::ServerTls::from_settings(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            "USER_TLS_CERT",
+            "USER_TLS_KEY",
+        )
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }

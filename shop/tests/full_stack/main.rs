@@ -14,3 +14,4 @@ mod replicas;
 mod resilience;
 mod throttle;
 mod timing;
+mod tls;
