@@ -30,7 +30,7 @@ pub struct ErrorDetail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
     /// The processes an admin call could not reach or was refused by (the lab:
-    /// "item-service (http://127.0.0.1:50052)", "card-gateway").
+    /// "item-service", "card-gateway").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
 }

@@ -387,6 +387,7 @@ fn gather<T>(results: Vec<Result<T, LabError>>) -> Result<Vec<T>, LabError> {
             Err(e) => return Err(e),
         }
     }
+    failed.dedup();
     if failed.is_empty() {
         Ok(ok)
     } else {
@@ -408,7 +409,7 @@ impl Remote {
         tracing::warn!(service = self.service, url = %self.url, code = ?status.code(), message = status.message(), "lab: relaying fault rules failed");
         match status.code() {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => LabError::Unavailable {
-                targets: vec![format!("{} ({})", self.service, self.url)],
+                targets: vec![self.service.into()],
             },
             Code::Unimplemented => LabError::Refused {
                 target: self.service.into(),
