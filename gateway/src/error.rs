@@ -42,7 +42,8 @@ pub struct ApiError {
     pub message: String,
     pub field: Option<String>,
     pub order_id: Option<String>,
-    pub targets: Vec<String>,
+    /// Boxed: rare, and every handler's error stays small.
+    pub targets: Option<Box<Vec<String>>>,
     /// Sent as Retry-After (whole seconds, at least 1): when trying again makes sense.
     pub retry_after: Option<std::time::Duration>,
 }
@@ -55,7 +56,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             order_id: None,
-            targets: Vec::new(),
+            targets: None,
             retry_after: None,
         }
     }
@@ -66,7 +67,7 @@ impl ApiError {
     }
 
     pub fn with_targets(mut self, targets: Vec<String>) -> Self {
-        self.targets = targets;
+        self.targets = Some(Box::new(targets));
         self
     }
 
@@ -160,7 +161,7 @@ impl ApiError {
             message,
             field,
             order_id: None,
-            targets: Vec::new(),
+            targets: None,
             retry_after,
         }
     }
@@ -199,7 +200,7 @@ impl IntoResponse for ApiError {
                 message: self.message,
                 field: self.field,
                 order_id: self.order_id,
-                targets: self.targets,
+                targets: self.targets.map(|t| *t).unwrap_or_default(),
             },
         };
         let mut response = (self.status, Json(body)).into_response();
