@@ -194,6 +194,26 @@ test("out of stock and an unavailable service are explained", async () => {
   }
 });
 
+test("a slow page the user has left does not draw over the page they went to", async () => {
+  // The catalog's data takes a second (the gateway's own fault rule); the user moves on
+  // before it comes.
+  let r = await api("PUT", "/api/admin/faults", [{ method: "GET /api/items", latency: { kind: "fixed", ms: 1000 } }], adminToken);
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  try {
+    const slow = page.waitForResponse((res) => res.url().includes("/api/items?"));
+    await page.evaluate(() => { location.hash = "#/?q=teapot"; });
+    await page.evaluate(() => { location.hash = "#/nowhere"; });
+    await page.waitForSelector("#view:has-text('Page not found')");
+    // The catalog's answer arrives while the user is elsewhere: it must not be drawn.
+    await slow;
+    const drawn = await page.waitForSelector("#view .grid", { timeout: 3000 }).then(() => true, () => false);
+    assert.equal(drawn, false, "the catalog drew over the page the user went to");
+  } finally {
+    r = await api("PUT", "/api/admin/faults", [], adminToken);
+    assert.equal(r.status, 200);
+  }
+});
+
 test("an asynchronous checkout is accepted at once and the order page follows it to paid", async () => {
   // The cart still holds one teapot from the attempt above.
   await page.click("#nav-cart");
