@@ -322,3 +322,72 @@ async fn no_token_or_card_number_reaches_the_log() {
     }
     assert!(!text.contains(p.sk.expose_secret()) && !text.contains(p.pk.expose_secret()));
 }
+
+#[tokio::test]
+async fn the_gateway_sets_fault_rules_only_for_an_admin_and_nothing_else_of_the_admin_api() {
+    use platform::identity::{
+        GATEWAY, OPERATOR, PAYMENT_SERVICE, Signer, Switch, UserAssertion, UserRole, trust_file,
+    };
+    let op = Signer::ephemeral(OPERATOR).expect("key");
+    let gw = Signer::ephemeral(GATEWAY).expect("key");
+    let pay = Signer::ephemeral(PAYMENT_SERVICE).expect("key");
+    let trusted = trust_file(&[&op, &gw, &pay]);
+    let p = Processor::start(|c| {
+        c.identity.fault_admin = Switch::On;
+        c.identity.trusted_keys = Some(trusted);
+    })
+    .await;
+    let admin = UserAssertion {
+        user_id: uuid::Uuid::new_v4(),
+        role: UserRole::Admin,
+    };
+    let customer = UserAssertion {
+        role: UserRole::Customer,
+        ..admin
+    };
+    let call = |method: reqwest::Method, path: &'static str, signer: &Signer, user| {
+        let token = signer
+            .mint(card_gateway::AUDIENCE, path, user)
+            .expect("mint");
+        let mut req = p
+            .http
+            .request(method.clone(), format!("{}{path}", p.url))
+            .header(platform::identity::CALLER_HEADER, token);
+        if method == reqwest::Method::PUT {
+            req = req.json(&json!([{"method": "POST /v1/charges", "error_rate": 1.0}]));
+        }
+        async move { req.send().await.expect("send").status().as_u16() }
+    };
+    use reqwest::Method;
+    // The lab: the gateway acting for an admin sets and reads the fault rules...
+    assert_eq!(
+        call(Method::PUT, "/admin/faults", &gw, Some(admin)).await,
+        200
+    );
+    assert_eq!(
+        call(Method::GET, "/admin/faults", &gw, Some(admin)).await,
+        200
+    );
+    assert_eq!(p.handle.faults().rules().len(), 1);
+    // ...and nothing else of the admin API.
+    assert_eq!(
+        call(Method::PUT, "/admin/hangs", &gw, Some(admin)).await,
+        403
+    );
+    assert_eq!(
+        call(Method::GET, "/admin/stats", &gw, Some(admin)).await,
+        403
+    );
+    // Not without an admin, nor another service naming one.
+    assert_eq!(call(Method::PUT, "/admin/faults", &gw, None).await, 403);
+    assert_eq!(
+        call(Method::PUT, "/admin/faults", &gw, Some(customer)).await,
+        403
+    );
+    assert_eq!(
+        call(Method::PUT, "/admin/faults", &pay, Some(admin)).await,
+        403
+    );
+    // The operator, as before.
+    assert_eq!(call(Method::GET, "/admin/stats", &op, None).await, 200);
+}

@@ -29,6 +29,10 @@ pub struct ErrorDetail {
     /// (GET /api/orders/{order_id} shows how it ends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
+    /// The processes an admin call could not reach or was refused by (the lab:
+    /// "item-service", "card-gateway").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +42,8 @@ pub struct ApiError {
     pub message: String,
     pub field: Option<String>,
     pub order_id: Option<String>,
+    /// Boxed: rare, and every handler's error stays small.
+    pub targets: Option<Box<Vec<String>>>,
     /// Sent as Retry-After (whole seconds, at least 1): when trying again makes sense.
     pub retry_after: Option<std::time::Duration>,
 }
@@ -50,12 +56,18 @@ impl ApiError {
             message: message.into(),
             field: None,
             order_id: None,
+            targets: None,
             retry_after: None,
         }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
+        self
+    }
+
+    pub fn with_targets(mut self, targets: Vec<String>) -> Self {
+        self.targets = Some(Box::new(targets));
         self
     }
 
@@ -149,6 +161,7 @@ impl ApiError {
             message,
             field,
             order_id: None,
+            targets: None,
             retry_after,
         }
     }
@@ -187,6 +200,7 @@ impl IntoResponse for ApiError {
                 message: self.message,
                 field: self.field,
                 order_id: self.order_id,
+                targets: self.targets.map(|t| *t).unwrap_or_default(),
             },
         };
         let mut response = (self.status, Json(body)).into_response();

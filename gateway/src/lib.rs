@@ -66,6 +66,7 @@ impl Application {
         // context, for which user).
         let signer = config.identity.signer(platform::identity::GATEWAY)?;
         let transports = transports.signed(&signer);
+        let lab = lab::Lab::new(&config, &signer)?;
         let state = AppState::new(Inner {
             downstreams: Downstreams::new(transports, &config),
             verifier: TokenVerifier::new(&config.jwt_secret),
@@ -78,7 +79,7 @@ impl Application {
             login_throttle: throttle::LoginThrottle::new(config.login_throttle()),
             register_throttle: throttle::RegisterThrottle::new(config.register_throttle()),
             auth_admission: admission::Admission::new(config.auth_concurrency),
-            service_faults: lab::ServiceFaults::default(),
+            lab,
             card_tokens: card_tokens::CardTokens::new(
                 &config.card_gateway_url,
                 config.card_publishable_key()?,
@@ -105,10 +106,17 @@ impl Application {
         })
     }
 
-    /// The injector the services in this process share (the monolith): with
-    /// SHOP_FAULT_ADMIN=on, `PUT /api/admin/faults` then also takes their rules.
+    /// The injector the services in this process share (the monolith): the lab
+    /// (`PUT /api/admin/faults`, SHOP_FAULT_ADMIN=on) then sets their rules there instead
+    /// of through their FaultAdmin.
     pub fn attach_service_faults(&self, faults: &FaultInjector) {
-        self.state.service_faults.attach(faults);
+        self.state.lab.attach_services(faults);
+    }
+
+    /// The card processor hosted in this process (the monolith): the lab sets its rules
+    /// there instead of through its `/admin/faults`.
+    pub fn attach_card_faults(&self, faults: &FaultInjector) {
+        self.state.lab.attach_card(faults);
     }
 
     /// The public listener's address (REST API, web shop).

@@ -28,8 +28,8 @@ pub struct Inner {
     pub register_throttle: RegisterThrottle,
     /// Logins and registrations in progress (each costs user-service a password hash).
     pub auth_admission: Admission,
-    /// The services' fault rules when they run in this process (the monolith's lab).
-    pub service_faults: crate::lab::ServiceFaults,
+    /// The lab's reach beyond the gateway: the services' and the card processor's rules.
+    pub lab: crate::lab::Lab,
     /// The card processor's token endpoint (asynchronous checkout).
     pub card_tokens: CardTokens,
 }

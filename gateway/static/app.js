@@ -96,7 +96,7 @@ function labNav() {
 }
 
 // ---- views -------------------------------------------------------------------------------
-async function catalog(params) {
+async function catalog(params, nav = navigation) {
   const q = params.get("q") || "";
   const token = params.get("page") || "";
   const sort = params.get("sort") || "name_asc";
@@ -107,6 +107,7 @@ async function catalog(params) {
   if (category) qs.set("category", category);
   if (token) qs.set("page_token", token);
   const page = await api("GET", "/api/items?" + qs);
+  if (nav !== navigation) return;
   const items = page.items.map((it) => `
     <div class="card item" data-id="${esc(it.id)}">
       <a href="#/item/${esc(it.id)}">${img(it, "thumb")}</a>
@@ -132,8 +133,9 @@ async function catalog(params) {
   view().querySelectorAll("button.add").forEach((b) => b.onclick = () => { cart.add(b.dataset.id, 1); flash("Added to cart.", "ok"); });
 }
 
-async function itemPage(id) {
+async function itemPage(id, nav = navigation) {
   const it = await api("GET", "/api/items/" + encodeURIComponent(id));
+  if (nav !== navigation) return;
   view().innerHTML = `
     <div class="card">
       <h2>${esc(it.name)}</h2>
@@ -177,12 +179,13 @@ function authForm(kind) {
   };
 }
 
-async function cartPage() {
+async function cartPage(nav = navigation) {
   const lines = cart.lines();
   if (!lines.length) { view().innerHTML = '<h2>Cart</h2><p>Your cart is empty. <a href="#/">Browse the catalog</a>.</p>'; return; }
   let priced;
   try {
     priced = await api("POST", "/api/cart/price", { lines });
+    if (nav !== navigation) return;
   } catch (err) {
     if (err.status === 404 && err.field) {
       const i = parseInt((err.field.match(/\[(\d+)\]/) || [])[1], 10);
@@ -217,11 +220,12 @@ function newKey() {
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-async function checkoutPage() {
+async function checkoutPage(nav = navigation) {
   if (!session.token) { sessionStorage.setItem("shop.after_login", "#/checkout"); location.hash = "#/login"; return; }
   const lines = cart.lines();
   if (!lines.length) { location.hash = "#/cart"; return; }
   const priced = await api("POST", "/api/cart/price", { lines });
+  if (nav !== navigation) return;
   const year = new Date().getFullYear() + 3;
   view().innerHTML = `
     <h2>Checkout</h2>
@@ -442,12 +446,14 @@ function renderHowItRan(el, rec, settling) {
 
 // ---- the lab: fault injection for admins -------------------------------------------------
 // Sets rules through PUT /api/admin/faults (docs/fault-injection.md): a gRPC method path
-// for a service's method (the monolith's services), a route key for the gateway's own.
+// for a service's method, a route key for the gateway's own, "card-gateway:" and a route
+// key for the card processor's; the gateway passes each to the process it names.
 const LAB_METHODS = {
   "item-service": ["/shop.item.v1.ItemService/", ["ReserveStock", "CommitReservation", "ReleaseReservation", "BatchGetItems", "GetItem", "ListItems"]],
   "payment-service": ["/shop.payment.v1.PaymentService/", ["Charge", "ChainedCharge", "Refund", "GetPayment"]],
   "user-service": ["/shop.user.v1.UserService/", ["ValidateToken", "BeginCheckout", "AdvanceCheckout", "ChainedCheckout", "RequestCheckout", "GetOrder", "ListOrders"]],
   "gateway": ["", ["POST /api/checkout", "GET /api/items", "GET /api/orders/{id}", "POST /api/cart/price"]],
+  "card-gateway": ["card-gateway:", ["POST /v1/charges", "POST /v1/refunds", "POST /v1/tokens"]],
 };
 // A hang: the longest delay a rule allows; the caller's deadline gives up first.
 const HANG_MS = 60000;
@@ -465,18 +471,20 @@ function describeRule(r) {
   return parts.join(", ") || "no effect";
 }
 
-async function labPage() {
+async function labPage(nav = navigation) {
   if (!session.token) { sessionStorage.setItem("shop.after_login", "#/lab"); location.hash = "#/login"; return; }
   let rules;
   try {
     rules = await api("GET", "/api/admin/faults");
   } catch (err) {
+    if (nav !== navigation) return;
     view().innerHTML = err.status === 404
       ? '<h2>Lab</h2><p id="lab-off">Fault injection is off in this shop. Start it with <code>SHOP_FAULT_ADMIN=on</code> (see the README) to use the lab.</p>'
       : err.status === 403 ? '<h2>Lab</h2><p id="lab-forbidden">The lab is for admins.</p>' : "";
     if (err.status !== 404 && err.status !== 403) throw err;
     return;
   }
+  if (nav !== navigation) return;
   const services = Object.keys(LAB_METHODS);
   view().innerHTML = `<h2>Lab: make a hop slow or flaky</h2>
     <p class="muted">Rules apply to every request right away, for everyone using this shop. Add one, then
@@ -542,11 +550,12 @@ const ORDER_STATES = {
   cancelled: "Cancelled: nothing was kept (no charge, or the charge was refunded).",
 };
 
-async function ordersPage(params) {
+async function ordersPage(params, nav = navigation) {
   if (!session.token) { sessionStorage.setItem("shop.after_login", "#/orders"); location.hash = "#/login"; return; }
   const qs = new URLSearchParams({ page_size: "20" });
   if (params.get("page")) qs.set("page_token", params.get("page"));
   const page = await api("GET", "/api/orders?" + qs);
+  if (nav !== navigation) return;
   view().innerHTML = `<h2>Your orders</h2>
     ${page.orders.length ? `<table id="orders-table"><tr><th>Order</th><th>Date</th><th>Items</th><th>Total</th><th>Status</th></tr>
     ${page.orders.map((o) => `<tr class="order-row"><td><a href="#/order/${esc(o.id)}">${esc(o.id.slice(0, 8))}</a></td>
@@ -575,8 +584,9 @@ function paymentLine(o, p) {
   return "Payment details are unavailable right now.";
 }
 
-async function orderPage(id) {
+async function orderPage(id, nav = navigation) {
   const d = await api("GET", "/api/orders/" + encodeURIComponent(id));
+  if (nav !== navigation) return;
   const o = d.order, p = d.payment;
   // An order not priced yet holds items and quantities; the gateway names them with the
   // catalog's current prices, which the order fixes when its stock is reserved.
@@ -614,7 +624,13 @@ function showError(err) {
   if (!view().innerHTML.trim() || view().textContent.trim() === "Loading…") view().innerHTML = "<p>Something went wrong.</p>";
 }
 
+// Each navigation's number. A page draws after awaiting its data; by then the user may have
+// gone elsewhere, so it draws only while its navigation is still the latest (a slow page
+// the user left must not finish last and draw over the current one).
+let navigation = 0;
+
 async function route() {
+  const nav = ++navigation;
   const hash = location.hash || "#/";
   const [path, query] = hash.slice(1).split("?");
   const params = new URLSearchParams(query || "");
@@ -635,7 +651,7 @@ async function route() {
       default: view().innerHTML = "<p>Page not found.</p>";
     }
   } catch (err) {
-    showError(err);
+    if (nav === navigation) showError(err);
   }
 }
 

@@ -22,7 +22,7 @@ use platform::{
     faults::FaultInjector,
     grpc::{ObserveLayer, ServerOptions},
     identity::{GATEWAY, ITEM_SERVICE, Signer, Trust, UserAssertion, UserRole},
-    policy::{self, Guard},
+    policy::{self, FaultAdminCallers, Guard},
     timing::{self, TimingLayer, Timings},
 };
 use shop_proto::admin::v1::{EchoRequest, echo_client::EchoClient};
@@ -234,7 +234,7 @@ async fn main() {
                 .expect("valid");
         }),
     );
-    let guard = Guard::new(trust.clone(), &[]);
+    let guard = Guard::new(trust.clone(), &[], FaultAdminCallers::Operator);
     let echo_path = "/shop.admin.v1.Echo/Echo";
     let any = gateway
         .mint(policy::ANY_SERVER, echo_path, None)

@@ -283,7 +283,8 @@ where
 #[derive(Clone)]
 pub struct FaultAdminService(pub FaultInjector);
 
-fn rule_to_pb(r: &FaultRule) -> pb::FaultRule {
+/// A rule as `shop.admin.v1` carries it.
+pub fn rule_to_pb(r: &FaultRule) -> pb::FaultRule {
     use pb::latency_spec::{Kind, Tail, Uniform};
     pb::FaultRule {
         method: r.method.clone(),
@@ -304,7 +305,8 @@ fn rule_to_pb(r: &FaultRule) -> pb::FaultRule {
     }
 }
 
-fn rule_from_pb(r: pb::FaultRule) -> FaultRule {
+/// A rule from `shop.admin.v1`.
+pub fn rule_from_pb(r: pb::FaultRule) -> FaultRule {
     use pb::latency_spec::Kind;
     FaultRule {
         method: r.method,

@@ -24,7 +24,7 @@ use crate::{
     context::{Deadline, TraceContext, Traceparent},
     faults::{EchoService, FaultAdminService, FaultInjector, FaultLayer},
     identity::Trust,
-    policy::{AuthLayer, Guard, ServicePolicy},
+    policy::{AuthLayer, FaultAdminCallers, Guard, ServicePolicy},
     tls::ServerTls,
 };
 
@@ -37,8 +37,9 @@ pub struct ServerOptions {
     /// The callers' public keys this server accepts (empty: every call but health and
     /// reflection is refused).
     pub trust: Trust,
-    /// Serve `shop.admin.v1.FaultAdmin` (operator only). Off: it does not exist; the
-    /// startup fault rules still apply.
+    /// Serve `shop.admin.v1.FaultAdmin`, for the operator and the web shop's lab (the
+    /// gateway acting for an admin user, [`FaultAdminCallers::LabToo`]). Off: it does not
+    /// exist; the startup fault rules still apply.
     pub fault_admin: bool,
     /// Serve TLS only (None: plaintext HTTP/2, for loopback development).
     pub tls: Option<ServerTls>,
@@ -141,12 +142,21 @@ pub async fn serve(
         .add_service(v1.build_v1()?)
         .add_service(v1alpha.build_v1alpha()?);
 
+    let fault_admin_callers = if options.fault_admin {
+        FaultAdminCallers::LabToo
+    } else {
+        FaultAdminCallers::Operator
+    };
     // Deadline inside observe (so a timeout is counted and logged as DEADLINE_EXCEEDED) and
     // outside faults (so injected latency runs into the deadline like real latency). The
     // caller check inside observe too, so refusals are counted and logged.
     let layers = tower::ServiceBuilder::new()
         .layer(ObserveLayer)
-        .layer(AuthLayer(Guard::new(options.trust.clone(), policies)))
+        .layer(AuthLayer(Guard::new(
+            options.trust.clone(),
+            policies,
+            fault_admin_callers,
+        )))
         .layer(DeadlineLayer(options.request_timeout))
         .layer(FaultLayer(options.faults.clone()));
 
@@ -397,7 +407,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::identity::{GATEWAY, OPERATOR, Signer};
+    use crate::identity::{GATEWAY, ITEM_SERVICE, OPERATOR, Signer, UserAssertion, UserRole};
 
     const PROBE: ServicePolicy = ServicePolicy {
         service: "shop.test.v1.Probe",
@@ -426,16 +436,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_fault_admin_exists_only_when_switched_on_and_only_for_the_operator() {
+    async fn the_fault_admin_exists_only_when_switched_on_for_the_operator_and_the_lab() {
         let op = Signer::ephemeral(OPERATOR).expect("key");
         let gw = Signer::ephemeral(GATEWAY).expect("key");
-        let trust = Trust::of(&[&op, &gw]);
-        let get = |addr: std::net::SocketAddr, signer: Signer| async move {
+        let item = Signer::ephemeral(ITEM_SERVICE).expect("key");
+        let trust = Trust::of(&[&op, &gw, &item]);
+        let admin = UserAssertion {
+            user_id: uuid::Uuid::new_v4(),
+            role: UserRole::Admin,
+        };
+        let customer = UserAssertion {
+            role: UserRole::Customer,
+            ..admin
+        };
+        // Calls FaultAdmin as `signer`, for `user` when given (the `act` claim).
+        let get = |addr: std::net::SocketAddr, signer: Signer, user: Option<UserAssertion>| async move {
             let channel =
                 crate::transport::channel(&format!("http://{addr}"), Duration::from_secs(2))
                     .expect("channel");
+            let mut req = tonic::Request::new(GetFaultsRequest {});
+            if let Some(u) = user {
+                req.extensions_mut().insert(u);
+            }
             FaultAdminClient::new(crate::policy::sign(channel, &signer, "probe"))
-                .get_faults(GetFaultsRequest {})
+                .get_faults(req)
                 .await
                 .map(|_| ())
                 .map_err(|s| s.code())
@@ -447,8 +471,13 @@ mod tests {
         })
         .await;
         assert_eq!(
-            get(closed, op.clone()).await,
+            get(closed, op.clone(), None).await,
             Err(tonic::Code::Unimplemented)
+        );
+        // Off, the lab's admission is off too: refused before the router is asked.
+        assert_eq!(
+            get(closed, gw.clone(), Some(admin)).await,
+            Err(tonic::Code::PermissionDenied)
         );
 
         let (open, _stop_open) = serving(ServerOptions {
@@ -457,8 +486,28 @@ mod tests {
             ..ServerOptions::default()
         })
         .await;
-        assert_eq!(get(open, op).await, Ok(()));
-        assert_eq!(get(open, gw).await, Err(tonic::Code::PermissionDenied));
+        assert_eq!(get(open, op, None).await, Ok(()));
+        // The web shop's lab: the gateway acting for an admin user.
+        assert_eq!(get(open, gw.clone(), Some(admin)).await, Ok(()));
+        // Not the gateway on its own account, nor for a customer.
+        assert_eq!(
+            get(open, gw.clone(), None).await,
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert_eq!(
+            get(open, gw, Some(customer)).await,
+            Err(tonic::Code::PermissionDenied)
+        );
+        // Another service naming an admin user is not believed (only the gateway
+        // authenticates end users).
+        assert_eq!(
+            get(open, item.clone(), Some(admin)).await,
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert_eq!(
+            get(open, item, None).await,
+            Err(tonic::Code::PermissionDenied)
+        );
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use crate::{
     faults::{FaultInjector, FaultLayer},
     grpc::ServerOptions,
     identity::Trust,
-    policy::{AuthLayer, Guard, ServicePolicy},
+    policy::{AuthLayer, FaultAdminCallers, Guard, ServicePolicy},
     transport::GrpcTransport,
 };
 
@@ -118,7 +118,7 @@ impl Hosted {
     /// `trust`) and `faults` applied as a server would apply them. Callers sign their calls
     /// on it like on a channel ([`crate::policy::sign`]).
     pub fn in_process(&self, faults: &FaultInjector, trust: &Trust) -> GrpcTransport {
-        let guard = Guard::new(trust.clone(), &[self.policy]);
+        let guard = Guard::new(trust.clone(), &[self.policy], FaultAdminCallers::Operator);
         crate::transport::in_process(
             AuthLayer(guard).layer(FaultLayer(faults.clone()).layer(self.local.clone())),
         )

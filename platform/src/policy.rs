@@ -49,7 +49,8 @@ pub const ANY_SERVER: &str = "shop";
 /// Any authenticated caller.
 pub const ANY_SERVICE: &[&str] = &["*"];
 
-/// The fault admin: the operator only (who is allowed everything anyway).
+/// The fault admin: the operator (who is allowed everything anyway) and, when the server
+/// says so ([`FaultAdminCallers::LabToo`]), the web shop's lab (see [`Guard::check`]).
 pub const FAULT_ADMIN: ServicePolicy = ServicePolicy {
     service: "shop.admin.v1.FaultAdmin",
     audience: None,
@@ -66,6 +67,19 @@ pub const ECHO: ServicePolicy = ServicePolicy {
     }],
 };
 
+/// Who may change a server's fault rules through `shop.admin.v1.FaultAdmin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FaultAdminCallers {
+    /// The operator only (grpcurl, the load test).
+    #[default]
+    Operator,
+    /// Also the gateway acting for an end user whose admin role it asserts: the web shop's
+    /// lab relaying an admin's rules (only where SHOP_FAULT_ADMIN=on serves FaultAdmin).
+    /// Not another service, whatever end user it names ([`Caller::admin_user`]), and not the
+    /// gateway on its own account.
+    LabToo,
+}
+
 /// Open to anyone: health checks and reflection (what `grpcurl list` needs).
 fn is_open(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
@@ -80,10 +94,11 @@ struct GuardInner {
     trust: Trust,
     audiences: Vec<&'static str>,
     services: HashMap<&'static str, ServicePolicy>,
+    fault_admin: FaultAdminCallers,
 }
 
 impl Guard {
-    pub fn new(trust: Trust, policies: &[ServicePolicy]) -> Self {
+    pub fn new(trust: Trust, policies: &[ServicePolicy], fault_admin: FaultAdminCallers) -> Self {
         let mut audiences: Vec<&'static str> = policies.iter().filter_map(|p| p.audience).collect();
         audiences.sort_unstable();
         audiences.dedup();
@@ -96,6 +111,7 @@ impl Guard {
             trust,
             audiences,
             services,
+            fault_admin,
         }))
     }
 
@@ -124,6 +140,12 @@ impl Guard {
             .verify(token, &audiences, path)
             .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
         if caller.is(OPERATOR) {
+            return Ok(caller);
+        }
+        if service == FAULT_ADMIN.service
+            && self.0.fault_admin == FaultAdminCallers::LabToo
+            && caller.admin_user().is_some()
+        {
             return Ok(caller);
         }
         // Unknown services go on to the router (UNIMPLEMENTED), but only authenticated.
@@ -257,7 +279,11 @@ mod tests {
         let gw = Signer::ephemeral(GATEWAY).expect("key");
         let item = Signer::ephemeral(ITEM_SERVICE).expect("key");
         let op = Signer::ephemeral(OPERATOR).expect("key");
-        let guard = Guard::new(Trust::of(&[&gw, &item, &op]), &[PAYMENT]);
+        let guard = Guard::new(
+            Trust::of(&[&gw, &item, &op]),
+            &[PAYMENT],
+            FaultAdminCallers::Operator,
+        );
         (guard, gw, item, op)
     }
 

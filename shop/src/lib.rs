@@ -44,7 +44,7 @@ pub struct MonolithConfig {
 }
 
 /// Gives each part its own identity for the in-process calls: a key made now that never
-/// leaves the process. Returns what the services trust: those keys plus the configured
+/// leaves the process (the gateway's may be given instead). Returns what the services trust: those keys plus the configured
 /// trust file (SHOP_TRUSTED_KEYS_FILE: the operator's key, for grpcurl and the load test on
 /// the gRPC listener), if any.
 fn internal_identities(config: &mut MonolithConfig) -> anyhow::Result<Trust> {
@@ -60,12 +60,22 @@ fn internal_identities(config: &mut MonolithConfig) -> anyhow::Result<Trust> {
     .transpose()?
     .unwrap_or_default();
     let mut signers = Vec::new();
+    // The gateway keeps a key it was given (SHOP_IDENTITY_KEY_FILE: scripts/run hands it
+    // the gateway's): a card processor in its own process trusts that one for the lab.
+    let gateway = &config.gateway.identity;
+    if gateway.identity_key.is_some() || gateway.identity_key_file.is_some() {
+        signers.push(gateway.signer(identity::GATEWAY)?);
+    }
+    let given = signers.len();
     for (name, settings) in [
         (identity::GATEWAY, &mut config.gateway.identity),
         (identity::USER_SERVICE, &mut config.user.identity),
         (identity::ITEM_SERVICE, &mut config.item.identity),
         (identity::PAYMENT_SERVICE, &mut config.payment.identity),
-    ] {
+    ]
+    .into_iter()
+    .skip(given)
+    {
         let key = identity::generate_key()?;
         signers.push(identity::Signer::from_pem(name, &key)?);
         settings.identity_key = Some(key);
@@ -178,6 +188,9 @@ impl Monolith {
         let gateway = gateway::Application::build_with(config.gateway, transports).await?;
         // The web shop's lab (admins, SHOP_FAULT_ADMIN=on) sets the services' rules too.
         gateway.attach_service_faults(&faults);
+        if let Some((_, card)) = &card {
+            gateway.attach_card_faults(card.faults());
+        }
         Ok(Self {
             gateway,
             host,

@@ -9,14 +9,17 @@ use utoipa::ToSchema;
 use crate::{
     auth::AdminUser,
     error::{ApiError, ErrorBody},
-    lab::is_service_rule,
+    lab::{Target, target_of},
     state::AppState,
 };
 
 /// A fault rule as platform's fault injector reads it (documentation mirror).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FaultRuleDoc {
-    /// Route key ("GET /api/items", "POST /api/checkout") or "*".
+    /// Where it applies: a gateway route key ("GET /api/items", "POST /api/checkout") or
+    /// "*"; a service's gRPC method path ("/shop.item.v1.ItemService/ReserveStock") or
+    /// event fault point ("event:item-service:order.completed:before-ack"); the card
+    /// processor's route key after "card-gateway:" ("card-gateway:POST /v1/charges").
     pub method: String,
     /// {"kind":"fixed","ms":50} | {"kind":"uniform","min_ms":10,"max_ms":90} |
     /// {"kind":"tail","probability":0.01,"delay_ms":1000}; null for none.
@@ -27,58 +30,57 @@ pub struct FaultRuleDoc {
 
 #[utoipa::path(get, path = "/api/admin/faults", tag = "admin", security(("bearer" = [])),
     responses(
-        (status = 200, description = "The gateway's fault rules", body = [FaultRuleDoc]),
+        (status = 200, description = "The rules of the gateway, every service and the card processor", body = [FaultRuleDoc]),
         (status = 401, description = "Not logged in", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 502, description = "A service or the card processor refused the gateway (`targets` names it)", body = ErrorBody),
+        (status = 503, description = "A service or the card processor cannot be reached (`targets` names it)", body = ErrorBody),
         (status = "default", description = "Error", body = ErrorBody),
     ))]
-pub async fn get_faults(State(state): State<AppState>, _admin: AdminUser) -> Json<Vec<FaultRule>> {
-    Json(all_rules(&state))
-}
-
-/// The gateway's rules, then (in the monolith) the services'.
-fn all_rules(state: &AppState) -> Vec<FaultRule> {
+pub async fn get_faults(
+    State(state): State<AppState>,
+    admin: AdminUser,
+) -> Result<Json<Vec<FaultRule>>, ApiError> {
     let mut rules = state.faults.rules();
-    if let Some(services) = state.service_faults.get() {
-        rules.extend(services.rules());
-    }
-    rules
+    rules.extend(state.lab.rules(admin.0.assertion()).await?);
+    Ok(Json(rules))
 }
 
 #[utoipa::path(put, path = "/api/admin/faults", tag = "admin", security(("bearer" = [])),
     request_body = [FaultRuleDoc],
     responses(
-        (status = 200, description = "The rules now in force ([] clears)", body = [FaultRuleDoc]),
-        (status = 400, description = "A rule is invalid", body = ErrorBody),
+        (status = 200, description = "The rules now in force everywhere ([] clears everywhere)", body = [FaultRuleDoc]),
+        (status = 400, description = "A rule is invalid or names no part of the shop", body = ErrorBody),
         (status = 401, description = "Not logged in", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 502, description = "A service or the card processor refused the gateway (`targets` names it)", body = ErrorBody),
+        (status = 503, description = "A service or the card processor cannot be reached (`targets` names it); the others took their rules", body = ErrorBody),
         (status = "default", description = "Error", body = ErrorBody),
     ))]
 pub async fn put_faults(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    admin: AdminUser,
     body: Result<Json<Vec<FaultRule>>, JsonRejection>,
 ) -> Result<Json<Vec<FaultRule>>, ApiError> {
     let Json(rules) = body?;
-    // Rules for a gRPC method or an event fault point go to the services (in the
-    // monolith); the rest are the gateway's own routes. Both sets are replaced.
-    let (services, gateway): (Vec<_>, Vec<_>) = rules.into_iter().partition(is_service_rule);
-    match state.service_faults.get() {
-        Some(injector) => {
-            injector.set(services)?;
+    // Each rule goes to the process it names (crate::lab); each process's whole set is
+    // replaced. Every rule is checked before any process is changed.
+    // The gateway's own first: a clear still clears here when a service is down.
+    let mut gateway = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let within = |e: platform::FieldError| e.within(&format!("rules[{i}]"));
+        rule.validate().map_err(within)?;
+        if target_of(rule).map_err(within)? == Target::Gateway {
+            gateway.push(rule.clone());
         }
-        None if !services.is_empty() => {
-            return Err(ApiError::bad_request(
-                "method",
-                "rules for a service method need the monolith (scripts/run --monolith); \
-                 separately deployed services take them through their FaultAdmin",
-            ));
-        }
-        None => {}
     }
     state.faults.set(gateway)?;
-    tracing::info!(rules = ?all_rules(&state), "fault rules changed");
-    Ok(Json(all_rules(&state)))
+    let assertion = admin.0.assertion();
+    state.lab.set(rules, assertion).await?;
+    let mut now = state.faults.rules();
+    now.extend(state.lab.rules(assertion).await?);
+    tracing::info!(rules = ?now, "fault rules changed");
+    Ok(Json(now))
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -8,6 +8,7 @@ mod attacker;
 mod checkout;
 mod common;
 mod endings;
+mod lab;
 mod monolith;
 mod recovery;
 mod replicas;
