@@ -54,6 +54,22 @@ impl EventsConfig {
         }
     }
 
+    /// The prefix of this client's reply subjects: `_INBOX_<user>` when the URL names a
+    /// NATS user, so each user may be allowed to subscribe to its own replies only (and not
+    /// read another service's JetStream answers or fetched messages); `_INBOX` otherwise.
+    pub fn inbox_prefix(&self) -> String {
+        let user = self
+            .url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.rsplit_once('@'))
+            .map(|(userinfo, _)| userinfo.split(':').next().unwrap_or_default())
+            .filter(|u| !u.is_empty());
+        match user {
+            Some(u) => format!("_INBOX_{u}"),
+            None => "_INBOX".to_owned(),
+        }
+    }
+
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -149,6 +165,7 @@ impl Broker {
     pub async fn connect(config: EventsConfig, client_name: &str) -> Result<Self, EventsError> {
         let client = async_nats::ConnectOptions::new()
             .name(client_name)
+            .custom_inbox_prefix(config.inbox_prefix())
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
             .connect(config.url.as_str())
@@ -279,4 +296,21 @@ fn headers_of(event: &Envelope) -> HeaderMap {
         headers.insert("traceparent", tp.as_str());
     }
     headers
+}
+
+#[cfg(test)]
+mod inbox_tests {
+    use super::EventsConfig;
+
+    #[test]
+    fn the_inbox_is_the_nats_users_own() {
+        let prefix = |url: &str| EventsConfig::new(url).inbox_prefix();
+        assert_eq!(
+            prefix("nats://item-service:s3cret@nats:4222"),
+            "_INBOX_item-service"
+        );
+        assert_eq!(prefix("nats://monolith@nats:4222"), "_INBOX_monolith");
+        assert_eq!(prefix("nats://127.0.0.1:4222"), "_INBOX");
+        assert_eq!(prefix("nats://:token@127.0.0.1:4222"), "_INBOX");
+    }
 }
