@@ -2,7 +2,7 @@
 //! loopback ports with its log in a file, and killed when the [`Stack`] is dropped.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
@@ -13,10 +13,11 @@ use tokio::process::{Child, Command};
 
 use crate::identity::StackKeys;
 
-/// A free loopback port (bound and released; the child binds it a moment later).
+/// A free loopback port for a child that binds it a moment later
+/// ([`platform::net::free_loopback_addr`]: below the ephemeral range, so no client socket
+/// takes it in between).
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?)
+    platform::net::free_loopback_addr().context("finding a free port")
 }
 
 struct Proc {

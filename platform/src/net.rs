@@ -62,6 +62,38 @@ pub fn client_unit(ip: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
+/// A free loopback address for a server that binds it a moment later (a test harness or the
+/// load-test tool that must hand two servers each other's address before either starts).
+/// Taken below the kernel's ephemeral port range, so no client socket and no server bound
+/// to port 0 can take it in between; checked by binding it now, and never handed out twice
+/// by one process.
+pub fn free_loopback_addr() -> std::io::Result<std::net::SocketAddr> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (
+        ephemeral_low.saturating_sub(12_000).max(1024),
+        ephemeral_low,
+    );
+    for _ in 0..200 {
+        let port = low + (uuid::Uuid::new_v4().as_u128() % u128::from(high - low)) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            given.push(port);
+            return l.local_addr();
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        format!("no free loopback port in {low}..{high}"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

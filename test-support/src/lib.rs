@@ -23,13 +23,12 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 pub use running::{Running, Shutdown};
 use tonic::transport::Channel;
 
-/// A free loopback address (bound and released; the server binds it a moment later), for
-/// two servers that must know each other's address before either starts (payment-service
-/// asks user-service about compensations; user-service calls payment-service).
+/// A free loopback address for a server that starts a moment later
+/// ([`platform::net::free_loopback_addr`]), for two servers that must know each other's
+/// address before either starts (payment-service asks user-service about compensations;
+/// user-service calls payment-service).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
+    platform::net::free_loopback_addr().expect("a free loopback port")
 }
 
 /// A setting of the local stack (a database URL, the grpcurl path), or a clear failure
