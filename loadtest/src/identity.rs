@@ -144,7 +144,8 @@ impl StackKeys {
         let secret = ("CARD_GATEWAY_SECRET_KEY_FILE", Kind::Secret);
         let publishable = ("CARD_GATEWAY_PUBLISHABLE_KEY_FILE", Kind::Publishable);
         let card_keys: &[_] = match bin {
-            "card-gateway" => &[secret, publishable],
+            // The monolith charges (its payment-service) and tokenizes (its gateway).
+            "card-gateway" | "shop" => &[secret, publishable],
             identity::PAYMENT_SERVICE => &[secret],
             identity::GATEWAY => &[publishable],
             _ => &[],
@@ -207,6 +208,14 @@ mod tests {
             "the edge never holds the secret key"
         );
         assert!(env.contains(&("SHOP_FAULT_ADMIN", "on".into())));
+        // The monolith is both: it charges and it tokenizes.
+        let env = keys.env_for("shop");
+        for key in [
+            "CARD_GATEWAY_SECRET_KEY_FILE",
+            "CARD_GATEWAY_PUBLISHABLE_KEY_FILE",
+        ] {
+            assert!(env.iter().any(|(k, _)| *k == key), "the monolith needs {key}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
