@@ -214,7 +214,10 @@ mod tests {
             "CARD_GATEWAY_SECRET_KEY_FILE",
             "CARD_GATEWAY_PUBLISHABLE_KEY_FILE",
         ] {
-            assert!(env.iter().any(|(k, _)| *k == key), "the monolith needs {key}");
+            assert!(
+                env.iter().any(|(k, _)| *k == key),
+                "the monolith needs {key}"
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
