@@ -77,7 +77,7 @@ impl ItemService {
                 outbox.ensure_indexes().await?;
                 let (reservations, items) = (reservations.clone(), store.clone());
                 let ttl = config.async_reservation_ttl();
-                tracing::info!(nats = %events.url, stream = %events.stream, "taking part in the asynchronous checkout");
+                tracing::info!(nats = %events.display_url(), stream = %events.stream, "taking part in the asynchronous checkout");
                 let tasks = EventTasks::connect(events, ITEM_SERVICE, outbox).await?;
                 let checkout = Arc::new(Checkout::new(reservations, items, ttl, tasks.waker()));
                 Some(consumers(tasks, &checkout))

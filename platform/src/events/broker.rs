@@ -54,18 +54,21 @@ impl EventsConfig {
         }
     }
 
+    /// The NATS user and password the URL names (`nats://user:password@host:4222`,
+    /// percent-decoded). async-nats does not log in with a URL's credentials by itself, so
+    /// [`Broker::connect`] passes them as options.
+    pub fn credentials(&self) -> Option<(String, String)> {
+        let addr: async_nats::ServerAddr = self.url.parse().ok()?;
+        let user = percent_decode(addr.username()?);
+        Some((user, percent_decode(addr.password().unwrap_or_default())))
+    }
+
     /// The prefix of this client's reply subjects: `_INBOX_<user>` when the URL names a
     /// NATS user, so each user may be allowed to subscribe to its own replies only (and not
     /// read another service's JetStream answers or fetched messages); `_INBOX` otherwise.
     pub fn inbox_prefix(&self) -> String {
-        let user = self
-            .url
-            .split_once("://")
-            .and_then(|(_, rest)| rest.rsplit_once('@'))
-            .map(|(userinfo, _)| userinfo.split(':').next().unwrap_or_default())
-            .filter(|u| !u.is_empty());
-        match user {
-            Some(u) => format!("_INBOX_{u}"),
+        match self.credentials() {
+            Some((user, _)) => format!("_INBOX_{user}"),
             None => "_INBOX".to_owned(),
         }
     }
@@ -149,6 +152,27 @@ pub struct Broker {
     faults: FaultInjector,
 }
 
+/// `%XX` escapes of a URL's user or password decoded (anything else kept as it is).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
@@ -163,7 +187,11 @@ impl Broker {
     /// keeps reconnecting in the background, the outbox keeps the events meanwhile, and
     /// publications fail (and are retried) until it is back.
     pub async fn connect(config: EventsConfig, client_name: &str) -> Result<Self, EventsError> {
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((user, password)) = config.credentials() {
+            options = options.user_and_password(user, password);
+        }
+        let client = options
             .name(client_name)
             .custom_inbox_prefix(config.inbox_prefix())
             .retry_on_initial_connect()
@@ -312,5 +340,15 @@ mod inbox_tests {
         assert_eq!(prefix("nats://monolith@nats:4222"), "_INBOX_monolith");
         assert_eq!(prefix("nats://127.0.0.1:4222"), "_INBOX");
         assert_eq!(prefix("nats://:token@127.0.0.1:4222"), "_INBOX");
+    }
+
+    #[test]
+    fn the_urls_user_and_password_are_the_login() {
+        let login = |url: &str| EventsConfig::new(url).credentials();
+        assert_eq!(
+            login("nats://payment-service:p%40ss%2Fw0rd@nats:4222"),
+            Some(("payment-service".into(), "p@ss/w0rd".into()))
+        );
+        assert_eq!(login("nats://127.0.0.1:4222"), None);
     }
 }

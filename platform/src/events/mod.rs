@@ -34,4 +34,6 @@ pub use tasks::EventTasks;
 #[cfg(test)]
 mod fault_point_tests;
 #[cfg(test)]
+mod login_tests;
+#[cfg(test)]
 mod tests;
