@@ -151,15 +151,8 @@ async fn bought(s: &Stack) -> (String, String, serde_json::Value, serde_json::Va
         .await;
     let (token, user_id) = s.customer().await;
     let r = s
-        .checkout(
-            &token,
-            "orchestrated",
-            &key(),
-            json!([{"item_id": item["id"], "quantity": 1}]),
-            GOOD_CARD,
-        )
+        .buy_one(&token, item["id"].as_str().expect("item id"), &key())
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "checkout: {:?}", r.body);
     (
         token,
         user_id,
@@ -210,15 +203,12 @@ async fn a_service_key_cannot_refund_a_placed_checkout_even_with_its_refund_key(
     let (token, user_id) = s.customer().await;
     let idempotency_key = key();
     let r = s
-        .checkout(
+        .buy_one(
             &token,
-            "orchestrated",
+            item["id"].as_str().expect("item id"),
             &idempotency_key,
-            json!([{"item_id": item["id"], "quantity": 1}]),
-            GOOD_CARD,
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "checkout: {:?}", r.body);
     let payment_id = r.body["payment"]["id"]
         .as_str()
         .expect("payment id")
@@ -1016,16 +1006,7 @@ async fn the_card_processor_behind_the_shop_lists_and_refunds_nothing_without_th
     let item = s.create_item(&admin, "Guarded", 900, 5).await;
     let id = item["id"].as_str().expect("id").to_owned();
     let (token, _) = s.customer().await;
-    let r = s
-        .checkout(
-            &token,
-            "orchestrated",
-            &key(),
-            json!([{"item_id": id, "quantity": 1}]),
-            GOOD_CARD,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    s.buy_one(&token, &id, &key()).await;
     let http = reqwest::Client::new();
     // What payment-service, holding the secret key, sees: the one charge.
     let listed: serde_json::Value = http

@@ -75,16 +75,7 @@ async fn the_lab_sets_gathers_and_clears_the_services_rules_in_the_distributed_s
 
     // The next checkout's ReserveStock hop carries the 200 ms item-service now adds.
     let (buyer, _) = s.customer().await;
-    let r = s
-        .checkout(
-            &buyer,
-            "orchestrated",
-            &key(),
-            json!([{"item_id": id, "quantity": 1}]),
-            GOOD_CARD,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = s.buy_one(&buyer, &id, &key()).await;
     let reserve = timing_ms(&r, "call.item.ReserveStock");
     assert!(reserve >= 200.0, "call.item.ReserveStock took {reserve} ms");
 

@@ -464,6 +464,22 @@ impl Api {
         )
         .await
     }
+
+    /// One unit of `item_id`, orchestrated, with a good card, under `key`: the placed
+    /// checkout's answer (201 asserted).
+    pub async fn buy_one(&self, token: &str, item_id: &str, key: &str) -> Resp {
+        let r = self
+            .checkout(
+                token,
+                "orchestrated",
+                key,
+                json!([{"item_id": item_id, "quantity": 1}]),
+                GOOD_CARD,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "checkout: {:?}", r.body);
+        r
+    }
 }
 
 impl Stack {
