@@ -1,3 +1,7 @@
+// See the workspace Cargo.toml: glibc malloc was a sixth of a cached read's CPU.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use gateway::{Application, Config};
 

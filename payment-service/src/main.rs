@@ -1,5 +1,9 @@
 //! payment-service binary: gRPC on PAYMENT_GRPC_ADDR, metrics on PAYMENT_METRICS_ADDR.
 
+// See the workspace Cargo.toml: glibc malloc was a sixth of a cached read's CPU.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use payment_service::{Application, Config};
 

@@ -123,10 +123,27 @@ fn parse_traceparent(v: &str) -> Option<String> {
 
 fn random_hex(bytes: usize) -> String {
     use rand::Rng;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut rng = rand::rng();
-    (0..bytes)
-        .map(|_| format!("{:02x}", rng.random::<u8>()))
-        .collect()
+    let mut out = String::with_capacity(bytes * 2);
+    for _ in 0..bytes {
+        let b: u8 = rng.random();
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// Marks the headers whose value is new on every call (trace, request id, deadline) as
+/// never to be indexed by HTTP/2's header compression. Indexed, each call's values would
+/// push the repeated ones (the service token, content type) out of the connection's
+/// 4 KB table, and those would then travel and be decoded in full on every call.
+pub fn never_index_per_call_headers(headers: &mut HeaderMap) {
+    for name in [TRACEPARENT, REQUEST_ID, "grpc-timeout"] {
+        if let Some(v) = headers.get_mut(name) {
+            v.set_sensitive(true);
+        }
+    }
 }
 
 /// Parses a `grpc-timeout` header value ("250m", "2S", "100u").
@@ -251,6 +268,35 @@ impl CallContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn new_ids_are_lower_case_hex_of_their_length_and_differ() {
+        let a = TraceContext::new_root();
+        let b = TraceContext::new_root();
+        assert_eq!(a.trace_id.len(), 32);
+        assert_eq!(a.span_id.len(), 16);
+        assert!(
+            (a.trace_id.clone() + &a.span_id)
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        );
+        assert_ne!(a.trace_id, b.trace_id);
+        assert!(Traceparent::parse(&a.traceparent()).is_some());
+    }
+
+    #[test]
+    fn only_the_per_call_headers_are_kept_out_of_the_compression_table() {
+        let req = CallContext::root(Some(Duration::from_secs(2))).request((), None);
+        let mut http = req.metadata().clone().into_headers();
+        http.insert("grpc-timeout", HeaderValue::from_static("1999m"));
+        http.insert("x-shop-caller", HeaderValue::from_static("token"));
+        never_index_per_call_headers(&mut http);
+        for name in [TRACEPARENT, REQUEST_ID, "grpc-timeout"] {
+            assert!(http[name].is_sensitive(), "{name}");
+        }
+        assert!(!http["x-shop-caller"].is_sensitive());
+    }
 
     #[test]
     fn grpc_timeout_units() {

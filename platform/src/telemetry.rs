@@ -146,7 +146,12 @@ fn try_init(json: bool, tracer: Option<SdkTracer>) -> bool {
     let logs = if json {
         fmt::layer().json().with_current_span(true).boxed()
     } else {
-        fmt::layer().with_target(false).boxed()
+        // Colours only for a terminal: a log file or a pipe gets no escape codes (and no
+        // process pays for styling every span's fields).
+        fmt::layer()
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .boxed()
     };
     let traces = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer));
     tracing_subscriber::registry()

@@ -5,6 +5,10 @@
 //! (GATEWAY_METRICS_ADDR) serves /metrics for everything, and SHOP_GRPC_ADDR serves all
 //! three gRPC services.
 
+// See the workspace Cargo.toml: glibc malloc was a sixth of a cached read's CPU.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use shop::{Monolith, MonolithConfig};
 
