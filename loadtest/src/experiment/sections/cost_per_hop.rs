@@ -109,25 +109,16 @@ struct Lineup {
     cpu: Option<CpuSpent>,
 }
 
-/// Echo, then the strategies through the gateway and the monolith interleaved in rounds
-/// (A B C M A B C M ...), all at one offered load. The databases grow with every checkout
-/// (and the machine's other load comes and goes): one after the other, a later run would
-/// pay for its place in the order; interleaved, every deployment sees the same drift and
-/// the medians over the rounds compare deployments.
+/// The strategies through the gateway and the monolith interleaved in rounds, each round
+/// opened by the bare Echo floor (E A B C M E A B C M ...), all at one offered load. The
+/// databases grow with every checkout (and the machine's other load comes and goes): one
+/// after the other, a later run would pay for its place in the order; interleaved, every
+/// deployment and the floor see the same drift, and the medians over the rounds compare
+/// them.
 pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Strategies> {
     let (rate, warmup, dur) = (ctx.p.rate, ctx.p.round_warmup, ctx.p.round_dur);
-    let echo_spec = ctx.spec(
-        "Echo (item-service)",
-        Model::Open {
-            rate: ctx.p.echo_rate,
-        },
-        ctx.p.warmup,
-        ctx.p.dur,
-    );
     let ch = scenario::grpc_channel(&ctx.dep.item_grpc).await?;
-    let echo = engine::run(&echo_spec, Arc::new(scenario::EchoWorkload::new(ch)))
-        .await
-        .result;
+    let mut echo_rounds = Vec::new();
     let new = |label: String, target: Target, strategy: &'static str, counts_calls| Lineup {
         label,
         target,
@@ -151,6 +142,16 @@ pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Strategies> {
         ));
     }
     for round in 1..=ctx.p.rounds.max(1) {
+        let echo_spec = ctx.spec(
+            &format!("Echo (item-service) (round {round})"),
+            Model::Open {
+                rate: ctx.p.echo_rate,
+            },
+            warmup,
+            dur,
+        );
+        let workload = Arc::new(scenario::EchoWorkload::new(ch.clone()));
+        echo_rounds.push(engine::run(&echo_spec, workload).await.result);
         for l in &mut lineup {
             let before = if l.counts_calls {
                 Some(grpc_calls(ctx).await)
@@ -195,15 +196,7 @@ pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Strategies> {
             hops_out.push((l.label.clone(), h));
         }
         let rounds: Vec<RunResult> = l.rounds.into_iter().map(|m| m.result).collect();
-        let mid = median(rounds.iter().map(|r| r.latency.p50_ms));
-        let Some(result) = rounds
-            .iter()
-            .min_by(|a, b| {
-                let d = |r: &RunResult| (r.latency.p50_ms - mid.unwrap_or(0.0)).abs();
-                d(a).total_cmp(&d(b))
-            })
-            .cloned()
-        else {
+        let Some(result) = median_round(&rounds) else {
             continue;
         };
         runs.push(StrategyRun {
@@ -214,6 +207,8 @@ pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Strategies> {
             cpu: l.cpu,
         });
     }
+    let echo =
+        median_round(&echo_rounds).ok_or_else(|| anyhow::anyhow!("no Echo round was measured"))?;
     Ok(Strategies {
         echo,
         runs,
@@ -488,6 +483,19 @@ pub fn waterfall_chart(runs: &[(String, &Waterfall)]) -> Chart {
     }
 }
 
+/// The round whose p50 is nearest the median of the rounds' p50s: a deployment's (or the
+/// floor's) representative run.
+fn median_round(rounds: &[RunResult]) -> Option<RunResult> {
+    let mid = median(rounds.iter().map(|r| r.latency.p50_ms))?;
+    rounds
+        .iter()
+        .min_by(|a, b| {
+            let d = |r: &RunResult| (r.latency.p50_ms - mid).abs();
+            d(a).total_cmp(&d(b))
+        })
+        .cloned()
+}
+
 /// Sentence comparing each strategy's per-call overhead with the Echo floor.
 fn waterfall_prose(runs: &[(String, &Waterfall)], echo_p50: f64) -> String {
     let parts: Vec<String> = runs
@@ -703,7 +711,7 @@ pub fn section(echo: &RunResult, runs: &[StrategyRun], sweep: &[SweepPoint]) -> 
     Section {
         id: "cost_per_hop".into(),
         title: "Cost per hop".into(),
-        setup: "Checkouts (fresh Idempotency-Key each, one logged-in account per virtual user) through the gateway with ?strategy=orchestrated|parallel|chained, and through the `shop` monolith (same code, services called in-process), at one offered load; a bare shop.admin.v1.Echo RPC measured in the same run. The strategies and the monolith run interleaved in rounds (orchestrated, parallel, chained, monolith, then again), so the databases' growth and the machine's other load fall on every deployment alike, whatever the order; each p50 compared is the median over the rounds of the rounds' p50s, and a strategy's row in the first table is its median round. Around every run, loadtest reads each process's user + system CPU time from /proc (gateways, services, card gateway, each store with its child processes, and itself). The latency-vs-load sweep (one series per deployment, stopped at the first saturated step) runs last, after sections 2-5, because past saturation it leaves a backlog that would spill into them; by then their checkouts have grown the databases and SecantusDB (Python) is slower, so the sweep's latencies sit above the table's: compare points within the sweep. The waterfall comes from the `Server-Timing` header every gateway (and monolith) response carries, built from the services' own measurements: per successful checkout, time in the gateway itself, each downstream call as the caller saw it, each handler, and each store with its round trips; a strategy's waterfall averages them over its checkouts between the 40th and 60th percentile of client-seen latency.".into(),
+        setup: "Checkouts (fresh Idempotency-Key each, one logged-in account per virtual user) through the gateway with ?strategy=orchestrated|parallel|chained, and through the `shop` monolith (same code, services called in-process), at one offered load; beside them the floor, a bare shop.admin.v1.Echo RPC from loadtest to item-service. The floor and the deployments run interleaved in rounds (Echo, orchestrated, parallel, chained, monolith, then again), so the databases' growth and the machine's other load fall on every deployment and on the floor alike, whatever the order; each p50 compared is the median over the rounds of the rounds' p50s (the Echo floor's too), and a row in the first table is its median round. Around every run, loadtest reads each process's user + system CPU time from /proc (gateways, services, card gateway, each store with its child processes, and itself). The latency-vs-load sweep (one series per deployment, stopped at the first saturated step) runs last, after sections 2-5, because past saturation it leaves a backlog that would spill into them; by then their checkouts have grown the databases and SecantusDB (Python) is slower, so the sweep's latencies sit above the table's: compare points within the sweep. The waterfall comes from the `Server-Timing` header every gateway (and monolith) response carries, built from the services' own measurements: per successful checkout, time in the gateway itself, each downstream call as the caller saw it, each handler, and each store with its round trips; a strategy's waterfall averages them over its checkouts between the 40th and 60th percentile of client-seen latency.".into(),
         prediction: "Every synchronous hop adds at least one Echo round trip (the floor: HTTP/2 framing, protobuf, two socket crossings) plus its own work. Orchestrated and chained make about the same number of calls, so they should cost about the same; parallel overlaps the user lookup with pricing and should save about one hop; the monolith removes the sockets and should be faster by roughly calls x Echo p50. Latency should stay flat with offered load until the 2 cores saturate, then climb steeply.".into(),
         measurement,
         lesson: "A network hop is cheap next to a database write but never free: its floor multiplies by the number of calls on the critical path, and parallelising independent calls is the cheapest way to win it back.".into(),
