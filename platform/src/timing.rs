@@ -256,7 +256,10 @@ pub fn write_header(headers: &mut http::HeaderMap, ledger: &Ledger) {
 
 /// Client-side layer for every transport: times each call as the caller sees it (to the
 /// response headers, which a unary server sends once its handler is done) and folds the
-/// callee's own ledger into the caller's.
+/// callee's own ledger into the caller's. Being the last layer before the wire, it also
+/// keeps the per-call headers out of HTTP/2's header table
+/// ([`crate::context::never_index_per_call_headers`]): tonic adds `grpc-timeout` only
+/// after the caller's own code has run.
 #[derive(Clone, Copy, Default)]
 pub struct TimingLayer;
 
@@ -355,6 +358,32 @@ mod tests {
             "call.item.GetItem;dur=12.345;n=2, store.redis;dur=0.042;n=1"
         );
         assert_eq!(Ledger::default().encode(), "");
+    }
+
+    #[tokio::test]
+    async fn every_call_leaves_with_its_per_call_headers_never_indexed() {
+        use tower::{Layer as _, ServiceExt as _};
+        let seen = Arc::new(Mutex::new(None));
+        let sent = seen.clone();
+        let wire = tower::service_fn(move |req: http::Request<()>| {
+            let sensitive = ["traceparent", "grpc-timeout", "x-shop-caller"]
+                .map(|h| req.headers().get(h).map(HeaderValue::is_sensitive));
+            *sent.lock().expect("lock") = Some(sensitive);
+            async { Ok::<_, std::convert::Infallible>(http::Response::new(())) }
+        });
+        let req = http::Request::builder()
+            .uri("/shop.item.v1.ItemService/GetItem")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .header("grpc-timeout", "1999m")
+            .header("x-shop-caller", "token")
+            .body(())
+            .expect("request");
+        TimingLayer.layer(wire).oneshot(req).await.expect("call");
+        let seen = *seen.lock().expect("lock");
+        assert_eq!(seen, Some([Some(true), Some(true), Some(false)]));
     }
 
     #[test]
